@@ -1,0 +1,8 @@
+"""ASGI entry point for any server: ``uvicorn app.asgi:application`` or ``daphne app.asgi:application``.
+
+Importing this module imports no Django: probes answer before Django is set up.
+"""
+
+from app.router import create_application
+
+application = create_application()

@@ -1,0 +1,139 @@
+"""Every environment variable the service reads, parsed once at boot.
+
+This is the only module that touches ``os.environ``; everything else imports ``CONFIG``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from typing import Mapping
+
+
+class ConfigError(ValueError):
+    """An environment variable has a value the service cannot run with."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The service's settings, with the defaults of the embedded single-process mode."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    color: str = "blue"
+    debug: bool = False
+    log_level: str = "info"
+    django_secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(48))
+    allowed_hosts: tuple[str, ...] = ("*",)
+    redis_urls: tuple[str, ...] = ()
+    layer: str = "pubsub"
+    layer_capacity: int = 5000
+    max_message_chars: int = 4000
+    max_frame_bytes: int = 65536
+    history_max: int = 1000
+    history_ttl: int = 7 * 24 * 3600
+    dedupe_ttl: int = 600
+    api_token: str = ""
+    allowed_origins: tuple[str, ...] = ()
+    shutdown_drain_delay: float = 0.0
+    shutdown_timeout: float = 5.0
+    auth: str = "none"
+    jwt_secret: str = ""
+    rate_per_second: float = 20.0
+    rate_burst: int = 40
+    rate_strikes: int = 50
+    max_connections: int = 20000
+    send_queue_max: int = 1000
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+
+    @property
+    def redis_enabled(self) -> bool:
+        return bool(self.redis_urls)
+
+
+def _bool(value: str, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"{name} must be a boolean (true/false), got {value!r}")
+
+
+def _number(value: str, name: str, kind: type, minimum: float) -> float | int:
+    try:
+        parsed = kind(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}") from None
+    if parsed < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
+    return parsed
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def load(environ: Mapping[str, str]) -> Config:
+    """Build a Config from an environment mapping; raise ConfigError on any bad value."""
+    env = {key: value for key, value in environ.items() if value != ""}
+    kwargs: dict[str, object] = {}
+
+    def num(var: str, attr: str, kind: type, minimum: float) -> None:
+        if var in env:
+            kwargs[attr] = _number(env[var], var, kind, minimum)
+
+    if "HOST" in env:
+        kwargs["host"] = env["HOST"]
+    num("PORT", "port", int, 0)
+    if "APP_COLOR" in env:
+        kwargs["color"] = env["APP_COLOR"]
+    if "DEBUG" in env:
+        kwargs["debug"] = _bool(env["DEBUG"], "DEBUG")
+    if "LOG_LEVEL" in env:
+        kwargs["log_level"] = env["LOG_LEVEL"].lower()
+    if "DJANGO_SECRET_KEY" in env:
+        kwargs["django_secret_key"] = env["DJANGO_SECRET_KEY"]
+    if "DJANGO_ALLOWED_HOSTS" in env:
+        kwargs["allowed_hosts"] = _list(env["DJANGO_ALLOWED_HOSTS"])
+    if "REDIS_URL" in env:
+        kwargs["redis_urls"] = _list(env["REDIS_URL"])
+    if "CHAT_LAYER" in env:
+        if env["CHAT_LAYER"] not in {"pubsub", "core"}:
+            raise ConfigError(f"CHAT_LAYER must be 'pubsub' or 'core', got {env['CHAT_LAYER']!r}")
+        kwargs["layer"] = env["CHAT_LAYER"]
+    num("CHAT_LAYER_CAPACITY", "layer_capacity", int, 1)
+    num("CHAT_MAX_MESSAGE_CHARS", "max_message_chars", int, 1)
+    num("CHAT_MAX_FRAME_BYTES", "max_frame_bytes", int, 256)
+    num("CHAT_HISTORY_MAX", "history_max", int, 1)
+    num("CHAT_HISTORY_TTL", "history_ttl", int, 1)
+    num("CHAT_DEDUPE_TTL", "dedupe_ttl", int, 1)
+    if "CHAT_API_TOKEN" in env:
+        kwargs["api_token"] = env["CHAT_API_TOKEN"]
+    if "CHAT_ALLOWED_ORIGINS" in env:
+        kwargs["allowed_origins"] = _list(env["CHAT_ALLOWED_ORIGINS"])
+    num("SHUTDOWN_DRAIN_DELAY", "shutdown_drain_delay", float, 0)
+    num("SHUTDOWN_TIMEOUT", "shutdown_timeout", float, 0.1)
+    if "CHAT_AUTH" in env:
+        if env["CHAT_AUTH"] not in {"none", "jwt"}:
+            raise ConfigError(f"CHAT_AUTH must be 'none' or 'jwt', got {env['CHAT_AUTH']!r}")
+        kwargs["auth"] = env["CHAT_AUTH"]
+    if "CHAT_JWT_SECRET" in env:
+        kwargs["jwt_secret"] = env["CHAT_JWT_SECRET"]
+    num("CHAT_RATE_PER_SECOND", "rate_per_second", float, 0.001)
+    num("CHAT_RATE_BURST", "rate_burst", int, 1)
+    num("CHAT_RATE_STRIKES", "rate_strikes", int, 1)
+    num("CHAT_MAX_CONNECTIONS", "max_connections", int, 1)
+    num("CHAT_SEND_QUEUE_MAX", "send_queue_max", int, 1)
+    num("CHAT_PING_INTERVAL", "ping_interval", float, 0)
+    num("CHAT_PING_TIMEOUT", "ping_timeout", float, 0)
+
+    config = Config(**kwargs)  # type: ignore[arg-type]
+    if config.auth == "jwt" and not config.jwt_secret:
+        raise ConfigError("CHAT_AUTH=jwt needs CHAT_JWT_SECRET: refusing to start without it")
+    return config
+
+
+CONFIG: Config = load(os.environ)

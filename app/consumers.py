@@ -1,0 +1,201 @@
+"""The chat consumer: one per WebSocket, the Channels tutorial's shape plus history.
+
+Connect joins the room's group and replays what the client missed; receive validates,
+records and broadcasts; ``chat_message`` delivers in id order, filling holes from history;
+disconnect leaves the group. Frame parsing and building live in app.protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any
+
+from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from app import metrics, services
+from app.config import CONFIG
+from app.history import HistoryUnavailable
+from app.protocol import (
+    ConnectParams,
+    FrameError,
+    ack_frame,
+    error_frame,
+    gap_frame,
+    message_template,
+    parse_client_frame,
+    parse_connect_params,
+    ready_frame,
+)
+from app.registry import REGISTRY
+from app.rooms import group_name, is_valid_room
+from app.router import deny_websocket
+
+logger = logging.getLogger("parley")
+
+CLOSE_TOO_BIG = 1009
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    """A member of one room. ``last_id`` is the newest id this client has been sent."""
+
+    room: str = ""
+    group: str = ""
+    user: str = ""
+    last_id: int = 0
+    joined: bool = False
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels closes stale DB connections via a thread hop on every message; this
+        # service has no database, so that hop would be pure cost per frame and delivery.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    # -- connect -------------------------------------------------------------------------
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        room = self.scope["url_route"]["kwargs"]["room_name"]
+        if not is_valid_room(room):
+            return await self._refuse(400, "bad_room")
+        try:
+            params = parse_connect_params(self.scope.get("query_string", b""), CONFIG.history_max)
+        except FrameError as exc:
+            return await self._refuse(400, exc.code)
+        self.room, self.group = room, group_name(room)
+        self.user = f"anon-{secrets.token_hex(4)}"
+        self.history = services.get().history
+
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.joined = True
+        try:
+            missing, frames, live_from = await self._catch_up(params)
+        except HistoryUnavailable:
+            await self._leave()
+            return await self._refuse(503, "unavailable")
+
+        await self.accept()
+        REGISTRY.add(self)
+        metrics.CONNECTIONS_OPENED.inc()
+        metrics.CONNECTIONS_OPEN.inc()
+        if missing is not None:
+            await self._send_text(gap_frame(*missing))
+        for message_id, frame in frames:
+            await self._deliver(message_id, frame)
+        self.last_id = max(self.last_id, live_from)
+        await self._send_text(ready_frame(self.room, self.last_id, self.user))
+
+    async def _catch_up(self, params: ConnectParams) -> tuple[tuple[int, int] | None, list, int]:
+        """What to send before going live: (ids no longer held, frames, id live starts after)."""
+        if params.since is not None:
+            replay = await self.history.after(self.room, params.since, CONFIG.history_max)
+            last = await self.history.last_id(self.room)
+            start = replay.frames[-1][0] if replay.frames else min(params.since, last)
+            if replay.missing and not replay.frames:
+                start = max(start, replay.missing[1])
+            return replay.missing, replay.frames, start
+        if params.last:
+            frames = await self.history.latest(self.room, params.last)
+            start = frames[-1][0] if frames else await self.history.last_id(self.room)
+            return None, frames, start
+        return None, [], await self.history.last_id(self.room)
+
+    async def _refuse(self, status: int, code: str) -> None:
+        async def replay_connect() -> dict[str, Any]:
+            return {"type": "websocket.connect"}
+
+        await deny_websocket(self.scope, replay_connect, self.base_send, status, code)
+        raise StopConsumer()
+
+    # -- receive -------------------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None:
+            return await self._reject("binary_frame", "binary frames are not supported; send JSON text")
+        if len(text_data) * 4 > CONFIG.max_frame_bytes and len(text_data.encode()) > CONFIG.max_frame_bytes:
+            # uvicorn enforces this before the app sees the frame; daphne does not.
+            metrics.FRAMES_REJECTED.labels("frame_too_large").inc()
+            return await self.close(code=CLOSE_TOO_BIG, reason="frame too large")
+        try:
+            chat = parse_client_frame(text_data, CONFIG.max_message_chars)
+        except FrameError as exc:
+            return await self._reject(exc.code, exc.detail)
+        metrics.MESSAGES_RECEIVED.inc()
+        template = message_template(
+            self.room, chat.text, int(time.time() * 1000), self.user, chat.client_id
+        )
+        try:
+            appended = await services.get().post(self.room, template, chat.client_id)
+        except HistoryUnavailable:
+            return await self._reject("unavailable", "message not stored: storage unavailable, retry")
+        if not appended.duplicate:
+            metrics.MESSAGES_BROADCAST.inc()
+        await self._send_text(ack_frame(appended.id, chat.client_id))
+
+    async def _reject(self, code: str, detail: str) -> None:
+        metrics.FRAMES_REJECTED.labels(code).inc()
+        await self._send_text(error_frame(code, detail))
+
+    # -- deliver -------------------------------------------------------------------------
+
+    async def chat_message(self, event: dict[str, Any]) -> None:
+        """A room message from the channel layer: deliver it once, in id order."""
+        message_id: int = event["id"]
+        if message_id <= self.last_id:
+            return
+        if message_id > self.last_id + 1:
+            await self._fill_gap(message_id)
+        await self._deliver(message_id, event["frame"])
+
+    async def _fill_gap(self, upto: int) -> None:
+        """Send the messages between ``last_id`` and ``upto`` from history."""
+        metrics.GAPS_FILLED.inc()
+        try:
+            replay = await self.history.after(self.room, self.last_id, upto - self.last_id - 1)
+        except HistoryUnavailable:
+            await self._send_text(gap_frame(self.last_id + 1, upto - 1))
+            return
+        if replay.missing is not None:
+            await self._send_text(gap_frame(replay.missing[0], min(replay.missing[1], upto - 1)))
+        for message_id, frame in replay.frames:
+            if self.last_id < message_id < upto:
+                await self._deliver(message_id, frame)
+
+    async def _deliver(self, message_id: int, frame: str) -> None:
+        await self._send_text(frame)
+        self.last_id = message_id
+        metrics.DELIVERIES.inc()
+
+    async def _send_text(self, text: str) -> None:
+        try:
+            await self.base_send({"type": "websocket.send", "text": text})
+        except OSError:
+            pass  # the client is gone; its disconnect event is already queued
+
+    # -- close ---------------------------------------------------------------------------
+
+    async def close_for_restart(self, code: int, reason: str) -> None:
+        """Drain hook: tell the client to reconnect elsewhere."""
+        try:
+            await self.close(code=code, reason=reason)
+        except (OSError, RuntimeError):
+            pass  # already closing
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        if REGISTRY.discard_if_present(self):
+            metrics.CONNECTIONS_OPEN.dec()
+            metrics.CONNECTIONS_CLOSED.labels(str(message.get("code", 1005))).inc()
+        await self._leave()
+        raise StopConsumer()
+
+    async def _leave(self) -> None:
+        if self.joined:
+            self.joined = False
+            try:
+                await self.channel_layer.group_discard(self.group, self.channel_name)
+            except Exception:
+                logger.debug("group_discard failed for %s", self.group, exc_info=True)

@@ -1,0 +1,30 @@
+"""Durable, ordered room history: the record that makes delivery exactly-once for clients.
+
+The backend is chosen by URL, as in encode/broadcaster: no ``REDIS_URL`` keeps history in
+process memory; ``redis://`` URLs keep it in Redis Streams, one shard per room.
+"""
+
+from __future__ import annotations
+
+from app.config import Config
+from app.history.base import Appended, History, HistoryUnavailable, Replay
+
+__all__ = ["Appended", "History", "HistoryUnavailable", "Replay", "create_history"]
+
+
+def create_history(config: Config) -> History:
+    """The history backend the configuration names."""
+    if config.redis_enabled:
+        from app.history.redis import RedisHistory
+
+        return RedisHistory(
+            config.redis_urls,
+            max_len=config.history_max,
+            ttl=config.history_ttl,
+            dedupe_ttl=config.dedupe_ttl,
+        )
+    from app.history.memory import MemoryHistory
+
+    return MemoryHistory(
+        max_len=config.history_max, ttl=config.history_ttl, dedupe_ttl=config.dedupe_ttl
+    )

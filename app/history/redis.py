@@ -1,0 +1,128 @@
+"""History in Redis Streams: one stream per room, ids assigned by one Lua script.
+
+Keys of a room share the hash tag ``{room}`` so they live in one slot; with several Redis
+URLs a room lives on the shard ``crc32(group) % len(urls)``, the shard channels-redis picks
+for the room's group.
+"""
+
+from __future__ import annotations
+
+import binascii
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from app.history.base import Appended, History, HistoryUnavailable, Replay
+from app.protocol import FrameTemplate
+from app.rooms import group_name
+
+# KEYS: seq, log, dedupe. ARGV: prefix, suffix, maxlen, ttl, dedupe_ttl, has_client_id.
+# One script, so id assignment, the dedupe check and the write are a single atomic step.
+_APPEND = """
+if ARGV[6] == '1' then
+  local prior = redis.call('GET', KEYS[3])
+  if prior then return {tonumber(prior), 1} end
+end
+local id = redis.call('INCR', KEYS[1])
+local frame = ARGV[1] .. id .. ARGV[2]
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id .. '-0', 'f', frame)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+if ARGV[6] == '1' then redis.call('SET', KEYS[3], id, 'EX', ARGV[5]) end
+return {id, 0}
+"""
+
+
+def shard_index(room: str, shards: int) -> int:
+    """The shard of a room: the same crc32 rule channels-redis uses for group names."""
+    if shards == 1:
+        return 0
+    return binascii.crc32(group_name(room).encode()) % shards
+
+
+class RedisHistory(History):
+    """Per-room Redis Streams; ids are ``<id>-0`` entry ids, so XRANGE reads by message id."""
+
+    def __init__(self, urls: tuple[str, ...], max_len: int, ttl: int, dedupe_ttl: int) -> None:
+        self._clients = [
+            aioredis.Redis(
+                connection_pool=aioredis.BlockingConnectionPool.from_url(
+                    url, max_connections=64, timeout=5, socket_connect_timeout=2, socket_timeout=5
+                )
+            )
+            for url in urls
+        ]
+        self._scripts = [client.register_script(_APPEND) for client in self._clients]
+        self._max_len = max_len
+        self._ttl = ttl
+        self._dedupe_ttl = dedupe_ttl
+
+    def _shard(self, room: str) -> int:
+        return shard_index(room, len(self._clients))
+
+    @staticmethod
+    def _keys(room: str) -> tuple[str, str]:
+        return f"chat:{{{room}}}:seq", f"chat:{{{room}}}:log"
+
+    async def append(self, room: str, template: FrameTemplate, client_id: str | None) -> Appended:
+        seq, log = self._keys(room)
+        dedupe = f"chat:{{{room}}}:cid:{client_id or ''}"
+        args = [template.prefix, template.suffix, self._max_len, self._ttl, self._dedupe_ttl]
+        args.append("1" if client_id is not None else "0")
+        try:
+            message_id, duplicate = await self._scripts[self._shard(room)](
+                keys=[seq, log, dedupe], args=args
+            )
+        except (RedisError, OSError) as exc:
+            raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
+        if duplicate:
+            return Appended(id=int(message_id), frame=None, duplicate=True)
+        return Appended(id=int(message_id), frame=template.with_id(int(message_id)))
+
+    async def after(self, room: str, since: int, limit: int) -> Replay:
+        seq, log = self._keys(room)
+        client = self._clients[self._shard(room)]
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.xrange(log, min=f"({since}-0", max="+", count=limit)
+                pipe.xrange(log, min="-", max="+", count=1)
+                pipe.get(seq)
+                entries, oldest, last = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
+        frames = [(_entry_id(entry_id), fields[b"f"].decode()) for entry_id, fields in entries]
+        last_id = int(last or 0)
+        first_held = _entry_id(oldest[0][0]) if oldest else last_id + 1
+        missing = (since + 1, first_held - 1) if since + 1 < first_held else None
+        return Replay(frames=frames, missing=missing)
+
+    async def latest(self, room: str, count: int) -> list[tuple[int, str]]:
+        if count <= 0:
+            return []
+        _, log = self._keys(room)
+        try:
+            entries = await self._clients[self._shard(room)].xrevrange(log, count=count)
+        except (RedisError, OSError) as exc:
+            raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
+        return [(_entry_id(entry_id), fields[b"f"].decode()) for entry_id, fields in reversed(entries)]
+
+    async def last_id(self, room: str) -> int:
+        seq, _ = self._keys(room)
+        try:
+            return int(await self._clients[self._shard(room)].get(seq) or 0)
+        except (RedisError, OSError) as exc:
+            raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
+
+    async def ping(self) -> None:
+        try:
+            for client in self._clients:
+                await client.ping()
+        except (RedisError, OSError) as exc:
+            raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
+
+    async def close(self) -> None:
+        for client in self._clients:
+            await client.aclose()
+
+
+def _entry_id(raw: bytes) -> int:
+    return int(raw.split(b"-", 1)[0])

@@ -1,0 +1,28 @@
+"""The CHANNEL_LAYERS setting for a configuration: in memory, or channels-redis by URL."""
+
+from __future__ import annotations
+
+from app.config import Config
+
+# Why pub/sub by default (docs/ARCHITECTURE.md has the figures): one PUBLISH per broadcast,
+# one SUBSCRIBE per room per process, no per-process inbox capacity to overflow. Its
+# at-most-once delivery is covered by history: consumers fill any id gap from it.
+_BACKENDS = {
+    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "core": "channels_redis.core.RedisChannelLayer",
+}
+
+
+def channel_layers(config: Config) -> dict[str, dict[str, object]]:
+    """The Django CHANNEL_LAYERS value for this configuration."""
+    if not config.redis_enabled:
+        return {
+            "default": {
+                "BACKEND": "channels.layers.InMemoryChannelLayer",
+                "CONFIG": {"capacity": config.layer_capacity, "expiry": 60},
+            }
+        }
+    layer_config: dict[str, object] = {"hosts": list(config.redis_urls), "prefix": "parley"}
+    if config.layer == "core":
+        layer_config.update(capacity=config.layer_capacity, expiry=60)
+    return {"default": {"BACKEND": _BACKENDS[config.layer], "CONFIG": layer_config}}

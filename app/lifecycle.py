@@ -1,0 +1,98 @@
+"""The process's phase (starting, ready, unavailable, draining) and the probe bytes for each.
+
+Probe answers are built when the phase changes, so ``/healthz`` and ``/readyz`` cost a dict
+lookup, never a serialization, and never touch Django.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from enum import Enum
+
+
+def process_start_time() -> float:
+    """Wall-clock time the process was exec'd (Linux /proc), else the time of this import."""
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        started_since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - started_since_boot
+        return time.time() - max(age, 0.0)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.time()
+
+
+PROCESS_STARTED_AT = process_start_time()
+
+
+class Phase(str, Enum):
+    STARTING = "starting"
+    READY = "ready"
+    UNAVAILABLE = "unavailable"
+    DRAINING = "draining"
+
+
+JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+HEALTHZ = b'{"status":"ok"}'
+
+
+class Lifecycle:
+    """Holds the phase and the precomputed ``/readyz`` response for it."""
+
+    def __init__(self, color: str) -> None:
+        self.color = color
+        self.phase = Phase.STARTING
+        self.reason = "starting"
+        self.ready_at: float | None = None
+        self._ready = asyncio.Event()
+        self.readyz: tuple[int, bytes] = (503, b"")
+        self._set(Phase.STARTING, "starting")
+
+    def _set(self, phase: Phase, reason: str) -> None:
+        self.phase = phase
+        self.reason = reason
+        ready = phase is Phase.READY
+        body: dict[str, object] = {"ready": ready, "color": self.color}
+        if not ready:
+            body["reason"] = reason
+        self.readyz = (200 if ready else 503, json.dumps(body, separators=(",", ":")).encode())
+        if ready:
+            self._ready.set()
+        else:
+            self._ready.clear()
+
+    @property
+    def ready(self) -> bool:
+        return self.phase is Phase.READY
+
+    @property
+    def draining(self) -> bool:
+        return self.phase is Phase.DRAINING
+
+    def set_ready(self) -> None:
+        if self.draining:
+            return
+        if self.ready_at is None:
+            self.ready_at = time.time()
+        self._set(Phase.READY, "")
+
+    def set_unavailable(self, reason: str) -> None:
+        if not self.draining:
+            self._set(Phase.UNAVAILABLE, reason)
+
+    def begin_drain(self) -> None:
+        """Flip readiness for good; safe to call from a signal handler."""
+        if not self.draining:
+            self._set(Phase.DRAINING, "draining")
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait until ready (or time out); False when draining or still not ready."""
+        if not self.ready:
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except asyncio.TimeoutError:
+                return False
+        return self.ready

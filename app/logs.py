@@ -1,0 +1,44 @@
+"""Logging setup: uvicorn's, plus ``parley``; per-connection lines only at debug level.
+
+uvicorn logs every WebSocket handshake with its query string at info level: at thousands of
+connections that is noise and CPU, and the query string can carry a token (never logged).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from typing import Any
+
+_QUERY_SECRET = re.compile(r"([?&](?:token|access_token)=)[^&\s\"]*")
+_PER_CONNECTION = ("connection open", "connection closed")
+
+
+class ConnectionNoise(logging.Filter):
+    """Drop per-connection lines below debug; redact tokens from any line that stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if logging.getLogger("parley").isEnabledFor(logging.DEBUG) is False:
+            if message in _PER_CONNECTION or '"WebSocket ' in message:
+                return False
+        if "token=" in message:
+            record.msg = _QUERY_SECRET.sub(r"\1[redacted]", message)
+            record.args = ()
+        return True
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's LOGGING_CONFIG with the ``parley`` logger and the connection filter."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"connection_noise": {"()": "app.logs.ConnectionNoise"}}
+    config["handlers"]["default"]["filters"] = ["connection_noise"]
+    config["loggers"]["parley"] = {
+        "handlers": ["default"],
+        "level": level.upper(),
+        "propagate": False,
+    }
+    return config

@@ -1,0 +1,22 @@
+"""Prometheus metrics, all prefixed ``chat_``. Imported during warm-up, never at boot."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, disable_created_metrics
+
+disable_created_metrics()
+
+CONNECTIONS_OPEN = Gauge("chat_connections_open", "Chat WebSockets open now")
+CONNECTIONS_OPENED = Counter("chat_connections_opened", "Chat WebSockets accepted")
+CONNECTIONS_CLOSED = Counter("chat_connections_closed", "Chat WebSockets closed", ["code"])
+HANDSHAKES_REFUSED = Counter(
+    "chat_handshakes_refused", "WebSocket handshakes refused", ["reason"]
+)
+MESSAGES_RECEIVED = Counter("chat_messages_received", "Chat messages accepted from clients")
+MESSAGES_BROADCAST = Counter("chat_messages_broadcast", "Chat messages recorded and broadcast")
+DELIVERIES = Counter("chat_deliveries", "Message frames sent to clients (live and replayed)")
+GAPS_FILLED = Counter("chat_gaps_filled", "Live-stream holes filled from history")
+FRAMES_REJECTED = Counter("chat_frames_rejected", "Client frames refused", ["reason"])
+STARTUP_SECONDS = Gauge("chat_startup_seconds", "Seconds from process start to ready")
+DRAIN_SECONDS = Gauge("chat_drain_seconds", "Seconds the last graceful drain took")
+READY = Gauge("chat_ready", "1 when /readyz answers 200")

@@ -1,0 +1,121 @@
+"""The uvicorn entry point, with a shutdown that drains chat before uvicorn's own.
+
+uvicorn's ``Server.shutdown`` closes sockets first and runs lifespan shutdown last, which is
+too late to flip readiness or choose the close frame. ``ChatServer.shutdown`` does those
+steps first, in order, then hands what is left to uvicorn within the same budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Generator
+from types import FrameType
+
+import uvicorn
+
+from app.config import Config
+from app.logs import log_config
+from app.registry import REGISTRY
+from app.router import Router
+
+logger = logging.getLogger("parley")
+
+RESTART_CODE = 1012
+RESTART_REASON = "server restart"
+# Kept back from the budget for uvicorn's own steps after our drain (its fixed 0.1 s pause,
+# closing leftover transports, lifespan shutdown).
+UVICORN_RESERVE = 0.4
+
+
+class ChatServer(uvicorn.Server):
+    """uvicorn's Server with readiness-first, close-frame-second graceful shutdown."""
+
+    def __init__(self, config: uvicorn.Config, router: Router, chat: Config) -> None:
+        super().__init__(config)
+        self.router = router
+        self.chat = chat
+        router.defer_start = True
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        # Warm-up starts once the socket listens, so /healthz never waits behind Django.
+        self.router.start()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Readiness flips in the signal handler itself, not on uvicorn's next 0.1 s tick.
+        self.router.lifecycle.begin_drain()
+        super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        with super().capture_signals():
+            yield
+            # A drain that finished is a clean exit: don't re-raise SIGTERM (status 143).
+            self._captured_signals.clear()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.chat.shutdown_timeout
+
+        def remaining() -> float:
+            return max(deadline - loop.time() - UVICORN_RESERVE, 0.05)
+
+        # 1. Not ready: load balancers stop routing here, new handshakes are refused.
+        self.router.lifecycle.begin_drain()
+        _set_gauge("READY", 0)
+
+        # 2. Optional grace for the load balancer to notice, probes still answered.
+        if self.chat.shutdown_drain_delay > 0:
+            await asyncio.sleep(min(self.chat.shutdown_drain_delay, remaining()))
+
+        # 3. Every chat socket gets 1012 "server restart": reconnect, elsewhere.
+        closed = await REGISTRY.close_all(RESTART_CODE, RESTART_REASON, timeout=remaining())
+
+        # 4. uvicorn's own steps: stop listening, close leftovers, wait, lifespan shutdown.
+        self.config.timeout_graceful_shutdown = remaining()
+        await super().shutdown(sockets=sockets)
+
+        elapsed = loop.time() - started
+        _set_gauge("DRAIN_SECONDS", elapsed)
+        logger.info("drained %d websocket(s) in %.3fs", closed, elapsed)
+
+
+def _set_gauge(name: str, value: float) -> None:
+    from app import metrics
+
+    getattr(metrics, name).set(value)
+
+
+def build(chat: Config, router: Router) -> ChatServer:
+    """A ChatServer for ``router`` with the fast protocol stack and the chat limits."""
+    config = uvicorn.Config(
+        router,
+        host=chat.host,
+        port=chat.port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        lifespan="on",
+        ws_max_size=chat.max_frame_bytes,
+        ws_ping_interval=chat.ping_interval or None,
+        ws_ping_timeout=chat.ping_timeout or None,
+        log_level=chat.log_level,
+        access_log=False,
+        log_config=log_config(chat.log_level),
+        timeout_graceful_shutdown=chat.shutdown_timeout,
+        backlog=4096,
+    )
+    return ChatServer(config, router, chat)
+
+
+def run(chat: Config, router: Router) -> int:
+    server = build(chat, router)
+    started = time.monotonic()
+    server.run()
+    logger.debug("server ran for %.1fs", time.monotonic() - started)
+    return 0 if server.started else 1

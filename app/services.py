@@ -1,0 +1,92 @@
+"""The process-wide parts chat needs once warm: channel layer, history, WebSocket routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from app.config import CONFIG
+from app.history import Appended, History
+from app.protocol import FrameTemplate
+from app.rooms import group_name
+
+logger = logging.getLogger("parley")
+
+ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
+
+
+@dataclass
+class Services:
+    """What a chat connection uses; built once, in a worker thread, by ``load``."""
+
+    layer: Any
+    history: History
+    websocket_app: ASGIApp
+
+    async def check(self, timeout: float) -> None:
+        """One channel-layer round trip and a history ping; raise if either fails."""
+
+        async def round_trip() -> None:
+            channel = await self.layer.new_channel()
+            await self.layer.send(channel, {"type": "probe"})
+            await self.layer.receive(channel)
+
+        await asyncio.wait_for(round_trip(), timeout)
+        await asyncio.wait_for(self.history.ping(), timeout)
+
+    async def post(self, room: str, template: FrameTemplate, client_id: str | None) -> Appended:
+        """Record a message, then broadcast it to the room unless it was a resend.
+
+        Raises HistoryUnavailable when the message could not be made durable: it is then
+        never broadcast, so no client sees a message that could be lost.
+        """
+        appended = await self.history.append(room, template, client_id)
+        if not appended.duplicate:
+            event = {"type": "chat.message", "id": appended.id, "frame": appended.frame}
+            try:
+                await self.layer.group_send(group_name(room), event)
+            except Exception:
+                # Durable already: members fill the hole from history on the next message.
+                logger.warning("broadcast of %s#%d failed", room, appended.id, exc_info=True)
+        return appended
+
+    async def close(self) -> None:
+        await self.history.close()
+        flush = getattr(self.layer, "flush", None)
+        if flush is not None and CONFIG.redis_enabled:
+            await flush()
+
+
+_services: Services | None = None
+
+
+def load() -> Services:
+    """Set Django up and import the chat stack. Blocking: run it in a thread."""
+    global _services
+    if _services is None:
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "app.settings")
+        import django
+
+        django.setup(set_prefix=False)
+        from channels.layers import get_channel_layer
+
+        import app.metrics  # noqa: F401  (registers the collectors before /metrics is read)
+        from app.history import create_history
+        from app.routing import websocket_application
+
+        _services = Services(
+            layer=get_channel_layer(),
+            history=create_history(CONFIG),
+            websocket_app=websocket_application,
+        )
+    return _services
+
+
+def get() -> Services:
+    """The loaded services; only called by code that runs after warm-up."""
+    if _services is None:
+        raise RuntimeError("chat services are not loaded yet")
+    return _services

@@ -1,0 +1,10 @@
+"""HTTP routes served by the (lazily built) Django app."""
+
+from django.urls import path
+
+from app import views
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("api/rooms/<str:room>/messages", views.room_messages, name="room-messages"),
+]

@@ -1,0 +1,125 @@
+"""Django views: the chat page and the room history API."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from functools import lru_cache
+from pathlib import Path
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from app import metrics, services
+from app.config import CONFIG
+from app.history import HistoryUnavailable
+from app.protocol import FrameError, message_template, parse_client_frame
+from app.rooms import is_valid_room
+
+STATIC = Path(__file__).parent / "static"
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self' ws: wss:; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+MAX_BODY_BYTES = 256 * 1024
+
+
+@lru_cache(maxsize=8)
+def _asset(name: str) -> bytes:
+    return (STATIC / name).read_bytes()
+
+
+def index(request: HttpRequest) -> HttpResponse:
+    response = HttpResponse(_asset("index.html"), content_type="text/html; charset=utf-8")
+    response["Content-Security-Policy"] = PAGE_CSP
+    response["Cache-Control"] = "no-cache"
+    return response
+
+
+def _error(status: int, code: str, detail: str) -> JsonResponse:
+    return JsonResponse({"type": "error", "code": code, "detail": detail}, status=status)
+
+
+async def room_messages(request: HttpRequest, room: str) -> HttpResponse:
+    if not is_valid_room(room):
+        return _error(400, "bad_room", "room names are 1-64 of A-Z a-z 0-9 _ . -")
+    if request.method == "GET":
+        return await _history(request, room)
+    if request.method == "POST":
+        return await _publish(request, room)
+    response = _error(405, "method_not_allowed", "use GET or POST")
+    response["Allow"] = "GET, POST"
+    return response
+
+
+def _int_param(request: HttpRequest, name: str, default: int, low: int, high: int) -> int:
+    raw = request.GET.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise FrameError(f"bad_{name}", f"'{name}' must be an integer from {low} to {high}")
+    return int(raw)
+
+
+async def _history(request: HttpRequest, room: str) -> HttpResponse:
+    """GET: messages after ``since`` (default 0), at most ``limit``, oldest first."""
+    try:
+        since = _int_param(request, "since", 0, 0, 10**18)
+        limit = _int_param(request, "limit", 100, 1, CONFIG.history_max)
+    except FrameError as exc:
+        return _error(400, exc.code, exc.detail)
+    history = services.get().history
+    try:
+        replay = await history.after(room, since, limit)
+        last_id = await history.last_id(room)
+    except HistoryUnavailable:
+        return _error(503, "unavailable", "history storage is unavailable")
+    gap = "null" if replay.missing is None else json.dumps(
+        {"from": replay.missing[0], "to": replay.missing[1]}
+    )
+    # Stored frames are JSON already: splice them in rather than parse and re-encode.
+    body = (
+        '{"room":' + json.dumps(room) + ',"last_id":' + str(last_id) + ',"gap":' + gap
+        + ',"messages":[' + ",".join(frame for _, frame in replay.frames) + "]}"
+    )
+    return HttpResponse(body, content_type="application/json")
+
+
+def _authorized(request: HttpRequest) -> bool:
+    supplied = request.headers.get("Authorization", "")
+    expected = f"Bearer {CONFIG.api_token}"
+    return hmac.compare_digest(supplied.encode(), expected.encode())
+
+
+async def _publish(request: HttpRequest, room: str) -> HttpResponse:
+    """POST: a backend posts a message as a client would; answers with the assigned id."""
+    if not CONFIG.api_token:
+        return _error(403, "api_disabled", "set CHAT_API_TOKEN to enable publishing over HTTP")
+    if not _authorized(request):
+        response = _error(401, "unauthorized", "send Authorization: Bearer <CHAT_API_TOKEN>")
+        response["WWW-Authenticate"] = "Bearer"
+        return response
+    if len(request.body) > MAX_BODY_BYTES:
+        return _error(413, "body_too_large", f"body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        chat = parse_client_frame(request.body.decode("utf-8", "replace"), CONFIG.max_message_chars)
+    except FrameError as exc:
+        return _error(400, exc.code, exc.detail)
+    user = "api"
+    try:
+        extra = json.loads(request.body)
+        if isinstance(extra.get("user"), str) and 0 < len(extra["user"]) <= 64:
+            user = extra["user"]
+    except ValueError:
+        pass
+    template = message_template(room, chat.text, int(time.time() * 1000), user, chat.client_id)
+    try:
+        appended = await services.get().post(room, template, chat.client_id)
+    except HistoryUnavailable:
+        return _error(503, "unavailable", "message not stored: storage unavailable, retry")
+    if not appended.duplicate:
+        metrics.MESSAGES_BROADCAST.inc()
+    return JsonResponse(
+        {"id": appended.id, "duplicate": appended.duplicate, "client_id": chat.client_id},
+        status=200 if appended.duplicate else 201,
+    )

@@ -1,0 +1,78 @@
+"""Everything between "listening" and "ready", done off the probes' path.
+
+Order: Django and the chat stack (in a thread, so /healthz keeps answering), one round trip
+through the channel layer and history (retried with backoff while Redis is away), ready,
+then the Django HTTP app, which no probe needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from app import services
+from app.config import CONFIG
+from app.lifecycle import PROCESS_STARTED_AT, Lifecycle
+
+logger = logging.getLogger("parley")
+
+CHECK_TIMEOUT = 2.0
+MONITOR_INTERVAL = 1.0
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"redis unavailable: {text}"[:200]
+
+
+async def until_answering(chat: services.Services, lifecycle: Lifecycle) -> None:
+    """Retry the services check with capped exponential backoff until it passes."""
+    delay = 0.05
+    while True:
+        try:
+            await chat.check(CHECK_TIMEOUT)
+            return
+        except Exception as exc:  # any failure of the layer or history keeps us unready
+            lifecycle.set_unavailable(_describe(exc))
+            logger.warning("not ready: %s; retrying in %.2fs", lifecycle.reason, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def monitor(chat: services.Services, lifecycle: Lifecycle) -> None:
+    """While running with Redis, keep /readyz honest about whether chat would work."""
+    from app import metrics
+
+    while not lifecycle.draining:
+        await asyncio.sleep(MONITOR_INTERVAL)
+        try:
+            await asyncio.wait_for(chat.history.ping(), CHECK_TIMEOUT)
+        except Exception as exc:
+            if lifecycle.ready:
+                logger.warning("lost Redis: %s", exc)
+            lifecycle.set_unavailable(_describe(exc))
+            metrics.READY.set(0)
+        else:
+            if not lifecycle.ready and not lifecycle.draining:
+                logger.info("Redis is back; ready again")
+                lifecycle.set_ready()
+                metrics.READY.set(1)
+
+
+async def warm_up(lifecycle: Lifecycle, on_ready: Callable[[], object]) -> None:
+    """Bring the process to ready, call ``on_ready``, then keep readiness truthful."""
+    chat = await asyncio.to_thread(services.load)
+    await until_answering(chat, lifecycle)
+    from app import metrics
+
+    lifecycle.set_ready()
+    elapsed = (lifecycle.ready_at or time.time()) - PROCESS_STARTED_AT
+    metrics.STARTUP_SECONDS.set(elapsed)
+    metrics.READY.set(1)
+    logger.info("ready in %.3fs (color=%s, layer=%s)", elapsed, CONFIG.color,
+                type(chat.layer).__name__)
+    on_ready()
+    if CONFIG.redis_enabled:
+        await monitor(chat, lifecycle)

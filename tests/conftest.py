@@ -1,0 +1,43 @@
+"""Fixtures that start real services and clean up after themselves."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.support import AppServer, RedisServer
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def make_app() -> Iterator[Callable[..., AppServer]]:
+    """Start ``python -m app`` processes: ``make_app(env={...}, wait="/readyz")``."""
+    started: list[AppServer] = []
+
+    def make(env: dict[str, str] | None = None, wait: str | None = "/readyz", **kwargs: object) -> AppServer:
+        server = AppServer(env=env, **kwargs)  # type: ignore[arg-type]
+        started.append(server)
+        return server.start(wait=wait)
+
+    yield make
+    for server in started:
+        server.cleanup()
+
+
+@pytest.fixture
+def app_server(make_app: Callable[..., AppServer]) -> AppServer:
+    """One server with the embedded in-memory layer."""
+    return make_app()
+
+
+@pytest.fixture
+def redis_app(make_app: Callable[..., AppServer], redis_server: RedisServer) -> AppServer:
+    """One server on a fresh redis-server."""
+    return make_app(env={"REDIS_URL": redis_server.url})
