@@ -6,5 +6,6 @@ from app import views
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path("static/<str:name>", views.asset, name="asset"),
     path("api/rooms/<str:room>/messages", views.room_messages, name="room-messages"),
 ]

@@ -22,6 +22,11 @@ PAGE_CSP = (
     "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 MAX_BODY_BYTES = 256 * 1024
+# The page's own files, by name: a whitelist, so no request path ever reaches the filesystem.
+ASSET_TYPES = {
+    "chat.js": "text/javascript; charset=utf-8",
+    "chat.css": "text/css; charset=utf-8",
+}
 
 
 @lru_cache(maxsize=8)
@@ -33,6 +38,17 @@ def index(request: HttpRequest) -> HttpResponse:
     response = HttpResponse(_asset("index.html"), content_type="text/html; charset=utf-8")
     response["Content-Security-Policy"] = PAGE_CSP
     response["Cache-Control"] = "no-cache"
+    return response
+
+
+def asset(request: HttpRequest, name: str) -> HttpResponse:
+    """The chat page's script and stylesheet; 404 for any other name."""
+    content_type = ASSET_TYPES.get(name)
+    if content_type is None:
+        return _error(404, "not_found", "no such asset")
+    response = HttpResponse(_asset(name), content_type=content_type)
+    response["Cache-Control"] = "no-cache"
+    response["X-Content-Type-Options"] = "nosniff"
     return response
 
 

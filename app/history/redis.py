@@ -1,15 +1,14 @@
 """History in Redis Streams: one stream per room, ids assigned by one Lua script.
 
 Keys of a room share the hash tag ``{room}`` so they live in one slot; with several Redis
-URLs a room lives on the shard ``crc32(group) % len(urls)``, the shard channels-redis picks
-for the room's group.
+URLs a room lives on the shard channels-redis's core layer picks for the room's group
+(crc32 of the group name over a ring of 4096).
 """
 
 from __future__ import annotations
 
-import binascii
-
 import redis.asyncio as aioredis
+from channels_redis.utils import _consistent_hash
 from redis.exceptions import RedisError
 
 from app.history.base import Appended, History, HistoryUnavailable, Replay
@@ -33,10 +32,8 @@ return {id, 0}
 
 
 def shard_index(room: str, shards: int) -> int:
-    """The shard of a room: the same crc32 rule channels-redis uses for group names."""
-    if shards == 1:
-        return 0
-    return binascii.crc32(group_name(room).encode()) % shards
+    """The shard of a room: the one channels-redis's core layer picks for the room's group."""
+    return _consistent_hash(group_name(room), shards)
 
 
 class RedisHistory(History):

@@ -1,0 +1,55 @@
+"""Parsing the environment into Config."""
+
+import pytest
+
+from app.config import Config, ConfigError, load
+
+
+def test_defaults_are_the_embedded_mode() -> None:
+    config = load({})
+    assert config.redis_urls == ()
+    assert not config.redis_enabled
+    assert (config.host, config.port, config.color) == ("127.0.0.1", 8000, "blue")
+    assert config.debug is False
+    assert config.shutdown_timeout == 5.0 and config.shutdown_drain_delay == 0.0
+    assert config.max_message_chars == 4000
+    assert config.auth == "none"
+
+
+def test_values_are_parsed() -> None:
+    config = load({
+        "PORT": "9001", "APP_COLOR": "green", "DEBUG": "true",
+        "REDIS_URL": "redis://a:6379/0, redis://b:6379/0", "SHUTDOWN_TIMEOUT": "2.5",
+        "CHAT_ALLOWED_ORIGINS": "https://x,https://y", "CHAT_LAYER": "core",
+    })
+    assert config.port == 9001 and config.color == "green" and config.debug
+    assert config.redis_urls == ("redis://a:6379/0", "redis://b:6379/0")
+    assert config.shutdown_timeout == 2.5
+    assert config.allowed_origins == ("https://x", "https://y")
+    assert config.layer == "core"
+
+
+def test_empty_values_mean_unset() -> None:
+    config = load({"REDIS_URL": "", "PORT": ""})
+    assert config.redis_urls == () and config.port == Config().port
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"PORT": "http"}, "PORT"),
+        ({"DEBUG": "maybe"}, "DEBUG"),
+        ({"SHUTDOWN_TIMEOUT": "-1"}, "SHUTDOWN_TIMEOUT"),
+        ({"CHAT_LAYER": "bogus"}, "CHAT_LAYER"),
+        ({"CHAT_AUTH": "basic"}, "CHAT_AUTH"),
+        ({"CHAT_AUTH": "jwt"}, "CHAT_JWT_SECRET"),
+    ],
+)
+def test_bad_values_are_refused_by_name(env: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load(env)
+
+
+def test_django_secret_is_random_per_process_when_unset() -> None:
+    assert load({}).django_secret_key != load({}).django_secret_key
+    assert load({"DJANGO_SECRET_KEY": "k"}).django_secret_key == "k"

@@ -1,0 +1,107 @@
+"""Frame parsing and building, without sockets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, strategies as st
+
+from app.protocol import (
+    ChatMessage,
+    FrameError,
+    ack_frame,
+    error_frame,
+    gap_frame,
+    message_template,
+    parse_client_frame,
+    parse_connect_params,
+    ready_frame,
+)
+
+
+def test_plain_message_is_accepted() -> None:
+    assert parse_client_frame('{"message": "hi"}', 10) == ChatMessage("hi")
+
+
+def test_type_message_and_client_id_are_accepted() -> None:
+    parsed = parse_client_frame('{"type": "message", "message": "hi", "client_id": "c1"}', 10)
+    assert parsed == ChatMessage("hi", "c1")
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json", "invalid_json"),
+        ("[1, 2]", "not_an_object"),
+        ('"hi"', "not_an_object"),
+        ('{"type": "typing"}', "unknown_type"),
+        ("{}", "missing_message"),
+        ('{"message": 5}', "message_not_string"),
+        ('{"message": null}', "message_not_string"),
+        ('{"message": ""}', "empty_message"),
+        ('{"message": "   "}', "empty_message"),
+        ('{"message": "12345678901"}', "message_too_long"),
+        ('{"message": "hi", "client_id": 7}', "bad_client_id"),
+        ('{"message": "hi", "client_id": ""}', "bad_client_id"),
+        ('{"message": "hi", "client_id": "' + "x" * 65 + '"}', "bad_client_id"),
+        ("[" * 100000 + "]" * 100000, "invalid_json"),
+    ],
+)
+def test_bad_frames_name_what_is_wrong(frame: str, code: str) -> None:
+    with pytest.raises(FrameError) as info:
+        parse_client_frame(frame, 10)
+    assert info.value.code == code
+    assert info.value.detail
+
+
+def test_message_length_counts_characters_not_bytes() -> None:
+    assert parse_client_frame(json.dumps({"message": "é" * 10}), 10).text == "é" * 10
+
+
+@given(st.text(max_size=200))
+def test_parser_only_ever_accepts_or_raises_frame_error(text: str) -> None:
+    try:
+        parsed = parse_client_frame(text, 50)
+    except FrameError:
+        return
+    assert 0 < len(parsed.text) <= 50
+
+
+@given(st.text(min_size=1, max_size=50).filter(str.strip), st.integers(1, 10**12))
+def test_message_frame_round_trips_through_json(text: str, message_id: int) -> None:
+    frame = message_template("room-1", text, 1234, "alice", "c9").with_id(message_id)
+    assert json.loads(frame) == {
+        "type": "message", "room": "room-1", "id": message_id, "message": text,
+        "ts": 1234, "user": "alice", "client_id": "c9",
+    }
+
+
+def test_message_frame_without_client_id_omits_it() -> None:
+    frame = json.loads(message_template("r", "hi", 1, "bob").with_id(3))
+    assert "client_id" not in frame
+
+
+def test_server_frames() -> None:
+    assert json.loads(ack_frame(4, None)) == {"type": "ack", "id": 4, "client_id": None}
+    assert json.loads(error_frame("x", "y")) == {"type": "error", "code": "x", "detail": "y"}
+    assert json.loads(gap_frame(2, 5)) == {"type": "gap", "from": 2, "to": 5}
+    assert json.loads(ready_frame("r", 9, "u")) == {"type": "ready", "room": "r", "last_id": 9, "user": "u"}
+
+
+def test_connect_params() -> None:
+    assert parse_connect_params(b"", 100).since is None
+    assert parse_connect_params(b"since=5", 100).since == 5
+    assert parse_connect_params(b"last=20&token=abc", 100).last == 20
+    assert parse_connect_params(b"token=abc", 100).token == "abc"
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [(b"since=-1", "bad_since"), (b"since=x", "bad_since"), (b"last=101", "bad_last"),
+     (b"since=1&last=2", "bad_query")],
+)
+def test_bad_connect_params(query: bytes, code: str) -> None:
+    with pytest.raises(FrameError) as info:
+        parse_connect_params(query, 100)
+    assert info.value.code == code
