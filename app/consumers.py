@@ -70,16 +70,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.user = f"anon-{secrets.token_hex(4)}"
         self.history = services.get().history
 
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        self.joined = True
         try:
+            await self.channel_layer.group_add(self.group, self.channel_name)
+            self.joined = True
             missing, frames, live_from = await self._catch_up(params)
-        except HistoryUnavailable:
+        except Exception:  # history or channel layer (Redis) unreachable
+            logger.warning("refusing %s: storage unavailable", self.room, exc_info=True)
             await self._leave()
             return await self._refuse(503, "unavailable")
 
         await self.accept()
-        REGISTRY.add(self)
         metrics.CONNECTIONS_OPENED.inc()
         metrics.CONNECTIONS_OPEN.inc()
         if missing is not None:
@@ -88,6 +88,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._deliver(message_id, frame)
         self.last_id = max(self.last_id, live_from)
         await self._send_text(ready_frame(self.room, self.last_id, self.user))
+        REGISTRY.add(self)
 
     async def _catch_up(self, params: ConnectParams) -> tuple[tuple[int, int] | None, list, int]:
         """What to send before going live: (ids no longer held, frames, id live starts after)."""
@@ -150,6 +151,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if message_id > self.last_id + 1:
             await self._fill_gap(message_id)
         await self._deliver(message_id, event["frame"])
+
+    async def chat_sync(self, event: dict[str, Any]) -> None:
+        """From the tail watcher: history holds up to ``last_id``; catch up if behind."""
+        if event["last_id"] > self.last_id:
+            await self._fill_gap(event["last_id"] + 1)
 
     async def _fill_gap(self, upto: int) -> None:
         """Send the messages between ``last_id`` and ``upto`` from history."""

@@ -1,4 +1,4 @@
-"""The chat sockets this process holds, so a drain can close every one of them."""
+"""The chat sockets this process holds, by room, so a drain can close every one of them."""
 
 from __future__ import annotations
 
@@ -6,28 +6,43 @@ import asyncio
 from typing import Protocol
 
 
-class Closable(Protocol):
+class Member(Protocol):
+    room: str
+    last_id: int
+
     async def close_for_restart(self, code: int, reason: str) -> None: ...
 
 
 class Registry:
-    """A set of live chat consumers with a bounded, concurrent ``close_all``."""
+    """Live chat consumers by room, with a bounded, concurrent ``close_all``."""
 
     def __init__(self) -> None:
-        self._members: set[Closable] = set()
+        self._rooms: dict[str, set[Member]] = {}
+        self._count = 0
 
     def __len__(self) -> int:
-        return len(self._members)
+        return self._count
 
-    def add(self, member: Closable) -> None:
-        self._members.add(member)
+    def add(self, member: Member) -> None:
+        members = self._rooms.setdefault(member.room, set())
+        if member not in members:
+            members.add(member)
+            self._count += 1
 
-    def discard_if_present(self, member: Closable) -> bool:
+    def discard_if_present(self, member: Member) -> bool:
         """Remove ``member``; True if it was there (so callers count each close once)."""
-        if member in self._members:
-            self._members.remove(member)
-            return True
-        return False
+        members = self._rooms.get(member.room)
+        if members is None or member not in members:
+            return False
+        members.remove(member)
+        self._count -= 1
+        if not members:
+            del self._rooms[member.room]
+        return True
+
+    def rooms(self) -> dict[str, int]:
+        """Each room with members here, and the lowest id all of them have been sent."""
+        return {room: min(m.last_id for m in members) for room, members in self._rooms.items()}
 
     async def close_all(self, code: int, reason: str, timeout: float) -> int:
         """Send every member a close frame; return how many there were.
@@ -35,7 +50,7 @@ class Registry:
         A member whose client stops reading can block its send, so the whole step is
         bounded by ``timeout``; uvicorn's own shutdown then closes what is left.
         """
-        members = list(self._members)
+        members = [m for room in self._rooms.values() for m in room]
         if not members:
             return 0
         tasks = [asyncio.ensure_future(m.close_for_restart(code, reason)) for m in members]

@@ -15,11 +15,14 @@ from typing import Callable
 from app import services
 from app.config import CONFIG
 from app.lifecycle import PROCESS_STARTED_AT, Lifecycle
+from app.registry import REGISTRY
+from app.tail import TailWatcher
 
 logger = logging.getLogger("parley")
 
 CHECK_TIMEOUT = 2.0
 MONITOR_INTERVAL = 1.0
+TAIL_INTERVAL = 1.0
 
 
 def _describe(exc: BaseException) -> str:
@@ -74,5 +77,9 @@ async def warm_up(lifecycle: Lifecycle, on_ready: Callable[[], object]) -> None:
     logger.info("ready in %.3fs (color=%s, layer=%s)", elapsed, CONFIG.color,
                 type(chat.layer).__name__)
     on_ready()
+    # Both loops live as long as this task; lifespan shutdown cancels it, and so them.
+    watcher = TailWatcher(REGISTRY, chat.history, chat.layer, TAIL_INTERVAL)
+    loops = [watcher.run()]
     if CONFIG.redis_enabled:
-        await monitor(chat, lifecycle)
+        loops.append(monitor(chat, lifecycle))
+    await asyncio.gather(*loops)

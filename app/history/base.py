@@ -48,6 +48,10 @@ class History(abc.ABC):
     async def last_id(self, room: str) -> int:
         """The id of the newest message of the room (0 for none)."""
 
+    async def last_ids(self, rooms: list[str]) -> list[int]:
+        """``last_id`` of several rooms; backends batch it into one round trip."""
+        return [await self.last_id(room) for room in rooms]
+
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise HistoryUnavailable unless the store answers."""

@@ -109,6 +109,16 @@ class RedisHistory(History):
         except (RedisError, OSError) as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
 
+    async def last_ids(self, rooms: list[str]) -> list[int]:
+        pipes = [client.pipeline(transaction=False) for client in self._clients]
+        for room in rooms:
+            pipes[self._shard(room)].get(self._keys(room)[0])
+        try:
+            results = [iter(await pipe.execute()) for pipe in pipes]
+        except (RedisError, OSError) as exc:
+            raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
+        return [int(next(results[self._shard(room)]) or 0) for room in rooms]
+
     async def ping(self) -> None:
         try:
             for client in self._clients:

@@ -1,0 +1,493 @@
+// Parley reference client: plain JavaScript, no dependencies, no build step.
+//
+// Two parts. `ChatClient` speaks the protocol (docs/PROTOCOL.md) and knows nothing about the
+// page: connect, resume with ?since=, reconnect with backoff, resend unacknowledged messages
+// with their client_id. The rest of the file draws it. docs/CLIENT.md explains the choices.
+"use strict";
+
+(() => {
+  const DEFAULTS = Object.freeze({
+    backoffBase: 500, // ms: retry window after the first failure; doubles per failure
+    backoffCap: 20000, // ms: the window never grows past this
+    restartJitter: 1000, // ms: window after close 1012 (deploy): prompt, but spread out
+    connectTimeout: 10000, // ms: from new WebSocket() to `ready`, else retry
+    ackTimeout: 10000, // ms: a send without ack or error means the socket is dead
+    sendRetryDelay: 1000, // ms: before resending after `rate_limited` or `unavailable`
+    historyWindow: 50, // messages shown on first join (?last=)
+    maxChars: 4000, // the server's default CHAT_MAX_MESSAGE_CHARS; the server decides
+  });
+  const ROOM_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
+  const CLOSE_RESTART = 1012;
+  const CLOSE_TOO_BIG = 1009;
+  // Refusals worth retrying with the same client_id; every other error drops the message.
+  const RETRYABLE = new Set(["rate_limited", "unavailable"]);
+
+  function newClientId() {
+    if (window.crypto && typeof crypto.randomUUID === "function") return crypto.randomUUID();
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  /** ws: or wss: URL of a room, relative to the page so a path prefix (proxy) still works. */
+  function roomUrl(room, query) {
+    const url = new URL(`ws/chat/${encodeURIComponent(room)}/`, window.location.href);
+    url.protocol = window.location.protocol === "https:" ? "wss:" : "ws:";
+    url.search = new URLSearchParams(query).toString();
+    url.hash = "";
+    return url.toString();
+  }
+
+  /**
+   * One room's connection. States: "connecting" → "live" → "reconnecting" → "connecting" …;
+   * "offline" when the browser has no network or after leave().
+   *
+   * Callbacks (all optional): onState(state, {delay}), onReady(frame), onMessage(frame),
+   * onGap(frame), onOutbox(item), onError(code, detail). An outbox item is
+   * {clientId, text, status: "queued" | "sending" | "sent" | "failed", id?, error?}.
+   */
+  class ChatClient {
+    constructor(room, options, callbacks) {
+      this.room = room;
+      this.options = { ...DEFAULTS, ...options };
+      this.on = callbacks;
+      this.state = "offline";
+      this.lastId = 0; // newest message id shown: resume point and duplicate filter
+      this.resuming = false; // true once the room was joined: reconnects use ?since=
+      this.attempt = 0; // failures since the last `ready`: the backoff exponent
+      this.outbox = []; // unacknowledged sends, oldest first
+      this.inflight = null; // the one outbox item awaiting its ack (keeps order; see CLIENT.md)
+      this.mine = new Set(); // client_ids sent from this page
+      this.user = null;
+      this.ws = null;
+      this.timers = { reconnect: 0, connect: 0, ack: 0, resend: 0 };
+      this.left = false;
+      this.onOnline = () => {
+        if (this.state === "offline" && !this.left) this.connect();
+      };
+      window.addEventListener("online", this.onOnline);
+    }
+
+    start() {
+      this.connect();
+    }
+
+    /** Queue a message; it goes out as soon as the room is live, and again after reconnects. */
+    send(text) {
+      const item = { clientId: newClientId(), text, status: "queued" };
+      this.outbox.push(item);
+      this.mine.add(item.clientId);
+      this.emit("onOutbox", item);
+      this.pump();
+      return item;
+    }
+
+    /** A deliberate close: no reconnect. Unsent messages are reported as failed. */
+    leave() {
+      this.left = true;
+      window.removeEventListener("online", this.onOnline);
+      this.detach(1000, "leaving");
+      this.clearTimers();
+      for (const item of this.outbox) this.fail(item, "not sent: you left the room");
+      this.outbox = [];
+      this.inflight = null;
+      this.setState("offline");
+    }
+
+    /** Skip the rest of a reconnect wait (the "Retry now" button). */
+    retryNow() {
+      if (!this.left && (this.state === "reconnecting" || this.state === "offline")) this.connect();
+    }
+
+    // -- connection ---------------------------------------------------------------------
+
+    connect() {
+      this.clearTimers();
+      this.detach(4000, "reconnecting");
+      const query = this.resuming || this.lastId > 0
+        ? { since: String(this.lastId) }
+        : { last: String(this.options.historyWindow) };
+      const ws = new WebSocket(roomUrl(this.room, query));
+      this.ws = ws;
+      this.setState("connecting");
+      this.timers.connect = setTimeout(() => this.lost(0), this.options.connectTimeout);
+      ws.onmessage = (event) => {
+        if (ws === this.ws) this.receive(event.data);
+      };
+      // A refused handshake (HTTP 503 while a server drains or starts) also ends here, as 1006.
+      ws.onclose = (event) => {
+        if (ws === this.ws) this.lost(event.code);
+      };
+    }
+
+    /** Forget the current socket: its late events are ignored from now on. */
+    detach(code, reason) {
+      const ws = this.ws;
+      if (ws === null) return;
+      this.ws = null;
+      ws.onmessage = ws.onclose = null;
+      try {
+        ws.close(code, reason);
+      } catch (_) {
+        // already closed
+      }
+    }
+
+    /** The socket is gone without us asking: requeue, then reconnect after a delay. */
+    lost(code) {
+      this.detach(4000, "timeout");
+      this.clearTimers();
+      const inflight = this.inflight;
+      this.inflight = null;
+      if (inflight !== null) {
+        if (code === CLOSE_TOO_BIG) {
+          this.forget(inflight, "not sent: too large for the server");
+        } else {
+          inflight.status = "queued";
+          this.emit("onOutbox", inflight);
+        }
+      }
+      let delay;
+      if (code === CLOSE_RESTART) {
+        // A deploy closes everyone at once: come back soon, but not all in the same instant.
+        delay = Math.random() * this.options.restartJitter;
+      } else {
+        // Full jitter: uniform in [0, min(cap, base * 2^attempt)).
+        const window_ = Math.min(this.options.backoffCap, this.options.backoffBase * 2 ** this.attempt);
+        delay = Math.random() * window_;
+        this.attempt += 1;
+      }
+      if (navigator.onLine === false) {
+        this.setState("offline"); // the "online" event reconnects
+        return;
+      }
+      this.timers.reconnect = setTimeout(() => this.connect(), delay);
+      this.setState("reconnecting", { delay });
+    }
+
+    receive(data) {
+      let frame;
+      try {
+        frame = JSON.parse(data);
+      } catch (_) {
+        return;
+      }
+      switch (frame.type) {
+        case "message":
+          return this.message(frame);
+        case "ready":
+          return this.ready(frame);
+        case "ack":
+          return this.ack(frame);
+        case "error":
+          return this.refused(frame);
+        case "gap":
+          return this.emit("onGap", frame);
+        default:
+          return undefined; // newer servers may add frame types
+      }
+    }
+
+    ready(frame) {
+      clearTimeout(this.timers.connect);
+      this.attempt = 0;
+      this.resuming = true;
+      this.user = frame.user;
+      this.setState("live");
+      this.emit("onReady", frame);
+      this.pump();
+    }
+
+    message(frame) {
+      // Exactly once, in id order: anything at or below what we showed is a repeat.
+      if (typeof frame.id !== "number" || frame.id <= this.lastId) return;
+      this.lastId = frame.id;
+      const item = this.outbox.find((entry) => entry.clientId === frame.client_id);
+      if (item !== undefined && item !== this.inflight) {
+        // Ours, stored before a disconnect ate the ack: delivered, so never resend it.
+        this.settle(item, frame.id);
+      }
+      this.emit("onMessage", frame);
+    }
+
+    // -- sending ------------------------------------------------------------------------
+
+    /** Send the oldest queued message when live and nothing is in flight. */
+    pump() {
+      if (this.state !== "live" || this.inflight !== null || this.timers.resend) return;
+      const item = this.outbox.find((entry) => entry.status === "queued");
+      if (item === undefined) return;
+      this.inflight = item;
+      item.status = "sending";
+      this.ws.send(JSON.stringify({ message: item.text, client_id: item.clientId }));
+      this.timers.ack = setTimeout(() => this.lost(0), this.options.ackTimeout);
+      this.emit("onOutbox", item);
+    }
+
+    ack(frame) {
+      const item = this.inflight;
+      if (item === null || frame.client_id !== item.clientId) return;
+      clearTimeout(this.timers.ack);
+      this.inflight = null;
+      this.settle(item, frame.id);
+      this.emit("onError", null, null);
+      this.pump();
+    }
+
+    /** An error frame answers the one message in flight (the server answers in order). */
+    refused(frame) {
+      const item = this.inflight;
+      this.emit("onError", frame.code, frame.detail);
+      if (item === null) return;
+      clearTimeout(this.timers.ack);
+      this.inflight = null;
+      if (RETRYABLE.has(frame.code)) {
+        item.status = "queued";
+        this.emit("onOutbox", item);
+        this.timers.resend = setTimeout(() => {
+          this.timers.resend = 0;
+          this.pump();
+        }, this.options.sendRetryDelay);
+        return;
+      }
+      this.forget(item, `not sent: ${frame.detail || frame.code}`);
+      this.pump();
+    }
+
+    settle(item, id) {
+      this.outbox = this.outbox.filter((entry) => entry !== item);
+      item.status = "sent";
+      item.id = id;
+      this.emit("onOutbox", item);
+    }
+
+    forget(item, reason) {
+      this.outbox = this.outbox.filter((entry) => entry !== item);
+      this.fail(item, reason);
+    }
+
+    fail(item, reason) {
+      item.status = "failed";
+      item.error = reason;
+      this.emit("onOutbox", item);
+    }
+
+    // -- plumbing -----------------------------------------------------------------------
+
+    clearTimers() {
+      for (const name of Object.keys(this.timers)) {
+        clearTimeout(this.timers[name]);
+        this.timers[name] = 0;
+      }
+    }
+
+    setState(state, detail = {}) {
+      this.state = state;
+      this.emit("onState", state, detail);
+    }
+
+    emit(name, ...args) {
+      if (typeof this.on[name] === "function") this.on[name](...args);
+    }
+  }
+
+  // -- the page ---------------------------------------------------------------------------
+
+  const ERROR_TEXT = {
+    message_too_long: "Too long",
+    rate_limited: "Rate limited, sending too fast; retrying shortly",
+    unavailable: "Chat is unavailable right now; retrying shortly",
+    empty_message: "Empty message",
+  };
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    roomForm: $("room-form"),
+    roomInput: $("room-input"),
+    roomTitle: $("room-title"),
+    who: $("who"),
+    state: $("state"),
+    retry: $("retry"),
+    scroller: $("scroller"),
+    messages: $("messages"),
+    outbox: $("outbox"),
+    sendForm: $("send-form"),
+    input: $("message-input"),
+    error: $("send-error"),
+  };
+  const options = { ...DEFAULTS, ...(window.PARLEY_OPTIONS || {}) };
+  let client = null;
+  let countdown = 0;
+
+  function pad(n) {
+    return String(n).padStart(2, "0");
+  }
+
+  function clock(ts) {
+    const d = new Date(ts);
+    return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  }
+
+  /** Keep the view pinned to the newest message unless the reader scrolled up. */
+  function appending(draw) {
+    const el = ui.scroller;
+    const atBottom = el.scrollHeight - el.scrollTop - el.clientHeight < 48;
+    draw();
+    if (atBottom) el.scrollTop = el.scrollHeight;
+  }
+
+  function row(className, user, text, meta) {
+    const li = document.createElement("li");
+    li.className = className;
+    const head = document.createElement("div");
+    head.className = "meta";
+    const name = document.createElement("span");
+    name.className = "user";
+    name.textContent = user;
+    head.append(name, meta);
+    const body = document.createElement("p");
+    body.className = "text";
+    body.textContent = text; // text, never HTML
+    li.append(head, body);
+    return li;
+  }
+
+  function showMessage(frame) {
+    const time = document.createElement("time");
+    time.dateTime = new Date(frame.ts).toISOString();
+    time.textContent = clock(frame.ts);
+    const mine = client !== null && client.mine.has(frame.client_id);
+    const li = row(mine ? "message mine" : "message", String(frame.user), String(frame.message), time);
+    li.dataset.id = String(frame.id);
+    appending(() => {
+      ui.messages.append(li);
+      if (frame.client_id) outboxRow(frame.client_id)?.remove();
+    });
+  }
+
+  function showNotice(text) {
+    const li = document.createElement("li");
+    li.className = "notice";
+    li.textContent = text;
+    appending(() => ui.messages.append(li));
+  }
+
+  function outboxRow(clientId) {
+    return Array.from(ui.outbox.children).find((li) => li.dataset.clientId === clientId);
+  }
+
+  const OUTBOX_LABEL = { queued: "waiting to send", sending: "sending…", sent: "sent" };
+
+  function showOutbox(item) {
+    let li = outboxRow(item.clientId);
+    if (item.status === "sent" && item.id <= client.lastId) {
+      li?.remove(); // its message is already on screen
+      return;
+    }
+    const label = document.createElement("span");
+    label.className = "status";
+    label.textContent = item.status === "failed" ? item.error : OUTBOX_LABEL[item.status];
+    const fresh = row(`pending ${item.status}`, "you", item.text, label);
+    fresh.dataset.clientId = item.clientId;
+    appending(() => (li ? li.replaceWith(fresh) : ui.outbox.append(fresh)));
+    if (item.status === "failed" && ui.input.value === "") ui.input.value = item.text;
+  }
+
+  function showError(code, detail) {
+    if (code === null) {
+      ui.error.textContent = "";
+      return;
+    }
+    const text = ERROR_TEXT[code] || "Not sent";
+    ui.error.textContent = detail ? `${text}: ${detail}` : text;
+  }
+
+  function showState(state, detail) {
+    clearInterval(countdown);
+    ui.state.dataset.state = state;
+    document.documentElement.dataset.state = state;
+    ui.retry.hidden = !(client && !client.left && (state === "reconnecting" || state === "offline"));
+    if (state === "reconnecting") {
+      const until = performance.now() + detail.delay;
+      const tick = () => {
+        const seconds = Math.max(1, Math.ceil((until - performance.now()) / 1000));
+        ui.state.textContent = `reconnecting in ${seconds} s`;
+      };
+      tick();
+      countdown = setInterval(tick, 250);
+    } else {
+      ui.state.textContent = { connecting: "connecting…", live: "live", offline: "offline" }[state];
+    }
+    // For embedders and tests: every transition, including ones too brief to see.
+    document.dispatchEvent(
+      new CustomEvent("parley:state", { detail: { state, text: ui.state.textContent } }),
+    );
+  }
+
+  function join(room) {
+    if (!ROOM_PATTERN.test(room)) {
+      ui.roomInput.setCustomValidity("1–64 letters, digits, _ . -");
+      ui.roomInput.reportValidity();
+      return;
+    }
+    ui.roomInput.setCustomValidity("");
+    if (client !== null) client.leave();
+    ui.messages.replaceChildren();
+    ui.outbox.replaceChildren();
+    showError(null);
+    ui.roomInput.value = room;
+    ui.roomTitle.textContent = `#${room}`;
+    ui.who.textContent = "";
+    document.title = `#${room} · Parley`;
+    const url = new URL(window.location.href);
+    url.searchParams.set("room", room);
+    window.history.replaceState(null, "", url);
+    client = new ChatClient(room, options, {
+      onState: showState,
+      onReady: (frame) => {
+        ui.who.textContent = `you are ${frame.user}`;
+      },
+      onMessage: showMessage,
+      onGap: (frame) => showNotice(`messages ${frame.from}–${frame.to} are no longer available`),
+      onOutbox: showOutbox,
+      onError: showError,
+    });
+    client.start();
+    ui.input.focus();
+  }
+
+  function submit() {
+    const text = ui.input.value;
+    if (text.trim() === "") return;
+    if (client === null) {
+      showError("no_room", "join a room first");
+      return;
+    }
+    if ([...text].length > options.maxChars) {
+      showError("message_too_long", `at most ${options.maxChars} characters`);
+      return;
+    }
+    showError(null);
+    client.send(text);
+    ui.input.value = "";
+  }
+
+  ui.roomForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    join(ui.roomInput.value.trim());
+  });
+  ui.sendForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    submit();
+  });
+  ui.input.addEventListener("keydown", (event) => {
+    // Enter sends; Shift+Enter is a new line; Enter that ends an IME composition is not a send.
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      submit();
+    }
+  });
+  ui.retry.addEventListener("click", () => client?.retryNow());
+
+  window.Parley = { ChatClient, DEFAULTS };
+  join(new URLSearchParams(window.location.search).get("room") || "lobby");
+})();

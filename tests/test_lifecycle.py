@@ -1,0 +1,48 @@
+"""Phases and the probe bytes precomputed for each."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from app.lifecycle import PROCESS_STARTED_AT, Lifecycle, Phase
+
+
+def body(lifecycle: Lifecycle) -> tuple[int, dict]:
+    status, raw = lifecycle.readyz
+    return status, json.loads(raw)
+
+
+def test_starts_unready() -> None:
+    assert body(Lifecycle("blue")) == (503, {"ready": False, "color": "blue", "reason": "starting"})
+
+
+def test_ready_unavailable_and_back() -> None:
+    lifecycle = Lifecycle("green")
+    lifecycle.set_ready()
+    assert body(lifecycle) == (200, {"ready": True, "color": "green"})
+    lifecycle.set_unavailable("redis unavailable: refused")
+    assert body(lifecycle)[1]["reason"] == "redis unavailable: refused"
+    lifecycle.set_ready()
+    assert lifecycle.ready
+
+
+def test_draining_is_final() -> None:
+    lifecycle = Lifecycle("blue")
+    lifecycle.set_ready()
+    lifecycle.begin_drain()
+    lifecycle.set_ready()
+    lifecycle.set_unavailable("x")
+    assert lifecycle.phase is Phase.DRAINING
+    assert body(lifecycle) == (503, {"ready": False, "color": "blue", "reason": "draining"})
+
+
+async def test_wait_ready() -> None:
+    lifecycle = Lifecycle("blue")
+    assert await lifecycle.wait_ready(0.01) is False
+    lifecycle.set_ready()
+    assert await lifecycle.wait_ready(0.01) is True
+
+
+def test_process_start_time_is_in_the_past() -> None:
+    assert 0 < time.time() - PROCESS_STARTED_AT < 600
