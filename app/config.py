@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 
+MIN_JWT_SECRET_BYTES = 32
+
+
 class ConfigError(ValueError):
     """An environment variable has a value the service cannot run with."""
 
@@ -44,7 +47,7 @@ class Config:
     rate_burst: int = 40
     rate_strikes: int = 50
     max_connections: int = 20000
-    send_queue_max: int = 1000
+    send_timeout: float = 10.0
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
 
@@ -126,13 +129,15 @@ def load(environ: Mapping[str, str]) -> Config:
     num("CHAT_RATE_BURST", "rate_burst", int, 1)
     num("CHAT_RATE_STRIKES", "rate_strikes", int, 1)
     num("CHAT_MAX_CONNECTIONS", "max_connections", int, 1)
-    num("CHAT_SEND_QUEUE_MAX", "send_queue_max", int, 1)
+    num("CHAT_SEND_TIMEOUT", "send_timeout", float, 0.1)
     num("CHAT_PING_INTERVAL", "ping_interval", float, 0)
     num("CHAT_PING_TIMEOUT", "ping_timeout", float, 0)
 
     config = Config(**kwargs)  # type: ignore[arg-type]
     if config.auth == "jwt" and not config.jwt_secret:
         raise ConfigError("CHAT_AUTH=jwt needs CHAT_JWT_SECRET: refusing to start without it")
+    if config.jwt_secret and len(config.jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
+        raise ConfigError(f"CHAT_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes (HS256)")
     return config
 
 

@@ -7,6 +7,7 @@ disconnect leaves the group. Frame parsing and building live in app.protocol.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -17,6 +18,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from app import metrics, services
+from app.auth import AuthError, authorize
 from app.config import CONFIG
 from app.history import HistoryUnavailable
 from app.protocol import (
@@ -30,12 +32,14 @@ from app.protocol import (
     parse_connect_params,
     ready_frame,
 )
+from app.ratelimit import TokenBucket
 from app.registry import REGISTRY
 from app.rooms import group_name, is_valid_room
 from app.router import deny_websocket
 
 logger = logging.getLogger("parley")
 
+CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 
 
@@ -66,9 +70,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
             params = parse_connect_params(self.scope.get("query_string", b""), CONFIG.history_max)
         except FrameError as exc:
             return await self._refuse(400, exc.code)
+        if CONFIG.auth == "jwt":
+            try:
+                self.user = authorize(params.token, room, CONFIG.jwt_secret).sub
+            except AuthError as exc:
+                return await self._refuse(403, exc.reason)
+        else:
+            self.user = f"anon-{secrets.token_hex(4)}"
         self.room, self.group = room, group_name(room)
-        self.user = f"anon-{secrets.token_hex(4)}"
         self.history = services.get().history
+        self.bucket = TokenBucket(CONFIG.rate_per_second, CONFIG.rate_burst, time.monotonic())
+        self.strikes = 0
 
         try:
             await self.channel_layer.group_add(self.group, self.channel_name)
@@ -80,8 +92,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return await self._refuse(503, "unavailable")
 
         await self.accept()
-        metrics.CONNECTIONS_OPENED.inc()
-        metrics.CONNECTIONS_OPEN.inc()
         if missing is not None:
             await self._send_text(gap_frame(*missing))
         for message_id, frame in frames:
@@ -89,6 +99,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.last_id = max(self.last_id, live_from)
         await self._send_text(ready_frame(self.room, self.last_id, self.user))
         REGISTRY.add(self)
+        metrics.CONNECTIONS_OPENED.inc()
+        metrics.CONNECTIONS_OPEN.inc()
 
     async def _catch_up(self, params: ConnectParams) -> tuple[tuple[int, int] | None, list, int]:
         """What to send before going live: (ids no longer held, frames, id live starts after)."""
@@ -115,6 +127,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # -- receive -------------------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if not self.bucket.take(time.monotonic()):
+            return await self._rate_limited()
+        self.strikes = 0
         if text_data is None:
             return await self._reject("binary_frame", "binary frames are not supported; send JSON text")
         if len(text_data) * 4 > CONFIG.max_frame_bytes and len(text_data.encode()) > CONFIG.max_frame_bytes:
@@ -136,6 +151,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not appended.duplicate:
             metrics.MESSAGES_BROADCAST.inc()
         await self._send_text(ack_frame(appended.id, chat.client_id))
+
+    async def _rate_limited(self) -> None:
+        metrics.RATE_LIMITED.inc()
+        self.strikes += 1
+        if self.strikes >= CONFIG.rate_strikes:
+            # Kept flooding after being told: a client bug or abuse either way.
+            return await self.close(code=CLOSE_POLICY, reason="rate limit")
+        await self._reject("rate_limited", f"over {CONFIG.rate_per_second:g} frames/s; slow down")
 
     async def _reject(self, code: str, detail: str) -> None:
         metrics.FRAMES_REJECTED.labels(code).inc()
@@ -178,9 +201,31 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _send_text(self, text: str) -> None:
         try:
-            await self.base_send({"type": "websocket.send", "text": text})
+            # A send waits while the socket's write buffer is full (the client is not
+            # reading); past the timeout the client is dropped instead of buffering more.
+            async with asyncio.timeout(CONFIG.send_timeout):
+                await self.base_send({"type": "websocket.send", "text": text})
+        except TimeoutError:
+            await self._drop_slow()
         except OSError:
             pass  # the client is gone; its disconnect event is already queued
+
+    async def _drop_slow(self) -> None:
+        """Stop feeding a client that does not read: leave the room, try to say why, stop."""
+        metrics.SLOW_CLIENTS.inc()
+        await self._leave()
+        self._forget(CLOSE_POLICY)
+        try:
+            async with asyncio.timeout(CONFIG.send_timeout):
+                await self.close(code=CLOSE_POLICY, reason="slow")
+        except (TimeoutError, OSError, RuntimeError):
+            pass  # still not reading: uvicorn closes the transport when we return
+        raise StopConsumer()
+
+    def _forget(self, code: int) -> None:
+        if REGISTRY.discard_if_present(self):
+            metrics.CONNECTIONS_OPEN.dec()
+            metrics.CONNECTIONS_CLOSED.labels(str(code)).inc()
 
     # -- close ---------------------------------------------------------------------------
 
@@ -192,9 +237,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             pass  # already closing
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
-        if REGISTRY.discard_if_present(self):
-            metrics.CONNECTIONS_OPEN.dec()
-            metrics.CONNECTIONS_CLOSED.labels(str(message.get("code", 1005))).inc()
+        self._forget(message.get("code", 1005))
         await self._leave()
         raise StopConsumer()
 

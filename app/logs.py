@@ -13,6 +13,9 @@ from typing import Any
 
 _QUERY_SECRET = re.compile(r"([?&](?:token|access_token)=)[^&\s\"]*")
 _PER_CONNECTION = ("connection open", "connection closed")
+# Client mistakes uvicorn logs with a traceback; one line is enough (and can't be spammed
+# into megabytes of log by a hostile client).
+_CLIENT_ERRORS = ("Invalid UTF-8 sequence received from client.",)
 
 
 class ConnectionNoise(logging.Filter):
@@ -20,6 +23,10 @@ class ConnectionNoise(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if message in _CLIENT_ERRORS:
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
         if logging.getLogger("parley").isEnabledFor(logging.DEBUG) is False:
             if message in _PER_CONNECTION or '"WebSocket ' in message:
                 return False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import Counter, Gauge, disable_created_metrics
 
 disable_created_metrics()
@@ -20,3 +22,15 @@ FRAMES_REJECTED = Counter("chat_frames_rejected", "Client frames refused", ["rea
 STARTUP_SECONDS = Gauge("chat_startup_seconds", "Seconds from process start to ready")
 DRAIN_SECONDS = Gauge("chat_drain_seconds", "Seconds the last graceful drain took")
 READY = Gauge("chat_ready", "1 when /readyz answers 200")
+SLOW_CLIENTS = Counter("chat_slow_clients", "Clients closed for not reading (1008 slow)")
+RATE_LIMITED = Counter("chat_rate_limited", "Frames refused by the per-connection rate limit")
+TASKS = Gauge("chat_asyncio_tasks", "asyncio tasks alive in the server's event loop")
+TASKS.set_function(lambda: len(asyncio.all_tasks()) if _loop_running() else 0)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support import AppServer, RedisServer
+
+if TYPE_CHECKING:
+    from scripts.stack import StackState
 
 
 @pytest.fixture
@@ -41,3 +46,15 @@ def app_server(make_app: Callable[..., AppServer]) -> AppServer:
 def redis_app(make_app: Callable[..., AppServer], redis_server: RedisServer) -> AppServer:
     """One server on a fresh redis-server."""
     return make_app(env={"REDIS_URL": redis_server.url})
+
+
+@pytest.fixture
+def local_stack(tmp_path: Path) -> Iterator[StackState]:
+    """The local blue/green stack (redis-server, real Traefik, blue) in its own state dir."""
+    from scripts.stack import down, up
+
+    directory = tmp_path / "stack"
+    try:
+        yield up(directory, "blue")
+    finally:
+        down(directory)

@@ -234,3 +234,15 @@ class Client:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+def run_script(script: str, *args: str, json_path: Path | None = None, timeout: float = 120,
+               env: dict[str, str] | None = None) -> tuple[int, Any, str]:
+    """Run ``scripts/<script>`` as its own process; (exit status, its JSON or None, output)."""
+    command = [sys.executable, str(ROOT / "scripts" / script), *args]
+    if json_path is not None:
+        command += ["--json", str(json_path)]
+    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                               env={**os.environ, **(env or {})})
+    result = json.loads(json_path.read_text()) if json_path is not None and json_path.exists() else None
+    return completed.returncode, result, completed.stdout + completed.stderr

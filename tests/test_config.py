@@ -43,6 +43,7 @@ def test_empty_values_mean_unset() -> None:
         ({"CHAT_LAYER": "bogus"}, "CHAT_LAYER"),
         ({"CHAT_AUTH": "basic"}, "CHAT_AUTH"),
         ({"CHAT_AUTH": "jwt"}, "CHAT_JWT_SECRET"),
+        ({"CHAT_AUTH": "jwt", "CHAT_JWT_SECRET": "short"}, "at least 32 bytes"),
     ],
 )
 def test_bad_values_are_refused_by_name(env: dict, needle: str) -> None:

@@ -389,7 +389,10 @@
     const fresh = row(`pending ${item.status}`, "you", item.text, label);
     fresh.dataset.clientId = item.clientId;
     appending(() => (li ? li.replaceWith(fresh) : ui.outbox.append(fresh)));
-    if (item.status === "failed" && ui.input.value === "") ui.input.value = item.text;
+    if (item.status === "failed" && ui.input.value === "") {
+      ui.input.value = item.text;
+      fitInput();
+    }
   }
 
   function showError(code, detail) {
@@ -469,6 +472,13 @@
     showError(null);
     client.send(text);
     ui.input.value = "";
+    fitInput();
+  }
+
+  /** Grow the message box with its text, up to the CSS max-height. */
+  function fitInput() {
+    ui.input.style.height = "auto";
+    ui.input.style.height = `${ui.input.scrollHeight + 2}px`;
   }
 
   ui.roomForm.addEventListener("submit", (event) => {
@@ -486,6 +496,7 @@
       submit();
     }
   });
+  ui.input.addEventListener("input", fitInput);
   ui.retry.addEventListener("click", () => client?.retryNow());
 
   window.Parley = { ChatClient, DEFAULTS };
