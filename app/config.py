@@ -50,6 +50,7 @@ class Config:
     send_timeout: float = 10.0
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
+    ws_compression: bool = False
 
     @property
     def redis_enabled(self) -> bool:
@@ -132,6 +133,9 @@ def load(environ: Mapping[str, str]) -> Config:
     num("CHAT_SEND_TIMEOUT", "send_timeout", float, 0.1)
     num("CHAT_PING_INTERVAL", "ping_interval", float, 0)
     num("CHAT_PING_TIMEOUT", "ping_timeout", float, 0)
+
+    if "CHAT_WS_COMPRESSION" in env:
+        kwargs["ws_compression"] = _bool(env["CHAT_WS_COMPRESSION"], "CHAT_WS_COMPRESSION")
 
     config = Config(**kwargs)  # type: ignore[arg-type]
     if config.auth == "jwt" and not config.jwt_secret:

@@ -13,9 +13,7 @@ import secrets
 import time
 from typing import Any
 
-from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
-from channels.generic.websocket import AsyncWebsocketConsumer
 
 from app import metrics, services
 from app.auth import AuthError, authorize
@@ -36,6 +34,7 @@ from app.ratelimit import TokenBucket
 from app.registry import REGISTRY
 from app.rooms import group_name, is_valid_room
 from app.router import deny_websocket
+from app.serial_consumer import SerialConsumer
 
 logger = logging.getLogger("parley")
 
@@ -43,7 +42,7 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 
 
-class ChatConsumer(AsyncWebsocketConsumer):
+class ChatConsumer(SerialConsumer):
     """A member of one room. ``last_id`` is the newest id this client has been sent."""
 
     room: str = ""
@@ -51,14 +50,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     user: str = ""
     last_id: int = 0
     joined: bool = False
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # Channels closes stale DB connections via a thread hop on every message; this
-        # service has no database, so that hop would be pure cost per frame and delivery.
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
+    slow: bool = False
+    sending_since: float = 0.0
 
     # -- connect -------------------------------------------------------------------------
 
@@ -197,30 +190,36 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _deliver(self, message_id: int, frame: str) -> None:
         await self._send_text(frame)
         self.last_id = message_id
-        metrics.DELIVERIES.inc()
+        metrics.TALLY.deliveries += 1
 
     async def _send_text(self, text: str) -> None:
+        # A send waits while the socket's write buffer is full (the client is not reading).
+        # The watchdog drops a client stuck here too long; a timestamp costs less than a
+        # timeout per send.
+        self.sending_since = time.monotonic()
         try:
-            # A send waits while the socket's write buffer is full (the client is not
-            # reading); past the timeout the client is dropped instead of buffering more.
-            async with asyncio.timeout(CONFIG.send_timeout):
-                await self.base_send({"type": "websocket.send", "text": text})
-        except TimeoutError:
-            await self._drop_slow()
+            await self.base_send({"type": "websocket.send", "text": text})
         except OSError:
             pass  # the client is gone; its disconnect event is already queued
+        finally:
+            self.sending_since = 0.0
 
-    async def _drop_slow(self) -> None:
-        """Stop feeding a client that does not read: leave the room, try to say why, stop."""
-        metrics.SLOW_CLIENTS.inc()
+    def stalled(self) -> None:
+        """Watchdog hook: this client has not accepted a frame for too long."""
+        self.slow = True
+        self.stop()
+
+    async def finish(self) -> None:
         await self._leave()
-        self._forget(CLOSE_POLICY)
-        try:
-            async with asyncio.timeout(CONFIG.send_timeout):
-                await self.close(code=CLOSE_POLICY, reason="slow")
-        except (TimeoutError, OSError, RuntimeError):
-            pass  # still not reading: uvicorn closes the transport when we return
-        raise StopConsumer()
+        if self.slow:
+            metrics.SLOW_CLIENTS.inc()
+            self._forget(CLOSE_POLICY)
+            try:
+                async with asyncio.timeout(CONFIG.send_timeout):
+                    await self.close(code=CLOSE_POLICY, reason="slow")
+            except (TimeoutError, OSError, RuntimeError):
+                pass  # still not reading: uvicorn closes the transport when we return
+        self._forget(1006)  # no-op unless the connection ended without a disconnect event
 
     def _forget(self, code: int) -> None:
         if REGISTRY.discard_if_present(self):

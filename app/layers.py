@@ -8,7 +8,7 @@ from app.config import Config
 # one SUBSCRIBE per room per process, no per-process inbox capacity to overflow. Its
 # at-most-once delivery is covered by history: consumers fill any id gap from it.
 _BACKENDS = {
-    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "pubsub": "app.redis_layer.PubSubLayer",
     "core": "channels_redis.core.RedisChannelLayer",
 }
 
@@ -18,8 +18,8 @@ def channel_layers(config: Config) -> dict[str, dict[str, object]]:
     if not config.redis_enabled:
         return {
             "default": {
-                "BACKEND": "channels.layers.InMemoryChannelLayer",
-                "CONFIG": {"capacity": config.layer_capacity, "expiry": 60},
+                "BACKEND": "app.local_layer.LocalChannelLayer",
+                "CONFIG": {"capacity": config.layer_capacity},
             }
         }
     layer_config: dict[str, object] = {"hosts": list(config.redis_urls), "prefix": "parley"}

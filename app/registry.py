@@ -40,6 +40,9 @@ class Registry:
             del self._rooms[member.room]
         return True
 
+    def all(self) -> list[Member]:
+        return [m for room in self._rooms.values() for m in room]
+
     def rooms(self) -> dict[str, int]:
         """Each room with members here, and the lowest id all of them have been sent."""
         return {room: min(m.last_id for m in members) for room, members in self._rooms.items()}
@@ -50,7 +53,7 @@ class Registry:
         A member whose client stops reading can block its send, so the whole step is
         bounded by ``timeout``; uvicorn's own shutdown then closes what is left.
         """
-        members = [m for room in self._rooms.values() for m in room]
+        members = self.all()
         if not members:
             return 0
         tasks = [asyncio.ensure_future(m.close_for_restart(code, reason)) for m in members]

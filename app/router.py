@@ -35,15 +35,16 @@ async def deny_websocket(scope: dict, receive: Receive, send: Send, status: int,
     message = await receive()
     if message["type"] != "websocket.connect":
         return
+    from app import metrics
+
+    # Counted before answering, so a client that reads the metrics next sees it.
+    metrics.HANDSHAKES_REFUSED.labels(code).inc()
     if "websocket.http.response" in scope.get("extensions", {}):
         body = json.dumps({"type": "error", "code": code}).encode()
         await send({"type": "websocket.http.response.start", "status": status, "headers": JSON_HEADERS})
         await send({"type": "websocket.http.response.body", "body": body})
     else:
         await send({"type": "websocket.close", "code": 1008 if status == 403 else 1013})
-    from app import metrics
-
-    metrics.HANDSHAKES_REFUSED.labels(code).inc()
 
 
 class Router:

@@ -102,6 +102,8 @@ def build(chat: Config, router: Router) -> ChatServer:
         ws="websockets-sansio",
         lifespan="on",
         ws_max_size=chat.max_frame_bytes,
+        # Off by default: chat frames are small, and deflate runs once per recipient.
+        ws_per_message_deflate=chat.ws_compression,
         ws_ping_interval=chat.ping_interval or None,
         ws_ping_timeout=chat.ping_timeout or None,
         log_level=chat.log_level,

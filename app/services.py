@@ -15,6 +15,8 @@ from app.rooms import group_name
 
 logger = logging.getLogger("parley")
 
+READINESS_GROUP = "parley.readiness"
+
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 
@@ -30,9 +32,14 @@ class Services:
         """One channel-layer round trip and a history ping; raise if either fails."""
 
         async def round_trip() -> None:
+            # Through a group: with Redis that is a real SUBSCRIBE, PUBLISH and delivery.
             channel = await self.layer.new_channel()
-            await self.layer.send(channel, {"type": "probe"})
-            await self.layer.receive(channel)
+            await self.layer.group_add(READINESS_GROUP, channel)
+            try:
+                await self.layer.group_send(READINESS_GROUP, {"type": "probe"})
+                await self.layer.receive(channel)
+            finally:
+                await self.layer.group_discard(READINESS_GROUP, channel)
 
         await asyncio.wait_for(round_trip(), timeout)
         await asyncio.wait_for(self.history.ping(), timeout)

@@ -17,6 +17,7 @@ from app.config import CONFIG
 from app.lifecycle import PROCESS_STARTED_AT, Lifecycle
 from app.registry import REGISTRY
 from app.tail import TailWatcher
+from app.watchdog import SlowClientWatchdog
 
 logger = logging.getLogger("parley")
 
@@ -77,9 +78,9 @@ async def warm_up(lifecycle: Lifecycle, on_ready: Callable[[], object]) -> None:
     logger.info("ready in %.3fs (color=%s, layer=%s)", elapsed, CONFIG.color,
                 type(chat.layer).__name__)
     on_ready()
-    # Both loops live as long as this task; lifespan shutdown cancels it, and so them.
+    # These loops live as long as this task; lifespan shutdown cancels it, and so them.
     watcher = TailWatcher(REGISTRY, chat.history, chat.layer, TAIL_INTERVAL)
-    loops = [watcher.run()]
+    loops = [watcher.run(), SlowClientWatchdog(REGISTRY, CONFIG.send_timeout).run()]
     if CONFIG.redis_enabled:
         loops.append(monitor(chat, lifecycle))
     await asyncio.gather(*loops)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from channels.layers import InMemoryChannelLayer
+from app.local_layer import LocalChannelLayer
 
 from app.history.memory import MemoryHistory
 from app.protocol import message_template
@@ -22,8 +22,8 @@ class Member:
         return None
 
 
-async def setup() -> tuple[Registry, MemoryHistory, InMemoryChannelLayer, str]:
-    registry, history, layer = Registry(), MemoryHistory(100, 3600, 600), InMemoryChannelLayer()
+async def setup() -> tuple[Registry, MemoryHistory, LocalChannelLayer, str]:
+    registry, history, layer = Registry(), MemoryHistory(100, 3600, 600), LocalChannelLayer()
     channel = await layer.new_channel()
     await layer.group_add(group_name("r"), channel)
     return registry, history, layer, channel

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import re
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
 from tests.support import AppServer, http_get
+
+
+@pytest.fixture(scope="module")
+def app_server() -> Iterator[AppServer]:
+    """One server for the module: these tests only read."""
+    server = AppServer().start()
+    yield server
+    server.cleanup()
 
 
 def fetch(url: str) -> tuple[int, dict[str, str], bytes]:
@@ -31,7 +40,10 @@ def test_every_asset_the_page_references_is_served_with_its_type(app_server: App
     _, _, body = fetch(app_server.base + "/")
     references = re.findall(rb'(?:src|href)="(static/[^"]+)"', body)
     assert sorted(references) == [b"static/chat.css", b"static/chat.js"]
-    types = {b"static/chat.css": "text/css; charset=utf-8", b"static/chat.js": "text/javascript; charset=utf-8"}
+    types = {
+        b"static/chat.css": "text/css; charset=utf-8",
+        b"static/chat.js": "text/javascript; charset=utf-8",
+    }
     for reference in references:
         status, headers, content = fetch(f"{app_server.base}/{reference.decode()}")
         assert status == 200 and content

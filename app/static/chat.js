@@ -41,8 +41,8 @@
    * One room's connection. States: "connecting" → "live" → "reconnecting" → "connecting" …;
    * "offline" when the browser has no network or after leave().
    *
-   * Callbacks (all optional): onState(state, {delay}), onReady(frame), onMessage(frame),
-   * onGap(frame), onOutbox(item), onError(code, detail). An outbox item is
+   * Callbacks (all optional): onState(state, {delay, window, code}), onReady(frame),
+   * onMessage(frame), onGap(frame), onOutbox(item), onError(code, detail). An outbox item is
    * {clientId, text, status: "queued" | "sending" | "sent" | "failed", id?, error?}.
    */
   class ChatClient {
@@ -146,22 +146,26 @@
           this.emit("onOutbox", inflight);
         }
       }
-      let delay;
-      if (code === CLOSE_RESTART) {
-        // A deploy closes everyone at once: come back soon, but not all in the same instant.
-        delay = Math.random() * this.options.restartJitter;
-      } else {
-        // Full jitter: uniform in [0, min(cap, base * 2^attempt)).
-        const window_ = Math.min(this.options.backoffCap, this.options.backoffBase * 2 ** this.attempt);
-        delay = Math.random() * window_;
-        this.attempt += 1;
-      }
+      const window_ = this.retryWindow(code);
+      const delay = Math.random() * window_; // full jitter: uniform in [0, window)
       if (navigator.onLine === false) {
         this.setState("offline"); // the "online" event reconnects
         return;
       }
       this.timers.reconnect = setTimeout(() => this.connect(), delay);
-      this.setState("reconnecting", { delay });
+      this.setState("reconnecting", { delay, window: window_, code });
+    }
+
+    /** How long the next reconnect may wait, at most, after a close with ``code``. */
+    retryWindow(code) {
+      if (code === CLOSE_RESTART) {
+        // A deploy closes everyone at once: come back soon, but not all in the same instant.
+        return this.options.restartJitter;
+      }
+      const { backoffBase, backoffCap } = this.options;
+      const window_ = Math.min(backoffCap, backoffBase * 2 ** this.attempt);
+      this.attempt += 1;
+      return window_;
     }
 
     receive(data) {
@@ -356,7 +360,8 @@
     time.dateTime = new Date(frame.ts).toISOString();
     time.textContent = clock(frame.ts);
     const mine = client !== null && client.mine.has(frame.client_id);
-    const li = row(mine ? "message mine" : "message", String(frame.user), String(frame.message), time);
+    const className = mine ? "message mine" : "message";
+    const li = row(className, String(frame.user), String(frame.message), time);
     li.dataset.id = String(frame.id);
     appending(() => {
       ui.messages.append(li);
@@ -408,7 +413,8 @@
     clearInterval(countdown);
     ui.state.dataset.state = state;
     document.documentElement.dataset.state = state;
-    ui.retry.hidden = !(client && !client.left && (state === "reconnecting" || state === "offline"));
+    const waiting = state === "reconnecting" || state === "offline";
+    ui.retry.hidden = !(client && !client.left && waiting);
     if (state === "reconnecting") {
       const until = performance.now() + detail.delay;
       const tick = () => {
@@ -422,7 +428,7 @@
     }
     // For embedders and tests: every transition, including ones too brief to see.
     document.dispatchEvent(
-      new CustomEvent("parley:state", { detail: { state, text: ui.state.textContent } }),
+      new CustomEvent("parley:state", { detail: { state, text: ui.state.textContent, ...detail } }),
     );
   }
 

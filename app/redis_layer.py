@@ -1,0 +1,87 @@
+"""channels-redis's pub/sub layer, tuned for one-socket-per-member chat.
+
+Stock, every consumer's ``new_channel`` SUBSCRIBEs a Redis channel of its own (a round trip
+per connection) and every delivery is decoded once per receiving consumer. Chat only ever
+reaches consumers through groups, so here a consumer's channel is a local queue, a group
+message is decoded once per process, and the same object goes to every local member
+(receivers must not mutate it). Groups, PUBLISH/SUBSCRIBE and sharding are unchanged.
+Built on channels-redis 4.3 internals (pinned in requirements.txt); tests cover it against
+a real redis-server across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from channels_redis.pubsub import (
+    RedisPubSubChannelLayer,
+    RedisPubSubLoopLayer,
+    RedisSingleShardConnection,
+)
+from channels_redis.utils import _wrap_close, decode_hosts
+
+
+class _Shard(RedisSingleShardConnection):
+    def _receive_message(self, message: dict[str, Any] | None) -> None:
+        if message is None:
+            return
+        name, data = message["channel"], message["data"]
+        if isinstance(name, bytes):
+            name = name.decode()
+        layer = self.channel_layer
+        members = layer.groups.get(name)
+        targets = members if members is not None else ((name,) if name in layer.channels else ())
+        if not targets:
+            return
+        decoded = layer.channel_layer.deserialize(data)  # once, for every local member
+        for channel in targets:
+            queue = layer.channels.get(channel)
+            if queue is not None:
+                queue.put_nowait(decoded)
+
+
+class _LoopLayer(RedisPubSubLoopLayer):
+    def __init__(self, hosts: Any = None, **kwargs: Any) -> None:
+        super().__init__(hosts=hosts, **kwargs)
+        self._shards = [_Shard(host, self) for host in decode_hosts(hosts)]
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        # Local only: nothing outside this process addresses a consumer directly.
+        channel = f"{self.prefix}{prefix}{uuid.uuid4().hex}"
+        self.channels[channel] = asyncio.Queue()
+        return channel
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        queue = self.channels.get(channel)
+        if queue is not None and channel not in self._get_shard(channel)._subscribed_to:
+            queue.put_nowait(message)
+        else:
+            await super().send(channel, message)
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        if channel not in self.channels:
+            await self._subscribe_to_channel(channel)
+        queue = self.channels[channel]
+        try:
+            return await queue.get()
+        except (asyncio.CancelledError, asyncio.TimeoutError, GeneratorExit):
+            # The consumer is exiting: forget its queue (and its Redis channel, if any).
+            if self.channels.pop(channel, None) is not None:
+                shard = self._get_shard(channel)
+                if channel in shard._subscribed_to:
+                    await shard.unsubscribe(channel)
+            raise
+
+
+class PubSubLayer(RedisPubSubChannelLayer):
+    """``RedisPubSubChannelLayer`` with local consumer channels and decode-once fan-out."""
+
+    def _get_layer(self) -> _LoopLayer:
+        loop = asyncio.get_running_loop()
+        layer = self._layers.get(loop)
+        if layer is None:
+            layer = self._layers[loop] = _LoopLayer(*self._args, **self._kwargs, channel_layer=self)
+            _wrap_close(self, loop)
+        return layer

@@ -1,0 +1,42 @@
+"""Drops clients that stopped reading.
+
+A send to a client waits while that socket's write buffer is full. Each consumer stamps
+when its current send began; once a second this watchdog stops consumers whose send has
+waited longer than ``CHAT_SEND_TIMEOUT``, so the server holds at most one socket buffer
+per stalled client, never an unbounded backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+CHECK_INTERVAL = 1.0
+
+
+class Sender(Protocol):
+    sending_since: float
+
+    def stalled(self) -> None: ...
+
+
+class SlowClientWatchdog:
+    """Finds members stuck in a send past the timeout, and tells them."""
+
+    def __init__(self, members: "object", send_timeout: float) -> None:
+        self.members = members
+        self.send_timeout = send_timeout
+
+    def check(self, now: float) -> int:
+        """Stop every stuck member; returns how many."""
+        limit = now - self.send_timeout
+        stuck = [m for m in self.members.all() if 0.0 < m.sending_since < limit]  # type: ignore[attr-defined]
+        for member in stuck:
+            member.stalled()
+        return len(stuck)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(min(CHECK_INTERVAL, self.send_timeout))
+            self.check(time.monotonic())

@@ -1,0 +1,53 @@
+"""The in-process channel layer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from channels.exceptions import ChannelFull
+
+from app.local_layer import LocalChannelLayer
+
+
+async def test_group_send_reaches_every_member_once() -> None:
+    layer = LocalChannelLayer()
+    a, b, c = [await layer.new_channel() for _ in range(3)]
+    await layer.group_add("g", a)
+    await layer.group_add("g", b)
+    await layer.group_add("g", b)
+    await layer.group_send("g", {"type": "x", "n": 1})
+    assert await layer.receive(a) == {"type": "x", "n": 1}
+    assert await layer.receive(b) == {"type": "x", "n": 1}
+    assert layer.channels[b].empty() and layer.channels[c].empty()
+
+
+async def test_full_channels_drop_group_messages_but_refuse_direct_sends() -> None:
+    layer = LocalChannelLayer(capacity=1)
+    channel = await layer.new_channel()
+    await layer.group_add("g", channel)
+    await layer.group_send("g", {"type": "x", "n": 1})
+    await layer.group_send("g", {"type": "x", "n": 2})
+    with pytest.raises(ChannelFull):
+        await layer.send(channel, {"type": "x", "n": 3})
+    assert (await layer.receive(channel))["n"] == 1
+
+
+async def test_a_cancelled_receiver_leaves_nothing_behind() -> None:
+    layer = LocalChannelLayer()
+    channel = await layer.new_channel()
+    await layer.group_add("g", channel)
+    waiter = asyncio.ensure_future(layer.receive(channel))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await layer.group_discard("g", channel)
+    assert layer.channels == {} and layer.groups == {}
+
+
+async def test_group_membership_does_not_expire() -> None:
+    layer = LocalChannelLayer()
+    channel = await layer.new_channel()
+    await layer.group_add("g", channel)
+    assert channel in layer.groups["g"]  # no timestamps, no expiry sweep

@@ -1,0 +1,47 @@
+"""The log filter: quiet per-connection lines, no tokens, one line for client mistakes."""
+
+from __future__ import annotations
+
+import logging
+
+from app.logs import ConnectionNoise, log_config
+
+
+def record(msg: str, *args: object, exc: bool = False) -> logging.LogRecord:
+    exc_info = None
+    if exc:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            import sys
+
+            exc_info = sys.exc_info()
+    return logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, msg, args, exc_info)
+
+
+def test_per_connection_lines_are_dropped_below_debug() -> None:
+    noise = ConnectionNoise()
+    logging.getLogger("parley").setLevel(logging.INFO)
+    assert not noise.filter(record("connection open"))
+    assert not noise.filter(record('%s - "WebSocket %s" [accepted]', "1.2.3.4:5", "/ws/chat/x/"))
+    assert noise.filter(record("Started server process [%d]", 1))
+
+
+def test_tokens_are_redacted() -> None:
+    logging.getLogger("parley").setLevel(logging.DEBUG)
+    line = record('%s - "WebSocket %s" 403', "1.2.3.4:5", "/ws/chat/x/?since=3&token=eyJabc.def")
+    assert ConnectionNoise().filter(line)
+    assert "eyJabc" not in line.getMessage() and "token=[redacted]" in line.getMessage()
+    logging.getLogger("parley").setLevel(logging.INFO)
+
+
+def test_client_utf8_mistakes_lose_their_traceback() -> None:
+    line = record("Invalid UTF-8 sequence received from client.", exc=True)
+    assert ConnectionNoise().filter(line)
+    assert line.exc_info is None
+
+
+def test_log_config_adds_the_service_logger() -> None:
+    config = log_config("warning")
+    assert config["loggers"]["parley"]["level"] == "WARNING"
+    assert "connection_noise" in config["handlers"]["default"]["filters"]

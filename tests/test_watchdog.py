@@ -1,0 +1,31 @@
+"""The slow-client watchdog, with a pinned clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.registry import Registry
+from app.watchdog import SlowClientWatchdog
+
+
+@dataclass(eq=False)
+class Member:
+    room: str = "r"
+    last_id: int = 0
+    sending_since: float = 0.0
+    stopped: bool = False
+
+    def stalled(self) -> None:
+        self.stopped = True
+
+    async def close_for_restart(self, code: int, reason: str) -> None:
+        return None
+
+
+def test_only_members_stuck_past_the_timeout_are_stopped() -> None:
+    registry = Registry()
+    idle, quick, stuck = Member(), Member(sending_since=99.5), Member(sending_since=80.0)
+    for member in (idle, quick, stuck):
+        registry.add(member)
+    assert SlowClientWatchdog(registry, send_timeout=10).check(now=100.0) == 1
+    assert (idle.stopped, quick.stopped, stuck.stopped) == (False, False, True)
