@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 
@@ -18,7 +20,13 @@ def main(argv: list[str]) -> int:
     from app import server
     from app.asgi import application
 
-    return server.run(CONFIG, application)
+    status = server.run(CONFIG, application)
+    # Every socket and Redis connection is closed by now. Skip the interpreter's teardown,
+    # which with thousands of connection objects to collect can take longer than the drain.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,270 @@
+"""Blue/green deploy behind Traefik: the one procedure, on the local stack or on docker compose.
+
+    python scripts/deploy.py green                      # local stack (make stack)
+    python scripts/deploy.py --runtime compose green    # docker compose (compose.yml)
+
+1. start (or rebuild and start) the target colour and wait for its own /readyz 200;
+2. switch Traefik to it atomically (the dynamic file, temp file + rename);
+3. confirm through Traefik that the new colour answers (/readyz names it);
+4. stop the old colour with SIGTERM: it drains, its clients get 1012 and reconnect through
+   Traefik to the new colour, resuming by id;
+5. print a JSON report: time to ready, switch latency, drain time, total.
+
+If the target never gets ready nothing is switched, the old colour keeps serving and the
+exit status is 1 with the reason. Deploying the colour that already serves is refused (2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from scripts import traefik_config  # noqa: E402
+from scripts._report import table  # noqa: E402
+from scripts.stack import StackError, StackState, resolve_dir, start_app, traefik_color, wait_app_ready  # noqa: E402
+from tests.support import http_get  # noqa: E402
+
+READY_TIMEOUT = 60.0
+CONFIRM_TIMEOUT = 15.0
+
+
+class DeployError(RuntimeError):
+    """The deploy stopped; the message says why and what still serves."""
+
+
+class Refused(DeployError):
+    """The deploy was not attempted (the target colour already serves)."""
+
+
+class Runtime(Protocol):
+    """Where the colours run. The procedure in ``deploy`` is the same for every runtime."""
+
+    name: str
+
+    def active(self) -> str: ...
+    def start(self, color: str) -> None: ...
+    def abandon(self, color: str) -> None: ...
+    def switch(self, color: str) -> None: ...
+    def routed_color(self) -> str | None: ...
+    def stop(self, color: str) -> None: ...
+    def record_active(self, color: str) -> None: ...
+
+
+def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOUT) -> dict[str, Any]:
+    """Run the blue/green procedure to ``color``; the report, or DeployError."""
+    traefik_config.check_color(color)
+    old = runtime.active()
+    if color == old:
+        raise Refused(f"{color} is already the active colour: deploy "
+                      f"{traefik_config.other_color(color)} instead")
+    began = time.monotonic()
+    try:
+        runtime.start(color)
+    except DeployError as exc:
+        runtime.abandon(color)
+        raise DeployError(f"{color} never got ready, nothing was switched, {old} still serves: {exc}") from None
+    ready = time.monotonic()
+
+    runtime.switch(color)
+    routed = _await(lambda: runtime.routed_color() == color, confirm_timeout)
+    if not routed:
+        runtime.switch(old)
+        runtime.abandon(color)
+        raise DeployError(f"Traefik did not route to {color} within {confirm_timeout:.0f}s; "
+                          f"switched back, {old} still serves")
+    switched = time.monotonic()
+    runtime.record_active(color)
+
+    runtime.stop(old)
+    drained = time.monotonic()
+    return {
+        "ok": True,
+        "runtime": runtime.name,
+        "from": old,
+        "to": color,
+        "time_to_ready_s": round(ready - began, 3),
+        "switch_latency_s": round(switched - ready, 3),
+        "drain_s": round(drained - switched, 3),
+        "total_s": round(drained - began, 3),
+    }
+
+
+def _await(predicate: Any, timeout: float, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+class LocalRuntime:
+    """The colours as processes of the local stack (scripts/stack.py), on loopback."""
+
+    name = "local"
+
+    def __init__(self, state: StackState, app_env: dict[str, str] | None = None,
+                 ready_timeout: float = READY_TIMEOUT, drain_timeout: float = 30.0) -> None:
+        self.state = state
+        self.app_env = app_env or {}
+        self.ready_timeout = ready_timeout
+        self.drain_timeout = drain_timeout
+
+    def active(self) -> str:
+        return self.state.active
+
+    def start(self, color: str) -> None:
+        leftover = self.state.procs.get(color)
+        if leftover is not None:
+            leftover.stop()  # a stale process of this colour would hold its port
+        start_app(self.state, color, self.app_env)
+        try:
+            wait_app_ready(self.state, color, self.ready_timeout)
+        except StackError as exc:
+            raise DeployError(str(exc)) from None
+
+    def abandon(self, color: str) -> None:
+        proc = self.state.procs.pop(color, None)
+        if proc is not None:
+            proc.stop()
+        self.state.save()
+
+    def switch(self, color: str) -> None:
+        traefik_config.atomic_write(
+            self.state.dynamic_file,
+            traefik_config.render_dynamic(color, self.state.app_url(color)),
+        )
+
+    def routed_color(self) -> str | None:
+        return traefik_color(self.state)
+
+    def stop(self, color: str) -> None:
+        proc = self.state.procs.pop(color, None)
+        if proc is not None:
+            proc.stop(timeout=self.drain_timeout)
+        self.state.save()
+
+    def record_active(self, color: str) -> None:
+        self.state.active = color
+        self.state.save()
+
+
+class ComposeRuntime:
+    """The colours as compose services app_blue and app_green (``docker compose``)."""
+
+    name = "compose"
+
+    def __init__(self, compose_file: Path, dynamic_dir: Path, ops_url: str,
+                 ready_timeout: float = READY_TIMEOUT, docker: str = "docker") -> None:
+        self.compose_file = compose_file
+        self.dynamic_file = dynamic_dir / traefik_config.ACTIVE_FILE_NAME
+        self.ops_url = ops_url.rstrip("/")
+        self.ready_timeout = ready_timeout
+        self.docker = docker
+
+    def compose(self, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [self.docker, "compose", "--project-directory", str(self.compose_file.parent),
+                   "-f", str(self.compose_file), *args]
+        return subprocess.run(command, capture_output=True, text=True)
+
+    def _run(self, *args: str) -> None:
+        done = self.compose(*args)
+        if done.returncode != 0:
+            output = (done.stderr or done.stdout).strip().splitlines()[-5:]
+            raise DeployError(f"`docker compose {' '.join(args)}` failed ({done.returncode}): "
+                              + " | ".join(output))
+
+    def active(self) -> str:
+        return traefik_config.active_color(self.dynamic_file.read_text())
+
+    def start(self, color: str) -> None:
+        # Redis and Traefik first (no-ops when up), then the colour, rebuilt if its image
+        # changed; --wait returns once its healthcheck (/readyz) passes, or fails.
+        self._run("up", "-d", "--wait", "redis", "traefik")
+        self._run("up", "-d", "--build", "--no-deps", "--wait",
+                  "--wait-timeout", str(int(self.ready_timeout)), f"app_{color}")
+
+    def abandon(self, color: str) -> None:
+        self.compose("stop", f"app_{color}")
+
+    def switch(self, color: str) -> None:
+        traefik_config.atomic_write(
+            self.dynamic_file, traefik_config.render_dynamic(color, traefik_config.compose_url(color))
+        )
+
+    def routed_color(self) -> str | None:
+        status, body = http_get(self.ops_url + traefik_config.READY_PATH, timeout=1.0)
+        try:
+            return json.loads(body).get("color") if status == 200 else None
+        except ValueError:
+            return None
+
+    def stop(self, color: str) -> None:
+        # stop_signal SIGTERM; compose waits up to the service's stop_grace_period.
+        self._run("stop", f"app_{color}")
+
+    def record_active(self, color: str) -> None:
+        """The dynamic file is the record."""
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` arguments as a dict."""
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--app-env wants KEY=VALUE, got {pair!r}")
+        env[key] = value
+    return env
+
+
+def build_runtime(args: argparse.Namespace) -> Runtime:
+    if args.runtime == "local":
+        state = StackState.load(resolve_dir(args.state_dir))
+        return LocalRuntime(state, parse_env(args.app_env), ready_timeout=args.ready_timeout)
+    if args.app_env:
+        raise SystemExit("--app-env is for the local runtime; compose takes compose.yml's environment")
+    return ComposeRuntime(Path(args.compose_file).resolve(), Path(args.dynamic_dir).resolve(),
+                          args.ops_url, ready_timeout=args.ready_timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("color", choices=traefik_config.COLORS, help="the colour to deploy")
+    parser.add_argument("--runtime", choices=("local", "compose"), default="local")
+    parser.add_argument("--state-dir", help="local: the stack's state directory (default .stack/)")
+    parser.add_argument("--app-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="local: extra environment for the new colour (repeatable)")
+    parser.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT,
+                        help="seconds the new colour gets to answer /readyz 200")
+    parser.add_argument("--compose-file", default=str(ROOT / "compose.yml"))
+    parser.add_argument("--dynamic-dir", default=str(traefik_config.DYNAMIC_DIR),
+                        help="compose: the directory mounted as Traefik's dynamic config")
+    parser.add_argument("--ops-url", default=os.environ.get("PARLEY_OPS_URL", "http://127.0.0.1:8080"),
+                        help="compose: Traefik's internal entry point, published on loopback")
+    args = parser.parse_args(argv)
+    try:
+        report = deploy(build_runtime(args), args.color)
+    except (DeployError, StackError, traefik_config.ConfigProblem) as exc:
+        print(json.dumps({"ok": False, "to": args.color, "error": str(exc)}))
+        print(f"deploy: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, Refused) else 1
+    print(table(["from", "to", "ready s", "switch s", "drain s", "total s"],
+                [[report["from"], report["to"], *(f"{report[key]:.3f}" for key in
+                  ("time_to_ready_s", "switch_latency_s", "drain_s", "total_s"))]]), file=sys.stderr)
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

