@@ -31,7 +31,7 @@ class Config:
     allowed_hosts: tuple[str, ...] = ("*",)
     redis_urls: tuple[str, ...] = ()
     layer: str = "pubsub"
-    layer_capacity: int = 5000
+    layer_capacity: int = 500
     max_message_chars: int = 4000
     max_frame_bytes: int = 65536
     history_max: int = 1000

@@ -16,7 +16,6 @@ from typing import Any
 from channels.exceptions import StopConsumer
 
 from app import metrics, services
-from app.auth import AuthError, authorize
 from app.config import CONFIG
 from app.history import HistoryUnavailable
 from app.protocol import (
@@ -64,6 +63,8 @@ class ChatConsumer(SerialConsumer):
         except FrameError as exc:
             return await self._refuse(400, exc.code)
         if CONFIG.auth == "jwt":
+            from app.auth import AuthError, authorize  # loaded at warm-up only in jwt mode
+
             try:
                 self.user = authorize(params.token, room, CONFIG.jwt_secret).sub
             except AuthError as exc:

@@ -22,7 +22,11 @@ def channel_layers(config: Config) -> dict[str, dict[str, object]]:
                 "CONFIG": {"capacity": config.layer_capacity},
             }
         }
-    layer_config: dict[str, object] = {"hosts": list(config.redis_urls), "prefix": "parley"}
+    layer_config: dict[str, object] = {
+        "hosts": list(config.redis_urls),
+        "prefix": "parley",
+        "capacity": config.layer_capacity,
+    }
     if config.layer == "core":
-        layer_config.update(capacity=config.layer_capacity, expiry=60)
+        layer_config["expiry"] = 60
     return {"default": {"BACKEND": _BACKENDS[config.layer], "CONFIG": layer_config}}

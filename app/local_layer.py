@@ -23,7 +23,7 @@ class LocalChannelLayer(BaseChannelLayer):
 
     extensions = ["groups", "flush"]
 
-    def __init__(self, capacity: int = 5000, **kwargs: Any) -> None:
+    def __init__(self, capacity: int = 500, **kwargs: Any) -> None:
         super().__init__(capacity=capacity, **kwargs)
         self.channels: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self.groups: dict[str, set[str]] = {}

@@ -4,7 +4,8 @@ Stock, every consumer's ``new_channel`` SUBSCRIBEs a Redis channel of its own (a
 per connection) and every delivery is decoded once per receiving consumer. Chat only ever
 reaches consumers through groups, so here a consumer's channel is a local queue, a group
 message is decoded once per process, and the same object goes to every local member
-(receivers must not mutate it). Groups, PUBLISH/SUBSCRIBE and sharding are unchanged.
+(receivers must not mutate it), up to ``capacity`` queued per member (beyond it deliveries
+are dropped and refilled from history). Groups, PUBLISH/SUBSCRIBE and sharding are unchanged.
 Built on channels-redis 4.3 internals (pinned in requirements.txt); tests cover it against
 a real redis-server across processes.
 """
@@ -36,15 +37,18 @@ class _Shard(RedisSingleShardConnection):
         if not targets:
             return
         decoded = layer.channel_layer.deserialize(data)  # once, for every local member
+        capacity = layer.capacity
         for channel in targets:
             queue = layer.channels.get(channel)
-            if queue is not None:
+            # A member this far behind is not reading; history refills what is dropped.
+            if queue is not None and queue.qsize() < capacity:
                 queue.put_nowait(decoded)
 
 
 class _LoopLayer(RedisPubSubLoopLayer):
-    def __init__(self, hosts: Any = None, **kwargs: Any) -> None:
+    def __init__(self, hosts: Any = None, capacity: int = 500, **kwargs: Any) -> None:
         super().__init__(hosts=hosts, **kwargs)
+        self.capacity = capacity
         self._shards = [_Shard(host, self) for host in decode_hosts(hosts)]
 
     async def new_channel(self, prefix: str = "specific.") -> str:
