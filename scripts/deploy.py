@@ -8,10 +8,17 @@
 3. confirm through Traefik that the new colour answers (/readyz names it);
 4. stop the old colour with SIGTERM: it drains, its clients get 1012 and reconnect through
    Traefik to the new colour, resuming by id;
-5. print a JSON report: time to ready, switch latency, drain time, total.
+5. print a JSON report: time to ready, switch latency, drain time, total, and what became
+   of the old colour ("drained", or "already gone").
 
-If the target never gets ready nothing is switched, the old colour keeps serving and the
-exit status is 1 with the reason. Deploying the colour that already serves is refused (2).
+Failover: when the old colour has died without a drain (killed, crashed, hung), the same
+command moves traffic: the new colour is started, switched to and confirmed as usual, and
+the old one is reported "already gone" (no process left) or "stopped, was not answering".
+Its clients were cut off (close 1006) and reconnect to the new colour as after a drain.
+
+If the target never gets ready nothing is switched, the old colour keeps serving (if it
+still can) and the exit status is 1 with the reason. Deploying the colour that is already
+active is refused (2).
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ class Runtime(Protocol):
     def abandon(self, color: str) -> None: ...
     def switch(self, color: str) -> None: ...
     def routed_color(self) -> str | None: ...
-    def stop(self, color: str) -> None: ...
+    def stop(self, color: str) -> bool: ...  # False: nothing of that colour was left to stop
     def record_active(self, color: str) -> None: ...
 
 
@@ -67,12 +74,15 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
     if color == old:
         raise Refused(f"{color} is already the active colour: deploy "
                       f"{traefik_config.other_color(color)} instead")
+    # Asked through Traefik, as clients reach it: after a crash this is the failover case.
+    old_answered = runtime.routed_color() == old
+    old_now = f"{old} still serves" if old_answered else f"{old} was not answering either: nothing serves"
     began = time.monotonic()
     try:
         runtime.start(color)
     except DeployError as exc:
         runtime.abandon(color)
-        raise DeployError(f"{color} never got ready, nothing was switched, {old} still serves: {exc}") from None
+        raise DeployError(f"{color} never got ready, nothing was switched, {old_now}: {exc}") from None
     ready = time.monotonic()
 
     runtime.switch(color)
@@ -81,22 +91,30 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
         runtime.switch(old)
         runtime.abandon(color)
         raise DeployError(f"Traefik did not route to {color} within {confirm_timeout:.0f}s; "
-                          f"switched back, {old} still serves")
+                          f"switched back, {old_now}")
     switched = time.monotonic()
     runtime.record_active(color)
 
-    runtime.stop(old)
+    stopped = runtime.stop(old)
     drained = time.monotonic()
     return {
         "ok": True,
         "runtime": runtime.name,
         "from": old,
         "to": color,
+        "old": old_outcome(old_answered, stopped),
         "time_to_ready_s": round(ready - began, 3),
         "switch_latency_s": round(switched - ready, 3),
         "drain_s": round(drained - switched, 3),
         "total_s": round(drained - began, 3),
     }
+
+
+def old_outcome(answered: bool, stopped: bool) -> str:
+    """What became of the old colour, for the report."""
+    if not stopped:
+        return "already gone"
+    return "drained" if answered else "stopped, was not answering"
 
 
 def _await(predicate: Any, timeout: float, interval: float = 0.01) -> bool:
@@ -148,11 +166,13 @@ class LocalRuntime:
     def routed_color(self) -> str | None:
         return traefik_color(self.state)
 
-    def stop(self, color: str) -> None:
+    def stop(self, color: str) -> bool:
         proc = self.state.procs.pop(color, None)
-        if proc is not None:
-            proc.stop(timeout=self.drain_timeout)
         self.state.save()
+        if proc is None or not proc.alive():
+            return False  # killed or crashed: its clients were cut off, not drained
+        proc.stop(timeout=self.drain_timeout)
+        return True
 
     def record_active(self, color: str) -> None:
         self.state.active = color
@@ -209,9 +229,11 @@ class ComposeRuntime:
         except ValueError:
             return None
 
-    def stop(self, color: str) -> None:
-        # stop_signal SIGTERM; compose waits up to the service's stop_grace_period.
+    def stop(self, color: str) -> bool:
+        # stop_signal SIGTERM; compose waits up to the service's stop_grace_period. On an
+        # exited container it is a no-op, which compose does not tell apart: True.
         self._run("stop", f"app_{color}")
+        return True
 
     def record_active(self, color: str) -> None:
         """The dynamic file is the record."""
@@ -259,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"ok": False, "to": args.color, "error": str(exc)}))
         print(f"deploy: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, Refused) else 1
-    print(table(["from", "to", "ready s", "switch s", "drain s", "total s"],
-                [[report["from"], report["to"], *(f"{report[key]:.3f}" for key in
+    print(table(["from", "to", "old", "ready s", "switch s", "drain s", "total s"],
+                [[report["from"], report["to"], report["old"], *(f"{report[key]:.3f}" for key in
                   ("time_to_ready_s", "switch_latency_s", "drain_s", "total_s"))]]), file=sys.stderr)
     print(json.dumps(report))
     return 0

@@ -1,6 +1,7 @@
 """The cutover drill: clients chatting through Traefik across blue->green->blue, zero loss.
 
     python scripts/drill.py [--clients 500] [--rooms 10] [--rate 50] [--state-dir DIR]
+    python scripts/drill.py --fault kill     # SIGKILL the active colour, then fail over
 
 On the local stack (started here unless one is already up in the state directory, and then
 stopped again), N clients connect through Traefik across rooms and keep sending at a steady
@@ -10,6 +11,12 @@ resend what was not acknowledged with the same ``client_id``. Afterwards, for ev
 every acknowledged message reached every member exactly once and in id order, every sent
 message was acknowledged, no client saw anything but 1012 closes, every client reconnected
 and ended on the new colour. Prints a JSON report; exit status 1 on any failure.
+
+``--fault kill``: instead of the two deploys, the active colour's process is killed with
+SIGKILL mid-chat (no drain: clients see 1006, and what they sent without an ack may or may
+not have been stored), then the deploy to the other colour runs as the failover. Clients retry through
+Traefik (502/503 until the switch) with the same backoff, resume by id and resend their
+unacknowledged messages; the checks are the same, with 1006 as the expected close.
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import secrets
+import signal
 import sys
 import time
 from collections import Counter
@@ -38,6 +47,8 @@ from tests.support import http_get  # noqa: E402
 
 MAX_CLIENTS = 5000
 RESTART = 1012
+ABNORMAL = 1006  # no close frame: what a client sees when the process is killed
+FAULTS = ("none", "kill")
 BACKOFF_BASE = 0.25  # first reconnect after a 1012: uniform in [0, 0.25 s]
 BACKOFF_CAP = 5.0
 CONNECT_CONCURRENCY = 100
@@ -55,12 +66,16 @@ class Member:
 
     index: int
     room: str
+    expected_close: int = RESTART
     received: list[int] = field(default_factory=list)
     acked: dict[str, int] = field(default_factory=dict)
     pending: dict[str, str] = field(default_factory=dict)
     sent: int = 0
     connects: int = 0
     failed_attempts: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    transmitted: set[str] = field(default_factory=set)  # client_ids written to a socket
+    resent: int = 0
     closes: Counter[int] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     ws: Any = None
@@ -96,6 +111,9 @@ class Member:
 async def send(member: Member, client_id: str, text: str) -> None:
     from websockets.exceptions import ConnectionClosed
 
+    if client_id in member.transmitted:
+        member.resent += 1  # sent before, never acknowledged: the same client_id again
+    member.transmitted.add(client_id)
     try:
         await member.ws.send(json.dumps({"message": text, "client_id": client_id}))
     except ConnectionClosed:
@@ -125,6 +143,7 @@ async def _stay_connected(member: Member, base_url: str, finishing: asyncio.Even
                 member.ws = await connect(url, open_timeout=10, close_timeout=5)
         except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
             member.failed_attempts += 1
+            member.failures[failure_kind(exc)] += 1
             member.last_failure = repr(exc)[:200]
             attempt += 1
             await asyncio.sleep(backoff(attempt))
@@ -141,11 +160,18 @@ async def _stay_connected(member: Member, base_url: str, finishing: asyncio.Even
         member.live = False
         if finishing.is_set():
             return
-        code = member.ws.close_code or 1006  # the code of the close frame received
+        code = member.ws.close_code or ABNORMAL  # the code of the close frame received
         member.closes[code] += 1
-        if code != RESTART:
+        if code != member.expected_close:
             member.errors.append(f"closed with {code}")
         await asyncio.sleep(backoff(0))
+
+
+def failure_kind(exc: BaseException) -> str:
+    """A failed connect attempt, by kind: ``HTTP 502`` from Traefik, or the exception's name."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return f"HTTP {status}" if status is not None else type(exc).__name__
 
 
 async def run_sender(member: Member, interval: float, stop: asyncio.Event) -> None:
@@ -183,6 +209,48 @@ def open_connections(state: StackState, color: str) -> int | None:
     return None
 
 
+async def send_burst(members: list[Member]) -> int:
+    """One message from every live member at once; how many sent messages await an ack now.
+
+    Sent just before the kill, so that some are surely in flight when the process dies:
+    the case where only a resend with the same client_id can tell lost from delivered.
+    """
+    for member in members:
+        if member.live:
+            await send(member, *member.new_message())
+    return sum(1 for m in members for client_id in m.pending if client_id in m.transmitted)
+
+
+async def kill_active(state: StackState) -> dict[str, Any]:
+    """SIGKILL the active colour's process (no drain) and wait for it to be gone."""
+    color = state.active
+    proc = state.procs[color]
+    os.kill(proc.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    killed_by = await asyncio.to_thread(reap, proc.pid)
+    if killed_by is None:  # not our child (the stack was started elsewhere): poll instead
+        await asyncio.to_thread(proc.wait, 10.0)
+    return {"color": color, "pid": proc.pid, "started": proc.started, "signal": "SIGKILL",
+            "killed_by": killed_by, "gone": not proc.alive(),
+            "exit_s": round(time.monotonic() - killed, 3)}
+
+
+def reap(pid: int, timeout: float = 10.0) -> str | None:
+    """Wait for our child ``pid`` to end; the name of the signal that ended it (or how it
+    exited), None if it is not our child."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done:
+            return signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else f"exit {status}"
+        if time.monotonic() > deadline:
+            return f"still running after {timeout:.0f}s"
+        time.sleep(0.005)
+
+
 def verify(members: list[Member]) -> dict[str, Any]:
     """The zero-loss checks over what every member sent, had acknowledged and received."""
     rooms: dict[str, list[Member]] = {}
@@ -199,7 +267,9 @@ def verify(members: list[Member]) -> dict[str, Any]:
         if acked != expected:
             problems.append(f"{room}: acked ids are not 1..{top} each once "
                             f"({len(acked)} acks, {len(set(acked))} distinct)")
-        totals["unacked"] += sum(len(m.pending) for m in group)
+        # Counted from what was sent, too: a client that dropped a message it could not
+        # confirm (instead of resending it) has nothing pending but lost it all the same.
+        totals["unacked"] += sum(max(len(m.pending), m.sent - len(m.acked)) for m in group)
         for member in group:
             got = member.received
             totals["expected_deliveries"] += len(expected)
@@ -219,10 +289,11 @@ def verify(members: list[Member]) -> dict[str, Any]:
 
 
 async def drill(state: StackState, clients: int, rooms: int, rate: float, settle: float,
-                timeout: float) -> dict[str, Any]:
-    """Connect, chat, deploy there and back, quiesce, verify; the report."""
+                timeout: float, fault: str = "none") -> dict[str, Any]:
+    """Connect, chat, deploy there and back (or kill and fail over), quiesce, verify; the report."""
     run = secrets.token_hex(3)
-    members = [Member(i, f"drill-{run}-{i % rooms}") for i in range(clients)]
+    expected_close = ABNORMAL if fault == "kill" else RESTART
+    members = [Member(i, f"drill-{run}-{i % rooms}", expected_close) for i in range(clients)]
     base_url = state.web_url.replace("http://", "ws://")
     finishing, stop_sending = asyncio.Event(), asyncio.Event()
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
@@ -231,6 +302,7 @@ async def drill(state: StackState, clients: int, rooms: int, rate: float, settle
     senders: list[asyncio.Task[None]] = []
     deploys: list[dict[str, Any]] = []
     checks: list[dict[str, Any]] = []
+    faults: list[dict[str, Any]] = []
     error: str | None = None
     timeline: dict[str, float] = {}
     began = time.monotonic()
@@ -242,11 +314,15 @@ async def drill(state: StackState, clients: int, rooms: int, rate: float, settle
         await until(lambda: all(m.live for m in members), timeout, f"{clients} clients to connect")
         mark("connect_all_s", began)
         senders = [asyncio.create_task(run_sender(m, interval, stop_sending)) for m in members]
-        for _ in range(2):
+        for _ in range(1 if fault == "kill" else 2):
             await asyncio.sleep(settle)  # steady traffic before the cutover
             target = traefik_config.other_color(state.active)
             runtime = LocalRuntime(state)
             connects_before = sum(m.connects for m in members)
+            cut = time.monotonic()
+            if fault == "kill":
+                in_flight = await send_burst(members)
+                faults.append({**await kill_active(state), "in_flight_at_kill": in_flight})
             report = await asyncio.to_thread(deploy, runtime, target)
             deploys.append(report)
             deployed = time.monotonic()
@@ -254,6 +330,8 @@ async def drill(state: StackState, clients: int, rooms: int, rate: float, settle
                         and sum(m.connects for m in members) >= connects_before + clients,
                         timeout, f"every client to reconnect to {target}")
             mark(f"all_on_{target}_after_deploy_s", deployed)
+            if fault == "kill":
+                mark(f"all_on_{target}_after_kill_s", cut)
             on_new = await asyncio.to_thread(open_connections, state, target)
             checks.append({"color": target, "clients_connected_to_it": on_new,
                            "old_colour_running": state.procs.get(traefik_config.other_color(target)) is not None})
@@ -291,11 +369,15 @@ async def drill(state: StackState, clients: int, rooms: int, rate: float, settle
             problems.append(f"{check['clients_connected_to_it']} of {clients} clients on {check['color']}")
         if check["old_colour_running"]:
             problems.append(f"the colour before {check['color']} still runs")
+    problems += fault_problems(fault, faults, deploys)
+    failures = sum((m.failures for m in members), Counter())
     return {
         "ok": not problems,
         "clients": clients,
         "rooms": rooms,
         "rate_per_s": rate,
+        "fault": fault,
+        "expected_close": expected_close,
         "duration_s": round(time.monotonic() - began, 2),
         "timeline": timeline,
         "messages_sent": sum(m.sent for m in members),
@@ -303,24 +385,46 @@ async def drill(state: StackState, clients: int, rooms: int, rate: float, settle
         "close_codes": {str(code): count for code, count in sorted(closes.items())},
         "reconnects": sum(m.connects for m in members) - clients,
         "failed_connect_attempts": sum(m.failed_attempts for m in members),
+        "max_failed_attempts_per_client": max((m.failed_attempts for m in members), default=0),
+        "connect_failures": dict(failures.most_common()),
+        "resent": sum(m.resent for m in members),
         "connect_failures_seen": sorted({m.last_failure for m in members if m.last_failure})[:5],
         "client_errors": len(client_errors),
         "deploys": deploys,
+        "killed": faults,
         "ended_on": checks,
         "problems_total": len(problems),
         "problems": problems[:MAX_PROBLEMS],
     }
 
 
+def fault_problems(fault: str, faults: list[dict[str, Any]], deploys: list[dict[str, Any]]) -> list[str]:
+    """A graceful drill must have drained every old colour; a kill drill must have killed it."""
+    problems = []
+    expected_old = "already gone" if fault == "kill" else "drained"
+    for done in deploys:
+        if done["old"] != expected_old:
+            problems.append(f"deploy {done['from']} -> {done['to']}: old colour {done['old']!r}, "
+                            f"expected {expected_old!r}")
+    for kill in faults:
+        if not kill["gone"] or kill["killed_by"] not in ("SIGKILL", None):
+            problems.append(f"{kill['color']} pid {kill['pid']}: gone={kill['gone']}, "
+                            f"ended by {kill['killed_by']}")
+    return problems
+
+
 def render(report: dict[str, Any]) -> str:
-    rows = [[d["from"], d["to"], f"{d['time_to_ready_s']:.3f}", f"{d['switch_latency_s']:.3f}",
+    lines = [f"killed {k['color']} pid {k['pid']} with {k['signal']}: ended by "
+             f"{k['killed_by'] or 'unknown (not our child)'}, gone after {k['exit_s']:.3f}s"
+             for k in report["killed"]]
+    rows = [[d["from"], d["to"], d["old"], f"{d['time_to_ready_s']:.3f}", f"{d['switch_latency_s']:.3f}",
              f"{d['drain_s']:.3f}", f"{d['total_s']:.3f}"] for d in report["deploys"]]
-    lines = [table(["from", "to", "ready s", "switch s", "drain s", "total s"], rows), ""]
+    lines += [table(["from", "to", "old", "ready s", "switch s", "drain s", "total s"], rows), ""]
     lines.append(table(
-        ["clients", "sent", "acked", "deliveries", "lost", "dup", "reconnects", "failed", "ok"],
+        ["clients", "sent", "acked", "deliveries", "lost", "dup", "resent", "reconnects", "failed", "ok"],
         [[report["clients"], report["messages_sent"], report.get("acked", 0),
           report.get("received", 0), report.get("lost", 0), report.get("duplicated", 0),
-          report["reconnects"], report["failed_connect_attempts"], report["ok"]]],
+          report["resent"], report["reconnects"], report["failed_connect_attempts"], report["ok"]]],
     ))
     lines += [f"problem: {p}" for p in report["problems"][:10]]
     if report["problems_total"] > 10:
@@ -337,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of steady traffic before, between and after the deploys")
     parser.add_argument("--timeout", type=float, default=None,
                         help="bound for each wait (default 30 s + 40 ms per client)")
+    parser.add_argument("--fault", choices=FAULTS, default="none",
+                        help="kill: SIGKILL the active colour mid-chat, then fail over to the other")
     parser.add_argument("--state-dir", help="the local stack (default .stack/); started here if down")
     parser.add_argument("--json", metavar="PATH", help="also write the report here")
     args = parser.parse_args(argv)
@@ -354,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         state = up(directory)
         import uvloop  # the clients' side must not be the bottleneck at 5,000
 
-        report = uvloop.run(drill(state, args.clients, rooms, args.rate, args.settle, timeout))
+        report = uvloop.run(drill(state, args.clients, rooms, args.rate, args.settle, timeout, args.fault))
     finally:
         if started_here:
             down(directory)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import stat
 import sys
 import threading
@@ -35,6 +36,7 @@ async def test_deploy_with_clients_connected_loses_nothing(local_stack: StackSta
 
     report = await asyncio.to_thread(deploy, LocalRuntime(state), "green")
     assert report["ok"] and (report["from"], report["to"]) == ("blue", "green")
+    assert report["old"] == "drained"
     for key in ("time_to_ready_s", "switch_latency_s", "drain_s", "total_s"):
         assert report[key] >= 0
     assert state.active == "green" and traefik_color(state) == "green"
@@ -55,6 +57,45 @@ async def test_deploy_with_clients_connected_loses_nothing(local_stack: StackSta
         [message] = await member.messages(1)
         assert message["id"] == 4 and message["message"] == "after"
         await member.close()
+
+
+async def test_failover_after_the_active_colour_was_killed(local_stack: StackState) -> None:
+    state = local_stack
+    member = await Client.connect(ws_url(state, "crash"))
+    assert (await member.post("before", client_id="k1"))["id"] == 1
+    blue = state.procs["blue"]
+    os.kill(blue.pid, signal.SIGKILL)
+    with pytest.raises(ConnectionClosedError) as closed:
+        while True:
+            member.skipped.append(await member.recv())
+    assert closed.value.rcvd is None  # no close frame, no drain: the client sees 1006
+    assert blue.wait(10) and traefik_color(state) is None
+
+    report = await asyncio.to_thread(deploy, LocalRuntime(state), "green")
+    assert report["ok"] and (report["from"], report["to"], report["old"]) == ("blue", "green", "already gone")
+    assert traefik_color(state) == "green"
+    saved = StackState.load(state.dir)
+    assert saved.active == "green" and set(saved.procs) == {"redis", "traefik", "green"}
+
+    resumed = await Client.connect(ws_url(state, "crash", since=1))
+    # A resend of what the client could not be sure of is acknowledged with the first id.
+    assert (await resumed.post("before", client_id="k1"))["id"] == 1
+    assert (await resumed.post("after", client_id="k2"))["id"] == 2
+    assert [m["id"] for m in await resumed.messages(1)] == [2]
+    await resumed.close()
+
+
+async def test_failover_past_a_colour_that_does_not_answer(local_stack: StackState) -> None:
+    state = local_stack
+    blue = state.procs["blue"]
+    os.kill(blue.pid, signal.SIGSTOP)  # hung: the process is there, nothing answers
+    try:
+        report = await asyncio.to_thread(deploy, LocalRuntime(state, drain_timeout=1.0), "green")
+    finally:
+        if blue.alive():
+            os.kill(blue.pid, signal.SIGCONT)
+    assert (report["to"], report["old"]) == ("green", "stopped, was not answering")
+    assert not blue.alive() and traefik_color(state) == "green"
 
 
 @pytest.mark.parametrize(("setting", "reason"), [
