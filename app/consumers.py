@@ -225,7 +225,7 @@ class ChatConsumer(SerialConsumer):
     def _forget(self, code: int) -> None:
         if REGISTRY.discard_if_present(self):
             metrics.CONNECTIONS_OPEN.dec()
-            metrics.CONNECTIONS_CLOSED.labels(str(code)).inc()
+            metrics.closed(code).inc()
 
     # -- close ---------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from prometheus_client import REGISTRY, Counter, Gauge, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily
@@ -35,6 +36,12 @@ def _loop_running() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+@functools.lru_cache(maxsize=64)
+def closed(code: int) -> Counter:
+    """The ``chat_connections_closed`` child for a close code (label lookups are not free)."""
+    return CONNECTIONS_CLOSED.labels(str(code))
 
 
 class Tally:

@@ -1,8 +1,9 @@
-"""A Channels WebSocket consumer whose two inputs run as two long-lived loops.
+"""A Channels WebSocket consumer whose two inputs are two plain loops.
 
 Channels' ``await_many_dispatch`` races the client and the channel layer with
 ``asyncio.wait`` and a new task per message; with thousands of members in a room that is
-a task per delivery. Here each input is one loop for the connection's lifetime, and a lock
+a task per delivery. Here the client loop runs in the connection's own task and the
+channel-layer loop in one more task, both for the connection's lifetime, and a lock
 (uncontended: no suspension) keeps handlers one at a time, in arrival order, as Channels
 guarantees. Handlers, ``StopConsumer`` and the group helpers behave as in Channels.
 """
@@ -10,7 +11,7 @@ guarantees. Handlers, ``StopConsumer`` and the group helpers behave as in Channe
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from typing import Any, Awaitable, Callable
 
 from channels.consumer import get_handler_name
@@ -20,9 +21,14 @@ from channels.layers import get_channel_layer
 
 Source = Callable[[], Awaitable[dict[str, Any]]]
 
+logger = logging.getLogger("parley")
+
 
 class SerialConsumer(AsyncWebsocketConsumer):
     """AsyncWebsocketConsumer with a lean dispatch loop and no per-message DB hop."""
+
+    _main: asyncio.Task[Any] | None = None
+    _stopping: bool = False
 
     async def __call__(self, scope: dict[str, Any], receive: Source, send: Callable[..., Any]) -> None:
         self.scope = scope
@@ -30,37 +36,44 @@ class SerialConsumer(AsyncWebsocketConsumer):
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.channel_name = await self.channel_layer.new_channel()
         self._turn = asyncio.Lock()
-        layer_receive = self.channel_layer.receive
-        channel = self.channel_name
-        self._loops = [
-            asyncio.ensure_future(self._pump(receive)),
-            asyncio.ensure_future(self._pump(lambda: layer_receive(channel))),
-        ]
+        self._main = asyncio.current_task()
+        layer_receive, channel = self.channel_layer.receive, self.channel_name
+        inbox = asyncio.ensure_future(self._pump(lambda: layer_receive(channel)))
+        inbox.add_done_callback(self._inbox_ended)
         try:
-            done, _ = await asyncio.wait(self._loops, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if not task.cancelled() and not isinstance(task.exception(), StopConsumer):
-                    task.result()  # re-raise a handler's unexpected error
+            await self._pump(receive)
+        except StopConsumer:
+            pass
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            self._main.uncancel()  # our own stop(), not the server's: finish normally
         finally:
-            self.stop()
-            for task in self._loops:
-                with contextlib.suppress(asyncio.CancelledError, StopConsumer):
-                    await task
-            await self.finish()
+            inbox.cancel()
+        await self.finish()
 
-    def stop(self) -> None:
-        """End both loops (safe from any task); ``finish`` runs once they have ended."""
-        for task in self._loops:
-            task.cancel()
-
-    async def finish(self) -> None:
-        """Hook: release what the connection held, however it ended. Must be idempotent."""
+    def _inbox_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None and not isinstance(error, StopConsumer):
+            logger.error("channel-layer handler failed; closing the connection", exc_info=error)
+        self.stop()
 
     async def _pump(self, source: Source) -> None:
         while True:
             message = await source()
             async with self._turn:
                 await self.dispatch(message)
+
+    def stop(self) -> None:
+        """End the connection's loops (safe from any task); ``finish`` runs after."""
+        self._stopping = True
+        if self._main is not None and not self._main.done() and self._main is not asyncio.current_task():
+            self._main.cancel()
+
+    async def finish(self) -> None:
+        """Hook: release what the connection held, however it ended. Must be idempotent."""
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes stale DB connections via a thread hop on every message; this

@@ -75,6 +75,7 @@ class ChatServer(uvicorn.Server):
 
         # 3. Every chat socket gets 1012 "server restart": reconnect, elsewhere.
         closed = await REGISTRY.close_all(RESTART_CODE, RESTART_REASON, timeout=remaining())
+        closes_sent = loop.time() - started
 
         # 4. uvicorn's own steps: stop listening, close leftovers, wait, lifespan shutdown.
         self.config.timeout_graceful_shutdown = remaining()
@@ -82,7 +83,9 @@ class ChatServer(uvicorn.Server):
 
         elapsed = loop.time() - started
         _set_gauge("DRAIN_SECONDS", elapsed)
-        logger.info("drained %d websocket(s) in %.3fs", closed, elapsed)
+        logger.info(
+            "drained %d websocket(s) in %.3fs (close frames sent by %.3fs)", closed, elapsed, closes_sent
+        )
 
 
 def _set_gauge(name: str, value: float) -> None:
