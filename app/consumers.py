@@ -169,6 +169,17 @@ class ChatConsumer(SerialConsumer):
             await self._fill_gap(message_id)
         await self._deliver(message_id, event["frame"])
 
+    def idle(self) -> bool:
+        """Nothing in flight to this client and nothing queued for it."""
+        if self.sending_since:
+            return False
+        backlog = getattr(self.channel_layer, "backlog", None)
+        return backlog is None or backlog(self.channel_name) == 0
+
+    async def nudge(self, last_id: int) -> None:
+        """Tail-watcher hook: history holds up to ``last_id``; queue a catch-up."""
+        await self.channel_layer.send(self.channel_name, {"type": "chat.sync", "last_id": last_id})
+
     async def chat_sync(self, event: dict[str, Any]) -> None:
         """From the tail watcher: history holds up to ``last_id``; catch up if behind."""
         if event["last_id"] > self.last_id:

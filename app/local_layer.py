@@ -54,6 +54,11 @@ class LocalChannelLayer(BaseChannelLayer):
             self.channels.pop(channel, None)
             raise
 
+    def backlog(self, channel: str) -> int:
+        """Messages waiting for the channel's receiver."""
+        queue = self.channels.get(channel)
+        return 0 if queue is None else queue.qsize()
+
     async def group_add(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)

@@ -13,6 +13,7 @@ a real redis-server across processes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import Any
 
@@ -23,8 +24,35 @@ from channels_redis.pubsub import (
 )
 from channels_redis.utils import _wrap_close, decode_hosts
 
+logger = logging.getLogger("parley")
+
 
 class _Shard(RedisSingleShardConnection):
+    def __init__(self, host: dict[str, Any], channel_layer: Any) -> None:
+        super().__init__(host, channel_layer)
+        self._subscribed = asyncio.Event()
+
+    async def subscribe(self, channel: str) -> None:
+        await super().subscribe(channel)
+        self._subscribed.set()
+
+    async def _do_receiving(self) -> None:
+        # Upstream polls every 0.1 s while nothing is subscribed, so the first group (the
+        # readiness probe's) waited up to that long; here a subscription wakes the loop.
+        while True:
+            try:
+                if self._pubsub is not None and self._pubsub.subscribed:
+                    message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                    self._receive_message(message)
+                else:
+                    self._subscribed.clear()
+                    await self._subscribed.wait()
+            except (asyncio.CancelledError, asyncio.TimeoutError, GeneratorExit):
+                raise
+            except Exception:
+                logger.warning("pub/sub receive failed; retrying", exc_info=True)
+                await asyncio.sleep(1)
+
     def _receive_message(self, message: dict[str, Any] | None) -> None:
         if message is None:
             return
@@ -81,6 +109,11 @@ class _LoopLayer(RedisPubSubLoopLayer):
 
 class PubSubLayer(RedisPubSubChannelLayer):
     """``RedisPubSubChannelLayer`` with local consumer channels and decode-once fan-out."""
+
+    def backlog(self, channel: str) -> int:
+        """Messages waiting for a local channel's receiver."""
+        queue = self._get_layer().channels.get(channel)
+        return 0 if queue is None else queue.qsize()
 
     def _get_layer(self) -> _LoopLayer:
         loop = asyncio.get_running_loop()

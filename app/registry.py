@@ -43,9 +43,9 @@ class Registry:
     def all(self) -> list[Member]:
         return [m for room in self._rooms.values() for m in room]
 
-    def rooms(self) -> dict[str, int]:
-        """Each room with members here, and the lowest id all of them have been sent."""
-        return {room: min(m.last_id for m in members) for room, members in self._rooms.items()}
+    def by_room(self) -> dict[str, list[Member]]:
+        """A snapshot of the members of each room with members here."""
+        return {room: list(members) for room, members in self._rooms.items()}
 
     async def close_all(self, code: int, reason: str, timeout: float) -> int:
         """Send every member a close frame; return how many there were.

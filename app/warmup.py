@@ -79,7 +79,7 @@ async def warm_up(lifecycle: Lifecycle, on_ready: Callable[[], object]) -> None:
                 type(chat.layer).__name__)
     on_ready()
     # These loops live as long as this task; lifespan shutdown cancels it, and so them.
-    watcher = TailWatcher(REGISTRY, chat.history, chat.layer, TAIL_INTERVAL)
+    watcher = TailWatcher(REGISTRY, chat.history, TAIL_INTERVAL)
     loops = [watcher.run(), SlowClientWatchdog(REGISTRY, CONFIG.send_timeout).run()]
     if CONFIG.redis_enabled:
         loops.append(monitor(chat, lifecycle))
