@@ -28,4 +28,6 @@ async def websocket_application(scope: dict[str, Any], receive: Receive, send: S
     kwargs = match(scope["path"])
     if kwargs is None:
         return await deny_websocket(scope, receive, send, 404, "not_found")
-    await chat_consumer({**scope, "url_route": {"args": (), "kwargs": kwargs}}, receive, send)
+    # The scope is this connection's own: set the route in place rather than copy it.
+    scope["url_route"] = {"args": (), "kwargs": kwargs}
+    await chat_consumer(scope, receive, send)

@@ -11,6 +11,7 @@ guarantees. Handlers, ``StopConsumer`` and the group helpers behave as in Channe
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any, Awaitable, Callable
 
@@ -29,6 +30,9 @@ class SerialConsumer(AsyncWebsocketConsumer):
 
     _main: asyncio.Task[Any] | None = None
     _stopping: bool = False
+    # Channels gives each instance its own empty list when this is None; groups here are
+    # joined explicitly, and an empty tuple costs nothing per connection.
+    groups: tuple[str, ...] = ()  # type: ignore[assignment]
 
     async def __call__(self, scope: dict[str, Any], receive: Source, send: Callable[..., Any]) -> None:
         self.scope = scope
@@ -37,8 +41,9 @@ class SerialConsumer(AsyncWebsocketConsumer):
         self.channel_name = await self.channel_layer.new_channel()
         self._turn = asyncio.Lock()
         self._main = asyncio.current_task()
-        layer_receive, channel = self.channel_layer.receive, self.channel_name
-        inbox = asyncio.ensure_future(self._pump(lambda: layer_receive(channel)))
+        inbox = asyncio.ensure_future(
+            self._pump(functools.partial(self.channel_layer.receive, self.channel_name))
+        )
         inbox.add_done_callback(self._inbox_ended)
         try:
             await self._pump(receive)

@@ -37,6 +37,7 @@ class ChatServer(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config, router: Router, chat: Config) -> None:
         super().__init__(config)
+        self._wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
         self.router = router
         self.chat = chat
         router.defer_start = True
@@ -47,9 +48,24 @@ class ChatServer(uvicorn.Server):
         self.router.start()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        # Readiness flips in the signal handler itself, not on uvicorn's next 0.1 s tick.
+        # Readiness flips in the signal handler itself, and the main loop wakes now rather
+        # than on uvicorn's next 0.1 s tick.
         self.router.lifecycle.begin_drain()
         super().handle_exit(sig, frame)
+        if self._wake is not None:
+            self._wake[0].call_soon_threadsafe(self._wake[1].set)
+
+    async def main_loop(self) -> None:
+        """uvicorn's tick loop (0.1 s), woken at once by a signal."""
+        self._wake = (asyncio.get_running_loop(), asyncio.Event())
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await self._wake[1].wait()
+            should_exit = await self.on_tick(counter)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
