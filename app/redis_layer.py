@@ -39,19 +39,24 @@ class _Shard(RedisSingleShardConnection):
     async def _do_receiving(self) -> None:
         # Upstream polls every 0.1 s while nothing is subscribed, so the first group (the
         # readiness probe's) waited up to that long; here a subscription wakes the loop.
+        # After a lost connection it retries from 50 ms rather than a flat second: what is
+        # published meanwhile is lost to pub/sub, and consumers refill it from history.
+        delay = 0.05
         while True:
             try:
                 if self._pubsub is not None and self._pubsub.subscribed:
                     message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
                     self._receive_message(message)
+                    delay = 0.05
                 else:
                     self._subscribed.clear()
                     await self._subscribed.wait()
             except (asyncio.CancelledError, asyncio.TimeoutError, GeneratorExit):
                 raise
-            except Exception:
-                logger.warning("pub/sub receive failed; retrying", exc_info=True)
-                await asyncio.sleep(1)
+            except Exception as exc:
+                logger.warning("pub/sub connection lost (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     def _receive_message(self, message: dict[str, Any] | None) -> None:
         if message is None:

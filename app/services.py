@@ -55,9 +55,9 @@ class Services:
             event = {"type": "chat.message", "id": appended.id, "frame": appended.frame}
             try:
                 await self.layer.group_send(group_name(room), event)
-            except Exception:
-                # Durable already: members fill the hole from history on the next message.
-                logger.warning("broadcast of %s#%d failed", room, appended.id, exc_info=True)
+            except Exception as exc:
+                # Durable already: members fill the hole from history (next message or tick).
+                logger.warning("broadcast of %s#%d failed: %s", room, appended.id, exc)
         return appended
 
     async def close(self) -> None:

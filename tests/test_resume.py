@@ -127,7 +127,9 @@ async def test_redis_down_sends_get_unavailable_and_chat_recovers(make_app: Call
     try:
         server = make_app(env={"REDIS_URL": redis.url})
         sender = await Client.connect(server.ws_url("lobby"))
+        member = await Client.connect(server.ws_url("lobby"))
         assert (await sender.post("kept", client_id="c-1"))["id"] == 1
+        assert [m["message"] for m in await member.messages(1)] == ["kept"]
 
         redis.stop()
         refused = await sender.post("while down", client_id="c-2")
@@ -138,6 +140,8 @@ async def test_redis_down_sends_get_unavailable_and_chat_recovers(make_app: Call
         server.wait_status("/readyz", 200)
         resent = await sender.post("while down", client_id="c-2")
         assert resent == {"type": "ack", "id": 2, "client_id": "c-2"}
+        # Members connected through the outage get it too, without reconnecting.
+        assert [m["message"] for m in await member.messages(1)] == ["while down"]
         fresh = await Client.connect(server.ws_url("lobby", since=0), wait_ready=False)
         assert [m["message"] for m in await fresh.messages(2)] == ["kept", "while down"]
     finally:

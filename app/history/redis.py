@@ -7,28 +7,36 @@ URLs a room lives on the shard channels-redis's core layer picks for the room's 
 
 from __future__ import annotations
 
+import secrets
+
 import redis.asyncio as aioredis
 from channels_redis.utils import _consistent_hash
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from app.history.base import Appended, History, HistoryUnavailable, Replay
 from app.protocol import FrameTemplate
 from app.rooms import group_name
 
-# KEYS: seq, log, dedupe. ARGV: prefix, suffix, maxlen, ttl, dedupe_ttl, has_client_id.
+# KEYS: seq, log, dedupe. ARGV: prefix, suffix, maxlen, ttl, dedupe_ttl.
 # One script, so id assignment, the dedupe check and the write are a single atomic step.
 _APPEND = """
-if ARGV[6] == '1' then
-  local prior = redis.call('GET', KEYS[3])
-  if prior then return {tonumber(prior), 1} end
-end
+local prior = redis.call('GET', KEYS[3])
+if prior then return {tonumber(prior), 1} end
 local id = redis.call('INCR', KEYS[1])
 local frame = ARGV[1] .. id .. ARGV[2]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id .. '-0', 'f', frame)
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-if ARGV[6] == '1' then redis.call('SET', KEYS[3], id, 'EX', ARGV[5]) end
+redis.call('SET', KEYS[3], id, 'EX', ARGV[5])
 return {id, 0}
 """
+
+# A command that fails on a stale pooled connection (after a Redis restart) is retried on a
+# fresh one. An append whose reply was lost may have run, so every append carries a dedupe
+# key: the client's client_id, or else a one-off nonce kept long enough to cover retries.
+_RETRY = Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2)
+NONCE_TTL = 30
 
 
 def shard_index(room: str, shards: int) -> int:
@@ -43,7 +51,8 @@ class RedisHistory(History):
         self._clients = [
             aioredis.Redis(
                 connection_pool=aioredis.BlockingConnectionPool.from_url(
-                    url, max_connections=64, timeout=5, socket_connect_timeout=2, socket_timeout=5
+                    url, max_connections=64, timeout=5, socket_connect_timeout=2, socket_timeout=5,
+                    retry=_RETRY,
                 )
             )
             for url in urls
@@ -62,9 +71,11 @@ class RedisHistory(History):
 
     async def append(self, room: str, template: FrameTemplate, client_id: str | None) -> Appended:
         seq, log = self._keys(room)
-        dedupe = f"chat:{{{room}}}:cid:{client_id or ''}"
-        args = [template.prefix, template.suffix, self._max_len, self._ttl, self._dedupe_ttl]
-        args.append("1" if client_id is not None else "0")
+        if client_id is not None:
+            dedupe, dedupe_ttl = f"chat:{{{room}}}:cid:{client_id}", self._dedupe_ttl
+        else:
+            dedupe, dedupe_ttl = f"chat:{{{room}}}:nonce:{secrets.token_hex(8)}", NONCE_TTL
+        args = [template.prefix, template.suffix, self._max_len, self._ttl, dedupe_ttl]
         try:
             message_id, duplicate = await self._scripts[self._shard(room)](
                 keys=[seq, log, dedupe], args=args
