@@ -115,6 +115,10 @@ class _LoopLayer(RedisPubSubLoopLayer):
 class PubSubLayer(RedisPubSubChannelLayer):
     """``RedisPubSubChannelLayer`` with local consumer channels and decode-once fan-out."""
 
+    def bound_receive(self) -> Any:
+        """This loop's ``receive``, without the per-call proxy hop of ``self.receive``."""
+        return self._get_layer().receive
+
     def backlog(self, channel: str) -> int:
         """Messages waiting for a local channel's receiver."""
         queue = self._get_layer().channels.get(channel)

@@ -24,6 +24,9 @@ Source = Callable[[], Awaitable[dict[str, Any]]]
 
 logger = logging.getLogger("parley")
 
+# Message type -> handler name, computed once per type rather than once per message.
+_HANDLER_NAMES: dict[str, str] = {}
+
 
 class SerialConsumer(AsyncWebsocketConsumer):
     """AsyncWebsocketConsumer with a lean dispatch loop and no per-message DB hop."""
@@ -41,9 +44,9 @@ class SerialConsumer(AsyncWebsocketConsumer):
         self.channel_name = await self.channel_layer.new_channel()
         self._turn = asyncio.Lock()
         self._main = asyncio.current_task()
-        inbox = asyncio.ensure_future(
-            self._pump(functools.partial(self.channel_layer.receive, self.channel_name))
-        )
+        bound = getattr(self.channel_layer, "bound_receive", None)
+        layer_receive = bound() if bound is not None else self.channel_layer.receive
+        inbox = asyncio.ensure_future(self._pump(functools.partial(layer_receive, self.channel_name)))
         inbox.add_done_callback(self._inbox_ended)
         try:
             await self._pump(receive)
@@ -83,7 +86,11 @@ class SerialConsumer(AsyncWebsocketConsumer):
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes stale DB connections via a thread hop on every message; this
         # service has no database, so that hop would be pure cost per frame and delivery.
-        handler = getattr(self, get_handler_name(message), None)
+        kind = message["type"]
+        name = _HANDLER_NAMES.get(kind)
+        if name is None:
+            name = _HANDLER_NAMES[kind] = get_handler_name(message)
+        handler = getattr(self, name, None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import socket
 import time
 from collections.abc import Generator
@@ -44,6 +45,8 @@ class ChatServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
+        logger.info("listening on http://%s:%d (pid %d, color=%s)", self.config.host,
+                    self.config.port, os.getpid(), self.chat.color)
         # Warm-up starts once the socket listens, so /healthz never waits behind Django.
         self.router.start()
 
@@ -82,6 +85,7 @@ class ChatServer(uvicorn.Server):
         def remaining() -> float:
             return max(deadline - loop.time() - UVICORN_RESERVE, 0.05)
 
+        logger.info("shutting down: draining %d websocket(s)", len(REGISTRY))
         # 1. Not ready: load balancers stop routing here, new handshakes are refused.
         self.router.lifecycle.begin_drain()
         _set_gauge("READY", 0)
@@ -126,7 +130,10 @@ def build(chat: Config, router: Router) -> ChatServer:
         ws_per_message_deflate=chat.ws_compression,
         ws_ping_interval=chat.ping_interval or None,
         ws_ping_timeout=chat.ping_timeout or None,
-        log_level=chat.log_level,
+        # uvicorn logs two lines per WebSocket at info; building those records costs more
+        # than the filter that would drop them, so its logger is at warning unless
+        # debugging. The service's own lifecycle lines come from the ``parley`` logger.
+        log_level=chat.log_level if chat.log_level == "debug" else "warning",
         access_log=False,
         log_config=log_config(chat.log_level),
         timeout_graceful_shutdown=chat.shutdown_timeout,

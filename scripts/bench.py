@@ -231,7 +231,7 @@ def markdown(bench: dict[str, Any], chart: str | None) -> str:
                        "server CPU ms/conn", "server KB/conn", "server CPU ms/delivery"], rows), ""]
     config = bench["load"][0].get("config", {}) if bench["load"] else {}
     out += [f"{config.get('concurrency', '-')} handshakes in flight, {config.get('messages', '-')} "
-            "messages per room (0.2 s apart, so each message is a burst of deliveries to every "
+            f"messages per room ({config.get('interval', '-')} s apart, so each message is a burst of deliveries to every "
             "room at once). Latencies are measured by the clients on the same machine: they share "
             "its cores with the server and include the client processes' own queueing, so compare "
             "them with the floor's rather than read them as network figures. Server CPU and memory "
