@@ -14,7 +14,6 @@ from typing import Any, Awaitable, Callable
 from app.config import CONFIG, Config
 from app.lifecycle import HEALTHZ, JSON_HEADERS, Lifecycle
 from app.origins import header, origin_allowed
-from app.registry import REGISTRY
 
 logger = logging.getLogger("parley")
 
@@ -57,6 +56,7 @@ class Router:
         self._warmup: asyncio.Task[None] | None = None
         self._http_app: Any = None
         self._http_app_task: asyncio.Future[Any] | None = None
+        self._sockets = 0
 
     def start(self) -> None:
         """Begin warm-up (idempotent). The uvicorn entry point calls this once listening."""
@@ -109,11 +109,17 @@ class Router:
         origin = header(scope, b"origin")
         if not origin_allowed(origin, header(scope, b"host"), self.config.allowed_origins):
             return await deny_websocket(scope, receive, send, 403, "origin_not_allowed")
-        if len(REGISTRY) >= self.config.max_connections:
+        # Counted here, from admission to exit, so the cap is exact even for a burst of
+        # handshakes that are all still replaying history.
+        if self._sockets >= self.config.max_connections:
             return await deny_websocket(scope, receive, send, 503, "too_many_connections")
         from app import services
 
-        await services.get().websocket_app(scope, receive, send)
+        self._sockets += 1
+        try:
+            await services.get().websocket_app(scope, receive, send)
+        finally:
+            self._sockets -= 1
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
