@@ -6,6 +6,7 @@ recipient, and silently drops group members after ``group_expiry`` (a day). This
 keeps the same API with none of that: a set per group, a bounded queue per channel, one
 shared message object (receivers must not mutate it), and cleanup when a receiver stops.
 Deliveries to a full channel are dropped, as in Channels; consumers refill from history.
+Group messages go through ``app.fanout`` (a direct call first, the queue otherwise).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
+from app.fanout import Direct, fan_out
+
 
 class LocalChannelLayer(BaseChannelLayer):
     """Process-local groups and channels; one process only (use Redis to scale out)."""
@@ -27,6 +30,14 @@ class LocalChannelLayer(BaseChannelLayer):
         super().__init__(capacity=capacity, **kwargs)
         self.channels: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self.groups: dict[str, set[str]] = {}
+        self.direct: dict[str, Direct] = {}
+
+    def register_direct(self, channel: str, deliver: Direct) -> None:
+        """Let group messages reach ``channel``'s receiver by a synchronous call first."""
+        self.direct[channel] = deliver
+
+    def unregister_direct(self, channel: str) -> None:
+        self.direct.pop(channel, None)
 
     def _queue(self, channel: str) -> asyncio.Queue[dict[str, Any]]:
         queue = self.channels.get(channel)
@@ -72,11 +83,7 @@ class LocalChannelLayer(BaseChannelLayer):
                 del self.groups[group]
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
-        channels = self.channels
-        for channel in self.groups.get(group, ()):
-            queue = channels.get(channel)
-            if queue is not None and not queue.full():
-                queue.put_nowait(message)
+        fan_out(self.groups.get(group, ()), message, self.channels, self.direct, self.capacity)
 
     async def flush(self) -> None:
         self.channels.clear()

@@ -24,6 +24,8 @@ from channels_redis.pubsub import (
 )
 from channels_redis.utils import _wrap_close, decode_hosts
 
+from app.fanout import Direct, fan_out
+
 logger = logging.getLogger("parley")
 
 
@@ -70,18 +72,14 @@ class _Shard(RedisSingleShardConnection):
         if not targets:
             return
         decoded = layer.channel_layer.deserialize(data)  # once, for every local member
-        capacity = layer.capacity
-        for channel in targets:
-            queue = layer.channels.get(channel)
-            # A member this far behind is not reading; history refills what is dropped.
-            if queue is not None and queue.qsize() < capacity:
-                queue.put_nowait(decoded)
+        fan_out(targets, decoded, layer.channels, layer.direct, layer.capacity)
 
 
 class _LoopLayer(RedisPubSubLoopLayer):
     def __init__(self, hosts: Any = None, capacity: int = 500, **kwargs: Any) -> None:
         super().__init__(hosts=hosts, **kwargs)
         self.capacity = capacity
+        self.direct: dict[str, Direct] = {}
         self._shards = [_Shard(host, self) for host in decode_hosts(hosts)]
 
     async def new_channel(self, prefix: str = "specific.") -> str:
@@ -114,6 +112,13 @@ class _LoopLayer(RedisPubSubLoopLayer):
 
 class PubSubLayer(RedisPubSubChannelLayer):
     """``RedisPubSubChannelLayer`` with local consumer channels and decode-once fan-out."""
+
+    def register_direct(self, channel: str, deliver: Direct) -> None:
+        """Let group messages reach ``channel``'s receiver by a synchronous call first."""
+        self._get_layer().direct[channel] = deliver
+
+    def unregister_direct(self, channel: str) -> None:
+        self._get_layer().direct.pop(channel, None)
 
     def bound_receive(self) -> Any:
         """This loop's ``receive``, without the per-call proxy hop of ``self.receive``."""

@@ -48,6 +48,9 @@ class SerialConsumer(AsyncWebsocketConsumer):
         layer_receive = bound() if bound is not None else self.channel_layer.receive
         inbox = asyncio.ensure_future(self._pump(functools.partial(layer_receive, self.channel_name)))
         inbox.add_done_callback(self._inbox_ended)
+        register = getattr(self.channel_layer, "register_direct", None)
+        if register is not None:
+            register(self.channel_name, self.deliver_now)
         try:
             await self._pump(receive)
         except StopConsumer:
@@ -58,7 +61,35 @@ class SerialConsumer(AsyncWebsocketConsumer):
             self._main.uncancel()  # our own stop(), not the server's: finish normally
         finally:
             inbox.cancel()
+            if register is not None:
+                self.channel_layer.unregister_direct(self.channel_name)
         await self.finish()
+
+    def deliver_now(self, message: dict[str, Any]) -> bool:
+        """Hook for the layer's fan-out: take ``message`` synchronously, or return False
+        to have it queued for the channel-layer loop as usual."""
+        return False
+
+    def send_now(self, text: str) -> bool:
+        """Send a text frame without suspending, if the server can take it now.
+
+        True when the frame was written (or the socket is already gone, so there is nobody
+        to deliver to); False when the send would have to wait, or when the server does not
+        expose its write-readiness (only uvicorn's WebSocket protocols do): queue it then.
+        """
+        protocol = getattr(self.base_send, "__self__", None)
+        writable = getattr(protocol, "writable", None)
+        if not isinstance(writable, asyncio.Event) or not writable.is_set():
+            return False
+        step = self.base_send({"type": "websocket.send", "text": text})
+        try:
+            step.send(None)  # writable: uvicorn's send runs to the end without suspending
+        except StopIteration:
+            return True
+        except (OSError, RuntimeError):
+            return True  # disconnected or closing: its disconnect event is on its way
+        step.close()  # it wanted to wait after all: nothing was written; queue instead
+        return False
 
     def _inbox_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():

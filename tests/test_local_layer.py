@@ -51,3 +51,28 @@ async def test_group_membership_does_not_expire() -> None:
     channel = await layer.new_channel()
     await layer.group_add("g", channel)
     assert channel in layer.groups["g"]  # no timestamps, no expiry sweep
+
+
+async def test_group_send_hands_messages_to_a_direct_receiver_first() -> None:
+    layer = LocalChannelLayer()
+    taker, refuser = await layer.new_channel(), await layer.new_channel()
+    taken: list[dict] = []
+    layer.register_direct(taker, lambda message: taken.append(message) or True)
+    layer.register_direct(refuser, lambda message: False)
+    for channel in (taker, refuser):
+        await layer.group_add("g", channel)
+    await layer.group_send("g", {"type": "x", "n": 1})
+    assert taken == [{"type": "x", "n": 1}] and layer.channels[taker].empty()
+    assert await layer.receive(refuser) == {"type": "x", "n": 1}
+
+
+async def test_a_queued_message_is_never_overtaken_by_a_direct_one() -> None:
+    layer = LocalChannelLayer()
+    channel = await layer.new_channel()
+    await layer.group_add("g", channel)
+    await layer.group_send("g", {"type": "x", "n": 1})  # queued: no direct receiver yet
+    layer.register_direct(channel, lambda message: True)
+    await layer.group_send("g", {"type": "x", "n": 2})
+    assert [(await layer.receive(channel))["n"], (await layer.receive(channel))["n"]] == [1, 2]
+    layer.unregister_direct(channel)
+    assert layer.direct == {}

@@ -1,0 +1,44 @@
+"""Local fan-out of one group message to the members of a group in this process.
+
+Each member first gets a chance to take the message by a plain synchronous call (its
+consumer sends it straight to a socket that can take it now, with no task switch); a member
+that cannot (busy with a handler, something already queued, a gap to fill first, a socket
+that would block) gets it queued, up to ``capacity``, as a channel layer always does. The
+consumer's id checks keep every member's stream exactly-once and in order either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+Direct = Callable[[dict[str, Any]], bool]
+
+logger = logging.getLogger("parley")
+
+
+def fan_out(
+    members: Iterable[str],
+    message: dict[str, Any],
+    queues: Mapping[str, asyncio.Queue[dict[str, Any]]],
+    direct: Mapping[str, Direct],
+    capacity: int,
+) -> None:
+    """Deliver ``message`` to every member: directly where it can, else to its queue."""
+    for channel in members:
+        queue = queues.get(channel)
+        if queue is None:
+            continue
+        if queue.empty():  # nothing queued for it that this message could overtake
+            deliver = direct.get(channel)
+            if deliver is not None:
+                try:
+                    if deliver(message):
+                        continue
+                except Exception:  # a member's bug must not cost the others their message
+                    logger.exception("direct delivery failed; queueing instead")
+        # A member this far behind is not reading; history refills what is dropped.
+        if queue.qsize() < capacity:
+            queue.put_nowait(message)
