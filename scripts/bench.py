@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-r", "--rooms", type=int, default=50)
     parser.add_argument("--runs", type=int, default=5, help="cold starts per target")
     parser.add_argument("--no-traefik", action="store_true", help="skip the leg through Traefik")
+    parser.add_argument("--capacity", type=int, default=19000,
+                        help="sockets for the one-process capacity leg (0: skip it)")
     parser.add_argument("--results-dir", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--chart", default=str(ROOT / "docs" / "bench-latency.png"))
@@ -105,7 +107,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             load(args, work, "floor", ["--target", "floor"]),
             load(args, work, "app/memory/1-room", ["-r", "1"]),
             load(args, work, "floor/1-room", ["--target", "floor", "-r", "1"]),
+            # One broadcast to one room of every socket: the "room of 5,000" latency figure.
+            load(args, work, "app/redis/1-room/1-message", ["--redis", "-r", "1", "--messages", "1"]),
+            load(args, work, "floor/1-room/1-message", ["--target", "floor", "-r", "1", "--messages", "1"]),
         ]
+        if args.capacity:
+            # As many sockets as one process's open-file limit (20,000 here) leaves room for;
+            # the load generator spreads itself over several processes to hold them.
+            legs.append(load(args, work, "app/redis/capacity", [
+                "--redis", "-n", str(args.capacity), "-r", "1", "--messages", "2", "--interval", "0.5",
+                "--per-process", "6500", "--open-timeout", "60", "--delivery-timeout", "60"]))
         traefik = "skipped: --no-traefik" if args.no_traefik else traefik_leg(args, work)
         if isinstance(traefik, str):
             skipped.append(f"traefik/redis {traefik}")
@@ -116,7 +127,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "date": started.isoformat(timespec="seconds"),
         "seconds": round((dt.datetime.now(dt.timezone.utc) - started).total_seconds(), 1),
         "machine": machine(),
-        "config": {"connections": args.connections, "rooms": args.rooms, "startup_runs": args.runs},
+        "config": {"connections": args.connections, "rooms": args.rooms, "startup_runs": args.runs,
+                   "capacity": args.capacity},
         "startup": startup,
         "shutdown": shutdown,
         "load": legs,
@@ -216,7 +228,9 @@ def markdown(bench: dict[str, Any], chart: str | None) -> str:
                      c["latency_ms"]["p50"], c["latency_ms"]["p99"], c["latency_ms"]["max"],
                      b["latency_ms"]["p50"], b["latency_ms"]["p99"], f"{b['missing']}/{b['expected']}",
                      s["cpu_ms_per_connection"], s["rss_kb_per_connection"], s["cpu_ms_per_delivery"]])
-    for ours_label, floor_label in (("app/memory", "floor"), ("app/memory/1-room", "floor/1-room")):
+    for ours_label, floor_label in (("app/memory", "floor"), ("app/redis", "floor"),
+                                    ("app/memory/1-room", "floor/1-room"),
+                                    ("app/redis/1-room/1-message", "floor/1-room/1-message")):
         ours = next((leg for leg in bench["load"] if leg.get("label") == ours_label and "connect" in leg), None)
         floor = floors.get(floor_label)
         if ours and floor and "connect" in floor:
