@@ -159,8 +159,9 @@ def _django_http_app() -> Any:
 async def _metrics(send: Send) -> None:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    import app.metrics  # noqa: F401
+    from app import metrics
 
+    metrics.load()  # the collectors must be registered before the first scrape
     await respond(send, 200, generate_latest(), [(b"content-type", CONTENT_TYPE_LATEST.encode())])
 
 

@@ -77,7 +77,6 @@ def load() -> Services:
         _setup_django()
         from channels.layers import get_channel_layer
 
-        import app.metrics  # noqa: F401  (registers the collectors before /metrics is read)
         from app.history import create_history
         from app.routing import websocket_application
 

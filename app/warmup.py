@@ -70,12 +70,13 @@ async def warm_up(lifecycle: Lifecycle, on_ready: Callable[[], object]) -> None:
     """Bring the process to ready, call ``on_ready``, then keep readiness truthful."""
     chat = await asyncio.to_thread(services.load)
     await until_answering(chat, lifecycle)
+    lifecycle.set_ready()
+    elapsed = (lifecycle.ready_at or time.time()) - PROCESS_STARTED_AT
     from app import metrics
 
-    lifecycle.set_ready()
+    await asyncio.to_thread(metrics.load)  # after ready: no probe needs prometheus-client
     # Everything loaded so far lives as long as the process: keep collections off it.
     gc.freeze()
-    elapsed = (lifecycle.ready_at or time.time()) - PROCESS_STARTED_AT
     metrics.STARTUP_SECONDS.set(elapsed)
     metrics.READY.set(1)
     logger.info("ready in %.3fs (color=%s, layer=%s)", elapsed, CONFIG.color,
