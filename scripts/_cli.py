@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any, Callable
 
+from scripts._pinning import pin_client
 from scripts._report import emit
 from scripts._targets import NotLoopback
 
@@ -16,6 +17,7 @@ def main(name: str, argv: list[str] | None,
          render: Callable[[dict[str, Any]], str]) -> int:
     """0 when the result is ok, 1 when it is not, 2 when the target was refused."""
     args = parse_args(argv)
+    pin_client()
     try:
         result = run(args)
     except NotLoopback as exc:

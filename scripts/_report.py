@@ -62,8 +62,10 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    """What the figures were measured on: cores, memory, OS, Python and library versions."""
+    """What the figures were measured on: cores, memory, OS, Python, versions, pinning."""
     import psutil
+
+    from scripts._pinning import plan
 
     versions = {}
     for name in VERSIONED:
@@ -79,6 +81,7 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": versions,
+        "pinning": plan(),
     }
 
 

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from scripts._pinning import server_command  # noqa: E402
 from tests.support import AppServer, RedisServer, free_port  # noqa: E402
 
 KINDS = ("app", "floor")
@@ -55,10 +56,10 @@ def start_server(kind: str, redis_url: str | None = None, env: dict[str, str] | 
     extra = {"LOG_LEVEL": "warning", **(env or {})}
     if redis_url and kind == "app":
         extra["REDIS_URL"] = redis_url
-    command = None
+    command = [sys.executable, "-m", "app"]
     if kind == "floor":
         command = [sys.executable, str(ROOT / "bench" / "floor.py"), "--port", str(port)]
-    return AppServer(env=extra, port=port, command=command).start(wait=wait)
+    return AppServer(env=extra, port=port, command=server_command(command)).start(wait=wait)
 
 
 @dataclass
