@@ -1,9 +1,10 @@
 """Which cores the measured server and the load generator run on.
 
 On a small machine the load generator and the server compete for the same cores, and the
-figures move by tens of percent from run to run. With two or more cores the server (ours
-or the floor, alike) gets core 0 and the load generator the rest, so each side's cost is
-its own. ``PARLEY_BENCH_PIN=0`` turns it off.
+figures move by tens of percent from run to run. ``PARLEY_BENCH_PIN=1`` gives the server
+(ours or the floor, alike) core 0 and the load generator the rest, so each side's CPU cost
+is its own. Off by default: on two cores it halves the server's CPU, which stretches every
+absolute latency (for the floor too) while the ratios barely move.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def _cores() -> list[int]:
 def plan() -> dict[str, list[int]] | None:
     """{"server": [...], "client": [...]}, or None when not pinning."""
     cores = _cores()
-    if os.environ.get("PARLEY_BENCH_PIN") == "0" or len(cores) < 2 or not shutil.which("taskset"):
+    if os.environ.get("PARLEY_BENCH_PIN") != "1" or len(cores) < 2 or not shutil.which("taskset"):
         return None
     return {"server": cores[:1], "client": cores[1:]}
 
