@@ -32,7 +32,7 @@ from app.protocol import (
 from app.ratelimit import TokenBucket
 from app.registry import REGISTRY
 from app.rooms import group_name, is_valid_room
-from app.router import deny_websocket
+from app.router import refuse_handshake
 from app.serial_consumer import SerialConsumer
 
 logger = logging.getLogger("parley")
@@ -114,10 +114,8 @@ class ChatConsumer(SerialConsumer):
         return None, [], await self.history.last_id(self.room)
 
     async def _refuse(self, status: int, code: str) -> None:
-        async def replay_connect() -> dict[str, Any]:
-            return {"type": "websocket.connect"}
-
-        await deny_websocket(self.scope, replay_connect, self.base_send, status, code)
+        # websocket.connect was already received: this is its answer.
+        await refuse_handshake(self.scope, self.base_send, status, code)
         raise StopConsumer()
 
     # -- receive -------------------------------------------------------------------------
@@ -144,8 +142,6 @@ class ChatConsumer(SerialConsumer):
             appended = await services.get().post(self.room, template, chat.client_id)
         except HistoryUnavailable:
             return await self._reject("unavailable", "message not stored: storage unavailable, retry")
-        if not appended.duplicate:
-            metrics.MESSAGES_BROADCAST.inc()
         await self._send_text(ack_frame(appended.id, chat.client_id))
 
     async def _rate_limited(self) -> None:

@@ -11,6 +11,7 @@ import json
 import logging
 from typing import Any, Awaitable, Callable
 
+from app import metrics
 from app.config import CONFIG, Config
 from app.lifecycle import HEALTHZ, JSON_HEADERS, Lifecycle
 from app.origins import header, origin_allowed
@@ -30,12 +31,14 @@ async def respond(send: Send, status: int, body: bytes, headers: list | None = N
 
 
 async def deny_websocket(scope: dict, receive: Receive, send: Send, status: int, code: str) -> None:
-    """Refuse a handshake with an HTTP status and a JSON reason where the server can say so."""
+    """Receive the handshake's ``websocket.connect``, then refuse it."""
     message = await receive()
-    if message["type"] != "websocket.connect":
-        return
-    from app import metrics
+    if message["type"] == "websocket.connect":
+        await refuse_handshake(scope, send, status, code)
 
+
+async def refuse_handshake(scope: dict, send: Send, status: int, code: str) -> None:
+    """Refuse a handshake with an HTTP status and a JSON reason where the server can say so."""
     # Counted before answering, so a client that reads the metrics next sees it.
     metrics.HANDSHAKES_REFUSED.labels(code).inc()
     if "websocket.http.response" in scope.get("extensions", {}):
@@ -158,8 +161,6 @@ def _django_http_app() -> Any:
 
 async def _metrics(send: Send) -> None:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    from app import metrics
 
     metrics.load()  # the collectors must be registered before the first scrape
     await respond(send, 200, generate_latest(), [(b"content-type", CONTENT_TYPE_LATEST.encode())])

@@ -13,12 +13,12 @@ import gc
 import logging
 import os
 import socket
-import time
 from collections.abc import Generator
 from types import FrameType
 
 import uvicorn
 
+from app import metrics
 from app.config import Config
 from app.logs import log_config
 from app.registry import REGISTRY
@@ -88,7 +88,7 @@ class ChatServer(uvicorn.Server):
         logger.info("shutting down: draining %d websocket(s)", len(REGISTRY))
         # 1. Not ready: load balancers stop routing here, new handshakes are refused.
         self.router.lifecycle.begin_drain()
-        _set_gauge("READY", 0)
+        metrics.READY.set(0)
 
         # 2. Optional grace for the load balancer to notice, probes still answered.
         if self.chat.shutdown_drain_delay > 0:
@@ -103,16 +103,10 @@ class ChatServer(uvicorn.Server):
         await super().shutdown(sockets=sockets)
 
         elapsed = loop.time() - started
-        _set_gauge("DRAIN_SECONDS", elapsed)
+        metrics.DRAIN_SECONDS.set(elapsed)
         logger.info(
             "drained %d websocket(s) in %.3fs (close frames sent by %.3fs)", closed, elapsed, closes_sent
         )
-
-
-def _set_gauge(name: str, value: float) -> None:
-    from app import metrics
-
-    getattr(metrics, name).set(value)
 
 
 def build(chat: Config, router: Router) -> ChatServer:
@@ -151,7 +145,5 @@ GC_THRESHOLDS = (50_000, 20, 100)
 def run(chat: Config, router: Router) -> int:
     gc.set_threshold(*GC_THRESHOLDS)
     server = build(chat, router)
-    started = time.monotonic()
     server.run()
-    logger.debug("server ran for %.1fs", time.monotonic() - started)
     return 0 if server.started else 1

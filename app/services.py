@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from app import metrics
 from app.config import CONFIG
 from app.history import Appended, History
 from app.protocol import FrameTemplate
@@ -55,6 +56,7 @@ class Services:
             event = {"type": "chat.message", "id": appended.id, "frame": appended.frame}
             try:
                 await self.layer.group_send(group_name(room), event)
+                metrics.MESSAGES_BROADCAST.inc()
             except Exception as exc:
                 # Durable already: members fill the hole from history (next message or tick).
                 logger.warning("broadcast of %s#%d failed: %s", room, appended.id, exc)

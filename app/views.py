@@ -10,7 +10,7 @@ from pathlib import Path
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from app import metrics, services
+from app import services
 from app.config import CONFIG
 from app.history import HistoryUnavailable
 from app.protocol import FrameError, message_template, parse_client_frame
@@ -133,8 +133,6 @@ async def _publish(request: HttpRequest, room: str) -> HttpResponse:
         appended = await services.get().post(room, template, chat.client_id)
     except HistoryUnavailable:
         return _error(503, "unavailable", "message not stored: storage unavailable, retry")
-    if not appended.duplicate:
-        metrics.MESSAGES_BROADCAST.inc()
     return JsonResponse(
         {"id": appended.id, "duplicate": appended.duplicate, "client_id": chat.client_id},
         status=200 if appended.duplicate else 201,

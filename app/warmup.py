@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Callable
 
-from app import services
+from app import metrics, services
 from app.config import CONFIG
 from app.lifecycle import PROCESS_STARTED_AT, Lifecycle
 from app.registry import REGISTRY
@@ -48,8 +48,6 @@ async def until_answering(chat: services.Services, lifecycle: Lifecycle) -> None
 
 async def monitor(chat: services.Services, lifecycle: Lifecycle) -> None:
     """While running with Redis, keep /readyz honest about whether chat would work."""
-    from app import metrics
-
     while not lifecycle.draining:
         await asyncio.sleep(MONITOR_INTERVAL)
         try:
@@ -72,8 +70,6 @@ async def warm_up(lifecycle: Lifecycle, on_ready: Callable[[], object]) -> None:
     await until_answering(chat, lifecycle)
     lifecycle.set_ready()
     elapsed = (lifecycle.ready_at or time.time()) - PROCESS_STARTED_AT
-    from app import metrics
-
     await asyncio.to_thread(metrics.load)  # after ready: no probe needs prometheus-client
     # Everything loaded so far lives as long as the process: keep collections off it.
     gc.freeze()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from tests import wsraw
 from tests.support import AppServer, Client, RedisServer, http_get, wait_until
 
 
@@ -97,16 +98,9 @@ async def test_new_handshakes_are_refused_while_draining(make_app: Callable[...,
 async def test_exits_zero_within_budget_when_a_client_never_answers_the_close(
     make_app: Callable[..., AppServer],
 ) -> None:
-    import socket
-
     server = make_app(env={"SHUTDOWN_TIMEOUT": "2"})
-    # A raw client that completes the handshake and then never reads or answers anything.
-    sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.sendall(
-        b"GET /ws/chat/lobby/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    assert sock.recv(1024).startswith(b"HTTP/1.1 101")
+    # A raw client that completes the handshake (101) and then never reads or answers.
+    sock = wsraw.open_socket(server.port)
     server.signal(signal.SIGTERM)
     assert await asyncio.to_thread(server.wait, 10) == 0
     sock.close()
