@@ -20,6 +20,8 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 
+from app import wire
+
 Source = Callable[[], Awaitable[dict[str, Any]]]
 
 logger = logging.getLogger("parley")
@@ -40,6 +42,7 @@ class SerialConsumer(AsyncWebsocketConsumer):
     async def __call__(self, scope: dict[str, Any], receive: Source, send: Callable[..., Any]) -> None:
         self.scope = scope
         self.base_send = send
+        self._raw = wire.raw_protocol(send)
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.channel_name = await self.channel_layer.new_channel()
         self._turn = asyncio.Lock()
@@ -76,7 +79,13 @@ class SerialConsumer(AsyncWebsocketConsumer):
         True when the frame was written (or the socket is already gone, so there is nobody
         to deliver to); False when the send would have to wait, or when the server does not
         expose its write-readiness (only uvicorn's WebSocket protocols do): queue it then.
+        On uvicorn's websockets-sansio protocol the frame's bytes are built once per text
+        (app.wire) and written to the transport; elsewhere uvicorn's own send runs.
         """
+        raw = self._raw
+        if raw is not None and wire.can_write(raw):
+            raw.transport.write(wire.PREPARED(text))
+            return True
         protocol = getattr(self.base_send, "__self__", None)
         writable = getattr(protocol, "writable", None)
         if not isinstance(writable, asyncio.Event) or not writable.is_set():
