@@ -9,10 +9,11 @@ consumer's id checks keep every member's stream exactly-once and in order either
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from app.mailbox import Mailbox
 
 Direct = Callable[[dict[str, Any]], bool]
 
@@ -22,7 +23,7 @@ logger = logging.getLogger("parley")
 def fan_out(
     members: Iterable[str],
     message: dict[str, Any],
-    queues: Mapping[str, asyncio.Queue[dict[str, Any]]],
+    queues: Mapping[str, Mailbox],
     direct: Mapping[str, Direct],
     capacity: int,
 ) -> None:

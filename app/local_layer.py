@@ -3,7 +3,7 @@
 Channels' InMemoryChannelLayer scans every channel on every receive (O(n) per message, so
 O(n²) per broadcast), deep-copies each message per recipient, schedules a task per
 recipient, and silently drops group members after ``group_expiry`` (a day). This layer
-keeps the same API with none of that: a set per group, a bounded queue per channel, one
+keeps the same API with none of that: a set per group, a bounded mailbox per channel, one
 shared message object (receivers must not mutate it), and cleanup when a receiver stops.
 Deliveries to a full channel are dropped, as in Channels; consumers refill from history.
 Group messages go through ``app.fanout`` (a direct call first, the queue otherwise).
@@ -19,6 +19,7 @@ from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
 from app.fanout import Direct, fan_out
+from app.mailbox import Mailbox
 
 
 class LocalChannelLayer(BaseChannelLayer):
@@ -28,7 +29,7 @@ class LocalChannelLayer(BaseChannelLayer):
 
     def __init__(self, capacity: int = 500, **kwargs: Any) -> None:
         super().__init__(capacity=capacity, **kwargs)
-        self.channels: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self.channels: dict[str, Mailbox] = {}
         self.groups: dict[str, set[str]] = {}
         self.direct: dict[str, Direct] = {}
 
@@ -39,10 +40,10 @@ class LocalChannelLayer(BaseChannelLayer):
     def unregister_direct(self, channel: str) -> None:
         self.direct.pop(channel, None)
 
-    def _queue(self, channel: str) -> asyncio.Queue[dict[str, Any]]:
+    def _queue(self, channel: str) -> Mailbox:
         queue = self.channels.get(channel)
         if queue is None:
-            queue = self.channels[channel] = asyncio.Queue(maxsize=self.get_capacity(channel))
+            queue = self.channels[channel] = Mailbox(self.get_capacity(channel))
         return queue
 
     async def new_channel(self, prefix: str = "specific.") -> str:

@@ -25,6 +25,7 @@ from channels_redis.pubsub import (
 from channels_redis.utils import _wrap_close, decode_hosts
 
 from app.fanout import Direct, fan_out
+from app.mailbox import Mailbox
 
 logger = logging.getLogger("parley")
 
@@ -85,8 +86,12 @@ class _LoopLayer(RedisPubSubLoopLayer):
     async def new_channel(self, prefix: str = "specific.") -> str:
         # Local only: nothing outside this process addresses a consumer directly.
         channel = f"{self.prefix}{prefix}{uuid.uuid4().hex}"
-        self.channels[channel] = asyncio.Queue()
+        self.channels[channel] = Mailbox()
         return channel
+
+    async def _subscribe_to_channel(self, channel: str) -> None:
+        self.channels[channel] = Mailbox()
+        await self._get_shard(channel).subscribe(channel)
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         queue = self.channels.get(channel)
