@@ -7,6 +7,7 @@ process is warm; every other HTTP path goes to the Django ASGI app, built lazily
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 from typing import Any, Awaitable, Callable
@@ -64,12 +65,14 @@ class Router:
     def start(self) -> None:
         """Begin warm-up (idempotent). The uvicorn entry point calls this once listening."""
         if self._warmup is None:
-            from app.warmup import warm_up
-
-            self._warmup = asyncio.get_running_loop().create_task(
-                warm_up(self.lifecycle, self._build_http_app)
-            )
+            self._warmup = asyncio.get_running_loop().create_task(self._warm_up())
             self._warmup.add_done_callback(self._warmup_done)
+
+    async def _warm_up(self) -> None:
+        # Importing warm-up (and with it the chat protocol, history and watchers) takes
+        # ~9 ms: in a thread, so the first probes after listen don't queue behind it.
+        warmup = await asyncio.to_thread(importlib.import_module, "app.warmup")
+        await warmup.warm_up(self.lifecycle, self._build_http_app)
 
     def _warmup_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

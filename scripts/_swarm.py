@@ -5,6 +5,10 @@ limit needs, then runs phases in all of them at once: ``connect``, ``broadcast``
 per room, every member must receive), ``await_close`` (the server closes us: which codes?)
 and ``close``. Workers talk to it over a multiprocessing pipe, one command at a time.
 
+Each connection is a ``scripts._wsclient.WebSocket``: frames arrive through a synchronous
+callback, because a general-purpose client's per-message queue and task switch cost more
+client CPU than the server spends, and the client would be what the benchmark measured.
+
 Messages are matched by their text, ``lt:<run>:<room>:<seq>:<sent monotonic ns>``, never by
 id, so Parley's ``{"type":"message",...}`` frames and the floor's ``{"message":...}`` count
 alike. CLOCK_MONOTONIC is system-wide on Linux, so a receiving process can subtract the
@@ -25,8 +29,11 @@ import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
+
+from scripts import _wsclient as wsclient
 
 # Sockets a worker keeps back under its open-file limit for everything else it opens.
 FD_MARGIN = 100
@@ -71,7 +78,7 @@ class Member:
 
     index: int
     room: str
-    ws: Any = None
+    ws: wsclient.WebSocket | None = None
     connect_ms: float | None = None
     ready_ms: float | None = None
     error: str | None = None
@@ -80,7 +87,6 @@ class Member:
     close_code: int | None = None
     closed_ns: int | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    reader: asyncio.Task[None] | None = None
 
 
 class Worker:
@@ -118,22 +124,18 @@ class Worker:
         }
 
     async def _open(self, member: Member, wait_ready: bool) -> None:
-        from websockets.asyncio.client import connect
-
         url = f"{self.spec['url']}/ws/chat/{member.room}/"
         timeout = self.spec["open_timeout"]
         started = time.perf_counter()
         try:
-            member.ws = await connect(
-                url, open_timeout=timeout, ping_interval=None, close_timeout=5,
-                compression="deflate" if self.spec["deflate"] else None, max_queue=None,
-            )
+            member.ws = await wsclient.connect(url, partial(self._read, member), timeout,
+                                               deflate=self.spec["deflate"],
+                                               on_close=partial(self._closed, member))
             member.connect_ms = (time.perf_counter() - started) * 1000
-            member.reader = asyncio.create_task(self._read(member))
             if wait_ready:
                 # Ready, or the server closed the socket first (then there is no point waiting).
                 waiter = asyncio.ensure_future(member.ready.wait())
-                await asyncio.wait({waiter, member.reader}, timeout=timeout,
+                await asyncio.wait({waiter, member.ws.closed}, timeout=timeout,
                                    return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
                 if not member.ready.is_set():
@@ -145,37 +147,34 @@ class Worker:
                 await self._drop(member)
 
     async def _drop(self, member: Member) -> None:
-        if member.reader is not None:
-            member.reader.cancel()
+        assert member.ws is not None
         await member.ws.close()
         member.ws = None
 
-    async def _read(self, member: Member) -> None:
-        ws = member.ws
+    def _read(self, member: Member, raw: str) -> None:
+        """Every text frame of ``member``, called synchronously from the socket's protocol."""
         try:
-            async for raw in ws:
-                try:
-                    frame = json.loads(raw)
-                except ValueError:  # not ours to judge; only our nonces count
-                    continue
-                if not isinstance(frame, dict):
-                    continue
-                if frame.get("type") == "ready":
-                    member.ready.set()
-                    continue
-                text = frame.get("message")
-                if frame.get("type", "message") == "message" and isinstance(text, str):
-                    self._deliver(member, text)
-        except Exception:  # the connection ended abnormally; close_code says how
-            pass
-        finally:
-            member.close_code = ws.close_code
-            member.closed_ns = time.monotonic_ns()
+            frame = json.loads(raw)
+        except ValueError:  # not ours to judge; only our nonces count
+            return
+        if not isinstance(frame, dict):
+            return
+        if frame.get("type") == "ready":
+            member.ready.set()
+            return
+        text = frame.get("message")
+        if frame.get("type", "message") == "message" and isinstance(text, str):
+            self._deliver(member, text)
+
+    @staticmethod
+    def _closed(member: Member, ws: wsclient.WebSocket) -> None:
+        member.close_code = ws.close_code
+        member.closed_ns = time.monotonic_ns()
 
     def _deliver(self, member: Member, text: str) -> None:
         now = time.monotonic_ns()
         parts = text.split(":")
-        if len(parts) != 5 or parts[0] != PREFIX or parts[1] != self.spec["run"]:
+        if len(parts) != 5 or parts[0] != PREFIX or parts[1] != self.spec["run"] or not parts[2].isdigit():
             return
         if room_name(self.spec["run"], int(parts[2])) != member.room:
             self.stray += 1
@@ -205,8 +204,10 @@ class Worker:
             for seq in range(messages):
                 if seq:
                     await asyncio.sleep(interval)
+                if member.ws is None:  # dropped since (a refused send raises likewise)
+                    raise ConnectionError("not connected")
                 text = f"{PREFIX}:{self.spec['run']}:{room}:{seq}:{time.monotonic_ns()}"
-                await member.ws.send(json.dumps({"message": text, "client_id": f"{room}-{seq}"}))
+                member.ws.send(json.dumps({"message": text, "client_id": f"{room}-{seq}"}))
 
         started = time.monotonic_ns()
         await asyncio.gather(*(send_all(r, m) for r, m in sending), return_exceptions=True)
@@ -228,9 +229,9 @@ class Worker:
 
     async def await_close(self, timeout: float) -> dict[str, Any]:
         """Wait for the server to close every member; report close codes and when."""
-        readers = [m.reader for m in self.members if m.reader is not None and m.ws is not None]
-        if readers:
-            await asyncio.wait(readers, timeout=timeout)
+        sockets = [m.ws.closed for m in self.members if m.ws is not None]
+        if sockets:
+            await asyncio.wait(sockets, timeout=timeout)
         codes: Counter[str] = Counter()
         last_ns = 0
         for member in self.members:
@@ -248,13 +249,12 @@ class Worker:
         gate = asyncio.Semaphore(self.spec["concurrency"])
 
         async def one(member: Member) -> None:
+            assert member.ws is not None
             async with gate:
                 try:
                     await asyncio.wait_for(member.ws.close(), 10)
                 except Exception:
                     pass
-            if member.reader is not None:
-                member.reader.cancel()
             member.ws = None
 
         open_members = [m for m in self.members if m.ws is not None]
