@@ -22,14 +22,10 @@ def channel_layers(config: Config) -> dict[str, dict[str, object]]:
                 "CONFIG": {"capacity": config.layer_capacity},
             }
         }
-    from redis.asyncio.retry import Retry
-    from redis.backoff import ExponentialBackoff
+    from app.redis_options import DRIVER, RETRY
 
-    # A PUBLISH on a pooled connection that died with a Redis restart is retried on a fresh
-    # one (a repeated delivery is harmless: consumers skip ids they have sent).
-    retry = Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2)
     layer_config: dict[str, object] = {
-        "hosts": [{"address": url, "retry": retry} for url in config.redis_urls],
+        "hosts": [{"address": url, "retry": RETRY, "driver_info": DRIVER} for url in config.redis_urls],
         "prefix": "parley",
         "capacity": config.layer_capacity,
     }

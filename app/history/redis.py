@@ -11,12 +11,11 @@ import secrets
 
 import redis.asyncio as aioredis
 from channels_redis.utils import _consistent_hash
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from app.history.base import Appended, History, HistoryUnavailable, Replay
 from app.protocol import FrameTemplate
+from app.redis_options import DRIVER, RETRY
 from app.rooms import group_name
 
 # KEYS: seq, log, dedupe. ARGV: prefix, suffix, maxlen, ttl, dedupe_ttl.
@@ -32,10 +31,9 @@ redis.call('SET', KEYS[3], id, 'EX', ARGV[5])
 return {id, 0}
 """
 
-# A command that fails on a stale pooled connection (after a Redis restart) is retried on a
-# fresh one. An append whose reply was lost may have run, so every append carries a dedupe
-# key: the client's client_id, or else a one-off nonce kept long enough to cover retries.
-_RETRY = Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2)
+# Commands are retried on a fresh connection (app.redis_options). An append whose reply was
+# lost may have run, so every append carries a dedupe key: the client's client_id, or else a
+# one-off nonce kept long enough to cover retries.
 NONCE_TTL = 30
 
 
@@ -52,7 +50,7 @@ class RedisHistory(History):
             aioredis.Redis(
                 connection_pool=aioredis.BlockingConnectionPool.from_url(
                     url, max_connections=64, timeout=5, socket_connect_timeout=2, socket_timeout=5,
-                    retry=_RETRY,
+                    retry=RETRY, driver_info=DRIVER,
                 )
             )
             for url in urls
