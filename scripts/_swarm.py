@@ -174,7 +174,10 @@ class Worker:
     def _deliver(self, member: Member, text: str) -> None:
         now = time.monotonic_ns()
         parts = text.split(":")
-        if len(parts) != 5 or parts[0] != PREFIX or parts[1] != self.spec["run"] or not parts[2].isdigit():
+        # Checked before int(): this runs inside the socket's data_received, where a stray
+        # exception would tear the connection down instead of just skipping the frame.
+        if (len(parts) != 5 or parts[0] != PREFIX or parts[1] != self.spec["run"]
+                or not parts[2].isdigit() or not parts[4].isdigit()):
             return
         if room_name(self.spec["run"], int(parts[2])) != member.room:
             self.stray += 1
