@@ -102,16 +102,16 @@ class ChatConsumer(SerialConsumer):
         """What to send before going live: (ids no longer held, frames, id live starts after)."""
         if params.since is not None:
             replay = await self.history.after(self.room, params.since, CONFIG.history_max)
-            last = await self.history.last_id(self.room)
+            last = await self.history.last_id_for_join(self.room)
             start = replay.frames[-1][0] if replay.frames else min(params.since, last)
             if replay.missing and not replay.frames:
                 start = max(start, replay.missing[1])
             return replay.missing, replay.frames, start
         if params.last:
             frames = await self.history.latest(self.room, params.last)
-            start = frames[-1][0] if frames else await self.history.last_id(self.room)
+            start = frames[-1][0] if frames else await self.history.last_id_for_join(self.room)
             return None, frames, start
-        return None, [], await self.history.last_id(self.room)
+        return None, [], await self.history.last_id_for_join(self.room)
 
     async def _refuse(self, status: int, code: str) -> None:
         # websocket.connect was already received: this is its answer.

@@ -89,6 +89,33 @@ async def test_unknown_room_is_empty(history: History) -> None:
     assert replay.frames == [] and replay.missing is None
 
 
+def _get_calls(redis: RedisServer) -> int:
+    import redis as redis_py
+
+    with redis_py.Redis.from_url(redis.url) as client:
+        return int(client.info("commandstats").get("cmdstat_get", {}).get("calls", 0))
+
+
+async def test_joins_arriving_together_share_one_read_and_later_joins_read_afresh() -> None:
+    redis = RedisServer().start()
+    backend = RedisHistory((redis.url,), max_len=5, ttl=3600, dedupe_ttl=600)
+    try:
+        await backend.append("r", template("a"), None)
+        before = _get_calls(redis)
+        joins = [asyncio.ensure_future(backend.last_id_for_join("r")) for _ in range(50)]
+        await asyncio.sleep(0)  # every join has asked; cancel one: the others keep the read
+        joins[0].cancel()
+        assert await asyncio.gather(*joins[1:]) == [1] * 49
+        assert _get_calls(redis) - before == 1
+
+        await backend.append("r", template("b"), None)
+        assert await backend.last_id_for_join("r") == 2
+        assert await backend.last_id_for_join("other") == 0
+    finally:
+        await backend.close()
+        redis.cleanup()
+
+
 async def test_redis_down_raises_unavailable_and_recovers() -> None:
     redis = RedisServer(appendonly=True).start()
     backend = RedisHistory((redis.url,), max_len=5, ttl=3600, dedupe_ttl=600)

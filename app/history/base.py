@@ -48,6 +48,13 @@ class History(abc.ABC):
     async def last_id(self, room: str) -> int:
         """The id of the newest message of the room (0 for none)."""
 
+    async def last_id_for_join(self, room: str) -> int:
+        """``last_id`` for a member that has already joined the room's group: possibly a
+        moment old, never newer than the truth. Older only means the member fills the
+        difference from history (the consumer's gap check), so a backend may share one read
+        among the joins that arrive together."""
+        return await self.last_id(room)
+
     async def last_ids(self, rooms: list[str]) -> list[int]:
         """``last_id`` of several rooms; backends batch it into one round trip."""
         return [await self.last_id(room) for room in rooms]
