@@ -7,13 +7,13 @@ URLs a room lives on the shard channels-redis's core layer picks for the room's 
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 
 import redis.asyncio as aioredis
 from channels_redis.utils import _consistent_hash
 from redis.exceptions import RedisError
 
+from app.history.batch import BatchedReads
 from app.history.base import Appended, History, HistoryUnavailable, Replay
 from app.protocol import FrameTemplate
 from app.redis_options import DRIVER, RETRY
@@ -58,7 +58,7 @@ class RedisHistory(History):
         ]
         self._scripts = [client.register_script(_APPEND) for client in self._clients]
         self._max_len = max_len
-        self._join_reads: dict[str, asyncio.Future[int]] = {}
+        self._join_reads = BatchedReads(self._read_last_ids)
         self._ttl = ttl
         self._dedupe_ttl = dedupe_ttl
 
@@ -121,20 +121,12 @@ class RedisHistory(History):
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def last_id_for_join(self, room: str) -> int:
-        # After a deploy hundreds of members of a room reconnect at once; one GET in flight
-        # serves every join that arrives while it is (each has joined the group already, so
-        # a value a moment old is safe: see History.last_id_for_join).
-        read = self._join_reads.get(room)
-        if read is None:
-            read = self._join_reads[room] = asyncio.ensure_future(self.last_id(room))
-            read.add_done_callback(lambda done: self._join_read_done(room, done))
-        return await asyncio.shield(read)  # one joiner giving up must not cancel the others' read
+        # Each joiner is in the group already, so a read shared with joins that came a
+        # moment earlier is safe (History.last_id_for_join); app/history/batch.py says why.
+        return await self._join_reads.get(room)
 
-    def _join_read_done(self, room: str, read: asyncio.Future[int]) -> None:
-        if self._join_reads.get(room) is read:
-            del self._join_reads[room]
-        if not read.cancelled():
-            read.exception()  # retrieved here as well: every joiner may have gone meanwhile
+    async def _read_last_ids(self, rooms: list[str]) -> list[int]:
+        return [await self.last_id(rooms[0])] if len(rooms) == 1 else await self.last_ids(rooms)
 
     async def last_ids(self, rooms: list[str]) -> list[int]:
         pipes = [client.pipeline(transaction=False) for client in self._clients]

@@ -1,0 +1,76 @@
+"""Batched, shared reads: one fetch per loop turn, one read per key in flight, errors shared."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app.history.batch import BatchedReads
+
+
+class Store:
+    """A fetch that records each batch it was asked for and answers when released."""
+
+    def __init__(self, values: dict[str, int]) -> None:
+        self.values = values
+        self.batches: list[list[str]] = []
+        self.release = asyncio.Event()
+        self.error: Exception | None = None
+
+    async def fetch(self, keys: list[str]) -> list[int]:
+        self.batches.append(list(keys))
+        await self.release.wait()
+        if self.error is not None:
+            raise self.error
+        return [self.values.get(key, 0) for key in keys]
+
+
+async def test_keys_asked_in_one_turn_go_out_as_one_batch_each_key_once() -> None:
+    store = Store({"a": 1, "b": 2})
+    reads = BatchedReads(store.fetch)
+    asked = [asyncio.ensure_future(reads.get(key)) for key in ["a", "b", "a", "c", "b"]]
+    store.release.set()
+    assert await asyncio.gather(*asked) == [1, 2, 1, 0, 2]
+    assert store.batches == [["a", "b", "c"]]
+
+
+async def test_a_key_in_flight_is_shared_and_a_later_ask_reads_afresh() -> None:
+    store = Store({"a": 1})
+    reads = BatchedReads(store.fetch)
+    first = asyncio.ensure_future(reads.get("a"))
+    while not store.batches:  # until the batch is in flight
+        await asyncio.sleep(0)
+    joined = asyncio.ensure_future(reads.get("a"))  # asks while it is in flight
+    store.release.set()
+    assert await asyncio.gather(first, joined) == [1, 1]
+    assert store.batches == [["a"]]
+
+    store.values["a"] = 2
+    assert await reads.get("a") == 2
+    assert store.batches == [["a"], ["a"]]
+
+
+async def test_one_caller_cancelled_leaves_the_read_to_the_others() -> None:
+    store = Store({"a": 7})
+    reads = BatchedReads(store.fetch)
+    asked = [asyncio.ensure_future(reads.get("a")) for _ in range(3)]
+    await asyncio.sleep(0)
+    asked[0].cancel()
+    store.release.set()
+    assert await asyncio.gather(*asked[1:]) == [7, 7]
+    with pytest.raises(asyncio.CancelledError):
+        await asked[0]
+
+
+async def test_a_failed_batch_fails_every_caller_and_the_next_ask_retries() -> None:
+    store = Store({"a": 1})
+    store.error = ConnectionError("store down")
+    reads = BatchedReads(store.fetch)
+    asked = [asyncio.ensure_future(reads.get(key)) for key in ["a", "b"]]
+    store.release.set()
+    for result in await asyncio.gather(*asked, return_exceptions=True):
+        assert isinstance(result, ConnectionError)
+    store.error = None
+    assert await reads.get("a") == 1
+    assert len(store.batches) == 2
