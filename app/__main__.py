@@ -9,7 +9,7 @@ import sys
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["token"]:
-        from app.tokens import main as token_main
+        from app.chat.tokens import main as token_main
 
         return token_main(argv[1:])
     try:
@@ -17,8 +17,8 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:  # ConfigError: say what is wrong, don't print a traceback
         print(f"parley: configuration error: {exc}", file=sys.stderr)
         return 2
-    from app import server
     from app.asgi import application
+    from app.process import server
 
     status = server.run(CONFIG, application)
     # Every socket and Redis connection is closed by now. Skip the interpreter's teardown,

@@ -3,6 +3,7 @@
 Importing this module imports no Django: probes answer before Django is set up.
 """
 
-from app.router import create_application
+from app.config import CONFIG
+from app.process.router import create_application
 
-application = create_application()
+application = create_application(CONFIG)

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 
 MAX_CLIENT_ID_CHARS = 64
+# Every JSON answer the service makes outside Django (probes, refused handshakes).
+JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -98,11 +100,6 @@ def gap_frame(first_missing: int, last_missing: int) -> str:
 def ready_frame(room: str, last_id: int, user: str) -> str:
     """Sent once after replay: the client is live from ``last_id`` on."""
     return _dumps({"type": "ready", "room": room, "last_id": last_id, "user": user})
-
-
-def message_id_of(frame: str) -> int:
-    """The id of a frame built by ``message_template`` (for tests and tools)."""
-    return int(json.loads(frame)["id"])
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ ALLOWED_HOSTS = list(CONFIG.allowed_hosts)
 
 INSTALLED_APPS: list[str] = []
 MIDDLEWARE = ["django.middleware.security.SecurityMiddleware"]
-ROOT_URLCONF = "app.urls"
+ROOT_URLCONF = "app.web.urls"
 DATABASES: dict[str, dict[str, str]] = {}
 TEMPLATES: list[dict[str, object]] = []
 

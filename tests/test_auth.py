@@ -5,7 +5,7 @@ from __future__ import annotations
 import jwt
 import pytest
 
-from app.auth import AuthError, authorize, mint, verify
+from app.chat.auth import AuthError, authorize, mint, verify
 
 SECRET = "test-secret-" + "x" * 60
 NOW = 1_800_000_000

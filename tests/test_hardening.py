@@ -14,7 +14,7 @@ import psutil
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from app.auth import mint
+from app.chat.auth import mint
 from tests import wsraw
 from tests.support import ROOT, AppServer, Client, wait_until
 
@@ -78,7 +78,7 @@ def test_token_command_mints_a_token_the_server_accepts() -> None:
         [sys.executable, "-m", "app", "token", "--sub", "bob", "--room", "lobby", "--ttl", "60"],
         cwd=ROOT, env=env, capture_output=True, text=True, check=True,
     )
-    from app.auth import authorize
+    from app.chat.auth import authorize
 
     assert authorize(out.stdout.strip(), "lobby", SECRET).sub == "bob"
 

@@ -6,12 +6,12 @@ from app.layers import channel_layers
 
 def test_no_redis_means_the_local_layer_with_a_per_socket_capacity() -> None:
     layer = channel_layers(load({"CHAT_LAYER_CAPACITY": "77"}))["default"]
-    assert layer == {"BACKEND": "app.local_layer.LocalChannelLayer", "CONFIG": {"capacity": 77}}
+    assert layer == {"BACKEND": "app.layers.local.LocalChannelLayer", "CONFIG": {"capacity": 77}}
 
 
 def test_redis_means_the_tuned_pubsub_layer_on_every_url() -> None:
     layer = channel_layers(load({"REDIS_URL": "redis://a:1/0,redis://b:2/0"}))["default"]
-    assert layer["BACKEND"] == "app.redis_layer.PubSubLayer"
+    assert layer["BACKEND"] == "app.layers.pubsub.PubSubLayer"
     assert [host["address"] for host in layer["CONFIG"]["hosts"]] == ["redis://a:1/0", "redis://b:2/0"]
     assert all(host["retry"] is not None for host in layer["CONFIG"]["hosts"])
     assert layer["CONFIG"]["capacity"] == 500

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from app.lifecycle import PROCESS_STARTED_AT, Lifecycle, Phase
+from app.process.lifecycle import PROCESS_STARTED_AT, Lifecycle, Phase
 
 
 def body(lifecycle: Lifecycle) -> tuple[int, dict]:

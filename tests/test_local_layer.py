@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from channels.exceptions import ChannelFull
 
-from app.local_layer import LocalChannelLayer
+from app.layers.local import LocalChannelLayer
 
 
 async def test_group_send_reaches_every_member_once() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from app.logs import ConnectionNoise, log_config
+from app.process.logs import ConnectionNoise, log_config
 
 
 def record(msg: str, *args: object, exc: bool = False) -> logging.LogRecord:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.mailbox import Mailbox
+from app.layers.mailbox import Mailbox
 
 
 async def test_messages_come_out_in_order_and_sizes_follow() -> None:

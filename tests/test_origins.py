@@ -2,7 +2,7 @@
 
 import pytest
 
-from app.origins import header, origin_allowed
+from app.chat.admission import header, origin_allowed
 
 
 @pytest.mark.parametrize(

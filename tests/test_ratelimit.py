@@ -1,6 +1,6 @@
 """The token bucket, with a pinned clock."""
 
-from app.ratelimit import TokenBucket
+from app.chat.ratelimit import TokenBucket
 
 
 def test_burst_then_steady_rate() -> None:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app.redis_layer import PubSubLayer
+from app.layers.pubsub import PubSubLayer
 from tests.support import RedisServer
 
 

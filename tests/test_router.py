@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from app.config import load
-from app.router import Router
+from app.process.router import Router
 from tests.support import ROOT
 
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from app.history.memory import MemoryHistory
 from app.protocol import message_template
-from app.registry import Registry
-from app.tail import TailWatcher
+from app.chat.registry import Registry
+from app.chat.tail import TailWatcher
 
 
 @dataclass(eq=False)

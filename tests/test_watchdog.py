@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.registry import Registry
-from app.watchdog import SlowClientWatchdog
+from app.chat.registry import Registry
+from app.chat.watchdog import SlowClientWatchdog
 
 
 @dataclass(eq=False)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from websockets.frames import Frame, Opcode
 
-from app.wire import Prepared, text_frame
+from app.chat.wire import Prepared, text_frame
 from tests.support import AppServer, Client
 
 # Every length encoding (7-bit, 16-bit, 64-bit) at and around its edges, and non-ASCII text.

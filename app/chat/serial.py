@@ -20,7 +20,8 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 
-from app import wire
+from app.chat import wire
+from app.layers.api import DirectDelivery
 
 Source = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -35,6 +36,7 @@ class SerialConsumer(AsyncWebsocketConsumer):
 
     _main: asyncio.Task[Any] | None = None
     _stopping: bool = False
+    direct: DirectDelivery | None = None
     # Channels gives each instance its own empty list when this is None; groups here are
     # joined explicitly, and an empty tuple costs nothing per connection.
     groups: tuple[str, ...] = ()  # type: ignore[assignment]
@@ -47,13 +49,12 @@ class SerialConsumer(AsyncWebsocketConsumer):
         self.channel_name = await self.channel_layer.new_channel()
         self._turn = asyncio.Lock()
         self._main = asyncio.current_task()
-        bound = getattr(self.channel_layer, "bound_receive", None)
-        layer_receive = bound() if bound is not None else self.channel_layer.receive
+        direct = self.direct = _direct_delivery(self.channel_layer)
+        layer_receive = direct.bound_receive() if direct is not None else self.channel_layer.receive
         inbox = asyncio.ensure_future(self._pump(functools.partial(layer_receive, self.channel_name)))
         inbox.add_done_callback(self._inbox_ended)
-        register = getattr(self.channel_layer, "register_direct", None)
-        if register is not None:
-            register(self.channel_name, self.deliver_now)
+        if direct is not None:
+            direct.register_direct(self.channel_name, self.deliver_now)
         try:
             await self._pump(receive)
         except StopConsumer:
@@ -64,8 +65,8 @@ class SerialConsumer(AsyncWebsocketConsumer):
             self._main.uncancel()  # our own stop(), not the server's: finish normally
         finally:
             inbox.cancel()
-            if register is not None:
-                self.channel_layer.unregister_direct(self.channel_name)
+            if direct is not None:
+                direct.forget(self.channel_name)
         await self.finish()
 
     def deliver_now(self, message: dict[str, Any]) -> bool:
@@ -80,7 +81,7 @@ class SerialConsumer(AsyncWebsocketConsumer):
         to deliver to); False when the send would have to wait, or when the server does not
         expose its write-readiness (only uvicorn's WebSocket protocols do): queue it then.
         On uvicorn's websockets-sansio protocol the frame's bytes are built once per text
-        (app.wire) and written to the transport; elsewhere uvicorn's own send runs.
+        (app.chat.wire) and written to the transport; elsewhere uvicorn's own send runs.
         """
         raw = self._raw
         if raw is not None and wire.can_write(raw):
@@ -134,3 +135,14 @@ class SerialConsumer(AsyncWebsocketConsumer):
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
+
+
+_DIRECT: dict[int, bool] = {}
+
+
+def _direct_delivery(layer: Any) -> DirectDelivery | None:
+    """``layer`` as a DirectDelivery if it is one (checked once per layer object)."""
+    known = _DIRECT.get(id(layer))
+    if known is None:
+        known = _DIRECT[id(layer)] = isinstance(layer, DirectDelivery)
+    return layer if known else None

@@ -14,7 +14,7 @@ class Member(Protocol):
 
 
 class Registry:
-    """Live chat consumers by room, with a bounded, concurrent ``close_all``."""
+    """Live chat consumers by room, with a bounded ``close_all`` that needs no task per member."""
 
     def __init__(self) -> None:
         self._rooms: dict[str, set[Member]] = {}

@@ -10,12 +10,11 @@ consumer's id checks keep every member's stream exactly-once and in order either
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from app.mailbox import Mailbox
-
-Direct = Callable[[dict[str, Any]], bool]
+from app.layers.api import Direct
+from app.layers.mailbox import Mailbox
 
 logger = logging.getLogger("parley")
 

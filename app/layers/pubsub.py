@@ -24,8 +24,9 @@ from channels_redis.pubsub import (
 )
 from channels_redis.utils import _wrap_close, decode_hosts
 
-from app.fanout import Direct, fan_out
-from app.mailbox import Mailbox
+from app.layers.api import Direct, Receive
+from app.layers.fanout import fan_out
+from app.layers.mailbox import Mailbox
 
 logger = logging.getLogger("parley")
 
@@ -125,7 +126,12 @@ class PubSubLayer(RedisPubSubChannelLayer):
     def unregister_direct(self, channel: str) -> None:
         self._get_layer().direct.pop(channel, None)
 
-    def bound_receive(self) -> Any:
+    def forget(self, channel: str) -> None:
+        layer = self._get_layer()
+        layer.direct.pop(channel, None)
+        layer.channels.pop(channel, None)
+
+    def bound_receive(self) -> Receive:
         """This loop's ``receive``, without the per-call proxy hop of ``self.receive``."""
         return self._get_layer().receive
 

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from app import views
+from app.web import views
 
 urlpatterns = [
     path("", views.index, name="index"),

@@ -11,14 +11,16 @@ import asyncio
 import gc
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from app import metrics, services
-from app.config import CONFIG
-from app.lifecycle import PROCESS_STARTED_AT, Lifecycle
-from app.registry import REGISTRY
-from app.tail import TailWatcher
-from app.watchdog import SlowClientWatchdog
+from app import metrics
+from app.chat.registry import REGISTRY
+from app.chat.services import ChatServices
+from app.chat.tail import TailWatcher
+from app.chat.watchdog import SlowClientWatchdog
+from app.config import Config
+from app.process import wiring
+from app.process.lifecycle import PROCESS_STARTED_AT, Lifecycle
 
 logger = logging.getLogger("parley")
 
@@ -32,7 +34,7 @@ def _describe(exc: BaseException) -> str:
     return f"redis unavailable: {text}"[:200]
 
 
-async def until_answering(chat: services.Services, lifecycle: Lifecycle) -> None:
+async def until_answering(chat: ChatServices, lifecycle: Lifecycle) -> None:
     """Retry the services check with capped exponential backoff until it passes."""
     delay = 0.05
     while True:
@@ -46,7 +48,7 @@ async def until_answering(chat: services.Services, lifecycle: Lifecycle) -> None
             delay = min(delay * 2, 2.0)
 
 
-async def monitor(chat: services.Services, lifecycle: Lifecycle) -> None:
+async def monitor(chat: ChatServices, lifecycle: Lifecycle) -> None:
     """While running with Redis, keep /readyz honest about whether chat would work."""
     while not lifecycle.draining:
         await asyncio.sleep(MONITOR_INTERVAL)
@@ -64,9 +66,16 @@ async def monitor(chat: services.Services, lifecycle: Lifecycle) -> None:
                 metrics.READY.set(1)
 
 
-async def warm_up(lifecycle: Lifecycle, on_ready: Callable[[], object]) -> None:
+async def warm_up(
+    config: Config,
+    lifecycle: Lifecycle,
+    on_loaded: Callable[[wiring.Wired], object],
+    on_ready: Callable[[], object],
+) -> None:
     """Bring the process to ready, call ``on_ready``, then keep readiness truthful."""
-    chat = await asyncio.to_thread(services.load)
+    wired = await asyncio.to_thread(wiring.load, config)
+    on_loaded(wired)
+    chat = wired.chat
     await until_answering(chat, lifecycle)
     lifecycle.set_ready()
     elapsed = (lifecycle.ready_at or time.time()) - PROCESS_STARTED_AT
@@ -75,12 +84,12 @@ async def warm_up(lifecycle: Lifecycle, on_ready: Callable[[], object]) -> None:
     gc.freeze()
     metrics.STARTUP_SECONDS.set(elapsed)
     metrics.READY.set(1)
-    logger.info("ready in %.3fs (color=%s, layer=%s)", elapsed, CONFIG.color,
+    logger.info("ready in %.3fs (color=%s, layer=%s)", elapsed, config.color,
                 type(chat.layer).__name__)
     on_ready()
     # These loops live as long as this task; lifespan shutdown cancels it, and so them.
     watcher = TailWatcher(REGISTRY, chat.history, TAIL_INTERVAL)
-    loops = [watcher.run(), SlowClientWatchdog(REGISTRY, CONFIG.send_timeout).run()]
-    if CONFIG.redis_enabled:
+    loops = [watcher.run(), SlowClientWatchdog(REGISTRY, config.send_timeout).run()]
+    if config.redis_enabled:
         loops.append(monitor(chat, lifecycle))
     await asyncio.gather(*loops)

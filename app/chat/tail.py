@@ -15,7 +15,7 @@ import logging
 from typing import Protocol
 
 from app.history import History
-from app.registry import Registry
+from app.chat.registry import Registry
 
 logger = logging.getLogger("parley")
 

@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
         return 2
     if not args.room:
         parser.error("name at least one --room (or --room '*')")
-    from app.auth import mint
+    from app.chat.auth import mint
 
     rooms: list[str] | str = "*" if args.room == ["*"] else args.room
     print(mint(args.sub, rooms, args.ttl, CONFIG.jwt_secret))

@@ -35,7 +35,6 @@ class Phase(str, Enum):
     DRAINING = "draining"
 
 
-JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 HEALTHZ = b'{"status":"ok"}'
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from app import services
+from app.chat.services import ChatServices
 from app.config import CONFIG
 from app.history import HistoryUnavailable
 from app.protocol import FrameError, message_template, parse_client_frame
@@ -27,6 +27,21 @@ ASSET_TYPES = {
     "chat.js": "text/javascript; charset=utf-8",
     "chat.css": "text/css; charset=utf-8",
 }
+
+
+_chat: ChatServices | None = None
+
+
+def configure(chat: ChatServices) -> None:
+    """Give the views the process's chat services (the composition root calls this)."""
+    global _chat
+    _chat = chat
+
+
+def _services() -> ChatServices:
+    if _chat is None:
+        raise RuntimeError("chat services are not wired yet")
+    return _chat
 
 
 @lru_cache(maxsize=8)
@@ -84,7 +99,7 @@ async def _history(request: HttpRequest, room: str) -> HttpResponse:
         limit = _int_param(request, "limit", 100, 1, CONFIG.history_max)
     except FrameError as exc:
         return _error(400, exc.code, exc.detail)
-    history = services.get().history
+    history = _services().history
     try:
         replay = await history.after(room, since, limit)
         last_id = await history.last_id(room)
@@ -130,7 +145,7 @@ async def _publish(request: HttpRequest, room: str) -> HttpResponse:
         pass
     template = message_template(room, chat.text, int(time.time() * 1000), user, chat.client_id)
     try:
-        appended = await services.get().post(room, template, chat.client_id)
+        appended = await _services().post(room, template, chat.client_id)
     except HistoryUnavailable:
         return _error(503, "unavailable", "message not stored: storage unavailable, retry")
     return JsonResponse(

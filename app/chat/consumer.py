@@ -15,7 +15,8 @@ from typing import Any
 
 from channels.exceptions import StopConsumer
 
-from app import metrics, services
+from app import metrics
+from app.chat.admission import refuse
 from app.config import CONFIG
 from app.history import HistoryUnavailable
 from app.protocol import (
@@ -29,11 +30,11 @@ from app.protocol import (
     parse_connect_params,
     ready_frame,
 )
-from app.ratelimit import TokenBucket
-from app.registry import REGISTRY
+from app.chat.ratelimit import TokenBucket
+from app.chat.registry import REGISTRY
+from app.chat.serial import SerialConsumer
+from app.chat.services import ChatServices
 from app.rooms import group_name, is_valid_room
-from app.router import refuse_handshake
-from app.serial_consumer import SerialConsumer
 
 logger = logging.getLogger("parley")
 
@@ -53,6 +54,10 @@ class ChatConsumer(SerialConsumer):
     live: bool = False
     sending_since: float = 0.0
 
+    def __init__(self, services: ChatServices) -> None:
+        super().__init__()
+        self.services = services
+
     # -- connect -------------------------------------------------------------------------
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
@@ -64,7 +69,7 @@ class ChatConsumer(SerialConsumer):
         except FrameError as exc:
             return await self._refuse(400, exc.code)
         if CONFIG.auth == "jwt":
-            from app.auth import AuthError, authorize  # loaded at warm-up only in jwt mode
+            from app.chat.auth import AuthError, authorize  # loaded at warm-up only in jwt mode
 
             try:
                 self.user = authorize(params.token, room, CONFIG.jwt_secret).sub
@@ -73,7 +78,7 @@ class ChatConsumer(SerialConsumer):
         else:
             self.user = f"anon-{secrets.token_hex(4)}"
         self.room, self.group = room, group_name(room)
-        self.history = services.get().history
+        self.history = self.services.history
         self.bucket = TokenBucket(CONFIG.rate_per_second, CONFIG.rate_burst, time.monotonic())
         self.strikes = 0
 
@@ -115,7 +120,7 @@ class ChatConsumer(SerialConsumer):
 
     async def _refuse(self, status: int, code: str) -> None:
         # websocket.connect was already received: this is its answer.
-        await refuse_handshake(self.scope, self.base_send, status, code)
+        await refuse(self.scope, self.base_send, status, code)
         raise StopConsumer()
 
     # -- receive -------------------------------------------------------------------------
@@ -139,7 +144,7 @@ class ChatConsumer(SerialConsumer):
             self.room, chat.text, int(time.time() * 1000), self.user, chat.client_id
         )
         try:
-            appended = await services.get().post(self.room, template, chat.client_id)
+            appended = await self.services.post(self.room, template, chat.client_id)
         except HistoryUnavailable:
             return await self._reject("unavailable", "message not stored: storage unavailable, retry")
         await self._send_text(ack_frame(appended.id, chat.client_id))
@@ -171,8 +176,7 @@ class ChatConsumer(SerialConsumer):
         """Nothing in flight to this client and nothing queued for it."""
         if self.sending_since:
             return False
-        backlog = getattr(self.channel_layer, "backlog", None)
-        return backlog is None or backlog(self.channel_name) == 0
+        return self.direct is None or self.direct.backlog(self.channel_name) == 0
 
     async def nudge(self, last_id: int) -> None:
         """Tail-watcher hook: history holds up to ``last_id``; queue a catch-up."""

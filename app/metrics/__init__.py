@@ -2,7 +2,7 @@
 
 prometheus-client costs 30–50 ms to import, more than the rest of the chat path to ready
 in some runs, and no probe needs it. So this module is a stand-in: ``load()`` (warm-up
-calls it in a thread right after ready) imports ``app.prometheus_metrics`` and copies its
+calls it in a thread right after ready) imports ``app.metrics.prometheus`` and copies its
 objects here, after which ``metrics.X`` is a plain attribute read. Anything that touches a
 metric earlier loads them on the spot.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 def load() -> None:
     """Import the metrics and make them attributes of this module (idempotent)."""
-    implementation = importlib.import_module("app.prometheus_metrics")
+    implementation = importlib.import_module("app.metrics.prometheus")
     names = {name: value for name, value in vars(implementation).items() if not name.startswith("_")}
     globals().update(names)
 

@@ -6,7 +6,7 @@ recipient, and silently drops group members after ``group_expiry`` (a day). This
 keeps the same API with none of that: a set per group, a bounded mailbox per channel, one
 shared message object (receivers must not mutate it), and cleanup when a receiver stops.
 Deliveries to a full channel are dropped, as in Channels; consumers refill from history.
-Group messages go through ``app.fanout`` (a direct call first, the queue otherwise).
+Group messages go through ``app.layers.fanout`` (a direct call first, the queue otherwise).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
-from app.fanout import Direct, fan_out
-from app.mailbox import Mailbox
+from app.layers.api import Direct, Receive
+from app.layers.fanout import fan_out
+from app.layers.mailbox import Mailbox
 
 
 class LocalChannelLayer(BaseChannelLayer):
@@ -38,6 +39,13 @@ class LocalChannelLayer(BaseChannelLayer):
         self.direct[channel] = deliver
 
     def unregister_direct(self, channel: str) -> None:
+        self.direct.pop(channel, None)
+
+    def bound_receive(self) -> Receive:
+        return self.receive
+
+    def forget(self, channel: str) -> None:
+        self.channels.pop(channel, None)
         self.direct.pop(channel, None)
 
     def _queue(self, channel: str) -> Mailbox:

@@ -41,7 +41,7 @@ def log_config(level: str) -> dict[str, Any]:
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
-    config["filters"] = {"connection_noise": {"()": "app.logs.ConnectionNoise"}}
+    config["filters"] = {"connection_noise": {"()": "app.process.logs.ConnectionNoise"}}
     config["handlers"]["default"]["filters"] = ["connection_noise"]
     config["loggers"]["parley"] = {
         "handlers": ["default"],

@@ -8,7 +8,7 @@ from app.config import Config
 # one SUBSCRIBE per room per process, no per-process inbox capacity to overflow. Its
 # at-most-once delivery is covered by history: consumers fill any id gap from it.
 _BACKENDS = {
-    "pubsub": "app.redis_layer.PubSubLayer",
+    "pubsub": "app.layers.pubsub.PubSubLayer",
     "core": "channels_redis.core.RedisChannelLayer",
 }
 
@@ -18,7 +18,7 @@ def channel_layers(config: Config) -> dict[str, dict[str, object]]:
     if not config.redis_enabled:
         return {
             "default": {
-                "BACKEND": "app.local_layer.LocalChannelLayer",
+                "BACKEND": "app.layers.local.LocalChannelLayer",
                 "CONFIG": {"capacity": config.layer_capacity},
             }
         }

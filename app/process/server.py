@@ -13,16 +13,18 @@ import gc
 import logging
 import os
 import socket
+import threading
 from collections.abc import Generator
 from types import FrameType
+from typing import cast
 
 import uvicorn
 
 from app import metrics
+from app.chat.registry import REGISTRY
 from app.config import Config
-from app.logs import log_config
-from app.registry import REGISTRY
-from app.router import Router
+from app.process.logs import log_config
+from app.process.router import Router
 
 logger = logging.getLogger("parley")
 
@@ -31,6 +33,9 @@ RESTART_REASON = "server restart"
 # Kept back from the budget for uvicorn's own steps after our drain (its fixed 0.1 s pause,
 # closing leftover transports, lifespan shutdown).
 UVICORN_RESERVE = 0.4
+# Past the budget by this much, something did not let go (a hung close, a stuck thread):
+# the process exits anyway, with status 1, so an orchestrator's SIGKILL is never needed.
+HARD_STOP_MARGIN = 1.0
 
 
 class ChatServer(uvicorn.Server):
@@ -51,8 +56,11 @@ class ChatServer(uvicorn.Server):
         self.router.start()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        # Readiness flips in the signal handler itself, and the main loop wakes now rather
-        # than on uvicorn's next 0.1 s tick.
+        # The budget starts at the signal; readiness flips in the handler itself, and the
+        # main loop wakes now rather than on uvicorn's next 0.1 s tick.
+        if self.router.budget.started is None:
+            self.router.budget.start()
+            _hard_stop_after(self.chat.shutdown_timeout + HARD_STOP_MARGIN)
         self.router.lifecycle.begin_drain()
         super().handle_exit(sig, frame)
         if self._wake is not None:
@@ -78,12 +86,12 @@ class ChatServer(uvicorn.Server):
             self._captured_signals.clear()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + self.chat.shutdown_timeout
+        """The drain, in order, all on the one budget that started at SIGTERM."""
+        budget = self.router.budget
+        budget.start()  # a shutdown without a signal (uvicorn's own exit) starts it here
 
         def remaining() -> float:
-            return max(deadline - loop.time() - UVICORN_RESERVE, 0.05)
+            return max(budget.remaining(reserve=UVICORN_RESERVE), 0.05)
 
         logger.info("shutting down: draining %d websocket(s)", len(REGISTRY))
         # 1. Not ready: load balancers stop routing here, new handshakes are refused.
@@ -96,17 +104,30 @@ class ChatServer(uvicorn.Server):
 
         # 3. Every chat socket gets 1012 "server restart": reconnect, elsewhere.
         closed = await REGISTRY.close_all(RESTART_CODE, RESTART_REASON, timeout=remaining())
-        closes_sent = loop.time() - started
+        closes_sent = budget.elapsed()
 
-        # 4. uvicorn's own steps: stop listening, close leftovers, wait, lifespan shutdown.
-        self.config.timeout_graceful_shutdown = remaining()
+        # 4. uvicorn's own steps: stop listening, close leftovers, wait, lifespan shutdown
+        # (which closes Redis with what is left). uvicorn declares the timeout an int but
+        # only hands it to asyncio.wait_for, which takes seconds as a float.
+        self.config.timeout_graceful_shutdown = cast(int, remaining())
         await super().shutdown(sockets=sockets)
 
-        elapsed = loop.time() - started
+        elapsed = budget.elapsed()
         metrics.DRAIN_SECONDS.set(elapsed)
         logger.info(
             "drained %d websocket(s) in %.3fs (close frames sent by %.3fs)", closed, elapsed, closes_sent
         )
+
+
+def _hard_stop_after(seconds: float) -> None:
+    def stop() -> None:
+        logger.error("shutdown overran its budget by %.1fs; exiting now", HARD_STOP_MARGIN)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, stop)
+    timer.daemon = True
+    timer.start()
 
 
 def build(chat: Config, router: Router) -> ChatServer:
@@ -130,7 +151,7 @@ def build(chat: Config, router: Router) -> ChatServer:
         log_level=chat.log_level if chat.log_level == "debug" else "warning",
         access_log=False,
         log_config=log_config(chat.log_level),
-        timeout_graceful_shutdown=chat.shutdown_timeout,
+        timeout_graceful_shutdown=cast(int, chat.shutdown_timeout),  # a float is fine: see shutdown
         backlog=4096,
     )
     return ChatServer(config, router, chat)

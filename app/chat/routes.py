@@ -1,0 +1,38 @@
+"""WebSocket routes: ``/ws/chat/<room_name>/`` to the chat consumer.
+
+Matched here with the same regex and the same ``scope["url_route"]`` that Channels'
+``URLRouter`` would produce, without importing ``django.urls`` (and through it
+``django.http`` and ``django.db.models``, ~100 ms) on the way to ready.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+
+from app.chat.admission import Receive, Scope, Send, deny
+from app.chat.consumer import ChatConsumer
+from app.chat.services import ChatServices
+
+CHAT_PATH = re.compile(r"^/ws/chat/(?P<room_name>[^/]+)/$")
+
+
+def match(path: str) -> dict[str, str] | None:
+    """The route's kwargs for a path, or None when no route matches."""
+    found = CHAT_PATH.match(path)
+    return found.groupdict() if found else None
+
+
+def websocket_application(chat: ChatServices) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The WebSocket ASGI app: chat rooms, with ``chat`` passed to every consumer."""
+    chat_consumer = ChatConsumer.as_asgi(services=chat)
+
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+        kwargs = match(scope["path"])
+        if kwargs is None:
+            return await deny(scope, receive, send, 404, "not_found")
+        # The scope is this connection's own: set the route in place rather than copy it.
+        scope["url_route"] = {"args": (), "kwargs": kwargs}
+        await chat_consumer(scope, receive, send)
+
+    return route

@@ -1,0 +1,65 @@
+"""What a chat connection uses once the process is warm, and the "record, then broadcast" rule."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from app import metrics
+from app.history import Appended, History
+from app.protocol import FrameTemplate
+from app.rooms import group_name
+
+logger = logging.getLogger("parley")
+
+READINESS_GROUP = "parley.readiness"
+
+@dataclass
+class ChatServices:
+    """The channel layer and history, shared by every connection and the HTTP API."""
+
+    layer: Any
+    history: History
+    # Redis layers hold connections and subscriptions to release at exit; the local one not.
+    flush_layer_on_close: bool = False
+
+    async def check(self, timeout: float) -> None:
+        """One channel-layer round trip and a history ping; raise if either fails."""
+
+        async def round_trip() -> None:
+            # Through a group: with Redis that is a real SUBSCRIBE, PUBLISH and delivery.
+            channel = await self.layer.new_channel()
+            await self.layer.group_add(READINESS_GROUP, channel)
+            try:
+                await self.layer.group_send(READINESS_GROUP, {"type": "probe"})
+                await self.layer.receive(channel)
+            finally:
+                await self.layer.group_discard(READINESS_GROUP, channel)
+
+        await asyncio.wait_for(round_trip(), timeout)
+        await asyncio.wait_for(self.history.ping(), timeout)
+
+    async def post(self, room: str, template: FrameTemplate, client_id: str | None) -> Appended:
+        """Record a message, then broadcast it to the room unless it was a resend.
+
+        Raises HistoryUnavailable when the message could not be made durable: it is then
+        never broadcast, so no client sees a message that could be lost.
+        """
+        appended = await self.history.append(room, template, client_id)
+        if not appended.duplicate:
+            event = {"type": "chat.message", "id": appended.id, "frame": appended.frame}
+            try:
+                await self.layer.group_send(group_name(room), event)
+                metrics.MESSAGES_BROADCAST.inc()
+            except Exception as exc:
+                # Durable already: members fill the hole from history (next message or tick).
+                logger.warning("broadcast of %s#%d failed: %s", room, appended.id, exc)
+        return appended
+
+    async def close(self) -> None:
+        """Release history's connections and the layer's subscriptions."""
+        await self.history.close()
+        if self.flush_layer_on_close:
+            await self.layer.flush()
