@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
-
 
 MIN_JWT_SECRET_BYTES = 32
 

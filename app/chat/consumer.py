@@ -17,6 +17,10 @@ from channels.exceptions import StopConsumer
 
 from app import metrics
 from app.chat.admission import refuse
+from app.chat.ratelimit import TokenBucket
+from app.chat.registry import REGISTRY
+from app.chat.serial import SerialConsumer
+from app.chat.services import ChatServices
 from app.config import CONFIG
 from app.history import HistoryUnavailable
 from app.protocol import (
@@ -30,10 +34,6 @@ from app.protocol import (
     parse_connect_params,
     ready_frame,
 )
-from app.chat.ratelimit import TokenBucket
-from app.chat.registry import REGISTRY
-from app.chat.serial import SerialConsumer
-from app.chat.services import ChatServices
 from app.rooms import group_name, is_valid_room
 
 logger = logging.getLogger("parley")

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
@@ -39,7 +40,7 @@ class SerialConsumer(AsyncWebsocketConsumer):
     direct: DirectDelivery | None = None
     # Channels gives each instance its own empty list when this is None; groups here are
     # joined explicitly, and an empty tuple costs nothing per connection.
-    groups: tuple[str, ...] = ()  # type: ignore[assignment]
+    groups: tuple[str, ...] = ()
 
     async def __call__(self, scope: dict[str, Any], receive: Source, send: Callable[..., Any]) -> None:
         self.scope = scope
@@ -48,7 +49,7 @@ class SerialConsumer(AsyncWebsocketConsumer):
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.channel_name = await self.channel_layer.new_channel()
         self._turn = asyncio.Lock()
-        self._main = asyncio.current_task()
+        self._main = main = asyncio.current_task()
         direct = self.direct = _direct_delivery(self.channel_layer)
         layer_receive = direct.bound_receive() if direct is not None else self.channel_layer.receive
         inbox = asyncio.ensure_future(self._pump(functools.partial(layer_receive, self.channel_name)))
@@ -62,7 +63,8 @@ class SerialConsumer(AsyncWebsocketConsumer):
         except asyncio.CancelledError:
             if not self._stopping:
                 raise
-            self._main.uncancel()  # our own stop(), not the server's: finish normally
+            if main is not None:
+                main.uncancel()  # our own stop(), not the server's: finish normally
         finally:
             inbox.cancel()
             if direct is not None:

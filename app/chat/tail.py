@@ -14,8 +14,8 @@ import asyncio
 import logging
 from typing import Protocol
 
-from app.history import History
 from app.chat.registry import Registry
+from app.history import History
 
 logger = logging.getLogger("parley")
 
@@ -41,7 +41,7 @@ class TailWatcher:
         """One comparison; returns how many members were nudged."""
         rooms = self.registry.by_room()
         names = list(rooms)
-        held_now = dict(zip(names, await self.history.last_ids(names))) if names else {}
+        held_now = dict(zip(names, await self.history.last_ids(names), strict=True)) if names else {}
         nudged = 0
         for room, members in rooms.items():
             held_before = self._held.get(room, 0)

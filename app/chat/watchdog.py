@@ -24,7 +24,7 @@ class Sender(Protocol):
 class SlowClientWatchdog:
     """Finds members stuck in a send past the timeout, and tells them."""
 
-    def __init__(self, members: "object", send_timeout: float) -> None:
+    def __init__(self, members: object, send_timeout: float) -> None:
         self.members = members
         self.send_timeout = send_timeout
 

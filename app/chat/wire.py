@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import struct
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _SANSIO = "uvicorn.protocols.websockets.websockets_sansio_impl"
 _OPEN: Any = None  # websockets.protocol.State.OPEN, looked up with the first protocol

@@ -63,5 +63,5 @@ class History(abc.ABC):
     async def ping(self) -> None:
         """Raise HistoryUnavailable unless the store answers."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027  (optional hook: memory has nothing to release)
         """Release connections."""

@@ -8,13 +8,14 @@ URLs a room lives on the shard channels-redis's core layer picks for the room's 
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 import redis.asyncio as aioredis
 from channels_redis.utils import _consistent_hash
 from redis.exceptions import RedisError
 
-from app.history.batch import BatchedReads
 from app.history.base import Appended, History, HistoryUnavailable, Replay
+from app.history.batch import BatchedReads
 from app.protocol import FrameTemplate
 from app.redis_options import DRIVER, RETRY
 from app.rooms import group_name
@@ -75,7 +76,7 @@ class RedisHistory(History):
             dedupe, dedupe_ttl = f"chat:{{{room}}}:cid:{client_id}", self._dedupe_ttl
         else:
             dedupe, dedupe_ttl = f"chat:{{{room}}}:nonce:{secrets.token_hex(8)}", NONCE_TTL
-        args = [template.prefix, template.suffix, self._max_len, self._ttl, dedupe_ttl]
+        args: list[str | int] = [template.prefix, template.suffix, self._max_len, self._ttl, dedupe_ttl]
         try:
             message_id, duplicate = await self._scripts[self._shard(room)](
                 keys=[seq, log, dedupe], args=args
@@ -108,7 +109,7 @@ class RedisHistory(History):
             return []
         _, log = self._keys(room)
         try:
-            entries = await self._clients[self._shard(room)].xrevrange(log, count=count)
+            entries: Any = await self._clients[self._shard(room)].xrevrange(log, count=count)
         except (RedisError, OSError) as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
         return [(_entry_id(entry_id), fields[b"f"].decode()) for entry_id, fields in reversed(entries)]

@@ -55,7 +55,7 @@ class _Shard(RedisSingleShardConnection):
                 else:
                     self._subscribed.clear()
                     await self._subscribed.wait()
-            except (asyncio.CancelledError, asyncio.TimeoutError, GeneratorExit):
+            except (TimeoutError, asyncio.CancelledError, GeneratorExit):
                 raise
             except Exception as exc:
                 logger.warning("pub/sub connection lost (%s); retrying in %.2fs", exc, delay)
@@ -107,7 +107,7 @@ class _LoopLayer(RedisPubSubLoopLayer):
         queue = self.channels[channel]
         try:
             return await queue.get()
-        except (asyncio.CancelledError, asyncio.TimeoutError, GeneratorExit):
+        except (TimeoutError, asyncio.CancelledError, GeneratorExit):
             # The consumer is exiting: forget its queue (and its Redis channel, if any).
             if self.channels.pop(channel, None) is not None:
                 shard = self._get_shard(channel)

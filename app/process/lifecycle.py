@@ -10,7 +10,7 @@ import asyncio
 import json
 import os
 import time
-from enum import Enum
+from enum import StrEnum
 
 
 def process_start_time() -> float:
@@ -28,7 +28,7 @@ def process_start_time() -> float:
 PROCESS_STARTED_AT = process_start_time()
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     STARTING = "starting"
     READY = "ready"
     UNAVAILABLE = "unavailable"
@@ -92,6 +92,6 @@ class Lifecycle:
         if not self.ready:
             try:
                 await asyncio.wait_for(self._ready.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return False
         return self.ready

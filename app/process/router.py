@@ -26,7 +26,10 @@ logger = logging.getLogger("parley")
 WS_READY_WAIT = 10.0
 
 
-async def respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+Headers = list[tuple[bytes, bytes]]
+
+
+async def respond(send: Send, status: int, body: bytes, headers: Headers | None = None) -> None:
     headers = (headers or JSON_HEADERS) + [(b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -7,13 +7,12 @@ in; nothing there imports this module.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from app.chat.admission import Receive, Scope, Send
 from app.chat.services import ChatServices
 from app.config import Config
-
-from collections.abc import Awaitable, Callable
 
 WebSocketApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
@@ -71,5 +70,5 @@ def django_http_app() -> WebSocketApp:
     from django.urls import get_resolver
 
     handler = get_asgi_application()
-    get_resolver().url_patterns  # import the URLconf and views now, not on a user's request
-    return handler  # type: ignore[return-value]
+    _ = get_resolver().url_patterns  # import the URLconf and views now, not on a user's request
+    return handler
