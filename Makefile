@@ -7,7 +7,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 COLOR ?= green
 RUNTIME ?= local
 
-.PHONY: run test bench loadtest startup shutdown locust stack stack-down deploy drill clean
+.PHONY: run test test-unit lint bench loadtest startup shutdown locust stack stack-down deploy drill clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,35 +24,42 @@ $(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
 run: $(RUNTIME_STAMP)  ## serve chat on http://127.0.0.1:8000 (in-memory layer, no Redis)
 	$(PY) -m app
 
-test: $(DEV_STAMP)  ## the whole test suite (needs redis-server, chromium)
+test: lint  ## lint, then the whole test suite (needs redis-server, chromium)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+test-unit: $(DEV_STAMP)  ## the pure tests only: no process, socket, Redis or browser; seconds
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+lint: $(DEV_STAMP)  ## ruff over the repository, mypy over app, tools, scripts, bench (pyproject.toml)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
 bench: $(DEV_STAMP)  ## startup, shutdown and load benchmarks with the floor; writes BENCHMARKS.md
-	$(PY) scripts/bench.py $(BENCH_ARGS)
+	$(PY) -m scripts.bench $(BENCH_ARGS)
 
 loadtest: $(DEV_STAMP)  ## 5,000 WebSockets against URL (default: a server it starts)
-	$(PY) scripts/loadtest.py $(LOADTEST_ARGS)
+	$(PY) -m scripts.loadtest $(LOADTEST_ARGS)
 
 startup: $(DEV_STAMP)
-	$(PY) scripts/startup.py $(STARTUP_ARGS)
+	$(PY) -m scripts.startup $(STARTUP_ARGS)
 
 shutdown: $(DEV_STAMP)
-	$(PY) scripts/shutdown.py $(SHUTDOWN_ARGS)
+	$(PY) -m scripts.shutdown $(SHUTDOWN_ARGS)
 
 locust: $(DEV_STAMP)  ## a short headless Locust run
-	$(PY) scripts/locust_run.py $(LOCUST_ARGS)
+	$(PY) -m scripts.locust_run $(LOCUST_ARGS)
 
 stack: $(DEV_STAMP)  ## redis-server + Traefik + the active colour, on loopback
-	$(PY) scripts/stack.py up
+	$(PY) -m scripts.stack up
 
 stack-down: $(DEV_STAMP)
-	$(PY) scripts/stack.py down
+	$(PY) -m scripts.stack down
 
 deploy: $(DEV_STAMP)  ## blue/green switch: make deploy COLOR=green [RUNTIME=compose]
-	$(PY) scripts/deploy.py --runtime $(RUNTIME) $(COLOR)
+	$(PY) -m scripts.deploy --runtime $(RUNTIME) $(COLOR)
 
 drill: $(DEV_STAMP)  ## clients connected through Traefik across blue->green->blue; zero loss
-	$(PY) scripts/drill.py $(DRILL_ARGS)
+	$(PY) -m scripts.drill $(DRILL_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .stack
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .stack

@@ -6,7 +6,7 @@ to every member of the room (the sender included), ``/healthz`` and ``/readyz`` 
 No ``ready`` frame, no ids, no history. Benchmarks run it beside Parley so that our figures
 read as ratios of what the protocol stack itself costs on the same machine, in the same run.
 
-Run: ``python bench/floor.py --port 8001`` (or ``uvicorn bench.floor:app``).
+Run: ``python -m bench.floor --port 8001`` (or ``uvicorn bench.floor:app``), from the repository root.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]

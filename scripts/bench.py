@@ -1,8 +1,8 @@
 """``make bench``: startup, shutdown and load, ours beside the floor, written down for people.
 
-Runs scripts/startup.py, scripts/shutdown.py and scripts/loadtest.py (in-memory layer, Redis
-layer, the floor, a single 5,000-member room, and through Traefik on the local stack when
-scripts/stack.py can bring one up), each as its own process, then writes
+Runs scripts.startup, scripts.shutdown and scripts.loadtest (in-memory layer, Redis layer,
+the floor, a single 5,000-member room, and through Traefik on the local stack when
+scripts.stack can bring one up), each as its own process, then writes
 ``bench/results/<date>.json`` (every figure plus the machine), ``BENCHMARKS.md`` (tables) and
 ``docs/bench-latency.png`` (connect and delivery latency distributions). These are
 measurements, not tests: nothing here passes or fails on a timing. Exit status 1 only when
@@ -21,11 +21,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scripts._report import fmt, machine, ratio  # noqa: E402
-from scripts._swarm import log, raise_nofile  # noqa: E402
-from scripts._targets import ROOT  # noqa: E402
+from tools import ROOT
+from tools.report import fmt, log, machine, ratio
+from tools.swarm import raise_nofile
 
 REQUIRED_CONNECTIONS = 5000
 REQUIRED_READY_S = 3.0
@@ -47,9 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def tool(script: str, args: list[str], work: Path, name: str) -> dict[str, Any]:
-    """Run one measuring script as its own process; its JSON, or why there is none."""
+    """Run one measuring script (``scripts.<script>``) as its own process; its JSON, or why
+    there is none."""
     out = work / f"{name}.json"
-    command = [sys.executable, str(ROOT / "scripts" / script), *args, "--json", str(out)]
+    command = [sys.executable, "-m", f"scripts.{script}", *args, "--json", str(out)]
     log(f"bench: {name}: {' '.join(command[1:])}")
     completed = subprocess.run(command, cwd=ROOT, stdout=sys.stderr)
     if not out.exists():
@@ -60,20 +59,20 @@ def tool(script: str, args: list[str], work: Path, name: str) -> dict[str, Any]:
 
 def load(args: argparse.Namespace, work: Path, name: str, extra: list[str]) -> dict[str, Any]:
     """One loadtest leg at the bench's size, raw latencies kept for the chart."""
-    return tool("loadtest.py", ["-n", str(args.connections), "-r", str(args.rooms), "--samples",
+    return tool("loadtest", ["-n", str(args.connections), "-r", str(args.rooms), "--samples",
                                 "--label", name, *extra], work, name.replace("/", "-"))
 
 
 def traefik_leg(args: argparse.Namespace, work: Path) -> dict[str, Any] | str:
     """Load through Traefik on the local stack (Redis layer); a skip reason when impossible.
 
-    The one place that knows scripts/stack.py: ``stack.up(dir, color)`` returns a state with
+    The one place that knows scripts.stack: ``stack.up(dir, color)`` returns a state with
     ``web_url`` (Traefik's entry point) and ``procs[color].pid`` (the app behind it).
     """
     try:
         from scripts import stack
     except Exception as exc:  # not written yet, or broken: the rest of the bench still runs
-        return f"skipped: scripts/stack.py not available ({type(exc).__name__}: {exc})"
+        return f"skipped: scripts.stack not available ({type(exc).__name__}: {exc})"
     directory = work / "stack"
     try:
         state = stack.up(directory, "blue")
@@ -91,16 +90,16 @@ def traefik_leg(args: argparse.Namespace, work: Path) -> dict[str, Any] | str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every measurement, in one session, on one machine."""
     raise_nofile()  # the servers and the stack started from here inherit it
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     n = str(args.connections)
     skipped: list[str] = []
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp:
         work = Path(tmp)
         startup = {
-            "memory": tool("startup.py", ["-n", str(args.runs)], work, "startup-memory"),
-            "redis": tool("startup.py", ["-n", str(args.runs), "--redis"], work, "startup-redis"),
+            "memory": tool("startup", ["-n", str(args.runs)], work, "startup-memory"),
+            "redis": tool("startup", ["-n", str(args.runs), "--redis"], work, "startup-redis"),
         }
-        shutdown = tool("shutdown.py", ["-n", n, "-r", str(args.rooms)], work, "shutdown")
+        shutdown = tool("shutdown", ["-n", n, "-r", str(args.rooms)], work, "shutdown")
         legs = [
             load(args, work, "app/memory", []),
             load(args, work, "app/redis", ["--redis"]),
@@ -125,7 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             legs.append(traefik)
     return {
         "date": started.isoformat(timespec="seconds"),
-        "seconds": round((dt.datetime.now(dt.timezone.utc) - started).total_seconds(), 1),
+        "seconds": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1),
         "machine": machine(),
         "config": {"connections": args.connections, "rooms": args.rooms, "startup_runs": args.runs,
                    "capacity": args.capacity},
@@ -162,7 +161,8 @@ def requirements(bench: dict[str, Any]) -> list[tuple[str, str, Any, Any, Any, b
 
 def _md_table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(fmt(c, 2) if isinstance(c, float) else fmt(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt(c, 2) if isinstance(c, float) else fmt(c) for c in row) + " |"
+              for row in rows]
     return "\n".join(lines)
 
 
@@ -211,8 +211,10 @@ def markdown(bench: dict[str, Any], chart: str | None) -> str:
              r["last_client_closed_ms"], ", ".join(f"{c}: {n}" for c, n in sorted(r["close_codes"].items()))]
             for kind, r in sd.get("results", {}).items()]
     if sd.get("ratio_to_floor"):
-        rows.append(["ratio", "", "", sd["ratio_to_floor"]["exit_ms"], sd["ratio_to_floor"]["last_client_closed_ms"], ""])
-    out += [_md_table(["target", "connected", "exit status", "exit ms", "last client closed ms", "close codes"], rows),
+        rows.append(["ratio", "", "", sd["ratio_to_floor"]["exit_ms"],
+                     sd["ratio_to_floor"]["last_client_closed_ms"], ""])
+    out += [_md_table(["target", "connected", "exit status", "exit ms", "last client closed ms",
+                       "close codes"], rows),
             "", "1012 is the restart close Parley promises; 1006 would mean a dropped socket. "
             "The floor's exit status -15 is uvicorn re-raising SIGTERM after its own graceful exit.", ""]
 
@@ -231,13 +233,16 @@ def markdown(bench: dict[str, Any], chart: str | None) -> str:
     for ours_label, floor_label in (("app/memory", "floor"), ("app/redis", "floor"),
                                     ("app/memory/1-room", "floor/1-room"),
                                     ("app/redis/1-room/1-message", "floor/1-room/1-message")):
-        ours = next((leg for leg in bench["load"] if leg.get("label") == ours_label and "connect" in leg), None)
+        ours = next((leg for leg in bench["load"]
+                     if leg.get("label") == ours_label and "connect" in leg), None)
         floor = floors.get(floor_label)
         if ours and floor and "connect" in floor:
             rows.append([f"ratio {ours_label} / {floor_label}", "", "",
                          ratio(ours["connect"]["rate_per_s"], floor["connect"]["rate_per_s"]),
-                         *(ratio(ours["connect"]["latency_ms"][k], floor["connect"]["latency_ms"][k]) for k in ("p50", "p99", "max")),
-                         *(ratio(ours["broadcast"]["latency_ms"][k], floor["broadcast"]["latency_ms"][k]) for k in ("p50", "p99")),
+                         *(ratio(ours["connect"]["latency_ms"][k], floor["connect"]["latency_ms"][k])
+                           for k in ("p50", "p99", "max")),
+                         *(ratio(ours["broadcast"]["latency_ms"][k], floor["broadcast"]["latency_ms"][k])
+                           for k in ("p50", "p99")),
                          "", *(ratio(ours["server"][k], floor["server"][k]) for k in
                                ("cpu_ms_per_connection", "rss_kb_per_connection", "cpu_ms_per_delivery"))])
     out += [_md_table(["leg", "connected", "rooms", "connects/s", "connect p50 ms", "connect p99 ms",
@@ -245,19 +250,20 @@ def markdown(bench: dict[str, Any], chart: str | None) -> str:
                        "server CPU ms/conn", "server KB/conn", "server CPU ms/delivery"], rows), ""]
     config = bench["load"][0].get("config", {}) if bench["load"] else {}
     out += [f"{config.get('concurrency', '-')} handshakes in flight, {config.get('messages', '-')} "
-            f"messages per room ({config.get('interval', '-')} s apart, so each message is a burst of deliveries to every "
-            "room at once). Latencies are measured by the clients on the same machine: they share "
-            "its cores with the server and include the client processes' own queueing, so compare "
-            "them with the floor's rather than read them as network figures. Server CPU and memory "
-            "are psutil deltas of the server process over each phase (for traefik/redis: the app "
-            "behind Traefik).", ""]
+            f"messages per room ({config.get('interval', '-')} s apart, so each message is a burst of "
+            "deliveries to every room at once). Latencies are measured by the clients on the same "
+            "machine: they share its cores with the server and include the client processes' own "
+            "queueing, so compare them with the floor's rather than read them as network figures. "
+            "Server CPU and memory are psutil deltas of the server process over each phase "
+            "(for traefik/redis: the app behind Traefik).", ""]
     for skip in bench["skipped"]:
         out += [f"- {skip}"]
     if bench["skipped"]:
         out += [""]
     if chart:
         out += [f"![connect and delivery latency]({chart})", ""]
-    out += ["## Reproduce", "", "```sh", "make bench                      # everything above: ~2 min on 2 idle cores, more when busy",
+    out += ["## Reproduce", "", "```sh",
+            "make bench                      # everything above: ~2 min on 2 idle cores, more when busy",
             "make loadtest LOADTEST_ARGS='-n 5000 --redis'", "make startup STARTUP_ARGS='-n 10'",
             "make shutdown SHUTDOWN_ARGS='-n 5000'", "make locust", "```", "",
             "Raw figures: `bench/results/`.", ""]
@@ -316,8 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     bench = run(args)
     results = write(bench, args)
+    parts = [*bench["startup"].values(), bench["shutdown"], *bench["load"]]
     failed = [f"{part.get('label', part.get('tool'))}: {'; '.join(part.get('failures', []))}"
-              for part in [*bench["startup"].values(), bench["shutdown"], *bench["load"]] if not part.get("ok")]
+              for part in parts if not part.get("ok")]
     print(Path(args.markdown).read_text())
     print(f"bench: wrote {results}, {args.markdown}, {args.chart}", file=sys.stderr)
     for failure in failed:

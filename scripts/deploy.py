@@ -1,7 +1,7 @@
 """Blue/green deploy behind Traefik: the one procedure, on the local stack or on docker compose.
 
-    python scripts/deploy.py green                      # local stack (make stack)
-    python scripts/deploy.py --runtime compose green    # docker compose (compose.yml)
+    python -m scripts.deploy green                      # local stack (make stack)
+    python -m scripts.deploy --runtime compose green    # docker compose (compose.yml)
 
 1. start (or rebuild and start) the target colour and wait for its own /readyz 200;
 2. switch Traefik to it atomically (the dynamic file, temp file + rename);
@@ -32,14 +32,10 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from scripts import traefik_config  # noqa: E402
-from scripts._report import table  # noqa: E402
-from scripts.stack import StackError, StackState, resolve_dir, start_app, traefik_color, wait_app_ready  # noqa: E402
-from tests.support import http_get  # noqa: E402
+from scripts.stack import StackError, StackState, resolve_dir, start_app, traefik_color, wait_app_ready
+from tools import ROOT, traefik_config
+from tools.net import http_get
+from tools.report import table
 
 READY_TIMEOUT = 60.0
 CONFIRM_TIMEOUT = 15.0
@@ -127,7 +123,7 @@ def _await(predicate: Any, timeout: float, interval: float = 0.01) -> bool:
 
 
 class LocalRuntime:
-    """The colours as processes of the local stack (scripts/stack.py), on loopback."""
+    """The colours as processes of the local stack (scripts.stack), on loopback."""
 
     name = "local"
 
@@ -261,7 +257,8 @@ def build_runtime(args: argparse.Namespace) -> Runtime:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("color", choices=traefik_config.COLORS, help="the colour to deploy")
     parser.add_argument("--runtime", choices=("local", "compose"), default="local")
     parser.add_argument("--state-dir", help="local: the stack's state directory (default .stack/)")

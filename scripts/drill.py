@@ -1,7 +1,7 @@
 """The cutover drill: clients chatting through Traefik across blue->green->blue, zero loss.
 
-    python scripts/drill.py [--clients 500] [--rooms 10] [--rate 50] [--state-dir DIR]
-    python scripts/drill.py --fault kill     # SIGKILL the active colour, then fail over
+    python -m scripts.drill [--clients 500] [--rooms 10] [--rate 50] [--state-dir DIR]
+    python -m scripts.drill --fault kill     # SIGKILL the active colour, then fail over
 
 On the local stack (started here unless one is already up in the state directory, and then
 stopped again), N clients connect through Traefik across rooms and keep sending at a steady
@@ -32,18 +32,15 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from scripts import traefik_config  # noqa: E402
-from scripts._report import table  # noqa: E402
-from scripts.deploy import LocalRuntime, deploy  # noqa: E402
-from scripts.stack import STATE_FILE, StackState, down, resolve_dir, up  # noqa: E402
-from tests.support import http_get  # noqa: E402
+from scripts.deploy import LocalRuntime, deploy
+from scripts.stack import STATE_FILE, StackState, down, resolve_dir, up
+from tools import traefik_config
+from tools.net import http_get
+from tools.report import table
 
 MAX_CLIENTS = 5000
 RESTART = 1012
@@ -98,6 +95,9 @@ class Member:
             self.last_id = max(self.last_id, frame["id"])
         elif kind == "ack":
             client_id, msg_id = frame.get("client_id"), frame["id"]
+            if not isinstance(client_id, str):  # we always send one: an ack must carry it back
+                self.errors.append(f"ack without our client_id: {frame}")
+                return kind
             if self.acked.setdefault(client_id, msg_id) != msg_id:
                 self.errors.append(f"{client_id} acked as {self.acked[client_id]} and {msg_id}")
             self.pending.pop(client_id, None)
@@ -141,7 +141,7 @@ async def _stay_connected(member: Member, base_url: str, finishing: asyncio.Even
         try:
             async with gate:
                 member.ws = await connect(url, open_timeout=10, close_timeout=5)
-        except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, InvalidHandshake) as exc:
             member.failed_attempts += 1
             member.failures[failure_kind(exc)] += 1
             member.last_failure = repr(exc)[:200]
@@ -181,7 +181,7 @@ async def run_sender(member: Member, interval: float, stop: asyncio.Event) -> No
         try:
             await asyncio.wait_for(stop.wait(), delay)
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         client_id, text = member.new_message()
         if member.live:
@@ -256,7 +256,7 @@ def verify(members: list[Member]) -> dict[str, Any]:
     rooms: dict[str, list[Member]] = {}
     for member in members:
         rooms.setdefault(member.room, []).append(member)
-    totals = Counter()
+    totals: Counter[str] = Counter()
     problems: list[str] = []
     for room, group in rooms.items():
         ids_by_client = {cid: mid for m in group for cid, mid in m.acked.items()}
@@ -276,7 +276,7 @@ def verify(members: list[Member]) -> dict[str, Any]:
             totals["received"] += len(got)
             missing = len(set(expected) - set(got))
             duplicated = len(got) - len(set(got))
-            out_of_order = sum(1 for a, b in zip(got, got[1:]) if b <= a) - duplicated
+            out_of_order = sum(1 for a, b in pairwise(got) if b <= a) - duplicated
             totals["lost"] += missing
             totals["duplicated"] += duplicated
             totals["out_of_order"] += max(out_of_order, 0)
@@ -326,15 +326,17 @@ async def drill(state: StackState, clients: int, rooms: int, rate: float, settle
             report = await asyncio.to_thread(deploy, runtime, target)
             deploys.append(report)
             deployed = time.monotonic()
-            await until(lambda: all(m.live for m in members)
-                        and sum(m.connects for m in members) >= connects_before + clients,
-                        timeout, f"every client to reconnect to {target}")
+            def reconnected(goal: int = connects_before + clients) -> bool:
+                return all(m.live for m in members) and sum(m.connects for m in members) >= goal
+
+            await until(reconnected, timeout, f"every client to reconnect to {target}")
             mark(f"all_on_{target}_after_deploy_s", deployed)
             if fault == "kill":
                 mark(f"all_on_{target}_after_kill_s", cut)
             on_new = await asyncio.to_thread(open_connections, state, target)
+            old_running = state.procs.get(traefik_config.other_color(target)) is not None
             checks.append({"color": target, "clients_connected_to_it": on_new,
-                           "old_colour_running": state.procs.get(traefik_config.other_color(target)) is not None})
+                           "old_colour_running": old_running})
         await asyncio.sleep(settle)
         stop_sending.set()
         await asyncio.gather(*senders)
@@ -433,7 +435,8 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=500, help=f"1..{MAX_CLIENTS} (default 500)")
     parser.add_argument("--rooms", type=int, default=None, help="default: one per 50 clients")
     parser.add_argument("--rate", type=float, default=50.0, help="messages per second, all clients")

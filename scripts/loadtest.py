@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scripts import _cli as cli  # noqa: E402
-from scripts._report import machine, percentiles, table  # noqa: E402
-from scripts._swarm import Swarm, detect_ready, log, raise_nofile  # noqa: E402
-from scripts._targets import (  # noqa: E402
-    KINDS, RedisServer, per_unit, require_loopback, start_server, usage,
-)
+from tools import cli
+from tools.procs import RedisServer
+from tools.report import log, machine, percentiles, table
+from tools.swarm import Swarm, detect_ready, raise_nofile
+from tools.targets import KINDS, per_unit, require_loopback, start_server, usage
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,6 +65,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             pid, kind = args.server_pid, "url"
         else:
             server = start_server(args.target, redis_url=redis_url)
+            assert server.process is not None  # started, so it has one
             url, pid, kind = require_loopback(server.base), server.process.pid, args.target
         layer = ("unknown" if server is None else "none" if args.target == "floor"
                  else "redis" if redis_url else "memory")
@@ -117,14 +114,17 @@ def measure(args: argparse.Namespace, url: str, pid: int | None, kind: str, laye
                       "nofile_before": swarm.plan.nofile_before, "nofile_now": swarm.plan.nofile_now,
                       "note": swarm.plan.describe()},
         "connect": {
-            **{k: connect[k] for k in ("attempted", "connected", "success_rate", "seconds", "rate_per_s", "errors")},
+            **{k: connect[k] for k in ("attempted", "connected", "success_rate", "seconds", "rate_per_s",
+                                       "errors")},
             "latency_ms": _rounded(percentiles(connect["connect_ms"])),
             "ready_ms": _rounded(percentiles(connect["ready_ms"])),
         },
         "broadcast": {
             **{k: broadcast[k] for k in ("rooms", "rooms_with_sender", "messages_per_room", "sent",
-                                         "expected", "received", "missing", "duplicates", "stray", "seconds")},
-            "deliveries_per_s": round(broadcast["received"] / broadcast["seconds"], 1) if broadcast["seconds"] else None,
+                                         "expected", "received", "missing", "duplicates", "stray",
+                                         "seconds")},
+            "deliveries_per_s": (round(broadcast["received"] / broadcast["seconds"], 1)
+                                 if broadcast["seconds"] else None),
             "latency_ms": _rounded(percentiles(broadcast["latency_ms"])),
         },
         "server": {

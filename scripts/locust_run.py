@@ -16,11 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scripts import _cli as cli  # noqa: E402
-from scripts._report import machine, table  # noqa: E402
-from scripts._targets import KINDS, ROOT, require_loopback, start_server  # noqa: E402
+from tools import ROOT, cli
+from tools.report import machine, table
+from tools.targets import KINDS, require_loopback, start_server
 
 NAMES = ("connect", "message round trip")
 
@@ -65,7 +63,8 @@ def summarise(entry: dict[str, Any]) -> dict[str, Any]:
     return {
         "requests": entry["num_requests"],
         "failures": entry["num_failures"],
-        "mean_ms": round(entry["total_response_time"] / entry["num_requests"], 2) if entry["num_requests"] else None,
+        "mean_ms": (round(entry["total_response_time"] / entry["num_requests"], 2)
+                    if entry["num_requests"] else None),
         **percentiles,
         "max_ms": round(entry["max_response_time"], 2) if entry["num_requests"] else None,
     }
@@ -89,7 +88,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "tool": "locust",
         "target": {"url": url, "kind": args.target if args.url is None else "url"},
-        "config": {"users": args.users, "spawn_rate": args.spawn_rate, "seconds": args.time, "rooms": args.rooms},
+        "config": {"users": args.users, "spawn_rate": args.spawn_rate, "seconds": args.time,
+                   "rooms": args.rooms},
         "requests": figures,
         "machine": machine(),
         "ok": not failures,

@@ -7,7 +7,7 @@ same text comes back; Parley's ``ready`` and ``ack`` frames are skipped, so the 
 too), so Locust's statistics, charts and UI show them.
 
     locust -f scripts/locustfile.py --host ws://127.0.0.1:8000
-    make locust          # a short bounded headless run (scripts/locust_run.py)
+    make locust          # a short bounded headless run (python -m scripts.locust_run)
 """
 
 from __future__ import annotations
@@ -61,8 +61,10 @@ class ChatUser(User):
         try:
             self.ws.send(json.dumps({"message": nonce}))
             deadline = started + RECV_TIMEOUT
-            while json.loads(self.ws.recv(timeout=max(deadline - time.perf_counter(), 0.01))).get("message") != nonce:
-                pass
+            while True:
+                frame = json.loads(self.ws.recv(timeout=max(deadline - time.perf_counter(), 0.01)))
+                if frame.get("message") == nonce:
+                    break
             self._fire("message round trip", started, None)
         except Exception as exc:
             self._fire("message round trip", started, exc)

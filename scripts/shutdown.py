@@ -15,15 +15,13 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scripts import _cli as cli  # noqa: E402
-from scripts._report import machine, ratio, table  # noqa: E402
-from scripts._swarm import Swarm, detect_ready, log, raise_nofile  # noqa: E402
-from scripts._targets import RedisServer, require_loopback, start_server  # noqa: E402
+from tools import cli
+from tools.procs import RedisServer
+from tools.report import log, machine, ratio, table
+from tools.swarm import Swarm, detect_ready, raise_nofile
+from tools.targets import require_loopback, start_server
 
 RESTART = "1012"
 

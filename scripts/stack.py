@@ -1,8 +1,8 @@
 """The local stack: redis-server, Traefik and the active colour of the app, on loopback.
 
-    python scripts/stack.py up [--color blue] [--state-dir DIR]
-    python scripts/stack.py status
-    python scripts/stack.py down
+    python -m scripts.stack up [--color blue] [--state-dir DIR]
+    python -m scripts.stack status
+    python -m scripts.stack down
 
 Traefik runs with the repository's traefik/traefik.yml and traefik/dynamic/ rendered into
 the state directory with only addresses, ports and the dynamic directory changed. The
@@ -16,25 +16,19 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from scripts import traefik_config  # noqa: E402
-from tests.support import free_port, http_get, wait_until  # noqa: E402
+from tools import ROOT, traefik_config
+from tools.net import free_port, http_get, wait_until
+from tools.procs import Proc, spawn
 
 DEFAULT_DIR = ROOT / ".stack"
 STATE_ENV = "PARLEY_STACK_DIR"
 STATE_FILE = "state.json"
-SERVICES = ("redis", "traefik", *traefik_config.COLORS)
 START_TIMEOUT = 30.0
 
 
@@ -46,49 +40,6 @@ def resolve_dir(arg: str | None) -> Path:
     """``--state-dir``, else ``$PARLEY_STACK_DIR``, else ``.stack/`` in the repository."""
     chosen = arg or os.environ.get(STATE_ENV) or str(DEFAULT_DIR)
     return Path(chosen).resolve()
-
-
-@dataclass
-class Proc:
-    """A process the stack started: its pid and start time (so a reused pid is not ours)."""
-
-    pid: int
-    started: float
-
-    def alive(self) -> bool:
-        import psutil
-
-        try:
-            process = psutil.Process(self.pid)
-            return (abs(process.create_time() - self.started) < 1.0
-                    and process.status() != psutil.STATUS_ZOMBIE)
-        except psutil.Error:
-            return False
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> float:
-        """Send ``sig``, wait for the exit (SIGKILL after ``timeout``); seconds it took."""
-        started = time.monotonic()
-        if not self.alive():
-            return 0.0
-        os.kill(self.pid, sig)
-        if not self.wait(timeout):
-            os.kill(self.pid, signal.SIGKILL)
-            self.wait(5)
-        return time.monotonic() - started
-
-    def wait(self, timeout: float) -> bool:
-        """Wait for the exit; True if it exited. A zombie counts as exited: the process
-        may be another script's child, reaped whenever its parent (or init) gets to it."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.waitpid(self.pid, os.WNOHANG)  # reap it when it is our own child
-            except ChildProcessError:
-                pass
-            if not self.alive():
-                return True
-            time.sleep(0.01)
-        return not self.alive()
 
 
 @dataclass
@@ -129,7 +80,7 @@ class StackState:
         traefik_config.atomic_write(self.dir / STATE_FILE, json.dumps(data, indent=2) + "\n")
 
     @classmethod
-    def load(cls, directory: Path) -> "StackState":
+    def load(cls, directory: Path) -> StackState:
         path = directory / STATE_FILE
         if not path.exists():
             raise StackError(f"no local stack in {directory}: run `make stack` first")
@@ -141,19 +92,6 @@ class StackState:
             procs={name: Proc(**proc) for name, proc in data["procs"].items()},
             app_env=data.get("app_env", {}),
         )
-
-
-def spawn(command: list[str], log: Path, env: dict[str, str] | None = None) -> Proc:
-    """Start a process that outlives this script (own session), output appended to ``log``."""
-    import psutil
-
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-    return Proc(pid=process.pid, started=psutil.Process(process.pid).create_time())
 
 
 def app_environment(state: StackState, color: str, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -314,7 +252,8 @@ def status(directory: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("up", "down", "status"))
     parser.add_argument("--state-dir", help=f"default ${STATE_ENV} or .stack/")
     parser.add_argument("--color", default="blue", choices=traefik_config.COLORS,

@@ -12,15 +12,13 @@ import json
 import secrets
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scripts import _cli as cli  # noqa: E402
-from scripts._report import machine, median, ratio, table  # noqa: E402
-from scripts._targets import AppServer, RedisServer, start_server  # noqa: E402
-from tests.support import http_get  # noqa: E402
+from tools import cli
+from tools.net import http_get
+from tools.procs import AppServer, RedisServer
+from tools.report import machine, median, ratio, table
+from tools.targets import start_server
 
 PHASES = ("healthz_ms", "readyz_ms", "first_message_ms")
 POLL = 0.002

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support import AppServer, RedisServer
+from tools.procs import AppServer, RedisServer
 
 if TYPE_CHECKING:
     from scripts.stack import StackState

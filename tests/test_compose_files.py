@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from scripts import traefik_config as tc
+from tools import ROOT
+from tools import traefik_config as tc
 
-ROOT = Path(__file__).resolve().parent.parent
 COLORS = tc.COLORS
 
 
@@ -84,7 +83,9 @@ def test_colours_are_the_same_image(compose: dict[str, Any]) -> None:
     assert differing == {"APP_COLOR"}
 
 
-def test_traefik_mounts_the_files_the_procedure_writes(compose: dict[str, Any], static: dict[str, Any]) -> None:
+def test_traefik_mounts_the_files_the_procedure_writes(
+    compose: dict[str, Any], static: dict[str, Any]
+) -> None:
     traefik = compose["services"]["traefik"]
     mounts = {v.split(":")[1]: v.split(":")[0] for v in traefik["volumes"]}
     assert mounts["/etc/traefik/traefik.yml"] == "./traefik/traefik.yml"

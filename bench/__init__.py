@@ -1,0 +1,1 @@
+"""Benchmark companions: ``bench.floor`` (the baseline server) and ``results/`` (figures)."""

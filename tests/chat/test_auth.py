@@ -1,0 +1,53 @@
+"""Token rules, without sockets."""
+
+from __future__ import annotations
+
+import jwt
+import pytest
+
+from app.chat.auth import AuthError, authorize, mint, verify
+
+SECRET = "test-secret-" + "x" * 60
+NOW = 1_800_000_000
+
+
+def test_minted_token_verifies() -> None:
+    token = mint("alice", ["lobby", "ops"], 60, SECRET, now=NOW)
+    identity = authorize(token, "ops", SECRET, now=NOW + 30)
+    assert identity.sub == "alice" and identity.may_join("lobby") and not identity.may_join("x")
+
+
+def test_star_means_every_room() -> None:
+    token = mint("bot", "*", 60, SECRET, now=NOW)
+    assert authorize(token, "anything", SECRET, now=NOW).sub == "bot"
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        (None, "missing_token"),
+        ("", "missing_token"),
+        ("not.a.jwt", "malformed_token"),
+        (mint("a", ["lobby"], 60, "another-secret-" + "y" * 60, now=NOW), "bad_signature"),
+        (mint("a", ["lobby"], 60, SECRET, now=NOW - 120), "expired_token"),
+        (mint("a", ["kitchen"], 60, SECRET, now=NOW), "room_not_allowed"),
+        (jwt.encode({"sub": "a", "rooms": ["lobby"]}, SECRET, algorithm="HS256"), "invalid_claims"),
+        (jwt.encode({"sub": "a", "rooms": "lobby", "exp": NOW + 60}, SECRET, algorithm="HS256"),
+         "invalid_claims"),
+        (jwt.encode({"sub": 7, "rooms": ["lobby"], "exp": NOW + 60}, SECRET, algorithm="HS256"),
+         "malformed_token"),
+        (jwt.encode({"sub": "a", "rooms": ["lobby"], "exp": NOW + 60}, SECRET, algorithm="HS512"),
+         "malformed_token"),
+        (jwt.encode({"sub": "a", "rooms": ["lobby"], "exp": NOW + 60}, None, algorithm="none"),
+         "malformed_token"),
+    ],
+)
+def test_refusals_name_their_reason(token: str | None, reason: str) -> None:
+    with pytest.raises(AuthError) as info:
+        authorize(token, "lobby", SECRET, now=NOW)
+    assert info.value.reason == reason
+
+
+def test_verify_uses_the_real_clock_by_default() -> None:
+    with pytest.raises(AuthError, match="expired_token"):
+        verify(mint("a", "*", 1, SECRET, now=1_000_000_000), SECRET)

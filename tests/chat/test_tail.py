@@ -1,0 +1,65 @@
+"""The tail watcher, with the real in-memory channel layer and history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from app.chat.registry import Registry
+from app.chat.tail import TailWatcher
+from app.history.memory import MemoryHistory
+from app.protocol import message_template
+
+
+@dataclass(eq=False)
+class Member:
+    room: str
+    last_id: int = 0
+    busy: bool = False
+    nudges: list[int] = field(default_factory=list)
+
+    def idle(self) -> bool:
+        return not self.busy
+
+    async def nudge(self, last_id: int) -> None:
+        self.nudges.append(last_id)
+
+    async def close_for_restart(self, code: int, reason: str) -> None:
+        return None
+
+
+async def setup() -> tuple[Registry, MemoryHistory, TailWatcher]:
+    registry, history = Registry(), MemoryHistory(100, 3600, 600)
+    return registry, history, TailWatcher(registry, history, interval=1)
+
+
+async def test_an_idle_member_behind_a_message_held_for_a_tick_is_nudged() -> None:
+    registry, history, watcher = await setup()
+    member = Member("r")
+    registry.add(member)
+    await history.append("r", message_template("r", "lost", 0, "u"), None)
+    assert await watcher.tick() == 0  # first sight of id 1: it may still be in flight
+    assert await watcher.tick() == 1  # a tick later the member still lacks it
+    assert member.nudges == [1]
+
+
+async def test_members_that_kept_up_or_are_still_receiving_are_left_alone() -> None:
+    registry, history, watcher = await setup()
+    kept_up, receiving = Member("r"), Member("r", busy=True)
+    registry.add(kept_up)
+    registry.add(receiving)
+    await history.append("r", message_template("r", "seen", 0, "u"), None)
+    await watcher.tick()
+    kept_up.last_id = 1
+    assert await watcher.tick() == 0
+    assert kept_up.nudges == receiving.nudges == []
+
+
+def test_registry_groups_members_by_room() -> None:
+    registry = Registry()
+    a, b, c = Member("x", 5), Member("x", 3), Member("y", 9)
+    for member in (a, b, c, a):
+        registry.add(member)
+    assert len(registry) == 3
+    assert {room: len(m) for room, m in registry.by_room().items()} == {"x": 2, "y": 1}
+    assert registry.discard_if_present(b) and not registry.discard_if_present(b)
+    assert registry.by_room()["x"] == [a]

@@ -1,0 +1,148 @@
+"""History backends against their real stores: process memory and a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from app.history import History, HistoryUnavailable
+from app.history.memory import MemoryHistory
+from app.history.redis import RedisHistory, shard_index
+from app.protocol import message_template
+from tools.procs import RedisServer
+
+
+def template(text: str, client_id: str | None = None):
+    return message_template("r", text, 1, "u", client_id)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def history(request: pytest.FixtureRequest) -> AsyncIterator[History]:
+    if request.param == "memory":
+        yield MemoryHistory(max_len=5, ttl=3600, dedupe_ttl=600)
+        return
+    redis = RedisServer().start()
+    backend = RedisHistory((redis.url,), max_len=5, ttl=3600, dedupe_ttl=600)
+    yield backend
+    await backend.close()
+    redis.cleanup()
+
+
+async def test_ids_are_gap_free_per_room(history: History) -> None:
+    ids = [(await history.append("r", template(str(i)), None)).id for i in range(3)]
+    assert ids == [1, 2, 3]
+    assert (await history.append("other", template("x"), None)).id == 1
+    assert await history.last_id("r") == 3
+
+
+async def test_frame_carries_its_id(history: History) -> None:
+    appended = await history.append("r", template("hello"), None)
+    assert json.loads(appended.frame)["id"] == appended.id
+
+
+async def test_concurrent_appends_get_distinct_consecutive_ids(history: History) -> None:
+    results = await asyncio.gather(*(history.append("r", template(str(i)), None) for i in range(20)))
+    assert sorted(r.id for r in results) == list(range(1, 21))
+
+
+async def test_same_client_id_is_acked_with_the_original_id(history: History) -> None:
+    first = await history.append("r", template("a", "c1"), "c1")
+    again = await history.append("r", template("a", "c1"), "c1")
+    assert (again.id, again.duplicate, again.frame) == (first.id, True, None)
+    assert await history.last_id("r") == first.id
+    other_room = await history.append("r2", template("a", "c1"), "c1")
+    assert not other_room.duplicate
+
+
+async def test_after_returns_newer_messages_in_order(history: History) -> None:
+    for i in range(4):
+        await history.append("r", template(f"m{i}"), None)
+    replay = await history.after("r", 1, 10)
+    assert [i for i, _ in replay.frames] == [2, 3, 4]
+    assert [json.loads(f)["message"] for _, f in replay.frames] == ["m1", "m2", "m3"]
+    assert replay.missing is None
+    assert [i for i, _ in (await history.after("r", 0, 2)).frames] == [1, 2]
+
+
+async def test_history_is_bounded_and_reports_what_it_no_longer_holds(history: History) -> None:
+    for i in range(8):
+        await history.append("r", template(str(i)), None)
+    replay = await history.after("r", 1, 100)
+    assert [i for i, _ in replay.frames] == [4, 5, 6, 7, 8]
+    assert replay.missing == (2, 3)
+
+
+async def test_latest(history: History) -> None:
+    for i in range(4):
+        await history.append("r", template(str(i)), None)
+    assert [i for i, _ in await history.latest("r", 2)] == [3, 4]
+    assert await history.latest("r", 0) == []
+    assert await history.latest("empty", 3) == []
+
+
+async def test_unknown_room_is_empty(history: History) -> None:
+    assert await history.last_id("nobody") == 0
+    replay = await history.after("nobody", 0, 10)
+    assert replay.frames == [] and replay.missing is None
+
+
+def _get_calls(redis: RedisServer) -> int:
+    import redis as redis_py
+
+    with redis_py.Redis.from_url(redis.url) as client:
+        return int(client.info("commandstats").get("cmdstat_get", {}).get("calls", 0))
+
+
+async def test_joins_arriving_together_share_one_read_and_later_joins_read_afresh() -> None:
+    redis = RedisServer().start()
+    backend = RedisHistory((redis.url,), max_len=5, ttl=3600, dedupe_ttl=600)
+    try:
+        await backend.append("r", template("a"), None)
+        before = _get_calls(redis)
+        joins = [asyncio.ensure_future(backend.last_id_for_join("r")) for _ in range(50)]
+        await asyncio.sleep(0)  # every join has asked; cancel one: the others keep the read
+        joins[0].cancel()
+        assert await asyncio.gather(*joins[1:]) == [1] * 49
+        assert _get_calls(redis) - before == 1
+
+        await backend.append("r", template("b"), None)
+        assert await backend.last_id_for_join("r") == 2
+        assert await backend.last_id_for_join("other") == 0
+    finally:
+        await backend.close()
+        redis.cleanup()
+
+
+async def test_redis_down_raises_unavailable_and_recovers() -> None:
+    redis = RedisServer(appendonly=True).start()
+    backend = RedisHistory((redis.url,), max_len=5, ttl=3600, dedupe_ttl=600)
+    await backend.append("r", template("kept"), None)
+    redis.stop()
+    with pytest.raises(HistoryUnavailable):
+        await backend.append("r", template("lost"), None)
+    with pytest.raises(HistoryUnavailable):
+        await backend.ping()
+    redis.start()
+    assert (await backend.append("r", template("back"), None)).id == 2
+    await backend.close()
+    redis.cleanup()
+
+
+async def test_memory_rooms_expire_after_inactivity() -> None:
+    backend = MemoryHistory(max_len=5, ttl=0.01, dedupe_ttl=600)
+    await backend.append("r", template("old"), None)
+    backend._rooms["r"].touched -= 1  # an hour of silence, without waiting for it
+    await backend.append("r", template("new"), None)
+    assert [i for i, _ in await backend.latest("r", 5)] == [2]
+
+
+def test_rooms_spread_over_shards_like_channel_groups() -> None:
+    from channels_redis.utils import _consistent_hash
+
+    from app.rooms import group_name
+
+    for room in ["a", "lobby", "x" * 64, "room.7"]:
+        assert shard_index(room, 3) == _consistent_hash(group_name(room), 3)

@@ -1,0 +1,69 @@
+"""The tuned pub/sub layer against a real redis-server, across two layer instances."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from app.layers.pubsub import PubSubLayer
+from tools.procs import RedisServer
+
+
+@pytest.fixture
+async def layers(redis_server: RedisServer) -> AsyncIterator[tuple[PubSubLayer, PubSubLayer]]:
+    one, two = PubSubLayer(hosts=[redis_server.url]), PubSubLayer(hosts=[redis_server.url])
+    yield one, two
+    await one.flush()
+    await two.flush()
+
+
+def redis_url(layer: PubSubLayer) -> str:
+    return layer._kwargs["hosts"][0]
+
+
+async def subscribers_reach(url: str, channel: str, count: int) -> None:
+    """Wait until Redis itself reports the subscriptions (SUBSCRIBE is not acknowledged)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url)
+    try:
+        async with asyncio.timeout(5):
+            while (await client.pubsub_numsub(channel))[0][1] < count:
+                await asyncio.sleep(0.01)
+    finally:
+        await client.aclose()
+
+
+async def test_group_messages_cross_processes_and_reach_every_local_member(layers: tuple) -> None:
+    one, two = layers
+    here = [await one.new_channel() for _ in range(3)]
+    there = await two.new_channel()
+    for channel in here:
+        await one.group_add("room", channel)
+    await two.group_add("room", there)
+    await subscribers_reach(redis_url(one), f"{one._get_layer().prefix}__group__room", 2)
+    await two.group_send("room", {"type": "chat.message", "id": 7})
+    got = [await asyncio.wait_for(one.receive(c), 5) for c in here]
+    assert got == [{"type": "chat.message", "id": 7}] * 3
+    assert await asyncio.wait_for(two.receive(there), 5) == {"type": "chat.message", "id": 7}
+
+
+async def test_consumer_channels_are_local_no_redis_subscription(layers: tuple) -> None:
+    one, _ = layers
+    channel = await one.new_channel()
+    await one.send(channel, {"type": "direct"})
+    assert await asyncio.wait_for(one.receive(channel), 5) == {"type": "direct"}
+    assert channel not in one._get_layer()._shards[0]._subscribed_to
+
+
+async def test_cancelled_receiver_is_forgotten(layers: tuple) -> None:
+    one, _ = layers
+    channel = await one.new_channel()
+    waiter = asyncio.ensure_future(one.receive(channel))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert channel not in one._get_layer().channels

@@ -1,0 +1,54 @@
+"""The ASGI router: probes from memory, Django kept off the start-up path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from app.config import load
+from app.process.router import Router
+from tools import ROOT
+
+
+def test_importing_the_asgi_app_imports_no_django() -> None:
+    code = ("import sys, app.asgi; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('django', 'channels', 'channels_redis', 'redis', 'prometheus_client')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+async def call(router: Router, path: str) -> tuple[int, dict[str, str], bytes]:
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await router({"type": "http", "path": path, "method": "GET", "headers": []}, receive, send)
+    headers = {k.decode(): v.decode() for k, v in sent[0]["headers"]}
+    return sent[0]["status"], headers, sent[1]["body"]
+
+
+async def test_healthz_is_answered_without_starting_anything() -> None:
+    router = Router(load({}))
+    router.defer_start = True
+    status, headers, body = await call(router, "/healthz")
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    assert headers["content-length"] == str(len(body))
+    assert headers["content-type"] == "application/json"
+
+
+async def test_readyz_tracks_the_lifecycle() -> None:
+    router = Router(load({"APP_COLOR": "green"}))
+    router.defer_start = True
+    status, _, body = await call(router, "/readyz")
+    assert (status, json.loads(body)) == (503, {"ready": False, "color": "green", "reason": "starting"})
+    router.lifecycle.set_ready()
+    status, _, body = await call(router, "/readyz")
+    assert (status, json.loads(body)) == (200, {"ready": True, "color": "green"})
+    router.lifecycle.begin_drain()
+    status, _, body = await call(router, "/readyz")
+    assert (status, json.loads(body)["reason"]) == (503, "draining")

@@ -1,0 +1,128 @@
+"""The uvicorn entry point: probes through start-up, and the ordered SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from tests import wsraw
+from tests.support import Client
+from tools.net import http_get, wait_until
+from tools.procs import AppServer, RedisServer
+
+
+def test_healthz_answers_while_redis_is_down_and_readyz_follows_redis(
+    make_app: Callable[..., AppServer],
+) -> None:
+    redis = RedisServer()  # its port is reserved, nothing listens yet
+    try:
+        server = make_app(env={"REDIS_URL": redis.url}, wait="/healthz")
+        assert server.get("/readyz")[0] == 503
+
+        def says_redis() -> bool:
+            return server.get("/readyz")[1].get("reason", "").startswith("redis unavailable")
+
+        wait_until(says_redis, 10, "/readyz to blame Redis")
+        status, body = server.get("/readyz")
+        assert status == 503 and body["ready"] is False and body["color"] == "blue"
+        assert server.process.poll() is None
+
+        redis.start()
+        server.wait_status("/readyz", 200)
+        assert server.get("/readyz")[1] == {"ready": True, "color": "blue"}
+    finally:
+        redis.cleanup()
+
+
+def test_readyz_names_the_colour(make_app: Callable[..., AppServer]) -> None:
+    server = make_app(env={"APP_COLOR": "green"})
+    assert server.get("/readyz") == (200, {"ready": True, "color": "green"})
+    assert server.get("/healthz") == (200, {"status": "ok"})
+
+
+def test_readyz_turns_503_when_redis_goes_away_and_back_when_it_returns(
+    make_app: Callable[..., AppServer], redis_server: RedisServer
+) -> None:
+    server = make_app(env={"REDIS_URL": redis_server.url})
+    redis_server.stop()
+    server.wait_status("/readyz", 503)
+    assert server.get("/healthz")[0] == 200
+    redis_server.start()
+    server.wait_status("/readyz", 200)
+
+
+async def test_sigterm_flips_readiness_then_closes_every_socket_with_1012(
+    make_app: Callable[..., AppServer],
+) -> None:
+    # A drain delay holds the sockets open after readiness flips, so the order is observable.
+    server = make_app(env={"SHUTDOWN_DRAIN_DELAY": "1", "SHUTDOWN_TIMEOUT": "5"})
+    clients = [await Client.connect(server.ws_url(f"room{i % 3}")) for i in range(12)]
+
+    readiness_at_close: list[int] = []
+
+    async def closed(client: Client) -> tuple[int | None, str | None]:
+        try:
+            await client.ws.recv()
+        except ConnectionClosed as exc:
+            readiness_at_close.append(http_get(server.base + "/readyz")[0])
+            return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, None)
+        return (None, None)
+
+    waiting = [asyncio.create_task(closed(c)) for c in clients]
+    server.signal(signal.SIGTERM)
+    await asyncio.to_thread(server.wait_status, "/readyz", 503, 5)
+    # Readiness said 503 while every socket was still open.
+    assert not any(task.done() for task in waiting)
+
+    results = await asyncio.gather(*waiting)
+    assert results == [(1012, "server restart")] * len(clients)
+    assert await asyncio.to_thread(server.wait, 10) == 0
+    assert "drained 12 websocket(s)" in server.output()
+
+
+async def test_new_handshakes_are_refused_while_draining(make_app: Callable[..., AppServer]) -> None:
+    from websockets.exceptions import InvalidStatus
+
+    server = make_app(env={"SHUTDOWN_DRAIN_DELAY": "3"})
+    holder = await Client.connect(server.ws_url())
+    server.signal(signal.SIGTERM)
+    await asyncio.to_thread(server.wait_status, "/readyz", 503, 5)
+    with pytest.raises(InvalidStatus) as info:
+        await Client.connect(server.ws_url())
+    assert info.value.response.status_code == 503
+    await holder.close()
+
+
+async def test_exits_zero_within_budget_when_a_client_never_answers_the_close(
+    make_app: Callable[..., AppServer],
+) -> None:
+    server = make_app(env={"SHUTDOWN_TIMEOUT": "2"})
+    # A raw client that completes the handshake (101) and then never reads or answers.
+    sock = wsraw.open_socket(server.port)
+    server.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(server.wait, 10) == 0
+    sock.close()
+
+
+def test_sigint_is_a_graceful_exit_too(make_app: Callable[..., AppServer]) -> None:
+    server = make_app()
+    server.signal(signal.SIGINT)
+    assert server.wait(10) == 0
+
+
+def test_configuration_errors_stop_the_process_with_a_clear_message(
+    make_app: Callable[..., AppServer],
+) -> None:
+    server = make_app(env={"CHAT_LAYER": "bogus"}, wait=None)
+    assert server.wait(10) == 2
+    assert "configuration error: CHAT_LAYER must be" in server.output()
+
+
+def test_django_pages_are_served_after_ready(app_server: AppServer) -> None:
+    status, body = http_get(app_server.base + "/")
+    assert status == 200 and b"<html" in body.lower()
+    assert http_get(app_server.base + "/no-such-page")[0] == 404

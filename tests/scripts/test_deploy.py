@@ -1,0 +1,236 @@
+"""scripts/deploy.py: the blue/green procedure on the local stack (real Traefik) and on compose
+(a stand-in ``docker`` that records the commands: there is no Docker engine here)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import stat
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosedError
+
+from scripts.deploy import LocalRuntime, deploy
+from scripts.stack import StackState, traefik_color
+from tests.support import Client, run_script
+from tools import traefik_config as tc
+
+
+def ws_url(state: StackState, room: str, since: int | None = None) -> str:
+    query = "" if since is None else f"?since={since}"
+    return f"{state.web_url.replace('http://', 'ws://')}/ws/chat/{room}/{query}"
+
+
+async def test_deploy_with_clients_connected_loses_nothing(local_stack: StackState) -> None:
+    state = local_stack
+    members = [await Client.connect(ws_url(state, "cutover")) for _ in range(3)]
+    for n in range(1, 4):
+        assert (await members[0].post(f"before {n}", client_id=f"b{n}"))["id"] == n
+
+    report = await asyncio.to_thread(deploy, LocalRuntime(state), "green")
+    assert report["ok"] and (report["from"], report["to"]) == ("blue", "green")
+    assert report["old"] == "drained"
+    for key in ("time_to_ready_s", "switch_latency_s", "drain_s", "total_s"):
+        assert report[key] >= 0
+    assert state.active == "green" and traefik_color(state) == "green"
+    assert "blue" not in state.procs
+
+    resumed = []
+    for member in members:
+        with pytest.raises(ConnectionClosedError) as closed:
+            while True:
+                member.skipped.append(await member.recv())
+        assert closed.value.rcvd.code == 1012
+        seen = [f["id"] for f in member.skipped if f["type"] == "message"]
+        resumed.append(await Client.connect(ws_url(state, "cutover", since=max(seen))))
+        assert seen == [1, 2, 3]
+    # The new colour shares Redis: ids continue, everyone gets the new message once.
+    assert (await resumed[1].post("after", client_id="a1"))["id"] == 4
+    for member in resumed:
+        [message] = await member.messages(1)
+        assert message["id"] == 4 and message["message"] == "after"
+        await member.close()
+
+
+async def test_failover_after_the_active_colour_was_killed(local_stack: StackState) -> None:
+    state = local_stack
+    member = await Client.connect(ws_url(state, "crash"))
+    assert (await member.post("before", client_id="k1"))["id"] == 1
+    blue = state.procs["blue"]
+    os.kill(blue.pid, signal.SIGKILL)
+    with pytest.raises(ConnectionClosedError) as closed:
+        while True:
+            member.skipped.append(await member.recv())
+    assert closed.value.rcvd is None  # no close frame, no drain: the client sees 1006
+    assert blue.wait(10) and traefik_color(state) is None
+
+    report = await asyncio.to_thread(deploy, LocalRuntime(state), "green")
+    assert report["ok"] and (report["from"], report["to"], report["old"]) == ("blue", "green", "already gone")
+    assert traefik_color(state) == "green"
+    saved = StackState.load(state.dir)
+    assert saved.active == "green" and set(saved.procs) == {"redis", "traefik", "green"}
+
+    resumed = await Client.connect(ws_url(state, "crash", since=1))
+    # A resend of what the client could not be sure of is acknowledged with the first id.
+    assert (await resumed.post("before", client_id="k1"))["id"] == 1
+    assert (await resumed.post("after", client_id="k2"))["id"] == 2
+    assert [m["id"] for m in await resumed.messages(1)] == [2]
+    await resumed.close()
+
+
+async def test_failover_past_a_colour_that_does_not_answer(local_stack: StackState) -> None:
+    state = local_stack
+    blue = state.procs["blue"]
+    os.kill(blue.pid, signal.SIGSTOP)  # hung: the process is there, nothing answers
+    try:
+        report = await asyncio.to_thread(deploy, LocalRuntime(state, drain_timeout=1.0), "green")
+    finally:
+        if blue.alive():
+            os.kill(blue.pid, signal.SIGCONT)
+    assert (report["to"], report["old"]) == ("green", "stopped, was not answering")
+    assert not blue.alive() and traefik_color(state) == "green"
+
+
+@pytest.mark.parametrize(("setting", "reason"), [
+    ("CHAT_LAYER=bogus", "CHAT_LAYER must be"),
+    ("REDIS_URL=redis://127.0.0.1:1/0", "redis unavailable"),
+])
+async def test_a_failing_colour_leaves_the_old_one_serving(
+        local_stack: StackState, setting: str, reason: str) -> None:
+    state = local_stack
+    member = await Client.connect(ws_url(state, "steady"))
+    before = state.dynamic_file.read_text()
+
+    code, _, output = await asyncio.to_thread(
+        run_script, "deploy.py", "green", "--state-dir", str(state.dir),
+        "--app-env", setting, "--ready-timeout", "3")
+    assert code == 1, output
+    result = json.loads(output.splitlines()[0])
+    assert not result["ok"] and "nothing was switched" in result["error"] and reason in result["error"]
+
+    assert state.dynamic_file.read_text() == before
+    assert traefik_color(state) == "blue"
+    saved = StackState.load(state.dir)
+    assert saved.active == "blue" and "green" not in saved.procs
+    # The connected client never noticed.
+    assert (await member.post("still here", client_id="s1"))["type"] == "ack"
+    await member.close()
+
+
+def test_deploying_the_active_colour_is_refused(local_stack: StackState) -> None:
+    before = local_stack.dynamic_file.stat().st_mtime_ns
+    code, _, output = run_script("deploy", "blue", "--state-dir", str(local_stack.dir))
+    assert code == 2
+    assert "blue is already the active colour" in output
+    assert local_stack.dynamic_file.stat().st_mtime_ns == before
+    assert StackState.load(local_stack.dir).procs["blue"].alive()
+
+
+# -- compose runtime, with a stand-in docker ------------------------------------------------
+
+FAKE_DOCKER = """#!{python}
+# Stand-in docker: records argv and the colour the dynamic file routes to at that moment.
+import json, os, re, sys
+dynamic = open(os.environ["FAKE_DYNAMIC"]).read()
+color = re.search(r"service: chat-(\\w+)", dynamic).group(1)
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write(json.dumps({{"argv": sys.argv[1:], "routed": color}}) + "\\n")
+fail = os.environ.get("FAKE_FAIL", "")
+if fail and fail in sys.argv and "up" in sys.argv:
+    print("container app_green is unhealthy", file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+class OpsEndpoint(BaseHTTPRequestHandler):
+    """Stands in for Traefik's internal entry point: /readyz of the colour the file names."""
+
+    dynamic: Path
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        color = tc.active_color(self.dynamic.read_text())
+        body = json.dumps({"ready": True, "color": color}).encode()
+        self.send_response(200 if self.path == "/readyz" else 404)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def compose_env(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    dynamic = tmp_path / "dynamic"
+    dynamic.mkdir()
+    (dynamic / tc.ACTIVE_FILE_NAME).write_text((tc.DYNAMIC_DIR / tc.ACTIVE_FILE_NAME).read_text())
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(FAKE_DOCKER.format(python=sys.executable))
+    docker.chmod(docker.stat().st_mode | stat.S_IEXEC)
+    handler = type("Handler", (OpsEndpoint,), {"dynamic": dynamic / tc.ACTIVE_FILE_NAME})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    log = tmp_path / "docker.log"
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log),
+           "FAKE_DYNAMIC": str(dynamic / tc.ACTIVE_FILE_NAME)}
+    args = ["--runtime", "compose", "--dynamic-dir", str(dynamic),
+            "--ops-url", f"http://127.0.0.1:{server.server_address[1]}"]
+    yield {"env": env, "args": args, "log": log, "dynamic": dynamic / tc.ACTIVE_FILE_NAME}
+    server.shutdown()
+    server.server_close()
+
+
+def recorded(log: Path) -> list[tuple[list[str], str]]:
+    """Each docker call as (the compose arguments after ``-f compose.yml``, routed colour)."""
+    calls = []
+    for line in log.read_text().splitlines() if log.exists() else []:
+        entry = json.loads(line)
+        argv = entry["argv"]
+        assert argv[:2] == ["compose", "--project-directory"] and argv[3] == "-f"
+        assert argv[4].endswith("compose.yml")
+        calls.append((argv[5:], entry["routed"]))
+    return calls
+
+
+def test_compose_deploy_runs_the_procedure_in_order(compose_env: dict[str, Any]) -> None:
+    code, _, output = run_script("deploy", "green", *compose_env["args"], env=compose_env["env"])
+    assert code == 0, output
+    report = json.loads(output.splitlines()[0])
+    assert report["runtime"] == "compose" and (report["from"], report["to"]) == ("blue", "green")
+    assert recorded(compose_env["log"]) == [
+        (["up", "-d", "--wait", "redis", "traefik"], "blue"),
+        (["up", "-d", "--build", "--no-deps", "--wait", "--wait-timeout", "60", "app_green"], "blue"),
+        # The old colour is stopped (SIGTERM, its stop_grace_period) only once Traefik
+        # routes to the new one.
+        (["stop", "app_blue"], "green"),
+    ]
+    assert compose_env["dynamic"].read_text() == tc.render_dynamic("green", tc.compose_url("green"))
+
+
+def test_compose_deploy_of_an_unhealthy_colour_switches_nothing(compose_env: dict[str, Any]) -> None:
+    env = {**compose_env["env"], "FAKE_FAIL": "app_green"}
+    code, _, output = run_script("deploy", "green", *compose_env["args"], env=env)
+    assert code == 1
+    assert "nothing was switched, blue still serves" in output and "unhealthy" in output
+    calls = recorded(compose_env["log"])
+    assert [argv for argv, _ in calls][-1] == ["stop", "app_green"]
+    assert all(routed == "blue" for _, routed in calls)
+    assert ["stop", "app_blue"] not in [argv for argv, _ in calls]
+    assert tc.active_color(compose_env["dynamic"].read_text()) == "blue"
+
+
+def test_compose_deploy_of_the_active_colour_runs_nothing(compose_env: dict[str, Any]) -> None:
+    code, _, output = run_script("deploy", "blue", *compose_env["args"], env=compose_env["env"])
+    assert code == 2 and "already the active colour" in output
+    assert recorded(compose_env["log"]) == []

@@ -1,0 +1,72 @@
+"""The room history HTTP API over real HTTP, with and without Redis."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+
+from tests.support import Client
+from tools.procs import AppServer
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(params=["memory", "redis"])
+def server(request: pytest.FixtureRequest, make_app: Callable[..., AppServer]) -> AppServer:
+    env = {"CHAT_API_TOKEN": TOKEN}
+    if request.param == "redis":
+        env["REDIS_URL"] = request.getfixturevalue("redis_server").url
+    return make_app(env=env)
+
+
+def post(server: AppServer, room: str, body: object, token: str | None = TOKEN) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"{server.base}/api/rooms/{room}/messages", data=json.dumps(body).encode(), method="POST"
+    )
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+async def test_backend_post_reaches_members_and_history(server: AppServer) -> None:
+    member = await Client.connect(server.ws_url("news"))
+    status, body = post(server, "news", {"message": "from backend", "user": "bot", "client_id": "b1"})
+    assert (status, body) == (201, {"id": 1, "duplicate": False, "client_id": "b1"})
+    [got] = await member.messages(1)
+    assert (got["message"], got["user"], got["id"]) == ("from backend", "bot", 1)
+
+    assert post(server, "news", {"message": "from backend", "client_id": "b1"}) == (
+        200, {"id": 1, "duplicate": True, "client_id": "b1"})
+    await member.post("second")
+
+    status, page = server.get("/api/rooms/news/messages?since=0&limit=10")
+    assert status == 200 and page["last_id"] == 2 and page["gap"] is None
+    assert [m["message"] for m in page["messages"]] == ["from backend", "second"]
+    assert [m["id"] for m in server.get("/api/rooms/news/messages?since=1")[1]["messages"]] == [2]
+
+
+def test_post_needs_the_right_token(server: AppServer) -> None:
+    assert post(server, "news", {"message": "x"}, token=None)[0] == 401
+    assert post(server, "news", {"message": "x"}, token="wrong")[0] == 401
+    assert server.get("/api/rooms/news/messages")[1]["messages"] == []
+
+
+def test_bad_requests_say_why(server: AppServer) -> None:
+    assert post(server, "news", {"message": ""})[1]["code"] == "empty_message"
+    assert post(server, "bad%20room", {"message": "x"})[1]["code"] == "bad_room"
+    assert server.get("/api/rooms/news/messages?since=-3")[1]["code"] == "bad_since"
+    assert server.get("/api/rooms/news/messages?limit=0")[1]["code"] == "bad_limit"
+
+
+def test_post_is_disabled_without_a_token(make_app: Callable[..., AppServer]) -> None:
+    server = make_app()
+    status, body = post(server, "news", {"message": "x"}, token="")
+    assert (status, body["code"]) == (403, "api_disabled")

@@ -1,0 +1,159 @@
+"""The Traefik files of the blue/green setup: render them, read the active colour, write atomically.
+
+One module for both runtimes. compose uses ``traefik/traefik.yml`` and ``traefik/dynamic/``
+as they are; the local stack renders the same files with only addresses, ports and the
+dynamic directory changed. Everything here is pure except ``atomic_write``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tools import ROOT
+
+TRAEFIK_DIR = ROOT / "traefik"
+STATIC_FILE = TRAEFIK_DIR / "traefik.yml"
+DYNAMIC_DIR = TRAEFIK_DIR / "dynamic"
+# The one dynamic file a deploy rewrites; its routers and service name the active colour.
+ACTIVE_FILE_NAME = "chat.yml"
+
+COLORS = ("blue", "green")
+APP_PORT = 8000  # the port the app listens on inside its container
+PUBLIC_ENTRYPOINT = "web"
+# Internal entry point: ping, the API (never published publicly) and /readyz of the active
+# colour, which the deploy procedure reads to confirm a switch.
+OPS_ENTRYPOINT = "traefik"
+READY_PATH = "/readyz"
+# Probes and metrics are internal: the public router refuses them (Traefik answers 404).
+INTERNAL_PATHS = ("/healthz", "/readyz", "/metrics")
+
+_ACTIVE = re.compile(r"^\s*service:\s*chat-(\w+)\s*$", re.MULTILINE)
+
+
+class ConfigProblem(ValueError):
+    """A Traefik file is not what the blue/green procedure relies on."""
+
+
+def check_color(color: str) -> str:
+    """Return ``color`` if it is blue or green, else raise ConfigProblem."""
+    if color not in COLORS:
+        raise ConfigProblem(f"colour must be one of {', '.join(COLORS)}, got {color!r}")
+    return color
+
+
+def other_color(color: str) -> str:
+    """green for blue, blue for green."""
+    return COLORS[1 - COLORS.index(check_color(color))]
+
+
+def compose_url(color: str) -> str:
+    """The address of a colour's app on the compose network (its service name)."""
+    return f"http://app_{check_color(color)}:{APP_PORT}"
+
+
+def local_url(port: int) -> str:
+    """The address of a colour's app process on the local stack."""
+    return f"http://127.0.0.1:{port}"
+
+
+def public_rule() -> str:
+    """Every path except the internal probes and metrics."""
+    exclusions = " && ".join(f"!Path(`{path}`)" for path in INTERNAL_PATHS)
+    return f"PathPrefix(`/`) && {exclusions}"
+
+
+def render_dynamic(color: str, url: str) -> str:
+    """The dynamic file routing chat (HTTP and WebSocket) and the ops /readyz to ``color``."""
+    check_color(color)
+    return f"""\
+# Active colour: {color}. Rewritten by scripts/deploy.py (temp file + rename, never in place);
+# Traefik's file provider watches this directory and applies the switch.
+http:
+  routers:
+    chat:
+      entryPoints: [{PUBLIC_ENTRYPOINT}]
+      rule: "{public_rule()}"
+      service: chat-{color}
+    chat-readyz:
+      entryPoints: [{OPS_ENTRYPOINT}]
+      rule: "Path(`{READY_PATH}`)"
+      service: chat-{color}
+  services:
+    chat-{color}:
+      loadBalancer:
+        servers:
+          - url: "{url}"
+        # A dead process fails at once (connection refused); a busy one (a reconnect storm
+        # of thousands) gets 5 s: it is the only server, marking it down means 503 for all.
+        healthCheck:
+          path: {READY_PATH}
+          interval: 2s
+          timeout: 5s
+"""
+
+
+def active_color(text: str) -> str:
+    """The colour a dynamic file routes to; ConfigProblem if it names none or several."""
+    found = set(_ACTIVE.findall(text))
+    if len(found) != 1:
+        raise ConfigProblem(f"the dynamic file must route to exactly one colour, found {sorted(found)}")
+    return check_color(found.pop())
+
+
+def render_static(static: dict[str, Any], web: str, ops: str, dynamic_dir: Path) -> dict[str, Any]:
+    """``static`` (parsed traefik.yml) with only the entry point addresses and directory changed."""
+    entry_points = static.get("entryPoints", {})
+    for name in (PUBLIC_ENTRYPOINT, OPS_ENTRYPOINT):
+        if name not in entry_points:
+            raise ConfigProblem(f"traefik.yml has no entry point {name!r}")
+    file_provider = static.get("providers", {}).get("file")
+    if not file_provider or "directory" not in file_provider:
+        raise ConfigProblem("traefik.yml must use the file provider with a directory")
+    rendered = {**static}
+    rendered["entryPoints"] = {
+        **entry_points,
+        PUBLIC_ENTRYPOINT: {**entry_points[PUBLIC_ENTRYPOINT], "address": web},
+        OPS_ENTRYPOINT: {**entry_points[OPS_ENTRYPOINT], "address": ops},
+    }
+    rendered["providers"] = {
+        **static["providers"],
+        "file": {**file_provider, "directory": str(dynamic_dir)},
+    }
+    return rendered
+
+
+def load_static(path: Path = STATIC_FILE) -> dict[str, Any]:
+    """Parse traefik.yml (PyYAML, a dev dependency: only the local stack and tests need it)."""
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` in one rename so a watcher never reads a half-written file.
+
+    The temp file lives in the same directory (rename is atomic only within a file system)
+    and has a name Traefik's YAML file provider ignores (not ``.yml``).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
