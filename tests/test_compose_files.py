@@ -16,6 +16,8 @@ import yaml
 from tools import ROOT
 from tools import traefik_config as tc
 
+pytestmark = pytest.mark.unit
+
 COLORS = tc.COLORS
 
 

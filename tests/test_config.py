@@ -4,6 +4,8 @@ import pytest
 
 from app.config import Config, ConfigError, load
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults_are_the_embedded_mode() -> None:
     config = load({})

@@ -20,6 +20,8 @@ from app.protocol import (
     ready_frame,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def test_plain_message_is_accepted() -> None:
     assert parse_client_frame('{"message": "hi"}', 10) == ChatMessage("hi")

@@ -4,6 +4,8 @@ import pytest
 
 from app.rooms import group_name, is_valid_room
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("name", ["lobby", "a", "Room_1.x-y", "x" * 64])
 def test_valid_rooms(name: str) -> None:

@@ -4,6 +4,8 @@ import pytest
 
 from app.chat.admission import header, origin_allowed
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("origin", "host", "allowed", "expected"),

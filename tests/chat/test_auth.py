@@ -7,6 +7,8 @@ import pytest
 
 from app.chat.auth import AuthError, authorize, mint, verify
 
+pytestmark = pytest.mark.unit
+
 SECRET = "test-secret-" + "x" * 60
 NOW = 1_800_000_000
 

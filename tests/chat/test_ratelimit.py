@@ -1,6 +1,10 @@
 """The token bucket, with a pinned clock."""
 
+import pytest
+
 from app.chat.ratelimit import TokenBucket
+
+pytestmark = pytest.mark.unit
 
 
 def test_burst_then_steady_rate() -> None:

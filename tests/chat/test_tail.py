@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
+
 from app.chat.registry import Registry
 from app.chat.tail import TailWatcher
 from app.history.memory import MemoryHistory
 from app.protocol import message_template
+
+pytestmark = pytest.mark.unit
 
 
 @dataclass(eq=False)

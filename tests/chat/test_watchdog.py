@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
+
 from app.chat.registry import Registry
 from app.chat.watchdog import SlowClientWatchdog
+
+pytestmark = pytest.mark.unit
 
 
 @dataclass(eq=False)

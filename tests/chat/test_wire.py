@@ -15,12 +15,14 @@ from tools.procs import AppServer
 TEXTS = ["", "x", "x" * 125, "x" * 126, "é" * 100, "x" * 65535, "x" * 65536, "ü€𝄞" * 30000]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("text", TEXTS, ids=lambda t: f"{len(t.encode())}B")
 def test_text_frame_is_what_websockets_serializes_for_a_server(text: str) -> None:
     expected = Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=[])
     assert text_frame(text) == expected
 
 
+@pytest.mark.unit
 def test_prepared_builds_once_per_text_object_and_follows_a_new_one() -> None:
     prepared = Prepared()
     first = "".join(["hello ", "room"])  # built at run time: a str object of its own

@@ -19,7 +19,7 @@ def template(text: str, client_id: str | None = None):
     return message_template("r", text, 1, "u", client_id)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=[pytest.param("memory", marks=pytest.mark.unit), "redis"])
 async def history(request: pytest.FixtureRequest) -> AsyncIterator[History]:
     if request.param == "memory":
         yield MemoryHistory(max_len=5, ttl=3600, dedupe_ttl=600)
@@ -131,6 +131,7 @@ async def test_redis_down_raises_unavailable_and_recovers() -> None:
     redis.cleanup()
 
 
+@pytest.mark.unit
 async def test_memory_rooms_expire_after_inactivity() -> None:
     backend = MemoryHistory(max_len=5, ttl=0.01, dedupe_ttl=600)
     await backend.append("r", template("old"), None)
@@ -139,6 +140,7 @@ async def test_memory_rooms_expire_after_inactivity() -> None:
     assert [i for i, _ in await backend.latest("r", 5)] == [2]
 
 
+@pytest.mark.unit
 def test_rooms_spread_over_shards_like_channel_groups() -> None:
     from channels_redis.utils import _consistent_hash
 

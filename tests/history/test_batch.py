@@ -8,6 +8,8 @@ import pytest
 
 from app.history.batch import BatchedReads
 
+pytestmark = pytest.mark.unit
+
 
 class Store:
     """A fetch that records each batch it was asked for and answers when released."""

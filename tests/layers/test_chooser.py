@@ -1,7 +1,11 @@
 """Which channel layer a configuration gets."""
 
+import pytest
+
 from app.config import load
 from app.layers import channel_layers
+
+pytestmark = pytest.mark.unit
 
 
 def test_no_redis_means_the_local_layer_with_a_per_socket_capacity() -> None:

@@ -9,6 +9,8 @@ from channels.exceptions import ChannelFull
 
 from app.layers.local import LocalChannelLayer
 
+pytestmark = pytest.mark.unit
+
 
 async def test_group_send_reaches_every_member_once() -> None:
     layer = LocalChannelLayer()

@@ -8,6 +8,8 @@ import pytest
 
 from app.layers.mailbox import Mailbox
 
+pytestmark = pytest.mark.unit
+
 
 async def test_messages_come_out_in_order_and_sizes_follow() -> None:
     box = Mailbox()

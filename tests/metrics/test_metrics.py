@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tools import ROOT
 
 
@@ -21,9 +23,8 @@ def test_metrics_load_on_first_use_and_then_are_plain_attributes() -> None:
     assert out.stdout.strip() == "ok", out.stderr
 
 
+@pytest.mark.unit
 def test_an_unknown_metric_is_an_attribute_error() -> None:
-    import pytest
-
     from app import metrics
 
     with pytest.raises(AttributeError):

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from app.process.lifecycle import PROCESS_STARTED_AT, Lifecycle, Phase
+
+pytestmark = pytest.mark.unit
 
 
 def body(lifecycle: Lifecycle) -> tuple[int, dict]:

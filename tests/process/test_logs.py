@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from app.process.logs import ConnectionNoise, log_config
+
+pytestmark = pytest.mark.unit
 
 
 def record(msg: str, *args: object, exc: bool = False) -> logging.LogRecord:

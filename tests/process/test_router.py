@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from app.config import load
 from app.process.router import Router
 from tools import ROOT
@@ -32,6 +34,7 @@ async def call(router: Router, path: str) -> tuple[int, dict[str, str], bytes]:
     return sent[0]["status"], headers, sent[1]["body"]
 
 
+@pytest.mark.unit
 async def test_healthz_is_answered_without_starting_anything() -> None:
     router = Router(load({}))
     router.defer_start = True
@@ -41,6 +44,7 @@ async def test_healthz_is_answered_without_starting_anything() -> None:
     assert headers["content-type"] == "application/json"
 
 
+@pytest.mark.unit
 async def test_readyz_tracks_the_lifecycle() -> None:
     router = Router(load({"APP_COLOR": "green"}))
     router.defer_start = True

@@ -6,6 +6,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from scripts.drill import BACKOFF_BASE, BACKOFF_CAP, Member, backoff, fault_problems, verify
 from scripts.stack import STATE_FILE
 from tests.support import run_script
@@ -22,12 +24,14 @@ def room(size: int, top: int, name: str = "r") -> list[Member]:
     return members
 
 
+@pytest.mark.unit
 def test_a_clean_run_passes() -> None:
     result = verify(room(3, 10) + room(2, 4, "other"))
     assert result["problems"] == []
     assert result["totals"]["lost"] == 0 and result["totals"]["received"] == 3 * 10 + 2 * 4
 
 
+@pytest.mark.unit
 def test_a_missing_message_is_lost() -> None:
     members = room(3, 10)
     members[1].received.remove(7)
@@ -35,6 +39,7 @@ def test_a_missing_message_is_lost() -> None:
     assert result["totals"]["lost"] == 1 and len(result["problems"]) == 1
 
 
+@pytest.mark.unit
 def test_a_duplicate_and_a_reordering_are_caught() -> None:
     members = room(2, 5)
     members[0].received.insert(3, 3)
@@ -45,6 +50,7 @@ def test_a_duplicate_and_a_reordering_are_caught() -> None:
     assert len(result["problems"]) == 2
 
 
+@pytest.mark.unit
 def test_unacknowledged_sends_and_unacked_ids_fail() -> None:
     members = room(2, 4)
     members[0].pending["c-late"] = "never acked"
@@ -54,6 +60,7 @@ def test_unacknowledged_sends_and_unacked_ids_fail() -> None:
     assert any("acked ids are not 1..4" in p for p in problems)
 
 
+@pytest.mark.unit
 def test_a_send_dropped_without_an_ack_counts_as_unacknowledged() -> None:
     members = room(2, 4)
     members[0].sent = len(members[0].acked) + 1  # sent, then forgotten instead of resent
@@ -62,6 +69,7 @@ def test_a_send_dropped_without_an_ack_counts_as_unacknowledged() -> None:
     assert any("1 sent message(s) never acknowledged" in p for p in result["problems"])
 
 
+@pytest.mark.unit
 def test_the_old_colour_must_be_drained_or_killed_as_the_drill_says() -> None:
     drained = {"from": "blue", "to": "green", "old": "drained"}
     gone = {**drained, "old": "already gone"}
@@ -73,6 +81,7 @@ def test_the_old_colour_must_be_drained_or_killed_as_the_drill_says() -> None:
     assert len(fault_problems("kill", [{**killed, "gone": False}], [gone])) == 1
 
 
+@pytest.mark.unit
 def test_backoff_is_full_jitter_and_bounded() -> None:
     random.seed(4)
     for attempt in range(12):

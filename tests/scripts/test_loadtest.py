@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.support import run_script
 from tools.procs import AppServer
 from tools.swarm import plan
@@ -83,6 +85,7 @@ def test_refuses_a_target_that_is_not_loopback(tmp_path: Path) -> None:
     assert "not a loopback address" in output
 
 
+@pytest.mark.unit
 def test_plan_splits_only_when_one_process_cannot_hold_them_all() -> None:
     assert plan(50, per_process=20).processes == 3
     single = plan(50)

@@ -8,6 +8,8 @@ import pytest
 
 from tools import pinning
 
+pytestmark = pytest.mark.unit
+
 
 def test_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PARLEY_BENCH_PIN", raising=False)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tools.report import median, percentiles, ratio, table
+
+pytestmark = pytest.mark.unit
 
 
 def test_percentiles_are_nearest_rank() -> None:

@@ -9,6 +9,8 @@ import yaml
 
 from tools import traefik_config as tc
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("color", tc.COLORS)
 def test_dynamic_file_routes_chat_and_readyz_to_one_colour(color: str) -> None:

@@ -88,6 +88,7 @@ def opened(deflate: bool = False, extensions: str = "", then: bytes = b"",
 
 # -- frames ------------------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_mask_is_the_rfc_example_and_matches_a_bytewise_xor() -> None:
     # RFC 6455 5.7: a masked "Hello" with key 37 fa 21 3d.
     assert ws.build_frame(ws.TEXT, b"Hello", bytes.fromhex("37fa213d")) == bytes.fromhex(
@@ -98,6 +99,7 @@ def test_mask_is_the_rfc_example_and_matches_a_bytewise_xor() -> None:
         assert ws.mask(payload, key) == bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])
 def test_client_frames_use_7_16_and_64_bit_lengths(size: int) -> None:
     payload = bytes(i % 256 for i in range(size))
@@ -108,6 +110,7 @@ def test_client_frames_use_7_16_and_64_bit_lengths(size: int) -> None:
     assert len(frame) == size + 4 + (2 if size < 126 else 4 if size < 65536 else 10)
 
 
+@pytest.mark.unit
 def test_frames_split_anywhere_and_many_per_chunk_parse_the_same() -> None:
     messages = [b"a", b"x" * 126, b"y" * 300, b"z" * 70_000, b""]
     stream = b"".join(server_frame(ws.TEXT, m) for m in messages)
@@ -121,6 +124,7 @@ def test_frames_split_anywhere_and_many_per_chunk_parse_the_same() -> None:
         assert parser.buffer == b""
 
 
+@pytest.mark.unit
 def test_fragments_are_joined_with_control_frames_passed_through_in_order() -> None:
     stream = (server_frame(ws.TEXT, b"he", fin=False) + server_frame(ws.PING, b"p")
               + server_frame(ws.CONT, b"ll", fin=False) + server_frame(ws.CONT, b"o"))
@@ -130,6 +134,7 @@ def test_fragments_are_joined_with_control_frames_passed_through_in_order() -> N
     assert parser.feed(stream[5:]) == [(ws.PING, b"p"), (ws.TEXT, b"hello")]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("stream", [
     server_frame(ws.CONT, b"x"),  # a continuation with nothing to continue
     server_frame(ws.TEXT, b"a", fin=False) + server_frame(ws.TEXT, b"b"),  # no continuation
@@ -144,6 +149,7 @@ def test_protocol_violations_fail_with_1002(stream: bytes) -> None:
     assert caught.value.code == 1002
 
 
+@pytest.mark.unit
 def test_deflated_messages_inflate_with_context_kept_across_messages() -> None:
     server = zlib.compressobj(wbits=-15)
     first, second = deflated(server, "hello " * 50), deflated(server, "hello " * 50)
@@ -161,6 +167,7 @@ def test_deflated_messages_inflate_with_context_kept_across_messages() -> None:
         (ws.TEXT, b"fragmented and compressed")]
 
 
+@pytest.mark.unit
 def test_close_payloads_parse_to_code_and_reason() -> None:
     assert ws.parse_close(b"") == (1005, "")
     assert ws.parse_close((1012).to_bytes(2, "big") + b"restart") == (1012, "restart")
@@ -170,6 +177,7 @@ def test_close_payloads_parse_to_code_and_reason() -> None:
 
 # -- the protocol on a fake transport ----------------------------------------------------------
 
+@pytest.mark.unit
 async def test_handshake_accept_is_checked_and_frames_behind_the_101_are_delivered() -> None:
     protocol, _, texts = opened(then=server_frame(ws.TEXT, b'{"type":"ready"}'))
     assert protocol.accept == RFC_ACCEPT
@@ -182,6 +190,7 @@ async def test_handshake_accept_is_checked_and_frames_behind_the_101_are_deliver
         wrong.opened.result()
 
 
+@pytest.mark.unit
 async def test_a_refusal_carries_status_and_body_for_describe_error() -> None:
     body = b'{"code": "over_capacity"}'
     protocol = ws.WebSocket(b"", RFC_KEY, False, print)
@@ -198,6 +207,7 @@ async def test_a_refusal_carries_status_and_body_for_describe_error() -> None:
     assert transport.closing
 
 
+@pytest.mark.unit
 async def test_ping_is_answered_with_a_masked_pong_of_the_same_payload() -> None:
     protocol, transport, _ = opened()
     protocol.data_received(server_frame(ws.PING, b"are you there"))
@@ -206,6 +216,7 @@ async def test_ping_is_answered_with_a_masked_pong_of_the_same_payload() -> None
     assert not transport.closing
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("payload", "code", "echo"), [
     ((1012).to_bytes(2, "big") + b"bye", 1012, (1012).to_bytes(2, "big")),
     (b"", 1005, b""),
@@ -224,6 +235,7 @@ async def test_a_server_close_is_recorded_answered_and_ends_the_connection(
     assert protocol.closed.done() and protocol.close_code == code and closes == [code]
 
 
+@pytest.mark.unit
 async def test_eof_without_a_close_frame_is_1006_and_bad_utf8_is_1007() -> None:
     protocol, _, _ = opened()
     protocol.connection_lost(None)
@@ -235,6 +247,7 @@ async def test_eof_without_a_close_frame_is_1006_and_bad_utf8_is_1007() -> None:
     assert read_client_frame(transport.written[0])[2] == (1007).to_bytes(2, "big")
 
 
+@pytest.mark.unit
 async def test_rsv1_is_refused_unless_deflate_was_negotiated() -> None:
     server = zlib.compressobj(wbits=-15)
     frame = server_frame(ws.TEXT, deflated(server, '{"message": "hi"}'), rsv1=True)
