@@ -88,6 +88,8 @@ def run_script(script: str, *args: str, json_path: Path | None = None, timeout: 
                env: dict[str, str] | None = None) -> tuple[int, Any, str]:
     """Run ``python -m scripts.<script>`` from the repository root as its own process;
     (exit status, its JSON or None, output)."""
+    if script.endswith(".py"):
+        raise ValueError(f"run_script takes the module name under scripts/ ({script[:-3]!r}), not a path")
     command = [sys.executable, "-m", f"scripts.{script}", *args]
     if json_path is not None:
         command += ["--json", str(json_path)]

@@ -110,7 +110,7 @@ async def test_a_failing_colour_leaves_the_old_one_serving(
     before = state.dynamic_file.read_text()
 
     code, _, output = await asyncio.to_thread(
-        run_script, "deploy.py", "green", "--state-dir", str(state.dir),
+        run_script, "deploy", "green", "--state-dir", str(state.dir),
         "--app-env", setting, "--ready-timeout", "3")
     assert code == 1, output
     result = json.loads(output.splitlines()[0])
