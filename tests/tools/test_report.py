@@ -1,4 +1,4 @@
-"""scripts/_report.py: the arithmetic every benchmark figure goes through."""
+"""tools/report.py: the arithmetic every benchmark figure goes through."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""scripts/traefik_config.py: the dynamic file both runtimes write, the static rendering."""
+"""tools/traefik_config.py: the dynamic file both runtimes write, the static rendering."""
 
 from __future__ import annotations
 

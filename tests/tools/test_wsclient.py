@@ -1,4 +1,4 @@
-"""scripts/_wsclient.py, the load generator's lean WebSocket client: frames byte for byte,
+"""tools/wsclient.py, the load generator's lean WebSocket client: frames byte for byte,
 then the handshake, the close handshake and deflate against real servers."""
 
 from __future__ import annotations
