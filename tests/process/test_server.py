@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Callable
 
 import pytest
@@ -97,14 +98,22 @@ async def test_new_handshakes_are_refused_while_draining(make_app: Callable[...,
     await holder.close()
 
 
+# Interpreter start-up and teardown around the drain, not part of the drain's budget.
+BUDGET_MARGIN = 1.0
+
+
 async def test_exits_zero_within_budget_when_a_client_never_answers_the_close(
     make_app: Callable[..., AppServer],
 ) -> None:
-    server = make_app(env={"SHUTDOWN_TIMEOUT": "2"})
+    budget = 2.0
+    server = make_app(env={"SHUTDOWN_TIMEOUT": str(budget)})
     # A raw client that completes the handshake (101) and then never reads or answers.
     sock = wsraw.open_socket(server.port)
+    signalled = time.monotonic()
     server.signal(signal.SIGTERM)
     assert await asyncio.to_thread(server.wait, 10) == 0
+    # The budget is the contract: gone within SHUTDOWN_TIMEOUT, plus process teardown.
+    assert time.monotonic() - signalled < budget + BUDGET_MARGIN
     sock.close()
 
 
