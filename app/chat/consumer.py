@@ -177,6 +177,9 @@ class ChatConsumer(SerialConsumer):
             appended = await self.services.post(self.room, template, dedupe_key(self.owner, chat.client_id))
         except HistoryUnavailable:
             return await self._reject("unavailable", "message not stored: storage unavailable, retry")
+        # Recorded in an epoch this member has not met yet: the reset comes before the ack,
+        # so the client never sees an id of the new epoch while it still counts in the old.
+        await self._in_epoch(appended.state.epoch, appended.state.base)
         await self._send_text(ack_frame(appended.id, chat.client_id))
 
     async def _rate_limited(self) -> None:
