@@ -180,7 +180,9 @@ async def redis_history() -> AsyncIterator[tuple[RedisHistory, RedisServer]]:
     redis.cleanup()
 
 
-async def test_a_flushed_room_starts_over_in_a_new_epoch(redis_history: tuple[RedisHistory, RedisServer]) -> None:
+async def test_a_flushed_room_starts_over_in_a_new_epoch(
+    redis_history: tuple[RedisHistory, RedisServer],
+) -> None:
     import redis as redis_py
 
     backend, redis = redis_history

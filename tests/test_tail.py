@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from app.chat.registry import Registry
+from app.chat.tail import TailWatcher
 from app.history import RoomState
 from app.history.memory import MemoryHistory
 from app.protocol import message_template
-from app.chat.registry import Registry
-from app.chat.tail import TailWatcher
 
 
 @dataclass(eq=False)

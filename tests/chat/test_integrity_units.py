@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.chat.auth import AuthError, bearer_token, mint, verify
 from app.process.logs import redact
@@ -88,7 +89,8 @@ def test_epoch_is_a_connect_parameter() -> None:
 
 
 def test_reset_frame() -> None:
-    assert json.loads(reset_frame("r", "e2", 3)) == {"type": "reset", "room": "r", "epoch": "e2", "last_id": 3}
+    frame = json.loads(reset_frame("r", "e2", 3))
+    assert frame == {"type": "reset", "room": "r", "epoch": "e2", "last_id": 3}
 
 
 def test_token_carries_its_expiry_and_a_sendable_sub() -> None:

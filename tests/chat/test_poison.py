@@ -41,7 +41,8 @@ def post(server: AppServer, room: str, raw: bytes) -> tuple[int, dict]:
 
 
 async def test_a_lone_surrogate_is_refused_and_the_room_lives_on(server: AppServer) -> None:
-    sender, other = await Client.connect(server.ws_url("poison")), await Client.connect(server.ws_url("poison"))
+    sender = await Client.connect(server.ws_url("poison"))
+    other = await Client.connect(server.ws_url("poison"))
     await sender.send_raw(LONE)
     refused = await sender.recv_type("error")
     assert refused["code"] == "invalid_unicode"
