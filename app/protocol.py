@@ -7,13 +7,36 @@ two places the wire format lives.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 MAX_CLIENT_ID_CHARS = 64
+MAX_USER_CHARS = 64
+MAX_EPOCH_CHARS = 64
 # Every JSON answer the service makes outside Django (probes, refused handshakes).
 JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# In a Python str every surrogate code point is unpaired (json.loads joins valid pairs), and
+# an unpaired one has no UTF-8 encoding: a frame holding one cannot be sent at all.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+def is_encodable(text: str) -> bool:
+    """Whether ``text`` can be sent as UTF-8 (it holds no unpaired surrogate)."""
+    return text.isascii() or _SURROGATE.search(text) is None
+
+
+def repair_text(text: str) -> str:
+    """``text`` with every unpaired surrogate replaced by U+FFFD, as browsers decode them."""
+    return text if is_encodable(text) else _SURROGATE.sub(REPLACEMENT, text)
+
+
+def _dumps(value: object) -> str:
+    # Input is refused before it gets here (parse_client_frame); this is the last guard, so
+    # no frame the server builds can ever fail to encode, whatever reached it.
+    return repair_text(_encode(value))
 
 
 class FrameError(ValueError):
@@ -53,14 +76,54 @@ def parse_client_frame(text: str, max_chars: int) -> ChatMessage:
         raise FrameError("empty_message", "'message' must not be empty")
     if len(message) > max_chars:
         raise FrameError("message_too_long", f"'message' is longer than {max_chars} characters")
+    if not is_encodable(message):
+        raise FrameError("invalid_unicode", "'message' holds an unpaired surrogate (not UTF-8)")
     client_id = data.get("client_id")
     if client_id is not None and (
         not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_CLIENT_ID_CHARS
+        or not is_encodable(client_id)
     ):
         raise FrameError(
-            "bad_client_id", f"'client_id' must be a string of 1 to {MAX_CLIENT_ID_CHARS} characters"
+            "bad_client_id",
+            f"'client_id' must be a UTF-8 string of 1 to {MAX_CLIENT_ID_CHARS} characters",
         )
     return ChatMessage(text=message, client_id=client_id)
+
+
+@dataclass(frozen=True)
+class ApiPost:
+    """A validated ``POST /api/rooms/<room>/messages`` body: a client frame plus ``user``."""
+
+    chat: ChatMessage
+    user: str
+
+
+def parse_api_body(body: bytes, max_chars: int, default_user: str = "api") -> ApiPost:
+    """Validate an API body; ``user`` is optional, and when present must be a valid name."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FrameError("invalid_utf8", "body is not UTF-8") from None
+    chat = parse_client_frame(text, max_chars)
+    user = json.loads(text).get("user", default_user)  # parsed fine just above
+    if not isinstance(user, str) or not 0 < len(user) <= MAX_USER_CHARS or not is_encodable(user):
+        raise FrameError("bad_user", f"'user' must be a UTF-8 string of 1 to {MAX_USER_CHARS} characters")
+    return ApiPost(chat=chat, user=user)
+
+
+def dedupe_key(owner: str | None, client_id: str | None) -> str | None:
+    """The key a send is deduplicated by: its ``client_id`` within its sender's namespace.
+
+    ``owner`` is who is sending when the server knows it (a token's ``sub``, ``"api"`` for the
+    HTTP API), so nobody can pre-empt another user's ``client_id``; anonymous senders have no
+    identity, so their ``client_id`` alone is the key and must be unguessable (random).
+    The owner is length-prefixed so no (owner, client_id) pair can spell another one's key.
+    """
+    if client_id is None:
+        return None
+    if owner is None:
+        return f"a:{client_id}"
+    return f"u:{len(owner)}:{owner}:{client_id}"
 
 
 @dataclass(frozen=True)
@@ -97,9 +160,15 @@ def gap_frame(first_missing: int, last_missing: int) -> str:
     return _dumps({"type": "gap", "from": first_missing, "to": last_missing})
 
 
-def ready_frame(room: str, last_id: int, user: str) -> str:
-    """Sent once after replay: the client is live from ``last_id`` on."""
-    return _dumps({"type": "ready", "room": room, "last_id": last_id, "user": user})
+def ready_frame(room: str, last_id: int, user: str, epoch: str) -> str:
+    """Sent once after replay: the client is live from ``last_id`` on, in ``epoch``."""
+    return _dumps({"type": "ready", "room": room, "last_id": last_id, "user": user, "epoch": epoch})
+
+
+def reset_frame(room: str, epoch: str, last_id: int) -> str:
+    """The room's ids started over: forget the ids seen so far; what follows continues
+    after ``last_id`` in ``epoch``, as for a client that has just joined."""
+    return _dumps({"type": "reset", "room": room, "epoch": epoch, "last_id": last_id})
 
 
 @dataclass(frozen=True)
@@ -109,10 +178,12 @@ class ConnectParams:
     since: int | None = None
     last: int | None = None
     token: str | None = None
+    epoch: str | None = None
 
 
 def parse_connect_params(query_string: bytes, history_max: int) -> ConnectParams:
-    """Parse ``?since=<id>``, ``?last=<n>`` and ``?token=``; raise FrameError when malformed."""
+    """Parse ``?since=<id>``, ``?epoch=``, ``?last=<n>`` and ``?token=``; raise FrameError
+    when malformed."""
     from urllib.parse import parse_qs
 
     try:
@@ -134,4 +205,7 @@ def parse_connect_params(query_string: bytes, history_max: int) -> ConnectParams
     if since is not None and last is not None:
         raise FrameError("bad_query", "use either 'since' or 'last', not both")
     token = query.get("token", [None])[-1]
-    return ConnectParams(since=since, last=last, token=token)
+    epoch = query.get("epoch", [None])[-1]
+    if epoch is not None and not 0 < len(epoch) <= MAX_EPOCH_CHARS:
+        raise FrameError("bad_epoch", f"'epoch' must be 1 to {MAX_EPOCH_CHARS} characters")
+    return ConnectParams(since=since, last=last, token=token, epoch=epoch)

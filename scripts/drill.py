@@ -79,10 +79,13 @@ class Member:
     live: bool = False
     last_failure: str = ""
     last_id: int = 0  # the newest id received: where a reconnect resumes (?since=)
+    epoch: str | None = None  # the room's epoch last_id counts in (?epoch=)
+    resets: int = 0  # the room's ids started over (state lost): the checks cannot hold across
 
     def new_message(self) -> tuple[str, str]:
         self.sent += 1
-        client_id = f"d{self.index}-{self.sent}"
+        # Unguessable: without a token, a client_id is all that keys a resend (PROTOCOL.md).
+        client_id = secrets.token_hex(16)
         text = f"drill {self.index} #{self.sent}"
         self.pending[client_id] = text
         return client_id, text
@@ -103,6 +106,10 @@ class Member:
             self.pending.pop(client_id, None)
         elif kind == "ready":
             self.live = True
+            self.epoch = frame.get("epoch")
+        elif kind == "reset":
+            self.resets += 1
+            self.epoch, self.last_id = frame["epoch"], frame["last_id"]
         else:
             self.errors.append(f"unexpected frame {frame}")
         return kind
@@ -138,6 +145,8 @@ async def _stay_connected(member: Member, base_url: str, finishing: asyncio.Even
     attempt = 0
     while not finishing.is_set():
         url = f"{base_url}/ws/chat/{member.room}/?since={member.last_id}"
+        if member.epoch is not None:
+            url += f"&epoch={member.epoch}"
         try:
             async with gate:
                 member.ws = await connect(url, open_timeout=10, close_timeout=5)
@@ -285,6 +294,10 @@ def verify(members: list[Member]) -> dict[str, Any]:
                                 f"{duplicated} duplicated, {max(out_of_order, 0)} out of order")
     if totals["unacked"]:
         problems.append(f"{totals['unacked']} sent message(s) never acknowledged")
+    resets = sum(m.resets for m in members)
+    if resets:
+        # With persistent Redis a deploy must never restart a room's ids.
+        problems.append(f"{resets} reset(s): a room's ids started over (its state was lost)")
     return {"totals": dict(totals), "problems": problems}
 
 

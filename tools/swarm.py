@@ -162,6 +162,8 @@ class Worker:
         if frame.get("type") == "ready":
             member.ready.set()
             return
+        # A "reset" (the room's ids started over) needs nothing here: deliveries are counted
+        # by nonce, never by id, and the swarm never resumes by id.
         text = frame.get("message")
         if frame.get("type", "message") == "message" and isinstance(text, str):
             self._deliver(member, text)
@@ -210,7 +212,8 @@ class Worker:
                 if member.ws is None:  # dropped since (a refused send raises likewise)
                     raise ConnectionError("not connected")
                 text = f"{PREFIX}:{self.spec['run']}:{room}:{seq}:{time.monotonic_ns()}"
-                member.ws.send(json.dumps({"message": text, "client_id": f"{room}-{seq}"}))
+                # Unguessable client_ids, as every client of an anonymous service must use.
+                member.ws.send(json.dumps({"message": text, "client_id": secrets.token_hex(12)}))
 
         started = time.monotonic_ns()
         await asyncio.gather(*(send_all(r, m) for r, m in sending), return_exceptions=True)

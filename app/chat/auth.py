@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import jwt
 
+from app.protocol import is_encodable
+
 ALGORITHM = "HS256"
 
 
@@ -20,10 +22,12 @@ class AuthError(Exception):
 
 @dataclass(frozen=True)
 class Identity:
-    """A verified token's subject and the rooms it may join (``None``: every room)."""
+    """A verified token's subject, the rooms it may join (``None``: every room) and when it
+    expires (unix seconds): a connection it opened is closed then (PROTOCOL.md, 4001)."""
 
     sub: str
     rooms: frozenset[str] | None
+    exp: float = float("inf")
 
     def may_join(self, room: str) -> bool:
         return self.rooms is None or room in self.rooms
@@ -53,13 +57,24 @@ def verify(token: str | None, secret: str, now: float | None = None) -> Identity
     if exp <= (time.time() if now is None else now):
         raise AuthError("expired_token")
     sub, rooms = claims.get("sub"), claims.get("rooms")
-    if not isinstance(sub, str) or not 0 < len(sub) <= 64:
+    # ``sub`` is put on every message the token sends: it must be sendable (UTF-8) too.
+    if not isinstance(sub, str) or not 0 < len(sub) <= 64 or not is_encodable(sub):
         raise AuthError("invalid_claims")
     if rooms == "*":
-        return Identity(sub=sub, rooms=None)
+        return Identity(sub=sub, rooms=None, exp=exp)
     if not isinstance(rooms, list) or not all(isinstance(r, str) for r in rooms):
         raise AuthError("invalid_claims")
-    return Identity(sub=sub, rooms=frozenset(rooms))
+    return Identity(sub=sub, rooms=frozenset(rooms), exp=exp)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, else None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
 
 
 def authorize(token: str | None, room: str, secret: str, now: float | None = None) -> Identity:

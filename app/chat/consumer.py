@@ -3,6 +3,10 @@
 Connect joins the room's group and replays what the client missed; receive validates,
 records and broadcasts; ``chat_message`` delivers in id order, filling holes from history;
 disconnect leaves the group. Frame parsing and building live in app.protocol.
+
+Ids count within the room's epoch (app.history.base). A member that meets another epoch than
+its own (at connect, in the live stream, from the tail watcher) is sent ``reset`` and then
+everything the new epoch holds, as a member that has just joined: it never skips silently.
 """
 
 from __future__ import annotations
@@ -22,17 +26,20 @@ from app.chat.registry import REGISTRY
 from app.chat.serial import SerialConsumer
 from app.chat.services import ChatServices
 from app.config import CONFIG
-from app.history import HistoryUnavailable
+from app.history import HistoryUnavailable, Replay, RoomState
 from app.protocol import (
     ConnectParams,
     FrameError,
     ack_frame,
+    dedupe_key,
     error_frame,
     gap_frame,
     message_template,
     parse_client_frame,
     parse_connect_params,
     ready_frame,
+    repair_text,
+    reset_frame,
 )
 from app.rooms import group_name, is_valid_room
 
@@ -40,6 +47,9 @@ logger = logging.getLogger("parley")
 
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_TOKEN_EXPIRED = 4001
+# Epochs a member has left: a late event from one of them is stale, not a new restart.
+RETIRED_EPOCHS = 4
 
 
 class ChatConsumer(SerialConsumer):
@@ -48,6 +58,11 @@ class ChatConsumer(SerialConsumer):
     room: str = ""
     group: str = ""
     user: str = ""
+    owner: str | None = None  # who sends, when known (a token's sub): dedupe is per owner
+    epoch: str = ""
+    retired: tuple[str, ...] = ()
+    expires_at: float = float("inf")  # the token's exp (unix seconds), with CHAT_AUTH=jwt
+    expiry: asyncio.TimerHandle | None = None
     last_id: int = 0
     joined: bool = False
     slow: bool = False
@@ -72,9 +87,11 @@ class ChatConsumer(SerialConsumer):
             from app.chat.auth import AuthError, authorize  # loaded at warm-up only in jwt mode
 
             try:
-                self.user = authorize(params.token, room, CONFIG.jwt_secret).sub
+                identity = authorize(params.token, room, CONFIG.jwt_secret)
             except AuthError as exc:
                 return await self._refuse(403, exc.reason)
+            self.user = self.owner = identity.sub
+            self.expires_at = identity.exp
         else:
             self.user = f"anon-{secrets.token_hex(4)}"
         self.room, self.group = room, group_name(room)
@@ -85,38 +102,51 @@ class ChatConsumer(SerialConsumer):
         try:
             await self.channel_layer.group_add(self.group, self.channel_name)
             self.joined = True
-            missing, frames, live_from = await self._catch_up(params)
+            reset, replay, live_from = await self._catch_up(params)
         except Exception:  # history or channel layer (Redis) unreachable
             logger.warning("refusing %s: storage unavailable", self.room, exc_info=True)
             await self._leave()
             return await self._refuse(503, "unavailable")
 
         await self.accept()
-        if missing is not None:
-            await self._send_text(gap_frame(*missing))
-        for message_id, frame in frames:
+        self.epoch = replay.state.epoch
+        if reset:
+            await self._send_text(reset_frame(self.room, self.epoch, replay.state.base))
+        if replay.missing is not None:
+            await self._send_text(gap_frame(*replay.missing))
+        for message_id, frame in replay.frames:
             await self._deliver(message_id, frame)
         self.last_id = max(self.last_id, live_from)
-        await self._send_text(ready_frame(self.room, self.last_id, self.user))
+        await self._send_text(ready_frame(self.room, self.last_id, self.user, self.epoch))
+        if CONFIG.auth == "jwt":
+            self._expire_at(self.expires_at)
         REGISTRY.add(self)
         self.live = True
         metrics.CONNECTIONS_OPENED.inc()
         metrics.CONNECTIONS_OPEN.inc()
 
-    async def _catch_up(self, params: ConnectParams) -> tuple[tuple[int, int] | None, list, int]:
-        """What to send before going live: (ids no longer held, frames, id live starts after)."""
+    async def _catch_up(self, params: ConnectParams) -> tuple[bool, Replay, int]:
+        """What to send before going live: (reset first?, the replay, id live starts after)."""
         if params.since is not None:
-            replay = await self.history.after(self.room, params.since, CONFIG.history_max)
-            last = await self.history.last_id_for_join(self.room)
-            start = replay.frames[-1][0] if replay.frames else min(params.since, last)
+            since = params.since
+            replay = await self.history.after(self.room, since, CONFIG.history_max)
+            state = replay.state
+            # Another epoch, or ids the room never reached in its own (the client's ids are
+            # from a past the store lost): reset, and replay the epoch from its start.
+            reset = (params.epoch is not None and params.epoch != state.epoch) or since > state.last_id
+            if reset:
+                since = state.base
+                replay = await self.history.after(self.room, since, CONFIG.history_max)
+            start = replay.frames[-1][0] if replay.frames else min(since, replay.state.last_id)
             if replay.missing and not replay.frames:
                 start = max(start, replay.missing[1])
-            return replay.missing, replay.frames, start
+            return reset, replay, start
         if params.last:
-            frames = await self.history.latest(self.room, params.last)
-            start = frames[-1][0] if frames else await self.history.last_id_for_join(self.room)
-            return None, frames, start
-        return None, [], await self.history.last_id_for_join(self.room)
+            replay = await self.history.latest(self.room, params.last)
+            start = replay.frames[-1][0] if replay.frames else replay.state.last_id
+            return False, replay, start
+        state = await self.history.state_for_join(self.room)
+        return False, Replay(state=state), state.last_id
 
     async def _refuse(self, status: int, code: str) -> None:
         # websocket.connect was already received: this is its answer.
@@ -144,9 +174,12 @@ class ChatConsumer(SerialConsumer):
             self.room, chat.text, int(time.time() * 1000), self.user, chat.client_id
         )
         try:
-            appended = await self.services.post(self.room, template, chat.client_id)
+            appended = await self.services.post(self.room, template, dedupe_key(self.owner, chat.client_id))
         except HistoryUnavailable:
             return await self._reject("unavailable", "message not stored: storage unavailable, retry")
+        # Recorded in an epoch this member has not met yet: the reset comes before the ack,
+        # so the client never sees an id of the new epoch while it still counts in the old.
+        await self._in_epoch(appended.state.epoch, appended.state.base)
         await self._send_text(ack_frame(appended.id, chat.client_id))
 
     async def _rate_limited(self) -> None:
@@ -165,12 +198,30 @@ class ChatConsumer(SerialConsumer):
 
     async def chat_message(self, event: dict[str, Any]) -> None:
         """A room message from the channel layer: deliver it once, in id order."""
+        if not await self._in_epoch(event.get("epoch", self.epoch), event.get("base", 0)):
+            return
         message_id: int = event["id"]
         if message_id <= self.last_id:
             return
-        if message_id > self.last_id + 1:
-            await self._fill_gap(message_id)
+        if message_id > self.last_id + 1 and not await self._fill_gap(message_id):
+            return
         await self._deliver(message_id, event["frame"])
+
+    async def _in_epoch(self, epoch: str, base: int) -> bool:
+        """Follow the room into ``epoch`` (reset) unless it is one this member has left."""
+        if epoch == self.epoch:
+            return True
+        if epoch in self.retired:
+            return False  # a late event from before a reset: its epoch is gone
+        await self._reset(epoch, base)
+        return True
+
+    async def _reset(self, epoch: str, base: int) -> None:
+        """The room's ids started over: say so; ids of ``epoch`` follow ``base``."""
+        metrics.RESETS.inc()
+        self.retired = (*self.retired[-(RETIRED_EPOCHS - 1):], self.epoch)
+        self.epoch, self.last_id = epoch, base
+        await self._send_text(reset_frame(self.room, epoch, base))
 
     def idle(self) -> bool:
         """Nothing in flight to this client and nothing queued for it."""
@@ -178,12 +229,16 @@ class ChatConsumer(SerialConsumer):
             return False
         return self.direct is None or self.direct.backlog(self.channel_name) == 0
 
-    async def nudge(self, last_id: int) -> None:
-        """Tail-watcher hook: history holds up to ``last_id``; queue a catch-up."""
-        await self.channel_layer.send(self.channel_name, {"type": "chat.sync", "last_id": last_id})
+    async def nudge(self, state: RoomState) -> None:
+        """Tail-watcher hook: the room is at ``state``; queue a catch-up."""
+        await self.channel_layer.send(self.channel_name, {
+            "type": "chat.sync", "epoch": state.epoch, "base": state.base, "last_id": state.last_id,
+        })
 
     async def chat_sync(self, event: dict[str, Any]) -> None:
         """From the tail watcher: history holds up to ``last_id``; catch up if behind."""
+        if not await self._in_epoch(event["epoch"], event["base"]):
+            return
         if event["last_id"] > self.last_id:
             await self._fill_gap(event["last_id"] + 1)
 
@@ -191,6 +246,8 @@ class ChatConsumer(SerialConsumer):
         """The fan-out's fast path: the next message in order, to an idle, writable socket."""
         if not self.live or self._turn.locked() or message.get("type") != "chat.message":
             return False
+        if message.get("epoch", self.epoch) != self.epoch:
+            return False  # a reset to send, or a stale event to drop: the ordered path
         message_id = message["id"]
         if message_id <= self.last_id:
             return True  # already sent: a duplicate
@@ -200,19 +257,27 @@ class ChatConsumer(SerialConsumer):
         metrics.TALLY.deliveries += 1
         return True
 
-    async def _fill_gap(self, upto: int) -> None:
-        """Send the messages between ``last_id`` and ``upto`` from history."""
+    async def _fill_gap(self, upto: int) -> bool:
+        """Send the messages between ``last_id`` and ``upto`` from history. False when history
+        is in another epoch: the member was reset to it and caught up there instead, so
+        whatever was to follow the gap belongs to an epoch that is gone."""
         metrics.GAPS_FILLED.inc()
         try:
             replay = await self.history.after(self.room, self.last_id, upto - self.last_id - 1)
+            if replay.state.epoch != self.epoch:
+                await self._reset(replay.state.epoch, replay.state.base)
+                if replay.state.last_id > self.last_id:
+                    await self._fill_gap(replay.state.last_id + 1)
+                return False
         except HistoryUnavailable:
             await self._send_text(gap_frame(self.last_id + 1, upto - 1))
-            return
+            return True
         if replay.missing is not None:
             await self._send_text(gap_frame(replay.missing[0], min(replay.missing[1], upto - 1)))
         for message_id, frame in replay.frames:
             if self.last_id < message_id < upto:
                 await self._deliver(message_id, frame)
+        return True
 
     async def _deliver(self, message_id: int, frame: str) -> None:
         await self._send_text(frame)
@@ -225,7 +290,12 @@ class ChatConsumer(SerialConsumer):
         # timeout per send.
         self.sending_since = time.monotonic()
         try:
-            await self.base_send({"type": "websocket.send", "text": text})
+            try:
+                await self.base_send({"type": "websocket.send", "text": text})
+            except UnicodeEncodeError:
+                # Frames are built encodable (app.protocol); this guard means no record,
+                # however it was stored, can end a member's connection. Nothing was written.
+                await self.base_send({"type": "websocket.send", "text": repair_text(text)})
         except OSError:
             pass  # the client is gone; its disconnect event is already queued
         finally:
@@ -267,7 +337,28 @@ class ChatConsumer(SerialConsumer):
         await self._leave()
         raise StopConsumer()
 
+    def _expire_at(self, exp: float) -> None:
+        """Close the connection when its token expires: the client fetches a new one and
+        resumes (PROTOCOL.md, close 4001)."""
+        loop = asyncio.get_running_loop()
+        self.expiry = loop.call_later(max(exp - time.time(), 0), self._expired)
+
+    def _expired(self) -> None:
+        self.expiry = None
+        asyncio.ensure_future(self._close_expired())
+
+    async def _close_expired(self) -> None:
+        async with self._turn:  # between two handlers, never inside one
+            if self.joined:
+                try:
+                    await self.close(code=CLOSE_TOKEN_EXPIRED, reason="token expired")
+                except (OSError, RuntimeError):
+                    pass  # already closing
+
     async def _leave(self) -> None:
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
         if self.joined:
             self.joined = False
             try:

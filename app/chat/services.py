@@ -41,15 +41,22 @@ class ChatServices:
         await asyncio.wait_for(round_trip(), timeout)
         await asyncio.wait_for(self.history.ping(), timeout)
 
-    async def post(self, room: str, template: FrameTemplate, client_id: str | None) -> Appended:
+    async def post(self, room: str, template: FrameTemplate, dedupe: str | None) -> Appended:
         """Record a message, then broadcast it to the room unless it was a resend.
+
+        ``dedupe`` is app.protocol.dedupe_key of the sender and its ``client_id``. The event
+        carries the room's epoch (and its base), so members notice a sequence that started
+        over from the live stream itself.
 
         Raises HistoryUnavailable when the message could not be made durable: it is then
         never broadcast, so no client sees a message that could be lost.
         """
-        appended = await self.history.append(room, template, client_id)
+        appended = await self.history.append(room, template, dedupe)
         if not appended.duplicate:
-            event = {"type": "chat.message", "id": appended.id, "frame": appended.frame}
+            event = {
+                "type": "chat.message", "id": appended.id, "frame": appended.frame,
+                "epoch": appended.state.epoch, "base": appended.state.base,
+            }
             try:
                 await self.layer.group_send(group_name(room), event)
                 metrics.MESSAGES_BROADCAST.inc()

@@ -6,6 +6,14 @@ history holds for every room with members here, and nudges each member that is s
 behind what history held a tick ago *and* has nothing queued or in flight: that member
 lost a message, rather than being in the middle of receiving it. Busy rooms and slow
 readers cost nothing; the nudged consumer fills the gap from history.
+
+The same read watches epochs (app.history.base). A member in another epoch than the room's
+(the room's state was lost and drawn again, and no message has said so yet) is nudged with
+the room's state and resets. A member found *ahead* of the room in the room's own epoch saw
+ids the store no longer has (a failover to a replica that lacked the last writes): the room
+gets a new epoch, so nobody silently drops the ids that will be given again. Both checks use
+member positions noted before the read, so an append between the two is never mistaken for
+either: within an epoch the store's newest id only grows.
 """
 
 from __future__ import annotations
@@ -15,17 +23,18 @@ import logging
 from typing import Protocol
 
 from app.chat.registry import Registry
-from app.history import History
+from app.history import History, RoomState
 
 logger = logging.getLogger("parley")
 
 
 class Nudgeable(Protocol):
     last_id: int
+    epoch: str
 
     def idle(self) -> bool: ...
 
-    async def nudge(self, last_id: int) -> None: ...
+    async def nudge(self, state: RoomState) -> None: ...
 
 
 class TailWatcher:
@@ -35,18 +44,34 @@ class TailWatcher:
         self.registry = registry
         self.history = history
         self.interval = interval
-        self._held: dict[str, int] = {}
+        self._held: dict[str, RoomState] = {}
 
     async def tick(self) -> int:
         """One comparison; returns how many members were nudged."""
         rooms = self.registry.by_room()
         names = list(rooms)
-        held_now = dict(zip(names, await self.history.last_ids(names), strict=True)) if names else {}
+        # Positions before the read: the read is then at least as new as each of them.
+        noted = {
+            room: [(m, m.epoch, m.last_id) for m in members]  # type: ignore[attr-defined]
+            for room, members in rooms.items()
+        }
+        states = await self.history.states(names) if names else []
+        held_now: dict[str, RoomState] = {}
         nudged = 0
-        for room, members in rooms.items():
-            held_before = self._held.get(room, 0)
-            for member in members:
-                if member.last_id < held_before and member.idle():  # type: ignore[attr-defined]
+        for room, state in zip(names, states, strict=True):
+            if state is None:  # the room's state is gone and nothing drew it again yet
+                state = await self.history.state(room)
+            if any(epoch == state.epoch and last > state.last_id for _, epoch, last in noted[room]):
+                state = await self.history.restart(room, state.epoch)
+            held_now[room] = state
+            held_before = self._held.get(room)
+            for member, epoch, last in noted[room]:
+                if member.epoch != epoch or not member.idle():  # type: ignore[attr-defined]
+                    continue  # moved on since noted, or busy receiving: its own path decides
+                if epoch != state.epoch:
+                    await member.nudge(state)  # type: ignore[attr-defined]
+                    nudged += 1
+                elif held_before is not None and held_before.epoch == epoch and last < held_before.last_id:
                     await member.nudge(held_before)  # type: ignore[attr-defined]
                     nudged += 1
         self._held = held_now

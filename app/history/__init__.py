@@ -7,9 +7,9 @@ process memory; ``redis://`` URLs keep it in Redis Streams, one shard per room.
 from __future__ import annotations
 
 from app.config import Config
-from app.history.base import Appended, History, HistoryUnavailable, Replay
+from app.history.base import Appended, History, HistoryUnavailable, Replay, RoomState
 
-__all__ = ["Appended", "History", "HistoryUnavailable", "Replay", "create_history"]
+__all__ = ["Appended", "History", "HistoryUnavailable", "Replay", "RoomState", "create_history"]
 
 
 def create_history(config: Config) -> History:

@@ -1,8 +1,16 @@
-"""The interface every history backend implements."""
+"""The interface every history backend implements.
+
+A room's ids count 1, 2, 3, ... within an **epoch**: a random id the backend draws whenever
+the room's sequence starts over (its state was lost: a Redis restart without persistence, a
+flushed or deleted key, expiry, a new process for memory history; or it went back in time:
+a failover to a replica that lacked the last writes). An id means something only together
+with its epoch, so a client that resumes in another epoch is reset rather than skipped.
+"""
 
 from __future__ import annotations
 
 import abc
+import secrets
 from dataclasses import dataclass, field
 
 from app.protocol import FrameTemplate
@@ -13,51 +21,82 @@ class HistoryUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
+class RoomState:
+    """Where a room's sequence is: its epoch, the id the epoch's first message follows
+    (``base``: ids of this epoch are ``base + 1``, ``base + 2``, ...) and its newest id."""
+
+    epoch: str
+    base: int
+    last_id: int
+
+
+NO_STATE = RoomState(epoch="", base=0, last_id=0)
+
+
+def new_epoch() -> str:
+    """A fresh epoch id: 64 random bits, so two epochs of one room never collide."""
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
 class Appended:
-    """The result of an append: the message's id, and whether it was a resend."""
+    """The result of an append: the message's id and epoch, and whether it was a resend."""
 
     id: int
     frame: str | None
     duplicate: bool = False
+    state: RoomState = NO_STATE
 
 
 @dataclass(frozen=True)
 class Replay:
-    """Messages after an id, oldest first, and the ids history no longer holds."""
+    """Messages after an id, oldest first, the ids history no longer holds, and the room's
+    state read with them."""
 
     frames: list[tuple[int, str]] = field(default_factory=list)
     missing: tuple[int, int] | None = None
+    state: RoomState = NO_STATE
 
 
 class History(abc.ABC):
     """Per-room ordered log: ids 1, 2, 3, ... assigned atomically, bounded and expiring."""
 
     @abc.abstractmethod
-    async def append(self, room: str, template: FrameTemplate, client_id: str | None) -> Appended:
-        """Assign the next id and record the frame, or return the id of an earlier send."""
+    async def append(self, room: str, template: FrameTemplate, dedupe: str | None) -> Appended:
+        """Assign the next id and record the frame, or return the id of an earlier send with
+        the same ``dedupe`` key (app.protocol.dedupe_key) in the same epoch."""
 
     @abc.abstractmethod
     async def after(self, room: str, since: int, limit: int) -> Replay:
-        """Up to ``limit`` frames with ids greater than ``since``, oldest first."""
+        """Up to ``limit`` frames with ids greater than ``since``, oldest first, and the
+        room's state (an epoch is drawn if the room has none)."""
 
     @abc.abstractmethod
-    async def latest(self, room: str, count: int) -> list[tuple[int, str]]:
-        """The newest ``count`` frames, oldest first."""
+    async def latest(self, room: str, count: int) -> Replay:
+        """The newest ``count`` frames, oldest first, and the room's state."""
 
     @abc.abstractmethod
-    async def last_id(self, room: str) -> int:
-        """The id of the newest message of the room (0 for none)."""
+    async def state(self, room: str) -> RoomState:
+        """The room's epoch and ids; an epoch is drawn if the room has none."""
 
-    async def last_id_for_join(self, room: str) -> int:
-        """``last_id`` for a member that has already joined the room's group: possibly a
+    @abc.abstractmethod
+    async def restart(self, room: str, stale_epoch: str) -> RoomState:
+        """Start a new epoch if the room is still in ``stale_epoch`` (its ids were seen to go
+        back in time); return the room's state either way. The new epoch's ``base`` is below
+        every message history still holds, so members reset to it are sent all of them."""
+
+    async def state_for_join(self, room: str) -> RoomState:
+        """``state`` for a member that has already joined the room's group: possibly a
         moment old, never newer than the truth. Older only means the member fills the
-        difference from history (the consumer's gap check), so a backend may share one read
-        among the joins that arrive together."""
-        return await self.last_id(room)
+        difference from history (the consumer's gap check), or is reset when the epoch it
+        was given is already gone, so a backend may share one read among the joins that
+        arrive together."""
+        return await self.state(room)
 
-    async def last_ids(self, rooms: list[str]) -> list[int]:
-        """``last_id`` of several rooms; backends batch it into one round trip."""
-        return [await self.last_id(room) for room in rooms]
+    async def states(self, rooms: list[str]) -> list[RoomState | None]:
+        """The state of several rooms, ``None`` for a room with none (nothing is created);
+        backends batch it into one round trip."""
+        return [await self.state(room) for room in rooms]
 
     @abc.abstractmethod
     async def ping(self) -> None:

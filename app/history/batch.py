@@ -11,19 +11,20 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
-Fetch = Callable[[list[str]], Awaitable[list[int]]]
+T = TypeVar("T")
 
 
-class BatchedReads:
+class BatchedReads(Generic[T]):
     """``get(key)`` through ``fetch(keys)``: one call per loop turn, one read per key in flight."""
 
-    def __init__(self, fetch: Fetch) -> None:
+    def __init__(self, fetch: Callable[[list[str]], Awaitable[list[T]]]) -> None:
         self._fetch = fetch
-        self._pending: dict[str, asyncio.Future[int]] = {}  # queued or in flight
+        self._pending: dict[str, asyncio.Future[T]] = {}  # queued or in flight
         self._queued: list[str] = []
 
-    async def get(self, key: str) -> int:
+    async def get(self, key: str) -> T:
         read = self._pending.get(key)
         if read is None:
             loop = asyncio.get_running_loop()
@@ -38,7 +39,7 @@ class BatchedReads:
         batch = asyncio.ensure_future(self._fetch(keys))
         batch.add_done_callback(functools.partial(self._settle, keys))
 
-    def _settle(self, keys: list[str], batch: asyncio.Future[list[int]]) -> None:
+    def _settle(self, keys: list[str], batch: asyncio.Future[list[T]]) -> None:
         error = None if batch.cancelled() else batch.exception()
         for index, key in enumerate(keys):
             read = self._pending.pop(key)

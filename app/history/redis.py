@@ -14,23 +14,69 @@ import redis.asyncio as aioredis
 from channels_redis.utils import _consistent_hash
 from redis.exceptions import RedisError
 
-from app.history.base import Appended, History, HistoryUnavailable, Replay
+from app.history.base import Appended, History, HistoryUnavailable, Replay, RoomState, new_epoch
 from app.history.batch import BatchedReads
 from app.protocol import FrameTemplate
 from app.redis_options import DRIVER, RETRY
 from app.rooms import group_name
 
-# KEYS: seq, log, dedupe. ARGV: prefix, suffix, maxlen, ttl, dedupe_ttl.
+# A room's sequence lives in one hash, ``meta`` = {epoch, base, seq}: one key, so the epoch and
+# the ids can never be lost apart (a flush, a restart without persistence, eviction and expiry
+# take both). When it is missing, the next script to touch the room draws it again with the
+# epoch the caller passed: ids continue after the newest entry the log still holds (0 when the
+# log is gone too), in the new epoch, so no id of the log is ever given to another message.
+_OPEN_EPOCH = """
+local function state(meta, log, epoch, ttl)
+  local s = redis.call('HMGET', meta, 'epoch', 'base', 'seq')
+  if s[1] then return s[1], tonumber(s[2]), tonumber(s[3]) end
+  local top = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
+  local base = 0
+  if top[1] then base = tonumber(string.match(top[1][1], '^(%d+)')) end
+  redis.call('HSET', meta, 'epoch', epoch, 'base', base, 'seq', base)
+  redis.call('EXPIRE', meta, ttl)
+  return epoch, base, base
+end
+"""
+
+# KEYS: meta, log, dedupe. ARGV: prefix, suffix, maxlen, ttl, dedupe_ttl, new epoch.
 # One script, so id assignment, the dedupe check and the write are a single atomic step.
-_APPEND = """
+# A dedupe key holds "<epoch>:<id>": a send recorded in an earlier epoch is not a resend.
+_APPEND = _OPEN_EPOCH + """
+local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[6], ARGV[4])
 local prior = redis.call('GET', KEYS[3])
-if prior then return {tonumber(prior), 1} end
-local id = redis.call('INCR', KEYS[1])
+if prior then
+  local cut = string.find(prior, ':', 1, true)
+  if cut and string.sub(prior, 1, cut - 1) == epoch then
+    return {tonumber(string.sub(prior, cut + 1)), 1, epoch, base, seq}
+  end
+end
+local id = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local frame = ARGV[1] .. id .. ARGV[2]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id .. '-0', 'f', frame)
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('SET', KEYS[3], id, 'EX', ARGV[5])
-return {id, 0}
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('SET', KEYS[3], epoch .. ':' .. id, 'EX', ARGV[5])
+return {id, 0, epoch, base, id}
+"""
+
+# KEYS: meta, log. ARGV: new epoch, ttl. The room's state, drawn if missing.
+_STATE = _OPEN_EPOCH + """
+local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+return {epoch, base, seq}
+"""
+
+# KEYS: meta, log. ARGV: stale epoch, new epoch, ttl. A new epoch if the room is still in the
+# stale one; its base is below the oldest entry held, so a reset member is sent all of them.
+_RESTART = _OPEN_EPOCH + """
+local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
+if epoch == ARGV[1] then
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  base = seq
+  if first[1] then base = tonumber(string.match(first[1][1], '^(%d+)')) - 1 end
+  epoch = ARGV[2]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'base', base)
+end
+return {epoch, base, seq}
 """
 
 # Commands are retried on a fresh connection (app.redis_options). An append whose reply was
@@ -58,8 +104,10 @@ class RedisHistory(History):
             for url in urls
         ]
         self._scripts = [client.register_script(_APPEND) for client in self._clients]
+        self._state_scripts = [client.register_script(_STATE) for client in self._clients]
+        self._restart_scripts = [client.register_script(_RESTART) for client in self._clients]
         self._max_len = max_len
-        self._join_reads = BatchedReads(self._read_last_ids)
+        self._join_reads: BatchedReads[RoomState] = BatchedReads(self._read_states)
         self._ttl = ttl
         self._dedupe_ttl = dedupe_ttl
 
@@ -68,76 +116,112 @@ class RedisHistory(History):
 
     @staticmethod
     def _keys(room: str) -> tuple[str, str]:
-        return f"chat:{{{room}}}:seq", f"chat:{{{room}}}:log"
+        return f"chat:{{{room}}}:meta", f"chat:{{{room}}}:log"
 
-    async def append(self, room: str, template: FrameTemplate, client_id: str | None) -> Appended:
-        seq, log = self._keys(room)
-        if client_id is not None:
-            dedupe, dedupe_ttl = f"chat:{{{room}}}:cid:{client_id}", self._dedupe_ttl
+    async def append(self, room: str, template: FrameTemplate, dedupe: str | None) -> Appended:
+        meta, log = self._keys(room)
+        if dedupe is not None:
+            dedupe_key, dedupe_ttl = f"chat:{{{room}}}:cid:{dedupe}", self._dedupe_ttl
         else:
-            dedupe, dedupe_ttl = f"chat:{{{room}}}:nonce:{secrets.token_hex(8)}", NONCE_TTL
-        args: list[str | int] = [template.prefix, template.suffix, self._max_len, self._ttl, dedupe_ttl]
+            dedupe_key, dedupe_ttl = f"chat:{{{room}}}:nonce:{secrets.token_hex(8)}", NONCE_TTL
+        args: list[str | int] = [
+            template.prefix, template.suffix, self._max_len, self._ttl, dedupe_ttl, new_epoch()
+        ]
         try:
-            message_id, duplicate = await self._scripts[self._shard(room)](
-                keys=[seq, log, dedupe], args=args
+            message_id, duplicate, epoch, base, seq = await self._scripts[self._shard(room)](
+                keys=[meta, log, dedupe_key], args=args
             )
         except (RedisError, OSError) as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
+        state = RoomState(epoch=epoch.decode(), base=int(base), last_id=int(seq))
         if duplicate:
-            return Appended(id=int(message_id), frame=None, duplicate=True)
-        return Appended(id=int(message_id), frame=template.with_id(int(message_id)))
+            return Appended(id=int(message_id), frame=None, duplicate=True, state=state)
+        return Appended(id=int(message_id), frame=template.with_id(int(message_id)), state=state)
 
     async def after(self, room: str, since: int, limit: int) -> Replay:
-        seq, log = self._keys(room)
-        client = self._clients[self._shard(room)]
+        meta, log = self._keys(room)
+        shard = self._shard(room)
         try:
-            async with client.pipeline(transaction=False) as pipe:
+            async with self._clients[shard].pipeline(transaction=False) as pipe:
                 pipe.xrange(log, min=f"({since}-0", max="+", count=limit)
                 pipe.xrange(log, min="-", max="+", count=1)
-                pipe.get(seq)
-                entries, oldest, last = await pipe.execute()
+                await self._state_scripts[shard](
+                    keys=[meta, log], args=[new_epoch(), self._ttl], client=pipe
+                )
+                entries, oldest, raw_state = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
-        frames = [(_entry_id(entry_id), fields[b"f"].decode()) for entry_id, fields in entries]
-        last_id = int(last or 0)
-        first_held = _entry_id(oldest[0][0]) if oldest else last_id + 1
+        state = _state(raw_state)
+        first_held = _entry_id(oldest[0][0]) if oldest else state.last_id + 1
         missing = (since + 1, first_held - 1) if since + 1 < first_held else None
-        return Replay(frames=frames, missing=missing)
+        return Replay(frames=_frames(entries), missing=missing, state=state)
 
-    async def latest(self, room: str, count: int) -> list[tuple[int, str]]:
-        if count <= 0:
-            return []
-        _, log = self._keys(room)
+    async def latest(self, room: str, count: int) -> Replay:
+        meta, log = self._keys(room)
+        shard = self._shard(room)
         try:
-            entries: Any = await self._clients[self._shard(room)].xrevrange(log, count=count)
+            async with self._clients[shard].pipeline(transaction=False) as pipe:
+                pipe.xrevrange(log, count=max(count, 1))
+                await self._state_scripts[shard](
+                    keys=[meta, log], args=[new_epoch(), self._ttl], client=pipe
+                )
+                entries, raw_state = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
-        return [(_entry_id(entry_id), fields[b"f"].decode()) for entry_id, fields in reversed(entries)]
+        return Replay(frames=_frames(reversed(entries)) if count > 0 else [], state=_state(raw_state))
 
-    async def last_id(self, room: str) -> int:
-        seq, _ = self._keys(room)
+    async def state(self, room: str) -> RoomState:
+        meta, log = self._keys(room)
         try:
-            return int(await self._clients[self._shard(room)].get(seq) or 0)
+            raw = await self._state_scripts[self._shard(room)](
+                keys=[meta, log], args=[new_epoch(), self._ttl]
+            )
         except (RedisError, OSError) as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
+        return _state(raw)
 
-    async def last_id_for_join(self, room: str) -> int:
+    async def restart(self, room: str, stale_epoch: str) -> RoomState:
+        meta, log = self._keys(room)
+        try:
+            raw = await self._restart_scripts[self._shard(room)](
+                keys=[meta, log], args=[stale_epoch, new_epoch(), self._ttl]
+            )
+        except (RedisError, OSError) as exc:
+            raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
+        return _state(raw)
+
+    async def state_for_join(self, room: str) -> RoomState:
         # Each joiner is in the group already, so a read shared with joins that came a
-        # moment earlier is safe (History.last_id_for_join); app/history/batch.py says why.
+        # moment earlier is safe (History.state_for_join); app/history/batch.py says why.
         return await self._join_reads.get(room)
 
-    async def _read_last_ids(self, rooms: list[str]) -> list[int]:
-        return [await self.last_id(rooms[0])] if len(rooms) == 1 else await self.last_ids(rooms)
-
-    async def last_ids(self, rooms: list[str]) -> list[int]:
+    async def _read_states(self, rooms: list[str]) -> list[RoomState]:
+        if len(rooms) == 1:
+            return [await self.state(rooms[0])]
         pipes = [client.pipeline(transaction=False) for client in self._clients]
         for room in rooms:
-            pipes[self._shard(room)].get(self._keys(room)[0])
+            shard = self._shard(room)
+            await self._state_scripts[shard](
+                keys=list(self._keys(room)), args=[new_epoch(), self._ttl], client=pipes[shard]
+            )
+        return [_state(raw) for raw in await self._execute(pipes, rooms)]
+
+    async def states(self, rooms: list[str]) -> list[RoomState | None]:
+        """Read-only (nothing is drawn): the tail watcher's batched look at every room."""
+        pipes = [client.pipeline(transaction=False) for client in self._clients]
+        for room in rooms:
+            pipes[self._shard(room)].hmget(self._keys(room)[0], "epoch", "base", "seq")
+        return [
+            RoomState(epoch=raw[0].decode(), base=int(raw[1]), last_id=int(raw[2])) if raw[0] else None
+            for raw in await self._execute(pipes, rooms)
+        ]
+
+    async def _execute(self, pipes: list[Any], rooms: list[str]) -> list[Any]:
         try:
-            results = [iter(await pipe.execute()) for pipe in pipes]
+            results = [iter(await pipe.execute()) if len(pipe) else iter(()) for pipe in pipes]
         except (RedisError, OSError) as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
-        return [int(next(results[self._shard(room)]) or 0) for room in rooms]
+        return [next(results[self._shard(room)]) for room in rooms]
 
     async def ping(self) -> None:
         try:
@@ -149,6 +233,18 @@ class RedisHistory(History):
     async def close(self) -> None:
         for client in self._clients:
             await client.aclose()
+
+
+def _state(raw: list[Any]) -> RoomState:
+    epoch, base, seq = raw
+    return RoomState(epoch=epoch.decode() if isinstance(epoch, bytes) else str(epoch),
+                     base=int(base), last_id=int(seq))
+
+
+def _frames(entries: Any) -> list[tuple[int, str]]:
+    # A record that is not UTF-8 (written by another tool, or damaged) is delivered with
+    # U+FFFD in place of its bad bytes, under its id: it can never stop a replay.
+    return [(_entry_id(entry_id), fields[b"f"].decode("utf-8", "replace")) for entry_id, fields in entries]
 
 
 def _entry_id(raw: bytes) -> int:

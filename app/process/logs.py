@@ -2,6 +2,11 @@
 
 uvicorn logs every WebSocket handshake with its query string at info level: at thousands of
 connections that is noise and CPU, and the query string can carry a token (never logged).
+
+Credentials are redacted from every line that reaches a handler, at every level: query
+parameters whose *decoded* name is a credential (``?%74oken=`` is ``?token=`` to the server,
+so it is to the redaction too), and the headers that carry one (uvicorn prints request
+headers at debug level).
 """
 
 from __future__ import annotations
@@ -10,8 +15,16 @@ import copy
 import logging
 import re
 from typing import Any
+from urllib.parse import unquote_plus
 
-_QUERY_SECRET = re.compile(r"([?&](?:token|access_token)=)[^&\s\"]*")
+REDACTED = "[redacted]"
+SECRET_PARAMS = frozenset({"token", "access_token"})
+SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie", "sec-websocket-protocol")
+_QUERY_PARAM = re.compile(r"([?&;])([^=&;\s\"?]*)=([^&;\s\"]*)")
+# A header line as uvicorn's WebSocket protocol logs it: "< name: value" / "> name: value".
+_HEADER_LINE = re.compile(
+    r"^([<>] (?:" + "|".join(SECRET_HEADERS) + r"):).*$", re.IGNORECASE | re.MULTILINE
+)
 _PER_CONNECTION = ("connection open", "connection closed")
 # Client mistakes uvicorn logs with a traceback; one line is enough (and can't be spammed
 # into megabytes of log by a hostile client).
@@ -30,10 +43,28 @@ class ConnectionNoise(logging.Filter):
         if logging.getLogger("parley").isEnabledFor(logging.DEBUG) is False:
             if message in _PER_CONNECTION or '"WebSocket ' in message:
                 return False
-        if "token=" in message:
-            record.msg = _QUERY_SECRET.sub(r"\1[redacted]", message)
+        cleaned = redact(message)
+        if cleaned is not message:
+            record.msg = cleaned
             record.args = ()
         return True
+
+
+def _param(match: re.Match[str]) -> str:
+    separator, name, _value = match.groups()
+    if unquote_plus(name).strip().lower() in SECRET_PARAMS:
+        return f"{separator}{name}={REDACTED}"
+    return match.group(0)
+
+
+def redact(message: str) -> str:
+    """``message`` without credentials (the same object when there were none)."""
+    cleaned = message
+    if "=" in cleaned:
+        cleaned = _QUERY_PARAM.sub(_param, cleaned)
+    if ":" in cleaned and ("< " in cleaned or "> " in cleaned):
+        cleaned = _HEADER_LINE.sub(r"\1 " + REDACTED, cleaned)
+    return message if cleaned == message else cleaned
 
 
 def log_config(level: str) -> dict[str, Any]:

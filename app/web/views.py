@@ -13,7 +13,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from app.chat.services import ChatServices
 from app.config import CONFIG
 from app.history import HistoryUnavailable
-from app.protocol import FrameError, message_template, parse_client_frame
+from app.protocol import MAX_EPOCH_CHARS, FrameError, dedupe_key, message_template, parse_api_body
 from app.rooms import is_valid_room
 
 STATIC = Path(__file__).parent / "static"
@@ -93,33 +93,69 @@ def _int_param(request: HttpRequest, name: str, default: int, low: int, high: in
 
 
 async def _history(request: HttpRequest, room: str) -> HttpResponse:
-    """GET: messages after ``since`` (default 0), at most ``limit``, oldest first."""
+    """GET: messages after ``since`` (default 0), at most ``limit``, oldest first.
+
+    With ``epoch`` other than the room's, ``since`` belongs to ids that started over: the
+    answer is then the room's epoch from its start, marked ``"reset": true``.
+    """
+    refused = _may_read(request, room)
+    if refused is not None:
+        return refused
     try:
         since = _int_param(request, "since", 0, 0, 10**18)
         limit = _int_param(request, "limit", 100, 1, CONFIG.history_max)
+        epoch = request.GET.get("epoch")
+        if epoch is not None and not 0 < len(epoch) <= MAX_EPOCH_CHARS:
+            raise FrameError("bad_epoch", f"'epoch' must be 1 to {MAX_EPOCH_CHARS} characters")
     except FrameError as exc:
         return _error(400, exc.code, exc.detail)
     history = _services().history
     try:
         replay = await history.after(room, since, limit)
-        last_id = await history.last_id(room)
+        reset = epoch is not None and epoch != replay.state.epoch
+        if reset:
+            replay = await history.after(room, replay.state.base, limit)
     except HistoryUnavailable:
         return _error(503, "unavailable", "history storage is unavailable")
+    state = replay.state
     gap = "null" if replay.missing is None else json.dumps(
         {"from": replay.missing[0], "to": replay.missing[1]}
     )
     # Stored frames are JSON already: splice them in rather than parse and re-encode.
     body = (
-        '{"room":' + json.dumps(room) + ',"last_id":' + str(last_id) + ',"gap":' + gap
+        '{"room":' + json.dumps(room) + ',"epoch":' + json.dumps(state.epoch)
+        + ',"base":' + str(state.base) + ',"last_id":' + str(state.last_id)
+        + (',"reset":true' if reset else "") + ',"gap":' + gap
         + ',"messages":[' + ",".join(frame for _, frame in replay.frames) + "]}"
     )
     return HttpResponse(body, content_type="application/json")
 
 
+def _may_read(request: HttpRequest, room: str) -> HttpResponse | None:
+    """None if the request may read ``room``'s history, else the refusal to answer.
+
+    Open with ``CHAT_AUTH=none``. With ``jwt``: ``Authorization: Bearer`` with
+    ``CHAT_API_TOKEN`` (backends) or a chat token that grants the room.
+    """
+    if CONFIG.auth != "jwt" or (CONFIG.api_token and _authorized(request)):
+        return None
+    from app.chat.auth import AuthError, authorize, bearer_token  # jwt mode only
+
+    try:
+        authorize(bearer_token(request.headers.get("Authorization")), room, CONFIG.jwt_secret)
+    except AuthError as exc:
+        if exc.reason == "room_not_allowed":
+            return _error(403, exc.reason, "the token does not grant this room")
+        response = _error(401, exc.reason, "send Authorization: Bearer <a token granting this room>")
+        response["WWW-Authenticate"] = "Bearer"
+        return response
+    return None
+
+
 def _authorized(request: HttpRequest) -> bool:
     supplied = request.headers.get("Authorization", "")
     expected = f"Bearer {CONFIG.api_token}"
-    return hmac.compare_digest(supplied.encode(), expected.encode())
+    return hmac.compare_digest(supplied.encode("utf-8", "replace"), expected.encode())
 
 
 async def _publish(request: HttpRequest, room: str) -> HttpResponse:
@@ -133,22 +169,18 @@ async def _publish(request: HttpRequest, room: str) -> HttpResponse:
     if len(request.body) > MAX_BODY_BYTES:
         return _error(413, "body_too_large", f"body is larger than {MAX_BODY_BYTES} bytes")
     try:
-        chat = parse_client_frame(request.body.decode("utf-8", "replace"), CONFIG.max_message_chars)
+        body = parse_api_body(request.body, CONFIG.max_message_chars)
     except FrameError as exc:
         return _error(400, exc.code, exc.detail)
-    user = "api"
+    chat = body.chat
+    template = message_template(room, chat.text, int(time.time() * 1000), body.user, chat.client_id)
     try:
-        extra = json.loads(request.body)
-        if isinstance(extra.get("user"), str) and 0 < len(extra["user"]) <= 64:
-            user = extra["user"]
-    except ValueError:
-        pass
-    template = message_template(room, chat.text, int(time.time() * 1000), user, chat.client_id)
-    try:
-        appended = await _services().post(room, template, chat.client_id)
+        # The API is one sender (the backends holding CHAT_API_TOKEN): its own dedupe space.
+        appended = await _services().post(room, template, dedupe_key("api", chat.client_id))
     except HistoryUnavailable:
         return _error(503, "unavailable", "message not stored: storage unavailable, retry")
     return JsonResponse(
-        {"id": appended.id, "duplicate": appended.duplicate, "client_id": chat.client_id},
+        {"id": appended.id, "duplicate": appended.duplicate, "client_id": chat.client_id,
+         "epoch": appended.state.epoch},
         status=200 if appended.duplicate else 201,
     )

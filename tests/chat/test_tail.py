@@ -8,6 +8,7 @@ import pytest
 
 from app.chat.registry import Registry
 from app.chat.tail import TailWatcher
+from app.history import RoomState
 from app.history.memory import MemoryHistory
 from app.protocol import message_template
 
@@ -19,13 +20,14 @@ class Member:
     room: str
     last_id: int = 0
     busy: bool = False
+    epoch: str = ""
     nudges: list[int] = field(default_factory=list)
 
     def idle(self) -> bool:
         return not self.busy
 
-    async def nudge(self, last_id: int) -> None:
-        self.nudges.append(last_id)
+    async def nudge(self, state: RoomState) -> None:
+        self.nudges.append(state.last_id)
 
     async def close_for_restart(self, code: int, reason: str) -> None:
         return None
@@ -38,7 +40,7 @@ async def setup() -> tuple[Registry, MemoryHistory, TailWatcher]:
 
 async def test_an_idle_member_behind_a_message_held_for_a_tick_is_nudged() -> None:
     registry, history, watcher = await setup()
-    member = Member("r")
+    member = Member("r", epoch=(await history.state("r")).epoch)
     registry.add(member)
     await history.append("r", message_template("r", "lost", 0, "u"), None)
     assert await watcher.tick() == 0  # first sight of id 1: it may still be in flight
@@ -48,7 +50,8 @@ async def test_an_idle_member_behind_a_message_held_for_a_tick_is_nudged() -> No
 
 async def test_members_that_kept_up_or_are_still_receiving_are_left_alone() -> None:
     registry, history, watcher = await setup()
-    kept_up, receiving = Member("r"), Member("r", busy=True)
+    epoch = (await history.state("r")).epoch
+    kept_up, receiving = Member("r", epoch=epoch), Member("r", busy=True, epoch=epoch)
     registry.add(kept_up)
     registry.add(receiving)
     await history.append("r", message_template("r", "seen", 0, "u"), None)
@@ -67,3 +70,22 @@ def test_registry_groups_members_by_room() -> None:
     assert {room: len(m) for room, m in registry.by_room().items()} == {"x": 2, "y": 1}
     assert registry.discard_if_present(b) and not registry.discard_if_present(b)
     assert registry.by_room()["x"] == [a]
+
+
+async def test_a_member_in_another_epoch_is_nudged_with_the_rooms_state() -> None:
+    registry, history, watcher = await setup()
+    member = Member("r", epoch="gone", last_id=7)
+    registry.add(member)
+    assert await watcher.tick() == 1
+    assert member.nudges == [0]
+
+
+async def test_a_member_ahead_of_its_room_gets_the_room_a_new_epoch() -> None:
+    """Ids the member saw are ones the store lost (a failover): they will be given again."""
+    registry, history, watcher = await setup()
+    await history.append("r", message_template("r", "kept", 0, "u"), None)
+    epoch = (await history.state("r")).epoch
+    member = Member("r", epoch=epoch, last_id=5)
+    registry.add(member)
+    assert await watcher.tick() == 1
+    assert (await history.state("r")).epoch != epoch

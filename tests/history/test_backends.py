@@ -35,7 +35,7 @@ async def test_ids_are_gap_free_per_room(history: History) -> None:
     ids = [(await history.append("r", template(str(i)), None)).id for i in range(3)]
     assert ids == [1, 2, 3]
     assert (await history.append("other", template("x"), None)).id == 1
-    assert await history.last_id("r") == 3
+    assert (await history.state("r")).last_id == 3
 
 
 async def test_frame_carries_its_id(history: History) -> None:
@@ -52,7 +52,7 @@ async def test_same_client_id_is_acked_with_the_original_id(history: History) ->
     first = await history.append("r", template("a", "c1"), "c1")
     again = await history.append("r", template("a", "c1"), "c1")
     assert (again.id, again.duplicate, again.frame) == (first.id, True, None)
-    assert await history.last_id("r") == first.id
+    assert (await history.state("r")).last_id == first.id
     other_room = await history.append("r2", template("a", "c1"), "c1")
     assert not other_room.duplicate
 
@@ -78,22 +78,22 @@ async def test_history_is_bounded_and_reports_what_it_no_longer_holds(history: H
 async def test_latest(history: History) -> None:
     for i in range(4):
         await history.append("r", template(str(i)), None)
-    assert [i for i, _ in await history.latest("r", 2)] == [3, 4]
-    assert await history.latest("r", 0) == []
-    assert await history.latest("empty", 3) == []
+    assert [i for i, _ in (await history.latest("r", 2)).frames] == [3, 4]
+    assert (await history.latest("r", 0)).frames == []
+    assert (await history.latest("empty", 3)).frames == []
 
 
 async def test_unknown_room_is_empty(history: History) -> None:
-    assert await history.last_id("nobody") == 0
+    assert (await history.state("nobody")).last_id == 0
     replay = await history.after("nobody", 0, 10)
     assert replay.frames == [] and replay.missing is None
 
 
-def _get_calls(redis: RedisServer) -> int:
+def _state_reads(redis: RedisServer) -> int:
     import redis as redis_py
 
     with redis_py.Redis.from_url(redis.url) as client:
-        return int(client.info("commandstats").get("cmdstat_get", {}).get("calls", 0))
+        return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
 
 
 async def test_joins_arriving_together_share_one_read_and_later_joins_read_afresh() -> None:
@@ -101,16 +101,17 @@ async def test_joins_arriving_together_share_one_read_and_later_joins_read_afres
     backend = RedisHistory((redis.url,), max_len=5, ttl=3600, dedupe_ttl=600)
     try:
         await backend.append("r", template("a"), None)
-        before = _get_calls(redis)
-        joins = [asyncio.ensure_future(backend.last_id_for_join("r")) for _ in range(50)]
+        await backend.state_for_join("warm")  # the state script is loaded
+        before = _state_reads(redis)
+        joins = [asyncio.ensure_future(backend.state_for_join("r")) for _ in range(50)]
         await asyncio.sleep(0)  # every join has asked; cancel one: the others keep the read
         joins[0].cancel()
-        assert await asyncio.gather(*joins[1:]) == [1] * 49
-        assert _get_calls(redis) - before == 1
+        assert [s.last_id for s in await asyncio.gather(*joins[1:])] == [1] * 49
+        assert _state_reads(redis) - before == 1
 
         await backend.append("r", template("b"), None)
-        assert await backend.last_id_for_join("r") == 2
-        assert await backend.last_id_for_join("other") == 0
+        assert (await backend.state_for_join("r")).last_id == 2
+        assert (await backend.state_for_join("other")).last_id == 0
     finally:
         await backend.close()
         redis.cleanup()
@@ -135,9 +136,12 @@ async def test_redis_down_raises_unavailable_and_recovers() -> None:
 async def test_memory_rooms_expire_after_inactivity() -> None:
     backend = MemoryHistory(max_len=5, ttl=0.01, dedupe_ttl=600)
     await backend.append("r", template("old"), None)
+    epoch = backend._rooms["r"].epoch
     backend._rooms["r"].touched -= 1  # an hour of silence, without waiting for it
-    await backend.append("r", template("new"), None)
-    assert [i for i, _ in await backend.latest("r", 5)] == [2]
+    appended = await backend.append("r", template("new"), None)
+    # The room's ids started over, so they are in a new epoch.
+    assert appended.id == 1 and appended.state.epoch != epoch
+    assert [i for i, _ in (await backend.latest("r", 5)).frames] == [1]
 
 
 @pytest.mark.unit
@@ -148,3 +152,75 @@ def test_rooms_spread_over_shards_like_channel_groups() -> None:
 
     for room in ["a", "lobby", "x" * 64, "room.7"]:
         assert shard_index(room, 3) == _consistent_hash(group_name(room), 3)
+
+
+async def test_a_room_has_one_epoch_until_its_ids_start_over(history: History) -> None:
+    state = await history.state("r")
+    assert state.epoch and state.last_id == 0
+    appended = await history.append("r", template("a"), None)
+    assert appended.state.epoch == state.epoch and appended.state.last_id == 1
+    assert (await history.after("r", 0, 10)).state.epoch == state.epoch
+    assert (await history.latest("r", 1)).state.epoch == state.epoch
+
+
+async def test_restart_draws_a_new_epoch_below_everything_held(history: History) -> None:
+    for i in range(7):  # history holds 3..7
+        await history.append("r", template(str(i)), None)
+    stale = (await history.state("r")).epoch
+    fresh = await history.restart("r", stale)
+    assert fresh.epoch != stale and fresh.base == 2 and fresh.last_id == 7
+    assert await history.restart("r", stale) == fresh  # only the first observer restarts it
+    assert (await history.append("r", template("x"), None)).id == 8
+
+
+@pytest.fixture
+async def redis_history() -> AsyncIterator[tuple[RedisHistory, RedisServer]]:
+    redis = RedisServer().start()
+    backend = RedisHistory((redis.url,), max_len=5, ttl=3600, dedupe_ttl=600)
+    yield backend, redis
+    await backend.close()
+    redis.cleanup()
+
+
+async def test_a_flushed_room_starts_over_in_a_new_epoch(
+    redis_history: tuple[RedisHistory, RedisServer],
+) -> None:
+    import redis as redis_py
+
+    backend, redis = redis_history
+    first = await backend.append("r", template("a", "c1"), "c1")
+    with redis_py.Redis.from_url(redis.url) as client:
+        client.flushall()
+    again = await backend.append("r", template("a", "c1"), "c1")
+    # Not a duplicate: the earlier send is gone with the epoch it was recorded in.
+    assert again.id == 1 and not again.duplicate and again.state.epoch != first.state.epoch
+
+
+async def test_a_lost_sequence_key_continues_after_the_log_in_a_new_epoch(
+    redis_history: tuple[RedisHistory, RedisServer],
+) -> None:
+    import redis as redis_py
+
+    backend, redis = redis_history
+    for i in range(3):
+        first = await backend.append("r", template(str(i)), None)
+    with redis_py.Redis.from_url(redis.url) as client:
+        client.delete("chat:{r}:meta")
+    after = await backend.append("r", template("next"), None)
+    assert after.id == 4 and after.state.epoch != first.state.epoch and after.state.base == 3
+
+
+async def test_a_record_that_is_not_utf8_is_replayed_with_replacement_characters(
+    redis_history: tuple[RedisHistory, RedisServer],
+) -> None:
+    import redis as redis_py
+
+    backend, redis = redis_history
+    await backend.append("r", template("fine"), None)
+    with redis_py.Redis.from_url(redis.url) as client:
+        client.hincrby("chat:{r}:meta", "seq", 1)
+        client.xadd("chat:{r}:log", {"f": b'{"type":"message","id":2,"message":"\xed\xa0\x80"}'}, id="2-0")
+    replay = await backend.after("r", 0, 10)
+    assert [i for i, _ in replay.frames] == [1, 2]
+    assert json.loads(replay.frames[1][1])["message"] == "\ufffd" * 3
+    assert [i for i, _ in (await backend.latest("r", 5)).frames] == [1, 2]

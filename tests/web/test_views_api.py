@@ -39,16 +39,17 @@ def post(server: AppServer, room: str, body: object, token: str | None = TOKEN) 
 async def test_backend_post_reaches_members_and_history(server: AppServer) -> None:
     member = await Client.connect(server.ws_url("news"))
     status, body = post(server, "news", {"message": "from backend", "user": "bot", "client_id": "b1"})
-    assert (status, body) == (201, {"id": 1, "duplicate": False, "client_id": "b1"})
+    epoch = member.ready["epoch"]
+    assert (status, body) == (201, {"id": 1, "duplicate": False, "client_id": "b1", "epoch": epoch})
     [got] = await member.messages(1)
     assert (got["message"], got["user"], got["id"]) == ("from backend", "bot", 1)
 
     assert post(server, "news", {"message": "from backend", "client_id": "b1"}) == (
-        200, {"id": 1, "duplicate": True, "client_id": "b1"})
+        200, {"id": 1, "duplicate": True, "client_id": "b1", "epoch": epoch})
     await member.post("second")
 
     status, page = server.get("/api/rooms/news/messages?since=0&limit=10")
-    assert status == 200 and page["last_id"] == 2 and page["gap"] is None
+    assert status == 200 and page["last_id"] == 2 and page["gap"] is None and page["epoch"] == epoch
     assert [m["message"] for m in page["messages"]] == ["from backend", "second"]
     assert [m["id"] for m in server.get("/api/rooms/news/messages?since=1")[1]["messages"]] == [2]
 

@@ -42,8 +42,8 @@
    * "offline" when the browser has no network or after leave().
    *
    * Callbacks (all optional): onState(state, {delay, window, code}), onReady(frame),
-   * onMessage(frame), onGap(frame), onOutbox(item), onError(code, detail). An outbox item is
-   * {clientId, text, status: "queued" | "sending" | "sent" | "failed", id?, error?}.
+   * onMessage(frame), onGap(frame), onReset(frame), onOutbox(item), onError(code, detail).
+   * An outbox item is {clientId, text, status: "queued" | "sending" | "sent" | "failed", id?, error?}.
    */
   class ChatClient {
     constructor(room, options, callbacks) {
@@ -52,6 +52,7 @@
       this.on = callbacks;
       this.state = "offline";
       this.lastId = 0; // newest message id shown: resume point and duplicate filter
+      this.epoch = null; // the room's epoch lastId counts in (from `ready` / `reset`)
       this.resuming = false; // true once the room was joined: reconnects use ?since=
       this.attempt = 0; // failures since the last `ready`: the backoff exponent
       this.outbox = []; // unacknowledged sends, oldest first
@@ -106,6 +107,8 @@
       const query = this.resuming || this.lastId > 0
         ? { since: String(this.lastId) }
         : { last: String(this.options.historyWindow) };
+      // Ids count within an epoch: resuming in another one gets a `reset`, never a skip.
+      if (query.since !== undefined && this.epoch !== null) query.epoch = this.epoch;
       const ws = new WebSocket(roomUrl(this.room, query));
       this.ws = ws;
       this.setState("connecting");
@@ -186,6 +189,8 @@
           return this.refused(frame);
         case "gap":
           return this.emit("onGap", frame);
+        case "reset":
+          return this.reset(frame);
         default:
           return undefined; // newer servers may add frame types
       }
@@ -196,9 +201,17 @@
       this.attempt = 0;
       this.resuming = true;
       this.user = frame.user;
+      this.epoch = frame.epoch ?? null;
       this.setState("live");
       this.emit("onReady", frame);
       this.pump();
+    }
+
+    /** The room's ids started over: what follows counts from frame.last_id in frame.epoch. */
+    reset(frame) {
+      this.epoch = frame.epoch;
+      this.lastId = frame.last_id;
+      this.emit("onReset", frame);
     }
 
     message(frame) {
@@ -457,6 +470,7 @@
       },
       onMessage: showMessage,
       onGap: (frame) => showNotice(`messages ${frame.from}–${frame.to} are no longer available`),
+      onReset: () => showNotice("the room's history started over; messages below are from its new start"),
       onOutbox: showOutbox,
       onError: showError,
     });
