@@ -25,6 +25,8 @@ from app.protocol import (
 
 SECRET = "s" * 32
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("frame", "code"),
