@@ -92,6 +92,13 @@ async def test_a_member_gets_group_messages_before_its_first_receive(make_layer:
     assert await asyncio.wait_for(layer.receive(second), 5) == {"type": "m", "n": 1}
 
 
+async def test_a_named_channel_added_to_a_group_gets_its_messages() -> None:
+    layer = LocalChannelLayer()  # pub/sub groups take this process's channels only, as stock
+    await layer.group_add("g", "worker.thumbnails")
+    await layer.group_send("g", {"type": "m"})
+    assert await asyncio.wait_for(layer.receive("worker.thumbnails"), 5) == {"type": "m"}
+
+
 async def test_a_timed_out_receive_keeps_the_channel_and_its_groups(make_layer: MakeLayer) -> None:
     layer = make_layer()
     channel = await layer.new_channel()
