@@ -11,11 +11,11 @@ import secrets
 from typing import Any
 
 import redis.asyncio as aioredis
-from channels_redis.utils import _consistent_hash
 from redis.exceptions import RedisError
 
 from app.history.base import Appended, History, HistoryUnavailable, Replay, RoomState, new_epoch
 from app.history.batch import BatchedReads
+from app.layers.redis_internals import consistent_hash
 from app.protocol import FrameTemplate
 from app.redis_options import DRIVER, RETRY
 from app.rooms import group_name
@@ -87,7 +87,7 @@ NONCE_TTL = 30
 
 def shard_index(room: str, shards: int) -> int:
     """The shard of a room: the one channels-redis's core layer picks for the room's group."""
-    return _consistent_hash(group_name(room), shards)
+    return consistent_hash(group_name(room), shards)
 
 
 class RedisHistory(History):

@@ -3,14 +3,15 @@
 Each member first gets a chance to take the message by a plain synchronous call (its
 consumer sends it straight to a socket that can take it now, with no task switch); a member
 that cannot (busy with a handler, something already queued, a gap to fill first, a socket
-that would block) gets it queued, up to ``capacity``, as a channel layer always does. The
-consumer's id checks keep every member's stream exactly-once and in order either way.
+that would block) gets it queued, up to its mailbox's bound, as a channel layer always does.
+The consumer's id checks keep every member's stream exactly-once and in order either way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from app.layers.api import Direct
@@ -24,14 +25,13 @@ def fan_out(
     message: dict[str, Any],
     queues: Mapping[str, Mailbox],
     direct: Mapping[str, Direct],
-    capacity: int,
+    open_inbox: Callable[[str], Mailbox],
 ) -> None:
-    """Deliver ``message`` to every member: directly where it can, else to its queue."""
+    """Deliver ``message`` to every member: directly where it can, else to its mailbox
+    (``open_inbox`` makes one for a member that has none yet)."""
     for channel in members:
         queue = queues.get(channel)
-        if queue is None:
-            continue
-        if queue.empty():  # nothing queued for it that this message could overtake
+        if queue is None or queue.empty():  # nothing queued for it that this could overtake
             deliver = direct.get(channel)
             if deliver is not None:
                 try:
@@ -39,6 +39,9 @@ def fan_out(
                         continue
                 except Exception:  # a member's bug must not cost the others their message
                     logger.exception("direct delivery failed; queueing instead")
-        # A member this far behind is not reading; history refills what is dropped.
-        if queue.qsize() < capacity:
+            if queue is None:
+                queue = open_inbox(channel)
+        try:
             queue.put_nowait(message)
+        except asyncio.QueueFull:
+            pass  # a member this far behind is not reading; history refills what is dropped

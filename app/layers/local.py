@@ -1,12 +1,13 @@
 """An in-process channel layer for the embedded mode.
 
 Channels' InMemoryChannelLayer scans every channel on every receive (O(n) per message, so
-O(n²) per broadcast), deep-copies each message per recipient, schedules a task per
-recipient, and silently drops group members after ``group_expiry`` (a day). This layer
-keeps the same API with none of that: a set per group, a bounded mailbox per channel, one
-shared message object (receivers must not mutate it), and cleanup when a receiver stops.
-Deliveries to a full channel are dropped, as in Channels; consumers refill from history.
-Group messages go through ``app.layers.fanout`` (a direct call first, the queue otherwise).
+O(n²) per broadcast), deep-copies each message per recipient and schedules a task per
+recipient. This layer keeps its contract (groups, capacity and ``ChannelFull``, ``expiry``,
+``group_expiry``, flush; ``app.layers.inboxes`` has the rules) with none of that: a bounded
+mailbox per channel only while one is needed, one shared message object (receivers must
+not mutate it), and expiry swept at most once per period. Deliveries to a full channel from
+``group_send`` are dropped, as in Channels; consumers refill from history. Group messages
+go through ``app.layers.fanout`` (a direct call first, the mailbox otherwise).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
-from app.layers.api import Direct, Receive
-from app.layers.fanout import fan_out
+from app.layers.api import Direct, Message, Receive
+from app.layers.inboxes import Inboxes
 from app.layers.mailbox import Mailbox
 
 
@@ -28,75 +29,95 @@ class LocalChannelLayer(BaseChannelLayer):
 
     extensions = ["groups", "flush"]
 
-    def __init__(self, capacity: int = 500, **kwargs: Any) -> None:
-        super().__init__(capacity=capacity, **kwargs)
-        self.channels: dict[str, Mailbox] = {}
-        self.groups: dict[str, set[str]] = {}
-        self.direct: dict[str, Direct] = {}
+    def __init__(
+        self,
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 500,
+        channel_capacity: dict[Any, int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(expiry=expiry, capacity=capacity, **kwargs)
+        # Channels' base keeps the raw dict, which its get_capacity cannot read; compile it.
+        self.channel_capacity = self.compile_capacities(channel_capacity or {})
+        self.group_expiry = group_expiry
+        self.inboxes = Inboxes(self.get_capacity, expiry, group_expiry)
+
+    @property
+    def channels(self) -> dict[str, Mailbox]:
+        """Channel -> mailbox, for the channels that have one right now."""
+        return self.inboxes.channels
+
+    @property
+    def groups(self) -> dict[str, dict[str, float]]:
+        """Group -> {member channel: when it joined}."""
+        return self.inboxes.groups
+
+    @property
+    def direct(self) -> dict[str, Direct]:
+        return self.inboxes.direct
+
+    # DirectDelivery (app.layers.api)
 
     def register_direct(self, channel: str, deliver: Direct) -> None:
         """Let group messages reach ``channel``'s receiver by a synchronous call first."""
-        self.direct[channel] = deliver
+        self.inboxes.register_direct(channel, deliver)
 
     def unregister_direct(self, channel: str) -> None:
-        self.direct.pop(channel, None)
+        self.inboxes.unregister_direct(channel)
 
     def bound_receive(self) -> Receive:
-        return self.receive
-
-    def forget(self, channel: str) -> None:
-        self.channels.pop(channel, None)
-        self.direct.pop(channel, None)
-
-    def _queue(self, channel: str) -> Mailbox:
-        queue = self.channels.get(channel)
-        if queue is None:
-            queue = self.channels[channel] = Mailbox(self.get_capacity(channel))
-        return queue
-
-    async def new_channel(self, prefix: str = "specific.") -> str:
-        channel = f"{prefix}local!{secrets.token_hex(8)}"
-        self._queue(channel)
-        return channel
-
-    async def send(self, channel: str, message: dict[str, Any]) -> None:
-        try:
-            self._queue(channel).put_nowait(message)
-        except asyncio.QueueFull:
-            raise ChannelFull(channel) from None
-
-    async def receive(self, channel: str) -> dict[str, Any]:
-        queue = self._queue(channel)
-        try:
-            return await queue.get()
-        except asyncio.CancelledError:
-            # The receiver is gone for good (consumers cancel on exit): drop its channel.
-            self.channels.pop(channel, None)
-            raise
+        """``receive`` without the name check: for channels from ``new_channel``."""
+        return self.inboxes.receive
 
     def backlog(self, channel: str) -> int:
         """Messages waiting for the channel's receiver."""
-        queue = self.channels.get(channel)
-        return 0 if queue is None else queue.qsize()
+        return self.inboxes.backlog(channel)
+
+    def forget(self, channel: str) -> None:
+        self.inboxes.forget(channel)
+
+    # Channels' layer API
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        return f"{prefix}local!{secrets.token_hex(8)}"
+
+    async def send(self, channel: str, message: Message) -> None:
+        _require_message(message)
+        self.require_valid_channel_name(channel)
+        try:
+            self.inboxes.put(channel, message)
+        except asyncio.QueueFull:
+            raise ChannelFull(channel) from None
+
+    async def receive(self, channel: str) -> Message:
+        self.require_valid_channel_name(channel)
+        self.inboxes.tidy()
+        return await self.inboxes.receive(channel)
 
     async def group_add(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        self.groups.setdefault(group, set()).add(channel)
+        self.inboxes.join(group, channel)
 
     async def group_discard(self, group: str, channel: str) -> None:
-        members = self.groups.get(group)
-        if members is not None:
-            members.discard(channel)
-            if not members:
-                del self.groups[group]
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        self.inboxes.leave(group, channel)
 
-    async def group_send(self, group: str, message: dict[str, Any]) -> None:
-        fan_out(self.groups.get(group, ()), message, self.channels, self.direct, self.capacity)
+    async def group_send(self, group: str, message: Message) -> None:
+        _require_message(message)
+        self.require_valid_group_name(group)
+        self.inboxes.tidy()
+        self.inboxes.fan_out(group, message)
 
     async def flush(self) -> None:
-        self.channels.clear()
-        self.groups.clear()
+        self.inboxes.clear()
 
     async def close(self) -> None:
         return None
+
+
+def _require_message(message: object) -> None:
+    if not isinstance(message, dict):
+        raise TypeError(f"a channel layer message must be a dict, not {type(message).__name__}")

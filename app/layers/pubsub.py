@@ -1,149 +1,195 @@
 """channels-redis's pub/sub layer, tuned for one-socket-per-member chat.
 
 Stock, every consumer's ``new_channel`` SUBSCRIBEs a Redis channel of its own (a round trip
-per connection) and every delivery is decoded once per receiving consumer. Chat only ever
-reaches consumers through groups, so here a consumer's channel is a local queue, a group
-message is decoded once per process, and the same object goes to every local member
-(receivers must not mutate it), up to ``capacity`` queued per member (beyond it deliveries
-are dropped and refilled from history). Groups, PUBLISH/SUBSCRIBE and sharding are unchanged.
-Built on channels-redis 4.3 internals (pinned in requirements.txt); tests cover it against
-a real redis-server across processes.
+per connection) and every delivery is decoded once per receiving consumer. Here:
+
+- A consumer channel is named ``<prefix><kind><loop id>!<local id>``, as channels-redis's
+  core layer names process-specific channels. Each event loop's layer SUBSCRIBEs its own
+  ``<prefix><kind><loop id>!`` once (on its first ``new_channel`` of that kind), not once
+  per channel. A ``send`` from the same loop goes straight to the channel's mailbox; from
+  any other loop or process it is one PUBLISH to that loop's Redis channel, carrying the
+  target in ``__asgi_channel__`` (core's convention), and the owning loop routes it.
+- A group message is decoded once per loop and the same object goes to every local member
+  (receivers must not mutate it), directly where the member can take it.
+- Local channels, groups, capacity and expiry follow Channels' contract the same way as the
+  in-memory layer (``app.layers.inboxes``). General channels (names without ``!``) and
+  groups use PUBLISH/SUBSCRIBE as stock; sharding is stock.
+
+Built on channels-redis 4.3 internals, all in ``app.layers.redis_internals``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import uuid
+import secrets
 from typing import Any
 
-from channels_redis.pubsub import (
-    RedisPubSubChannelLayer,
-    RedisPubSubLoopLayer,
-    RedisSingleShardConnection,
-)
-from channels_redis.utils import _wrap_close, decode_hosts
+from channels.exceptions import ChannelFull
 
-from app.layers.api import Direct, Receive
-from app.layers.fanout import fan_out
-from app.layers.mailbox import Mailbox
+from app.layers.api import Direct, Message, Receive
+from app.layers.inboxes import Inboxes
+from app.layers.redis_internals import LayerProxy, Shard, consistent_hash, decode_hosts
 
-logger = logging.getLogger("parley")
+TARGET = "__asgi_channel__"
 
 
-class _Shard(RedisSingleShardConnection):
-    def __init__(self, host: dict[str, Any], channel_layer: Any) -> None:
-        super().__init__(host, channel_layer)
-        self._subscribed = asyncio.Event()
-
-    async def subscribe(self, channel: str) -> None:
-        await super().subscribe(channel)
-        self._subscribed.set()
-
-    async def _do_receiving(self) -> None:
-        # Upstream polls every 0.1 s while nothing is subscribed, so the first group (the
-        # readiness probe's) waited up to that long; here a subscription wakes the loop.
-        # After a lost connection it retries from 50 ms rather than a flat second: what is
-        # published meanwhile is lost to pub/sub, and consumers refill it from history.
-        delay = 0.05
-        while True:
-            try:
-                if self._pubsub is not None and self._pubsub.subscribed:
-                    message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-                    self._receive_message(message)
-                    delay = 0.05
-                else:
-                    self._subscribed.clear()
-                    await self._subscribed.wait()
-            except (TimeoutError, asyncio.CancelledError, GeneratorExit):
-                raise
-            except Exception as exc:
-                logger.warning("pub/sub connection lost (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-
-    def _receive_message(self, message: dict[str, Any] | None) -> None:
-        if message is None:
-            return
-        name, data = message["channel"], message["data"]
-        if isinstance(name, bytes):
-            name = name.decode()
-        layer = self.channel_layer
-        members = layer.groups.get(name)
-        targets = members if members is not None else ((name,) if name in layer.channels else ())
-        if not targets:
-            return
-        decoded = layer.channel_layer.deserialize(data)  # once, for every local member
-        fan_out(targets, decoded, layer.channels, layer.direct, layer.capacity)
+def _head(channel: str) -> str | None:
+    """The process-specific part of ``channel`` (up to and including ``!``), if any."""
+    bang = channel.find("!")
+    return channel[: bang + 1] if bang >= 0 else None
 
 
-class _LoopLayer(RedisPubSubLoopLayer):
-    def __init__(self, hosts: Any = None, capacity: int = 500, **kwargs: Any) -> None:
-        super().__init__(hosts=hosts, **kwargs)
+class PubSubLoopLayer:
+    """The pub/sub layer for one event loop: its channels, groups and Redis connections."""
+
+    extensions = ["groups", "flush"]
+
+    def __init__(
+        self,
+        hosts: Any = None,
+        prefix: str = "asgi",
+        capacity: int = 500,
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        channel_layer: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        self.prefix = prefix
         self.capacity = capacity
-        self.direct: dict[str, Direct] = {}
-        self._shards = [_Shard(host, self) for host in decode_hosts(hosts)]
+        self.channel_layer = channel_layer  # the proxy: (de)serialization
+        self.inboxes = Inboxes(lambda channel: capacity, expiry, group_expiry)
+        self.loop_id = secrets.token_hex(8)
+        self._own: set[str] = set()  # this loop's subscribed channel heads, one per kind
+        self._general: set[str] = set()  # general channels received on here
+        self._shards = [Shard(host, self._on_message) for host in decode_hosts(hosts)]
+
+    def _get_shard(self, name: str) -> Shard:
+        return self._shards[consistent_hash(name, len(self._shards))]
+
+    def _group_key(self, group: str) -> str:
+        return f"{self.prefix}__group__{group}"
+
+    def _is_local(self, channel: str) -> bool:
+        head = _head(channel)
+        return head is not None and head in self._own
 
     async def new_channel(self, prefix: str = "specific.") -> str:
-        # Local only: nothing outside this process addresses a consumer directly.
-        channel = f"{self.prefix}{prefix}{uuid.uuid4().hex}"
-        self.channels[channel] = Mailbox()
-        return channel
+        head = f"{self.prefix}{prefix}{self.loop_id}!"
+        if head not in self._own:
+            await self._get_shard(head).subscribe(head)  # idempotent; concurrent callers wait
+            self._own.add(head)
+        return head + secrets.token_hex(8)
 
-    async def _subscribe_to_channel(self, channel: str) -> None:
-        self.channels[channel] = Mailbox()
-        await self._get_shard(channel).subscribe(channel)
+    async def send(self, channel: str, message: Message) -> None:
+        if self._is_local(channel):
+            try:
+                self.inboxes.put(channel, message)
+            except asyncio.QueueFull:
+                raise ChannelFull(channel) from None
+            return
+        head = _head(channel)
+        target = channel
+        if head is not None:
+            if not isinstance(message, dict) or TARGET in message:
+                raise TypeError(f"a message to a specific channel must be a dict without {TARGET!r}")
+            message = {**message, TARGET: channel}
+            target = head
+        await self._get_shard(target).publish(target, self.channel_layer.serialize(message))
 
-    async def send(self, channel: str, message: dict[str, Any]) -> None:
-        queue = self.channels.get(channel)
-        if queue is not None and channel not in self._get_shard(channel)._subscribed_to:
-            queue.put_nowait(message)
-        else:
-            await super().send(channel, message)
+    async def receive(self, channel: str) -> Message:
+        if not self._is_local(channel) and channel not in self._general:
+            # Not made here: Redis brings it from now on (stock pub/sub), for as long as
+            # this layer lives, so a receive that times out loses nothing sent later.
+            await self._get_shard(channel).subscribe(channel)
+            self._general.add(channel)
+        await self._tidy()
+        return await self.inboxes.receive(channel)
 
-    async def receive(self, channel: str) -> dict[str, Any]:
-        if channel not in self.channels:
-            await self._subscribe_to_channel(channel)
-        queue = self.channels[channel]
+    async def group_add(self, group: str, channel: str) -> None:
+        if not self._is_local(channel) and channel not in self._general:
+            raise RuntimeError(
+                "You can only call group_add() on channels that exist in-process.\n"
+                "Consumers are encouraged to use the common pattern:\n"
+                f"   self.channel_layer.group_add({group!r}, self.channel_name)"
+            )
+        key = self._group_key(group)
+        self.inboxes.join(key, channel)
+        await self._get_shard(key).subscribe(key)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        key = self._group_key(group)
+        if self.inboxes.leave(key, channel):
+            await self._unsubscribe_groups([key])
+
+    async def group_send(self, group: str, message: Message) -> None:
+        await self._tidy()
+        key = self._group_key(group)
+        await self._get_shard(key).publish(key, self.channel_layer.serialize(message))
+
+    async def flush(self) -> None:
+        self.inboxes.clear()
+        self._own.clear()
+        self._general.clear()
+        for shard in self._shards:
+            await shard.flush()
+
+    async def _tidy(self) -> None:
+        emptied = self.inboxes.tidy()
+        if emptied:
+            await self._unsubscribe_groups(emptied)
+
+    async def _unsubscribe_groups(self, keys: list[str]) -> None:
+        for key in keys:
+            if key not in self.inboxes.groups:
+                await self._get_shard(key).unsubscribe(key)
+            if key in self.inboxes.groups:  # joined again while that was under way
+                await self._get_shard(key).subscribe(key)
+
+    def _on_message(self, name: str, data: bytes) -> None:
+        inboxes = self.inboxes
+        if name in inboxes.groups:
+            inboxes.fan_out(name, self.channel_layer.deserialize(data))  # decoded once
+        elif name in self._own:
+            message = self.channel_layer.deserialize(data)
+            channel = message.pop(TARGET, None) if isinstance(message, dict) else None
+            if isinstance(channel, str) and channel.startswith(name):
+                self._put(channel, message)
+        elif name in self._general:
+            self._put(name, self.channel_layer.deserialize(data))
+
+    def _put(self, channel: str, message: Message) -> None:
         try:
-            return await queue.get()
-        except (TimeoutError, asyncio.CancelledError, GeneratorExit):
-            # The consumer is exiting: forget its queue (and its Redis channel, if any).
-            if self.channels.pop(channel, None) is not None:
-                shard = self._get_shard(channel)
-                if channel in shard._subscribed_to:
-                    await shard.unsubscribe(channel)
-            raise
+            self.inboxes.put(channel, message)
+        except asyncio.QueueFull:
+            pass  # the sender is elsewhere and cannot be told: dropped, as group messages are
 
 
-class PubSubLayer(RedisPubSubChannelLayer):
-    """``RedisPubSubChannelLayer`` with local consumer channels and decode-once fan-out."""
+class PubSubLayer(LayerProxy):
+    """``RedisPubSubChannelLayer`` with per-loop consumer channels and decode-once fan-out."""
+
+    def make_loop_layer(self, *args: Any, **kwargs: Any) -> PubSubLoopLayer:
+        return PubSubLoopLayer(*args, **kwargs)
+
+    def _loop_layer(self) -> PubSubLoopLayer:
+        layer: PubSubLoopLayer = self.loop_layer()
+        return layer
+
+    # DirectDelivery (app.layers.api)
 
     def register_direct(self, channel: str, deliver: Direct) -> None:
         """Let group messages reach ``channel``'s receiver by a synchronous call first."""
-        self._get_layer().direct[channel] = deliver
+        self._loop_layer().inboxes.register_direct(channel, deliver)
 
     def unregister_direct(self, channel: str) -> None:
-        self._get_layer().direct.pop(channel, None)
+        self._loop_layer().inboxes.unregister_direct(channel)
 
     def forget(self, channel: str) -> None:
-        layer = self._get_layer()
-        layer.direct.pop(channel, None)
-        layer.channels.pop(channel, None)
+        self._loop_layer().inboxes.forget(channel)
 
     def bound_receive(self) -> Receive:
-        """This loop's ``receive``, without the per-call proxy hop of ``self.receive``."""
-        return self._get_layer().receive
+        """This loop's ``receive`` for its own channels, without the proxy's per-call hop."""
+        return self._loop_layer().inboxes.receive
 
     def backlog(self, channel: str) -> int:
         """Messages waiting for a local channel's receiver."""
-        queue = self._get_layer().channels.get(channel)
-        return 0 if queue is None else queue.qsize()
-
-    def _get_layer(self) -> _LoopLayer:
-        loop = asyncio.get_running_loop()
-        layer = self._layers.get(loop)
-        if layer is None:
-            layer = self._layers[loop] = _LoopLayer(*self._args, **self._kwargs, channel_layer=self)
-            _wrap_close(self, loop)
-        return layer
+        return self._loop_layer().inboxes.backlog(channel)

@@ -21,7 +21,7 @@ async def test_group_send_reaches_every_member_once() -> None:
     await layer.group_send("g", {"type": "x", "n": 1})
     assert await layer.receive(a) == {"type": "x", "n": 1}
     assert await layer.receive(b) == {"type": "x", "n": 1}
-    assert layer.channels[b].empty() and layer.channels[c].empty()
+    assert layer.backlog(b) == 0 and layer.backlog(c) == 0
 
 
 async def test_full_channels_drop_group_messages_but_refuse_direct_sends() -> None:
@@ -48,11 +48,14 @@ async def test_a_cancelled_receiver_leaves_nothing_behind() -> None:
     assert layer.channels == {} and layer.groups == {}
 
 
-async def test_group_membership_does_not_expire() -> None:
-    layer = LocalChannelLayer()
-    channel = await layer.new_channel()
-    await layer.group_add("g", channel)
-    assert channel in layer.groups["g"]  # no timestamps, no expiry sweep
+async def test_a_direct_receivers_membership_outlives_group_expiry() -> None:
+    layer = LocalChannelLayer(group_expiry=1)
+    live, plain = await layer.new_channel(), await layer.new_channel()
+    layer.register_direct(live, lambda message: False)
+    for channel in (live, plain):
+        await layer.group_add("g", channel)
+    layer.inboxes.sweep(now=layer.groups["g"][plain] + 2)  # as if two seconds had passed
+    assert list(layer.groups["g"]) == [live]
 
 
 async def test_group_send_hands_messages_to_a_direct_receiver_first() -> None:
@@ -64,7 +67,7 @@ async def test_group_send_hands_messages_to_a_direct_receiver_first() -> None:
     for channel in (taker, refuser):
         await layer.group_add("g", channel)
     await layer.group_send("g", {"type": "x", "n": 1})
-    assert taken == [{"type": "x", "n": 1}] and layer.channels[taker].empty()
+    assert taken == [{"type": "x", "n": 1}] and layer.backlog(taker) == 0
     assert await layer.receive(refuser) == {"type": "x", "n": 1}
 
 

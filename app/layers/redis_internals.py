@@ -1,0 +1,128 @@
+"""Every use of channels-redis's private members, in one module.
+
+Parley's pub/sub layer and Redis history build on channels-redis 4.3 (pinned in
+requirements.txt) below its public API: its shard hash, its per-event-loop proxy, and its
+per-host pub/sub connection. Nothing else in ``app`` may touch a name of channels_redis
+that starts with ``_``. ``RELIED_ON`` lists each such member with the kind and parameters
+used here; ``tests/layers/test_redis_internals.py`` checks them against the installed
+channels-redis and fails naming the member an upgrade changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from channels_redis.pubsub import RedisPubSubChannelLayer, RedisSingleShardConnection
+from channels_redis.utils import _consistent_hash, _wrap_close, decode_hosts
+
+logger = logging.getLogger("parley")
+
+__all__ = ["RELIED_ON", "LayerProxy", "Shard", "consistent_hash", "decode_hosts"]
+
+
+class Member(NamedTuple):
+    """One private member of channels-redis this module relies on."""
+
+    owner: str  # dotted path of the module or class
+    name: str
+    kind: str  # "function", "coroutine function" or "attribute"
+    detail: tuple[str, ...]  # parameter names, or for an attribute the accepted type names
+    why: str
+
+
+RELIED_ON: tuple[Member, ...] = (
+    Member("channels_redis.utils", "_consistent_hash", "function", ("value", "ring_size"),
+           "the shard of a group channel; history puts a room on the same shard"),
+    Member("channels_redis.utils", "_wrap_close", "function", ("proxy", "loop"),
+           "flush a loop's layer when its event loop closes, as the stock proxy does"),
+    Member("channels_redis.pubsub.RedisPubSubChannelLayer", "_get_layer", "function", ("self",),
+           "overridden: the stock proxy's API methods reach the loop layer through it"),
+    Member("channels_redis.pubsub.RedisPubSubChannelLayer", "_layers", "attribute", ("dict",),
+           "event loop -> loop layer"),
+    Member("channels_redis.pubsub.RedisPubSubChannelLayer", "_args", "attribute", ("tuple",),
+           "the layer's positional options, passed on to each loop layer"),
+    Member("channels_redis.pubsub.RedisPubSubChannelLayer", "_kwargs", "attribute", ("dict",),
+           "the layer's keyword options, passed on to each loop layer"),
+    Member("channels_redis.pubsub.RedisSingleShardConnection", "__init__", "function",
+           ("self", "host", "channel_layer"), "called with a host from decode_hosts"),
+    Member("channels_redis.pubsub.RedisSingleShardConnection", "_do_receiving", "coroutine function",
+           ("self",), "overridden: the reader task that _ensure_receiver starts"),
+    Member("channels_redis.pubsub.RedisSingleShardConnection", "_ensure_receiver", "function", ("self",),
+           "starts _do_receiving on the first subscribe"),
+    Member("channels_redis.pubsub.RedisSingleShardConnection", "_pubsub", "attribute", ("NoneType",),
+           "the redis-py PubSub the reader polls (None until the first command)"),
+    Member("channels_redis.pubsub.RedisSingleShardConnection", "_subscribed_to", "attribute", ("set",),
+           "the Redis channels this connection has subscribed"),
+)
+
+
+def consistent_hash(value: str, ring_size: int) -> int:
+    """channels-redis's shard index for ``value`` among ``ring_size`` shards."""
+    return int(_consistent_hash(value, ring_size))
+
+
+class Shard(RedisSingleShardConnection):
+    """One Redis host's pub/sub connection, handing each message to ``on_message``.
+
+    Stock, the reader polls every 0.1 s while nothing is subscribed (so the first group
+    waited up to that long) and pushes raw bytes into the loop layer's queues; here a
+    subscription wakes it, and each message goes to ``on_message(redis_channel, data)``.
+    After a lost connection it retries from 50 ms rather than a flat second: what is
+    published meanwhile is lost to pub/sub, and consumers refill it from history.
+    """
+
+    def __init__(self, host: dict[str, Any], on_message: Callable[[str, bytes], None]) -> None:
+        super().__init__(host, None)
+        self.on_message = on_message
+        self._subscribed = asyncio.Event()
+
+    def is_subscribed(self, channel: str) -> bool:
+        return channel in self._subscribed_to
+
+    async def subscribe(self, channel: str) -> None:
+        await super().subscribe(channel)
+        self._subscribed.set()
+
+    async def _do_receiving(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                pubsub = self._pubsub
+                if pubsub is not None and pubsub.subscribed:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                    if message is not None:
+                        name = message["channel"]
+                        self.on_message(name.decode() if isinstance(name, bytes) else name, message["data"])
+                    delay = 0.05
+                else:
+                    self._subscribed.clear()
+                    await self._subscribed.wait()
+            except (TimeoutError, asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception as exc:
+                logger.warning("pub/sub connection lost (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+
+class LayerProxy(RedisPubSubChannelLayer):
+    """channels-redis's pub/sub proxy (one loop layer per event loop, flushed when its
+    loop closes), with the loop layer made by ``make_loop_layer``."""
+
+    def make_loop_layer(self, *args: Any, **kwargs: Any) -> Any:
+        """Hook: the loop layer for the running event loop."""
+        raise NotImplementedError
+
+    def loop_layer(self) -> Any:
+        """The running event loop's loop layer, made on first use."""
+        loop = asyncio.get_running_loop()
+        layer = self._layers.get(loop)
+        if layer is None:
+            layer = self._layers[loop] = self.make_loop_layer(*self._args, **self._kwargs, channel_layer=self)
+            _wrap_close(self, loop)
+        return layer
+
+    _get_layer = loop_layer  # the stock proxy reaches the loop layer through this name
