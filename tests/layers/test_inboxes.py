@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 from time import monotonic
 
+import pytest
+
 from app.layers.inboxes import Inboxes
 from app.layers.mailbox import Mailbox
+
+pytestmark = pytest.mark.unit
 
 
 def inboxes(expiry: float = 60, group_expiry: float = 86400, capacity: int = 10) -> Inboxes:

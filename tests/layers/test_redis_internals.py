@@ -18,6 +18,8 @@ from channels_redis.pubsub import RedisPubSubChannelLayer, RedisSingleShardConne
 from app.layers import redis_internals
 from app.layers.redis_internals import RELIED_ON, Member
 
+pytestmark = pytest.mark.unit
+
 APP = Path(__file__).resolve().parents[2] / "app"
 
 # Fresh instances, for members that only exist once __init__ has run (no I/O happens here).
