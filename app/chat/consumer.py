@@ -52,7 +52,8 @@ class ChatConsumer(SerialConsumer):
     joined: bool = False
     slow: bool = False
     live: bool = False
-    sending_since: float = 0.0
+    # What the close is counted as: the disconnect event's code, or 1006 if none came.
+    close_code: int = 1006
 
     def __init__(self, services: ChatServices) -> None:
         super().__init__()
@@ -91,6 +92,10 @@ class ChatConsumer(SerialConsumer):
             await self._leave()
             return await self._refuse(503, "unavailable")
 
+        # Registered from the accept on, not only once live: the replay below is sent to
+        # a client that may never read it, and the watchdog and the drain see members here.
+        REGISTRY.add(self)
+        metrics.CONNECTIONS_OPENED.inc()
         await self.accept()
         if missing is not None:
             await self._send_text(gap_frame(*missing))
@@ -98,10 +103,7 @@ class ChatConsumer(SerialConsumer):
             await self._deliver(message_id, frame)
         self.last_id = max(self.last_id, live_from)
         await self._send_text(ready_frame(self.room, self.last_id, self.user))
-        REGISTRY.add(self)
         self.live = True
-        metrics.CONNECTIONS_OPENED.inc()
-        metrics.CONNECTIONS_OPEN.inc()
 
     async def _catch_up(self, params: ConnectParams) -> tuple[tuple[int, int] | None, list, int]:
         """What to send before going live: (ids no longer held, frames, id live starts after)."""
@@ -173,8 +175,8 @@ class ChatConsumer(SerialConsumer):
         await self._deliver(message_id, event["frame"])
 
     def idle(self) -> bool:
-        """Nothing in flight to this client and nothing queued for it."""
-        if self.sending_since:
+        """Live, with nothing in flight to this client and nothing queued for it."""
+        if self.sending_since or not self.live:
             return False
         return self.direct is None or self.direct.backlog(self.channel_name) == 0
 
@@ -189,7 +191,7 @@ class ChatConsumer(SerialConsumer):
 
     def deliver_now(self, message: dict[str, Any]) -> bool:
         """The fan-out's fast path: the next message in order, to an idle, writable socket."""
-        if not self.live or self._turn.locked() or message.get("type") != "chat.message":
+        if not self.live or self.closing or self._turn.locked() or message.get("type") != "chat.message":
             return False
         message_id = message["id"]
         if message_id <= self.last_id:
@@ -220,51 +222,43 @@ class ChatConsumer(SerialConsumer):
         metrics.TALLY.deliveries += 1
 
     async def _send_text(self, text: str) -> None:
-        # A send waits while the socket's write buffer is full (the client is not reading).
-        # The watchdog drops a client stuck here too long; a timestamp costs less than a
-        # timeout per send.
-        self.sending_since = time.monotonic()
-        try:
-            await self.base_send({"type": "websocket.send", "text": text})
-        except OSError:
-            pass  # the client is gone; its disconnect event is already queued
-        finally:
-            self.sending_since = 0.0
+        await self.send_event({"type": "websocket.send", "text": text})
 
     def stalled(self) -> None:
         """Watchdog hook: this client has not accepted a frame for too long."""
-        self.slow = True
-        self.stop()
+        if not self.slow:
+            self.slow = True
+            self.stop()
 
     async def finish(self) -> None:
-        await self._leave()
+        """Leave the registry (and so the open gauge), the group and, if slow, the socket."""
+        code = CLOSE_POLICY if self.slow else self.close_code
+        if REGISTRY.discard_if_present(self):
+            metrics.closed(code).inc()
         if self.slow:
             metrics.SLOW_CLIENTS.inc()
-            self._forget(CLOSE_POLICY)
-            try:
-                async with asyncio.timeout(CONFIG.send_timeout):
-                    await self.close(code=CLOSE_POLICY, reason="slow")
-            except (TimeoutError, OSError, RuntimeError):
-                pass  # still not reading: uvicorn closes the transport when we return
-        self._forget(1006)  # no-op unless the connection ended without a disconnect event
-
-    def _forget(self, code: int) -> None:
-        if REGISTRY.discard_if_present(self):
-            metrics.CONNECTIONS_OPEN.dec()
-            metrics.closed(code).inc()
+            if not self.hang_up(CLOSE_POLICY, "slow", linger=CONFIG.send_timeout):
+                try:
+                    async with asyncio.timeout(CONFIG.send_timeout):
+                        await self.close(code=CLOSE_POLICY, reason="slow")
+                except TimeoutError:
+                    pass  # still not reading: the server closes the transport when we return
+        await self._leave()
 
     # -- close ---------------------------------------------------------------------------
 
     async def close_for_restart(self, code: int, reason: str) -> None:
-        """Drain hook: tell the client to reconnect elsewhere."""
-        try:
-            await self.close(code=code, reason=reason)
-        except (OSError, RuntimeError):
-            pass  # already closing
+        """Drain hook: tell the client to reconnect elsewhere, without waiting for it.
+
+        A socket that cannot take the close frame now has a client that is not reading:
+        the drain does not spend its budget on it, the connection is dropped at once.
+        """
+        if self.writable() is False and self.hang_up(code, reason, linger=0.0):
+            return
+        await self.close(code=code, reason=reason)
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
-        self._forget(message.get("code", 1005))
-        await self._leave()
+        self.close_code = message.get("code", 1005)
         raise StopConsumer()
 
     async def _leave(self) -> None:

@@ -9,9 +9,14 @@ from prometheus_client import REGISTRY, Counter, Gauge, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from app.chat.registry import REGISTRY as SOCKETS
+
 disable_created_metrics()
 
 CONNECTIONS_OPEN = Gauge("chat_connections_open", "Chat WebSockets open now")
+# Read from the registry at scrape time rather than counted up and down beside it: one
+# count, so the gauge cannot drift from the sockets actually held.
+CONNECTIONS_OPEN.set_function(SOCKETS.__len__)
 CONNECTIONS_OPENED = Counter("chat_connections_opened", "Chat WebSockets accepted")
 CONNECTIONS_CLOSED = Counter("chat_connections_closed", "Chat WebSockets closed", ["code"])
 HANDSHAKES_REFUSED = Counter(
