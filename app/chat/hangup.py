@@ -31,8 +31,26 @@ def hang_up(protocol: Any, code: int, reason: str, linger: float) -> None:
         # From here uvicorn discards further input and refuses further sends; when the
         # application returns it closes the transport (after flushing, hence the abort).
         protocol.close_sent = True
-    # Aborting a transport that has closed meanwhile does nothing (asyncio's and uvloop's).
     if linger > 0:
-        asyncio.get_running_loop().call_later(linger, transport.abort)
+        _LINGERING[transport] = asyncio.get_running_loop().call_later(linger, _abort, transport)
     else:
         transport.abort()
+
+
+def abort_lingering() -> int:
+    """Abort every transport still lingering after a hang-up; how many. A drain calls this:
+    it has no time to give a client that was already too slow to read."""
+    transports = list(_LINGERING)
+    for transport in transports:
+        _LINGERING.pop(transport).cancel()
+        transport.abort()
+    return len(transports)
+
+
+# Transports waiting out their linger (at most one per client dropped in the last linger).
+_LINGERING: dict[Any, asyncio.TimerHandle] = {}
+
+
+def _abort(transport: Any) -> None:
+    _LINGERING.pop(transport, None)
+    transport.abort()  # a transport that has closed meanwhile ignores it (asyncio's, uvloop's)

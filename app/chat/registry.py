@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from app.chat import hangup
+
 
 class Member(Protocol):
     room: str
@@ -60,6 +62,9 @@ class Registry:
         do that, its close is abandoned here rather than waited for, and the server's own
         shutdown closes the transport.
         """
+        # Sockets already dropped as slow, still flushing their close frame, are no longer
+        # members; the drain does not wait for them either.
+        hangup.abort_lingering()
         members = self.all()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(timeout, 0.01)
