@@ -67,7 +67,8 @@ class ChatConsumer(SerialConsumer):
     joined: bool = False
     slow: bool = False
     live: bool = False
-    sending_since: float = 0.0
+    # What the close is counted as: the disconnect event's code, or 1006 if none came.
+    close_code: int = 1006
 
     def __init__(self, services: ChatServices) -> None:
         super().__init__()
@@ -108,6 +109,10 @@ class ChatConsumer(SerialConsumer):
             await self._leave()
             return await self._refuse(503, "unavailable")
 
+        # Registered from the accept on, not only once live: the replay below is sent to
+        # a client that may never read it, and the watchdog and the drain see members here.
+        REGISTRY.add(self)
+        metrics.CONNECTIONS_OPENED.inc()
         await self.accept()
         self.epoch = replay.state.epoch
         if reset:
@@ -120,10 +125,7 @@ class ChatConsumer(SerialConsumer):
         await self._send_text(ready_frame(self.room, self.last_id, self.user, self.epoch))
         if CONFIG.auth == "jwt":
             self._expire_at(self.expires_at)
-        REGISTRY.add(self)
         self.live = True
-        metrics.CONNECTIONS_OPENED.inc()
-        metrics.CONNECTIONS_OPEN.inc()
 
     async def _catch_up(self, params: ConnectParams) -> tuple[bool, Replay, int]:
         """What to send before going live: (reset first?, the replay, id live starts after)."""
@@ -224,8 +226,8 @@ class ChatConsumer(SerialConsumer):
         await self._send_text(reset_frame(self.room, epoch, base))
 
     def idle(self) -> bool:
-        """Nothing in flight to this client and nothing queued for it."""
-        if self.sending_since:
+        """Live, with nothing in flight to this client and nothing queued for it."""
+        if self.sending_since or not self.live:
             return False
         return self.direct is None or self.direct.backlog(self.channel_name) == 0
 
@@ -244,7 +246,7 @@ class ChatConsumer(SerialConsumer):
 
     def deliver_now(self, message: dict[str, Any]) -> bool:
         """The fan-out's fast path: the next message in order, to an idle, writable socket."""
-        if not self.live or self._turn.locked() or message.get("type") != "chat.message":
+        if not self.live or self.closing or self._turn.locked() or message.get("type") != "chat.message":
             return False
         if message.get("epoch", self.epoch) != self.epoch:
             return False  # a reset to send, or a stale event to drop: the ordered path
@@ -285,56 +287,48 @@ class ChatConsumer(SerialConsumer):
         metrics.TALLY.deliveries += 1
 
     async def _send_text(self, text: str) -> None:
-        # A send waits while the socket's write buffer is full (the client is not reading).
-        # The watchdog drops a client stuck here too long; a timestamp costs less than a
-        # timeout per send.
-        self.sending_since = time.monotonic()
         try:
-            try:
-                await self.base_send({"type": "websocket.send", "text": text})
-            except UnicodeEncodeError:
-                # Frames are built encodable (app.protocol); this guard means no record,
-                # however it was stored, can end a member's connection. Nothing was written.
-                await self.base_send({"type": "websocket.send", "text": repair_text(text)})
-        except OSError:
-            pass  # the client is gone; its disconnect event is already queued
-        finally:
-            self.sending_since = 0.0
+            await self.send_event({"type": "websocket.send", "text": text})
+        except UnicodeEncodeError:
+            # Frames are built encodable (app.protocol); this guard means no record, however
+            # it was stored, can end a member's connection. Nothing was written.
+            await self.send_event({"type": "websocket.send", "text": repair_text(text)})
 
     def stalled(self) -> None:
         """Watchdog hook: this client has not accepted a frame for too long."""
-        self.slow = True
-        self.stop()
+        if not self.slow:
+            self.slow = True
+            self.stop()
 
     async def finish(self) -> None:
-        await self._leave()
+        """Leave the registry (and so the open gauge), the group and, if slow, the socket."""
+        code = CLOSE_POLICY if self.slow else self.close_code
+        if REGISTRY.discard_if_present(self):
+            metrics.closed(code).inc()
         if self.slow:
             metrics.SLOW_CLIENTS.inc()
-            self._forget(CLOSE_POLICY)
-            try:
-                async with asyncio.timeout(CONFIG.send_timeout):
-                    await self.close(code=CLOSE_POLICY, reason="slow")
-            except (TimeoutError, OSError, RuntimeError):
-                pass  # still not reading: uvicorn closes the transport when we return
-        self._forget(1006)  # no-op unless the connection ended without a disconnect event
-
-    def _forget(self, code: int) -> None:
-        if REGISTRY.discard_if_present(self):
-            metrics.CONNECTIONS_OPEN.dec()
-            metrics.closed(code).inc()
+            if not self.hang_up(CLOSE_POLICY, "slow", linger=CONFIG.send_timeout):
+                try:
+                    async with asyncio.timeout(CONFIG.send_timeout):
+                        await self.close(code=CLOSE_POLICY, reason="slow")
+                except TimeoutError:
+                    pass  # still not reading: the server closes the transport when we return
+        await self._leave()
 
     # -- close ---------------------------------------------------------------------------
 
     async def close_for_restart(self, code: int, reason: str) -> None:
-        """Drain hook: tell the client to reconnect elsewhere."""
-        try:
-            await self.close(code=code, reason=reason)
-        except (OSError, RuntimeError):
-            pass  # already closing
+        """Drain hook: tell the client to reconnect elsewhere, without waiting for it.
+
+        A socket that cannot take the close frame now has a client that is not reading:
+        the drain does not spend its budget on it, the connection is dropped at once.
+        """
+        if self.writable() is False and self.hang_up(code, reason, linger=0.0):
+            return
+        await self.close(code=code, reason=reason)
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
-        self._forget(message.get("code", 1005))
-        await self._leave()
+        self.close_code = message.get("code", 1005)
         raise StopConsumer()
 
     def _expire_at(self, exp: float) -> None:
@@ -350,10 +344,7 @@ class ChatConsumer(SerialConsumer):
     async def _close_expired(self) -> None:
         async with self._turn:  # between two handlers, never inside one
             if self.joined:
-                try:
-                    await self.close(code=CLOSE_TOKEN_EXPIRED, reason="token expired")
-                except (OSError, RuntimeError):
-                    pass  # already closing
+                await self.close(code=CLOSE_TOKEN_EXPIRED, reason="token expired")
 
     async def _leave(self) -> None:
         if self.expiry is not None:

@@ -1,9 +1,15 @@
-"""The chat sockets this process holds, by room, so a drain can close every one of them."""
+"""The chat sockets this process holds, by room, so a drain can close every one of them.
+
+A consumer is a member from its accept to its end (replay included), so this is also the
+count of open chat sockets that the ``chat_connections_open`` gauge reports.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Protocol
+
+from app.chat import hangup
 
 
 class Member(Protocol):
@@ -51,9 +57,14 @@ class Registry:
         """Send every member a close frame; return how many there were.
 
         A close to a writable socket completes without suspending, so members are closed
-        one after another with no task each. A member whose client stopped reading would
-        suspend: it is left for uvicorn's shutdown, which closes its transport.
+        one after another with no task each. A member whose client stopped reading drops
+        its connection instead of waiting (``close_for_restart``); where the server cannot
+        do that, its close is abandoned here rather than waited for, and the server's own
+        shutdown closes the transport.
         """
+        # Sockets already dropped as slow, still flushing their close frame, are no longer
+        # members; the drain does not wait for them either.
+        hangup.abort_lingering()
         members = self.all()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(timeout, 0.01)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 
-from app.chat import wire
+from app.chat import hangup, wire
 from app.layers.api import DirectDelivery
 
 Source = Callable[[], Awaitable[dict[str, Any]]]
@@ -37,6 +38,12 @@ class SerialConsumer(AsyncWebsocketConsumer):
 
     _main: asyncio.Task[Any] | None = None
     _stopping: bool = False
+    # Set once the close frame is on its way: from then on input is dropped unhandled and
+    # nothing more is sent, until the server's disconnect event ends the connection.
+    closing: bool = False
+    # When the send in progress began (0.0: none), for the slow-client watchdog. Every
+    # frame after the handshake (replay, live, errors, the close) goes through ``send_event``.
+    sending_since: float = 0.0
     direct: DirectDelivery | None = None
     # Channels gives each instance its own empty list when this is None; groups here are
     # joined explicitly, and an empty tuple costs nothing per connection.
@@ -66,10 +73,13 @@ class SerialConsumer(AsyncWebsocketConsumer):
             if main is not None:
                 main.uncancel()  # our own stop(), not the server's: finish normally
         finally:
+            # However the connection ended (disconnect, stop, an error, the server's
+            # cancel), everything it holds is released here, once.
+            self._stopping = True
             inbox.cancel()
             if direct is not None:
                 direct.forget(self.channel_name)
-        await self.finish()
+            await self.finish()
 
     def deliver_now(self, message: dict[str, Any]) -> bool:
         """Hook for the layer's fan-out: take ``message`` synchronously, or return False
@@ -115,16 +125,66 @@ class SerialConsumer(AsyncWebsocketConsumer):
         while True:
             message = await source()
             async with self._turn:
+                if self.closing and message["type"] != "websocket.disconnect":
+                    continue  # queued before our close frame: nobody is listening for it
                 await self.dispatch(message)
 
     def stop(self) -> None:
-        """End the connection's loops (safe from any task); ``finish`` runs after."""
+        """End the connection's loops (safe from any task, idempotent); ``finish`` runs after."""
+        if self._stopping:
+            return
         self._stopping = True
         if self._main is not None and not self._main.done() and self._main is not asyncio.current_task():
             self._main.cancel()
 
+    async def send_event(self, message: dict[str, Any]) -> None:
+        """Send an ASGI message after the handshake, stamped for the watchdog.
+
+        A send waits while the socket's write buffer is full (the client is not reading);
+        the watchdog drops a client stuck here too long, and a timestamp costs less than a
+        timeout per send. Nothing is sent once closing; a socket that is gone or already
+        closed by the server (keepalive timeout, shutdown) is taken as closing.
+        """
+        if self.closing:
+            return
+        if message["type"] == "websocket.close":
+            self.closing = True
+        self.sending_since = time.monotonic()
+        try:
+            await self.base_send(message)
+        except (OSError, RuntimeError):
+            # OSError: disconnected, its event is queued. RuntimeError: uvicorn refuses
+            # sends after a close it sent itself; its disconnect event follows too.
+            self.closing = True
+        finally:
+            self.sending_since = 0.0
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        """Send the close frame, once; later calls do nothing."""
+        message: dict[str, Any] = {"type": "websocket.close"}
+        if code is not None and code is not True:
+            message["code"] = code
+        if reason:
+            message["reason"] = reason
+        await self.send_event(message)
+
+    def writable(self) -> bool | None:
+        """Can the socket take a frame now? None when the server does not say (not uvicorn)."""
+        protocol = getattr(self.base_send, "__self__", None)
+        ready = getattr(protocol, "writable", None)
+        return ready.is_set() if isinstance(ready, asyncio.Event) else None
+
+    def hang_up(self, code: int, reason: str, linger: float) -> bool:
+        """Close without waiting for the client to read (see app.chat.hangup); False
+        where the server's protocol does not allow it, and the caller closes as usual."""
+        if self._raw is None:
+            return False
+        self.closing = True
+        hangup.hang_up(self._raw, code, reason, linger)
+        return True
+
     async def finish(self) -> None:
-        """Hook: release what the connection held, however it ended. Must be idempotent."""
+        """Hook: release what the connection held. Runs exactly once, however it ended."""
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes stale DB connections via a thread hop on every message; this

@@ -3,7 +3,9 @@
 A send to a client waits while that socket's write buffer is full. Each consumer stamps
 when its current send began; once a second this watchdog stops consumers whose send has
 waited longer than ``CHAT_SEND_TIMEOUT``, so the server holds at most one socket buffer
-per stalled client, never an unbounded backlog.
+per stalled client, never an unbounded backlog. Consumers are members from their accept, so
+this covers every frame a socket is sent: the join's replay, gap fills, error frames and the
+close frame as much as live messages.
 """
 
 from __future__ import annotations

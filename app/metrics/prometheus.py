@@ -11,6 +11,8 @@ from prometheus_client.registry import Collector
 
 disable_created_metrics()
 
+# The process points this at its socket registry (app.process.warmup): read at scrape time
+# rather than counted up and down beside it, so it cannot drift from the sockets held.
 CONNECTIONS_OPEN = Gauge("chat_connections_open", "Chat WebSockets open now")
 CONNECTIONS_OPENED = Counter("chat_connections_opened", "Chat WebSockets accepted")
 CONNECTIONS_CLOSED = Counter("chat_connections_closed", "Chat WebSockets closed", ["code"])

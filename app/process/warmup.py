@@ -80,6 +80,7 @@ async def warm_up(
     lifecycle.set_ready()
     elapsed = (lifecycle.ready_at or time.time()) - PROCESS_STARTED_AT
     await asyncio.to_thread(metrics.load)  # after ready: no probe needs prometheus-client
+    metrics.CONNECTIONS_OPEN.set_function(REGISTRY.__len__)
     # Everything loaded so far lives as long as the process: keep collections off it.
     gc.freeze()
     metrics.STARTUP_SECONDS.set(elapsed)
