@@ -130,6 +130,14 @@ class AppServer:
         except ValueError:
             return status, body
 
+    def metric(self, line_start: str) -> float:
+        """The value of the first /metrics sample line starting with ``line_start`` (0 if none)."""
+        text = http_get(self.base + "/metrics")[1].decode()
+        for line in text.splitlines():
+            if line.startswith(line_start + " "):
+                return float(line.split()[-1])
+        return 0.0
+
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
 

@@ -19,7 +19,6 @@ from websockets.exceptions import ConnectionClosed
 from app.rooms import group_name
 from tests import wsraw
 from tests.support import AppServer, Client, RedisServer, wait_until
-from tests.test_hardening import metric
 
 FLOODERS = 100
 FLOOD = 150  # frames written at once: past the burst (40) and the strikes (50)
@@ -83,9 +82,9 @@ async def test_clients_that_flood_then_disconnect_leave_nothing_behind(
     ))
     assert set(codes) == {1008}  # each was closed for flooding ("rate limit") first
 
-    wait_until(lambda: metric(server, "chat_connections_open") == 1, 30, "only the bystander to be open")
-    assert metric(server, "chat_connections_opened_total") == FLOODERS + 1
-    assert metric(server, 'chat_connections_closed_total{code="1008"}') == FLOODERS
+    wait_until(lambda: server.metric("chat_connections_open") == 1, 30, "only the bystander to be open")
+    assert server.metric("chat_connections_opened_total") == FLOODERS + 1
+    assert server.metric('chat_connections_closed_total{code="1008"}') == FLOODERS
     # Still a member of a working room: it receives what is posted now, after the flood's.
     poster = await Client.connect(server.ws_url(rooms[0]))
     ack = await poster.post("after the flood")
@@ -95,7 +94,7 @@ async def test_clients_that_flood_then_disconnect_leave_nothing_behind(
 
     await bystander.close()
     await poster.close()
-    wait_until(lambda: metric(server, "chat_connections_open") == 0, 10, "every socket to be let go")
+    wait_until(lambda: server.metric("chat_connections_open") == 0, 10, "every socket to be let go")
     if subscribers:
         wait_until(lambda: all(group_subscribers(subscribers, room) == 0 for room in rooms), 10,
                    "every group to be left")
@@ -136,7 +135,7 @@ async def test_a_client_that_never_reads_its_join_replay_is_closed_slow(
     await fill_room(server, "big")
     stalled = never_reading(server.port, "big")
 
-    wait_until(lambda: metric(server, "chat_slow_clients_total") == 1, 30, "the stalled client to be dropped")
+    wait_until(lambda: server.metric("chat_slow_clients_total") == 1, 30, "the stalled client to be dropped")
     frames = wsraw.read_frames(stalled)
     stalled.close()
     # It got what the server could send before it stopped reading, then the close frame.
@@ -144,7 +143,7 @@ async def test_a_client_that_never_reads_its_join_replay_is_closed_slow(
     opcode, payload = frames[-1]
     assert (opcode, struct.unpack("!H", payload[:2])[0], payload[2:]) == (0x8, 1008, b"slow")
     assert len(frames) - 1 < BIG_MESSAGES
-    wait_until(lambda: metric(server, "chat_connections_open") == 0, 10, "its slot to be let go")
+    wait_until(lambda: server.metric("chat_connections_open") == 0, 10, "its slot to be let go")
     # The room is unharmed.
     reader = await Client.connect(server.ws_url("big", last="1"))
     assert len(await reader.messages(1)) == 1
@@ -183,7 +182,7 @@ async def test_a_drain_does_not_wait_for_a_client_already_dropped_as_slow(
     server = make_app(env={**FAST, "CHAT_SEND_TIMEOUT": "3", "SHUTDOWN_TIMEOUT": "1"})
     await fill_room(server, "big")
     stalled = never_reading(server.port, "big")
-    wait_until(lambda: metric(server, "chat_slow_clients_total") == 1, 30, "the stalled client to be dropped")
+    wait_until(lambda: server.metric("chat_slow_clients_total") == 1, 30, "the stalled client to be dropped")
 
     server.signal()
     assert server.wait(10) == 0

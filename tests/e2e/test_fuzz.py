@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 import psutil
 
 from tests import wsraw
-from tests.e2e.test_hardening import metric
 from tests.support import Client
 from tools.net import wait_until
 from tools.procs import AppServer
@@ -60,7 +59,7 @@ async def test_hostile_frames_never_hurt_the_server_or_bystanders(
     await alice.post("warm-up")
     await bob.messages(1)
     process = psutil.Process(server.process.pid)
-    tasks_before = metric(server, "chat_asyncio_tasks")
+    tasks_before = server.metric("chat_asyncio_tasks")
     rss_before = process.memory_info().rss
 
     rng = random.Random(20261122)
@@ -87,8 +86,8 @@ async def test_hostile_frames_never_hurt_the_server_or_bystanders(
     assert got[-1]["message"] == "after the storm"
     assert [m["id"] for m in got] == list(range(2, 2 + len(got)))
 
-    wait_until(lambda: metric(server, "chat_connections_open") == 2, 15, "hostile sockets to close")
-    wait_until(lambda: metric(server, "chat_asyncio_tasks") <= tasks_before, 15,
+    wait_until(lambda: server.metric("chat_connections_open") == 2, 15, "hostile sockets to close")
+    wait_until(lambda: server.metric("chat_asyncio_tasks") <= tasks_before, 15,
                "tasks to return to their count before the fuzz")
     assert process.memory_info().rss - rss_before < 64 * 1024 * 1024
     assert "Traceback" not in server.output()

@@ -23,14 +23,6 @@ from tools.procs import AppServer
 SECRET = "jwt-secret-for-tests-" + "z" * 40
 
 
-def metric(server: AppServer, line_start: str) -> float:
-    text = server.get("/metrics")[1].decode()
-    for line in text.splitlines():
-        if line.startswith(line_start + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
 @pytest.fixture
 def jwt_server(make_app: Callable[..., AppServer]) -> AppServer:
     return make_app(env={"CHAT_AUTH": "jwt", "CHAT_JWT_SECRET": SECRET})
@@ -65,7 +57,7 @@ async def test_bad_tokens_are_refused_with_403_and_counted(
         await Client.connect(jwt_server.ws_url("lobby", **query))
     assert info.value.response.status_code == 403
     assert json.loads(info.value.response.body)["code"] == reason
-    assert metric(jwt_server, f'chat_handshakes_refused_total{{reason="{reason}"}}') == 1
+    assert jwt_server.metric(f'chat_handshakes_refused_total{{reason="{reason}"}}') == 1
 
 
 def test_jwt_without_secret_refuses_to_start(make_app: Callable[..., AppServer]) -> None:
@@ -113,7 +105,7 @@ async def test_connection_limit_refuses_new_handshakes_only(make_app: Callable[.
     assert json.loads(info.value.response.body)["code"] == "too_many_connections"
     assert (await first.post("still fine"))["type"] == "ack"
     await second.close()
-    wait_until(lambda: metric(server, "chat_connections_open") == 1, 10, "the close to be counted")
+    wait_until(lambda: server.metric("chat_connections_open") == 1, 10, "the close to be counted")
     third = await Client.connect(server.ws_url("lobby"))
     assert third.ready is not None
 
@@ -138,7 +130,7 @@ async def test_a_client_that_never_reads_is_dropped_and_memory_stays_bounded(
             await reader.messages(100)
         if i in (999, 2999):
             rss[i] = process.memory_info().rss
-    wait_until(lambda: metric(server, "chat_slow_clients_total") == 1, 15, "the stalled client to be dropped")
+    wait_until(lambda: server.metric("chat_slow_clients_total") == 1, 15, "the stalled client to be dropped")
     # The first thousand messages warm the allocator and fill the stalled socket's buffers;
     # past that, pushing ~8 MB more must not grow the server by anything like it.
     pushed = 2000 * len(text)
