@@ -10,13 +10,28 @@ import asyncio
 from typing import Protocol
 
 from app.chat import hangup
+from app.history.base import RoomState
 
 
 class Member(Protocol):
-    room: str
-    last_id: int
+    """What a registered chat socket offers the process's watchers and the drain."""
 
-    async def close_for_restart(self, code: int, reason: str) -> None: ...
+    room: str
+    epoch: str
+    last_id: int
+    sending_since: float  # monotonic start of the send in flight, 0.0 when none
+
+    def idle(self) -> bool:
+        """Nothing queued for it and nothing in flight (the tail watcher's test)."""
+
+    async def nudge(self, state: RoomState) -> None:
+        """History holds ``state``: catch up (or reset) from it."""
+
+    def stalled(self) -> None:
+        """The slow-client watchdog found its send stuck too long."""
+
+    async def close_for_restart(self, code: int, reason: str) -> None:
+        """The drain: tell the client to reconnect elsewhere, without waiting for it."""
 
 
 class Registry:

@@ -20,21 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
 
 from app.chat.registry import Registry
 from app.history import History, RoomState
 
 logger = logging.getLogger("parley")
-
-
-class Nudgeable(Protocol):
-    last_id: int
-    epoch: str
-
-    def idle(self) -> bool: ...
-
-    async def nudge(self, state: RoomState) -> None: ...
 
 
 class TailWatcher:
@@ -52,7 +42,7 @@ class TailWatcher:
         names = list(rooms)
         # Positions before the read: the read is then at least as new as each of them.
         noted = {
-            room: [(m, m.epoch, m.last_id) for m in members]  # type: ignore[attr-defined]
+            room: [(m, m.epoch, m.last_id) for m in members]
             for room, members in rooms.items()
         }
         states = await self.history.states(names) if names else []
@@ -66,13 +56,13 @@ class TailWatcher:
             held_now[room] = state
             held_before = self._held.get(room)
             for member, epoch, last in noted[room]:
-                if member.epoch != epoch or not member.idle():  # type: ignore[attr-defined]
+                if member.epoch != epoch or not member.idle():
                     continue  # moved on since noted, or busy receiving: its own path decides
                 if epoch != state.epoch:
-                    await member.nudge(state)  # type: ignore[attr-defined]
+                    await member.nudge(state)
                     nudged += 1
                 elif held_before is not None and held_before.epoch == epoch and last < held_before.last_id:
-                    await member.nudge(held_before)  # type: ignore[attr-defined]
+                    await member.nudge(held_before)
                     nudged += 1
         self._held = held_now
         return nudged

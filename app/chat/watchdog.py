@@ -12,28 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+
+from app.chat.registry import Registry
 
 CHECK_INTERVAL = 1.0
-
-
-class Sender(Protocol):
-    sending_since: float
-
-    def stalled(self) -> None: ...
 
 
 class SlowClientWatchdog:
     """Finds members stuck in a send past the timeout, and tells them."""
 
-    def __init__(self, members: object, send_timeout: float) -> None:
+    def __init__(self, members: Registry, send_timeout: float) -> None:
         self.members = members
         self.send_timeout = send_timeout
 
     def check(self, now: float) -> int:
         """Stop every stuck member; returns how many."""
         limit = now - self.send_timeout
-        stuck = [m for m in self.members.all() if 0.0 < m.sending_since < limit]  # type: ignore[attr-defined]
+        stuck = [m for m in self.members.all() if 0.0 < m.sending_since < limit]
         for member in stuck:
             member.stalled()
         return len(stuck)

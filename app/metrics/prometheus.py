@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Iterator
 
 from prometheus_client import REGISTRY, Counter, Gauge, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 disable_created_metrics()
@@ -57,7 +58,7 @@ TALLY = Tally()
 
 
 class _TallyCollector(Collector):
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily(
             "chat_deliveries", "Message frames sent to clients (live and replayed)",
             value=TALLY.deliveries,
