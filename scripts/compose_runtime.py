@@ -183,10 +183,11 @@ class ComposeRuntime:
         return body.get("color") if status == 200 and body is not None else None
 
     def stop(self, color: str) -> bool:
-        # stop_signal SIGTERM; compose waits up to the service's stop_grace_period. On an
-        # exited container it is a no-op, which compose does not tell apart: True.
+        """SIGTERM (stop_signal), compose waits up to stop_grace_period; False if the colour
+        was not running any more (killed or crashed: its clients were cut off, not drained)."""
+        running = self.state(color) in {"running", "restarting"}
         self._run("stop", f"app_{color}")
-        return True
+        return running
 
     def record_active(self, color: str) -> None:
         """The live dynamic file is the record."""

@@ -82,6 +82,7 @@ class Member:
     live: bool = False
     last_failure: str = ""
     last_id: int = 0  # the newest id received: where a reconnect resumes (?since=)
+    token: str = ""  # a JWT for a stack with CHAT_AUTH=jwt (the compose drill)
 
     def new_message(self) -> tuple[str, str]:
         self.sent += 1
@@ -138,6 +139,8 @@ async def _stay_connected(member: Member, base_url: str, finishing: asyncio.Even
     attempt = 0
     while not finishing.is_set():
         url = f"{base_url}/ws/chat/{member.room}/?since={member.last_id}"
+        if member.token:
+            url += f"&token={member.token}"
         try:
             async with gate:
                 member.ws = await connect(url, open_timeout=10, close_timeout=5)
