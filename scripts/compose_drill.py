@@ -207,7 +207,7 @@ async def run(stack: ComposeStack, clients: int, rooms: int, rate: float, settle
             if not report.get("ok"):
                 raise RuntimeError(f"deploy to {target} failed: {report.get('error')}")
             deployed = time.monotonic()
-            await until(lambda before=connects: all(m.live for m in members)  # type: ignore[misc]
+            await until(lambda before=connects: all(m.live for m in members)
                         and sum(m.connects for m in members) >= before + clients,
                         timeout, f"every client to reconnect to {target}")
             timeline[f"all_on_{target}_after_deploy_s"] = round(time.monotonic() - deployed, 3)

@@ -179,7 +179,9 @@ class ComposeRuntime:
                                     traefik_config.render_dynamic(color, traefik_config.compose_urls()))
 
     def routed_color(self) -> str | None:
-        status, body = get_json(self.ops_url + traefik_config.READY_PATH)
+        # A short timeout: right after a kill, Traefik may still hold a keep-alive connection
+        # to the dead container and the request hangs; the next poll goes to the new route.
+        status, body = get_json(self.ops_url + traefik_config.READY_PATH, timeout=0.3)
         return body.get("color") if status == 200 and body is not None else None
 
     def stop(self, color: str) -> bool:
