@@ -126,6 +126,10 @@ class Engine:
                 os.kill(pid, signal.SIGKILL)
                 deadline = time.monotonic() + 5
             time.sleep(0.1)
+        try:
+            os.waitpid(pid, os.WNOHANG)  # it ended as a zombie child of ours: reap it now
+        except ChildProcessError:
+            pass
         return True
 
     def tail(self, lines: int = 5) -> str:
