@@ -1,5 +1,6 @@
-"""scripts/deploy.py: the blue/green procedure on the local stack (real Traefik) and on compose
-(a stand-in ``docker`` that records the commands: there is no Docker engine here)."""
+"""scripts/deploy.py: the blue/green procedure on the local stack (real Traefik), and the order
+of compose commands with a stand-in ``docker`` that records them (fast, no engine needed;
+tests/e2e/test_compose.py runs the compose runtime in a real engine)."""
 
 from __future__ import annotations
 
