@@ -4,10 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
+OPS_STAMP := $(VENV)/.ops-installed
 COLOR ?= green
 RUNTIME ?= local
+# compose: the release to run (parley:<TAG>), never rebuilt; default this checkout's revision.
+TAG ?=
 
-.PHONY: run test test-unit lint bench loadtest startup shutdown locust stack stack-down deploy drill clean
+.PHONY: run test test-unit lint bench loadtest startup shutdown locust stack stack-down deploy drill clean \
+	docker-env docker-env-down compose-drill bench-compose
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +21,13 @@ $(RUNTIME_STAMP): requirements.txt | $(PY)
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-$(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+$(OPS_STAMP): requirements.txt requirements-ops.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements-ops.txt
 	touch $@ $(RUNTIME_STAMP)
+
+$(DEV_STAMP): requirements.txt requirements-ops.txt requirements-dev.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@ $(OPS_STAMP) $(RUNTIME_STAMP)
 
 run: $(RUNTIME_STAMP)  ## serve chat on http://127.0.0.1:8000 (in-memory layer, no Redis)
 	$(PY) -m app
@@ -49,14 +57,26 @@ shutdown: $(DEV_STAMP)
 locust: $(DEV_STAMP)  ## a short headless Locust run
 	$(PY) -m scripts.locust_run $(LOCUST_ARGS)
 
-stack: $(DEV_STAMP)  ## redis-server + Traefik + the active colour, on loopback
+stack: $(OPS_STAMP)  ## redis-server + Traefik + the active colour, on loopback
 	$(PY) -m scripts.stack up
 
-stack-down: $(DEV_STAMP)
+stack-down: $(OPS_STAMP)
 	$(PY) -m scripts.stack down
 
-deploy: $(DEV_STAMP)  ## blue/green switch: make deploy COLOR=green [RUNTIME=compose]
-	$(PY) -m scripts.deploy --runtime $(RUNTIME) $(COLOR)
+deploy: $(OPS_STAMP)  ## blue/green switch: make deploy COLOR=green [RUNTIME=compose [TAG=<release>]]
+	$(PY) -m scripts.deploy --runtime $(RUNTIME) $(COLOR) $(if $(TAG),--tag $(TAG))
+
+docker-env: $(OPS_STAMP)  ## a Docker engine (started if none answers), Compose v2, base images
+	$(PY) -m scripts.docker_env up
+
+docker-env-down: $(OPS_STAMP)  ## stop the engine `make docker-env` started (no other)
+	$(PY) -m scripts.docker_env down
+
+compose-drill: $(OPS_STAMP)  ## the drill on compose.yml in real containers; DRILL_ARGS="--fault kill"
+	$(PY) -m scripts.compose_drill $(DRILL_ARGS)
+
+bench-compose: $(OPS_STAMP)  ## container start, deploy and stop timings; table for BENCHMARKS.md
+	$(PY) -m scripts.bench_compose $(BENCH_ARGS)
 
 drill: $(DEV_STAMP)  ## clients connected through Traefik across blue->green->blue; zero loss
 	$(PY) -m scripts.drill $(DRILL_ARGS)

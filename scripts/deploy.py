@@ -26,15 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from scripts.compose_runtime import ComposeError, ComposeRuntime
 from scripts.stack import StackError, StackState, resolve_dir, start_app, traefik_color, wait_app_ready
-from tools import ROOT, traefik_config
-from tools.net import http_get
+from tools import traefik_config
 from tools.report import table
 
 READY_TIMEOUT = 60.0
@@ -54,13 +53,14 @@ class Runtime(Protocol):
 
     name: str
 
-    def active(self) -> str: ...
+    def active(self) -> str | None: ...  # None: nothing deployed yet (first start)
     def start(self, color: str) -> None: ...
     def abandon(self, color: str) -> None: ...
     def switch(self, color: str) -> None: ...
     def routed_color(self) -> str | None: ...
     def stop(self, color: str) -> bool: ...  # False: nothing of that colour was left to stop
     def record_active(self, color: str) -> None: ...
+    notes: dict[str, Any]  # runtime-specific facts for the report (image, build time)
 
 
 def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOUT) -> dict[str, Any]:
@@ -71,12 +71,13 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
         raise Refused(f"{color} is already the active colour: deploy "
                       f"{traefik_config.other_color(color)} instead")
     # Asked through Traefik, as clients reach it: after a crash this is the failover case.
-    old_answered = runtime.routed_color() == old
-    old_now = f"{old} still serves" if old_answered else f"{old} was not answering either: nothing serves"
+    old_answered = old is not None and runtime.routed_color() == old
+    old_now = (f"{old} still serves" if old_answered else
+               f"{old} was not answering either: nothing serves" if old else "nothing served before")
     began = time.monotonic()
     try:
         runtime.start(color)
-    except DeployError as exc:
+    except (DeployError, ComposeError) as exc:
         runtime.abandon(color)
         raise DeployError(f"{color} never got ready, nothing was switched, {old_now}: {exc}") from None
     ready = time.monotonic()
@@ -84,21 +85,23 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
     runtime.switch(color)
     routed = _await(lambda: runtime.routed_color() == color, confirm_timeout)
     if not routed:
-        runtime.switch(old)
+        if old is not None:
+            runtime.switch(old)
         runtime.abandon(color)
         raise DeployError(f"Traefik did not route to {color} within {confirm_timeout:.0f}s; "
                           f"switched back, {old_now}")
     switched = time.monotonic()
     runtime.record_active(color)
 
-    stopped = runtime.stop(old)
+    stopped = runtime.stop(old) if old is not None else False
     drained = time.monotonic()
     return {
         "ok": True,
         "runtime": runtime.name,
         "from": old,
         "to": color,
-        "old": old_outcome(old_answered, stopped),
+        "old": old_outcome(old_answered, stopped) if old is not None else "none (first start)",
+        **runtime.notes,
         "time_to_ready_s": round(ready - began, 3),
         "switch_latency_s": round(switched - ready, 3),
         "drain_s": round(drained - switched, 3),
@@ -126,6 +129,7 @@ class LocalRuntime:
     """The colours as processes of the local stack (scripts.stack), on loopback."""
 
     name = "local"
+    notes: dict[str, Any] = {}
 
     def __init__(self, state: StackState, app_env: dict[str, str] | None = None,
                  ready_timeout: float = READY_TIMEOUT, drain_timeout: float = 30.0) -> None:
@@ -156,7 +160,7 @@ class LocalRuntime:
     def switch(self, color: str) -> None:
         traefik_config.atomic_write(
             self.state.dynamic_file,
-            traefik_config.render_dynamic(color, self.state.app_url(color)),
+            traefik_config.render_dynamic(color, self.state.app_urls()),
         )
 
     def routed_color(self) -> str | None:
@@ -173,66 +177,6 @@ class LocalRuntime:
     def record_active(self, color: str) -> None:
         self.state.active = color
         self.state.save()
-
-
-class ComposeRuntime:
-    """The colours as compose services app_blue and app_green (``docker compose``)."""
-
-    name = "compose"
-
-    def __init__(self, compose_file: Path, dynamic_dir: Path, ops_url: str,
-                 ready_timeout: float = READY_TIMEOUT, docker: str = "docker") -> None:
-        self.compose_file = compose_file
-        self.dynamic_file = dynamic_dir / traefik_config.ACTIVE_FILE_NAME
-        self.ops_url = ops_url.rstrip("/")
-        self.ready_timeout = ready_timeout
-        self.docker = docker
-
-    def compose(self, *args: str) -> subprocess.CompletedProcess[str]:
-        command = [self.docker, "compose", "--project-directory", str(self.compose_file.parent),
-                   "-f", str(self.compose_file), *args]
-        return subprocess.run(command, capture_output=True, text=True)
-
-    def _run(self, *args: str) -> None:
-        done = self.compose(*args)
-        if done.returncode != 0:
-            output = (done.stderr or done.stdout).strip().splitlines()[-5:]
-            raise DeployError(f"`docker compose {' '.join(args)}` failed ({done.returncode}): "
-                              + " | ".join(output))
-
-    def active(self) -> str:
-        return traefik_config.active_color(self.dynamic_file.read_text())
-
-    def start(self, color: str) -> None:
-        # Redis and Traefik first (no-ops when up), then the colour, rebuilt if its image
-        # changed; --wait returns once its healthcheck (/readyz) passes, or fails.
-        self._run("up", "-d", "--wait", "redis", "traefik")
-        self._run("up", "-d", "--build", "--no-deps", "--wait",
-                  "--wait-timeout", str(int(self.ready_timeout)), f"app_{color}")
-
-    def abandon(self, color: str) -> None:
-        self.compose("stop", f"app_{color}")
-
-    def switch(self, color: str) -> None:
-        traefik_config.atomic_write(
-            self.dynamic_file, traefik_config.render_dynamic(color, traefik_config.compose_url(color))
-        )
-
-    def routed_color(self) -> str | None:
-        status, body = http_get(self.ops_url + traefik_config.READY_PATH, timeout=1.0)
-        try:
-            return json.loads(body).get("color") if status == 200 else None
-        except ValueError:
-            return None
-
-    def stop(self, color: str) -> bool:
-        # stop_signal SIGTERM; compose waits up to the service's stop_grace_period. On an
-        # exited container it is a no-op, which compose does not tell apart: True.
-        self._run("stop", f"app_{color}")
-        return True
-
-    def record_active(self, color: str) -> None:
-        """The dynamic file is the record."""
 
 
 def parse_env(pairs: list[str]) -> dict[str, str]:
@@ -252,8 +196,9 @@ def build_runtime(args: argparse.Namespace) -> Runtime:
         return LocalRuntime(state, parse_env(args.app_env), ready_timeout=args.ready_timeout)
     if args.app_env:
         raise SystemExit("--app-env is for the local runtime; compose takes compose.yml's environment")
-    return ComposeRuntime(Path(args.compose_file).resolve(), Path(args.dynamic_dir).resolve(),
-                          args.ops_url, ready_timeout=args.ready_timeout)
+    return ComposeRuntime(Path(args.dynamic_dir).resolve(), args.ops_url,
+                          files=[Path(f).resolve() for f in args.compose_file],
+                          tag=args.tag or None, ready_timeout=args.ready_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,15 +211,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="local: extra environment for the new colour (repeatable)")
     parser.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT,
                         help="seconds the new colour gets to answer /readyz 200")
-    parser.add_argument("--compose-file", default=str(ROOT / "compose.yml"))
-    parser.add_argument("--dynamic-dir", default=str(traefik_config.DYNAMIC_DIR),
-                        help="compose: the directory mounted as Traefik's dynamic config")
+    parser.add_argument("--compose-file", action="append", default=[], metavar="FILE",
+                        help="compose: a compose file, repeatable like `docker compose -f` "
+                             "(default: compose's own choice, COMPOSE_FILE or compose.yml + override)")
+    parser.add_argument("--tag", default="",
+                        help="compose: the release to run, parley:<tag>, never rebuilt (a rollback); "
+                             "default: this checkout's git revision, built if missing")
+    parser.add_argument("--dynamic-dir",
+                        default=os.environ.get("PARLEY_DYNAMIC_DIR") or str(traefik_config.DYNAMIC_DIR),
+                        help="compose: the directory mounted as Traefik's dynamic config "
+                             "($PARLEY_DYNAMIC_DIR, as compose.yml reads it)")
     parser.add_argument("--ops-url", default=os.environ.get("PARLEY_OPS_URL", "http://127.0.0.1:8080"),
                         help="compose: Traefik's internal entry point, published on loopback")
     args = parser.parse_args(argv)
     try:
         report = deploy(build_runtime(args), args.color)
-    except (DeployError, StackError, traefik_config.ConfigProblem) as exc:
+    except (DeployError, ComposeError, StackError, traefik_config.ConfigProblem) as exc:
         print(json.dumps({"ok": False, "to": args.color, "error": str(exc)}))
         print(f"deploy: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, Refused) else 1

@@ -81,6 +81,7 @@ class Member:
     last_id: int = 0  # the newest id received: where a reconnect resumes (?since=)
     epoch: str | None = None  # the room's epoch last_id counts in (?epoch=)
     resets: int = 0  # the room's ids started over (state lost): the checks cannot hold across
+    token: str = ""  # a JWT for a stack with CHAT_AUTH=jwt (the compose drill)
 
     def new_message(self) -> tuple[str, str]:
         self.sent += 1
@@ -147,6 +148,8 @@ async def _stay_connected(member: Member, base_url: str, finishing: asyncio.Even
         url = f"{base_url}/ws/chat/{member.room}/?since={member.last_id}"
         if member.epoch is not None:
             url += f"&epoch={member.epoch}"
+        if member.token:
+            url += f"&token={member.token}"
         try:
             async with gate:
                 member.ws = await connect(url, open_timeout=10, close_timeout=5)

@@ -4,7 +4,7 @@
     python -m scripts.stack status
     python -m scripts.stack down
 
-Traefik runs with the repository's traefik/traefik.yml and traefik/dynamic/ rendered into
+Traefik runs with the repository's traefik/traefik.yml and traefik/chat.yml.template rendered into
 the state directory with only addresses, ports and the dynamic directory changed. The
 state directory (default ``.stack/``, or ``$PARLEY_STACK_DIR``) holds everything else:
 ``state.json`` (ports, pids, active colour), ``logs/``, Redis' append-only file.
@@ -66,6 +66,10 @@ class StackState:
 
     def app_url(self, color: str) -> str:
         return traefik_config.local_url(self.ports[color])
+
+    def app_urls(self) -> dict[str, str]:
+        """Every colour's address: the live routing names both (one probe router each)."""
+        return {color: self.app_url(color) for color in traefik_config.COLORS}
 
     @property
     def dynamic_file(self) -> Path:
@@ -177,7 +181,7 @@ def write_traefik_files(state: StackState) -> Path:
     traefik_config.atomic_write(static_file, traefik_config.dump_yaml(static))
     traefik_config.atomic_write(
         state.dynamic_file,
-        traefik_config.render_dynamic(state.active, state.app_url(state.active)),
+        traefik_config.render_dynamic(state.active, state.app_urls()),
     )
     return static_file
 

@@ -1,13 +1,14 @@
 """compose.yml, docker/Dockerfile and traefik/: what the blue/green procedure depends on.
 
-The compose runtime cannot run here (no Docker engine), so these files are checked as data:
-service names, healthchecks, grace periods longer than the drain, routes and health checks.
+Checked as data here (service names, healthchecks, grace periods longer than the drain,
+routes, ports, limits); tests/e2e/test_compose.py runs them in a real engine.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,10 +71,60 @@ def test_each_colour_can_be_drained(compose: dict[str, Any], color: str) -> None
     assert app["depends_on"]["redis"]["condition"] == "service_healthy"
     limits = app["deploy"]["resources"]["limits"]
     assert limits["cpus"] and limits["memory"]
-    # Production auth: required, no silent default.
+    # Production auth; the secret is empty when unset, so down/ps/logs need no variable (the
+    # app itself refuses to start without it).
     assert env["CHAT_AUTH"] == "jwt"
-    assert env["CHAT_JWT_SECRET"].startswith("${CHAT_JWT_SECRET:?")
+    assert env["CHAT_JWT_SECRET"] == "${CHAT_JWT_SECRET:-}"
     assert "ports" not in app
+    # An init forwards SIGTERM: the app as PID 1 would drop one sent before its handler exists.
+    assert app["init"] is True
+    # Engine 25+ only: older engines refuse the whole file.
+    assert "start_interval" not in app["healthcheck"]
+    # One image per release (scripts/compose_runtime.py sets PARLEY_TAG).
+    assert app["image"] == "parley:${PARLEY_TAG:-latest}"
+
+
+def memory_mb(value: str) -> float:
+    match = re.fullmatch(r"(\d+)([MG])", value)
+    assert match, f"not a memory limit: {value!r}"
+    return int(match[1]) * (1024 if match[2] == "G" else 1)
+
+
+def test_limits_follow_the_connection_cap(compose: dict[str, Any]) -> None:
+    """docs/DEPLOY.md, "Limits": the service's own 503 comes before the OOM killer or EMFILE."""
+    app, traefik = compose["services"]["app_blue"], compose["services"]["traefik"]
+    cap = int(app["environment"]["CHAT_MAX_CONNECTIONS"])
+    assert memory_mb(app["deploy"]["resources"]["limits"]["memory"]) >= 128 + 32 * cap / 1024
+    assert app["ulimits"]["nofile"]["soft"] >= cap + 1000
+    # Traefik holds two descriptors per proxied WebSocket, under this machine's 20,000 ceiling.
+    assert traefik["ulimits"]["nofile"]["soft"] >= 2 * cap + 1000
+    assert max(traefik["ulimits"]["nofile"]["soft"], app["ulimits"]["nofile"]["soft"]) <= 20000
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """compose's ``${VAR:-default}`` for the forms compose.yml uses."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m[1]) or m[2], value)
+
+
+def test_ports_are_on_loopback_unless_asked(compose: dict[str, Any]) -> None:
+    ports = [str(p) for p in compose["services"]["traefik"]["ports"]]
+    assert [interpolate(p, {}) for p in ports] == ["127.0.0.1:80:80", "127.0.0.1:8080:8080"]
+    public = interpolate(ports[0], {"PARLEY_HTTP_BIND": "0.0.0.0", "PARLEY_HTTP_PORT": "8000"})
+    assert public == "0.0.0.0:8000:80"
+
+
+def test_no_variable_is_required(compose: dict[str, Any]) -> None:
+    # `${VAR:?message}` makes every compose command fail without VAR, down/ps/logs included.
+    assert ":?" not in (ROOT / "compose.yml").read_text()
+
+
+def test_base_images_have_local_stand_ins(compose: dict[str, Any]) -> None:
+    from tools.docker.base_images import STAND_INS
+
+    named = {s["image"] for s in compose["services"].values() if "build" not in s}
+    assert named | {"python:3.11-slim"} == set(STAND_INS)
+    assert all(f.startswith("FROM python:3.11-slim") for f in (ROOT / "docker" / "Dockerfile").read_text()
+               .splitlines() if f.startswith("FROM"))
 
 
 def test_colours_are_the_same_image(compose: dict[str, Any]) -> None:
@@ -89,16 +140,16 @@ def test_traefik_mounts_the_files_the_procedure_writes(
     compose: dict[str, Any], static: dict[str, Any]
 ) -> None:
     traefik = compose["services"]["traefik"]
-    mounts = {v.split(":")[1]: v.split(":")[0] for v in traefik["volumes"]}
+    mounts = {v.rsplit(":", 2)[1]: v.rsplit(":", 2)[0] for v in traefik["volumes"]}
     assert mounts["/etc/traefik/traefik.yml"] == "./traefik/traefik.yml"
     # The directory (a rename inside it is seen), where the static file says to watch.
     directory = static["providers"]["file"]["directory"]
-    assert mounts[directory] == "./traefik/dynamic"
+    assert interpolate(mounts[directory], {}) == "./traefik/dynamic"
     assert "healthcheck" in traefik["healthcheck"]["test"]
-    published = [str(p) for p in traefik["ports"]]
+    published = [interpolate(str(p), {}) for p in traefik["ports"]]
     web_port = static["entryPoints"]["web"]["address"].rsplit(":", 1)[1]
     ops_port = static["entryPoints"]["traefik"]["address"].rsplit(":", 1)[1]
-    assert any(p.endswith(f":{web_port}") and not p.startswith("127.0.0.1") for p in published)
+    assert any(p.endswith(f":{web_port}") for p in published)
     # The internal entry point (API, ping, /readyz) only on the host's loopback.
     ops = [p for p in published if p.endswith(f":{ops_port}")]
     assert ops and all(p.startswith("127.0.0.1:") for p in ops)
@@ -113,12 +164,40 @@ def test_static_config(static: dict[str, Any]) -> None:
     assert set(static["entryPoints"]) == {"web", "traefik"}
 
 
-def test_dynamic_file_targets_compose_services(compose: dict[str, Any]) -> None:
-    text = (tc.DYNAMIC_DIR / tc.ACTIVE_FILE_NAME).read_text()
-    color = tc.active_color(text)
-    url = yaml.safe_load(text)["http"]["services"][f"chat-{color}"]["loadBalancer"]["servers"][0]["url"]
+@pytest.mark.parametrize("color", COLORS)
+def test_dynamic_file_targets_compose_services(compose: dict[str, Any], color: str) -> None:
+    text = tc.render_dynamic(color, tc.compose_urls())
+    services = yaml.safe_load(text)["http"]["services"]
+    url = services[f"chat-{color}"]["loadBalancer"]["servers"][0]["url"]
     assert url == f"http://app_{color}:{tc.APP_PORT}"
-    assert f"app_{color}" in compose["services"]
+    for each in COLORS:
+        assert services[f"probe-{each}"]["loadBalancer"]["servers"] == [{"url": f"http://app_{each}:{tc.APP_PORT}"}]
+        assert f"app_{each}" in compose["services"]
+
+
+def test_dockerfile_needs_no_frontend_image() -> None:
+    # A `# syntax=` line makes BuildKit pull a frontend image: impossible without a registry.
+    lines = (ROOT / "docker" / "Dockerfile").read_text().splitlines()
+    assert not any(line.lower().startswith("# syntax") for line in lines)
+
+
+def requirement_names(path: Path) -> set[str]:
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-r"):
+            names.add(re.split(r"[=<>\[ ]", line, maxsplit=1)[0].lower())
+    return names
+
+
+def test_the_image_installs_the_runtime_alone() -> None:
+    runtime = requirement_names(ROOT / "requirements.txt")
+    assert {"django", "channels", "uvicorn", "redis"} <= runtime
+    assert not runtime & {"daphne", "twisted", "pytest", "playwright", "matplotlib", "locust"}
+    ops = requirement_names(ROOT / "requirements-ops.txt")
+    assert "-r requirements.txt" in (ROOT / "requirements-ops.txt").read_text()
+    assert not ops & {"pytest", "playwright", "matplotlib", "locust", "daphne"}
+    assert "daphne" in requirement_names(ROOT / "requirements-dev.txt")  # tests/test_daphne.py
 
 
 def dockerfile() -> list[tuple[str, str]]:

@@ -1,15 +1,18 @@
 """The Traefik files of the blue/green setup: render them, read the active colour, write atomically.
 
-One module for both runtimes. compose uses ``traefik/traefik.yml`` and ``traefik/dynamic/``
-as they are; the local stack renders the same files with only addresses, ports and the
-dynamic directory changed. Everything here is pure except ``atomic_write``.
+One module for both runtimes. compose uses ``traefik/traefik.yml`` as it is and the live
+``traefik/dynamic/chat.yml`` rendered from ``traefik/chat.yml.template``; the local stack
+renders the same files with only addresses, ports and the dynamic directory changed.
+Everything here is pure except reading the template and ``atomic_write``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import string
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +20,14 @@ from tools import ROOT
 
 TRAEFIK_DIR = ROOT / "traefik"
 STATIC_FILE = TRAEFIK_DIR / "traefik.yml"
+# compose's live routing directory (its files are untracked: host state, not repository state).
 DYNAMIC_DIR = TRAEFIK_DIR / "dynamic"
 # The one dynamic file a deploy rewrites; its routers and service name the active colour.
 ACTIVE_FILE_NAME = "chat.yml"
+# The committed template every live file is rendered from.
+TEMPLATE_FILE = TRAEFIK_DIR / "chat.yml.template"
+# The header that picks a colour's probe router on the internal entry point.
+PROBE_HEADER = "X-Parley-Colour"
 
 COLORS = ("blue", "green")
 APP_PORT = 8000  # the port the app listens on inside its container
@@ -66,34 +74,22 @@ def public_rule() -> str:
     return f"PathPrefix(`/`) && {exclusions}"
 
 
-def render_dynamic(color: str, url: str) -> str:
-    """The dynamic file routing chat (HTTP and WebSocket) and the ops /readyz to ``color``."""
+def render_dynamic(color: str, urls: Mapping[str, str]) -> str:
+    """The live dynamic file from the committed template: chat (HTTP and WebSocket) and the
+    ops /readyz routed to ``color``, plus a probe router per colour; ``urls`` maps each
+    colour to its app's address."""
     check_color(color)
-    return f"""\
-# Active colour: {color}. Rewritten by scripts/deploy.py (temp file + rename, never in place);
-# Traefik's file provider watches this directory and applies the switch.
-http:
-  routers:
-    chat:
-      entryPoints: [{PUBLIC_ENTRYPOINT}]
-      rule: "{public_rule()}"
-      service: chat-{color}
-    chat-readyz:
-      entryPoints: [{OPS_ENTRYPOINT}]
-      rule: "Path(`{READY_PATH}`)"
-      service: chat-{color}
-  services:
-    chat-{color}:
-      loadBalancer:
-        servers:
-          - url: "{url}"
-        # A dead process fails at once (connection refused); a busy one (a reconnect storm
-        # of thousands) gets 5 s: it is the only server, marking it down means 503 for all.
-        healthCheck:
-          path: {READY_PATH}
-          interval: 2s
-          timeout: 5s
-"""
+    missing = [c for c in COLORS if c not in urls]
+    if missing:
+        raise ConfigProblem(f"no address for {', '.join(missing)}")
+    template = string.Template(TEMPLATE_FILE.read_text())
+    return template.substitute(color=color, public_rule=public_rule(), active_url=urls[color],
+                               **{f"{c}_url": urls[c] for c in COLORS})
+
+
+def compose_urls() -> dict[str, str]:
+    """Each colour's address on the compose network."""
+    return {color: compose_url(color) for color in COLORS}
 
 
 def active_color(text: str) -> str:

@@ -1,5 +1,6 @@
-"""scripts/deploy.py: the blue/green procedure on the local stack (real Traefik) and on compose
-(a stand-in ``docker`` that records the commands: there is no Docker engine here)."""
+"""scripts/deploy.py: the blue/green procedure on the local stack (real Traefik), and the order
+of compose commands with a stand-in ``docker`` that records them (fast, no engine needed;
+tests/e2e/test_compose.py runs the compose runtime in a real engine)."""
 
 from __future__ import annotations
 
@@ -135,28 +136,38 @@ def test_deploying_the_active_colour_is_refused(local_stack: StackState) -> None
 
 
 # -- compose runtime, with a stand-in docker ------------------------------------------------
+# The order of compose commands against the routing, checked fast and without an engine;
+# tests/e2e/test_compose.py runs the same procedure in a real one.
 
 FAKE_DOCKER = """#!{python}
-# Stand-in docker: records argv and the colour the dynamic file routes to at that moment.
+# Stand-in docker: records argv, PARLEY_TAG and the colour the live routing names then.
 import json, os, re, sys
-dynamic = open(os.environ["FAKE_DYNAMIC"]).read()
-color = re.search(r"service: chat-(\\w+)", dynamic).group(1)
+path = os.environ["FAKE_DYNAMIC"]
+dynamic = open(path).read() if os.path.exists(path) else ""
+found = re.search(r"service: chat-(\\w+)", dynamic)
 with open(os.environ["FAKE_LOG"], "a") as log:
-    log.write(json.dumps({{"argv": sys.argv[1:], "routed": color}}) + "\\n")
+    log.write(json.dumps({{"argv": sys.argv[1:], "routed": found and found.group(1),
+                          "tag": os.environ.get("PARLEY_TAG")}}) + "\\n")
+args = sys.argv[1:]
+if args[:2] == ["image", "inspect"]:
+    sys.exit(1 if os.environ.get("FAKE_NO_IMAGE") else 0)
 fail = os.environ.get("FAKE_FAIL", "")
-if fail and fail in sys.argv and "up" in sys.argv:
-    print("container app_green is unhealthy", file=sys.stderr)
+if fail and fail in args and "up" in args:
+    print("container app_green exited (2)", file=sys.stderr)
     sys.exit(1)
+if "ps" in args:
+    print(json.dumps({{"State": "running"}}))
 """
 
 
 class OpsEndpoint(BaseHTTPRequestHandler):
-    """Stands in for Traefik's internal entry point: /readyz of the colour the file names."""
+    """Stands in for Traefik's internal entry point: /readyz of the colour the probe header
+    names, else of the colour the live file routes to."""
 
     dynamic: Path
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        color = tc.active_color(self.dynamic.read_text())
+        color = self.headers.get(tc.PROBE_HEADER) or tc.active_color(self.dynamic.read_text())
         body = json.dumps({"ready": True, "color": color}).encode()
         self.send_response(200 if self.path == "/readyz" else 404)
         self.send_header("content-length", str(len(body)))
@@ -171,7 +182,7 @@ class OpsEndpoint(BaseHTTPRequestHandler):
 def compose_env(tmp_path: Path) -> Iterator[dict[str, Any]]:
     dynamic = tmp_path / "dynamic"
     dynamic.mkdir()
-    (dynamic / tc.ACTIVE_FILE_NAME).write_text((tc.DYNAMIC_DIR / tc.ACTIVE_FILE_NAME).read_text())
+    (dynamic / tc.ACTIVE_FILE_NAME).write_text(tc.render_dynamic("blue", tc.compose_urls()))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     docker = bin_dir / "docker"
@@ -183,23 +194,25 @@ def compose_env(tmp_path: Path) -> Iterator[dict[str, Any]]:
     thread.start()
     log = tmp_path / "docker.log"
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log),
-           "FAKE_DYNAMIC": str(dynamic / tc.ACTIVE_FILE_NAME)}
-    args = ["--runtime", "compose", "--dynamic-dir", str(dynamic),
+           "FAKE_DYNAMIC": str(dynamic / tc.ACTIVE_FILE_NAME), "COMPOSE_FILE": ""}
+    args = ["--runtime", "compose", "--dynamic-dir", str(dynamic), "--tag", "r1",
             "--ops-url", f"http://127.0.0.1:{server.server_address[1]}"]
     yield {"env": env, "args": args, "log": log, "dynamic": dynamic / tc.ACTIVE_FILE_NAME}
     server.shutdown()
     server.server_close()
 
 
-def recorded(log: Path) -> list[tuple[list[str], str]]:
-    """Each docker call as (the compose arguments after ``-f compose.yml``, routed colour)."""
+def recorded(log: Path) -> list[tuple[list[str], str | None]]:
+    """Each docker call as (its arguments, compose's after the project directory; routed colour)."""
     calls = []
     for line in log.read_text().splitlines() if log.exists() else []:
         entry = json.loads(line)
         argv = entry["argv"]
-        assert argv[:2] == ["compose", "--project-directory"] and argv[3] == "-f"
-        assert argv[4].endswith("compose.yml")
-        calls.append((argv[5:], entry["routed"]))
+        if argv[0] == "compose":
+            assert entry["tag"] == "r1", "every compose call runs the release asked for"
+            assert argv[1] == "--project-directory"
+            argv = argv[3:]
+        calls.append((argv, entry["routed"]))
     return calls
 
 
@@ -208,25 +221,46 @@ def test_compose_deploy_runs_the_procedure_in_order(compose_env: dict[str, Any])
     assert code == 0, output
     report = json.loads(output.splitlines()[0])
     assert report["runtime"] == "compose" and (report["from"], report["to"]) == ("blue", "green")
+    assert report["image"] == "parley:r1" and report["built"] is False
     assert recorded(compose_env["log"]) == [
-        (["up", "-d", "--wait", "redis", "traefik"], "blue"),
-        (["up", "-d", "--build", "--no-deps", "--wait", "--wait-timeout", "60", "app_green"], "blue"),
+        (["image", "inspect", "parley:r1"], "blue"),
+        # Never `--build`, never `--wait` on a health-check interval: readiness is asked.
+        (["up", "--detach", "--no-build", "redis", "traefik", "app_green"], "blue"),
         # The old colour is stopped (SIGTERM, its stop_grace_period) only once Traefik
         # routes to the new one.
         (["stop", "app_blue"], "green"),
     ]
-    assert compose_env["dynamic"].read_text() == tc.render_dynamic("green", tc.compose_url("green"))
+    assert compose_env["dynamic"].read_text() == tc.render_dynamic("green", tc.compose_urls())
+
+
+def test_compose_files_are_passed_as_given(compose_env: dict[str, Any], tmp_path: Path) -> None:
+    files = [tmp_path / "compose.yml", tmp_path / "compose.prod.yml"]
+    extra = [arg for f in files for arg in ("--compose-file", str(f))]
+    code, _, output = run_script("deploy.py", "green", *compose_env["args"], *extra, env=compose_env["env"])
+    assert code == 0, output
+    compose_calls = [json.loads(line)["argv"] for line in compose_env["log"].read_text().splitlines()
+                     if json.loads(line)["argv"][0] == "compose"]
+    for argv in compose_calls:
+        assert argv[3:7] == ["-f", str(files[0]), "-f", str(files[1])]
 
 
 def test_compose_deploy_of_an_unhealthy_colour_switches_nothing(compose_env: dict[str, Any]) -> None:
     env = {**compose_env["env"], "FAKE_FAIL": "app_green"}
     code, _, output = run_script("deploy", "green", *compose_env["args"], env=env)
     assert code == 1
-    assert "nothing was switched, blue still serves" in output and "unhealthy" in output
+    assert "nothing was switched, blue still serves" in output and "exited (2)" in output
     calls = recorded(compose_env["log"])
     assert [argv for argv, _ in calls][-1] == ["stop", "app_green"]
     assert all(routed == "blue" for _, routed in calls)
     assert ["stop", "app_blue"] not in [argv for argv, _ in calls]
+    assert tc.active_color(compose_env["dynamic"].read_text()) == "blue"
+
+
+def test_a_rollback_to_a_missing_release_starts_nothing(compose_env: dict[str, Any]) -> None:
+    env = {**compose_env["env"], "FAKE_NO_IMAGE": "1"}
+    code, _, output = run_script("deploy.py", "green", *compose_env["args"], env=env)
+    assert code == 1 and "no image parley:r1" in output and "nothing was switched" in output
+    assert not any("up" in argv or "build" in argv for argv, _ in recorded(compose_env["log"]))
     assert tc.active_color(compose_env["dynamic"].read_text()) == "blue"
 
 

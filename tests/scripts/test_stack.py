@@ -43,7 +43,7 @@ def test_renders_the_repository_files_with_only_addresses_changed(local_stack: S
         tc.load_static(), f"127.0.0.1:{state.ports['web']}", f"127.0.0.1:{state.ports['ops']}",
         state.dynamic_file.parent,
     )
-    assert state.dynamic_file.read_text() == tc.render_dynamic("blue", state.app_url("blue"))
+    assert state.dynamic_file.read_text() == tc.render_dynamic("blue", state.app_urls())
     saved = json.loads((state.dir / STATE_FILE).read_text())
     assert saved["active"] == "blue" and set(saved["procs"]) == {"redis", "traefik", "blue"}
     assert len(set(saved["ports"].values())) == len(saved["ports"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,15 +15,28 @@ pytestmark = pytest.mark.unit
 
 @pytest.mark.parametrize("color", tc.COLORS)
 def test_dynamic_file_routes_chat_and_readyz_to_one_colour(color: str) -> None:
-    text = tc.render_dynamic(color, f"http://app_{color}:8000")
+    text = tc.render_dynamic(color, tc.compose_urls())
     http = yaml.safe_load(text)["http"]
-    assert http["routers"]["chat"]["entryPoints"] == ["web"]
-    assert http["routers"]["chat-readyz"]["entryPoints"] == ["traefik"]
-    assert {r["service"] for r in http["routers"].values()} == {f"chat-{color}"}
+    routers = http["routers"]
+    assert routers["chat"]["entryPoints"] == ["web"]
+    assert routers["chat-readyz"]["entryPoints"] == ["traefik"]
+    assert routers["chat"]["service"] == routers["chat-readyz"]["service"] == f"chat-{color}"
     service = http["services"][f"chat-{color}"]["loadBalancer"]
     assert service["servers"] == [{"url": f"http://app_{color}:8000"}]
-    assert service["healthCheck"]["path"] == "/readyz"
+    # One server per service: a health check could only add 503s after a restart.
+    assert "healthCheck" not in service
     assert tc.active_color(text) == color
+
+
+def test_each_colour_can_be_probed_on_the_internal_entry_point_only() -> None:
+    http = yaml.safe_load(tc.render_dynamic("blue", {"blue": "http://b:1", "green": "http://g:2"}))["http"]
+    for color, url in (("blue", "http://b:1"), ("green", "http://g:2")):
+        router = http["routers"][f"probe-{color}"]
+        assert router["entryPoints"] == ["traefik"]
+        assert f"Header(`{tc.PROBE_HEADER}`, `{color}`)" in router["rule"] and "/readyz" in router["rule"]
+        assert http["services"][router["service"]]["loadBalancer"]["servers"] == [{"url": url}]
+    with pytest.raises(tc.ConfigProblem):
+        tc.render_dynamic("blue", {"blue": "http://b:1"})
 
 
 def test_public_router_keeps_probes_and_metrics_internal() -> None:
@@ -31,11 +45,16 @@ def test_public_router_keeps_probes_and_metrics_internal() -> None:
         assert f"!Path(`{path}`)" in rule
 
 
-def test_committed_dynamic_file_is_what_a_deploy_writes() -> None:
-    # The repository's file is compose's live config: exactly the rendering for its colour.
-    text = (tc.DYNAMIC_DIR / tc.ACTIVE_FILE_NAME).read_text()
-    color = tc.active_color(text)
-    assert text == tc.render_dynamic(color, tc.compose_url(color))
+def test_live_routing_is_never_tracked() -> None:
+    # A checkout or pull must not route back to a stopped colour: the live file is host state.
+    root = tc.TRAEFIK_DIR.parent
+    tracked = subprocess.run(["git", "-C", str(root), "ls-files", "traefik"], capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert "traefik/chat.yml.template" in tracked
+    assert [p for p in tracked if p.startswith("traefik/dynamic/")] == ["traefik/dynamic/.gitignore"]
+    ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q",
+                              f"traefik/dynamic/{tc.ACTIVE_FILE_NAME}"])
+    assert ignored.returncode == 0
 
 
 def test_colours() -> None:
@@ -43,7 +62,8 @@ def test_colours() -> None:
     with pytest.raises(tc.ConfigProblem):
         tc.check_color("red")
     with pytest.raises(tc.ConfigProblem):
-        tc.active_color(tc.render_dynamic("blue", "u") + tc.render_dynamic("green", "u"))
+        urls = tc.compose_urls()
+        tc.active_color(tc.render_dynamic("blue", urls) + tc.render_dynamic("green", urls))
     with pytest.raises(tc.ConfigProblem):
         tc.active_color("http: {}\n")
 

@@ -15,6 +15,9 @@
     sendRetryDelay: 1000, // ms: before resending after `rate_limited` or `unavailable`
     historyWindow: 50, // messages shown on first join (?last=)
     maxChars: 4000, // the server's default CHAT_MAX_MESSAGE_CHARS; the server decides
+    refusalsBeforeCheck: 3, // handshakes refused in a row before asking whether it's auth
+    token: null, // a JWT for servers with CHAT_AUTH=jwt (the page takes it from #token=)
+    refreshToken: null, // optional async () => fresh JWT, called when the token expires
   });
   const ROOM_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
   const CLOSE_RESTART = 1012;
@@ -28,6 +31,17 @@
     return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
   }
 
+  /** A JWT's claims (not verified: only the server can), or null if it is not one. */
+  function tokenClaims(token) {
+    try {
+      const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      const claims = JSON.parse(atob(part.padEnd(Math.ceil(part.length / 4) * 4, "=")));
+      return claims !== null && typeof claims === "object" ? claims : null;
+    } catch (_) {
+      return null;
+    }
+  }
+
   /** ws: or wss: URL of a room, relative to the page so a path prefix (proxy) still works. */
   function roomUrl(room, query) {
     const url = new URL(`ws/chat/${encodeURIComponent(room)}/`, window.location.href);
@@ -39,7 +53,9 @@
 
   /**
    * One room's connection. States: "connecting" → "live" → "reconnecting" → "connecting" …;
-   * "offline" when the browser has no network or after leave().
+   * "offline" when the browser has no network or after leave(); "refused" when the server
+   * answers but keeps refusing the handshake (not authorised) and "expired" when the token
+   * has expired and no refreshToken hook gave a fresh one: both wait for authorize(token).
    *
    * Callbacks (all optional): onState(state, {delay, window, code}), onReady(frame),
    * onMessage(frame), onGap(frame), onReset(frame), onOutbox(item), onError(code, detail).
@@ -60,8 +76,10 @@
       this.mine = new Set(); // client_ids sent from this page
       this.user = null;
       this.ws = null;
-      this.timers = { reconnect: 0, connect: 0, ack: 0, resend: 0 };
+      this.timers = { reconnect: 0, connect: 0, ack: 0, resend: 0, expiry: 0 };
       this.left = false;
+      this.token = this.options.token || null;
+      this.refusals = 0; // handshakes closed before they opened, in a row
       this.onOnline = () => {
         if (this.state === "offline" && !this.left) this.connect();
       };
@@ -96,7 +114,25 @@
 
     /** Skip the rest of a reconnect wait (the "Retry now" button). */
     retryNow() {
-      if (!this.left && (this.state === "reconnecting" || this.state === "offline")) this.connect();
+      const waiting = ["reconnecting", "offline", "refused", "expired"];
+      if (!this.left && waiting.includes(this.state)) {
+        this.refusals = 0;
+        this.connect();
+      }
+    }
+
+    /** Use ``token`` from now on (a fresh or a first one) and connect with it. */
+    authorize(token) {
+      this.token = token || null;
+      this.refusals = 0;
+      if (!this.left) this.connect();
+    }
+
+    /** Seconds until the token expires (negative: expired); null without a token or ``exp``. */
+    tokenTtl() {
+      const claims = this.token ? tokenClaims(this.token) : null;
+      if (claims === null || typeof claims.exp !== "number") return null;
+      return claims.exp - Date.now() / 1000;
     }
 
     // -- connection ---------------------------------------------------------------------
@@ -104,22 +140,125 @@
     connect() {
       this.clearTimers();
       this.detach(4000, "reconnecting");
+      const ttl = this.tokenTtl();
+      if (ttl !== null && ttl <= 0) {
+        this.expired();
+        return;
+      }
       const query = this.resuming || this.lastId > 0
         ? { since: String(this.lastId) }
         : { last: String(this.options.historyWindow) };
       // Ids count within an epoch: resuming in another one gets a `reset`, never a skip.
       if (query.since !== undefined && this.epoch !== null) query.epoch = this.epoch;
+      if (this.token) query.token = this.token;
       const ws = new WebSocket(roomUrl(this.room, query));
       this.ws = ws;
+      let opened = false;
       this.setState("connecting");
       this.timers.connect = setTimeout(() => this.lost(0), this.options.connectTimeout);
+      if (ttl !== null) {
+        // setTimeout's delay is a 32-bit number of ms: a far expiry is checked again later.
+        const delay = Math.min(ttl * 1000, 2 ** 31 - 1);
+        this.timers.expiry = setTimeout(() => this.refreshOrWarn(), delay);
+      }
+      ws.onopen = () => {
+        opened = true;
+      };
       ws.onmessage = (event) => {
         if (ws === this.ws) this.receive(event.data);
       };
-      // A refused handshake (HTTP 503 while a server drains or starts) also ends here, as 1006.
+      // A refused handshake (HTTP 403 for a bad token, 503 while a server drains or starts)
+      // also ends here, as 1006: the browser hides the status, so refusals are counted.
       ws.onclose = (event) => {
-        if (ws === this.ws) this.lost(event.code);
+        if (ws !== this.ws) return;
+        this.refusals = opened ? 0 : this.refusals + 1;
+        if (this.refusals >= this.options.refusalsBeforeCheck) {
+          this.checkRefusal(event.code);
+        } else {
+          this.lost(event.code);
+        }
       };
+    }
+
+    /**
+     * Handshakes keep failing before they open. If the server answers plain HTTP, it is up
+     * and refuses *us* (a missing, wrong or expired token; a foreign origin): say so and
+     * stop, instead of spinning on "connecting". Otherwise it is down: retry as usual.
+     */
+    async checkRefusal(code) {
+      this.detach(4000, "refused");
+      this.clearTimers();
+      let up = false;
+      try {
+        const url = new URL(`api/rooms/${encodeURIComponent(this.room)}/messages?limit=1`, window.location.href);
+        const response = await fetch(url, { cache: "no-store", credentials: "omit" });
+        up = response.status < 500;
+      } catch (_) {
+        up = false;
+      }
+      if (this.left || this.ws !== null) return; // left, or reconnected meanwhile
+      if (!up) {
+        this.lost(code);
+        return;
+      }
+      const ttl = this.tokenTtl();
+      if (ttl !== null && ttl <= 0) {
+        this.expired();
+        return;
+      }
+      this.clearTimers();
+      this.requeueInflight();
+      this.setState("refused", { reason: this.token ? "token" : "no_token" });
+    }
+
+    /** The token's expiry came: ask the hook for a fresh one, else say what happens next. */
+    async refreshOrWarn() {
+      const hook = this.options.refreshToken;
+      if (typeof hook === "function") {
+        try {
+          const fresh = await hook();
+          if (fresh) {
+            this.token = fresh; // the live socket stays; the next connect uses it
+            this.emit("onToken", fresh);
+            return;
+          }
+        } catch (_) {
+          // fall through: no fresh token
+        }
+      }
+      if (this.state !== "live") this.expired();
+      else this.emit("onExpiring");
+    }
+
+    /** The token has expired: a fresh one from the hook, or wait for authorize(). */
+    async expired() {
+      this.detach(4000, "expired");
+      this.clearTimers();
+      this.requeueInflight();
+      const hook = this.options.refreshToken;
+      if (typeof hook === "function") {
+        try {
+          const fresh = await hook();
+          if (fresh && !this.left) {
+            this.token = fresh;
+            this.emit("onToken", fresh);
+            this.connect();
+            return;
+          }
+        } catch (_) {
+          // no fresh token: say so below
+        }
+      }
+      this.setState("expired");
+    }
+
+    requeueInflight() {
+      const inflight = this.inflight;
+      this.inflight = null;
+      if (inflight !== null) {
+        inflight.status = "queued";
+        this.emit("onOutbox", inflight);
+      }
     }
 
     /** Forget the current socket: its late events are ignored from now on. */
@@ -199,6 +338,7 @@
     ready(frame) {
       clearTimeout(this.timers.connect);
       this.attempt = 0;
+      this.refusals = 0;
       this.resuming = true;
       this.user = frame.user;
       this.epoch = frame.epoch ?? null;
@@ -330,10 +470,59 @@
     sendForm: $("send-form"),
     input: $("message-input"),
     error: $("send-error"),
+    tokenForm: $("token-form"),
+    tokenInput: $("token-input"),
+    tokenNote: $("token-note"),
   };
+  const TOKEN_KEY = "parley.token"; // sessionStorage: this tab only, gone with it
   const options = { ...DEFAULTS, ...(window.PARLEY_OPTIONS || {}) };
+  options.token = takeToken() || options.token;
   let client = null;
   let countdown = 0;
+
+  /**
+   * The token given on the page URL (#token=, or ?token=) or kept for this tab. It is taken
+   * off the address at once (history.replaceState), so it is in no history entry, bookmark
+   * or copied link; #token= is never even sent to the server, so it is in no access log.
+   */
+  function takeToken() {
+    const url = new URL(window.location.href);
+    const fragment = new URLSearchParams(url.hash.slice(1));
+    const given = fragment.get("token") || url.searchParams.get("token");
+    if (given) {
+      fragment.delete("token");
+      url.searchParams.delete("token");
+      url.hash = fragment.toString();
+      window.history.replaceState(null, "", url);
+      keepToken(given);
+      return given;
+    }
+    try {
+      return window.sessionStorage.getItem(TOKEN_KEY);
+    } catch (_) {
+      return null; // storage disabled: the token lives as long as the page
+    }
+  }
+
+  function keepToken(token) {
+    try {
+      window.sessionStorage.setItem(TOKEN_KEY, token);
+    } catch (_) {
+      // storage disabled: kept in memory only
+    }
+  }
+
+  const REFUSED_TEXT = {
+    token: "The server refused your sign-in token. Paste a valid one to join.",
+    no_token: "This chat needs a sign-in token. Paste one to join.",
+  };
+
+  function showTokenForm(state, detail) {
+    const asking = state === "refused" || state === "expired";
+    ui.tokenForm.hidden = !asking;
+    if (state === "refused") ui.tokenNote.textContent = REFUSED_TEXT[detail.reason] || REFUSED_TEXT.token;
+    if (state === "expired") ui.tokenNote.textContent = "Your sign-in token has expired. Paste a fresh one to rejoin.";
+  }
 
   function pad(n) {
     return String(n).padStart(2, "0");
@@ -426,7 +615,7 @@
     clearInterval(countdown);
     ui.state.dataset.state = state;
     document.documentElement.dataset.state = state;
-    const waiting = state === "reconnecting" || state === "offline";
+    const waiting = ["reconnecting", "offline", "refused", "expired"].includes(state);
     ui.retry.hidden = !(client && !client.left && waiting);
     if (state === "reconnecting") {
       const until = performance.now() + detail.delay;
@@ -437,8 +626,15 @@
       tick();
       countdown = setInterval(tick, 250);
     } else {
-      ui.state.textContent = { connecting: "connecting…", live: "live", offline: "offline" }[state];
+      ui.state.textContent = {
+        connecting: "connecting…",
+        live: "live",
+        offline: "offline",
+        refused: "not authorised",
+        expired: "sign-in expired",
+      }[state];
     }
+    showTokenForm(state, detail);
     // For embedders and tests: every transition, including ones too brief to see.
     document.dispatchEvent(
       new CustomEvent("parley:state", { detail: { state, text: ui.state.textContent, ...detail } }),
@@ -463,7 +659,7 @@
     const url = new URL(window.location.href);
     url.searchParams.set("room", room);
     window.history.replaceState(null, "", url);
-    client = new ChatClient(room, options, {
+    client = new ChatClient(room, { ...options, token: options.token }, {
       onState: showState,
       onReady: (frame) => {
         ui.who.textContent = `you are ${frame.user}`;
@@ -473,6 +669,8 @@
       onReset: () => showNotice("the room's history started over; messages below are from its new start"),
       onOutbox: showOutbox,
       onError: showError,
+      onToken: keepToken,
+      onExpiring: () => showNotice("Your sign-in token has expired: you stay connected, but a reconnect will need a fresh one."),
     });
     client.start();
     ui.input.focus();
@@ -518,7 +716,16 @@
   });
   ui.input.addEventListener("input", fitInput);
   ui.retry.addEventListener("click", () => client?.retryNow());
+  ui.tokenForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = ui.tokenInput.value.trim();
+    if (token === "") return;
+    ui.tokenInput.value = "";
+    keepToken(token);
+    options.token = token;
+    client?.authorize(token);
+  });
 
-  window.Parley = { ChatClient, DEFAULTS };
+  window.Parley = { ChatClient, DEFAULTS, tokenClaims };
   join(new URLSearchParams(window.location.search).get("room") || "lobby");
 })();

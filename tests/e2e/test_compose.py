@@ -1,0 +1,94 @@
+"""The compose path in a real Docker engine: `make compose-drill` at CI size, its faults.
+
+Each test runs scripts/compose_drill.py as a process, as CI and people do: the real
+compose.yml, the real images (local stand-ins of the base images where no registry can be
+reached), clients through Traefik's port published on 127.0.0.1. Skipped only where no
+engine answers and there is no dockerd to start (.ci/run installs Debian's docker.io).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scripts.compose_runtime import release_tag
+from scripts.docker_env import state_dir
+from tools.docker.engine import Engine, answers
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [
+    pytest.mark.skipif(not answers() and shutil.which("dockerd") is None,
+                       reason="no Docker engine answers and no dockerd to start (apt-get install docker.io)"),
+    pytest.mark.timeout(900),
+]
+
+
+def tracked_changes() -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def compose_drill(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """Run the compose drill; its report (the last stdout line, the same as --json)."""
+    engine_before = answers()
+    before = tracked_changes()
+    report_file = tmp_path / "report.json"
+    done = subprocess.run([sys.executable, "-m", "scripts.compose_drill", *args, "--json", str(report_file)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=840)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == json.loads(report_file.read_text())
+    assert done.returncode == (0 if report["ok"] else 1)
+    assert report["ok"], json.dumps(report.get("problems"), indent=2) + done.stderr[-2000:]
+    assert report["runtime"] == "compose" and report["lost"] == 0 and report["duplicated"] == 0
+    assert report["down_exit"] == 0
+    # Nothing of the checkout changed: the live routing went to the drill's own directory.
+    assert tracked_changes() == before
+    # Whatever started the engine stopped it; an engine that was running still is.
+    assert answers() == engine_before
+    assert Engine(state_dir() / "engine").owned() is None or engine_before
+    project = report["project"]
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
+                          capture_output=True, text=True) if engine_before else None
+    assert left is None or left.stdout.strip() == "", "down -v left containers behind"
+    return report
+
+
+def test_compose_drill_blue_green_blue_loses_nothing(tmp_path: Path) -> None:
+    """`make compose-drill` at CI size: 100 clients, blue -> green -> blue, zero loss."""
+    report = compose_drill(tmp_path, "--clients", "100")
+    assert report["first_start"]["ok"] and report["first_start"]["to"] == "blue"
+    assert [(d["from"], d["to"], d["old"]) for d in report["deploys"]] == [
+        ("blue", "green", "drained"), ("green", "blue", "drained")]
+    reproducible = release_tag()[1]  # a clean checkout: one image per release, built once
+    for deploy in report["deploys"]:
+        assert deploy["runtime"] == "compose" and deploy["built"] is not reproducible
+        for key in ("time_to_ready_s", "switch_latency_s", "drain_s", "total_s", "wall_s"):
+            assert deploy[key] >= 0
+    assert report["close_codes"] == {"1012": 200}
+    assert report["acked"] > 0 and report["received"] == report["expected_deliveries"]
+
+
+def test_docker_kill_of_the_active_colour_fails_over_with_nothing_lost(tmp_path: Path) -> None:
+    report = compose_drill(tmp_path, "--clients", "60", "--fault", "kill")
+    [kill] = report["killed"]
+    assert kill["color"] == "blue" and kill["state_after"] != "running"
+    [failover] = report["deploys"]
+    assert (failover["from"], failover["to"], failover["old"]) == ("blue", "green", "already gone")
+    assert report["close_codes"] == {"1006": 60}
+
+
+def test_a_release_that_fails_to_start_never_takes_traffic(tmp_path: Path) -> None:
+    report = compose_drill(tmp_path, "--clients", "40", "--fault", "bad-image")
+    [refused] = report["refused_deploys"]
+    assert not refused["ok"] and refused["exit"] == 1
+    assert "nothing was switched, blue still serves" in refused["error"]
+    assert "broken release" in refused["error"]  # the container's own last words
+    # Nobody was moved by it: two reconnects each, from the two ordinary deploys only.
+    assert report["close_codes"] == {"1012": 80}
