@@ -135,3 +135,54 @@ def parse_connect_params(query_string: bytes, history_max: int) -> ConnectParams
         raise FrameError("bad_query", "use either 'since' or 'last', not both")
     token = query.get("token", [None])[-1]
     return ConnectParams(since=since, last=last, token=token)
+
+
+# -- presence and typing (never stored, no id) -----------------------------------------
+
+_TYPING_MARK = '"typing"'
+
+
+def is_typing_frame(text: str) -> bool:
+    """True for a client's ``{"type":"typing"}``. Any other frame is left to
+    ``parse_client_frame``; the substring check keeps ordinary messages to one JSON parse."""
+    if _TYPING_MARK not in text:
+        return False
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.get("type") == "typing"
+
+
+def _users(names: list[str]) -> str:
+    return "[" + ",".join('{"user":' + _dumps(name) + "}" for name in names) + "]"
+
+
+def presence_frame(room: str, count: int, members: list[str], version: int) -> str:
+    """Sent once after ``ready``: the room's exact count and up to 100 of its members."""
+    return ('{"type":"presence","room":' + _dumps(room) + ',"count":' + str(count)
+            + ',"members":' + _users(members) + ',"version":' + str(version) + "}")
+
+
+def join_frame(room: str, user: str, count: int, version: int) -> str:
+    return _dumps({"type": "join", "room": room, "user": user, "count": count, "version": version})
+
+
+def leave_frame(room: str, user: str, count: int, version: int) -> str:
+    return _dumps({"type": "leave", "room": room, "user": user, "count": count, "version": version})
+
+
+def presence_diff_frame(room: str, count: int, joined: list[str], left: list[str], version: int) -> str:
+    """Several joins and leaves of a big room at once (each list names at most 100 users)."""
+    return ('{"type":"presence_diff","room":' + _dumps(room) + ',"count":' + str(count)
+            + ',"joined":' + _users(joined) + ',"left":' + _users(left)
+            + ',"version":' + str(version) + "}")
+
+
+def presence_body(room: str, count: int, members: list[str]) -> str:
+    """``GET /api/rooms/<room>/presence``."""
+    return '{"room":' + _dumps(room) + ',"count":' + str(count) + ',"members":' + _users(members) + "}"
+
+
+def typing_frame(room: str, user: str) -> str:
+    return _dumps({"type": "typing", "room": room, "user": user})

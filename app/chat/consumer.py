@@ -29,6 +29,7 @@ from app.protocol import (
     ack_frame,
     error_frame,
     gap_frame,
+    is_typing_frame,
     message_template,
     parse_client_frame,
     parse_connect_params,
@@ -53,6 +54,8 @@ class ChatConsumer(SerialConsumer):
     slow: bool = False
     live: bool = False
     sending_since: float = 0.0
+    present: bool = False
+    typing_bucket: TokenBucket | None = None
 
     def __init__(self, services: ChatServices) -> None:
         super().__init__()
@@ -85,7 +88,9 @@ class ChatConsumer(SerialConsumer):
         try:
             await self.channel_layer.group_add(self.group, self.channel_name)
             self.joined = True
+            entering = self._enter_presence()
             missing, frames, live_from = await self._catch_up(params)
+            here = await entering if entering is not None else None
         except Exception:  # history or channel layer (Redis) unreachable
             logger.warning("refusing %s: storage unavailable", self.room, exc_info=True)
             await self._leave()
@@ -98,6 +103,8 @@ class ChatConsumer(SerialConsumer):
             await self._deliver(message_id, frame)
         self.last_id = max(self.last_id, live_from)
         await self._send_text(ready_frame(self.room, self.last_id, self.user))
+        if here is not None:
+            await self._send_text(here)
         REGISTRY.add(self)
         self.live = True
         metrics.CONNECTIONS_OPENED.inc()
@@ -126,6 +133,8 @@ class ChatConsumer(SerialConsumer):
     # -- receive -------------------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is not None and is_typing_frame(text_data):
+            return await self._typing()
         if not self.bucket.take(time.monotonic()):
             return await self._rate_limited()
         self.strikes = 0
@@ -189,8 +198,10 @@ class ChatConsumer(SerialConsumer):
 
     def deliver_now(self, message: dict[str, Any]) -> bool:
         """The fan-out's fast path: the next message in order, to an idle, writable socket."""
-        if not self.live or self._turn.locked() or message.get("type") != "chat.message":
+        if not self.live or self._turn.locked():
             return False
+        if message.get("type") != "chat.message":
+            return self._presence_now(message)
         message_id = message["id"]
         if message_id <= self.last_id:
             return True  # already sent: a duplicate
@@ -268,9 +279,47 @@ class ChatConsumer(SerialConsumer):
         raise StopConsumer()
 
     async def _leave(self) -> None:
+        self._exit_presence()
         if self.joined:
             self.joined = False
             try:
                 await self.channel_layer.group_discard(self.group, self.channel_name)
             except Exception:
                 logger.debug("group_discard failed for %s", self.group, exc_info=True)
+
+    # -- presence and typing -------------------------------------------------------------
+
+    def _enter_presence(self) -> asyncio.Future[str] | None:
+        """Count this socket in the room's presence; the future is its ``presence`` frame."""
+        presence = self.services.presence
+        if presence is None:
+            return None
+        self.present = True
+        return presence.enter(self.room, self.user)
+
+    def _exit_presence(self) -> None:
+        if self.present:
+            self.present = False
+            if self.services.presence is not None:
+                self.services.presence.leave(self.room, self.user)
+
+    async def _typing(self) -> None:
+        """A typing notice: never stored, relayed at most once per interval per user, and
+        flood-limited by a bucket of its own so it never costs the user a message."""
+        if self.typing_bucket is None:
+            self.typing_bucket = TokenBucket(CONFIG.rate_per_second, CONFIG.rate_burst, time.monotonic())
+        if not self.typing_bucket.take(time.monotonic()):
+            return await self._rate_limited()
+        if self.live and self.services.presence is not None:
+            await self.services.presence.typing(self.room, self.user)
+
+    async def presence_event(self, event: dict[str, Any]) -> None:
+        """A join, leave, diff or typing frame for the room (never stored, no id)."""
+        if event.get("skip") != self.user:
+            await self._send_text(event["frame"])
+
+    def _presence_now(self, message: dict[str, Any]) -> bool:
+        """``deliver_now`` for presence events: written at once to a writable socket."""
+        if message.get("type") != "presence.event":
+            return False
+        return message.get("skip") == self.user or self.send_now(message["frame"])
