@@ -174,7 +174,9 @@ class Coalescer:
             ]
         diff = self._pending.get(room)
         if diff is None:
-            diff = self._pending[room] = _Diff(due=max(now, self._sent.get(room, now) + self.interval))
+            sent = self._sent.get(room)
+            due = now if sent is None else max(now, sent + self.interval)
+            diff = self._pending[room] = _Diff(due=due)
         for user in outcome.joined:
             if diff.left.pop(user, 0) is None:
                 continue  # left and back within one diff: no change to announce
