@@ -99,7 +99,8 @@ def test_big_rooms_hear_one_diff_per_interval() -> None:
     assert coalescer.add("r", Outcome(joined=["a", "b"], count=11), 1, now=0) == []
     assert coalescer.add("r", Outcome(joined=["c"], left=["a"], count=11), 2, now=0.1) == []
     [(room, diff)] = coalescer.due(0.1)
-    assert (room, diff.kind, diff.joined, diff.left, diff.count, diff.version) == ("r", "diff", ["b", "c"], [], 11, 2)
+    assert (room, diff.kind, diff.joined, diff.left) == ("r", "diff", ["b", "c"], [])
+    assert (diff.count, diff.version) == (11, 2)
     # The next one waits for the interval since the last diff went out.
     coalescer.add("r", Outcome(joined=["d"], count=12), 3, now=0.2)
     assert coalescer.due(0.5) == []
