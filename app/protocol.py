@@ -158,10 +158,17 @@ def _users(names: list[str]) -> str:
     return "[" + ",".join('{"user":' + _dumps(name) + "}" for name in names) + "]"
 
 
-def presence_frame(room: str, count: int, members: list[str], version: int) -> str:
-    """Sent once after ``ready``: the room's exact count and up to 100 of its members."""
+def members_json(names: list[str]) -> str:
+    """The ``members`` list of a presence frame, to build once and reuse."""
+    return _users(names)
+
+
+def presence_frame(room: str, count: int, members: list[str] | str, version: int) -> str:
+    """Sent once after ``ready``: the room's exact count and up to 100 of its members
+    (``members`` as names, or as ``members_json`` already built)."""
+    listed = members if isinstance(members, str) else _users(members)
     return ('{"type":"presence","room":' + _dumps(room) + ',"count":' + str(count)
-            + ',"members":' + _users(members) + ',"version":' + str(version) + "}")
+            + ',"members":' + listed + ',"version":' + str(version) + "}")
 
 
 def join_frame(room: str, user: str, count: int, version: int) -> str:

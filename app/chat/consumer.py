@@ -90,7 +90,6 @@ class ChatConsumer(SerialConsumer):
             self.joined = True
             entering = self._enter_presence()
             missing, frames, live_from = await self._catch_up(params)
-            here = await entering if entering is not None else None
         except Exception:  # history or channel layer (Redis) unreachable
             logger.warning("refusing %s: storage unavailable", self.room, exc_info=True)
             await self._leave()
@@ -103,8 +102,8 @@ class ChatConsumer(SerialConsumer):
             await self._deliver(message_id, frame)
         self.last_id = max(self.last_id, live_from)
         await self._send_text(ready_frame(self.room, self.last_id, self.user))
-        if here is not None:
-            await self._send_text(here)
+        if entering is not None:
+            await self._send_presence(entering)
         REGISTRY.add(self)
         self.live = True
         metrics.CONNECTIONS_OPENED.inc()
@@ -296,6 +295,16 @@ class ChatConsumer(SerialConsumer):
             return None
         self.present = True
         return presence.enter(self.room, self.user)
+
+    async def _send_presence(self, entering: asyncio.Future[str]) -> None:
+        """The room's ``presence`` frame, once the store has answered (after ``ready``, so a
+        busy store never delays it); without it when presence storage is unavailable."""
+        try:
+            frame = await entering
+        except Exception as exc:  # the socket works without presence; the next step repairs it
+            logger.warning("no presence frame for %s: %s", self.room, exc)
+            return
+        await self._send_text(frame)
 
     def _exit_presence(self) -> None:
         if self.present:

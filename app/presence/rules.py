@@ -154,32 +154,40 @@ class _Diff:
     due: float = 0.0
 
 
+# At most this many changes go out as separate join/leave frames; more make one diff.
+SINGLE_MAX = 3
+# Announcement rounds per room are spaced so that each process sends a room at most about
+# this many presence frames a second, however big the room (2 rounds/s up to 1,000 members).
+DELIVERIES_PER_SECOND = 2000
+
+
+def round_interval(count: int, interval: float = COALESCE_INTERVAL) -> float:
+    """Seconds between two announcement rounds to a room of ``count`` members."""
+    return max(interval, count / DELIVERIES_PER_SECOND)
+
+
 class Coalescer:
-    """Small rooms hear each join and leave at once; a big room (or one with a diff already
-    waiting) hears one diff per ``interval``, carrying everyone who came and went meanwhile."""
+    """At most one announcement round per room per interval (longer in rooms above 1,000, so
+    a room's presence frames stay near DELIVERIES_PER_SECOND). A round in a small room with a
+    few changes is separate ``join``/``leave`` frames; otherwise one diff naming everyone who
+    came and went since the last round. A quiet room's first change goes out at once."""
 
     def __init__(self, big_room: int = BIG_ROOM, interval: float = COALESCE_INTERVAL) -> None:
         self.big_room = big_room
         self.interval = interval
         self._pending: dict[str, _Diff] = {}
-        self._sent: dict[str, float] = {}  # room -> when its last diff went out
+        self._next: dict[str, float] = {}  # room -> earliest time of its next round
 
     def add(self, room: str, outcome: Outcome, version: int, now: float) -> list[Announcement]:
-        """Announcements to make now for ``outcome``; the rest waits in the room's diff."""
+        """Announcements to make now for ``outcome``; the rest waits for the room's next round."""
         if not outcome.joined and not outcome.left:
             return []
-        if outcome.count <= self.big_room and room not in self._pending:
-            return [Announcement("join", outcome.count, version, user=u) for u in outcome.joined] + [
-                Announcement("leave", outcome.count, version, user=u) for u in outcome.left
-            ]
         diff = self._pending.get(room)
         if diff is None:
-            sent = self._sent.get(room)
-            due = now if sent is None else max(now, sent + self.interval)
-            diff = self._pending[room] = _Diff(due=due)
+            diff = self._pending[room] = _Diff(due=self._next.get(room, now))
         for user in outcome.joined:
             if diff.left.pop(user, 0) is None:
-                continue  # left and back within one diff: no change to announce
+                continue  # left and back within one round: no change to announce
             diff.joined[user] = None
         for user in outcome.left:
             if diff.joined.pop(user, 0) is None:
@@ -187,21 +195,29 @@ class Coalescer:
             diff.left[user] = None
         if version >= diff.version:
             diff.count, diff.version = outcome.count, version
+        if diff.due <= now:
+            return self._round(room, now)
         return []
 
     def due(self, now: float) -> list[tuple[str, Announcement]]:
-        """The diffs whose time has come, each at most ``MEMBERS_MAX`` names per list."""
-        ready = [room for room, diff in self._pending.items() if diff.due <= now]
+        """The rounds whose time has come."""
         out = []
-        for room in ready:
-            diff = self._pending.pop(room)
-            self._sent[room] = now
-            if not diff.joined and not diff.left:
-                continue  # everyone who came also went: nothing changed
-            out.append((room, Announcement("diff", diff.count, diff.version,
-                                           joined=list(diff.joined)[:MEMBERS_MAX],
-                                           left=list(diff.left)[:MEMBERS_MAX])))
-        stale = [r for r, sent in self._sent.items() if now - sent > self.interval and r not in self._pending]
+        for room in [room for room, diff in self._pending.items() if diff.due <= now]:
+            out += [(room, announcement) for announcement in self._round(room, now)]
+        stale = [r for r, at in self._next.items() if at <= now and r not in self._pending]
         for room in stale:
-            del self._sent[room]
+            del self._next[room]
         return out
+
+    def _round(self, room: str, now: float) -> list[Announcement]:
+        diff = self._pending.pop(room)
+        self._next[room] = now + round_interval(diff.count, self.interval)
+        changes = len(diff.joined) + len(diff.left)
+        if changes == 0:
+            return []  # everyone who came also went: nothing changed
+        if changes <= SINGLE_MAX and diff.count <= self.big_room:
+            return [Announcement("join", diff.count, diff.version, user=u) for u in diff.joined] + [
+                Announcement("leave", diff.count, diff.version, user=u) for u in diff.left
+            ]
+        return [Announcement("diff", diff.count, diff.version,
+                             joined=list(diff.joined)[:MEMBERS_MAX], left=list(diff.left)[:MEMBERS_MAX])]

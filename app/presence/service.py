@@ -28,6 +28,7 @@ from app.presence.rules import (
 from app.protocol import (
     join_frame,
     leave_frame,
+    members_json,
     presence_body,
     presence_diff_frame,
     presence_frame,
@@ -38,6 +39,10 @@ from app.rooms import group_name
 logger = logging.getLogger("parley")
 
 EVENT = "presence.event"
+# In a room of more than MEMBERS_MAX, joiners are shown "any 100" members: names read up to
+# this long ago serve every joiner meanwhile (reading and decoding 100 names from Redis cost
+# ~0.5 ms per batch). Counts are always read fresh.
+NAMES_MAX_AGE = 1.0
 
 
 class Presence:
@@ -55,6 +60,8 @@ class Presence:
         self._due: dict[str, float] = {}  # room -> when a departure there falls due
         self._next_heartbeat = 0.0
         self._tasks: set[asyncio.Future[None]] = set()
+        self._in_flight = False  # a batch is with the store: the next one gathers meanwhile
+        self._names: dict[str, tuple[float, str]] = {}  # big room -> (read at, members JSON)
 
     # -- sockets -------------------------------------------------------------------------
 
@@ -86,34 +93,51 @@ class Presence:
     # -- the batch of one loop turn --------------------------------------------------------
 
     def _schedule(self) -> None:
-        if not self._scheduled:
+        # One batch with the store at a time: what arrives meanwhile waits for it and goes
+        # out together, so batches grow with load (one per loop turn when idle).
+        if not self._scheduled and not self._in_flight:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
         ops, waiters = self._ops, self._waiters
+        if not ops and not waiters:
+            return
         self._ops, self._waiters = {}, {}
+        now = time.monotonic()
         changes = []
+        known: dict[str, str] = {}  # rooms whose names are recent enough: their members JSON
         for room in ops.keys() | waiters.keys():
             users = ops.get(room, {})
+            cached = self._names.get(room)
+            if room in waiters and cached is not None and now - cached[0] < NAMES_MAX_AGE:
+                known[room] = cached[1]
             changes.append(RoomChange(
                 room,
                 hold=tuple(u for u, held in users.items() if held),
                 release=tuple(u for u, held in users.items() if not held),
-                sample=room in waiters,
+                sample=room in waiters and room not in known,
             ))
-        self._spawn(self._sync(changes, waiters))
+        self._in_flight = True
+        self._spawn(self._sync(changes, waiters, known))
+
+    def _batch_done(self) -> None:
+        self._in_flight = False
+        if self._ops or self._waiters:
+            self._schedule()
 
     def _spawn(self, step: Any) -> None:
         task = asyncio.ensure_future(step)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _sync(self, changes: list[RoomChange], waiters: dict[str, list[asyncio.Future[str]]]) -> None:
+    async def _sync(self, changes: list[RoomChange], waiters: dict[str, list[asyncio.Future[str]]],
+                    known: dict[str, str]) -> None:
         try:
             states = await self.store.sync(changes)
         except Exception as exc:
+            self._batch_done()
             logger.warning("presence step failed: %s", exc)
             for futures in waiters.values():
                 for future in futures:
@@ -121,10 +145,20 @@ class Presence:
                         future.set_exception(exc)
                         future.exception()  # retrieved: its socket may have gone meanwhile
             return
+        self._batch_done()
+        now = time.monotonic()
         for change, state in zip(changes, states, strict=True):
             waiting = waiters.get(change.room)
             if waiting:
-                frame = presence_frame(change.room, state.count, state.members, state.version)
+                if change.sample:
+                    listed = members_json(state.members)
+                    if state.count > MEMBERS_MAX:
+                        self._names[change.room] = (now, listed)
+                    else:
+                        self._names.pop(change.room, None)
+                else:
+                    listed = known[change.room]
+                frame = presence_frame(change.room, state.count, listed, state.version)
                 for future in waiting:
                     if not future.done():
                         future.set_result(frame)
@@ -168,6 +202,9 @@ class Presence:
             await self._settle(changes, await self.store.sync(changes))
         for room, announcement in self.coalescer.due(time.monotonic()):
             await self._announce(room, announcement)
+        stale = [room for room, (read, _) in self._names.items() if now - read >= NAMES_MAX_AGE]
+        for room in stale:
+            del self._names[room]
 
     # -- announcing --------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from app.presence.rules import (
     Outcome,
     Roster,
     heartbeat_interval,
+    round_interval,
     tick_interval,
 )
 from app.protocol import is_typing_frame, presence_diff_frame, presence_frame
@@ -87,38 +88,57 @@ def test_typing_is_relayed_once_per_interval_per_user() -> None:
     assert not local.may_type("r", "nobody", 200.0)
 
 
-def test_small_rooms_hear_each_change_at_once() -> None:
+def test_a_quiet_small_room_hears_a_change_at_once() -> None:
     coalescer = Coalescer(big_room=10, interval=0.5)
     out = coalescer.add("r", Outcome(joined=["a"], left=["b"], count=3), 7, now=0)
     assert [(a.kind, a.user, a.count, a.version) for a in out] == [("join", "a", 3, 7), ("leave", "b", 3, 7)]
     assert coalescer.due(10) == []
 
 
-def test_big_rooms_hear_one_diff_per_interval() -> None:
+def test_changes_within_an_interval_wait_for_the_next_round() -> None:
     coalescer = Coalescer(big_room=10, interval=0.5)
-    assert coalescer.add("r", Outcome(joined=["a", "b"], count=11), 1, now=0) == []
-    assert coalescer.add("r", Outcome(joined=["c"], left=["a"], count=11), 2, now=0.1) == []
-    [(room, diff)] = coalescer.due(0.1)
-    assert (room, diff.kind, diff.joined, diff.left) == ("r", "diff", ["b", "c"], [])
-    assert (diff.count, diff.version) == (11, 2)
-    # The next one waits for the interval since the last diff went out.
-    coalescer.add("r", Outcome(joined=["d"], count=12), 3, now=0.2)
-    assert coalescer.due(0.5) == []
-    assert [d.joined for _, d in coalescer.due(0.6)] == [["d"]]
+    assert len(coalescer.add("r", Outcome(joined=["a"], count=1), 1, now=0)) == 1
+    assert coalescer.add("r", Outcome(joined=["b"], count=2), 2, now=0.1) == []
+    assert coalescer.due(0.4) == []
+    [(room, one)] = coalescer.due(0.5)
+    assert (room, one.kind, one.user, one.count, one.version) == ("r", "join", "b", 2, 2)
 
 
-def test_a_diff_whose_changes_cancel_out_is_not_sent() -> None:
+def test_many_changes_or_a_big_room_make_one_diff() -> None:
+    coalescer = Coalescer(big_room=10, interval=0.5)
+    coalescer.add("r", Outcome(joined=["a"], count=1), 1, now=0)
+    coalescer.add("r", Outcome(joined=["b", "c", "d", "f"], count=5), 2, now=0.1)
+    coalescer.add("r", Outcome(joined=["e"], left=["b"], count=5), 3, now=0.2)
+    [(_, diff)] = coalescer.due(0.5)
+    assert (diff.kind, diff.joined, diff.left) == ("diff", ["c", "d", "f", "e"], [])
+    assert (diff.count, diff.version) == (5, 3)
+    big = Coalescer(big_room=10, interval=0.5)
+    [alone] = big.add("r", Outcome(joined=["x"], count=11), 1, now=0)
+    assert alone.kind == "diff" and alone.joined == ["x"]
+
+
+def test_big_rooms_get_rounds_further_apart() -> None:
+    assert round_interval(10) == 0.5
+    assert round_interval(5000) == 2.5
+    coalescer = Coalescer(big_room=10, interval=0.5)
+    coalescer.add("r", Outcome(joined=[f"u{i}" for i in range(5000)], count=5000), 1, now=0)
+    coalescer.add("r", Outcome(joined=["late"], count=5001), 2, now=0.1)
+    assert coalescer.due(2.4) == []
+    assert [d.joined for _, d in coalescer.due(2.5)] == [["late"]]
+
+
+def test_a_round_whose_changes_cancel_out_is_not_sent() -> None:
     coalescer = Coalescer(big_room=0, interval=0.5)
     coalescer.add("r", Outcome(joined=["a"], count=1), 1, now=0)
-    coalescer.add("r", Outcome(left=["a"], count=0), 2, now=0)
+    coalescer.add("r", Outcome(joined=["b"], count=2), 2, now=0.1)
+    coalescer.add("r", Outcome(left=["b"], count=1), 3, now=0.2)
     assert coalescer.due(1) == []
 
 
 def test_a_diff_names_at_most_members_max_users() -> None:
     coalescer = Coalescer(big_room=BIG_ROOM, interval=0.5)
     users = [f"u{i}" for i in range(BIG_ROOM * 3)]
-    coalescer.add("r", Outcome(joined=users, count=len(users)), 1, now=0)
-    [(_, diff)] = coalescer.due(0)
+    [diff] = coalescer.add("r", Outcome(joined=users, count=len(users)), 1, now=0)
     assert diff.count == len(users) and len(diff.joined) == MEMBERS_MAX
 
 
