@@ -50,6 +50,8 @@ class Config:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     ws_compression: bool = False
+    presence: bool = True
+    presence_grace: float = 15.0
 
     @property
     def redis_enabled(self) -> bool:
@@ -132,6 +134,10 @@ def load(environ: Mapping[str, str]) -> Config:
     num("CHAT_SEND_TIMEOUT", "send_timeout", float, 0.1)
     num("CHAT_PING_INTERVAL", "ping_interval", float, 0)
     num("CHAT_PING_TIMEOUT", "ping_timeout", float, 0)
+
+    if "CHAT_PRESENCE" in env:
+        kwargs["presence"] = _bool(env["CHAT_PRESENCE"], "CHAT_PRESENCE")
+    num("CHAT_PRESENCE_GRACE", "presence_grace", float, 0)
 
     if "CHAT_WS_COMPRESSION" in env:
         kwargs["ws_compression"] = _bool(env["CHAT_WS_COMPRESSION"], "CHAT_WS_COMPRESSION")

@@ -209,3 +209,61 @@ def parse_connect_params(query_string: bytes, history_max: int) -> ConnectParams
     if epoch is not None and not 0 < len(epoch) <= MAX_EPOCH_CHARS:
         raise FrameError("bad_epoch", f"'epoch' must be 1 to {MAX_EPOCH_CHARS} characters")
     return ConnectParams(since=since, last=last, token=token, epoch=epoch)
+
+
+# -- presence and typing (never stored, no id) -----------------------------------------
+
+_TYPING_MARK = '"typing"'
+
+
+def is_typing_frame(text: str) -> bool:
+    """True for a client's ``{"type":"typing"}``. Any other frame is left to
+    ``parse_client_frame``; the substring check keeps ordinary messages to one JSON parse."""
+    if _TYPING_MARK not in text:
+        return False
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.get("type") == "typing"
+
+
+def _users(names: list[str]) -> str:
+    return "[" + ",".join('{"user":' + _dumps(name) + "}" for name in names) + "]"
+
+
+def members_json(names: list[str]) -> str:
+    """The ``members`` list of a presence frame, to build once and reuse."""
+    return _users(names)
+
+
+def presence_frame(room: str, count: int, members: list[str] | str, version: int) -> str:
+    """Sent once after ``ready``: the room's exact count and up to 100 of its members
+    (``members`` as names, or as ``members_json`` already built)."""
+    listed = members if isinstance(members, str) else _users(members)
+    return ('{"type":"presence","room":' + _dumps(room) + ',"count":' + str(count)
+            + ',"members":' + listed + ',"version":' + str(version) + "}")
+
+
+def join_frame(room: str, user: str, count: int, version: int) -> str:
+    return _dumps({"type": "join", "room": room, "user": user, "count": count, "version": version})
+
+
+def leave_frame(room: str, user: str, count: int, version: int) -> str:
+    return _dumps({"type": "leave", "room": room, "user": user, "count": count, "version": version})
+
+
+def presence_diff_frame(room: str, count: int, joined: list[str], left: list[str], version: int) -> str:
+    """Several joins and leaves of a big room at once (each list names at most 100 users)."""
+    return ('{"type":"presence_diff","room":' + _dumps(room) + ',"count":' + str(count)
+            + ',"joined":' + _users(joined) + ',"left":' + _users(left)
+            + ',"version":' + str(version) + "}")
+
+
+def presence_body(room: str, count: int, members: list[str]) -> str:
+    """``GET /api/rooms/<room>/presence``."""
+    return '{"room":' + _dumps(room) + ',"count":' + str(count) + ',"members":' + _users(members) + "}"
+
+
+def typing_frame(room: str, user: str) -> str:
+    return _dumps({"type": "typing", "room": room, "user": user})

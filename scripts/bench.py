@@ -28,6 +28,11 @@ from tools.swarm import raise_nofile
 REQUIRED_CONNECTIONS = 5000
 REQUIRED_READY_S = 3.0
 REQUIRED_SHUTDOWN_S = 10.0
+# Presence may cost joins this much more server CPU per connection than no presence does.
+PRESENCE_CPU_RATIO = 1.3
+# Per delivery "unchanged": within run-to-run noise.
+PRESENCE_DELIVERY_RATIO = 1.15
+NO_PRESENCE = "app/redis/1-room/no-presence"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -106,6 +111,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             load(args, work, "floor", ["--target", "floor"]),
             load(args, work, "app/memory/1-room", ["-r", "1"]),
             load(args, work, "floor/1-room", ["--target", "floor", "-r", "1"]),
+            # Presence's cost: N joins to one room with it and without it (as before presence).
+            load(args, work, "app/redis/1-room", ["--redis", "-r", "1"]),
+            load(args, work, NO_PRESENCE, ["--redis", "-r", "1", "--app-env", "CHAT_PRESENCE=false"]),
             # One broadcast to one room of every socket: the "room of 5,000" latency figure.
             load(args, work, "app/redis/1-room/1-message", ["--redis", "-r", "1", "--messages", "1"]),
             load(args, work, "floor/1-room/1-message", ["--target", "floor", "-r", "1", "--messages", "1"]),
@@ -149,7 +157,19 @@ def requirements(bench: dict[str, Any]) -> list[tuple[str, str, Any, Any, Any, b
     def met(value: Any, ok: bool) -> bool | None:
         return None if value is None else ok
 
+    with_p, without_p = legs.get("app/redis/1-room", {}), legs.get(NO_PRESENCE, {})
+    conn_ratio, delivery_ratio = (
+        ratio(with_p.get("server", {}).get(key), without_p.get("server", {}).get(key))
+        for key in ("cpu_ms_per_connection", "cpu_ms_per_delivery"))
     return [
+        ("presence: server CPU per join, one room (ms; floor = presence off)",
+         f"<= {PRESENCE_CPU_RATIO}x", with_p.get("server", {}).get("cpu_ms_per_connection"),
+         without_p.get("server", {}).get("cpu_ms_per_connection"), conn_ratio,
+         met(conn_ratio, (conn_ratio or 0) <= PRESENCE_CPU_RATIO)),
+        ("presence: server CPU per delivery, one room (ms; floor = presence off)",
+         f"unchanged (<= {PRESENCE_DELIVERY_RATIO}x)", with_p.get("server", {}).get("cpu_ms_per_delivery"),
+         without_p.get("server", {}).get("cpu_ms_per_delivery"), delivery_ratio,
+         met(delivery_ratio, (delivery_ratio or 0) <= PRESENCE_DELIVERY_RATIO)),
         ("concurrent connections", f">= {REQUIRED_CONNECTIONS}", ours_conn, floor_conn,
          ratio(ours_conn, floor_conn), met(ours_conn, (ours_conn or 0) >= REQUIRED_CONNECTIONS)),
         ("start to ready (ms, median)", f"< {REQUIRED_READY_S * 1000:.0f}", ready, floor_ready,
@@ -232,10 +252,12 @@ def markdown(bench: dict[str, Any], chart: str | None) -> str:
                      s["cpu_ms_per_connection"], s["rss_kb_per_connection"], s["cpu_ms_per_delivery"]])
     for ours_label, floor_label in (("app/memory", "floor"), ("app/redis", "floor"),
                                     ("app/memory/1-room", "floor/1-room"),
+                                    ("app/redis/1-room", NO_PRESENCE),
                                     ("app/redis/1-room/1-message", "floor/1-room/1-message")):
         ours = next((leg for leg in bench["load"]
                      if leg.get("label") == ours_label and "connect" in leg), None)
-        floor = floors.get(floor_label)
+        floor = floors.get(floor_label) or next(
+            (leg for leg in bench["load"] if leg.get("label") == floor_label), None)
         if ours and floor and "connect" in floor:
             rows.append([f"ratio {ours_label} / {floor_label}", "", "",
                          ratio(ours["connect"]["rate_per_s"], floor["connect"]["rate_per_s"]),

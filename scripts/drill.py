@@ -12,6 +12,13 @@ every acknowledged message reached every member exactly once and in id order, ev
 message was acknowledged, no client saw anything but 1012 closes, every client reconnected
 and ended on the new colour. Prints a JSON report; exit status 1 on any failure.
 
+Presence: a stack started here runs with ``CHAT_AUTH=jwt`` and every client has a token of its
+own (``sub`` = the client), so a reconnect is the same user. From the first cutover until
+the presence grace (plus a heartbeat) has passed after the last one, clients must receive
+zero ``join``/``leave``/``presence_diff`` changes, and each reconnect's ``presence`` count must
+be its room's size. Against an anonymous stack (started elsewhere without a JWT secret)
+every reconnect is a new user by design, so the presence check is skipped and says so.
+
 ``--fault kill``: instead of the two deploys, the active colour's process is killed with
 SIGKILL mid-chat (no drain: clients see 1006, and what they sent without an ack may or may
 not have been stored), then the deploy to the other colour runs as the failover. Clients retry through
@@ -50,6 +57,8 @@ BACKOFF_BASE = 0.25  # first reconnect after a 1012: uniform in [0, 0.25 s]
 BACKOFF_CAP = 5.0
 CONNECT_CONCURRENCY = 100
 MAX_PROBLEMS = 50  # listed in the report; the total is always given
+PRESENCE_CHANGES = ("join", "leave", "presence_diff")
+DEFAULT_GRACE = 15.0  # the service's CHAT_PRESENCE_GRACE default
 
 
 def backoff(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
@@ -81,7 +90,10 @@ class Member:
     last_id: int = 0  # the newest id received: where a reconnect resumes (?since=)
     epoch: str | None = None  # the room's epoch last_id counts in (?epoch=)
     resets: int = 0  # the room's ids started over (state lost): the checks cannot hold across
-    token: str = ""  # a JWT for a stack with CHAT_AUTH=jwt (the compose drill)
+    token: str | None = None  # this client's JWT (the same user across reconnects)
+    watching: bool = False  # counting presence changes (from the first cutover on)
+    presence_changes: list[str] = field(default_factory=list)
+    presence_counts: list[int] = field(default_factory=list)  # from each `presence` snapshot
 
     def new_message(self) -> tuple[str, str]:
         self.sent += 1
@@ -111,6 +123,15 @@ class Member:
         elif kind == "reset":
             self.resets += 1
             self.epoch, self.last_id = frame["epoch"], frame["last_id"]
+        elif kind == "presence":
+            self.presence_counts.append(frame["count"])
+        elif kind in PRESENCE_CHANGES:
+            if self.watching:
+                names = [frame.get("user")] if kind != "presence_diff" else [
+                    u["user"] for u in frame["joined"] + frame["left"]]
+                self.presence_changes += [f"{kind} {name}" for name in names]
+        elif kind == "typing":
+            pass
         else:
             self.errors.append(f"unexpected frame {frame}")
         return kind
@@ -304,12 +325,38 @@ def verify(members: list[Member]) -> dict[str, Any]:
     return {"totals": dict(totals), "problems": problems}
 
 
+def presence_settings(state: StackState) -> tuple[str | None, float]:
+    """The stack's JWT secret (None: anonymous, no presence check) and presence grace."""
+    env = state.app_env
+    secret = env.get("CHAT_JWT_SECRET") if env.get("CHAT_AUTH") == "jwt" else None
+    return secret, float(env.get("CHAT_PRESENCE_GRACE", DEFAULT_GRACE))
+
+
+def presence_problems(members: list[Member], secret: str | None) -> tuple[dict[str, Any], list[str]]:
+    """Zero presence changes across the cutovers, and every snapshot counting the whole room."""
+    if secret is None:
+        return {"checked": False, "why": "anonymous stack: every reconnect is a new user"}, []
+    sizes = Counter(m.room for m in members)
+    changes = [f"member {m.index}: {c}" for m in members for c in m.presence_changes]
+    wrong = [f"member {m.index}: presence count {n}, room has {sizes[m.room]}"
+             for m in members for n in m.presence_counts[1:] if n != sizes[m.room]]
+    problems = [f"{len(changes)} presence change(s) during the cutovers", *changes[:10],
+                *wrong[:10]] if changes or wrong else []
+    return {"checked": True, "changes": len(changes), "wrong_counts": len(wrong)}, problems
+
+
 async def drill(state: StackState, clients: int, rooms: int, rate: float, settle: float,
                 timeout: float, fault: str = "none") -> dict[str, Any]:
     """Connect, chat, deploy there and back (or kill and fail over), quiesce, verify; the report."""
     run = secrets.token_hex(3)
     expected_close = ABNORMAL if fault == "kill" else RESTART
     members = [Member(i, f"drill-{run}-{i % rooms}", expected_close) for i in range(clients)]
+    secret, grace = presence_settings(state)
+    if secret is not None:
+        from app.chat.auth import mint
+
+        for m in members:
+            m.token = mint(f"drill-{run}-{m.index}", [m.room], 3600, secret)
     base_url = state.web_url.replace("http://", "ws://")
     finishing, stop_sending = asyncio.Event(), asyncio.Event()
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
@@ -335,6 +382,8 @@ async def drill(state: StackState, clients: int, rooms: int, rate: float, settle
             target = traefik_config.other_color(state.active)
             runtime = LocalRuntime(state)
             connects_before = sum(m.connects for m in members)
+            for m in members:
+                m.watching = True  # the room's own joins are long announced by now
             cut = time.monotonic()
             if fault == "kill":
                 in_flight = await send_burst(members)
@@ -349,11 +398,16 @@ async def drill(state: StackState, clients: int, rooms: int, rate: float, settle
             mark(f"all_on_{target}_after_deploy_s", deployed)
             if fault == "kill":
                 mark(f"all_on_{target}_after_kill_s", cut)
+            last_cutover = time.monotonic()
             on_new = await asyncio.to_thread(open_connections, state, target)
             old_running = state.procs.get(traefik_config.other_color(target)) is not None
             checks.append({"color": target, "clients_connected_to_it": on_new,
                            "old_colour_running": old_running})
         await asyncio.sleep(settle)
+        if secret is not None:
+            # A departure the cutover caused would be announced a grace (plus at most a
+            # heartbeat) after the old colour released it: keep listening that long.
+            await asyncio.sleep(max(0.0, last_cutover + grace * 4 / 3 + 1 - time.monotonic()))
         stop_sending.set()
         await asyncio.gather(*senders)
         quiet = time.monotonic()
@@ -388,6 +442,8 @@ async def drill(state: StackState, clients: int, rooms: int, rate: float, settle
         if check["old_colour_running"]:
             problems.append(f"the colour before {check['color']} still runs")
     problems += fault_problems(fault, faults, deploys)
+    presence, presence_trouble = presence_problems(members, secret)
+    problems += presence_trouble
     failures = sum((m.failures for m in members), Counter())
     return {
         "ok": not problems,
@@ -410,6 +466,7 @@ async def drill(state: StackState, clients: int, rooms: int, rate: float, settle
         "client_errors": len(client_errors),
         "deploys": deploys,
         "killed": faults,
+        "presence": presence,
         "ended_on": checks,
         "problems_total": len(problems),
         "problems": problems[:MAX_PROBLEMS],
@@ -476,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     directory = resolve_dir(args.state_dir)
     started_here = not (directory / STATE_FILE).exists()
     try:
-        state = up(directory)
+        # Tokens per client, so that presence can tell a reconnect from a new user.
+        state = up(directory, app_env={"CHAT_AUTH": "jwt", "CHAT_JWT_SECRET": secrets.token_urlsafe(48)})
         import uvloop  # the clients' side must not be the bottleneck at 5,000
 
         report = uvloop.run(drill(state, args.clients, rooms, args.rate, args.settle, timeout, args.fault))

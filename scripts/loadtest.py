@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--redis", action="store_true", help="start a redis-server for the app's layer")
     parser.add_argument("--redis-url", help="an existing loopback Redis for the app started here")
     parser.add_argument("--server-pid", type=int, help="pid of the server behind --url, for CPU/RSS")
+    parser.add_argument("--app-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for the app started here (repeatable)")
     parser.add_argument("-n", "--connections", type=int, default=5000)
     parser.add_argument("-r", "--rooms", type=int, default=50)
     parser.add_argument("-c", "--concurrency", type=int, default=500, help="handshakes in flight")
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if url is not None:
             pid, kind = args.server_pid, "url"
         else:
-            server = start_server(args.target, redis_url=redis_url)
+            server = start_server(args.target, redis_url=redis_url, env=app_env(args.app_env))
             assert server.process is not None  # started, so it has one
             url, pid, kind = require_loopback(server.base), server.process.pid, args.target
         layer = ("unknown" if server is None else "none" if args.target == "floor"
@@ -75,6 +77,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             server.cleanup()
         if redis is not None:
             redis.cleanup()
+
+
+def app_env(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings as a dict; a pair without ``=`` is a usage error."""
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"loadtest: --app-env wants KEY=VALUE, got {pair!r}")
+        env[key] = value
+    return env
 
 
 def measure(args: argparse.Namespace, url: str, pid: int | None, kind: str, layer: str) -> dict[str, Any]:

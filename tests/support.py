@@ -21,24 +21,34 @@ from tools.procs import AppServer, RedisServer
 __all__ = ["ROOT", "AppServer", "Client", "RedisServer", "free_port", "http_get", "run_script", "wait_until"]
 
 
+# Who-is-here frames (docs/PROTOCOL.md, "Presence and typing"): a client that did not ask
+# to watch them skips them, as clients skip frame types they do not use.
+PRESENCE_FRAMES = frozenset({"presence", "join", "leave", "presence_diff", "typing"})
+
+
 class Client:
     """A real WebSocket chat client with helpers that await frames, never sleep."""
 
-    def __init__(self, ws: Any) -> None:
+    def __init__(self, ws: Any, presence: bool = False) -> None:
         self.ws = ws
         self.ready: dict[str, Any] | None = None
+        self.presence = presence
 
     @classmethod
-    async def connect(cls, url: str, wait_ready: bool = True, **kwargs: Any) -> Client:
+    async def connect(cls, url: str, wait_ready: bool = True, presence: bool = False,
+                      **kwargs: Any) -> Client:
         from websockets.asyncio.client import connect
 
-        client = cls(await connect(url, open_timeout=10, **kwargs))
+        client = cls(await connect(url, open_timeout=10, **kwargs), presence)
         if wait_ready:
             client.ready = await client.recv_type("ready")
         return client
 
     async def recv(self, timeout: float = 10) -> dict[str, Any]:
-        return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        while True:
+            frame = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+            if self.presence or not isinstance(frame, dict) or frame.get("type") not in PRESENCE_FRAMES:
+                return frame
 
     async def recv_type(self, kind: str, timeout: float = 10) -> dict[str, Any]:
         """The next frame of type ``kind``; frames of other types before it are kept."""

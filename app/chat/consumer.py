@@ -34,6 +34,7 @@ from app.protocol import (
     dedupe_key,
     error_frame,
     gap_frame,
+    is_typing_frame,
     message_template,
     parse_client_frame,
     parse_connect_params,
@@ -69,6 +70,8 @@ class ChatConsumer(SerialConsumer):
     live: bool = False
     # What the close is counted as: the disconnect event's code, or 1006 if none came.
     close_code: int = 1006
+    present: bool = False
+    typing_bucket: TokenBucket | None = None
 
     def __init__(self, services: ChatServices) -> None:
         super().__init__()
@@ -103,6 +106,7 @@ class ChatConsumer(SerialConsumer):
         try:
             await self.channel_layer.group_add(self.group, self.channel_name)
             self.joined = True
+            entering = self._enter_presence()
             reset, replay, live_from = await self._catch_up(params)
         except Exception:  # history or channel layer (Redis) unreachable
             logger.warning("refusing %s: storage unavailable", self.room, exc_info=True)
@@ -125,6 +129,8 @@ class ChatConsumer(SerialConsumer):
         await self._send_text(ready_frame(self.room, self.last_id, self.user, self.epoch))
         if CONFIG.auth == "jwt":
             self._expire_at(self.expires_at)
+        if entering is not None:
+            await self._send_presence(entering)
         self.live = True
 
     async def _catch_up(self, params: ConnectParams) -> tuple[bool, Replay, int]:
@@ -158,6 +164,8 @@ class ChatConsumer(SerialConsumer):
     # -- receive -------------------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is not None and is_typing_frame(text_data):
+            return await self._typing()
         if not self.bucket.take(time.monotonic()):
             return await self._rate_limited()
         self.strikes = 0
@@ -246,8 +254,10 @@ class ChatConsumer(SerialConsumer):
 
     def deliver_now(self, message: dict[str, Any]) -> bool:
         """The fan-out's fast path: the next message in order, to an idle, writable socket."""
-        if not self.live or self.closing or self._turn.locked() or message.get("type") != "chat.message":
+        if not self.live or self.closing or self._turn.locked():
             return False
+        if message.get("type") != "chat.message":
+            return self._presence_now(message)
         if message.get("epoch", self.epoch) != self.epoch:
             return False  # a reset to send, or a stale event to drop: the ordered path
         message_id = message["id"]
@@ -350,9 +360,57 @@ class ChatConsumer(SerialConsumer):
         if self.expiry is not None:
             self.expiry.cancel()
             self.expiry = None
+        self._exit_presence()
         if self.joined:
             self.joined = False
             try:
                 await self.channel_layer.group_discard(self.group, self.channel_name)
             except Exception:
                 logger.debug("group_discard failed for %s", self.group, exc_info=True)
+
+    # -- presence and typing -------------------------------------------------------------
+
+    def _enter_presence(self) -> asyncio.Future[str] | None:
+        """Count this socket in the room's presence; the future is its ``presence`` frame."""
+        presence = self.services.presence
+        if presence is None:
+            return None
+        self.present = True
+        return presence.enter(self.room, self.user)
+
+    async def _send_presence(self, entering: asyncio.Future[str]) -> None:
+        """The room's ``presence`` frame, once the store has answered (after ``ready``, so a
+        busy store never delays it); without it when presence storage is unavailable."""
+        try:
+            frame = await entering
+        except Exception as exc:  # the socket works without presence; the next step repairs it
+            logger.warning("no presence frame for %s: %s", self.room, exc)
+            return
+        await self._send_text(frame)
+
+    def _exit_presence(self) -> None:
+        if self.present:
+            self.present = False
+            if self.services.presence is not None:
+                self.services.presence.leave(self.room, self.user)
+
+    async def _typing(self) -> None:
+        """A typing notice: never stored, relayed at most once per interval per user, and
+        flood-limited by a bucket of its own so it never costs the user a message."""
+        if self.typing_bucket is None:
+            self.typing_bucket = TokenBucket(CONFIG.rate_per_second, CONFIG.rate_burst, time.monotonic())
+        if not self.typing_bucket.take(time.monotonic()):
+            return await self._rate_limited()
+        if self.live and self.services.presence is not None:
+            await self.services.presence.typing(self.room, self.user)
+
+    async def presence_event(self, event: dict[str, Any]) -> None:
+        """A join, leave, diff or typing frame for the room (never stored, no id)."""
+        if event.get("skip") != self.user:
+            await self._send_text(event["frame"])
+
+    def _presence_now(self, message: dict[str, Any]) -> bool:
+        """``deliver_now`` for presence events: written at once to a writable socket."""
+        if message.get("type") != "presence.event":
+            return False
+        return message.get("skip") == self.user or self.send_now(message["frame"])

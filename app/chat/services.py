@@ -9,6 +9,7 @@ from typing import Any
 
 from app import metrics
 from app.history import Appended, History
+from app.presence import Presence
 from app.protocol import FrameTemplate
 from app.rooms import group_name
 
@@ -24,6 +25,8 @@ class ChatServices:
     history: History
     # Redis layers hold connections and subscriptions to release at exit; the local one not.
     flush_layer_on_close: bool = False
+    # Who is here and who is typing (None with CHAT_PRESENCE=false).
+    presence: Presence | None = None
 
     async def check(self, timeout: float) -> None:
         """One channel-layer round trip and a history ping; raise if either fails."""
@@ -68,5 +71,7 @@ class ChatServices:
     async def close(self) -> None:
         """Release history's connections and the layer's subscriptions."""
         await self.history.close()
+        if self.presence is not None:
+            await self.presence.close()
         if self.flush_layer_on_close:
             await self.layer.flush()

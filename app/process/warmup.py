@@ -93,4 +93,6 @@ async def warm_up(
     loops = [watcher.run(), SlowClientWatchdog(REGISTRY, config.send_timeout).run()]
     if config.redis_enabled:
         loops.append(monitor(chat, lifecycle))
+    if chat.presence is not None:
+        loops.append(chat.presence.run())
     await asyncio.gather(*loops)

@@ -32,15 +32,18 @@ def load(config: Config) -> Wired:
 
     from app.chat.routes import websocket_application
     from app.history import create_history
+    from app.presence import create_presence
     from app.web import views
 
     if config.auth == "jwt":
         import app.chat.auth  # noqa: F401  (PyJWT: ~40 ms, paid only when tokens are used)
 
+    layer = get_channel_layer()
     chat = ChatServices(
-        layer=get_channel_layer(),
+        layer=layer,
         history=create_history(config),
         flush_layer_on_close=config.redis_enabled,
+        presence=create_presence(config, layer),
     )
     views.configure(chat)
     return Wired(chat=chat, websocket_app=websocket_application(chat))

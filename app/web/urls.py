@@ -8,4 +8,5 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("static/<str:name>", views.asset, name="asset"),
     path("api/rooms/<str:room>/messages", views.room_messages, name="room-messages"),
+    path("api/rooms/<str:room>/presence", views.room_presence, name="room-presence"),
 ]

@@ -1,4 +1,4 @@
-"""Django views: the chat page and the room history API."""
+"""Django views: the chat page, the room history API and the room presence API."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from app.chat.services import ChatServices
 from app.config import CONFIG
 from app.history import HistoryUnavailable
+from app.presence import PresenceUnavailable
 from app.protocol import MAX_EPOCH_CHARS, FrameError, dedupe_key, message_template, parse_api_body
 from app.rooms import is_valid_room
 
@@ -184,3 +185,44 @@ async def _publish(request: HttpRequest, room: str) -> HttpResponse:
          "epoch": appended.state.epoch},
         status=200 if appended.duplicate else 201,
     )
+
+
+async def room_presence(request: HttpRequest, room: str) -> HttpResponse:
+    """GET: the room's exact member count and up to 100 of its members."""
+    if not is_valid_room(room):
+        return _error(400, "bad_room", "room names are 1-64 of A-Z a-z 0-9 _ . -")
+    if request.method != "GET":
+        response = _error(405, "method_not_allowed", "use GET")
+        response["Allow"] = "GET"
+        return response
+    refused = _room_token_refused(request, room)
+    if refused is not None:
+        return refused
+    presence = _services().presence
+    if presence is None:
+        return _error(404, "presence_disabled", "presence is off (CHAT_PRESENCE=false)")
+    try:
+        body = await presence.snapshot(room)
+    except PresenceUnavailable:
+        return _error(503, "unavailable", "presence storage is unavailable")
+    return HttpResponse(body, content_type="application/json")
+
+
+def _room_token_refused(request: HttpRequest, room: str) -> JsonResponse | None:
+    """With ``CHAT_AUTH=jwt``, the request must carry ``Authorization: Bearer <jwt>`` for a
+    token that grants ``room`` (the one a WebSocket of that room would need); else the error."""
+    if CONFIG.auth != "jwt":
+        return None
+    from app.chat.auth import AuthError, authorize  # PyJWT: loaded only in jwt mode
+
+    supplied = request.headers.get("Authorization", "")
+    token = supplied[len("Bearer "):] if supplied.startswith("Bearer ") else None
+    try:
+        authorize(token, room, CONFIG.jwt_secret)
+    except AuthError as exc:
+        status = 403 if exc.reason == "room_not_allowed" else 401
+        response = _error(status, exc.reason, "send Authorization: Bearer <a token for this room>")
+        if status == 401:
+            response["WWW-Authenticate"] = "Bearer"
+        return response
+    return None

@@ -48,7 +48,7 @@ BAD_FRAMES = [
     ('{"message": 3}', "message_not_string"),
     ('{"message": ""}', "empty_message"),
     ("{}", "missing_message"),
-    ('{"type": "typing", "message": "x"}', "unknown_type"),
+    ('{"type": "shout", "message": "x"}', "unknown_type"),
     (json.dumps({"message": "x" * 4001}), "message_too_long"),
     (b"\x00\x01binary", "binary_frame"),
 ]

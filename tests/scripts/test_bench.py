@@ -23,13 +23,17 @@ def test_small_bench_writes_results_markdown_and_chart(tmp_path: Path) -> None:
     assert bench["startup"]["memory"]["ratio_to_floor"] and bench["startup"]["redis"]["runs"]["app"]
     assert bench["shutdown"]["results"]["app"]["close_codes"] == {"1012": 30}
     labels = [leg["label"] for leg in bench["load"]]
-    assert labels == ["app/memory", "app/redis", "floor", "app/memory/1-room", "floor/1-room",
-                      "app/redis/1-room/1-message", "floor/1-room/1-message", "app/redis/capacity"]
+    assert labels == [
+        "app/memory", "app/redis", "floor", "app/memory/1-room", "floor/1-room",
+        "app/redis/1-room", "app/redis/1-room/no-presence", "app/redis/1-room/1-message",
+        "floor/1-room/1-message", "app/redis/capacity",
+    ]
     assert all(leg["ok"] and "samples" not in leg for leg in bench["load"])
     assert bench["skipped"] == ["traefik/redis skipped: --no-traefik"]
     text = markdown.read_text()
     for heading in ("## The requirements", "## Cold start", "## Graceful shutdown", "## Load"):
         assert heading in text
     assert "| concurrent connections | >= 5000 | 40 |" in text  # the capacity leg's 40
+    assert "| presence: server CPU per join, one room" in text
     assert "![connect and delivery latency](chart.png)" in text
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -18,6 +18,8 @@
     refusalsBeforeCheck: 3, // handshakes refused in a row before asking whether it's auth
     token: null, // a JWT for servers with CHAT_AUTH=jwt (the page takes it from #token=)
     refreshToken: null, // optional async () => fresh JWT, called when the token expires
+    typingInterval: 2000, // ms: at most one typing notice per this (the server relays one per 2 s)
+    typingShown: 3000, // ms: how long "… is typing" stays without a new notice
   });
   const ROOM_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
   const CLOSE_RESTART = 1012;
@@ -58,8 +60,9 @@
    * has expired and no refreshToken hook gave a fresh one: both wait for authorize(token).
    *
    * Callbacks (all optional): onState(state, {delay, window, code}), onReady(frame),
-   * onMessage(frame), onGap(frame), onReset(frame), onOutbox(item), onError(code, detail).
-   * An outbox item is {clientId, text, status: "queued" | "sending" | "sent" | "failed", id?, error?}.
+   * onMessage(frame), onGap(frame), onReset(frame), onOutbox(item), onError(code, detail),
+   * onPresence({count, members}), onTyping(user). An outbox item is
+   * {clientId, text, status: "queued" | "sending" | "sent" | "failed", id?, error?}.
    */
   class ChatClient {
     constructor(room, options, callbacks) {
@@ -75,6 +78,8 @@
       this.inflight = null; // the one outbox item awaiting its ack (keeps order; see CLIENT.md)
       this.mine = new Set(); // client_ids sent from this page
       this.user = null;
+      this.presence = { count: 0, members: new Set(), version: -1 }; // who is here
+      this.typedAt = -Infinity; // when our last typing notice went out
       this.ws = null;
       this.timers = { reconnect: 0, connect: 0, ack: 0, resend: 0, expiry: 0 };
       this.left = false;
@@ -330,6 +335,13 @@
           return this.emit("onGap", frame);
         case "reset":
           return this.reset(frame);
+        case "presence":
+        case "join":
+        case "leave":
+        case "presence_diff":
+          return this.presenceFrame(frame);
+        case "typing":
+          return this.emit("onTyping", String(frame.user));
         default:
           return undefined; // newer servers may add frame types
       }
@@ -364,6 +376,41 @@
         this.settle(item, frame.id);
       }
       this.emit("onMessage", frame);
+    }
+
+    // -- presence -----------------------------------------------------------------------
+
+    /**
+     * Who is here. `count` comes from the frame with the highest `version` (frames may arrive
+     * out of order); names are a set: joins add, leaves remove, repeats change nothing.
+     */
+    presenceFrame(frame) {
+      const p = this.presence;
+      const names = (list) => (Array.isArray(list) ? list.map((m) => String(m.user)) : []);
+      if (frame.type === "presence") {
+        p.members = new Set(names(frame.members));
+        p.version = -1;
+      } else if (frame.type === "join") {
+        p.members.add(String(frame.user));
+      } else if (frame.type === "leave") {
+        p.members.delete(String(frame.user));
+      } else {
+        for (const user of names(frame.joined)) p.members.add(user);
+        for (const user of names(frame.left)) p.members.delete(user);
+      }
+      if (typeof frame.version === "number" && frame.version > p.version) {
+        p.version = frame.version;
+        p.count = frame.count;
+      }
+      this.emit("onPresence", { count: p.count, members: p.members });
+    }
+
+    /** The user is typing: tell the room, at most once per typingInterval. */
+    typing() {
+      const now = performance.now();
+      if (this.state !== "live" || now - this.typedAt < this.options.typingInterval) return;
+      this.typedAt = now;
+      this.ws.send(JSON.stringify({ type: "typing" }));
     }
 
     // -- sending ------------------------------------------------------------------------
@@ -458,6 +505,9 @@
 
   const $ = (id) => document.getElementById(id);
   const ui = {
+    online: $("online"),
+    members: $("members"),
+    typing: $("typing"),
     roomForm: $("room-form"),
     roomInput: $("room-input"),
     roomTitle: $("room-title"),
@@ -641,6 +691,47 @@
     );
   }
 
+  // -- presence on the page ------------------------------------------------------------
+
+  const MEMBERS_SHOWN = 100;
+  const typists = new Map(); // user -> timer that forgets them
+
+  function showPresence({ count, members }) {
+    ui.online.textContent = `${count} online`;
+    const items = Array.from(members).slice(0, MEMBERS_SHOWN).map((user) => {
+      const li = document.createElement("li");
+      li.textContent = user === client?.user ? `${user} (you)` : user; // text, never HTML
+      return li;
+    });
+    ui.members.replaceChildren(...items);
+  }
+
+  function showTyping() {
+    const names = Array.from(typists.keys());
+    let text = "";
+    if (names.length === 1) text = `${names[0]} is typing…`;
+    else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
+    else if (names.length > 2) text = "several people are typing…";
+    ui.typing.textContent = text;
+  }
+
+  function typingStopped(user) {
+    clearTimeout(typists.get(user));
+    if (typists.delete(user)) showTyping();
+  }
+
+  function someoneTyping(user) {
+    clearTimeout(typists.get(user));
+    typists.set(user, setTimeout(() => typingStopped(user), options.typingShown));
+    showTyping();
+  }
+
+  function clearPresence() {
+    for (const user of Array.from(typists.keys())) typingStopped(user);
+    ui.online.textContent = "";
+    ui.members.replaceChildren();
+  }
+
   function join(room) {
     if (!ROOM_PATTERN.test(room)) {
       ui.roomInput.setCustomValidity("1–64 letters, digits, _ . -");
@@ -655,6 +746,7 @@
     ui.roomInput.value = room;
     ui.roomTitle.textContent = `#${room}`;
     ui.who.textContent = "";
+    clearPresence();
     document.title = `#${room} · Parley`;
     const url = new URL(window.location.href);
     url.searchParams.set("room", room);
@@ -664,7 +756,12 @@
       onReady: (frame) => {
         ui.who.textContent = `you are ${frame.user}`;
       },
-      onMessage: showMessage,
+      onMessage: (frame) => {
+        typingStopped(String(frame.user));
+        showMessage(frame);
+      },
+      onPresence: showPresence,
+      onTyping: someoneTyping,
       onGap: (frame) => showNotice(`messages ${frame.from}–${frame.to} are no longer available`),
       onReset: () => showNotice("the room's history started over; messages below are from its new start"),
       onOutbox: showOutbox,
@@ -714,7 +811,10 @@
       submit();
     }
   });
-  ui.input.addEventListener("input", fitInput);
+  ui.input.addEventListener("input", () => {
+    fitInput();
+    if (client !== null && ui.input.value.trim() !== "") client.typing();
+  });
   ui.retry.addEventListener("click", () => client?.retryNow());
   ui.tokenForm.addEventListener("submit", (event) => {
     event.preventDefault();

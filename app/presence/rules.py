@@ -1,0 +1,223 @@
+"""Presence rules, pure: who is in a room, when someone counts as gone, what gets announced.
+
+No I/O and no clock of its own: callers pass ``now``. ``Roster`` is the rule every store
+follows (the Redis store runs the same steps in one Lua script); ``LocalUsers`` is what one
+process holds; ``Coalescer`` decides whether a change goes out at once or in a room's diff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+# Names in a ``presence`` snapshot and in each list of a ``presence_diff``; ``count`` is exact.
+MEMBERS_MAX = 100
+# Above this many members a room's joins and leaves go out as one diff per interval.
+BIG_ROOM = 100
+COALESCE_INTERVAL = 0.5
+# A user's typing notices are relayed at most once per this many seconds.
+TYPING_INTERVAL = 2.0
+
+
+def heartbeat_interval(grace: float) -> float:
+    """How often a process refreshes its members' deadlines: a third of the grace (so a
+    late refresh still lands well inside it), between 50 ms and 5 s."""
+    return min(max(grace / 3, 0.05), 5.0)
+
+
+def tick_interval(grace: float) -> float:
+    """How often a process looks for departures due and diffs to send."""
+    return min(COALESCE_INTERVAL, heartbeat_interval(grace))
+
+
+@dataclass
+class Outcome:
+    """What one step did to a room: who arrived, who is gone, and the room after it."""
+
+    joined: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+    count: int = 0
+
+
+class Roster:
+    """One room's members. A held user stays; a released one is gone once its deadline
+    passes, unless held again before that (then nothing is announced at all)."""
+
+    def __init__(self) -> None:
+        self.members: dict[str, None] = {}  # insertion-ordered set
+        self.leaving: dict[str, float] = {}  # released users -> deadline
+        self.version = 0
+
+    def step(self, now: float, hold: Iterable[str], release: Iterable[str], until: float) -> Outcome:
+        """Expire what is due, then hold ``hold`` and release ``release`` (deadline ``until``).
+
+        A user who expires and is held again in the same step never left: neither is announced.
+        """
+        expired = {user for user, deadline in self.leaving.items() if deadline <= now}
+        for user in expired:
+            del self.leaving[user]
+            del self.members[user]
+        outcome = Outcome()
+        for user in hold:
+            self.leaving.pop(user, None)
+            if user not in self.members:
+                self.members[user] = None
+                if user in expired:
+                    expired.discard(user)
+                else:
+                    outcome.joined.append(user)
+        for user in release:
+            if user in self.members:
+                self.leaving[user] = until
+        outcome.left = [user for user in expired]
+        outcome.count = len(self.members)
+        if outcome.joined or outcome.left:
+            self.version += 1
+        return outcome
+
+    def sample(self, limit: int = MEMBERS_MAX) -> list[str]:
+        """Up to ``limit`` member names."""
+        names: list[str] = []
+        for user in self.members:
+            if len(names) >= limit:
+                break
+            names.append(user)
+        return names
+
+    def next_deadline(self) -> float | None:
+        return min(self.leaving.values(), default=None)
+
+
+class LocalUsers:
+    """The users with sockets in this process, per room: a user on three sockets is one user."""
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, dict[str, list[float]]] = {}  # room -> user -> [sockets, typed at]
+
+    def attach(self, room: str, user: str) -> bool:
+        """One more socket of ``user`` in ``room``; True when it is the user's first here."""
+        users = self._rooms.setdefault(room, {})
+        entry = users.get(user)
+        if entry is None:
+            users[user] = [1, float("-inf")]
+            return True
+        entry[0] += 1
+        return False
+
+    def detach(self, room: str, user: str) -> bool:
+        """One socket fewer; True when it was the user's last here."""
+        users = self._rooms.get(room)
+        entry = users.get(user) if users is not None else None
+        if users is None or entry is None:
+            return False
+        entry[0] -= 1
+        if entry[0] > 0:
+            return False
+        del users[user]
+        if not users:
+            del self._rooms[room]
+        return True
+
+    def rooms(self) -> list[str]:
+        return list(self._rooms)
+
+    def users(self, room: str) -> list[str]:
+        return list(self._rooms.get(room, ()))
+
+    def may_type(self, room: str, user: str, now: float, interval: float = TYPING_INTERVAL) -> bool:
+        """True (and noted) when ``user``'s last relayed typing notice is ``interval`` old."""
+        entry = self._rooms.get(room, {}).get(user)
+        if entry is None or now - entry[1] < interval:
+            return False
+        entry[1] = now
+        return True
+
+
+@dataclass
+class Announcement:
+    """A change to announce: ``kind`` is "join", "leave" or "diff" (several users)."""
+
+    kind: str
+    count: int
+    version: int
+    user: str = ""
+    joined: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Diff:
+    joined: dict[str, None] = field(default_factory=dict)
+    left: dict[str, None] = field(default_factory=dict)
+    count: int = 0
+    version: int = 0
+    due: float = 0.0
+
+
+# At most this many changes go out as separate join/leave frames; more make one diff.
+SINGLE_MAX = 3
+# Announcement rounds per room are spaced so that each process sends a room at most about
+# this many presence frames a second, however big the room (2 rounds/s up to 1,000 members).
+DELIVERIES_PER_SECOND = 2000
+
+
+def round_interval(count: int, interval: float = COALESCE_INTERVAL) -> float:
+    """Seconds between two announcement rounds to a room of ``count`` members."""
+    return max(interval, count / DELIVERIES_PER_SECOND)
+
+
+class Coalescer:
+    """At most one announcement round per room per interval (longer in rooms above 1,000, so
+    a room's presence frames stay near DELIVERIES_PER_SECOND). A round in a small room with a
+    few changes is separate ``join``/``leave`` frames; otherwise one diff naming everyone who
+    came and went since the last round. A quiet room's first change goes out at once."""
+
+    def __init__(self, big_room: int = BIG_ROOM, interval: float = COALESCE_INTERVAL) -> None:
+        self.big_room = big_room
+        self.interval = interval
+        self._pending: dict[str, _Diff] = {}
+        self._next: dict[str, float] = {}  # room -> earliest time of its next round
+
+    def add(self, room: str, outcome: Outcome, version: int, now: float) -> list[Announcement]:
+        """Announcements to make now for ``outcome``; the rest waits for the room's next round."""
+        if not outcome.joined and not outcome.left:
+            return []
+        diff = self._pending.get(room)
+        if diff is None:
+            diff = self._pending[room] = _Diff(due=self._next.get(room, now))
+        for user in outcome.joined:
+            if diff.left.pop(user, 0) is None:
+                continue  # left and back within one round: no change to announce
+            diff.joined[user] = None
+        for user in outcome.left:
+            if diff.joined.pop(user, 0) is None:
+                continue
+            diff.left[user] = None
+        if version >= diff.version:
+            diff.count, diff.version = outcome.count, version
+        if diff.due <= now:
+            return self._round(room, now)
+        return []
+
+    def due(self, now: float) -> list[tuple[str, Announcement]]:
+        """The rounds whose time has come."""
+        out = []
+        for room in [room for room, diff in self._pending.items() if diff.due <= now]:
+            out += [(room, announcement) for announcement in self._round(room, now)]
+        stale = [r for r, at in self._next.items() if at <= now and r not in self._pending]
+        for room in stale:
+            del self._next[room]
+        return out
+
+    def _round(self, room: str, now: float) -> list[Announcement]:
+        diff = self._pending.pop(room)
+        self._next[room] = now + round_interval(diff.count, self.interval)
+        changes = len(diff.joined) + len(diff.left)
+        if changes == 0:
+            return []  # everyone who came also went: nothing changed
+        if changes <= SINGLE_MAX and diff.count <= self.big_room:
+            return [Announcement("join", diff.count, diff.version, user=u) for u in diff.joined] + [
+                Announcement("leave", diff.count, diff.version, user=u) for u in diff.left
+            ]
+        return [Announcement("diff", diff.count, diff.version,
+                             joined=list(diff.joined)[:MEMBERS_MAX], left=list(diff.left)[:MEMBERS_MAX])]

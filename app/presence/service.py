@@ -1,0 +1,228 @@
+"""A process's presence: its members' sockets, the store's steps, and the announcements.
+
+Joins and departures are written to the store in one batch per event-loop turn (as
+app/history/batch.py does for last-id reads): a burst of 5,000 joins is a few hundred script
+calls, not 5,000, and every joiner of a room in one turn shares one snapshot frame. A loop
+refreshes this process's holds (when the store needs heartbeats), notices departures when
+they fall due, and sends big rooms' diffs. Announcements go through the channel layer to the
+room's group as ``presence.event`` messages carrying a ready-made frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from app.presence.base import PresenceStore, RoomChange, RoomState
+from app.presence.rules import (
+    MEMBERS_MAX,
+    Announcement,
+    Coalescer,
+    LocalUsers,
+    Outcome,
+    heartbeat_interval,
+    tick_interval,
+)
+from app.protocol import (
+    join_frame,
+    leave_frame,
+    members_json,
+    presence_body,
+    presence_diff_frame,
+    presence_frame,
+    typing_frame,
+)
+from app.rooms import group_name
+
+logger = logging.getLogger("parley")
+
+EVENT = "presence.event"
+# In a room of more than MEMBERS_MAX, joiners are shown "any 100" members: names read up to
+# this long ago serve every joiner meanwhile (reading and decoding 100 names from Redis cost
+# ~0.5 ms per batch). Counts are always read fresh.
+NAMES_MAX_AGE = 1.0
+
+
+class Presence:
+    """Presence for every chat socket of this process (one instance, built at warm-up)."""
+
+    def __init__(self, store: PresenceStore, layer: Any, grace: float) -> None:
+        self.store = store
+        self.layer = layer
+        self.grace = grace
+        self.local = LocalUsers()
+        self.coalescer = Coalescer()
+        self._ops: dict[str, dict[str, bool]] = {}  # room -> user -> held (the last word wins)
+        self._waiters: dict[str, list[asyncio.Future[str]]] = {}
+        self._scheduled = False
+        self._due: dict[str, float] = {}  # room -> when a departure there falls due
+        self._next_heartbeat = 0.0
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._in_flight = False  # a batch is with the store: the next one gathers meanwhile
+        self._names: dict[str, tuple[float, str]] = {}  # big room -> (read at, members JSON)
+
+    # -- sockets -------------------------------------------------------------------------
+
+    def enter(self, room: str, user: str) -> asyncio.Future[str]:
+        """Count a socket of ``user`` in ``room``; the future is its ``presence`` frame."""
+        if self.local.attach(room, user):
+            self._ops.setdefault(room, {})[user] = True
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(room, []).append(waiter)
+        self._schedule()
+        return waiter
+
+    def leave(self, room: str, user: str) -> None:
+        """Undo ``enter``. The user's last socket here starts the grace, not a departure."""
+        if self.local.detach(room, user):
+            self._ops.setdefault(room, {})[user] = False
+            self._schedule()
+
+    async def typing(self, room: str, user: str) -> None:
+        """Relay that ``user`` is typing, at most once per TYPING_INTERVAL per user."""
+        if self.local.may_type(room, user, time.monotonic()):
+            await self._publish(room, typing_frame(room, user), skip=user)
+
+    async def snapshot(self, room: str) -> str:
+        """The HTTP API's body: the exact count and up to MEMBERS_MAX names."""
+        count, members = await self.store.read(room, MEMBERS_MAX)
+        return presence_body(room, count, members)
+
+    # -- the batch of one loop turn --------------------------------------------------------
+
+    def _schedule(self) -> None:
+        # One batch with the store at a time: what arrives meanwhile waits for it and goes
+        # out together, so batches grow with load (one per loop turn when idle).
+        if not self._scheduled and not self._in_flight:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        ops, waiters = self._ops, self._waiters
+        if not ops and not waiters:
+            return
+        self._ops, self._waiters = {}, {}
+        now = time.monotonic()
+        changes = []
+        known: dict[str, str] = {}  # rooms whose names are recent enough: their members JSON
+        for room in ops.keys() | waiters.keys():
+            users = ops.get(room, {})
+            cached = self._names.get(room)
+            if room in waiters and cached is not None and now - cached[0] < NAMES_MAX_AGE:
+                known[room] = cached[1]
+            changes.append(RoomChange(
+                room,
+                hold=tuple(u for u, held in users.items() if held),
+                release=tuple(u for u, held in users.items() if not held),
+                sample=room in waiters and room not in known,
+            ))
+        self._in_flight = True
+        self._spawn(self._sync(changes, waiters, known))
+
+    def _batch_done(self) -> None:
+        self._in_flight = False
+        if self._ops or self._waiters:
+            self._schedule()
+
+    def _spawn(self, step: Any) -> None:
+        task = asyncio.ensure_future(step)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sync(self, changes: list[RoomChange], waiters: dict[str, list[asyncio.Future[str]]],
+                    known: dict[str, str]) -> None:
+        try:
+            states = await self.store.sync(changes)
+        except Exception as exc:
+            self._batch_done()
+            logger.warning("presence step failed: %s", exc)
+            for futures in waiters.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+                        future.exception()  # retrieved: its socket may have gone meanwhile
+            return
+        self._batch_done()
+        now = time.monotonic()
+        for change, state in zip(changes, states, strict=True):
+            waiting = waiters.get(change.room)
+            if waiting:
+                if change.sample:
+                    listed = members_json(state.members)
+                    if state.count > MEMBERS_MAX:
+                        self._names[change.room] = (now, listed)
+                    else:
+                        self._names.pop(change.room, None)
+                else:
+                    listed = known[change.room]
+                frame = presence_frame(change.room, state.count, listed, state.version)
+                for future in waiting:
+                    if not future.done():
+                        future.set_result(frame)
+        await self._settle(changes, states)
+
+    async def _settle(self, changes: list[RoomChange], states: list[RoomState]) -> None:
+        """Note when each room's next departure is due, and announce what changed."""
+        now = time.monotonic()
+        for change, state in zip(changes, states, strict=True):
+            if state.next_due is None:
+                self._due.pop(change.room, None)
+            else:
+                self._due[change.room] = now + state.next_due
+            outcome = Outcome(joined=state.joined, left=state.left, count=state.count)
+            for announcement in self.coalescer.add(change.room, outcome, state.version, now):
+                await self._announce(change.room, announcement)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Heartbeats, departures as they fall due, big rooms' diffs; until cancelled."""
+        interval = tick_interval(self.grace)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.tick()
+            except Exception as exc:  # the store away: try again next tick
+                logger.debug("presence tick skipped: %s", exc)
+
+    async def tick(self) -> None:
+        """One pass: refresh holds if due, step the rooms whose departures are due, send diffs."""
+        now = time.monotonic()
+        heartbeat = self.store.heartbeat and now >= self._next_heartbeat
+        if heartbeat:
+            self._next_heartbeat = now + heartbeat_interval(self.grace)
+            rooms = set(self.local.rooms()) | {r for r, due in self._due.items() if due <= now}
+            changes = [RoomChange(room, hold=tuple(self.local.users(room))) for room in rooms]
+        else:
+            changes = [RoomChange(room) for room, due in self._due.items() if due <= now]
+        if changes:
+            await self._settle(changes, await self.store.sync(changes))
+        for room, announcement in self.coalescer.due(time.monotonic()):
+            await self._announce(room, announcement)
+        stale = [room for room, (read, _) in self._names.items() if now - read >= NAMES_MAX_AGE]
+        for room in stale:
+            del self._names[room]
+
+    # -- announcing --------------------------------------------------------------------------
+
+    async def _announce(self, room: str, a: Announcement) -> None:
+        if a.kind == "join":
+            await self._publish(room, join_frame(room, a.user, a.count, a.version), skip=a.user)
+        elif a.kind == "leave":
+            await self._publish(room, leave_frame(room, a.user, a.count, a.version))
+        else:
+            await self._publish(room, presence_diff_frame(room, a.count, a.joined, a.left, a.version))
+
+    async def _publish(self, room: str, frame: str, skip: str | None = None) -> None:
+        try:
+            await self.layer.group_send(group_name(room), {"type": EVENT, "frame": frame, "skip": skip})
+        except Exception as exc:  # presence is best effort; the next change carries the count
+            logger.warning("presence announcement to %s failed: %s", room, exc)
+
+    async def close(self) -> None:
+        """Release the store's connections."""
+        await self.store.close()
+

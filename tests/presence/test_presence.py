@@ -1,0 +1,252 @@
+"""Presence and typing with real processes: both stores, two processes on one Redis, a
+SIGTERM cutover and a SIGKILL, typing never stored.
+
+Absence ("no leave was announced") is shown without sleeping: a sentinel user leaves after
+the change under test, and its leave is awaited. Departures fall due in deadline order, so
+a leave the change under test had caused would have arrived first.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from app.chat.auth import mint
+from tests.support import AppServer, Client, RedisServer, http_get
+
+SECRET = "presence-test-secret-with-at-least-32-bytes"
+GRACE = "1"
+JWT = {"CHAT_AUTH": "jwt", "CHAT_JWT_SECRET": SECRET, "CHAT_PRESENCE_GRACE": GRACE}
+PRESENCE_KINDS = {"presence", "join", "leave", "presence_diff"}
+
+
+def token(sub: str, rooms: list[str] | str = "*") -> str:
+    return mint(sub, rooms, 600, SECRET)
+
+
+async def join(server: AppServer, room: str, sub: str) -> tuple[Client, dict[str, Any]]:
+    """A member of ``room`` as ``sub``; its first presence snapshot."""
+    client = await Client.connect(server.ws_url(room, token=token(sub)), presence=True)
+    return client, await client.recv_type("presence")
+
+
+async def frames_until(client: Client, kind: str, user: str, timeout: float = 15) -> list[dict[str, Any]]:
+    """Every frame up to and including the first ``kind`` frame about ``user``."""
+    seen = []
+    while True:
+        frame = await client.recv(timeout)
+        seen.append(frame)
+        if frame["type"] == kind and frame.get("user") == user:
+            return seen
+
+
+def about(frames: list[dict[str, Any]], user: str) -> list[str]:
+    """The presence changes in ``frames`` that name ``user``."""
+    kinds = []
+    for frame in frames:
+        if frame["type"] in ("join", "leave") and frame.get("user") == user:
+            kinds.append(frame["type"])
+        elif frame["type"] == "presence_diff":
+            kinds += ["join" for u in frame["joined"] if u["user"] == user]
+            kinds += ["leave" for u in frame["left"] if u["user"] == user]
+    return kinds
+
+
+@pytest.fixture(params=["memory", "redis"])
+def server(request: pytest.FixtureRequest, make_app: Callable[..., AppServer]) -> AppServer:
+    if request.param == "memory":
+        return make_app(env=JWT)
+    redis = request.getfixturevalue("redis_server")
+    return make_app(env={**JWT, "REDIS_URL": redis.url})
+
+
+async def test_joiner_gets_the_room_and_others_hear_one_join_per_user(server: AppServer) -> None:
+    alice, first = await join(server, "lobby", "alice")
+    assert first == {"type": "presence", "room": "lobby", "count": 1,
+                     "members": [{"user": "alice"}], "version": first["version"]}
+
+    bob, snapshot = await join(server, "lobby", "bob")
+    assert snapshot["count"] == 2
+    assert {m["user"] for m in snapshot["members"]} == {"alice", "bob"}
+    joined = await alice.recv_type("join")
+    assert (joined["user"], joined["count"], joined["room"]) == ("bob", 2, "lobby")
+    assert joined["version"] > first["version"]
+
+    # Bob's second socket: counted once, announced never.
+    bob2, again = await join(server, "lobby", "bob")
+    assert again["count"] == 2
+    await bob2.close()
+    await bob.close()
+    frames = await frames_until(alice, "leave", "bob")
+    assert about(frames, "bob") == ["leave"]
+    assert frames[-1]["count"] == 1
+
+
+async def test_a_reconnect_within_the_grace_announces_nothing(server: AppServer) -> None:
+    watcher, _ = await join(server, "lobby", "watcher")
+    carol, _ = await join(server, "lobby", "carol")
+    assert (await watcher.recv_type("join"))["user"] == "carol"
+    await carol.close()
+    carol, snapshot = await join(server, "lobby", "carol")
+    assert snapshot["count"] == 2
+
+    sentinel, _ = await join(server, "lobby", "sentinel")
+    await sentinel.close()
+    frames = await frames_until(watcher, "leave", "sentinel")
+    assert about(frames, "carol") == []
+    assert about(frames, "sentinel") == ["join", "leave"]
+
+
+async def test_typing_reaches_the_others_once_per_interval_and_is_never_stored(server: AppServer) -> None:
+    alice, _ = await join(server, "lobby", "alice")
+    bob, _ = await join(server, "lobby", "bob")
+    await alice.recv_type("join")
+
+    await bob.send_raw(json.dumps({"type": "typing"}))
+    assert await alice.recv_type("typing") == {"type": "typing", "room": "lobby", "user": "bob"}
+    await bob.send_raw(json.dumps({"type": "typing"}))  # within the interval: not relayed
+    ack = await bob.post("hello")
+    assert ack["type"] == "ack"
+    [message] = await alice.messages(1)
+    assert message["message"] == "hello"
+    assert [f for f in alice.skipped if f["type"] == "typing"] == []
+    # Typing is no message: nothing with an id, nothing in history.
+    assert [f for f in bob.skipped if f["type"] == "typing"] == []  # not echoed to the typist
+    status, body = http_get(server.base + "/api/rooms/lobby/messages")
+    assert status == 200
+    assert [m["message"] for m in json.loads(body)["messages"]] == ["hello"]
+
+
+async def test_typing_does_not_spend_the_message_rate(make_app: Callable[..., AppServer]) -> None:
+    server = make_app(env={**JWT, "CHAT_RATE_PER_SECOND": "0.001", "CHAT_RATE_BURST": "2"})
+    alice, _ = await join(server, "lobby", "alice")
+    for _ in range(2):
+        await alice.send_raw(json.dumps({"type": "typing"}))
+    assert (await alice.post("one"))["type"] == "ack"
+    assert (await alice.post("two"))["type"] == "ack"
+    # Typing has a flood bucket of its own.
+    await alice.send_raw(json.dumps({"type": "typing"}))
+    assert (await alice.recv_type("error"))["code"] == "rate_limited"
+
+
+async def test_the_presence_api_answers_with_a_token_for_the_room(server: AppServer) -> None:
+    alice, _ = await join(server, "lobby", "alice")
+    url = server.base + "/api/rooms/lobby/presence"
+    assert http_get(url)[0] == 401
+
+    def get(tok: str) -> tuple[int, Any]:
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {tok}"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    status, refused = get(token("eve", ["elsewhere"]))
+    assert (status, refused["code"]) == (403, "room_not_allowed")
+    assert get(token("eve", ["lobby"])) == (200, {"room": "lobby", "count": 1,
+                                                  "members": [{"user": "alice"}]})
+
+
+async def test_anonymous_connections_are_each_their_own_user(make_app: Callable[..., AppServer]) -> None:
+    server = make_app(env={"CHAT_PRESENCE_GRACE": GRACE})
+    one = await Client.connect(server.ws_url("lobby"), presence=True)
+    await one.recv_type("presence")
+    two = await Client.connect(server.ws_url("lobby"), presence=True)
+    snapshot = await two.recv_type("presence")
+    assert snapshot["count"] == 2
+    assert (await one.recv_type("join"))["user"] == two.ready["user"]  # type: ignore[index]
+    status, body = http_get(server.base + "/api/rooms/lobby/presence")
+    assert (status, json.loads(body)["count"]) == (200, 2)
+
+
+async def test_a_big_room_hears_diffs_and_the_count_stays_exact(make_app: Callable[..., AppServer]) -> None:
+    server = make_app(env={"CHAT_PRESENCE_GRACE": GRACE})
+    watcher = await Client.connect(server.ws_url("big"), presence=True)
+    await watcher.recv_type("presence")
+    others = [await Client.connect(server.ws_url("big"), presence=True) for _ in range(120)]
+    count, diffs, joins = 1, 0, 0
+    while count < 121:
+        frame = await watcher.recv()
+        if frame["type"] == "presence_diff":
+            diffs += 1
+            assert len(frame["joined"]) <= 100
+        elif frame["type"] == "join":
+            joins += 1
+        else:
+            continue
+        count = frame["count"]
+    assert count == 121 and diffs >= 1 and joins <= 100
+    late = await Client.connect(server.ws_url("big"), presence=True)
+    snapshot = await late.recv_type("presence")
+    assert snapshot["count"] == 122 and len(snapshot["members"]) == 100
+    for other in others:
+        await other.close()
+
+
+# -- two processes on one Redis ---------------------------------------------------------------
+
+
+@pytest.fixture
+def pair(make_app: Callable[..., AppServer], redis_server: RedisServer) -> tuple[AppServer, AppServer]:
+    env = {**JWT, "REDIS_URL": redis_server.url, "SHUTDOWN_TIMEOUT": "3"}
+    return make_app(env={**env, "APP_COLOR": "blue"}), make_app(env={**env, "APP_COLOR": "green"})
+
+
+async def test_presence_is_shared_by_processes(pair: tuple[AppServer, AppServer]) -> None:
+    blue, green = pair
+    alice, _ = await join(blue, "lobby", "alice")
+    bob, snapshot = await join(green, "lobby", "bob")
+    assert {m["user"] for m in snapshot["members"]} == {"alice", "bob"}
+    assert (await alice.recv_type("join"))["user"] == "bob"
+    # The same user on both processes is one member.
+    alice2, again = await join(green, "lobby", "alice")
+    assert again["count"] == 2
+    await bob.send_raw(json.dumps({"type": "typing"}))
+    assert (await alice.recv_type("typing"))["user"] == "bob"
+
+
+async def test_a_sigterm_cutover_to_the_other_process_announces_nothing(
+    pair: tuple[AppServer, AppServer],
+) -> None:
+    blue, green = pair
+    watcher, _ = await join(green, "lobby", "watcher")
+    dave, _ = await join(blue, "lobby", "dave")
+    assert (await watcher.recv_type("join"))["user"] == "dave"
+
+    blue.signal(signal.SIGTERM)
+    with pytest.raises(ConnectionClosed):
+        while True:
+            await dave.recv()
+    assert dave.ws.close_code == 1012
+    dave, snapshot = await join(green, "lobby", "dave")
+    assert snapshot["count"] == 2
+    assert blue.wait() == 0
+
+    sentinel, _ = await join(green, "lobby", "sentinel")
+    await sentinel.close()
+    frames = await frames_until(watcher, "leave", "sentinel")
+    assert about(frames, "dave") == []
+
+
+async def test_a_killed_process_members_leave_after_the_grace(pair: tuple[AppServer, AppServer]) -> None:
+    blue, green = pair
+    watcher, _ = await join(green, "lobby", "watcher")
+    erin, _ = await join(blue, "lobby", "erin")
+    assert (await watcher.recv_type("join"))["user"] == "erin"
+
+    blue.signal(signal.SIGKILL)
+    blue.wait()
+    frames = await frames_until(watcher, "leave", "erin")
+    assert about(frames, "erin") == ["leave"]
+    assert frames[-1]["count"] == 1
+    status, body = http_get(green.base + "/api/rooms/lobby/presence")
+    assert status == 401  # jwt mode: the API wants a token too

@@ -1,0 +1,74 @@
+"""The page shows who is online and who is typing: two real browser tabs, one real server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import AppServer
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+WAIT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed: `apt-get install chromium`")
+    with playwright_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def open_tab(browser: Any) -> Iterator[Callable[[str], Any]]:
+    contexts: list[Any] = []
+    errors: list[str] = []
+
+    def open_(url: str) -> Any:
+        context = browser.new_context(viewport={"width": 960, "height": 640})
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(url)
+        expect(page.locator("#state")).to_have_text("live", timeout=WAIT_MS)
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+    assert errors == []
+
+
+def test_the_page_shows_the_online_count_and_who_is_typing(
+    make_app: Callable[..., AppServer], open_tab: Callable[[str], Any],
+) -> None:
+    server = make_app(env={"CHAT_PRESENCE_GRACE": "1"})
+    alice = open_tab(f"{server.base}/?room=tea")
+    expect(alice.locator("#online")).to_have_text("1 online", timeout=WAIT_MS)
+    bob = open_tab(f"{server.base}/?room=tea")
+    for page in (alice, bob):
+        expect(page.locator("#online")).to_have_text("2 online", timeout=WAIT_MS)
+    bob_name = bob.evaluate("document.getElementById('who').textContent").removeprefix("you are ")
+    alice.locator("#online").click()
+    expect(alice.locator("#members li")).to_have_count(2)
+    expect(alice.locator("#members li", has_text=bob_name)).to_have_count(1)
+
+    bob.locator("#message-input").press_sequentially("hel")
+    expect(alice.locator("#typing")).to_have_text(f"{bob_name} is typing…", timeout=WAIT_MS)
+    expect(bob.locator("#typing")).to_have_text("")  # never told about oneself
+    bob.locator("#message-input").press("Enter")
+    expect(alice.locator("#messages li.message .text")).to_have_text(["hel"], timeout=WAIT_MS)
+    expect(alice.locator("#typing")).to_have_text("")  # their message ends "typing"
+
+    bob.context.close()
+    expect(alice.locator("#online")).to_have_text("1 online", timeout=WAIT_MS)
+    expect(alice.locator("#members li")).to_have_count(1)
