@@ -106,8 +106,8 @@ class ComposeStack:
         return ComposeRuntime(self.dynamic_dir, self.ops_url, env=self.env())
 
     def deploy(self, color: str, tag: str | None = None) -> dict[str, Any]:
-        """``scripts/deploy.py --runtime compose <color>``: its JSON report and wall time."""
-        command = [sys.executable, str(ROOT / "scripts" / "deploy.py"), "--runtime", "compose",
+        """``python -m scripts.deploy --runtime compose <color>``: its JSON report and wall time."""
+        command = [sys.executable, "-m", "scripts.deploy", "--runtime", "compose",
                    color, "--ops-url", self.ops_url, "--dynamic-dir", str(self.dynamic_dir)]
         if tag:
             command += ["--tag", tag]

@@ -236,7 +236,7 @@ def test_compose_deploy_runs_the_procedure_in_order(compose_env: dict[str, Any])
 def test_compose_files_are_passed_as_given(compose_env: dict[str, Any], tmp_path: Path) -> None:
     files = [tmp_path / "compose.yml", tmp_path / "compose.prod.yml"]
     extra = [arg for f in files for arg in ("--compose-file", str(f))]
-    code, _, output = run_script("deploy.py", "green", *compose_env["args"], *extra, env=compose_env["env"])
+    code, _, output = run_script("deploy", "green", *compose_env["args"], *extra, env=compose_env["env"])
     assert code == 0, output
     compose_calls = [json.loads(line)["argv"] for line in compose_env["log"].read_text().splitlines()
                      if json.loads(line)["argv"][0] == "compose"]
@@ -258,7 +258,7 @@ def test_compose_deploy_of_an_unhealthy_colour_switches_nothing(compose_env: dic
 
 def test_a_rollback_to_a_missing_release_starts_nothing(compose_env: dict[str, Any]) -> None:
     env = {**compose_env["env"], "FAKE_NO_IMAGE": "1"}
-    code, _, output = run_script("deploy.py", "green", *compose_env["args"], env=env)
+    code, _, output = run_script("deploy", "green", *compose_env["args"], env=env)
     assert code == 1 and "no image parley:r1" in output and "nothing was switched" in output
     assert not any("up" in argv or "build" in argv for argv, _ in recorded(compose_env["log"]))
     assert tc.active_color(compose_env["dynamic"].read_text()) == "blue"
