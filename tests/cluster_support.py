@@ -144,6 +144,13 @@ class RedisClusterServers:
         process.send_signal(signal.SIGKILL)
         process.wait(10)
 
+    def restart(self, port: int) -> None:
+        """Start a killed node again from its nodes.conf: it rejoins the cluster (as a replica
+        of whichever node took its slots). Only after the failover: a node with no
+        persistence that comes back as master before it would serve its slots empty."""
+        self._start_node(port)
+        wait_until(lambda: self._answers(port), 10, f"redis-server on port {port}")
+
     def serving(self) -> bool:
         """True while every live node reports every slot served (cluster_state:ok)."""
         return all("cluster_state:ok" in self._cli(port, "CLUSTER", "INFO") for port in self.live_ports())
