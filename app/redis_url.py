@@ -1,4 +1,4 @@
-"""What ``REDIS_URL`` names: one Redis (or a list of them), or a Redis Cluster by its seeds.
+"""What ``REDIS_URL`` names: one Redis, or a Redis Cluster by its seeds.
 
 Pure parsing, no I/O: ``app.config`` calls it at boot so a bad value stops the process with
 a clear message, and ``app.redis_clients`` builds the clients from the result.
@@ -15,7 +15,7 @@ PLAIN_SCHEMES = {"redis", "rediss", "unix"}
 
 @dataclass(frozen=True)
 class RedisTarget:
-    """Plain Redis URLs (one, or several shards), or a cluster's seed nodes as URLs."""
+    """One plain Redis URL, or a cluster's seed nodes as URLs."""
 
     urls: tuple[str, ...]
     cluster: bool = False
@@ -27,7 +27,8 @@ def parse_redis_url(value: str) -> RedisTarget:
     ``redis+cluster://[user:pass@]host:port[,host:port...]`` (``rediss+cluster://`` for TLS)
     names a cluster by seed nodes: any reachable one is enough to discover the rest. Each
     seed becomes a ``redis://`` (or ``rediss://``) URL carrying the shared credentials.
-    Anything else is a comma-separated list of ``redis://``, ``rediss://`` or ``unix://`` URLs.
+    Anything else is one ``redis://``, ``rediss://`` or ``unix://`` URL. A list of them (the
+    client-side sharding Parley had before it ran on a cluster) is refused with the way out.
     """
     value = value.strip()
     scheme, sep, rest = value.partition("://")
@@ -42,6 +43,11 @@ def parse_redis_url(value: str) -> RedisTarget:
             raise ValueError(f"a cluster URL must come alone and first, got {value!r}")
         if item_scheme not in PLAIN_SCHEMES or "://" not in url:
             raise ValueError(f"expected redis://, rediss://, unix:// or redis+cluster:// URLs, got {url!r}")
+    if len(urls) > 1:
+        raise ValueError(
+            "several Redis URLs (client-side shards) are no longer supported: run a Redis Cluster"
+            " and set REDIS_URL=redis+cluster://host:port[,host:port...] (docs/ARCHITECTURE.md)"
+        )
     return RedisTarget(urls=urls)
 
 

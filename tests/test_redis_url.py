@@ -19,9 +19,9 @@ def test_cluster_seeds_become_urls_sharing_scheme_and_credentials() -> None:
     assert parse_redis_url("redis+cluster://[::1]:7000").urls == ("redis://[::1]:7000",)
 
 
-def test_plain_urls_stay_as_given() -> None:
+def test_a_plain_url_stays_as_given() -> None:
     assert parse_redis_url("redis://a:1/0") == RedisTarget(urls=("redis://a:1/0",))
-    assert parse_redis_url("redis://a:1/0,rediss://b:2/0").urls == ("redis://a:1/0", "rediss://b:2/0")
+    assert parse_redis_url(" rediss://u:p@b:2/3 ") == RedisTarget(urls=("rediss://u:p@b:2/3",))
 
 
 @pytest.mark.parametrize("value, complaint", [
@@ -31,6 +31,7 @@ def test_plain_urls_stay_as_given() -> None:
     ("redis+cluster://db1:7000/3", "only database 0"),
     ("redis+cluster://db1:7000?ssl=true", "no query options"),
     ("redis://a:1,redis+cluster://b:2", "alone and first"),
+    ("redis://a:1/0,redis://b:2/0", "run a Redis Cluster"),
     ("http://a:1", "expected redis://"),
     ("localhost:6379", "expected redis://"),
 ])
