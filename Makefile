@@ -6,6 +6,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 COLOR ?= green
 RUNTIME ?= local
+PROCESSES ?= 1
 
 .PHONY: run test bench loadtest startup shutdown locust stack stack-down deploy drill clean
 
@@ -42,8 +43,8 @@ shutdown: $(DEV_STAMP)
 locust: $(DEV_STAMP)  ## a short headless Locust run
 	$(PY) scripts/locust_run.py $(LOCUST_ARGS)
 
-stack: $(DEV_STAMP)  ## redis-server + Traefik + the active colour, on loopback
-	$(PY) scripts/stack.py up
+stack: $(DEV_STAMP)  ## redis-server + Traefik + the active colour, on loopback: make stack [PROCESSES=2] [STACK_ARGS=--cluster]
+	$(PY) scripts/stack.py up --processes $(PROCESSES) $(STACK_ARGS)
 
 stack-down: $(DEV_STAMP)
 	$(PY) scripts/stack.py down

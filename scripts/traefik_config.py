@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +66,11 @@ def public_rule() -> str:
     return f"PathPrefix(`/`) && {exclusions}"
 
 
-def render_dynamic(color: str, url: str) -> str:
-    """The dynamic file routing chat (HTTP and WebSocket) and the ops /readyz to ``color``."""
+def render_dynamic(color: str, urls: str | Sequence[str]) -> str:
+    """The dynamic file routing chat (HTTP and WebSocket) and the ops /readyz to ``color``:
+    to its one process, or balanced over all of them (several processes per colour)."""
     check_color(color)
+    servers = "\n".join(f'          - url: "{url}"' for url in ([urls] if isinstance(urls, str) else urls))
     return f"""\
 # Active colour: {color}. Rewritten by scripts/deploy.py (temp file + rename, never in place);
 # Traefik's file provider watches this directory and applies the switch.
@@ -85,9 +88,9 @@ http:
     chat-{color}:
       loadBalancer:
         servers:
-          - url: "{url}"
+{servers}
         # A dead process fails at once (connection refused); a busy one (a reconnect storm
-        # of thousands) gets 5 s: it is the only server, marking it down means 503 for all.
+        # of thousands) gets 5 s: marking a colour's processes down means 503 for their clients.
         healthCheck:
           path: {READY_PATH}
           interval: 2s

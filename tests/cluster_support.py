@@ -45,7 +45,7 @@ def _binary(name: str) -> str:
 class RedisClusterServers:
     """``masters`` masters with ``replicas`` replicas each, formed into one cluster."""
 
-    def __init__(self, masters: int = 3, replicas: int = 1) -> None:
+    def __init__(self, masters: int = 3, replicas: int = 1, directory: Path | None = None) -> None:
         self.server = _binary("redis-server")
         self.cli = _binary("redis-cli")
         self.replicas = replicas
@@ -54,7 +54,8 @@ class RedisClusterServers:
             port = cluster_port()
             if port not in self.ports:
                 self.ports.append(port)
-        self.dir = Path(tempfile.mkdtemp(prefix="parley-cluster-"))
+        self.dir = directory or Path(tempfile.mkdtemp(prefix="parley-cluster-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
@@ -71,7 +72,9 @@ class RedisClusterServers:
             "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--dir", str(node_dir),
             "--daemonize", "no", "--loglevel", "warning",
         ]
-        self.processes[port] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Own session: a node outlives the script that started it when the local stack does.
+        self.processes[port] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                                start_new_session=True)
 
     def start(self) -> RedisClusterServers:
         try:
