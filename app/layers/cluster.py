@@ -185,7 +185,9 @@ class _LoopLayer:
             except Exception as exc:
                 if mapping.get(node.name) is not pubsub:
                     return
-                logger.warning("sharded pub/sub on %s lost (%s); retrying in %.2fs", node.name, exc, delay)
+                # Once per outage at warning level: a failover takes seconds of retries.
+                log = logger.warning if delay == RETRY_FIRST else logger.debug
+                log("sharded pub/sub on %s lost (%s); retrying in %.2fs", node.name, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 await self._refresh_slots()
