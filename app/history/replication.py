@@ -21,6 +21,7 @@ from redis.exceptions import (
     AskError,
     ClusterDownError,
     MovedError,
+    RedisError,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -92,18 +93,26 @@ async def on_slot_master(cluster: RedisCluster, key: str, commands: Sequence[Com
             await asyncio.sleep(BACKOFF * attempt)
             await _refresh(cluster)
         batch = [PipelineCommand(i, *command) for i, command in enumerate(commands)]
+        node = None
         try:
             if ask_node is not None:
                 # Mid-migration: the batch goes to the importing node, preceded by ASKING.
                 node, ask_node = ask_node, None
                 await node.execute_pipeline([PipelineCommand(-1, "ASKING"), *batch])
             else:
-                master = cluster.get_node_from_key(key)
-                if master is None:
+                node = cluster.get_node_from_key(key)
+                if node is None:
                     raise SlotNotCoveredError(f"no master for {key!r}")
-                await master.execute_pipeline(batch)
-        except _REROUTE as exc:
+                await node.execute_pipeline(batch)
+        except Exception as exc:  # noqa: BLE001  (bounded; the last one is raised below)
+            # Besides connection errors: while a slot map refresh replaces nodes, redis-py
+            # tears connections down under their users (AttributeError on a writer that is
+            # gone, uvloop's RuntimeError on a closed transport). The batch is idempotent
+            # (dedupe key), so any failure to send it is retried on a fresh connection.
             error = exc
+            if node is not None:
+                node.update_active_connections_for_reconnect()
+                await node.disconnect_free_connections()
             continue
         failure = next((c.result for c in batch if isinstance(c.result, Exception)), None)
         if failure is None:
@@ -113,6 +122,8 @@ async def on_slot_master(cluster: RedisCluster, key: str, commands: Sequence[Com
         elif not isinstance(failure, _REROUTE):
             raise failure
         error = failure
+    if not isinstance(error, (RedisError, OSError)):  # the teardown races (above), as Redis would
+        raise RedisConnectionError(f"{type(error).__name__}: {error}") from error
     raise error
 
 
