@@ -1,20 +1,19 @@
 """The asyncio Redis clients Parley's parts open: one Redis on a pool, or a Redis Cluster.
 
 History and the cluster channel layer build their clients here, so both see the same
-timeouts, retry policy and client name whichever way ``REDIS_URL`` points.
+timeouts and client name whichever way ``REDIS_URL`` points.
 """
 
 from __future__ import annotations
 
-from copy import copy
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.redis_options import DRIVER, RETRY
+from app.redis_options import DRIVER, RETRY  # RETRY: single Redis only
 from app.redis_url import seed_address
 
 CONNECT_TIMEOUT = 2.0
@@ -32,8 +31,22 @@ def redis_client(url: str, max_connections: int = 64) -> aioredis.Redis:
     )
 
 
+def _torn_down(exc: Exception) -> RedisConnectionError:
+    return RedisConnectionError(f"connection torn down mid-command: {type(exc).__name__}: {exc}")
+
+
+class _Pipeline(ClusterPipeline):
+    """``ClusterPipeline`` that fails only with Redis' own errors (see ``_Cluster``)."""
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except (AttributeError, RuntimeError) as exc:
+            raise _torn_down(exc) from exc
+
+
 class _Cluster(RedisCluster):
-    """``RedisCluster`` whose commands fail only with Redis' own errors.
+    """``RedisCluster`` whose commands and pipelines fail only with Redis' own errors.
 
     While a slot-map refresh replaces nodes, redis-py closes their connections under
     commands still using them, which then fail with AttributeError or (uvloop)
@@ -44,7 +57,13 @@ class _Cluster(RedisCluster):
         try:
             return await super().execute_command(*args, **kwargs)
         except (AttributeError, RuntimeError) as exc:
-            raise RedisConnectionError(f"{type(exc).__name__}: {exc}") from exc
+            raise _torn_down(exc) from exc
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # refuses it
+        # redis-py's stubs call ClusterPipeline abstract; redis-py instantiates it the same way.
+        return _Pipeline(self, transaction)  # type: ignore[abstract]
 
 
 def cluster_client(seeds: tuple[str, ...], max_connections: int = 64) -> RedisCluster:
@@ -52,7 +71,9 @@ def cluster_client(seeds: tuple[str, ...], max_connections: int = 64) -> RedisCl
     ``app.redis_url``, sharing scheme and credentials).
 
     redis-py's cluster client follows MOVED and ASK itself and refreshes its slot map when
-    a node fails, retrying the command on the slot's new master.
+    a node fails, retrying the command on the slot's new master. Its own retry policy is
+    kept (10 tries, backoff 10 ms to 1 s: a few seconds) so that reads and broadcasts ride
+    out a failover; appends do not use it and fail fast (app/history/replication.py).
     """
     first = urlsplit(seeds[0])
     return _Cluster(
@@ -61,9 +82,6 @@ def cluster_client(seeds: tuple[str, ...], max_connections: int = 64) -> RedisCl
         password=unquote(first.password) if first.password else None,
         ssl=first.scheme == "rediss",
         max_connections=max_connections,
-        # Few, short retries (each after a slot-map refresh): during a failover a command
-        # fails fast as `unavailable` rather than hanging on the dead master.
-        retry=copy(RETRY),
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=SOCKET_TIMEOUT,
         driver_info=DRIVER,

@@ -86,8 +86,8 @@ class RedisClusterServers:
     def _form(self) -> RedisClusterServers:
         for port in self.ports:
             self._start_node(port)
-        for port in self.ports:
-            wait_until(lambda p=port: self._answers(p), 10, f"redis-server on port {port}")
+        for index in range(len(self.ports)):
+            self._await_node(index)
         subprocess.run(
             [self.cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
              "--cluster-replicas", str(self.replicas), "--cluster-yes"],
@@ -95,6 +95,21 @@ class RedisClusterServers:
         )
         self.wait_healthy()
         return self
+
+    def _await_node(self, index: int, attempts: int = 3) -> None:
+        """Wait for the node at ``self.ports[index]`` to answer; one that exited at once lost
+        its port (or bus port) to another process since it was found free: move it."""
+        for _ in range(attempts):
+            port = self.ports[index]
+            process = self.processes[port]
+            wait_until(lambda p=port, proc=process: self._answers(p) or proc.poll() is not None, 10,
+                       f"redis-server on port {port}")
+            if process.poll() is None:
+                return
+            del self.processes[port]
+            self.ports[index] = cluster_port()
+            self._start_node(self.ports[index])
+        raise RuntimeError(f"redis-server would not start on a free port ({attempts} tries)")
 
     def _cli(self, port: int, *args: str) -> str:
         completed = subprocess.run([self.cli, "-p", str(port), *args], capture_output=True,
