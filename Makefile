@@ -8,7 +8,7 @@ COLOR ?= green
 RUNTIME ?= local
 PROCESSES ?= 1
 
-.PHONY: run test bench loadtest startup shutdown locust stack stack-down deploy drill clean
+.PHONY: run test bench bench-scale loadtest startup shutdown locust stack stack-down deploy drill clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test: $(DEV_STAMP)  ## the whole test suite (needs redis-server, chromium)
 
 bench: $(DEV_STAMP)  ## startup, shutdown and load benchmarks with the floor; writes BENCHMARKS.md
 	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+bench-scale: $(DEV_STAMP)  ## 100,000 sockets over 6 processes on a Redis Cluster (heavy): BENCH_SCALE_ARGS=--sockets 10000
+	$(PY) scripts/bench_scale.py $(BENCH_SCALE_ARGS)
 
 loadtest: $(DEV_STAMP)  ## 5,000 WebSockets against URL (default: a server it starts)
 	$(PY) scripts/loadtest.py $(LOADTEST_ARGS)
