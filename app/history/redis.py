@@ -1,8 +1,9 @@
 """History in Redis Streams: one stream per room, ids assigned by one Lua script.
 
-Keys of a room share the hash tag ``{room}`` so they live in one slot; with several Redis
-URLs a room lives on the shard channels-redis's core layer picks for the room's group
-(crc32 of the group name over a ring of 4096).
+Keys of a room share the hash tag ``{room}`` so they live in one slot: on a Redis Cluster
+the script runs on one master, followed by ``WAIT`` when acks must mean "on a replica too"
+(app/history/replication.py). (``shard_index`` and the per-URL client list are what is left
+of the comma-separated shard list, which config now refuses: always one client here.)
 """
 
 from __future__ import annotations
