@@ -9,9 +9,10 @@ COLOR ?= green
 RUNTIME ?= local
 # compose: the release to run (parley:<TAG>), never rebuilt; default this checkout's revision.
 TAG ?=
+PROCESSES ?= 1
 
-.PHONY: run test test-unit lint bench loadtest startup shutdown locust stack stack-down deploy drill clean \
-	docker-env docker-env-down compose-drill bench-compose
+.PHONY: run test test-unit lint bench bench-scale loadtest startup shutdown locust stack stack-down deploy drill \
+	clean docker-env docker-env-down compose-drill bench-compose
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +46,9 @@ lint: $(DEV_STAMP)  ## ruff over the repository, mypy over app, tools, scripts, 
 bench: $(DEV_STAMP)  ## startup, shutdown and load benchmarks with the floor; writes BENCHMARKS.md
 	$(PY) -m scripts.bench $(BENCH_ARGS)
 
+bench-scale: $(DEV_STAMP)  ## 100,000 sockets over 6 processes on a Redis Cluster (heavy): BENCH_SCALE_ARGS=--sockets 10000
+	$(PY) -m scripts.bench_scale $(BENCH_SCALE_ARGS)
+
 loadtest: $(DEV_STAMP)  ## 5,000 WebSockets against URL (default: a server it starts)
 	$(PY) -m scripts.loadtest $(LOADTEST_ARGS)
 
@@ -57,8 +61,8 @@ shutdown: $(DEV_STAMP)
 locust: $(DEV_STAMP)  ## a short headless Locust run
 	$(PY) -m scripts.locust_run $(LOCUST_ARGS)
 
-stack: $(OPS_STAMP)  ## redis-server + Traefik + the active colour, on loopback
-	$(PY) -m scripts.stack up
+stack: $(OPS_STAMP)  ## redis-server + Traefik + the active colour, on loopback: make stack [PROCESSES=2] [STACK_ARGS=--cluster]
+	$(PY) -m scripts.stack up --processes $(PROCESSES) $(STACK_ARGS)
 
 stack-down: $(OPS_STAMP)
 	$(PY) -m scripts.stack down

@@ -10,7 +10,11 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from app.redis_url import parse_redis_url
+
 MIN_JWT_SECRET_BYTES = 32
+# WAIT blocks the connection; it must answer before the client's socket timeout (5 s).
+MAX_WAIT_TIMEOUT = 5.0
 
 
 class ConfigError(ValueError):
@@ -29,6 +33,9 @@ class Config:
     django_secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(48))
     allowed_hosts: tuple[str, ...] = ("*",)
     redis_urls: tuple[str, ...] = ()
+    redis_cluster: bool = False  # redis_urls are a Redis Cluster's seed nodes
+    redis_min_replicas: int = 0  # replicas that must have a message before it is acked
+    redis_wait_timeout: float = 0.5  # seconds an append waits for them
     layer: str = "pubsub"
     layer_capacity: int = 500
     max_message_chars: int = 4000
@@ -104,7 +111,15 @@ def load(environ: Mapping[str, str]) -> Config:
     if "DJANGO_ALLOWED_HOSTS" in env:
         kwargs["allowed_hosts"] = _list(env["DJANGO_ALLOWED_HOSTS"])
     if "REDIS_URL" in env:
-        kwargs["redis_urls"] = _list(env["REDIS_URL"])
+        try:
+            target = parse_redis_url(env["REDIS_URL"])
+        except ValueError as exc:
+            raise ConfigError(f"REDIS_URL: {exc}") from None
+        kwargs["redis_urls"], kwargs["redis_cluster"] = target.urls, target.cluster
+        # On a cluster an ack means "on a replica too" unless told otherwise.
+        kwargs["redis_min_replicas"] = 1 if target.cluster else 0
+    num("CHAT_REDIS_MIN_REPLICAS", "redis_min_replicas", int, 0)
+    num("CHAT_REDIS_WAIT_TIMEOUT", "redis_wait_timeout", float, 0.001)
     if "CHAT_LAYER" in env:
         if env["CHAT_LAYER"] not in {"pubsub", "core"}:
             raise ConfigError(f"CHAT_LAYER must be 'pubsub' or 'core', got {env['CHAT_LAYER']!r}")
@@ -143,6 +158,10 @@ def load(environ: Mapping[str, str]) -> Config:
         kwargs["ws_compression"] = _bool(env["CHAT_WS_COMPRESSION"], "CHAT_WS_COMPRESSION")
 
     config = Config(**kwargs)  # type: ignore[arg-type]
+    if config.redis_cluster and config.layer == "core":
+        raise ConfigError("CHAT_LAYER=core cannot run on a Redis Cluster (channels-redis issue #420)")
+    if config.redis_wait_timeout >= MAX_WAIT_TIMEOUT:
+        raise ConfigError(f"CHAT_REDIS_WAIT_TIMEOUT must be < {MAX_WAIT_TIMEOUT} (Redis socket timeout)")
     if config.auth == "jwt" and not config.jwt_secret:
         raise ConfigError("CHAT_AUTH=jwt needs CHAT_JWT_SECRET: refusing to start without it")
     if config.jwt_secret and len(config.jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:

@@ -32,8 +32,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from scripts.compose_runtime import ComposeError, ComposeRuntime
-from scripts.stack import StackError, StackState, resolve_dir, start_app, traefik_color, wait_app_ready
+from scripts.stack import (
+    StackError,
+    StackState,
+    resolve_dir,
+    start_app,
+    stop_together,
+    traefik_color,
+    wait_app_ready,
+)
 from tools import traefik_config
+from tools.procs import Proc
 from tools.report import table
 
 READY_TIMEOUT = 60.0
@@ -142,19 +151,21 @@ class LocalRuntime:
         return self.state.active
 
     def start(self, color: str) -> None:
-        leftover = self.state.procs.get(color)
-        if leftover is not None:
-            leftover.stop()  # a stale process of this colour would hold its port
+        leftovers = self._take(color)  # a stale process of this colour would hold its port
+        if leftovers:
+            stop_together(leftovers)
         start_app(self.state, color, self.app_env)
         try:
             wait_app_ready(self.state, color, self.ready_timeout)
         except StackError as exc:
             raise DeployError(str(exc)) from None
 
+    def _take(self, color: str) -> list[Proc]:
+        """Remove every process of ``color`` from the stack's record; the removed ones."""
+        return [self.state.procs.pop(name) for name in self.state.members(color) if name in self.state.procs]
+
     def abandon(self, color: str) -> None:
-        proc = self.state.procs.pop(color, None)
-        if proc is not None:
-            proc.stop()
+        stop_together(self._take(color))
         self.state.save()
 
     def switch(self, color: str) -> None:
@@ -167,11 +178,11 @@ class LocalRuntime:
         return traefik_color(self.state)
 
     def stop(self, color: str) -> bool:
-        proc = self.state.procs.pop(color, None)
+        procs = [proc for proc in self._take(color) if proc.alive()]
         self.state.save()
-        if proc is None or not proc.alive():
+        if not procs:
             return False  # killed or crashed: its clients were cut off, not drained
-        proc.stop(timeout=self.drain_timeout)
+        stop_together(procs, timeout=self.drain_timeout)  # all of the colour drain at once
         return True
 
     def record_active(self, color: str) -> None:

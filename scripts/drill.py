@@ -232,8 +232,15 @@ async def until(predicate: Any, timeout: float, what: str) -> None:
 
 
 def open_connections(state: StackState, color: str) -> int | None:
-    """``chat_connections_open`` of a colour's process, read from its own /metrics."""
-    status, body = http_get(state.app_url(color) + "/metrics", timeout=2.0)
+    """``chat_connections_open`` of a colour: the sum over its processes' own /metrics
+    (None when one of them does not answer)."""
+    counts = [connections_at(url) for url in state.color_urls(color)]
+    return None if None in counts else sum(c for c in counts if c is not None)
+
+
+def connections_at(url: str) -> int | None:
+    """``chat_connections_open`` of the one process at ``url`` (None if it does not answer)."""
+    status, body = http_get(url + "/metrics", timeout=2.0)
     if status != 200:
         return None
     for line in body.decode().splitlines():
@@ -255,16 +262,23 @@ async def send_burst(members: list[Member]) -> int:
 
 
 async def kill_active(state: StackState) -> dict[str, Any]:
-    """SIGKILL the active colour's process (no drain) and wait for it to be gone."""
+    """SIGKILL every process of the active colour (no drain) and wait for them to be gone;
+    the first process's pid and how it ended, and all pids."""
     color = state.active
-    proc = state.procs[color]
-    os.kill(proc.pid, signal.SIGKILL)
+    procs = [state.procs[name] for name in state.members(color)]
+    for proc in procs:
+        os.kill(proc.pid, signal.SIGKILL)
     killed = time.monotonic()
-    killed_by = await asyncio.to_thread(reap, proc.pid)
-    if killed_by is None:  # not our child (the stack was started elsewhere): poll instead
-        await asyncio.to_thread(proc.wait, 10.0)
-    return {"color": color, "pid": proc.pid, "started": proc.started, "signal": "SIGKILL",
-            "killed_by": killed_by, "gone": not proc.alive(),
+    ends = []
+    for proc in procs:
+        killed_by = await asyncio.to_thread(reap, proc.pid)
+        if killed_by is None:  # not our child (the stack was started elsewhere): poll instead
+            await asyncio.to_thread(proc.wait, 10.0)
+        ends.append(killed_by)
+    first = procs[0]
+    return {"color": color, "pid": first.pid, "started": first.started, "signal": "SIGKILL",
+            "killed_by": ends[0], "pids": [proc.pid for proc in procs],
+            "gone": not any(proc.alive() for proc in procs),
             "exit_s": round(time.monotonic() - killed, 3)}
 
 
@@ -400,9 +414,9 @@ async def drill(state: StackState, clients: int, rooms: int, rate: float, settle
                 mark(f"all_on_{target}_after_kill_s", cut)
             last_cutover = time.monotonic()
             on_new = await asyncio.to_thread(open_connections, state, target)
-            old_running = state.procs.get(traefik_config.other_color(target)) is not None
+            old_members = state.members(traefik_config.other_color(target))
             checks.append({"color": target, "clients_connected_to_it": on_new,
-                           "old_colour_running": old_running})
+                           "old_colour_running": any(name in state.procs for name in old_members)})
         await asyncio.sleep(settle)
         if secret is not None:
             # A departure the cutover caused would be announced a grace (plus at most a
@@ -520,6 +534,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault", choices=FAULTS, default="none",
                         help="kill: SIGKILL the active colour mid-chat, then fail over to the other")
     parser.add_argument("--state-dir", help="the local stack (default .stack/); started here if down")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="app processes per colour on a stack started here (default 1)")
+    parser.add_argument("--cluster", action="store_true",
+                        help="a stack started here runs a Redis Cluster (3 masters + 3 replicas)")
     parser.add_argument("--json", metavar="PATH", help="also write the report here")
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= MAX_CLIENTS:
@@ -534,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     started_here = not (directory / STATE_FILE).exists()
     try:
         # Tokens per client, so that presence can tell a reconnect from a new user.
-        state = up(directory, app_env={"CHAT_AUTH": "jwt", "CHAT_JWT_SECRET": secrets.token_urlsafe(48)})
+        state = up(directory, app_env={"CHAT_AUTH": "jwt", "CHAT_JWT_SECRET": secrets.token_urlsafe(48)},
+                   processes=args.processes, cluster=args.cluster)
         import uvloop  # the clients' side must not be the bottleneck at 5,000
 
         report = uvloop.run(drill(state, args.clients, rooms, args.rate, args.settle, timeout, args.fault))

@@ -1,6 +1,6 @@
 """The local stack: redis-server, Traefik and the active colour of the app, on loopback.
 
-    python -m scripts.stack up [--color blue] [--state-dir DIR]
+    python -m scripts.stack up [--color blue] [--processes N] [--cluster] [--state-dir DIR]
     python -m scripts.stack status
     python -m scripts.stack down
 
@@ -8,6 +8,11 @@ Traefik runs with the repository's traefik/traefik.yml and traefik/chat.yml.temp
 the state directory with only addresses, ports and the dynamic directory changed. The
 state directory (default ``.stack/``, or ``$PARLEY_STACK_DIR``) holds everything else:
 ``state.json`` (ports, pids, active colour), ``logs/``, Redis' append-only file.
+
+``--processes N`` runs N app processes per colour, each on a port of its own; Traefik
+balances over them and a deploy starts, switches and drains all of a colour's at once.
+``--cluster`` runs a Redis Cluster (3 masters + 3 replicas, tools/cluster.py)
+instead of one redis-server.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tools import ROOT, traefik_config
+from tools.cluster import RedisClusterServers
 from tools.net import free_port, http_get, wait_until
 from tools.procs import Proc, spawn
 
@@ -51,10 +58,24 @@ class StackState:
     active: str
     procs: dict[str, Proc] = field(default_factory=dict)
     app_env: dict[str, str] = field(default_factory=dict)
+    processes: int = 1  # app processes per colour
+    cluster_url: str = ""  # REDIS_URL of the stack's Redis Cluster, when it runs one
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.ports['redis']}/0"
+        return self.cluster_url or f"redis://127.0.0.1:{self.ports['redis']}/0"
+
+    def members(self, color: str) -> list[str]:
+        """Names (in ``procs`` and ``ports``) of a colour's processes: ``blue``, ``blue.1``..."""
+        return [color, *(f"{color}.{i}" for i in range(1, self.processes))]
+
+    def color_urls(self, color: str) -> list[str]:
+        """The addresses of a colour's processes."""
+        return [traefik_config.local_url(self.ports[name]) for name in self.members(color)]
+
+    def redis_names(self) -> list[str]:
+        """The names of the stack's Redis processes: ``redis``, or the cluster's nodes."""
+        return [name for name in self.procs if name == "redis" or name.startswith("redis-node-")]
 
     @property
     def web_url(self) -> str:
@@ -67,9 +88,9 @@ class StackState:
     def app_url(self, color: str) -> str:
         return traefik_config.local_url(self.ports[color])
 
-    def app_urls(self) -> dict[str, str]:
-        """Every colour's address: the live routing names both (one probe router each)."""
-        return {color: self.app_url(color) for color in traefik_config.COLORS}
+    def app_urls(self) -> dict[str, list[str]]:
+        """Every colour's addresses: the live routing names both (one probe router each)."""
+        return {color: self.color_urls(color) for color in traefik_config.COLORS}
 
     @property
     def dynamic_file(self) -> Path:
@@ -95,16 +116,19 @@ class StackState:
             active=data["active"],
             procs={name: Proc(**proc) for name, proc in data["procs"].items()},
             app_env=data.get("app_env", {}),
+            processes=data.get("processes", 1),
+            cluster_url=data.get("cluster_url", ""),
         )
 
 
-def app_environment(state: StackState, color: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The app's environment on the stack: loopback, its colour's port, the shared Redis."""
+def app_environment(state: StackState, color: str, extra: dict[str, str] | None = None,
+                    name: str | None = None) -> dict[str, str]:
+    """The app's environment on the stack: loopback, its own port, the shared Redis."""
     env = {key: value for key, value in os.environ.items()
            if key not in {"CHAT_AUTH", "CHAT_JWT_SECRET"}}
     env.update({
         "HOST": "127.0.0.1",
-        "PORT": str(state.ports[color]),
+        "PORT": str(state.ports[name or color]),
         "APP_COLOR": color,
         "REDIS_URL": state.redis_url,
         "PYTHONUNBUFFERED": "1",
@@ -115,30 +139,49 @@ def app_environment(state: StackState, color: str, extra: dict[str, str] | None 
     return env
 
 
-def start_app(state: StackState, color: str, extra: dict[str, str] | None = None) -> Proc:
-    """Start ``python -m app`` as ``color`` on its stack port; does not wait for readiness."""
-    proc = spawn([sys.executable, "-m", "app"], state.log(f"app_{color}"),
-                 app_environment(state, color, extra))
-    state.procs[color] = proc
+def start_app(state: StackState, color: str, extra: dict[str, str] | None = None) -> list[Proc]:
+    """Start every ``python -m app`` process of ``color``, each on its stack port; does not
+    wait for readiness."""
+    procs = []
+    for name in state.members(color):
+        proc = spawn([sys.executable, "-m", "app"], state.log(f"app_{name}"),
+                     app_environment(state, color, extra, name))
+        state.procs[name] = proc
+        procs.append(proc)
     state.save()
-    return proc
+    return procs
 
 
 def wait_app_ready(state: StackState, color: str, timeout: float) -> None:
-    """Wait for the colour's own /readyz 200; StackError if it exits or never gets ready."""
-    proc = state.procs[color]
-    url = state.app_url(color) + traefik_config.READY_PATH
+    """Wait for each of the colour's processes' own /readyz 200; StackError if one exits or
+    never gets ready."""
     deadline = time.monotonic() + timeout
-    last = (0, b"")
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise StackError(f"{color} exited before it was ready: {tail(state.log(f'app_{color}'))}")
-        last = http_get(url, timeout=1.0)
-        if last[0] == 200:
-            return
-        time.sleep(0.05)
-    reason = last[1].decode(errors="replace") or "no answer"
-    raise StackError(f"{color} was not ready after {timeout:.0f}s: /readyz {last[0]} {reason}")
+    for name in state.members(color):
+        proc = state.procs[name]
+        url = traefik_config.local_url(state.ports[name]) + traefik_config.READY_PATH
+        last = (0, b"")
+        while True:
+            if not proc.alive():
+                raise StackError(f"{name} exited before it was ready: {tail(state.log(f'app_{name}'))}")
+            last = http_get(url, timeout=1.0)
+            if last[0] == 200:
+                break
+            if time.monotonic() > deadline:
+                reason = last[1].decode(errors="replace") or "no answer"
+                raise StackError(f"{name} was not ready after {timeout:.0f}s: /readyz {last[0]} {reason}")
+            time.sleep(0.05)
+
+
+def stop_together(procs: list[Proc], timeout: float = 15.0) -> float:
+    """SIGTERM all of ``procs`` at once (so they drain together), wait for every exit
+    (SIGKILL after ``timeout``); seconds it took."""
+    started = time.monotonic()
+    signalled = [proc for proc in procs if proc.send(signal.SIGTERM)]
+    for proc in signalled:
+        if not proc.wait(max(0.0, timeout - (time.monotonic() - started))):
+            proc.send(signal.SIGKILL)
+            proc.wait(5)
+    return time.monotonic() - started
 
 
 def traefik_color(state: StackState) -> str | None:
@@ -190,25 +233,55 @@ def running(state: StackState) -> dict[str, bool]:
     return {name: proc.alive() for name, proc in state.procs.items()}
 
 
-def up(directory: Path, color: str = "blue", app_env: dict[str, str] | None = None) -> StackState:
-    """Start Redis, Traefik and ``color``; return the state. Idempotent when all are up."""
+def all_up(state: StackState) -> bool:
+    """Redis (every node of a cluster), Traefik and every process of the active colour."""
+    alive = running(state)
+    needed = [*state.redis_names(), "traefik", *state.members(state.active)]
+    return bool(state.redis_names()) and all(alive.get(name) for name in needed)
+
+
+def start_cluster(state: StackState) -> None:
+    """A Redis Cluster of 3 masters + 3 replicas for the stack, its nodes recorded as procs."""
+    import psutil
+
+    cluster = RedisClusterServers(directory=state.dir / "redis-cluster")
+    try:
+        cluster.start()
+    finally:
+        for port, process in cluster.processes.items():
+            state.procs[f"redis-node-{port}"] = Proc(pid=process.pid,
+                                                      started=psutil.Process(process.pid).create_time())
+        state.save()
+    state.cluster_url = cluster.url
+
+
+def up(directory: Path, color: str = "blue", app_env: dict[str, str] | None = None,
+       processes: int = 1, cluster: bool = False) -> StackState:
+    """Start Redis (or a Redis Cluster), Traefik and ``color``'s ``processes`` processes;
+    return the state. Idempotent when all are up."""
     traefik_config.check_color(color)
+    if processes < 1:
+        raise StackError(f"--processes must be at least 1, got {processes}")
     if (directory / STATE_FILE).exists():
         state = StackState.load(directory)
-        alive = running(state)
-        if alive.get("redis") and alive.get("traefik") and alive.get(state.active):
+        if all_up(state):
             return state
         down(directory)
-    ports = {name: free_port() for name in ("web", "ops", "redis", *traefik_config.COLORS)}
-    state = StackState(dir=directory, ports=ports, active=color, app_env=dict(app_env or {}))
+    state = StackState(dir=directory, ports={}, active=color, app_env=dict(app_env or {}),
+                       processes=processes)
+    names = ("web", "ops", "redis", *(n for c in traefik_config.COLORS for n in state.members(c)))
+    state.ports = {name: free_port() for name in names}
     (directory / "redis").mkdir(parents=True, exist_ok=True)
     try:
-        state.procs["redis"] = spawn(
-            ["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1",
-             "--appendonly", "yes", "--save", "", "--dir", str(directory / "redis"),
-             "--daemonize", "no"],
-            state.log("redis"),
-        )
+        if cluster:
+            start_cluster(state)
+        else:
+            state.procs["redis"] = spawn(
+                ["redis-server", "--port", str(state.ports["redis"]), "--bind", "127.0.0.1",
+                 "--appendonly", "yes", "--save", "", "--dir", str(directory / "redis"),
+                 "--daemonize", "no"],
+                state.log("redis"),
+            )
         state.save()
         static_file = write_traefik_files(state)
         state.procs["traefik"] = spawn([traefik_binary(), f"--configFile={static_file}"],
@@ -230,9 +303,15 @@ def down(directory: Path) -> dict[str, float]:
         return {}
     state = StackState.load(directory)
     timings = {}
-    for name in (*traefik_config.COLORS, "traefik", "redis"):
-        if name in state.procs:
-            timings[name] = round(state.procs[name].stop(), 3)
+    for color in traefik_config.COLORS:  # all of a colour's processes drain at once
+        procs = [state.procs[name] for name in state.members(color) if name in state.procs]
+        if procs:
+            timings[color] = round(stop_together(procs), 3)
+    if "traefik" in state.procs:
+        timings["traefik"] = round(state.procs["traefik"].stop(), 3)
+    redis = [state.procs[name] for name in state.redis_names()]
+    if redis:
+        timings["redis"] = round(stop_together(redis), 3)
     (directory / STATE_FILE).unlink(missing_ok=True)
     return timings
 
@@ -244,7 +323,9 @@ def status(directory: Path) -> dict[str, Any]:
     state = StackState.load(directory)
     alive = running(state)
     return {
-        "up": all(alive.get(name) for name in ("redis", "traefik", state.active)),
+        "up": all_up(state),
+        "processes_per_colour": state.processes,
+        "redis_url": state.redis_url,
         "state_dir": str(directory),
         "active": state.active,
         "traefik_routes_to": traefik_color(state),
@@ -262,11 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", help=f"default ${STATE_ENV} or .stack/")
     parser.add_argument("--color", default="blue", choices=traefik_config.COLORS,
                         help="the colour `up` starts as active (default blue)")
+    parser.add_argument("--processes", type=int, default=1, help="app processes per colour (default 1)")
+    parser.add_argument("--cluster", action="store_true", help="a Redis Cluster instead of one redis-server")
     args = parser.parse_args(argv)
     directory = resolve_dir(args.state_dir)
     try:
         if args.command == "up":
-            up(directory, args.color)
+            up(directory, args.color, processes=args.processes, cluster=args.cluster)
             result = status(directory)
         elif args.command == "down":
             result = {"stopped": down(directory), "state_dir": str(directory)}

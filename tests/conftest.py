@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tools.cluster import RedisClusterServers
 from tools.procs import AppServer, RedisServer
 
 if TYPE_CHECKING:
@@ -19,6 +20,14 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A fresh Redis Cluster: 3 masters + 3 replicas on free loopback ports."""
+    cluster = RedisClusterServers().start()
+    yield cluster
+    cluster.cleanup()
 
 
 @pytest.fixture

@@ -21,11 +21,11 @@ def test_defaults_are_the_embedded_mode() -> None:
 def test_values_are_parsed() -> None:
     config = load({
         "PORT": "9001", "APP_COLOR": "green", "DEBUG": "true",
-        "REDIS_URL": "redis://a:6379/0, redis://b:6379/0", "SHUTDOWN_TIMEOUT": "2.5",
+        "REDIS_URL": " redis://a:6379/0 ", "SHUTDOWN_TIMEOUT": "2.5",
         "CHAT_ALLOWED_ORIGINS": "https://x,https://y", "CHAT_LAYER": "core",
     })
     assert config.port == 9001 and config.color == "green" and config.debug
-    assert config.redis_urls == ("redis://a:6379/0", "redis://b:6379/0")
+    assert config.redis_urls == ("redis://a:6379/0",)
     assert config.shutdown_timeout == 2.5
     assert config.allowed_origins == ("https://x", "https://y")
     assert config.layer == "core"

@@ -172,6 +172,13 @@ class Proc:
     pid: int
     started: float
 
+    def send(self, sig: int) -> bool:
+        """Send ``sig`` if the process is still ours and alive; whether it was."""
+        if not self.alive():
+            return False
+        os.kill(self.pid, sig)
+        return True
+
     def alive(self) -> bool:
         import psutil
 

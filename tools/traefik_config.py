@@ -12,7 +12,7 @@ import os
 import re
 import string
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,17 +74,26 @@ def public_rule() -> str:
     return f"PathPrefix(`/`) && {exclusions}"
 
 
-def render_dynamic(color: str, urls: Mapping[str, str]) -> str:
+def servers_yaml(urls: str | Sequence[str]) -> str:
+    """A load balancer's ``servers`` entries, indented for the template (one or several)."""
+    listed = [urls] if isinstance(urls, str) else list(urls)
+    if not listed:
+        raise ConfigProblem("a colour with no process to route to")
+    return "\n".join(f'          - url: "{url}"' for url in listed)
+
+
+def render_dynamic(color: str, urls: Mapping[str, str | Sequence[str]]) -> str:
     """The live dynamic file from the committed template: chat (HTTP and WebSocket) and the
-    ops /readyz routed to ``color``, plus a probe router per colour; ``urls`` maps each
-    colour to its app's address."""
+    ops /readyz routed to ``color`` (balanced over its processes when it has several), plus
+    a probe router per colour; ``urls`` maps each colour to its app address(es)."""
     check_color(color)
     missing = [c for c in COLORS if c not in urls]
     if missing:
         raise ConfigProblem(f"no address for {', '.join(missing)}")
     template = string.Template(TEMPLATE_FILE.read_text())
-    return template.substitute(color=color, public_rule=public_rule(), active_url=urls[color],
-                               **{f"{c}_url": urls[c] for c in COLORS})
+    return template.substitute(color=color, public_rule=public_rule(),
+                               active_servers=servers_yaml(urls[color]),
+                               **{f"{c}_servers": servers_yaml(urls[c]) for c in COLORS})
 
 
 def compose_urls() -> dict[str, str]:

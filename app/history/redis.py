@@ -1,8 +1,9 @@
 """History in Redis Streams: one stream per room, ids assigned by one Lua script.
 
-Keys of a room share the hash tag ``{room}`` so they live in one slot; with several Redis
-URLs a room lives on the shard channels-redis's core layer picks for the room's group
-(crc32 of the group name over a ring of 4096).
+Keys of a room share the hash tag ``{room}`` so they live in one slot: on a Redis Cluster
+the script runs on one master, followed by ``WAIT`` when acks must mean "on a replica too"
+(app/history/replication.py). (``shard_index`` and the per-URL client list are what is left
+of the comma-separated shard list, which config now refuses: always one client here.)
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from app.history import replication
 from app.history.base import Appended, History, HistoryUnavailable, Replay, RoomState, new_epoch
 from app.history.batch import BatchedReads
 from app.layers.redis_internals import consistent_hash
 from app.protocol import FrameTemplate
-from app.redis_options import DRIVER, RETRY
+from app.redis_clients import cluster_client, redis_client
 from app.rooms import group_name
 
 # A room's sequence lives in one hash, ``meta`` = {epoch, base, seq}: one key, so the epoch and
@@ -93,16 +94,13 @@ def shard_index(room: str, shards: int) -> int:
 class RedisHistory(History):
     """Per-room Redis Streams; ids are ``<id>-0`` entry ids, so XRANGE reads by message id."""
 
-    def __init__(self, urls: tuple[str, ...], max_len: int, ttl: int, dedupe_ttl: int) -> None:
-        self._clients = [
-            aioredis.Redis(
-                connection_pool=aioredis.BlockingConnectionPool.from_url(
-                    url, max_connections=64, timeout=5, socket_connect_timeout=2, socket_timeout=5,
-                    retry=RETRY, driver_info=DRIVER,
-                )
-            )
-            for url in urls
-        ]
+    def __init__(self, urls: tuple[str, ...], max_len: int, ttl: int, dedupe_ttl: int,
+                 cluster: bool = False, min_replicas: int = 0, wait_timeout: float = 0.5) -> None:
+        # A cluster is one client (it routes by slot; the keys of a room share one).
+        self._cluster = cluster_client(urls) if cluster else None
+        self._clients: list[Any] = [self._cluster] if self._cluster else [redis_client(url) for url in urls]
+        self._min_replicas = min_replicas
+        self._wait_ms = max(1, round(wait_timeout * 1000))
         self._scripts = [client.register_script(_APPEND) for client in self._clients]
         self._state_scripts = [client.register_script(_STATE) for client in self._clients]
         self._restart_scripts = [client.register_script(_RESTART) for client in self._clients]
@@ -128,15 +126,41 @@ class RedisHistory(History):
             template.prefix, template.suffix, self._max_len, self._ttl, dedupe_ttl, new_epoch()
         ]
         try:
-            message_id, duplicate, epoch, base, seq = await self._scripts[self._shard(room)](
-                keys=[meta, log, dedupe_key], args=args
+            message_id, duplicate, epoch, base, seq = await self._run_append(
+                room, [meta, log, dedupe_key], args
             )
+            if duplicate and self._min_replicas:
+                await self._replicated(room, [("EXPIRE", dedupe_key, dedupe_ttl)])
         except (RedisError, OSError) as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
         state = RoomState(epoch=epoch.decode(), base=int(base), last_id=int(seq))
         if duplicate:
             return Appended(id=int(message_id), frame=None, duplicate=True, state=state)
         return Appended(id=int(message_id), frame=template.with_id(int(message_id)), state=state)
+
+    async def _run_append(self, room: str, keys: list[str], args: list[str | int]) -> Any:
+        """The append script's reply, once ``min_replicas`` replicas have the write
+        (app/history/replication.py); HistoryUnavailable when they do not in time."""
+        script = self._scripts[self._shard(room)]
+        if self._cluster is not None:
+            return (await self._replicated(room, [("EVAL", _APPEND, len(keys), *keys, *args)]))[0]
+        if self._min_replicas:
+            return await replication.script_then_wait(
+                self._clients[self._shard(room)], script, keys, args, self._min_replicas, self._wait_ms
+            )
+        return await script(keys=keys, args=args)
+
+    async def _replicated(self, room: str, commands: list[replication.Command]) -> list[Any]:
+        """Replies to ``commands`` run on the room's master, then ``WAIT`` if required. A
+        resend found by dedupe waits too: its first send may not have been replicated."""
+        wanted, ms = self._min_replicas, self._wait_ms
+        if self._cluster is not None:
+            tail = [replication.wait_command(wanted, ms)] if wanted else []
+            replies = await replication.on_slot_master(self._cluster, self._keys(room)[0], [*commands, *tail])
+            if wanted:
+                replication.require_replicas(replies.pop(), wanted, ms)
+            return replies
+        return await replication.commands_then_wait(self._clients[self._shard(room)], commands, wanted, ms)
 
     async def after(self, room: str, since: int, limit: int) -> Replay:
         meta, log = self._keys(room)

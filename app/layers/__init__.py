@@ -1,4 +1,5 @@
-"""The CHANNEL_LAYERS setting for a configuration: in memory, or channels-redis by URL."""
+"""The CHANNEL_LAYERS setting for a configuration: in memory, on Redis, or on a Redis Cluster,
+chosen by ``REDIS_URL`` (as ``app.history`` chooses its backend)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ def channel_layers(config: Config) -> dict[str, dict[str, object]]:
                 "CONFIG": {"capacity": config.layer_capacity},
             }
         }
+    if config.redis_cluster:
+        # Sharded pub/sub: the only layer that runs on a cluster (app/layers/cluster.py).
+        cluster_config: dict[str, object] = {
+            "hosts": list(config.redis_urls), "prefix": "parley", "capacity": config.layer_capacity,
+        }
+        return {"default": {"BACKEND": "app.layers.cluster.ClusterLayer", "CONFIG": cluster_config}}
     from app.redis_options import DRIVER, RETRY
 
     layer_config: dict[str, object] = {

@@ -24,10 +24,14 @@ def create_presence(config: Config, layer: Any) -> Presence | None:
     store: PresenceStore
     if config.redis_enabled:
         from app.presence.redis import RedisPresence
+        from app.redis_clients import cluster_client, redis_client
 
+        client = (cluster_client(config.redis_urls) if config.redis_cluster
+                  else redis_client(config.redis_urls[0], max_connections=16))
         # A hold outlives the next heartbeat by the whole grace: a process that dies leaves
         # its users present for at least the grace, at most a heartbeat more.
-        store = RedisPresence(config.redis_urls, grace=grace, hold=grace + heartbeat_interval(grace))
+        store = RedisPresence(client, grace=grace, hold=grace + heartbeat_interval(grace),
+                              cluster=config.redis_cluster)
     else:
         from app.presence.memory import MemoryPresence
 

@@ -10,16 +10,13 @@ is killed stops refreshing, and its users go after the grace. A room's keys shar
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-import redis.asyncio as aioredis
-from channels_redis.utils import _consistent_hash
 from redis.exceptions import RedisError
 
 from app.presence.base import PresenceStore, PresenceUnavailable, RoomChange, RoomState
 from app.presence.rules import MEMBERS_MAX
-from app.redis_options import DRIVER, RETRY
-from app.rooms import group_name
 
 # KEYS: members (zset), version. ARGV: hold_ms, release_ms, key_ttl_ms, sample, nhold,
 # then the held users, then the released ones. Mirrors app.presence.rules.Roster.step.
@@ -86,46 +83,42 @@ class RedisPresence(PresenceStore):
 
     heartbeat = True
 
-    def __init__(self, urls: tuple[str, ...], grace: float, hold: float) -> None:
-        self._clients = [
-            aioredis.Redis(
-                connection_pool=aioredis.BlockingConnectionPool.from_url(
-                    url, max_connections=16, timeout=5, socket_connect_timeout=2, socket_timeout=5,
-                    retry=RETRY, driver_info=DRIVER,
-                )
-            )
-            for url in urls
-        ]
-        self._step = [client.register_script(_STEP) for client in self._clients]
-        self._read = [client.register_script(_READ) for client in self._clients]
+    def __init__(self, client: Any, grace: float, hold: float, cluster: bool = False) -> None:
+        # One client: a single Redis, or a cluster (the keys of a room share one slot).
+        self._client = client
+        self._cluster = cluster
+        self._step = client.register_script(_STEP)
+        self._read = client.register_script(_READ)
         self._release_ms = int(grace * 1000)
         self._hold_ms = int(hold * 1000)
         self._key_ttl_ms = max(self._hold_ms, self._release_ms) + KEY_MARGIN_MS
-
-    def _shard(self, room: str) -> int:
-        return _consistent_hash(group_name(room), len(self._clients))
 
     @staticmethod
     def _keys(room: str) -> list[str]:
         return [f"chat:{{{room}}}:present", f"chat:{{{room}}}:present:v"]
 
+    def _args(self, change: RoomChange) -> list[Any]:
+        return [self._hold_ms, self._release_ms, self._key_ttl_ms,
+                MEMBERS_MAX if change.sample else 0, len(change.hold), *change.hold, *change.release]
+
     async def sync(self, changes: list[RoomChange]) -> list[RoomState]:
         if not changes:
             return []
-        pipes = [client.pipeline(transaction=False) for client in self._clients]
-        for change in changes:
-            shard = self._shard(change.room)
-            args: list[Any] = [self._hold_ms, self._release_ms, self._key_ttl_ms,
-                               MEMBERS_MAX if change.sample else 0, len(change.hold),
-                               *change.hold, *change.release]
-            await self._step[shard](keys=self._keys(change.room), args=args, client=pipes[shard])
         try:
-            results = [iter(await pipe.execute()) if len(pipe) else iter(()) for pipe in pipes]
+            if self._cluster:
+                # Rooms live on different masters: one script each, sent together.
+                results = await asyncio.gather(*(
+                    self._step(keys=self._keys(change.room), args=self._args(change)) for change in changes
+                ))
+            else:
+                pipe = self._client.pipeline(transaction=False)
+                for change in changes:
+                    await self._step(keys=self._keys(change.room), args=self._args(change), client=pipe)
+                results = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise PresenceUnavailable(str(exc) or type(exc).__name__) from exc
         states = []
-        for change in changes:
-            count, version, joined, left, members, next_ms = next(results[self._shard(change.room)])
+        for count, version, joined, left, members, next_ms in results:
             states.append(RoomState(
                 count=int(count), version=int(version), joined=_names(joined), left=_names(left),
                 members=_names(members), next_due=None if int(next_ms) < 0 else int(next_ms) / 1000,
@@ -133,16 +126,14 @@ class RedisPresence(PresenceStore):
         return states
 
     async def read(self, room: str, limit: int) -> tuple[int, list[str]]:
-        shard = self._shard(room)
         try:
-            count, members = await self._read[shard](keys=self._keys(room)[:1], args=[limit])
+            count, members = await self._read(keys=self._keys(room)[:1], args=[limit])
         except (RedisError, OSError) as exc:
             raise PresenceUnavailable(str(exc) or type(exc).__name__) from exc
         return int(count), _names(members)
 
     async def close(self) -> None:
-        for client in self._clients:
-            await client.aclose()
+        await self._client.aclose()
 
 
 def _names(raw: list[bytes]) -> list[str]:

@@ -13,10 +13,10 @@ def test_no_redis_means_the_local_layer_with_a_per_socket_capacity() -> None:
     assert layer == {"BACKEND": "app.layers.local.LocalChannelLayer", "CONFIG": {"capacity": 77}}
 
 
-def test_redis_means_the_tuned_pubsub_layer_on_every_url() -> None:
-    layer = channel_layers(load({"REDIS_URL": "redis://a:1/0,redis://b:2/0"}))["default"]
+def test_redis_means_the_tuned_pubsub_layer() -> None:
+    layer = channel_layers(load({"REDIS_URL": "redis://a:1/0"}))["default"]
     assert layer["BACKEND"] == "app.layers.pubsub.PubSubLayer"
-    assert [host["address"] for host in layer["CONFIG"]["hosts"]] == ["redis://a:1/0", "redis://b:2/0"]
+    assert [host["address"] for host in layer["CONFIG"]["hosts"]] == ["redis://a:1/0"]
     assert all(host["retry"] is not None for host in layer["CONFIG"]["hosts"])
     assert layer["CONFIG"]["capacity"] == 500
 

@@ -1,0 +1,311 @@
+"""A channel layer on Redis Cluster's sharded pub/sub (SSUBSCRIBE / SPUBLISH, Redis 7+).
+
+channels-redis cannot run on a cluster (its issue #420); this layer has the shape of
+``app.layers.pubsub``: a consumer's channel is a local inbox, a group is one sharded channel
+that each process SSUBSCRIBEs once while it has members, and a group message is decoded once
+per process and fanned out locally (``app.layers.fanout``). A group's sharded channel carries
+its room as hash tag, ``parley:{<room>}:chat.<room>``, the tag of the room's history keys, so
+a room's messages, ids and broadcasts live on one shard and one master failure touches the
+rooms of that shard only.
+
+redis-py's ``ClusterPubSub`` keeps one connection per master that holds subscriptions and
+moves a channel's subscription to the slot's new owner when its slot map changes (a MOVED
+reply, a refresh after a failed node). This layer reads each of those connections in a task
+of its own, so a message waits on no other shard; a reader that loses its node refreshes the
+slot map, which is what makes the client resubscribe on the promoted replica. Pub/sub is
+at-most-once: what is published while a shard has no master is lost here and refilled by
+consumers from history (their id checks and the tail watcher).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+from channels.layers import BaseChannelLayer
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
+
+from app.layers.api import Direct, Receive
+from app.layers.fanout import fan_out
+from app.layers.mailbox import Mailbox
+from app.redis_clients import cluster_client
+from app.rooms import room_of_group
+
+logger = logging.getLogger("parley")
+
+# How long group_add waits for the shard to confirm SSUBSCRIBE before the join fails.
+SUBSCRIBE_TIMEOUT = 5.0
+# A reader wakes this often with nothing to read, to notice it was replaced (seconds).
+READ_TIMEOUT = 1.0
+RETRY_FIRST, RETRY_MAX = 0.05, 0.5
+
+
+def shard_channel(prefix: str, group: str) -> str:
+    """The sharded channel of ``group``: hash-tagged by its room, so it shares the slot of
+    the room's history keys (``chat:{<room>}:...``); other groups are tagged by their name."""
+    room = room_of_group(group)
+    return f"{prefix}:{{{room if room is not None else group}}}:{group}"
+
+
+class _ShardedPubSub(ClusterPubSub):
+    """``ClusterPubSub`` that says when it opens a connection to another node, so a reader
+    can be started for it (the client opens them itself when it moves subscriptions)."""
+
+    def __init__(self, cluster: RedisCluster, layer: _LoopLayer) -> None:
+        self._layer = layer
+        super().__init__(cluster)
+
+    def _get_node_pubsub(self, node: ClusterNode) -> PubSub:
+        known = self.node_pubsub_mapping.get(node.name)
+        pubsub = super()._get_node_pubsub(node)
+        if pubsub is not known:
+            self._layer.start_reader(node, pubsub)
+        return pubsub
+
+
+class _LoopLayer:
+    """The layer's state on one event loop: the cluster client, subscriptions, inboxes."""
+
+    def __init__(self, seeds: Sequence[str], prefix: str, capacity: int) -> None:
+        self.prefix = prefix
+        self.capacity = capacity
+        self.cluster = cluster_client(tuple(seeds))
+        self.pubsub = _ShardedPubSub(self.cluster, self)
+        self.channels: dict[str, Mailbox] = {}
+        self.direct: dict[str, Direct] = {}
+        self.groups: dict[str, set[str]] = {}
+        self.group_of: dict[bytes, str] = {}  # sharded channel -> group
+        self.subscribed: dict[str, asyncio.Future[None]] = {}  # group -> SSUBSCRIBE confirmed
+        self.readers: set[asyncio.Task[None]] = set()
+        self._ready = asyncio.Lock()
+        self._initialized = False
+
+    async def _initialize(self) -> None:
+        if not self._initialized:
+            async with self._ready:
+                if not self._initialized:
+                    await self.cluster.initialize()
+                    self._initialized = True
+
+    # -- channels -------------------------------------------------------------------------
+
+    def new_channel(self, prefix: str) -> str:
+        channel = f"{self.prefix}.{prefix}{uuid.uuid4().hex}"
+        self._open(channel)
+        return channel
+
+    def _open(self, channel: str) -> Mailbox:
+        """A channel's inbox, bounded by ``capacity``: beyond it deliveries are dropped, and
+        the consumer refills them from history."""
+        queue = self.channels[channel] = Mailbox(self.capacity)
+        return queue
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        queue = self.channels.get(channel)
+        if queue is None:
+            queue = self._open(channel)
+        try:
+            return await queue.get()
+        except (asyncio.CancelledError, GeneratorExit):
+            self.channels.pop(channel, None)  # the consumer is exiting: forget its inbox
+            raise
+
+    # -- groups ---------------------------------------------------------------------------
+
+    async def group_add(self, group: str, channel: str) -> None:
+        members = self.groups.setdefault(group, set())
+        members.add(channel)
+        confirmed = self.subscribed.get(group)
+        if confirmed is None:
+            confirmed = self.subscribed[group] = asyncio.get_running_loop().create_future()
+            try:
+                await self._subscribe(group)
+            except BaseException as exc:
+                self.subscribed.pop(group, None)
+                confirmed.set_exception(exc)
+                confirmed.exception()  # retrieved: joiners waiting on it get it raised
+                members.discard(channel)
+                if not members:
+                    self.groups.pop(group, None)
+                raise
+        try:
+            # Joined once the shard confirms: a message published after this returns
+            # reaches the member (the consumer reads the room's last id after it).
+            await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_TIMEOUT)
+        except BaseException:
+            members.discard(channel)
+            raise
+
+    async def _subscribe(self, group: str) -> None:
+        await self._initialize()
+        name = shard_channel(self.prefix, group)
+        self.group_of[name.encode()] = group
+        await self.pubsub.ssubscribe(name)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        members = self.groups.get(group)
+        if members is None:
+            return
+        members.discard(channel)
+        if members:
+            return
+        del self.groups[group]
+        self.subscribed.pop(group, None)
+        name = shard_channel(self.prefix, group)
+        self.group_of.pop(name.encode(), None)
+        await self.pubsub.sunsubscribe(name)
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        await self._initialize()
+        await self.cluster.spublish(shard_channel(self.prefix, group), msgpack.packb(message))
+
+    # -- reading --------------------------------------------------------------------------
+
+    def start_reader(self, node: ClusterNode, pubsub: PubSub) -> None:
+        task = asyncio.get_running_loop().create_task(self._read(node, pubsub))
+        self.readers.add(task)
+        task.add_done_callback(self.readers.discard)
+
+    async def _read(self, node: ClusterNode, pubsub: PubSub) -> None:
+        delay = RETRY_FIRST
+        mapping = self.pubsub.node_pubsub_mapping
+        # Ends when the client drops or replaces this node's connection (after moving its
+        # subscriptions elsewhere, or on close); its successor has a reader of its own.
+        while mapping.get(node.name) is pubsub:
+            if pubsub.connection is None:
+                # Opened for an SSUBSCRIBE that is still on its way (or failed; the client
+                # drops such a connection at its next slot-map refresh).
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            try:
+                message = await self.pubsub.get_sharded_message(timeout=READ_TIMEOUT, target_node=node)
+                delay = RETRY_FIRST
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if mapping.get(node.name) is not pubsub:
+                    return
+                # Once per outage at warning level: a failover takes seconds of retries.
+                log = logger.warning if delay == RETRY_FIRST else logger.debug
+                log("sharded pub/sub on %s lost (%s); retrying in %.2fs", node.name, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                await self._refresh_slots()
+                continue
+            if message is not None:
+                self._dispatch(message)
+
+    async def _refresh_slots(self) -> None:
+        # A fresh slot map is what makes ClusterPubSub move subscriptions to a promoted
+        # replica (it listens for the refresh); a failure here is retried on the next turn.
+        try:
+            await self.cluster.nodes_manager.initialize()
+        except Exception as exc:
+            logger.debug("slot map refresh failed: %s", exc)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind, name = message["type"], message["channel"]
+        if isinstance(kind, bytes):
+            kind = kind.decode()
+        group = self.group_of.get(name)
+        if group is None:
+            return
+        if kind == "ssubscribe":
+            confirmed = self.subscribed.get(group)
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
+            return
+        if kind != "smessage":
+            return
+        members = self.groups.get(group)
+        if not members:
+            return
+        decoded = msgpack.unpackb(message["data"])  # once, for every local member
+        fan_out(members, decoded, self.channels, self.direct, self._open)
+
+    async def close(self) -> None:
+        for task in list(self.readers):
+            task.cancel()
+        await asyncio.gather(*self.readers, return_exceptions=True)
+        await self.pubsub.aclose()
+        await self.cluster.aclose()
+
+
+class ClusterLayer(BaseChannelLayer):
+    """Channels layer on Redis Cluster sharded pub/sub, with local consumer channels and
+    decode-once fan-out; implements ``app.layers.api.DirectDelivery``."""
+
+    extensions = ["groups", "flush"]
+
+    def __init__(self, hosts: Sequence[str], prefix: str = "parley", capacity: int = 500,
+                 **_: Any) -> None:
+        super().__init__(capacity=capacity)
+        self.seeds = tuple(hosts)
+        self.prefix = prefix
+        self._layers: dict[asyncio.AbstractEventLoop, _LoopLayer] = {}
+
+    def _get_layer(self) -> _LoopLayer:
+        loop = asyncio.get_running_loop()
+        layer = self._layers.get(loop)
+        if layer is None:
+            layer = self._layers[loop] = _LoopLayer(self.seeds, self.prefix, self.capacity)
+        return layer
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        # Local only: nothing outside this process addresses a consumer directly.
+        return self._get_layer().new_channel(prefix)
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Queue ``message`` for a local channel (consumer channels are never remote)."""
+        queue = self._get_layer().channels.get(channel)
+        if queue is not None and queue.qsize() < self.capacity:
+            queue.put_nowait(message)
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        return await self._get_layer().receive(channel)
+
+    async def group_add(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        await self._get_layer().group_add(group, channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        await self._get_layer().group_discard(group, channel)
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        self.require_valid_group_name(group)
+        await self._get_layer().group_send(group, message)
+
+    async def flush(self) -> None:
+        """Close this loop's subscriptions and connections."""
+        layer = self._layers.pop(asyncio.get_running_loop(), None)
+        if layer is not None:
+            await layer.close()
+
+    # -- DirectDelivery -------------------------------------------------------------------
+
+    def register_direct(self, channel: str, deliver: Direct) -> None:
+        """Let group messages reach ``channel``'s receiver by a synchronous call first."""
+        self._get_layer().direct[channel] = deliver
+
+    def unregister_direct(self, channel: str) -> None:
+        self._get_layer().direct.pop(channel, None)
+
+    def forget(self, channel: str) -> None:
+        layer = self._get_layer()
+        layer.direct.pop(channel, None)
+        layer.channels.pop(channel, None)
+
+    def bound_receive(self) -> Receive:
+        """This loop's ``receive``, without the per-call proxy hop of ``self.receive``."""
+        return self._get_layer().receive
+
+    def backlog(self, channel: str) -> int:
+        """Messages waiting for a local channel's receiver."""
+        queue = self._get_layer().channels.get(channel)
+        return 0 if queue is None else queue.qsize()

@@ -1,0 +1,116 @@
+"""Chat on a real Redis Cluster across two app processes, and a master SIGKILLed mid-chat.
+
+Members of each room sit on both processes. While they chat, the master of one room's slot
+is killed: its replica is promoted, the killed node is started again once the cluster has
+failed over (it rejoins as the new master's replica). Sends that cannot be made durable in
+the meantime are answered ``unavailable`` and are resent with the same client_id, as a
+client does. Every acked message must reach every member exactly once, in id order, be in
+history afterwards, and both processes must still be serving, never restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+
+from tests.support import AppServer, Client, wait_until
+from tools.cluster import RedisClusterServers
+
+PER_SENDER = 12  # acked messages each sender needs
+KILL_AFTER = 4  # acks in the doomed room before its master is killed
+RESEND_PAUSE = 0.1  # the client's own retry pause, as chat.js's sendRetryDelay
+
+
+async def _send_until_acked(sender: Client, text: str, client_id: str, refusals: list[str]) -> int:
+    while True:
+        answer = await sender.post(text, client_id=client_id)
+        if answer["type"] == "ack":
+            assert answer["client_id"] == client_id
+            return int(answer["id"])
+        assert answer["code"] in {"unavailable", "rate_limited"}, answer
+        refusals.append(answer["code"])
+        await asyncio.sleep(RESEND_PAUSE)
+
+
+async def _chat(sender: Client, room: str, name: str, acked: dict[int, str], refusals: list[str],
+                progress: Callable[[], None]) -> None:
+    for n in range(PER_SENDER):
+        client_id = f"{name}-{n}"
+        message_id = await _send_until_acked(sender, f"{room} {client_id}", client_id, refusals)
+        assert message_id not in acked, f"id {message_id} acked twice in {room}"
+        acked[message_id] = client_id
+        progress()
+
+
+async def _messages(member: Client, count: int, timeout: float = 20) -> list[dict[str, object]]:
+    """The member's next ``count`` message frames; on a timeout, fail showing what came."""
+    frames = [f for f in member.skipped if f["type"] == "message"]
+    others = [f for f in member.skipped if f["type"] != "message"]
+    try:
+        while len(frames) < count:
+            frame = await member.recv(timeout)
+            (frames if frame["type"] == "message" else others).append(frame)
+    except TimeoutError:
+        raise AssertionError(f"got ids {[f['id'] for f in frames]} of {count}; other frames: "
+                             f"{[f for f in others if f['type'] != 'ack']}") from None
+    return frames
+
+
+async def test_master_killed_mid_chat_loses_and_duplicates_nothing(
+    redis_cluster: RedisClusterServers, make_app: Callable[..., AppServer]
+) -> None:
+    env = {"REDIS_URL": redis_cluster.url, "CHAT_RATE_PER_SECOND": "100", "CHAT_RATE_BURST": "100"}
+    apps = [make_app(env=env), make_app(env=env)]
+    rooms = ["doomed", "bystander"]
+    doomed_master = redis_cluster.master_of("chat:{doomed}:seq")
+    assert doomed_master is not None
+
+    # Per room: a sender and a listener on each process.
+    senders = {room: [await Client.connect(app.ws_url(room)) for app in apps] for room in rooms}
+    listeners = {room: [await Client.connect(app.ws_url(room)) for app in apps] for room in rooms}
+    acked: dict[str, dict[int, str]] = {room: {} for room in rooms}
+    refusals: list[str] = []
+    enough = asyncio.Event()
+
+    def progress() -> None:
+        if len(acked["doomed"]) >= KILL_AFTER:
+            enough.set()
+
+    async def kill_mid_chat() -> None:
+        await enough.wait()
+        await asyncio.to_thread(redis_cluster.kill, doomed_master)
+        await asyncio.to_thread(
+            wait_until,
+            lambda: redis_cluster.master_of("chat:{doomed}:seq") not in (None, doomed_master)
+            and redis_cluster.serving(),
+            30, "the doomed slot's replica to be promoted", 0.1,
+        )
+        await asyncio.to_thread(redis_cluster.restart, doomed_master)
+
+    chats = [
+        _chat(sender, room, f"{room}-{i}", acked[room], refusals, progress)
+        for room in rooms for i, sender in enumerate(senders[room])
+    ]
+    async with asyncio.timeout(90):
+        await asyncio.gather(kill_mid_chat(), *chats)
+
+    assert "unavailable" in refusals, "no send was refused while the master was gone"
+    for room in rooms:
+        expected = sorted(acked[room])
+        assert len(expected) == PER_SENDER * len(senders[room])
+        for member in [*listeners[room], *senders[room]]:
+            frames = await _messages(member, len(expected))
+            ids = [frame["id"] for frame in frames]
+            assert ids == expected, f"{room}: a member got {ids}, acked were {expected}"
+            assert [frame["client_id"] for frame in frames] == [acked[room][i] for i in expected]
+        status, body = apps[0].get(f"/api/rooms/{room}/messages?since=0&limit=1000")
+        assert status == 200, body
+        stored = {frame["id"]: frame["client_id"] for frame in body["messages"]}
+        assert {i: stored.get(i) for i in expected} == acked[room], f"{room}: history lacks acked messages"
+    for app in apps:
+        assert app.process is not None and app.process.poll() is None
+        assert app.get("/readyz")[0] == 200
+    for client in itertools.chain(*senders.values(), *listeners.values()):
+        await client.close()
+

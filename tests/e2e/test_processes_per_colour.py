@@ -1,0 +1,74 @@
+"""Several app processes per colour on the local stack: Traefik balances over all of them,
+a deploy starts, switches and drains all of a colour's at once; the drill passes with two
+per colour on a Redis Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from scripts import traefik_config as tc
+from scripts.deploy import LocalRuntime, deploy
+from scripts.drill import connections_at
+from scripts.stack import STATE_FILE, StackState, down, traefik_color, up
+from tests.support import Client, run_script
+
+
+def test_the_dynamic_file_balances_over_every_process_of_the_colour() -> None:
+    text = tc.render_dynamic("green", ["http://127.0.0.1:1", "http://127.0.0.1:2"])
+    assert text.count("- url:") == 2 and '"http://127.0.0.1:2"' in text
+    assert tc.active_color(text) == "green"
+    assert tc.render_dynamic("blue", "http://x") == tc.render_dynamic("blue", ["http://x"])
+
+
+@pytest.fixture
+def two_per_colour(tmp_path: Path) -> Iterator[StackState]:
+    directory = tmp_path / "stack"
+    try:
+        yield up(directory, "blue", processes=2)
+    finally:
+        down(directory)
+
+
+async def test_traefik_balances_and_a_deploy_drains_every_process_at_once(two_per_colour: StackState) -> None:
+    state = two_per_colour
+    assert state.members("blue") == ["blue", "blue.1"]
+    url = state.web_url.replace("http://", "ws://") + "/ws/chat/spread/"
+    clients = [await Client.connect(url) for _ in range(6)]
+    per_process = [await asyncio.to_thread(connections_at, url) for url in state.app_urls("blue")]
+    counts = [count or 0 for count in per_process]
+    assert None not in per_process and sum(counts) == 6 and min(counts) > 0, per_process  # both serve
+
+    old = [state.procs[name] for name in state.members("blue")]
+    report = await asyncio.to_thread(deploy, LocalRuntime(state), "green")
+    assert (report["to"], report["old"]) == ("green", "drained")
+    assert not any(proc.alive() for proc in old)
+    for client in clients:  # every client of every blue process was told to reconnect
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await client.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+    assert traefik_color(state) == "green"
+    saved = StackState.load(state.dir)
+    assert set(saved.procs) == {"redis", "traefik", "green", "green.1"}
+    assert all(saved.procs[name].alive() for name in saved.members("green"))
+
+
+def test_drill_two_processes_per_colour_on_a_cluster(tmp_path: Path) -> None:
+    """`make drill DRILL_ARGS="--processes 2 --cluster"` at CI size: zero loss."""
+    code, report, output = run_script(
+        "drill.py", "--processes", "2", "--cluster", "--clients", "40", "--rooms", "4",
+        "--settle", "1.5", "--state-dir", str(tmp_path / "stack"),
+        json_path=tmp_path / "drill.json", timeout=240)
+    assert code == 0, output
+    assert report["ok"] and report["problems"] == []
+    assert report["lost"] == 0 and report["duplicated"] == 0 and report["unacked"] == 0
+    assert report["messages_sent"] == report["acked"] > 0
+    assert [(d["from"], d["to"], d["old"]) for d in report["deploys"]] == [
+        ("blue", "green", "drained"), ("green", "blue", "drained")]
+    assert [c["clients_connected_to_it"] for c in report["ended_on"]] == [40, 40]
+    assert report["stack_started_here"] and not (tmp_path / "stack" / STATE_FILE).exists()

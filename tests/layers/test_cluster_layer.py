@@ -1,0 +1,115 @@
+"""The Redis Cluster channel layer against a real cluster, across two layer instances."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from redis.crc import key_slot
+
+from app.layers.api import DirectDelivery
+from app.layers.cluster import ClusterLayer, shard_channel
+from app.redis_url import parse_redis_url
+from tests.support import wait_until
+from tools.cluster import RedisClusterServers
+
+
+def test_a_rooms_channel_shares_the_slot_of_its_history_keys() -> None:
+    for room in ["lobby", "a", "room-42", "x.y_z"]:
+        channel = shard_channel("parley", f"chat.{room}")
+        assert key_slot(channel.encode()) == key_slot(f"chat:{{{room}}}:seq".encode())
+    assert shard_channel("parley", "parley.readiness") == "parley:{parley.readiness}:parley.readiness"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServers]:
+    servers = RedisClusterServers().start()
+    yield servers
+    servers.cleanup()
+
+
+@pytest.fixture
+async def layers(cluster: RedisClusterServers) -> AsyncIterator[tuple[ClusterLayer, ClusterLayer]]:
+    seeds = parse_redis_url(cluster.url).urls
+    one, two = ClusterLayer(hosts=seeds), ClusterLayer(hosts=seeds)
+    yield one, two
+    await one.flush()
+    await two.flush()
+
+
+def shard_subscribers(cluster: RedisClusterServers, group: str) -> int:
+    name = shard_channel("parley", group)
+    port = cluster.master_of(name)
+    assert port is not None
+    return int(cluster._cli(port, "PUBSUB", "SHARDNUMSUB", name).split()[-1])
+
+
+async def test_group_messages_cross_processes_decoded_once_for_local_members(
+    layers: tuple[ClusterLayer, ClusterLayer],
+) -> None:
+    one, two = layers
+    assert isinstance(one, DirectDelivery)
+    here = [await one.new_channel() for _ in range(3)]
+    there = await two.new_channel()
+    for channel in here:
+        await one.group_add("chat.cross", channel)
+    await two.group_add("chat.cross", there)
+    await one.group_send("chat.cross", {"type": "chat.message", "id": 7})
+    got = [await asyncio.wait_for(one.receive(c), 5) for c in here]
+    assert got == [{"type": "chat.message", "id": 7}] * 3
+    assert got[0] is got[1] is got[2]  # one decode, one object for every local member
+    assert await asyncio.wait_for(two.receive(there), 5) == {"type": "chat.message", "id": 7}
+
+
+async def test_group_add_returns_once_the_shard_has_the_subscription(
+    cluster: RedisClusterServers, layers: tuple[ClusterLayer, ClusterLayer],
+) -> None:
+    one, _ = layers
+    first, second = await one.new_channel(), await one.new_channel()
+    await one.group_add("chat.confirmed", first)
+    await one.group_add("chat.confirmed", second)
+    assert shard_subscribers(cluster, "chat.confirmed") == 1  # one SSUBSCRIBE per process
+    await one.group_discard("chat.confirmed", first)
+    assert shard_subscribers(cluster, "chat.confirmed") == 1
+    await one.group_discard("chat.confirmed", second)
+    await asyncio.to_thread(wait_until, lambda: shard_subscribers(cluster, "chat.confirmed") == 0,
+                            5, "SUNSUBSCRIBE to reach the shard")
+
+
+async def test_direct_delivery_first_queue_when_declined(layers: tuple[ClusterLayer, ClusterLayer]) -> None:
+    one, two = layers
+    taken, declined = await one.new_channel(), await one.new_channel()
+    seen: list[dict[str, object]] = []
+    one.register_direct(taken, lambda message: seen.append(message) is None)
+    one.register_direct(declined, lambda message: False)
+    for channel in (taken, declined):
+        await one.group_add("chat.direct", channel)
+    await two.group_send("chat.direct", {"type": "chat.message", "id": 1})
+    assert await asyncio.wait_for(one.receive(declined), 5) == {"type": "chat.message", "id": 1}
+    assert seen == [{"type": "chat.message", "id": 1}]
+    assert one.backlog(taken) == 0
+    one.forget(taken)
+    assert one.backlog(taken) == 0
+
+
+async def test_subscriptions_follow_a_failover_to_the_promoted_replica(
+    cluster: RedisClusterServers, layers: tuple[ClusterLayer, ClusterLayer],
+) -> None:
+    # Last in this module: it kills a master of the shared cluster.
+    one, two = layers
+    member = await one.new_channel()
+    await one.group_add("chat.survivor", member)
+    name = shard_channel("parley", "chat.survivor")
+    old = cluster.master_of(name)
+    assert old is not None
+    cluster.kill(old)
+    await asyncio.to_thread(
+        wait_until, lambda: cluster.master_of(name) not in (None, old) and cluster.serving(),
+        30, "the replica to be promoted", 0.1,
+    )
+    # The layer moves its SSUBSCRIBE to the new master by itself, without a new group_add.
+    await asyncio.to_thread(wait_until, lambda: shard_subscribers(cluster, "chat.survivor") == 1,
+                            15, "the subscription to move to the promoted replica", 0.05)
+    await two.group_send("chat.survivor", {"type": "chat.message", "id": 2})
+    assert await asyncio.wait_for(one.receive(member), 5) == {"type": "chat.message", "id": 2}
