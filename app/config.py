@@ -9,8 +9,12 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 MIN_JWT_SECRET_BYTES = 32
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+# URL schemes redis-py's ``from_url`` takes for one server; a new topology adds its scheme here.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class ConfigError(ValueError):
@@ -50,6 +54,8 @@ class Config:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     ws_compression: bool = False
+    handshake_timeout: float = 5.0
+    history_max_bytes: int = 256 * 1024 * 1024
 
     @property
     def redis_enabled(self) -> bool:
@@ -65,14 +71,36 @@ def _bool(value: str, name: str) -> bool:
     raise ConfigError(f"{name} must be a boolean (true/false), got {value!r}")
 
 
-def _number(value: str, name: str, kind: type, minimum: float) -> float | int:
+# Above any sensible setting, below where a float stops meaning what it says.
+NUMBER_CEILING = 10**12
+
+
+def _number(value: str, name: str, kind: type, minimum: float, maximum: float) -> float | int:
     try:
         parsed = kind(value)
     except ValueError:
         raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}") from None
-    if parsed < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
+    # NaN compares false with everything, so it is refused by name rather than by range.
+    if parsed != parsed or not minimum <= parsed <= maximum:
+        bound = f">= {minimum}" if maximum == NUMBER_CEILING else f"from {minimum} to {maximum}"
+        raise ConfigError(f"{name} must be {bound}, got {value!r}")
     return parsed
+
+
+def _redis_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        schemes = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
+        raise ConfigError(f"REDIS_URL entries must start with one of {schemes}, got {url!r}")
+    if parts.scheme == "unix" and not parts.path:
+        raise ConfigError(f"REDIS_URL {url!r} names no socket path")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigError(f"REDIS_URL {url!r} names no host")
+    try:
+        parts.port  # noqa: B018 - parsing it is the check: a bad or out-of-range port raises
+    except ValueError:
+        raise ConfigError(f"REDIS_URL {url!r} has a bad port") from None
+    return url
 
 
 def _list(value: str) -> tuple[str, ...]:
@@ -84,25 +112,27 @@ def load(environ: Mapping[str, str]) -> Config:
     env = {key: value for key, value in environ.items() if value != ""}
     kwargs: dict[str, object] = {}
 
-    def num(var: str, attr: str, kind: type, minimum: float) -> None:
+    def num(var: str, attr: str, kind: type, minimum: float, maximum: float = NUMBER_CEILING) -> None:
         if var in env:
-            kwargs[attr] = _number(env[var], var, kind, minimum)
+            kwargs[attr] = _number(env[var], var, kind, minimum, maximum)
 
     if "HOST" in env:
         kwargs["host"] = env["HOST"]
-    num("PORT", "port", int, 0)
+    num("PORT", "port", int, 0, 65535)
     if "APP_COLOR" in env:
         kwargs["color"] = env["APP_COLOR"]
     if "DEBUG" in env:
         kwargs["debug"] = _bool(env["DEBUG"], "DEBUG")
     if "LOG_LEVEL" in env:
+        if env["LOG_LEVEL"].lower() not in LOG_LEVELS:
+            raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {env['LOG_LEVEL']!r}")
         kwargs["log_level"] = env["LOG_LEVEL"].lower()
     if "DJANGO_SECRET_KEY" in env:
         kwargs["django_secret_key"] = env["DJANGO_SECRET_KEY"]
     if "DJANGO_ALLOWED_HOSTS" in env:
         kwargs["allowed_hosts"] = _list(env["DJANGO_ALLOWED_HOSTS"])
     if "REDIS_URL" in env:
-        kwargs["redis_urls"] = _list(env["REDIS_URL"])
+        kwargs["redis_urls"] = tuple(_redis_url(url) for url in _list(env["REDIS_URL"]))
     if "CHAT_LAYER" in env:
         if env["CHAT_LAYER"] not in {"pubsub", "core"}:
             raise ConfigError(f"CHAT_LAYER must be 'pubsub' or 'core', got {env['CHAT_LAYER']!r}")
@@ -132,6 +162,8 @@ def load(environ: Mapping[str, str]) -> Config:
     num("CHAT_SEND_TIMEOUT", "send_timeout", float, 0.1)
     num("CHAT_PING_INTERVAL", "ping_interval", float, 0)
     num("CHAT_PING_TIMEOUT", "ping_timeout", float, 0)
+    num("CHAT_HANDSHAKE_TIMEOUT", "handshake_timeout", float, 0.05)
+    num("CHAT_HISTORY_MAX_BYTES", "history_max_bytes", int, 1024 * 1024)
 
     if "CHAT_WS_COMPRESSION" in env:
         kwargs["ws_compression"] = _bool(env["CHAT_WS_COMPRESSION"], "CHAT_WS_COMPRESSION")
