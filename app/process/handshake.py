@@ -156,6 +156,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         self._disarm()
         super().handle_websocket_upgrade()
+        # This protocol is done: the WebSocket protocol owns the transport now, so uvicorn never
+        # calls our connection_lost, which is what drops the parser. The parser holds our bound
+        # callbacks, a cycle that left every upgraded connection's HTTP state (parser, deques,
+        # flow control, a transport reference) for the cyclic GC, and whatever a collection
+        # promoted waited for a full one. Dropped here, refcounting frees it at once.
+        self.parser = None  # type: ignore[assignment]
 
 
 class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
