@@ -7,7 +7,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 COLOR ?= green
 RUNTIME ?= local
 
-.PHONY: run test bench loadtest startup shutdown locust stack stack-down deploy drill clean
+.PHONY: run test bench loadtest startup shutdown soak locust stack stack-down deploy drill clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ startup: $(DEV_STAMP)
 
 shutdown: $(DEV_STAMP)
 	$(PY) scripts/shutdown.py $(SHUTDOWN_ARGS)
+
+soak: $(DEV_STAMP)  ## bounded connect/send/ack/close churn; RSS growth per 100,000 connections
+	$(PY) scripts/soak.py $(SOAK_ARGS)
 
 locust: $(DEV_STAMP)  ## a short headless Locust run
 	$(PY) scripts/locust_run.py $(LOCUST_ARGS)
