@@ -5,9 +5,12 @@ sent a byte a second), buffers request lines and headers of any size, and a WebS
 line over websockets' 8 KB limit got no answer at all: websockets writes its 414 into a buffer
 uvicorn never sends. ``guarded_protocols`` returns the two protocol classes that close these:
 
-- the HTTP protocol arms a timer when a connection is accepted (and again when a keep-alive
-  connection goes idle) and cancels it once a request has fully arrived or has been handed
-  to the WebSocket protocol; past it, the socket is closed, counted and logged (throttled);
+- the HTTP protocol arms a timer when a connection is accepted (again when a kept-alive
+  connection goes idle, and at the first byte of each later request) and cancels it once a
+  request has fully arrived or has been handed to the WebSocket protocol; past it, the
+  socket is closed, counted and logged (throttled);
+- once upgraded, it drops its parser, whose bound callbacks made a cycle: without that every
+  WebSocket left its HTTP state to the cyclic garbage collector;
 - it answers 414 to a URL over ``MAX_URL_BYTES`` and 431 to a request head over
   ``MAX_HEAD_BYTES``, at once, without buffering more;
 - the WebSocket protocol sends the handshake rejections websockets itself produces (request
@@ -68,6 +71,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_open = True
         self._head_bytes = 0
         self._oversize = 0
+        self._served = False
 
     def _arm(self) -> None:
         self._disarm()
@@ -128,6 +132,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._oversize = 431
             self._refuse(431)
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        # A later request on a kept-alive connection (a proxy's pooled one) gets the whole
+        # window from its own first byte, not what is left of the idle wait before it.
+        if self._served:
+            self._arm()
+
     def on_url(self, url: bytes) -> None:
         if len(self.url) + len(url) > MAX_URL_BYTES:
             self._oversize = 414
@@ -148,6 +159,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        self._served = True
         super().on_response_complete()
         # A kept-alive connection waits for its next request on the same deadline.
         if not self.transport.is_closing() and not self.pipeline:
