@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=1_000_000, help="stop after this many connections")
     parser.add_argument("--sample", type=int, default=10_000, help="connections between RSS samples")
     parser.add_argument("--warmup", type=float, default=0.2, help="fraction of samples left out of the fit")
+    parser.add_argument("--no-client-id", action="store_true",
+                        help="send without client_id: no dedupe entries (in-memory mode keeps them)")
     parser.add_argument("--round-timeout", type=float, default=10.0, help="longest one round may take")
     parser.add_argument("--json", metavar="PATH", help="write the JSON here ('-': stdout)")
     return parser.parse_args(argv)
@@ -78,6 +80,7 @@ class Churn:
         loop = asyncio.get_running_loop()
         waiting: asyncio.Future[None] = loop.create_future()
         client_id = secrets.token_hex(8)
+        sent_id = None if self.args.no_client_id else client_id
         ready_needed = self.kind == "app"
 
         def on_text(text: str) -> None:
@@ -88,7 +91,7 @@ class Churn:
             if ready_needed and frame.get("type") == "ready":
                 ready_needed = False
                 waiting.set_result(None)
-            elif self.kind == "app" and frame.get("type") == "ack" and frame.get("client_id") == client_id:
+            elif self.kind == "app" and frame.get("type") == "ack" and frame.get("client_id") == sent_id:
                 waiting.set_result(None)
             elif self.kind == "floor" and frame.get("message") == client_id:
                 waiting.set_result(None)
@@ -98,7 +101,10 @@ class Churn:
             if self.kind == "app":
                 await waiting
                 waiting = loop.create_future()
-            ws.send(json.dumps({"message": client_id, "client_id": client_id}))
+            outgoing: dict[str, Any] = {"message": client_id}
+            if sent_id is not None:
+                outgoing["client_id"] = sent_id
+            ws.send(json.dumps(outgoing))
             await waiting
         finally:
             await ws.close()
