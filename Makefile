@@ -11,8 +11,8 @@ RUNTIME ?= local
 TAG ?=
 PROCESSES ?= 1
 
-.PHONY: run test test-unit lint bench bench-scale loadtest startup shutdown locust stack stack-down deploy drill \
-	clean docker-env docker-env-down compose-drill bench-compose
+.PHONY: run test test-unit lint bench bench-scale loadtest startup shutdown soak locust stack stack-down deploy \
+	drill clean docker-env docker-env-down compose-drill bench-compose
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ startup: $(DEV_STAMP)
 
 shutdown: $(DEV_STAMP)
 	$(PY) -m scripts.shutdown $(SHUTDOWN_ARGS)
+
+soak: $(DEV_STAMP)  ## bounded connect/send/ack/close churn; RSS growth per 100,000 connections
+	$(PY) -m scripts.soak $(SOAK_ARGS)
 
 locust: $(DEV_STAMP)  ## a short headless Locust run
 	$(PY) -m scripts.locust_run $(LOCUST_ARGS)

@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
+import signal
+from types import FrameType
+
+
+def _stop_before_serving(sig: int, frame: FrameType | None) -> None:
+    # Nothing listens and nothing is held yet, so stopping now is a clean exit; without this,
+    # SIGTERM during the imports below killed the process by the signal (status 143).
+    os._exit(0)
+
+
+# First, before the imports that make up most of start-up; uvicorn's own handlers replace
+# this one once the server runs. Only as the entry point: importing this module changes nothing.
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stop_before_serving)
+
+import logging  # noqa: E402 - after the handler on purpose: see above
+import sys  # noqa: E402
+
+USAGE = """\
+usage: python -m app                 run the chat service (configured by environment variables)
+       python -m app token --help    mint a JWT for CHAT_AUTH=jwt
+       python -m app --help          print this help
+
+Every setting is an environment variable (HOST, PORT, LOG_LEVEL, REDIS_URL, CHAT_*, SHUTDOWN_*):
+see the configuration table in README.md. A bad value exits with status 2.
+"""
 
 
 def main(argv: list[str]) -> int:
@@ -12,6 +36,12 @@ def main(argv: list[str]) -> int:
         from app.chat.tokens import main as token_main
 
         return token_main(argv[1:])
+    if argv[:1] in (["--help"], ["-h"]):
+        print(USAGE, end="")
+        return 0
+    if argv:
+        print(f"parley: unknown argument {argv[0]!r}\n{USAGE}", end="", file=sys.stderr)
+        return 2
     try:
         from app.config import CONFIG
     except ValueError as exc:  # ConfigError: say what is wrong, don't print a traceback

@@ -15,6 +15,7 @@ from app.redis_url import parse_redis_url
 MIN_JWT_SECRET_BYTES = 32
 # WAIT blocks the connection; it must answer before the client's socket timeout (5 s).
 MAX_WAIT_TIMEOUT = 5.0
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 class ConfigError(ValueError):
@@ -59,6 +60,8 @@ class Config:
     ws_compression: bool = False
     presence: bool = True
     presence_grace: float = 15.0
+    handshake_timeout: float = 5.0
+    history_max_bytes: int = 256 * 1024 * 1024
 
     @property
     def redis_enabled(self) -> bool:
@@ -74,13 +77,19 @@ def _bool(value: str, name: str) -> bool:
     raise ConfigError(f"{name} must be a boolean (true/false), got {value!r}")
 
 
-def _number(value: str, name: str, kind: type, minimum: float) -> float | int:
+# Above any sensible setting, below where a float stops meaning what it says.
+NUMBER_CEILING = 10**12
+
+
+def _number(value: str, name: str, kind: type, minimum: float, maximum: float) -> float | int:
     try:
         parsed = kind(value)
     except ValueError:
         raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}") from None
-    if parsed < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
+    # NaN compares false with everything, so it is refused by name rather than by range.
+    if parsed != parsed or not minimum <= parsed <= maximum:
+        bound = f">= {minimum}" if maximum == NUMBER_CEILING else f"from {minimum} to {maximum}"
+        raise ConfigError(f"{name} must be {bound}, got {value!r}")
     return parsed
 
 
@@ -93,18 +102,20 @@ def load(environ: Mapping[str, str]) -> Config:
     env = {key: value for key, value in environ.items() if value != ""}
     kwargs: dict[str, object] = {}
 
-    def num(var: str, attr: str, kind: type, minimum: float) -> None:
+    def num(var: str, attr: str, kind: type, minimum: float, maximum: float = NUMBER_CEILING) -> None:
         if var in env:
-            kwargs[attr] = _number(env[var], var, kind, minimum)
+            kwargs[attr] = _number(env[var], var, kind, minimum, maximum)
 
     if "HOST" in env:
         kwargs["host"] = env["HOST"]
-    num("PORT", "port", int, 0)
+    num("PORT", "port", int, 0, 65535)
     if "APP_COLOR" in env:
         kwargs["color"] = env["APP_COLOR"]
     if "DEBUG" in env:
         kwargs["debug"] = _bool(env["DEBUG"], "DEBUG")
     if "LOG_LEVEL" in env:
+        if env["LOG_LEVEL"].lower() not in LOG_LEVELS:
+            raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {env['LOG_LEVEL']!r}")
         kwargs["log_level"] = env["LOG_LEVEL"].lower()
     if "DJANGO_SECRET_KEY" in env:
         kwargs["django_secret_key"] = env["DJANGO_SECRET_KEY"]
@@ -149,6 +160,8 @@ def load(environ: Mapping[str, str]) -> Config:
     num("CHAT_SEND_TIMEOUT", "send_timeout", float, 0.1)
     num("CHAT_PING_INTERVAL", "ping_interval", float, 0)
     num("CHAT_PING_TIMEOUT", "ping_timeout", float, 0)
+    num("CHAT_HANDSHAKE_TIMEOUT", "handshake_timeout", float, 0.05)
+    num("CHAT_HISTORY_MAX_BYTES", "history_max_bytes", int, 1024 * 1024)
 
     if "CHAT_PRESENCE" in env:
         kwargs["presence"] = _bool(env["CHAT_PRESENCE"], "CHAT_PRESENCE")

@@ -196,7 +196,8 @@ def parse_connect_params(query_string: bytes, history_max: int) -> ConnectParams
         if not values:
             return None
         raw = values[-1]
-        if not raw.isdigit() or len(raw) > 18 or not low <= int(raw) <= high:
+        # isdigit() alone passes Unicode digits ('²') that int() then refuses.
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or not low <= int(raw) <= high:
             raise FrameError(f"bad_{name}", f"'{name}' must be an integer from {low} to {high}")
         return int(raw)
 

@@ -48,7 +48,21 @@ def parse_redis_url(value: str) -> RedisTarget:
             "several Redis URLs (client-side shards) are no longer supported: run a Redis Cluster"
             " and set REDIS_URL=redis+cluster://host:port[,host:port...] (docs/ARCHITECTURE.md)"
         )
+    _check_server(urls[0])
     return RedisTarget(urls=urls)
+
+
+def _check_server(url: str) -> None:
+    """A one-server URL names a host (or a socket path) and, if any, a valid port."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix" and not parts.path:
+        raise ValueError(f"{url!r} names no socket path")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError(f"{url!r} names no host")
+    try:
+        _ = parts.port  # parsing it is the check: a bad or out-of-range port raises
+    except ValueError:
+        raise ValueError(f"{url!r} has a bad port") from None
 
 
 def _cluster_seeds(scheme: str, rest: str) -> tuple[str, ...]:

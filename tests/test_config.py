@@ -46,6 +46,18 @@ def test_empty_values_mean_unset() -> None:
         ({"CHAT_AUTH": "basic"}, "CHAT_AUTH"),
         ({"CHAT_AUTH": "jwt"}, "CHAT_JWT_SECRET"),
         ({"CHAT_AUTH": "jwt", "CHAT_JWT_SECRET": "short"}, "at least 32 bytes"),
+        ({"PORT": "80000"}, "PORT must be from 0 to 65535"),
+        ({"PORT": "-1"}, "PORT"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL must be one of"),
+        ({"REDIS_URL": "notaurl"}, "REDIS_URL entries must start with one of redis://"),
+        ({"REDIS_URL": "redis://a:6379,http://b"}, "'http://b'"),
+        ({"REDIS_URL": "redis://"}, "names no host"),
+        ({"REDIS_URL": "redis://a:99999"}, "bad port"),
+        ({"REDIS_URL": "unix://"}, "no socket path"),
+        ({"SHUTDOWN_TIMEOUT": "nan"}, "SHUTDOWN_TIMEOUT"),
+        ({"CHAT_PING_INTERVAL": "inf"}, "CHAT_PING_INTERVAL"),
+        ({"CHAT_HANDSHAKE_TIMEOUT": "0"}, "CHAT_HANDSHAKE_TIMEOUT"),
+        ({"CHAT_HISTORY_MAX_BYTES": "1000"}, "CHAT_HISTORY_MAX_BYTES"),
     ],
 )
 def test_bad_values_are_refused_by_name(env: dict, needle: str) -> None:
@@ -56,3 +68,11 @@ def test_bad_values_are_refused_by_name(env: dict, needle: str) -> None:
 def test_django_secret_is_random_per_process_when_unset() -> None:
     assert load({}).django_secret_key != load({}).django_secret_key
     assert load({"DJANGO_SECRET_KEY": "k"}).django_secret_key == "k"
+
+
+def test_redis_url_schemes_and_levels_that_run() -> None:
+    config = load({"REDIS_URL": "redis://a:1/0,rediss://b,unix:///run/redis.sock", "LOG_LEVEL": "WARNING"})
+    assert config.redis_urls == ("redis://a:1/0", "rediss://b", "unix:///run/redis.sock")
+    assert config.log_level == "warning"
+    assert load({"PORT": "65535"}).port == 65535 and load({"PORT": "0"}).port == 0
+    assert load({"CHAT_HANDSHAKE_TIMEOUT": "0.5"}).handshake_timeout == 0.5

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from app import metrics
+from app.process.logs import Throttled
 from app.protocol import JSON_HEADERS
 
 Scope = dict[str, Any]
@@ -20,6 +21,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 logger = logging.getLogger("parley")
+_refusals = Throttled(logger, interval=10.0)
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
@@ -57,6 +59,7 @@ async def refuse(scope: Scope, send: Send, status: int, code: str) -> None:
     """Refuse a handshake with an HTTP status and a JSON reason where the server can say so."""
     # Counted before answering, so a client that reads the metrics next sees it.
     metrics.HANDSHAKES_REFUSED.labels(code).inc()
+    _refusals.info(code, "handshake refused: %d %s (%s)", status, code, scope.get("path", ""))
     if "websocket.http.response" in scope.get("extensions", {}):
         body = json.dumps({"type": "error", "code": code}).encode()
         await send({"type": "websocket.http.response.start", "status": status, "headers": JSON_HEADERS})

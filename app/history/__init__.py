@@ -30,5 +30,6 @@ def create_history(config: Config) -> History:
     from app.history.memory import MemoryHistory
 
     return MemoryHistory(
-        max_len=config.history_max, ttl=config.history_ttl, dedupe_ttl=config.dedupe_ttl
+        max_len=config.history_max, ttl=config.history_ttl, dedupe_ttl=config.dedupe_ttl,
+        max_bytes=config.history_max_bytes,
     )

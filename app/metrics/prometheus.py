@@ -20,6 +20,11 @@ CONNECTIONS_CLOSED = Counter("chat_connections_closed", "Chat WebSockets closed"
 HANDSHAKES_REFUSED = Counter(
     "chat_handshakes_refused", "WebSocket handshakes refused", ["reason"]
 )
+CONNECTIONS_CUT = Counter(
+    "chat_connections_cut",
+    "Connections closed before their request completed (timeout, oversize request head)",
+    ["reason"],
+)
 MESSAGES_RECEIVED = Counter("chat_messages_received", "Chat messages accepted from clients")
 MESSAGES_BROADCAST = Counter("chat_messages_broadcast", "Chat messages recorded and broadcast")
 GAPS_FILLED = Counter("chat_gaps_filled", "Live-stream holes filled from history")

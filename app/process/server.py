@@ -23,6 +23,7 @@ import uvicorn
 from app import metrics
 from app.chat.registry import REGISTRY
 from app.config import Config
+from app.process.handshake import guarded_protocols
 from app.process.logs import log_config
 from app.process.router import Router
 
@@ -132,13 +133,15 @@ def _hard_stop_after(seconds: float) -> None:
 
 def build(chat: Config, router: Router) -> ChatServer:
     """A ChatServer for ``router`` with the fast protocol stack and the chat limits."""
+    # httptools and websockets-sansio, with a request deadline and answered size limits.
+    http_protocol, ws_protocol = guarded_protocols(chat.handshake_timeout)
     config = uvicorn.Config(
         router,
         host=chat.host,
         port=chat.port,
         loop="uvloop",
-        http="httptools",
-        ws="websockets-sansio",
+        http=http_protocol,
+        ws=ws_protocol,
         lifespan="on",
         ws_max_size=chat.max_frame_bytes,
         # Off by default: chat frames are small, and deflate runs once per recipient.

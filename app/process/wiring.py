@@ -72,6 +72,9 @@ def django_http_app() -> WebSocketApp:
     from django.core.asgi import get_asgi_application
     from django.urls import get_resolver
 
-    handler = get_asgi_application()
+    from app.web.body_limit import BodyLimit
+    from app.web.views import MAX_BODY_BYTES
+
+    handler = BodyLimit(get_asgi_application(), MAX_BODY_BYTES)
     _ = get_resolver().url_patterns  # import the URLconf and views now, not on a user's request
     return handler

@@ -88,7 +88,8 @@ def _int_param(request: HttpRequest, name: str, default: int, low: int, high: in
     raw = request.GET.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    # isdigit() alone passes Unicode digits ('²') that int() then refuses.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or not low <= int(raw) <= high:
         raise FrameError(f"bad_{name}", f"'{name}' must be an integer from {low} to {high}")
     return int(raw)
 

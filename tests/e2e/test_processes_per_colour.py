@@ -9,20 +9,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from websockets.exceptions import ConnectionClosed
 
-from scripts import traefik_config as tc
 from scripts.deploy import LocalRuntime, deploy
 from scripts.drill import connections_at
 from scripts.stack import STATE_FILE, StackState, down, traefik_color, up
 from tests.support import Client, run_script
+from tools import traefik_config as tc
 
 
 def test_the_dynamic_file_balances_over_every_process_of_the_colour() -> None:
-    text = tc.render_dynamic("green", ["http://127.0.0.1:1", "http://127.0.0.1:2"])
-    assert text.count("- url:") == 2 and '"http://127.0.0.1:2"' in text
-    assert tc.active_color(text) == "green"
-    assert tc.render_dynamic("blue", "http://x") == tc.render_dynamic("blue", ["http://x"])
+    urls = {"blue": ["http://127.0.0.1:3"], "green": ["http://127.0.0.1:1", "http://127.0.0.1:2"]}
+    http = yaml.safe_load(tc.render_dynamic("green", urls))["http"]
+    assert [s["url"] for s in http["services"]["chat-green"]["loadBalancer"]["servers"]] == urls["green"]
+    assert http["routers"]["chat"]["service"] == "chat-green"
+    assert tc.active_color(tc.render_dynamic("green", urls)) == "green"
+    one = {"blue": "http://x", "green": "http://y"}
+    assert tc.render_dynamic("blue", one) == tc.render_dynamic("blue", {"blue": ["http://x"], "green": ["http://y"]})
 
 
 @pytest.fixture

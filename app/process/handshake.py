@@ -1,0 +1,206 @@
+"""Connections that stall or overflow before their request is complete are cut, with an answer.
+
+uvicorn's httptools protocol waits forever for a request to arrive (idle sockets, a handshake
+sent a byte a second), buffers request lines and headers of any size, and a WebSocket request
+line over websockets' 8 KB limit got no answer at all: websockets writes its 414 into a buffer
+uvicorn never sends. ``guarded_protocols`` returns the two protocol classes that close these:
+
+- the HTTP protocol arms a timer when a connection is accepted (again when a kept-alive
+  connection goes idle, and at the first byte of each later request) and cancels it once a
+  request has fully arrived or has been handed to the WebSocket protocol; past it, the
+  socket is closed, counted and logged (throttled);
+- once upgraded, it drops its parser, whose bound callbacks made a cycle: without that every
+  WebSocket left its HTTP state to the cyclic garbage collector;
+- it answers 414 to a URL over ``MAX_URL_BYTES`` and 431 to a request head over
+  ``MAX_HEAD_BYTES``, at once, without buffering more;
+- the WebSocket protocol sends the handshake rejections websockets itself produces (request
+  line or a header line over 8 KB, more than 128 headers), and treats an HTTP refusal sent by
+  the application as a finished handshake (uvicorn logged every refusal as an ERROR).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from app import metrics
+from app.process.logs import Throttled
+
+# Beyond these, a request is refused rather than buffered. 8 KB is websockets' own request-line
+# limit (and nginx's default buffer); the page's longest legitimate URL is a JWT naming rooms.
+MAX_URL_BYTES = 8 * 1024
+MAX_HEAD_BYTES = 32 * 1024
+
+logger = logging.getLogger("parley")
+_cut_log = Throttled(logger, interval=10.0)
+
+
+class _Oversize(Exception):
+    """Raised from a parser callback to stop parsing a request that is too large to keep."""
+
+
+def _plain_response(status: int, text: str) -> bytes:
+    body = text.encode()
+    phrase = http.HTTPStatus(status).phrase
+    return (
+        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
+
+
+def _count(reason: str, client: tuple[str, int] | None) -> None:
+    metrics.CONNECTIONS_CUT.labels(reason).inc()
+    _cut_log.info(reason, "connection cut before its request completed: %s (last from %s)",
+                  reason, client[0] if client else "?")
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a request deadline and request-head size limits."""
+
+    handshake_timeout: float = 5.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._head_open = True
+        self._head_bytes = 0
+        self._oversize = 0
+        self._served = False
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.handshake_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            _count("handshake_timeout", self.client)
+            self.transport.close()
+
+    def _refuse(self, status: int) -> None:
+        self._disarm()
+        reason = "uri_too_long" if status == 414 else "headers_too_large"
+        _count(reason, self.client)
+        limit = MAX_URL_BYTES if status == 414 else MAX_HEAD_BYTES
+        what = "URL" if status == 414 else "request head"
+        self.transport.write(_plain_response(status, f"{what} longer than {limit} bytes\n"))
+        self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's own, with the head counted and oversize requests answered by their status.
+        if self._oversize:
+            return
+        self._unset_keepalive_if_required()
+        if self._head_open:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self._oversize:
+                self._refuse(self._oversize)
+            else:
+                self._disarm()
+                self.logger.warning("Invalid HTTP request received.")
+                self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self._head_open and self._head_bytes > MAX_HEAD_BYTES:
+            self._oversize = 431
+            self._refuse(431)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        # A later request on a kept-alive connection (a proxy's pooled one) gets the whole
+        # window from its own first byte, not what is left of the idle wait before it.
+        if self._served:
+            self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        if len(self.url) + len(url) > MAX_URL_BYTES:
+            self._oversize = 414
+            raise _Oversize
+        super().on_url(url)
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        if sum(len(name) + len(value) + 4 for name, value in self.headers) > MAX_HEAD_BYTES:
+            self._oversize = 431
+            raise _Oversize
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        # The request has fully arrived: what happens next is the application's time.
+        self._disarm()
+        self._head_open, self._head_bytes = True, 0
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        self._served = True
+        super().on_response_complete()
+        # A kept-alive connection waits for its next request on the same deadline.
+        if not self.transport.is_closing() and not self.pipeline:
+            self._arm()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()
+        super().handle_websocket_upgrade()
+        # This protocol is done: the WebSocket protocol owns the transport now, so uvicorn never
+        # calls our connection_lost, which is what drops the parser. The parser holds our bound
+        # callbacks, a cycle that left every upgraded connection's HTTP state (parser, deques,
+        # flow control, a transport reference) for the cyclic GC, and whatever a collection
+        # promoted waited for a full one. Dropped here, refcounting frees it at once.
+        self.parser = None  # type: ignore[assignment]
+
+
+class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol that answers every handshake it refuses."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self.handshake_initiated and self.conn.handshake_exc is not None:
+            # websockets rejected the request itself (414 or 431) and queued its answer.
+            _count("handshake_rejected", self.client)
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.handshake_complete = self.close_sent = True
+            self.transport.close()
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
+            # A refusal the application answered over HTTP is a finished handshake.
+            self.handshake_complete = True
+
+
+def guarded_protocols(
+    handshake_timeout: float,
+) -> tuple[type[HttpToolsProtocol], type[WebSocketsSansIOProtocol]]:
+    """The HTTP and WebSocket protocol classes for uvicorn's ``http=`` and ``ws=``."""
+    http_class = type(
+        "GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"handshake_timeout": handshake_timeout}
+    )
+    return http_class, GuardedWebSocketProtocol
+

@@ -1,0 +1,152 @@
+"""Connections that stall or overflow before their request completes: cut, answered, logged once."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+
+import psutil
+import pytest
+
+from tests.support import AppServer, http_get
+
+TIMEOUT = "0.5"
+# Generous: the server's deadline is TIMEOUT; this only stops a broken server hanging the test.
+EOF_BOUND = 15.0
+UPGRADE = (
+    b"Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
+@pytest.fixture
+def guarded(make_app: Callable[..., AppServer]) -> AppServer:
+    return make_app(env={"CHAT_HANDSHAKE_TIMEOUT": TIMEOUT})
+
+
+async def _open(app: AppServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", app.port)
+
+
+async def _response(app: AppServer, request: bytes) -> bytes:
+    reader, writer = await _open(app)
+    writer.write(request)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), EOF_BOUND)  # to EOF: the server closes
+    writer.close()
+    return answer
+
+
+def _cut(app: AppServer, reason: str) -> int:
+    _, body = http_get(app.base + "/metrics")
+    match = re.search(rf'chat_connections_cut_total{{reason="{reason}"}} (\S+)', body.decode())
+    return int(float(match.group(1))) if match else 0
+
+
+async def test_an_idle_connection_is_closed_after_the_timeout(guarded: AppServer) -> None:
+    reader, writer = await _open(guarded)
+    assert await asyncio.wait_for(reader.read(), EOF_BOUND) == b""  # EOF, no answer
+    writer.close()
+    assert _cut(guarded, "handshake_timeout") == 1
+    assert "connection cut before its request completed: handshake_timeout" in guarded.output()
+
+
+async def test_a_handshake_sent_a_byte_at_a_time_is_closed(guarded: AppServer) -> None:
+    reader, writer = await _open(guarded)
+    request = b"GET /ws/chat/lobby/ HTTP/1.1\r\n" + UPGRADE + b"\r\n"
+    closed = asyncio.ensure_future(reader.read())
+    sent = 0
+    # Never the whole request: the loop ends when the server has closed the socket.
+    while not closed.done() and sent < len(request) - 1:
+        writer.write(request[sent:sent + 1])
+        sent += 1
+        await asyncio.wait([closed], timeout=0.1)
+    assert await asyncio.wait_for(closed, EOF_BOUND) == b""
+    assert sent < len(request) - 1, "the server waited for the whole slow request"
+    writer.close()
+
+
+async def test_a_half_sent_http_request_is_closed(guarded: AppServer) -> None:
+    reader, writer = await _open(guarded)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    assert await asyncio.wait_for(reader.read(), EOF_BOUND) == b""
+    writer.close()
+
+
+async def test_a_kept_alive_connection_gets_the_same_deadline(guarded: AppServer) -> None:
+    reader, writer = await _open(guarded)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), EOF_BOUND)
+    assert head.startswith(b"HTTP/1.1 200")
+    writer.write(b"GET /healthz HTTP/1.1\r\n")  # the second request never completes
+    rest = await asyncio.wait_for(reader.read(), EOF_BOUND)
+    assert b"HTTP/1.1" not in rest.split(b"\r\n\r\n", 1)[-1]
+    writer.close()
+
+
+async def _closed(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(), EOF_BOUND) == b""
+    except ConnectionResetError:  # never accepted: libuv resets what it can't take when out of fds
+        return True
+
+
+async def test_stalled_sockets_that_exhaust_descriptors_are_cut_and_healthz_recovers(
+    guarded: AppServer,
+) -> None:
+    assert guarded.process is not None
+    # Few descriptors, then more stalled sockets than that: without the deadline the accepted
+    # ones are held forever and every later connection, /healthz included, is refused.
+    psutil.Process(guarded.process.pid).rlimit(psutil.RLIMIT_NOFILE, (96, 96))
+    stalled = [await _open(guarded) for _ in range(200)]
+    for reader, writer in stalled:
+        assert await _closed(reader)
+        writer.close()
+    status, _ = await asyncio.to_thread(http_get, guarded.base + "/healthz", EOF_BOUND)
+    assert status == 200
+    # Counted one by one, logged a few times at most.
+    assert _cut(guarded, "handshake_timeout") >= 50
+    assert guarded.output().count("handshake_timeout") < 10
+
+
+async def test_healthz_answers_while_many_sockets_stall(guarded: AppServer) -> None:
+    stalled = [await _open(guarded) for _ in range(300)]
+    status, _ = await asyncio.to_thread(http_get, guarded.base + "/healthz", EOF_BOUND)
+    assert status == 200
+    for reader, writer in stalled:
+        assert await _closed(reader)
+        writer.close()
+
+
+async def test_a_websocket_url_over_8_kb_gets_414(guarded: AppServer) -> None:
+    url = b"/ws/chat/lobby/?token=" + b"a" * 9 * 1024
+    answer = await _response(guarded, b"GET " + url + b" HTTP/1.1\r\n" + UPGRADE + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 414")
+
+
+async def test_a_plain_url_over_8_kb_gets_414(guarded: AppServer) -> None:
+    answer = await _response(guarded, b"GET /healthz?" + b"a" * 9 * 1024 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 414")
+
+
+@pytest.mark.parametrize("size", [9 * 1024, 40 * 1024])
+async def test_big_websocket_headers_get_431(guarded: AppServer, size: int) -> None:
+    big = b"X-Big: " + b"a" * size + b"\r\n"
+    answer = await _response(guarded, b"GET /ws/chat/lobby/ HTTP/1.1\r\n" + UPGRADE + big + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 431")
+
+
+async def test_big_http_headers_get_431(guarded: AppServer) -> None:
+    headers = b"".join(b"X-H%d: %s\r\n" % (i, b"a" * 1000) for i in range(40))
+    answer = await _response(guarded, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 431")
+
+
+async def test_a_refused_handshake_logs_its_reason_not_an_error(guarded: AppServer) -> None:
+    request = b"GET /ws/chat/lobby/ HTTP/1.1\r\nOrigin: http://elsewhere.example\r\n" + UPGRADE + b"\r\n"
+    for _ in range(5):
+        assert (await _response(guarded, request)).startswith(b"HTTP/1.1 403")
+    output = guarded.output()
+    assert "without completing handshake" not in output and "ERROR" not in output
+    assert output.count("handshake refused: 403 origin_not_allowed") == 1

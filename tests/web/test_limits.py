@@ -1,0 +1,97 @@
+"""Hostile numbers and bodies get a 4xx answer and the process carries on (real process)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from tests.support import AppServer
+
+TOKEN = "s3cret-token"
+BIG = 3 * 1024 * 1024  # over Django's 2.5 MB, where it answered an HTML 400
+
+
+@pytest.fixture
+def api(make_app: Callable[..., AppServer]) -> AppServer:
+    return make_app(env={"CHAT_API_TOKEN": TOKEN})
+
+
+@pytest.mark.parametrize("query", ["since=%C2%B2", "last=%C2%B9", "since=%D9%A3", "since=" + "9" * 5000])
+async def test_non_ascii_digits_refuse_the_handshake_with_400(api: AppServer, query: str) -> None:
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(f"{api.ws_url('lobby')}?{query}"):
+            pass
+    assert info.value.response.status_code == 400
+    assert json.loads(info.value.response.body)["code"] in {"bad_since", "bad_last"}
+
+
+@pytest.mark.parametrize("query", ["since=%C2%B2", "limit=%C2%B2", "limit=%EF%BC%91", "since=" + "9" * 5000])
+def test_non_ascii_digits_in_the_api_get_400(api: AppServer, query: str) -> None:
+    status, body = api.get(f"/api/rooms/lobby/messages?{query}")
+    assert status == 400 and body["code"] in {"bad_since", "bad_limit"}
+    assert api.get("/healthz")[0] == 200
+
+
+async def _post_raw(app: AppServer, head: bytes, body_chunks: list[bytes]) -> tuple[int, bytes]:
+    """Send a request (kept alive, as HTTP/1.1 clients do) while reading its one response."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+
+    async def send() -> None:
+        writer.write(head)
+        for chunk in body_chunks:
+            writer.write(chunk)
+            await writer.drain()
+
+    sending = asyncio.ensure_future(send())
+    response_head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 15)
+    headers = dict(
+        line.split(": ", 1) for line in response_head.decode("latin-1").lower().split("\r\n")[1:-2]
+    )
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    else:
+        body = _dechunk(await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 15))
+    await asyncio.wait_for(sending, 15)  # the server took the whole request, answered or not
+    writer.close()
+    return int(response_head.split()[1]), body
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while True:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return out
+        out, data = out + data[:size], data[size + 2:]
+
+
+HEAD = (b"POST /api/rooms/lobby/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Type: application/json\r\n")
+
+
+async def test_a_body_declared_too_large_gets_json_413_unread(api: AppServer) -> None:
+    status, body = await _post_raw(api, HEAD + b"Content-Length: %d\r\n\r\n" % BIG, [])
+    assert status == 413 and json.loads(body)["code"] == "body_too_large"
+
+
+@pytest.mark.parametrize("size", [300 * 1024, BIG])
+async def test_a_chunked_body_too_large_gets_json_413(api: AppServer, size: int) -> None:
+    piece = b"x" * 65536
+    chunks = [b"%x\r\n%s\r\n" % (len(piece), piece)] * (size // len(piece) + 1) + [b"0\r\n\r\n"]
+    status, body = await _post_raw(api, HEAD + b"Transfer-Encoding: chunked\r\n\r\n", chunks)
+    assert status == 413 and json.loads(body)["code"] == "body_too_large"
+    assert api.get("/healthz")[0] == 200
+
+
+async def test_a_chunked_body_within_the_limit_is_posted(api: AppServer) -> None:
+    data = json.dumps({"message": "chunked", "client_id": "k-chunked-1"}).encode()
+    chunks = [b"%x\r\n%s\r\n" % (len(data), data), b"0\r\n\r\n"]
+    status, body = await _post_raw(api, HEAD + b"Transfer-Encoding: chunked\r\n\r\n", chunks)
+    assert status == 201 and json.loads(body)["id"] == 1
+    assert api.get("/api/rooms/lobby/messages")[1]["messages"][0]["message"] == "chunked"
