@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tools import ROOT
-from tools.report import fmt, log, machine, ratio
+from tools.report import fmt, log, machine, ratio, with_sections_of
 from tools.swarm import raise_nofile
 
 REQUIRED_CONNECTIONS = 5000
@@ -336,7 +336,9 @@ def write(bench: dict[str, Any], args: argparse.Namespace) -> Path:
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(slim, indent=2) + "\n")
     link = os.path.relpath(Path(args.chart).resolve(), Path(args.markdown).resolve().parent)
-    Path(args.markdown).write_text(markdown(slim, link if drew else None))
+    target = Path(args.markdown)
+    old = target.read_text() if target.exists() else ""
+    target.write_text(with_sections_of(old, markdown(slim, link if drew else None)))
     return results
 
 

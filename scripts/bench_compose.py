@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -41,7 +40,7 @@ from scripts.compose_runtime import get_json
 from scripts.docker_env import docker_environment, state_dir
 from tools import traefik_config
 from tools.docker.base_images import is_stand_in
-from tools.report import median, table
+from tools.report import median, table, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOOR = "floor"
@@ -292,14 +291,6 @@ def markdown(result: dict[str, Any]) -> str:
     ])
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the marked section of BENCHMARKS.md, or append it."""
-    text = path.read_text() if path.exists() else ""
-    pattern = re.compile(re.escape(MARK_BEGIN) + r".*?" + re.escape(MARK_END), re.DOTALL)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    path.write_text(text.rstrip() + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -320,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     section = markdown(result)
     print(section, file=sys.stderr)
     if args.write:
-        write_section(ROOT / "BENCHMARKS.md", section)
+        write_section(ROOT / "BENCHMARKS.md", "bench-compose", section)
     print(json.dumps(result))
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from importlib import metadata
@@ -111,3 +112,28 @@ def emit(result: dict[str, Any], text: str, json_path: str | None) -> None:
 def log(message: str) -> None:
     """Progress for people, on stderr so that JSON on stdout stays clean."""
     print(message, file=sys.stderr, flush=True)
+
+
+# A part of BENCHMARKS.md that another script writes (containers, scale, soak) sits between
+# these marks; a script that rewrites the file keeps every such part it did not write.
+_SECTION = re.compile(r"<!-- (?P<name>[\w-]+): begin[^>]*-->.*?<!-- (?P=name): end -->", re.DOTALL)
+
+
+def marked_sections(text: str) -> dict[str, str]:
+    """The marked sections of a document, by name, marks included."""
+    return {found["name"]: found.group(0) for found in _SECTION.finditer(text)}
+
+
+def write_section(path: Path, name: str, section: str) -> None:
+    """Put ``section`` (marks included) in place of the document's section ``name``, or
+    append it."""
+    text = path.read_text() if path.exists() else ""
+    current = marked_sections(text).get(name)
+    text = text.replace(current, section) if current else text.rstrip() + "\n\n" + section
+    path.write_text(text.rstrip() + "\n")
+
+
+def with_sections_of(old: str, new: str) -> str:
+    """``new``, followed by the marked sections of ``old`` that ``new`` lacks."""
+    kept = [body for name, body in marked_sections(old).items() if name not in marked_sections(new)]
+    return "\n\n".join([new.rstrip(), *kept]).rstrip() + "\n"

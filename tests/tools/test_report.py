@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tools.report import median, percentiles, ratio, table
+from tools.report import marked_sections, median, percentiles, ratio, table, with_sections_of, write_section
 
 pytestmark = pytest.mark.unit
 
@@ -29,3 +31,24 @@ def test_table_aligns_columns() -> None:
     lines = text.splitlines()
     assert len({len(line) for line in lines}) == 1
     assert lines[2].split() == ["connect", "1.2"] and lines[3].split() == ["delivery", "-"]
+
+
+SCALE = "<!-- bench-scale: begin (make bench-scale) -->\n## Scale\n1\n<!-- bench-scale: end -->"
+
+
+def test_a_rewritten_benchmarks_file_keeps_the_sections_other_scripts_wrote() -> None:
+    old = "# Benchmarks\nold figures\n\n" + SCALE + "\n"
+    new = with_sections_of(old, "# Benchmarks\nnew figures\n")
+    assert "new figures" in new and "old figures" not in new
+    assert marked_sections(new) == {"bench-scale": SCALE}
+
+
+def test_a_section_is_replaced_in_place_or_appended(tmp_path: Path) -> None:
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# Benchmarks\n\n" + SCALE + "\n\ntail\n")
+    write_section(path, "bench-scale", SCALE.replace("\n1\n", "\n2\n"))
+    assert path.read_text().count("bench-scale: begin") == 1 and "\n2\n" in path.read_text()
+    assert path.read_text().endswith("tail\n")
+    write_section(path, "soak", "<!-- soak: begin -->\nS\n<!-- soak: end -->")
+    assert list(marked_sections(path.read_text())) == ["bench-scale", "soak"]
+
