@@ -2,8 +2,7 @@
 
 Keys of a room share the hash tag ``{room}`` so they live in one slot: on a Redis Cluster
 the script runs on one master, followed by ``WAIT`` when acks must mean "on a replica too"
-(app/history/replication.py). (``shard_index`` and the per-URL client list are what is left
-of the comma-separated shard list, which config now refuses: always one client here.)
+(app/history/replication.py).
 """
 
 from __future__ import annotations
@@ -16,10 +15,8 @@ from redis.exceptions import RedisError
 from app.history import replication
 from app.history.base import Appended, History, HistoryUnavailable, Replay, RoomState, new_epoch
 from app.history.batch import BatchedReads
-from app.layers.redis_internals import consistent_hash
 from app.protocol import FrameTemplate
 from app.redis_clients import cluster_client, redis_client
-from app.rooms import group_name
 
 # A room's sequence lives in one hash, ``meta`` = {epoch, base, seq}: one key, so the epoch and
 # the ids can never be lost apart (a flush, a restart without persistence, eviction and expiry
@@ -86,11 +83,6 @@ return {epoch, base, seq}
 NONCE_TTL = 30
 
 
-def shard_index(room: str, shards: int) -> int:
-    """The shard of a room: the one channels-redis's core layer picks for the room's group."""
-    return consistent_hash(group_name(room), shards)
-
-
 class RedisHistory(History):
     """Per-room Redis Streams; ids are ``<id>-0`` entry ids, so XRANGE reads by message id."""
 
@@ -98,19 +90,16 @@ class RedisHistory(History):
                  cluster: bool = False, min_replicas: int = 0, wait_timeout: float = 0.5) -> None:
         # A cluster is one client (it routes by slot; the keys of a room share one).
         self._cluster = cluster_client(urls) if cluster else None
-        self._clients: list[Any] = [self._cluster] if self._cluster else [redis_client(url) for url in urls]
+        self._client: Any = self._cluster if self._cluster else redis_client(urls[0])
         self._min_replicas = min_replicas
         self._wait_ms = max(1, round(wait_timeout * 1000))
-        self._scripts = [client.register_script(_APPEND) for client in self._clients]
-        self._state_scripts = [client.register_script(_STATE) for client in self._clients]
-        self._restart_scripts = [client.register_script(_RESTART) for client in self._clients]
+        self._append_script = self._client.register_script(_APPEND)
+        self._state_script = self._client.register_script(_STATE)
+        self._restart_script = self._client.register_script(_RESTART)
         self._max_len = max_len
         self._join_reads: BatchedReads[RoomState] = BatchedReads(self._read_states)
         self._ttl = ttl
         self._dedupe_ttl = dedupe_ttl
-
-    def _shard(self, room: str) -> int:
-        return shard_index(room, len(self._clients))
 
     @staticmethod
     def _keys(room: str) -> tuple[str, str]:
@@ -141,12 +130,12 @@ class RedisHistory(History):
     async def _run_append(self, room: str, keys: list[str], args: list[str | int]) -> Any:
         """The append script's reply, once ``min_replicas`` replicas have the write
         (app/history/replication.py); HistoryUnavailable when they do not in time."""
-        script = self._scripts[self._shard(room)]
+        script = self._append_script
         if self._cluster is not None:
             return (await self._replicated(room, [("EVAL", _APPEND, len(keys), *keys, *args)]))[0]
         if self._min_replicas:
             return await replication.script_then_wait(
-                self._clients[self._shard(room)], script, keys, args, self._min_replicas, self._wait_ms
+                self._client, script, keys, args, self._min_replicas, self._wait_ms
             )
         return await script(keys=keys, args=args)
 
@@ -160,16 +149,15 @@ class RedisHistory(History):
             if wanted:
                 replication.require_replicas(replies.pop(), wanted, ms)
             return replies
-        return await replication.commands_then_wait(self._clients[self._shard(room)], commands, wanted, ms)
+        return await replication.commands_then_wait(self._client, commands, wanted, ms)
 
     async def after(self, room: str, since: int, limit: int) -> Replay:
         meta, log = self._keys(room)
-        shard = self._shard(room)
         try:
-            async with self._clients[shard].pipeline(transaction=False) as pipe:
+            async with self._client.pipeline(transaction=False) as pipe:
                 pipe.xrange(log, min=f"({since}-0", max="+", count=limit)
                 pipe.xrange(log, min="-", max="+", count=1)
-                await self._state_scripts[shard](
+                await self._state_script(
                     keys=[meta, log], args=[new_epoch(), self._ttl], client=pipe
                 )
                 entries, oldest, raw_state = await pipe.execute()
@@ -182,11 +170,10 @@ class RedisHistory(History):
 
     async def latest(self, room: str, count: int) -> Replay:
         meta, log = self._keys(room)
-        shard = self._shard(room)
         try:
-            async with self._clients[shard].pipeline(transaction=False) as pipe:
+            async with self._client.pipeline(transaction=False) as pipe:
                 pipe.xrevrange(log, count=max(count, 1))
-                await self._state_scripts[shard](
+                await self._state_script(
                     keys=[meta, log], args=[new_epoch(), self._ttl], client=pipe
                 )
                 entries, raw_state = await pipe.execute()
@@ -197,7 +184,7 @@ class RedisHistory(History):
     async def state(self, room: str) -> RoomState:
         meta, log = self._keys(room)
         try:
-            raw = await self._state_scripts[self._shard(room)](
+            raw = await self._state_script(
                 keys=[meta, log], args=[new_epoch(), self._ttl]
             )
         except (RedisError, OSError) as exc:
@@ -207,7 +194,7 @@ class RedisHistory(History):
     async def restart(self, room: str, stale_epoch: str) -> RoomState:
         meta, log = self._keys(room)
         try:
-            raw = await self._restart_scripts[self._shard(room)](
+            raw = await self._restart_script(
                 keys=[meta, log], args=[stale_epoch, new_epoch(), self._ttl]
             )
         except (RedisError, OSError) as exc:
@@ -222,41 +209,38 @@ class RedisHistory(History):
     async def _read_states(self, rooms: list[str]) -> list[RoomState]:
         if len(rooms) == 1:
             return [await self.state(rooms[0])]
-        pipes = [client.pipeline(transaction=False) for client in self._clients]
+        pipe = self._client.pipeline(transaction=False)
         for room in rooms:
-            shard = self._shard(room)
-            await self._state_scripts[shard](
-                keys=list(self._keys(room)), args=[new_epoch(), self._ttl], client=pipes[shard]
-            )
-        return [_state(raw) for raw in await self._execute(pipes, rooms)]
+            await self._state_script(keys=list(self._keys(room)), args=[new_epoch(), self._ttl], client=pipe)
+        return [_state(raw) for raw in await self._execute(pipe)]
 
     async def states(self, rooms: list[str]) -> list[RoomState | None]:
         """Read-only (nothing is drawn): the tail watcher's batched look at every room."""
-        pipes = [client.pipeline(transaction=False) for client in self._clients]
+        if not rooms:
+            return []
+        pipe = self._client.pipeline(transaction=False)
         for room in rooms:
-            pipes[self._shard(room)].hmget(self._keys(room)[0], "epoch", "base", "seq")
+            pipe.hmget(self._keys(room)[0], "epoch", "base", "seq")
         return [
             RoomState(epoch=raw[0].decode(), base=int(raw[1]), last_id=int(raw[2])) if raw[0] else None
-            for raw in await self._execute(pipes, rooms)
+            for raw in await self._execute(pipe)
         ]
 
-    async def _execute(self, pipes: list[Any], rooms: list[str]) -> list[Any]:
+    @staticmethod
+    async def _execute(pipe: Any) -> list[Any]:
         try:
-            results = [iter(await pipe.execute()) if len(pipe) else iter(()) for pipe in pipes]
+            return list(await pipe.execute())
         except (RedisError, OSError) as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
-        return [next(results[self._shard(room)]) for room in rooms]
 
     async def ping(self) -> None:
         try:
-            for client in self._clients:
-                await client.ping()
+            await self._client.ping()
         except (RedisError, OSError) as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def close(self) -> None:
-        for client in self._clients:
-            await client.aclose()
+        await self._client.aclose()
 
 
 def _state(raw: list[Any]) -> RoomState:

@@ -10,7 +10,7 @@ import pytest
 
 from app.history import History, HistoryUnavailable
 from app.history.memory import MemoryHistory
-from app.history.redis import RedisHistory, shard_index
+from app.history.redis import RedisHistory
 from app.protocol import message_template
 from tools.procs import RedisServer
 
@@ -142,16 +142,6 @@ async def test_memory_rooms_expire_after_inactivity() -> None:
     # The room's ids started over, so they are in a new epoch.
     assert appended.id == 1 and appended.state.epoch != epoch
     assert [i for i, _ in (await backend.latest("r", 5)).frames] == [1]
-
-
-@pytest.mark.unit
-def test_rooms_spread_over_shards_like_channel_groups() -> None:
-    from channels_redis.utils import _consistent_hash
-
-    from app.rooms import group_name
-
-    for room in ["a", "lobby", "x" * 64, "room.7"]:
-        assert shard_index(room, 3) == _consistent_hash(group_name(room), 3)
 
 
 async def test_a_room_has_one_epoch_until_its_ids_start_over(history: History) -> None:
