@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from app.protocol import is_typing_frame
 from tests.support import AppServer
 
 API_TOKEN = "property-test-api-token"
@@ -114,6 +115,10 @@ def expected_text(raw: str | bytes) -> str | None:
     return message if isinstance(message, str) else None
 
 
+# Frames the server sends on its own (broadcasts, presence, typing), between the answers.
+NOTICES = {"message", "presence", "join", "leave", "presence_diff", "typing", "gap", "reset"}
+
+
 def recv_json(ws: ClientConnection) -> dict[str, Any]:
     frame = json.loads(ws.recv(timeout=TIMEOUT))
     assert isinstance(frame, dict)
@@ -149,7 +154,7 @@ class Room:
         marker = f"marker-{uuid.uuid4().hex}"
         self.poster.send(json.dumps({"message": marker}))
         while (reply := recv_json(self.poster))["type"] != "ack":
-            assert reply["type"] == "message", reply
+            assert reply["type"] in NOTICES, reply
         self.ack(reply["id"], marker)
         try:
             while recv_json(self.bystander).get("id") != reply["id"]:
@@ -196,11 +201,13 @@ def send_and_collect(room: Room, attacker: ClientConnection, frames: list[str]) 
     try:
         for frame in frames:
             attacker.send(frame)
-        # Frames are answered in order, one ack or error each (or a close for what is refused
+        # Frames are answered in order, one ack or error each (typing: none) (or a close for what is refused
         # at the protocol level, such as an oversized frame).
         for frame in frames:
+            if is_typing_frame(frame):
+                continue  # relayed to the others, never answered
             reply = recv_json(attacker)
-            while reply["type"] == "message":
+            while reply["type"] in NOTICES:
                 reply = recv_json(attacker)
             assert reply["type"] in {"ack", "error"}, reply
             if reply["type"] == "ack":
