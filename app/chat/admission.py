@@ -13,8 +13,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from app import metrics
-from app.process.logs import Throttled
 from app.protocol import JSON_HEADERS
+from app.throttled_log import Throttled
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

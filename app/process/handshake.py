@@ -30,7 +30,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from app import metrics
-from app.process.logs import Throttled
+from app.throttled_log import Throttled
 
 # Beyond these, a request is refused rather than buffered. 8 KB is websockets' own request-line
 # limit (and nginx's default buffer); the page's longest legitimate URL is a JWT naming rooms.

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import logging
 import re
-import time
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -66,31 +65,6 @@ def redact(message: str) -> str:
     if ":" in cleaned and ("< " in cleaned or "> " in cleaned):
         cleaned = _HEADER_LINE.sub(r"\1 " + REDACTED, cleaned)
     return message if cleaned == message else cleaned
-
-
-class Throttled:
-    """At most one line per key per interval, each saying how many were held back.
-
-    For events a client can cause at will (refused handshakes, cut connections): the first
-    is logged at once, a flood costs one line per interval.
-    """
-
-    def __init__(self, logger: logging.Logger, interval: float) -> None:
-        self._logger = logger
-        self._interval = interval
-        self._next: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def info(self, key: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now < self._next.get(key, 0.0):
-            self._held[key] = self._held.get(key, 0) + 1
-            return
-        self._next[key] = now + self._interval
-        held = self._held.pop(key, 0)
-        if held:
-            msg, args = msg + " (and %d more like it in the last %.0fs)", (*args, held, self._interval)
-        self._logger.info(msg, *args)
 
 
 def log_config(level: str) -> dict[str, Any]:

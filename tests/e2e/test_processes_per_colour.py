@@ -43,7 +43,7 @@ async def test_traefik_balances_and_a_deploy_drains_every_process_at_once(two_pe
     assert state.members("blue") == ["blue", "blue.1"]
     url = state.web_url.replace("http://", "ws://") + "/ws/chat/spread/"
     clients = [await Client.connect(url) for _ in range(6)]
-    per_process = [await asyncio.to_thread(connections_at, url) for url in state.app_urls("blue")]
+    per_process = [await asyncio.to_thread(connections_at, url) for url in state.color_urls("blue")]
     counts = [count or 0 for count in per_process]
     assert None not in per_process and sum(counts) == 6 and min(counts) > 0, per_process  # both serve
 
@@ -65,7 +65,7 @@ async def test_traefik_balances_and_a_deploy_drains_every_process_at_once(two_pe
 def test_drill_two_processes_per_colour_on_a_cluster(tmp_path: Path) -> None:
     """`make drill DRILL_ARGS="--processes 2 --cluster"` at CI size: zero loss."""
     code, report, output = run_script(
-        "drill.py", "--processes", "2", "--cluster", "--clients", "40", "--rooms", "4",
+        "drill", "--processes", "2", "--cluster", "--clients", "40", "--rooms", "4",
         "--settle", "1.5", "--state-dir", str(tmp_path / "stack"),
         json_path=tmp_path / "drill.json", timeout=240)
     assert code == 0, output

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis as redis_py
 
-from tests.support import AppServer, Client, RedisServer
+from tests.support import PRESENCE_FRAMES, AppServer, Client, RedisServer
 
 
 class Recorder:
@@ -29,8 +29,10 @@ class Recorder:
 
     async def _read(self) -> None:
         async for raw in self.client.ws:
-            self.frames.append(json.loads(raw))
-            self.changed.set()
+            frame = json.loads(raw)
+            if frame["type"] not in PRESENCE_FRAMES:  # who is here is not this test's subject
+                self.frames.append(frame)
+                self.changed.set()
 
     async def until(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 15) -> None:
         async def wait() -> None:

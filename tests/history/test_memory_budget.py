@@ -46,9 +46,10 @@ async def test_least_recently_used_rooms_go_first() -> None:
         await history.append(f"r{n}", _template(f"r{n}", "y" * 4000), None)
         await history.latest("kept", 1)  # read on every turn: recently used
     assert history.bytes_held <= BUDGET
-    assert [i for i, _ in await history.latest("kept", 10)] == [1]
-    assert await history.latest("r0", 10) == [] and await history.last_id("r0") == 0
-    assert len(await history.latest("r399", 10)) == 1
+    assert [i for i, _ in (await history.latest("kept", 10)).frames] == [1]
+    dropped = await history.latest("r0", 10)  # dropped: a fresh room, in a new epoch
+    assert dropped.frames == [] and dropped.state.last_id == 0
+    assert len((await history.latest("r399", 10)).frames) == 1
 
 
 async def test_one_room_larger_than_the_budget_keeps_its_newest_messages() -> None:

@@ -40,7 +40,7 @@ def test_an_unknown_argument_is_an_error_not_a_started_server() -> None:
     [
         ({"PORT": "80000"}, "PORT must be from 0 to 65535"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL must be one of"),
-        ({"REDIS_URL": "notaurl"}, "REDIS_URL entries must start with one of"),
+        ({"REDIS_URL": "notaurl"}, "REDIS_URL: expected redis://"),
     ],
 )
 def test_a_bad_setting_exits_2_with_one_line(env: dict[str, str], needle: str) -> None:
