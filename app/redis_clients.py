@@ -12,12 +12,16 @@ from urllib.parse import unquote, urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
 
 from app.redis_options import DRIVER, RETRY  # RETRY: single Redis only
 from app.redis_url import seed_address
 
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
+
+# What a call to one Redis or a cluster can fail with: each means the store did not answer.
+FAILURES: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 
 
 def redis_client(url: str, max_connections: int = 64) -> aioredis.Redis:

@@ -7,16 +7,15 @@ the script runs on one master, followed by ``WAIT`` when acks must mean "on a re
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from typing import Any
-
-from redis.exceptions import RedisError
 
 from app.history import replication
 from app.history.base import Appended, History, HistoryUnavailable, Replay, RoomState, new_epoch
 from app.history.batch import BatchedReads
 from app.protocol import FrameTemplate
-from app.redis_clients import cluster_client, redis_client
+from app.redis_clients import FAILURES, cluster_client, redis_client
 
 # A room's sequence lives in one hash, ``meta`` = {epoch, base, seq}: one key, so the epoch and
 # the ids can never be lost apart (a flush, a restart without persistence, eviction and expiry
@@ -120,7 +119,7 @@ class RedisHistory(History):
             )
             if duplicate and self._min_replicas:
                 await self._replicated(room, [("EXPIRE", dedupe_key, dedupe_ttl)])
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
         state = RoomState(epoch=epoch.decode(), base=int(base), last_id=int(seq))
         if duplicate:
@@ -154,14 +153,20 @@ class RedisHistory(History):
     async def after(self, room: str, since: int, limit: int) -> Replay:
         meta, log = self._keys(room)
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.xrange(log, min=f"({since}-0", max="+", count=limit)
-                pipe.xrange(log, min="-", max="+", count=1)
-                await self._state_script(
-                    keys=[meta, log], args=[new_epoch(), self._ttl], client=pipe
-                )
-                entries, oldest, raw_state = await pipe.execute()
-        except (RedisError, OSError) as exc:
+            if self._cluster is not None:
+                # Scripts cannot be pipelined on a cluster: one batch on the room's master.
+                entries, oldest, raw_state = await replication.on_slot_master(self._cluster, meta, [
+                    ("XRANGE", log, f"({since}-0", "+", "COUNT", limit),
+                    ("XRANGE", log, "-", "+", "COUNT", 1),
+                    ("EVAL", _STATE, 2, meta, log, new_epoch(), self._ttl),
+                ])
+            else:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    pipe.xrange(log, min=f"({since}-0", max="+", count=limit)
+                    pipe.xrange(log, min="-", max="+", count=1)
+                    await self._state_script(keys=[meta, log], args=[new_epoch(), self._ttl], client=pipe)
+                    entries, oldest, raw_state = await pipe.execute()
+        except FAILURES as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
         state = _state(raw_state)
         first_held = _entry_id(oldest[0][0]) if oldest else state.last_id + 1
@@ -171,13 +176,17 @@ class RedisHistory(History):
     async def latest(self, room: str, count: int) -> Replay:
         meta, log = self._keys(room)
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.xrevrange(log, count=max(count, 1))
-                await self._state_script(
-                    keys=[meta, log], args=[new_epoch(), self._ttl], client=pipe
-                )
-                entries, raw_state = await pipe.execute()
-        except (RedisError, OSError) as exc:
+            if self._cluster is not None:
+                entries, raw_state = await replication.on_slot_master(self._cluster, meta, [
+                    ("XREVRANGE", log, "+", "-", "COUNT", max(count, 1)),
+                    ("EVAL", _STATE, 2, meta, log, new_epoch(), self._ttl),
+                ])
+            else:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    pipe.xrevrange(log, count=max(count, 1))
+                    await self._state_script(keys=[meta, log], args=[new_epoch(), self._ttl], client=pipe)
+                    entries, raw_state = await pipe.execute()
+        except FAILURES as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
         return Replay(frames=_frames(reversed(entries)) if count > 0 else [], state=_state(raw_state))
 
@@ -187,7 +196,7 @@ class RedisHistory(History):
             raw = await self._state_script(
                 keys=[meta, log], args=[new_epoch(), self._ttl]
             )
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
         return _state(raw)
 
@@ -197,7 +206,7 @@ class RedisHistory(History):
             raw = await self._restart_script(
                 keys=[meta, log], args=[stale_epoch, new_epoch(), self._ttl]
             )
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
         return _state(raw)
 
@@ -207,8 +216,9 @@ class RedisHistory(History):
         return await self._join_reads.get(room)
 
     async def _read_states(self, rooms: list[str]) -> list[RoomState]:
-        if len(rooms) == 1:
-            return [await self.state(rooms[0])]
+        if len(rooms) == 1 or self._cluster is not None:
+            # On a cluster each room's script runs on its own master: one call each, together.
+            return list(await asyncio.gather(*(self.state(room) for room in rooms)))
         pipe = self._client.pipeline(transaction=False)
         for room in rooms:
             await self._state_script(keys=list(self._keys(room)), args=[new_epoch(), self._ttl], client=pipe)
@@ -230,13 +240,13 @@ class RedisHistory(History):
     async def _execute(pipe: Any) -> list[Any]:
         try:
             return list(await pipe.execute())
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def ping(self) -> None:
         try:
             await self._client.ping()
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def close(self) -> None:

@@ -13,10 +13,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from app.presence.base import PresenceStore, PresenceUnavailable, RoomChange, RoomState
 from app.presence.rules import MEMBERS_MAX
+from app.redis_clients import FAILURES
 
 # KEYS: members (zset), version. ARGV: hold_ms, release_ms, key_ttl_ms, sample, nhold,
 # then the held users, then the released ones. Mirrors app.presence.rules.Roster.step.
@@ -115,7 +114,7 @@ class RedisPresence(PresenceStore):
                 for change in changes:
                     await self._step(keys=self._keys(change.room), args=self._args(change), client=pipe)
                 results = await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             raise PresenceUnavailable(str(exc) or type(exc).__name__) from exc
         states = []
         for count, version, joined, left, members, next_ms in results:
@@ -128,7 +127,7 @@ class RedisPresence(PresenceStore):
     async def read(self, room: str, limit: int) -> tuple[int, list[str]]:
         try:
             count, members = await self._read(keys=self._keys(room)[:1], args=[limit])
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             raise PresenceUnavailable(str(exc) or type(exc).__name__) from exc
         return int(count), _names(members)
 
