@@ -27,12 +27,14 @@ def frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-def open_socket(port: int, path: str = "/ws/chat/lobby/", rcvbuf: int | None = None) -> socket.socket:
-    """Connect and complete the handshake; returns the socket with the 101 consumed."""
+def open_socket(port: int, path: str = "/ws/chat/lobby/", rcvbuf: int | None = None,
+                timeout: float = 10) -> socket.socket:
+    """Connect and complete the handshake; returns the socket with the 101 consumed.
+    ``timeout`` bounds each read, so a server that never answers fails the test."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(10)
+    sock.settimeout(timeout)
     sock.connect(("127.0.0.1", port))
     sock.sendall(HANDSHAKE.format(path=path, port=port).encode())
     response = b""
