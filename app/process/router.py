@@ -44,6 +44,7 @@ class Router:
         self.budget = ShutdownBudget(config.shutdown_timeout)
         self.defer_start = False
         self.wired: Wired | None = None
+        self._wiring_done = asyncio.Event()  # set once warm-up has wired the chat (or failed)
         self._warmup: asyncio.Task[None] | None = None
         self._http_app: WebSocketApp | None = None
         self._http_app_task: asyncio.Future[WebSocketApp] | None = None
@@ -65,18 +66,27 @@ class Router:
 
     def _loaded(self, wired: Wired) -> None:
         self.wired = wired
+        self._wiring_done.set()
 
     def _warmup_done(self, task: asyncio.Task[None]) -> None:
+        self._wiring_done.set()  # an HTTP request waiting on a failed warm-up gets its error
         if not task.cancelled() and task.exception() is not None:
             logger.error("warm-up failed", exc_info=task.exception())
             self.lifecycle.set_unavailable(f"warm-up failed: {task.exception()}"[:200])
 
     def _build_http_app(self) -> asyncio.Future[WebSocketApp]:
         if self._http_app_task is None:
-            from app.process.wiring import django_http_app
-
-            self._http_app_task = asyncio.ensure_future(asyncio.to_thread(django_http_app))
+            self._http_app_task = asyncio.ensure_future(self._http_app_when_wired())
         return self._http_app_task
+
+    async def _http_app_when_wired(self) -> WebSocketApp:
+        # The views need the wired chat services; a request before that waits for warm-up.
+        await self._wiring_done.wait()
+        if self.wired is None:
+            raise RuntimeError("warm-up failed: the HTTP app has no chat services")
+        from app.process.wiring import django_http_app
+
+        return await asyncio.to_thread(django_http_app, self.wired.chat)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -33,7 +33,6 @@ def load(config: Config) -> Wired:
     from app.chat.routes import websocket_application
     from app.history import create_history
     from app.presence import create_presence
-    from app.web import views
 
     if config.auth == "jwt":
         import app.chat.auth  # noqa: F401  (PyJWT: ~40 ms, paid only when tokens are used)
@@ -45,7 +44,6 @@ def load(config: Config) -> Wired:
         flush_layer_on_close=config.redis_enabled,
         presence=create_presence(config, layer),
     )
-    views.configure(chat)
     return Wired(chat=chat, websocket_app=websocket_application(chat))
 
 
@@ -66,14 +64,18 @@ def setup_django() -> None:
     apps.populate(settings.INSTALLED_APPS)
 
 
-def django_http_app() -> WebSocketApp:
-    """Django's ASGI app with its URLconf imported. Blocking: run it in a thread."""
+def django_http_app(chat: ChatServices) -> WebSocketApp:
+    """Django's ASGI app with its URLconf imported and its views given ``chat``. Blocking:
+    run it in a thread. Not on the way to ready: the views import django.http (~100 ms)."""
     setup_django()
     from django.core.asgi import get_asgi_application
     from django.urls import get_resolver
 
+    from app.web import views
     from app.web.body_limit import BodyLimit
     from app.web.views import MAX_BODY_BYTES
+
+    views.configure(chat)
 
     handler = BodyLimit(get_asgi_application(), MAX_BODY_BYTES)
     _ = get_resolver().url_patterns  # import the URLconf and views now, not on a user's request
