@@ -282,8 +282,10 @@ class ChatConsumer(SerialConsumer):
                     await self._fill_gap(replay.state.last_id + 1)
                 return False
         except HistoryUnavailable:
-            await self._send_text(gap_frame(self.last_id + 1, upto - 1))
-            return True
+            # Not a gap: the messages are durable, history just did not answer this time.
+            # The member stays where it is; the next message or the tail watcher's nudge
+            # fills it once history answers, so nothing is skipped.
+            return False
         if replay.missing is not None:
             await self._send_text(gap_frame(replay.missing[0], min(replay.missing[1], upto - 1)))
         for message_id, frame in replay.frames:
