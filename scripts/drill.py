@@ -458,7 +458,6 @@ async def drill(state: StackState, clients: int, rooms: int, rate: float, settle
     problems += fault_problems(fault, faults, deploys)
     presence, presence_trouble = presence_problems(members, secret)
     problems += presence_trouble
-    failures = sum((m.failures for m in members), Counter())
     return {
         "ok": not problems,
         "clients": clients,
@@ -468,14 +467,7 @@ async def drill(state: StackState, clients: int, rooms: int, rate: float, settle
         "expected_close": expected_close,
         "duration_s": round(time.monotonic() - began, 2),
         "timeline": timeline,
-        "messages_sent": sum(m.sent for m in members),
-        **result["totals"],
-        "close_codes": {str(code): count for code, count in sorted(closes.items())},
-        "reconnects": sum(m.connects for m in members) - clients,
-        "failed_connect_attempts": sum(m.failed_attempts for m in members),
-        "max_failed_attempts_per_client": max((m.failed_attempts for m in members), default=0),
-        "connect_failures": dict(failures.most_common()),
-        "resent": sum(m.resent for m in members),
+        **client_figures(members, closes, result["totals"]),
         "connect_failures_seen": sorted({m.last_failure for m in members if m.last_failure})[:5],
         "client_errors": len(client_errors),
         "deploys": deploys,
@@ -484,6 +476,20 @@ async def drill(state: StackState, clients: int, rooms: int, rate: float, settle
         "ended_on": checks,
         "problems_total": len(problems),
         "problems": problems[:MAX_PROBLEMS],
+    }
+
+
+def client_figures(members: list[Member], closes: Counter[int], totals: dict[str, Any]) -> dict[str, Any]:
+    """The report's figures about the clients, shared by the local and the compose drill."""
+    return {
+        "messages_sent": sum(m.sent for m in members),
+        **totals,
+        "close_codes": {str(code): count for code, count in sorted(closes.items())},
+        "reconnects": sum(m.connects for m in members) - len(members),
+        "failed_connect_attempts": sum(m.failed_attempts for m in members),
+        "max_failed_attempts_per_client": max((m.failed_attempts for m in members), default=0),
+        "connect_failures": dict(sum((m.failures for m in members), Counter()).most_common()),
+        "resent": sum(m.resent for m in members),
     }
 
 
