@@ -13,8 +13,6 @@ from dataclasses import dataclass
 MAX_CLIENT_ID_CHARS = 64
 MAX_USER_CHARS = 64
 MAX_EPOCH_CHARS = 64
-# Every JSON answer the service makes outside Django (probes, refused handshakes).
-JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 # In a Python str every surrogate code point is unpaired (json.loads joins valid pairs), and

@@ -13,12 +13,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from app import metrics
-from app.protocol import JSON_HEADERS
 from app.throttled_log import Throttled
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+# Every JSON answer the service makes outside Django (probes, refused handshakes). Here, not
+# in app.protocol: the router needs it before listening, and the frame rules can wait.
+JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 
 logger = logging.getLogger("parley")
 _refusals = Throttled(logger, interval=10.0)

@@ -7,10 +7,12 @@ count of open chat sockets that the ``chat_connections_open`` gauge reports.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from app.chat import hangup
-from app.history.base import RoomState
+
+if TYPE_CHECKING:  # history (and the frame rules under it) loads after listening
+    from app.history.base import RoomState
 
 
 class Member(Protocol):

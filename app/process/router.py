@@ -12,11 +12,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from app import metrics
-from app.chat.admission import Receive, Scope, Send, deny, header, origin_allowed
+from app.chat.admission import JSON_HEADERS, Receive, Scope, Send, deny, header, origin_allowed
 from app.config import Config
 from app.process.budget import ShutdownBudget
 from app.process.lifecycle import HEALTHZ, Lifecycle
-from app.protocol import JSON_HEADERS
 
 if TYPE_CHECKING:  # wiring imports the chat stack, which /healthz must not wait for
     from app.process.wiring import WebSocketApp, Wired

@@ -20,6 +20,17 @@ def test_importing_the_asgi_app_imports_no_django() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_what_runs_before_listening_leaves_the_chat_stack_to_warm_up() -> None:
+    # /healthz answers once the socket listens: everything imported before that delays it.
+    # The frame rules, history, presence and the layers load in warm-up, off the probes' path.
+    later = ("app.protocol", "app.history", "app.presence", "app.layers", "app.web",
+             "app.chat.consumer", "app.chat.services", "app.process.warmup", "app.process.wiring")
+    code = (f"import sys, app.asgi, app.process.server; later = {later!r}; "
+            "print(sorted(m for m in sys.modules if m.startswith(later)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 async def call(router: Router, path: str) -> tuple[int, dict[str, str], bytes]:
     sent: list[dict] = []
 
