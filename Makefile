@@ -46,7 +46,7 @@ lint: $(DEV_STAMP)  ## ruff over the repository, mypy over app, tools, scripts, 
 bench: $(DEV_STAMP)  ## startup, shutdown and load benchmarks with the floor; writes BENCHMARKS.md
 	$(PY) -m scripts.bench $(BENCH_ARGS)
 
-bench-scale: $(DEV_STAMP)  ## 100,000 sockets over 6 processes on a Redis Cluster (heavy): BENCH_SCALE_ARGS=--sockets 10000
+bench-scale: $(DEV_STAMP)  ## 100,000 sockets over 6 processes on a Redis Cluster, then single Redis vs cluster (heavy): BENCH_SCALE_ARGS="--sockets 10000 --write"
 	$(PY) -m scripts.bench_scale $(BENCH_SCALE_ARGS)
 
 loadtest: $(DEV_STAMP)  ## 5,000 WebSockets against URL (default: a server it starts)

@@ -13,10 +13,14 @@ memory per socket (RSS growth over all app processes), server CPU per delivery a
 broadcast latency percentiles over every delivery.
 
 Rooms are per app process here (each swarm names its own), so a broadcast goes through the
-cluster's sharded pub/sub back to the members' process; the cutover-at-scale leg (9,000
-clients through Traefik, blue->green) is not part of this script yet.
+cluster's sharded pub/sub back to the members' process.
+
+Then, in the same run, ``--compare-sockets`` sockets on one app process twice: on a single
+redis-server and on the cluster, several broadcasts per room, for the server CPU per
+delivery of each and their ratio (what the cluster costs a delivery).
 
 Heavy: on the 2-core development machine run it once, smallest first (``--sockets 10000``).
+``--write`` puts the figures into BENCHMARKS.md (its ``bench-scale`` section).
 """
 
 from __future__ import annotations
@@ -28,11 +32,17 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Any
 
-from tools import cli
+from tools import ROOT, cli
 from tools.cluster import RedisClusterServers
-from tools.report import log, machine, percentiles, table
+from tools.procs import AppServer, RedisServer
+from tools.report import log, machine, percentiles, ratio, table, write_section
 from tools.swarm import Swarm, raise_nofile
 from tools.targets import per_unit, require_loopback, start_server, usage
+
+# Broadcasts per room in the single-vs-cluster comparison: enough deliveries for a CPU figure.
+COMPARE_MESSAGES = 5
+MARK_BEGIN = "<!-- bench-scale: begin (scripts/bench_scale.py --write) -->"
+MARK_END = "<!-- bench-scale: end -->"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=600, help="handshakes in flight, all swarms")
     parser.add_argument("--delivery-timeout", type=float, default=60.0)
     parser.add_argument("--open-timeout", type=float, default=60.0)
+    parser.add_argument("--compare-sockets", type=int, default=10_000,
+                        help="sockets of the single-Redis vs cluster comparison (0: skip it)")
+    parser.add_argument("--write", action="store_true", help="put the figures into BENCHMARKS.md")
     parser.add_argument("--json", metavar="PATH", help="write the JSON here ('-': stdout)")
     args = parser.parse_args(argv)
     if args.app_processes < 1 or args.sockets < args.app_processes:
@@ -57,34 +70,76 @@ def _split(total: int, parts: int) -> list[int]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     raise_nofile()  # before starting the apps, so that they inherit the raised limit
     cluster = RedisClusterServers().start()
-    apps = []
     try:
-        env = {"CHAT_MAX_CONNECTIONS": str(args.sockets)}
-        apps = [start_server("app", redis_url=cluster.url, env=env) for _ in range(args.app_processes)]
-        return measure(args, cluster, apps)
+        main = leg(args, cluster.url, args.sockets, args.app_processes, messages=1)
+        comparison = compare(args, cluster) if args.compare_sockets else None
     finally:
-        for app in apps:
-            app.cleanup()
         cluster.cleanup()
+    failures = main.pop("failures") + (comparison["failures"] if comparison else [])
+    return {
+        "tool": "bench_scale",
+        "config": {"sockets": args.sockets, "app_processes": args.app_processes,
+                   "rooms": args.rooms_per_process * args.app_processes,
+                   "cluster": "3 masters + 3 replicas"},
+        **main,
+        "single_vs_cluster": comparison,
+        "machine": machine(),
+        "ok": not failures,
+        "failures": failures,
+    }
 
 
-def measure(args: argparse.Namespace, cluster: RedisClusterServers, apps: list[Any]) -> dict[str, Any]:
-    shares = _split(args.sockets, len(apps))
-    pids = [app.process.pid for app in apps]
+def compare(args: argparse.Namespace, cluster: RedisClusterServers) -> dict[str, Any]:
+    """Server CPU per delivery, one app process on a single Redis and on the cluster, in this
+    run: what sharded pub/sub and the cluster client cost per delivery."""
+    legs: dict[str, dict[str, Any]] = {}
+    single = RedisServer().start()
+    try:
+        legs["single"] = leg(args, single.url, args.compare_sockets, 1, messages=COMPARE_MESSAGES)
+    finally:
+        single.cleanup()
+    legs["cluster"] = leg(args, cluster.url, args.compare_sockets, 1, messages=COMPARE_MESSAGES)
+    cpu = {name: result["cpu_us_per_delivery"] for name, result in legs.items()}
+    return {
+        "sockets": args.compare_sockets,
+        "messages_per_room": COMPARE_MESSAGES,
+        "legs": legs,
+        "cpu_ratio_cluster_to_single": ratio(cpu["cluster"], cpu["single"]),
+        "failures": [f"{name}: {text}" for name, result in legs.items() for text in result["failures"]],
+    }
+
+
+def leg(args: argparse.Namespace, redis_url: str, sockets: int, processes: int,
+        messages: int) -> dict[str, Any]:
+    """Start ``processes`` app processes on ``redis_url``, connect ``sockets`` over them, send
+    ``messages`` per room, and measure; the processes are stopped again."""
+    env = {"CHAT_MAX_CONNECTIONS": str(sockets)}
+    with ExitStack() as stack:
+        apps = []
+        for _ in range(processes):
+            apps.append(start_server("app", redis_url=redis_url, env=env))
+            stack.callback(apps[-1].cleanup)
+        return measure(args, apps, sockets, messages)
+
+
+def measure(args: argparse.Namespace, apps: list[AppServer], sockets: int, messages: int) -> dict[str, Any]:
+    shares = _split(sockets, len(apps))
+    pids = [app.process.pid if app.process else None for app in apps]
     concurrency = max(1, args.concurrency // len(apps))
     with ExitStack() as stack, ThreadPoolExecutor(len(apps)) as pool:
         swarms = [stack.enter_context(Swarm(require_loopback(app.base), share, args.rooms_per_process,
                                             concurrency, open_timeout=args.open_timeout))
                   for app, share in zip(apps, shares, strict=True)]
-        log(f"bench-scale: {args.sockets} sockets over {len(apps)} app processes on a 3-master cluster")
+        log(f"bench-scale: {sockets} sockets over {len(apps)} app processes")
         before = [usage(pid) for pid in pids]
         began = time.monotonic()
         connects = list(pool.map(lambda s: s.connect(True), swarms))
         connect_s = time.monotonic() - began
         connected_usage = [usage(pid) for pid in pids]
         connected = sum(c["connected"] for c in connects)
-        log(f"bench-scale: {connected}/{args.sockets} connected in {connect_s:.1f}s; one broadcast per room")
-        broadcasts = list(pool.map(lambda s: s.broadcast(1, 0.0, args.delivery_timeout), swarms))
+        log(f"bench-scale: {connected}/{sockets} connected in {connect_s:.1f}s; "
+            f"{messages} broadcast(s) per room")
+        broadcasts = list(pool.map(lambda s: s.broadcast(messages, 0.0, args.delivery_timeout), swarms))
         delivered_usage = [usage(pid) for pid in pids]
         list(pool.map(lambda s: s.close(), swarms))
 
@@ -102,14 +157,11 @@ def measure(args: argparse.Namespace, cluster: RedisClusterServers, apps: list[A
                        if u1 and u2)
     latency = percentiles([x for b in broadcasts for x in b["latency_ms"]])
     failures = []
-    if connected < args.sockets:
-        failures.append(f"only {connected} of {args.sockets} connected")
+    if connected < sockets:
+        failures.append(f"only {connected} of {sockets} connected")
     if received < expected or any(b["missing"] for b in broadcasts):
         failures.append(f"{expected - received} of {expected} deliveries missing")
     return {
-        "tool": "bench_scale",
-        "config": {"sockets": args.sockets, "app_processes": len(apps),
-                   "rooms": args.rooms_per_process * len(apps), "cluster": "3 masters + 3 replicas"},
         "connected": connected,
         "connect_s": round(connect_s, 2),
         "delivered": received,
@@ -119,8 +171,6 @@ def measure(args: argparse.Namespace, cluster: RedisClusterServers, apps: list[A
         "cpu_us_per_delivery": round(cpu_delivery * 1e6 / received, 1) if received else None,
         "broadcast_ms": {k: (round(v, 1) if v is not None else None) for k, v in latency.items()},
         "per_process": per_process,
-        "machine": machine(),
-        "ok": not failures,
         "failures": failures,
     }
 
@@ -136,12 +186,71 @@ def render(result: dict[str, Any]) -> str:
     rows = [(p["pid"], p["sockets"], p["received"], p["kb_per_socket"], p["cpu_ms_per_delivery"])
             for p in result["per_process"]]
     procs = table(("pid", "sockets", "received", "KB/socket", "cpu ms/delivery"), rows)
-    verdict = "OK" if result["ok"] else "FAILED: " + "; ".join(result["failures"])
-    return "\n\n".join((head, latency, procs, verdict))
+    parts = [head, latency, procs]
+    comparison = result["single_vs_cluster"]
+    if comparison:
+        parts.append(table(("one process", "sockets", "delivered", "us CPU/delivery", "broadcast p99 ms"), [
+            (name, got["connected"], got["delivered"], got["cpu_us_per_delivery"], got["broadcast_ms"]["p99"])
+            for name, got in comparison["legs"].items()
+        ]) + f"\ncluster / single: {comparison['cpu_ratio_cluster_to_single']}")
+    parts.append("OK" if result["ok"] else "FAILED: " + "; ".join(result["failures"]))
+    return "\n\n".join(parts)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section: targets, the run's figures, the machine."""
+    c, m = result["config"], result["machine"]
+    p99 = result["broadcast_ms"]["p99"]
+    comparison = result["single_vs_cluster"]
+    cpu_ratio = comparison["cpu_ratio_cluster_to_single"] if comparison else None
+    rows = [
+        ("connected", f"{c['sockets']:,}", f"{result['connected']:,}", result["connected"] == c["sockets"]),
+        ("delivered (one broadcast per room)", f"{result['expected']:,}", f"{result['delivered']:,}",
+         result["delivered"] == result["expected"] and not result["duplicates"]),
+        ("memory per socket (KB)", "<= 30", result["kb_per_socket"],
+         result["kb_per_socket"] is not None and result["kb_per_socket"] <= 30),
+        ("broadcast-to-all p99 (ms)", "<= 2000", p99, p99 is not None and p99 <= 2000),
+        ("server CPU per delivery, cluster / single Redis", "<= 1.5", cpu_ratio,
+         cpu_ratio is not None and cpu_ratio <= 1.5),
+    ]
+    lines = [
+        MARK_BEGIN,
+        "## Scale-out (make bench-scale)",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {c['sockets']:,} WebSockets "
+        f"over {c['app_processes']} app processes ({c['rooms']} rooms) on a Redis Cluster of "
+        f"{c['cluster']}, all on this machine ({m.get('cpu_count')} cores, load average "
+        f"{m.get('load_average')} at the end). Connected in {result['connect_s']} s; "
+        f"{result['cpu_us_per_delivery']} us of server CPU per delivery over all processes.",
+        "",
+        "| what | target | measured | met |",
+        "|---|---|---|---|",
+        *(f"| {what} | {target} | {got} | {'yes' if ok else 'no'} |" for what, target, got, ok in rows),
+    ]
+    if comparison:
+        lines += [
+            "",
+            f"Single Redis against the cluster, same run: {comparison['sockets']:,} sockets on one "
+            f"process, {comparison['messages_per_room']} broadcasts per room.",
+            "",
+            "| one process on | delivered | us CPU per delivery | broadcast p99 ms |",
+            "|---|---|---|---|",
+            *(f"| {name} | {leg_['delivered']:,}/{leg_['expected']:,} | {leg_['cpu_us_per_delivery']} | "
+              f"{leg_['broadcast_ms']['p99']} |" for name, leg_ in comparison["legs"].items()),
+        ]
+    lines.append(MARK_END)
+    return "\n".join(lines)
+
+
+def run_and_write(args: argparse.Namespace) -> dict[str, Any]:
+    result = run(args)
+    if args.write:
+        write_section(ROOT / "BENCHMARKS.md", "bench-scale", markdown(result))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.main("bench_scale", argv, parse_args, run, render)
+    return cli.main("bench_scale", argv, parse_args, run_and_write, render)
 
 
 if __name__ == "__main__":

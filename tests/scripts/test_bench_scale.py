@@ -1,0 +1,31 @@
+"""scripts/bench_scale.py at a small size, on a real Redis Cluster and a real single Redis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scripts.bench_scale import markdown
+from tests.support import run_script
+
+
+def test_a_small_scale_run_delivers_everything_and_compares_single_with_cluster(tmp_path: Path) -> None:
+    status, result, output = run_script(
+        "bench_scale", "--sockets", "60", "--app-processes", "2", "--rooms-per-process", "3",
+        "--compare-sockets", "30", json_path=tmp_path / "s.json",
+    )
+
+    assert status == 0, output
+    assert result["connected"] == 60
+    assert result["delivered"] == result["expected"] == 60  # one broadcast, every socket
+    assert result["duplicates"] == 0
+    assert [p["sockets"] for p in result["per_process"]] == [30, 30]
+    comparison = result["single_vs_cluster"]
+    assert set(comparison["legs"]) == {"single", "cluster"}
+    for leg in comparison["legs"].values():
+        assert leg["delivered"] == leg["expected"] == 30 * comparison["messages_per_room"]
+    assert comparison["cpu_ratio_cluster_to_single"] > 0
+
+    section = markdown(result)
+    assert section.startswith("<!-- bench-scale: begin") and section.endswith("<!-- bench-scale: end -->")
+    assert "| connected | 60 | 60 | yes |" in section
+    assert "| single |" in section and "| cluster |" in section
