@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable
 
 import psutil
 import pytest
 
+from app.chat.ratelimit import ARRIVED
+from app.process.handshake import ArrivalStamps
 from tests.support import AppServer, http_get
 
 TIMEOUT = "0.5"
@@ -156,3 +159,14 @@ async def test_a_refused_handshake_logs_its_reason_not_an_error(guarded: AppServ
     output = guarded.output()
     assert "without completing handshake" not in output and "ERROR" not in output
     assert output.count("handshake refused: 403 origin_not_allowed") == 1
+
+
+@pytest.mark.unit
+def test_frames_are_stamped_with_when_they_were_read() -> None:
+    queue = ArrivalStamps()
+    before = time.monotonic()
+    queue.put_nowait({"type": "websocket.receive", "text": "hi"})
+    queue.put_nowait({"type": "websocket.disconnect", "code": 1000})
+    frame, disconnect = queue.get_nowait(), queue.get_nowait()
+    assert before <= frame[ARRIVED] <= time.monotonic()
+    assert ARRIVED not in disconnect
