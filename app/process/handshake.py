@@ -59,7 +59,9 @@ def _plain_response(status: int, text: str) -> bytes:
 
 
 def _count(reason: str, client: tuple[str, int] | None) -> None:
-    metrics.CONNECTIONS_CUT.labels(reason).inc()
+    # A plain tally (app.metrics.CUTS): this runs when the process may have no descriptor
+    # left, and loading the metrics on first use would need some.
+    metrics.CUTS[reason] = metrics.CUTS.get(reason, 0) + 1
     _cut_log.info(reason, "connection cut before its request completed: %s (last from %s)",
                   reason, client[0] if client else "?")
 
@@ -89,8 +91,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _expired(self) -> None:
         self._deadline = None
         if not self.transport.is_closing():
+            self.transport.close()  # first: nothing after it may keep the socket open
             _count("handshake_timeout", self.client)
-            self.transport.close()
 
     def _refuse(self, status: int) -> None:
         self._disarm()
