@@ -166,7 +166,8 @@ class ChatConsumer(SerialConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is not None and is_typing_frame(text_data):
             return await self._typing()
-        if not self.bucket.take(time.monotonic()):
+        # Metered by when the frame arrived: see app.chat.ratelimit.
+        if not self.bucket.take(self.arrived):
             return await self._rate_limited()
         self.strikes = 0
         if text_data is None:
@@ -400,8 +401,8 @@ class ChatConsumer(SerialConsumer):
         """A typing notice: never stored, relayed at most once per interval per user, and
         flood-limited by a bucket of its own so it never costs the user a message."""
         if self.typing_bucket is None:
-            self.typing_bucket = TokenBucket(CONFIG.rate_per_second, CONFIG.rate_burst, time.monotonic())
-        if not self.typing_bucket.take(time.monotonic()):
+            self.typing_bucket = TokenBucket(CONFIG.rate_per_second, CONFIG.rate_burst, self.arrived)
+        if not self.typing_bucket.take(self.arrived):
             return await self._rate_limited()
         if self.live and self.services.presence is not None:
             await self.services.presence.typing(self.room, self.user)

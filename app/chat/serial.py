@@ -23,6 +23,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 
 from app.chat import hangup, wire
+from app.chat.ratelimit import ARRIVED
 from app.layers.api import DirectDelivery
 
 Source = Callable[[], Awaitable[dict[str, Any]]]
@@ -44,6 +45,9 @@ class SerialConsumer(AsyncWebsocketConsumer):
     # When the send in progress began (0.0: none), for the slow-client watchdog. Every
     # frame after the handshake (replay, live, errors, the close) goes through ``send_event``.
     sending_since: float = 0.0
+    # When the frame being handled arrived (``time.monotonic()``), for the rate limit: the
+    # server's stamp where it gives one (app.chat.ratelimit), else when it was taken.
+    arrived: float = 0.0
     direct: DirectDelivery | None = None
     # Channels gives each instance its own empty list when this is None; groups here are
     # joined explicitly, and an empty tuple costs nothing per connection.
@@ -128,6 +132,10 @@ class SerialConsumer(AsyncWebsocketConsumer):
                 if self.closing and message["type"] != "websocket.disconnect":
                     continue  # queued before our close frame: nobody is listening for it
                 await self.dispatch(message)
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        self.arrived = message.get(ARRIVED) or time.monotonic()
+        await super().websocket_receive(message)
 
     def stop(self) -> None:
         """End the connection's loops (safe from any task, idempotent); ``finish`` runs after."""

@@ -12,6 +12,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# Connections cut before their request completed, by reason (``chat_connections_cut_total``):
+# plain integers here rather than a Counter of the real metrics, because a cut must be
+# counted without importing anything. A flood of stalled sockets right after ready can take
+# every descriptor before prometheus-client is loaded, and an import needs descriptors
+# (EMFILE): counting through the import made each cut raise before it closed its socket.
+CUTS: dict[str, int] = {}
+
 
 def load() -> None:
     """Import the metrics and make them attributes of this module (idempotent)."""

@@ -10,6 +10,8 @@ from prometheus_client import REGISTRY, Counter, Gauge, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from app.metrics import CUTS
+
 disable_created_metrics()
 
 # The process points this at its socket registry (app.process.warmup): read at scrape time
@@ -19,11 +21,6 @@ CONNECTIONS_OPENED = Counter("chat_connections_opened", "Chat WebSockets accepte
 CONNECTIONS_CLOSED = Counter("chat_connections_closed", "Chat WebSockets closed", ["code"])
 HANDSHAKES_REFUSED = Counter(
     "chat_handshakes_refused", "WebSocket handshakes refused", ["reason"]
-)
-CONNECTIONS_CUT = Counter(
-    "chat_connections_cut",
-    "Connections closed before their request completed (timeout, oversize request head)",
-    ["reason"],
 )
 MESSAGES_RECEIVED = Counter("chat_messages_received", "Chat messages accepted from clients")
 MESSAGES_BROADCAST = Counter("chat_messages_broadcast", "Chat messages recorded and broadcast")
@@ -68,6 +65,14 @@ class _TallyCollector(Collector):
             "chat_deliveries", "Message frames sent to clients (live and replayed)",
             value=TALLY.deliveries,
         )
+        cut = CounterMetricFamily(
+            "chat_connections_cut",
+            "Connections closed before their request completed (timeout, oversize request head)",
+            labels=["reason"],
+        )
+        for reason, count in sorted(CUTS.items()):
+            cut.add_metric([reason], count)
+        yield cut
 
 
 REGISTRY.register(_TallyCollector())

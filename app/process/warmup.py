@@ -48,6 +48,22 @@ async def until_answering(chat: ChatServices, lifecycle: Lifecycle) -> None:
             delay = min(delay * 2, 2.0)
 
 
+async def load_metrics(load: Callable[[], object]) -> None:
+    """Run ``load`` (the metrics' import) in a thread, retrying with backoff while it fails
+    for want of a descriptor. A flood of sockets right after ready can take every one before
+    the import has opened its files (EMFILE); once they are cut it succeeds. Failing instead
+    ended warm-up: /readyz stayed 503 and the watchers below never started."""
+    delay = 0.05
+    while True:
+        try:
+            await asyncio.to_thread(load)
+            return
+        except OSError as exc:
+            logger.warning("metrics not loaded: %s; retrying in %.2fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 async def monitor(chat: ChatServices, lifecycle: Lifecycle) -> None:
     """While running with Redis, keep /readyz honest about whether chat would work."""
     while not lifecycle.draining:
@@ -79,7 +95,7 @@ async def warm_up(
     await until_answering(chat, lifecycle)
     lifecycle.set_ready()
     elapsed = (lifecycle.ready_at or time.time()) - PROCESS_STARTED_AT
-    await asyncio.to_thread(metrics.load)  # after ready: no probe needs prometheus-client
+    await load_metrics(metrics.load)  # after ready: no probe needs prometheus-client
     metrics.CONNECTIONS_OPEN.set_function(REGISTRY.__len__)
     # Everything loaded so far lives as long as the process: keep collections off it.
     gc.freeze()
