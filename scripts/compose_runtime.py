@@ -38,7 +38,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from tools import traefik_config
 
@@ -64,6 +65,18 @@ DRAIN_CONFIRM_TIMEOUT = 5.0
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
+HASH_LABEL = "com.docker.compose.config-hash"
+RUNNING = frozenset({"running", "restarting"})
+PS_FORMAT = "\t".join(["{{.Names}}", "{{.State}}", "{{.Image}}", '{{.Label "' + HASH_LABEL + '"}}'])
+
+
+class Container(NamedTuple):
+    """One container of a colour, as ``docker ps`` lists it."""
+
+    name: str
+    state: str
+    image: str
+    config_hash: str  # compose's hash of the service's configuration it was created with
 
 
 class ComposeError(RuntimeError):
@@ -183,20 +196,21 @@ class ComposeRuntime:
         image = f"{IMAGE}:{self.tag}"
         return subprocess.run([self.docker, "image", "inspect", image], capture_output=True).returncode == 0
 
-    def containers(self, color: str) -> list[tuple[str, str]]:
-        """(name, state) of every container of the colour's service, from compose's labels
-        (``docker ps``: a fraction of a ``docker compose ps``)."""
+    def containers(self, color: str) -> list[Container]:
+        """Every container of the colour's service, from compose's labels (``docker ps``: a
+        fraction of a ``docker compose ps``)."""
         done = subprocess.run(
             [self.docker, "ps", "--all", "--filter", f"label={PROJECT_LABEL}={self.project()}",
              "--filter", f"label={SERVICE_LABEL}=app_{color}", "--filter", f"label={ONEOFF_LABEL}=False",
-             "--format", "{{.Names}}\t{{.State}}"], capture_output=True, text=True)
-        found = [tuple(line.split("\t", 1)) for line in done.stdout.splitlines() if "\t" in line]
-        return sorted((name, state) for name, state in found)
+             "--format", PS_FORMAT],
+            capture_output=True, text=True)
+        fields = [line.split("\t") for line in done.stdout.splitlines()]
+        return sorted(Container(*(f + ["", "", ""])[:4]) for f in fields if len(f) >= 2)
 
     def state(self, color: str) -> str:
         """The colour's container state (``running``, ``restarting``, ``exited``, ...), the
         states joined by commas when its replicas differ, or ``none``."""
-        return ",".join(sorted({state for _, state in self.containers(color)})) or "none"
+        return ",".join(sorted({c.state for c in self.containers(color)})) or "none"
 
     def logs(self, color: str, lines: int = 5) -> str:
         done = self.compose("logs", "--no-log-prefix", "--tail", str(lines), f"app_{color}")
@@ -262,6 +276,7 @@ class ComposeRuntime:
         else:
             self.build(color)
         count = self._plan(color)
+        traefik_config.ensure_default_certificate(self.dynamic_file.parent)
         # The new replicas' routers go live while they start; the active colour's stay as
         # they are. On a first start there is nothing to protect: route to it at once.
         self._route(self.active() or color)
@@ -270,20 +285,50 @@ class ComposeRuntime:
         # includes Redis) Redis too: leave both alone (`--no-deps`; compose would otherwise
         # wait for Redis's health check, ~0.5 s). Otherwise start whatever is missing.
         scope = ["--no-deps", f"app_{color}"] if serving else ["redis", "traefik", f"app_{color}"]
-        leftovers = [name for name, state in self.containers(color) if state in {"running", "restarting"}]
+        found = self.containers(color)
+        leftovers = [c.name for c in found if c.state in RUNNING]
         if leftovers:
             # Still draining from the deploy before (which returned once it was), or started
             # by hand: `up` would leave it running as it is and it would exit under us. Let it
             # finish (a second SIGTERM changes nothing), then start afresh.
             self._checked(["stop"], subprocess.run([self.docker, "stop", *leftovers],
                                                    capture_output=True, text=True))
-        self._run("up", "--detach", "--no-build", "--scale", f"app_{color}={count}", *scope)
-        names = [name for name, _ in self.containers(color)]
-        if names and self._replica_urls(color, names) != self.urls[color]:
-            # compose named them otherwise than predicted (COMPOSE_COMPATIBILITY's "_"...).
-            self.urls[color] = self._replica_urls(color, names)
-            self._route(self.active() or color)
+            found = [c._replace(state="exited") if c.name in leftovers else c for c in found]
+        if serving and self._start_existing(color, found):
+            self.notes["started_by"] = "docker start"
+        else:
+            self.notes["started_by"] = "docker compose up"
+            self._run("up", "--detach", "--no-build", "--scale", f"app_{color}={count}", *scope)
+            names = [c.name for c in self.containers(color)]
+            if names and self._replica_urls(color, names) != self.urls[color]:
+                # compose named them otherwise than predicted (COMPOSE_COMPATIBILITY's "_"...).
+                self.urls[color] = self._replica_urls(color, names)
+                self._route(self.active() or color)
         self._await_ready(color)
+
+    def _start_existing(self, color: str, found: Sequence[Container]) -> bool:
+        """``docker start`` of the colour's stopped containers when they are what ``up`` would
+        start (this release's image, one per replica as routed), ~0.1-0.3 s less than
+        ``docker compose up``; False, with nothing left running, when they are not.
+
+        compose's own hash of the service's configuration is asked meanwhile: containers
+        created from another one (compose.yml or its variables changed since) are stopped
+        again, before anything asks them anything, and ``up`` recreates them. A new release
+        never gets here: its image differs, and ``up`` creates its containers.
+        """
+        names = sorted(str(urlsplit(url).hostname) for url in self.urls[color])
+        image = f"{IMAGE}:{self.tag}"
+        if [c.name for c in found] != names or any(c.image != image or c.state in RUNNING for c in found):
+            return False
+        hashed = subprocess.Popen(self._command("config", "--hash", f"app_{color}"), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=self.env)
+        started = subprocess.run([self.docker, "start", *names], capture_output=True, text=True)
+        out, _ = hashed.communicate()
+        expected = out.split()[-1] if hashed.returncode == 0 and out.split() else None
+        if started.returncode == 0 and expected is not None and all(c.config_hash == expected for c in found):
+            return True
+        subprocess.run([self.docker, "stop", *names], capture_output=True)
+        return False
 
     def _await_ready(self, color: str) -> None:
         url = self.ops_url + traefik_config.READY_PATH
@@ -302,7 +347,7 @@ class ComposeRuntime:
             if not pending:
                 return
             if time.monotonic() >= next_look:
-                states = {state for _, state in self.containers(color)} or {"none"}
+                states = {c.state for c in self.containers(color)} or {"none"}
                 if not states <= {"running", "created"}:
                     raise ComposeError(f"app_{color} is {','.join(sorted(states))}: {self.logs(color)}")
                 next_look = time.monotonic() + STATE_POLL_EVERY
@@ -337,7 +382,7 @@ class ComposeRuntime:
         Returns once each replica that answered confirms it is draining (or has gone), unless
         ``wait_drain``, or the colour was not answering: then once they have all exited.
         """
-        running = [name for name, state in self.containers(color) if state in {"running", "restarting"}]
+        running = [c.name for c in self.containers(color) if c.state in RUNNING]
         if not running:
             return False
         # Its own session and no pipes: the drain outlives this process if it returns first,

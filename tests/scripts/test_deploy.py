@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosedError
 
+from scripts.compose_runtime import PS_FORMAT
 from scripts.deploy import LocalRuntime, deploy
 from scripts.stack import StackState, traefik_color
 from tests.support import Client, run_script
@@ -164,7 +165,14 @@ if args[:2] == ["image", "inspect"]:
 if args[0] == "ps":  # docker ps --filter label=...service=app_<colour>
     service = [a.split("=", 2)[2] for a in args if a.startswith("label=com.docker.compose.service=")][0]
     for number, state in enumerate(load().get(service, []), start=1):
-        print(f"{{project}}-{{service}}-{{number}}\\t{{state}}")
+        print("\\t".join([f"{{project}}-{{service}}-{{number}}", state, "parley:r1", "h1"]))
+    sys.exit(0)
+if args[0] == "start":  # docker start <names>
+    state = load()
+    for name in args[1:]:
+        service, number = name.rsplit("-", 2)[1:]
+        state[service][int(number) - 1] = "running"
+    save(state)
     sys.exit(0)
 if args[0] == "stop":  # docker stop <names>: each says it drains, then exits
     state = load()
@@ -179,6 +187,9 @@ if args[0] == "stop":  # docker stop <names>: each says it drains, then exits
         service, number = name.rsplit("-", 2)[1:]
         state[service][int(number) - 1] = "exited"
     save(state)
+    sys.exit(0)
+if "config" in args and "--hash" in args:
+    print(args[-1], os.environ.get("FAKE_CONFIG_HASH", "h1"))
     sys.exit(0)
 if "config" in args:
     print(json.dumps({{"name": "fromconfig", "services": {{}}}}))
@@ -278,7 +289,7 @@ def recorded(log: Path) -> list[tuple[list[str], str | None]]:
 def ps(color: str, project: str = PROJECT) -> list[str]:
     return ["ps", "--all", "--filter", f"label=com.docker.compose.project={project}",
             "--filter", f"label=com.docker.compose.service=app_{color}",
-            "--filter", "label=com.docker.compose.oneoff=False", "--format", "{{.Names}}\t{{.State}}"]
+            "--filter", "label=com.docker.compose.oneoff=False", "--format", PS_FORMAT]
 
 
 def test_compose_deploy_runs_the_procedure_in_order(compose_env: dict[str, Any]) -> None:
@@ -303,6 +314,32 @@ def test_compose_deploy_runs_the_procedure_in_order(compose_env: dict[str, Any])
         (["stop", f"{PROJECT}-app_blue-1"], "green"),
     ]
     assert compose_env["dynamic"].read_text() == tc.render_dynamic("green", tc.compose_urls(PROJECT, {}))
+
+
+def test_a_stopped_colour_of_this_release_is_started_without_compose(compose_env: dict[str, Any]) -> None:
+    """The rollback case (and every deploy back to a colour of the same release): its
+    containers exist, so `docker start`, with compose's config hash checked meanwhile."""
+    compose_env["state"].write_text(json.dumps({"app_blue": ["running"], "app_green": ["exited"]}))
+    code, _, output = run_script("deploy", "green", *compose_env["args"], env=compose_env["env"])
+    assert code == 0, output
+    assert json.loads(output.splitlines()[0])["started_by"] == "docker start"
+    argvs = [argv for argv, _ in recorded(compose_env["log"])]
+    assert ["start", f"{PROJECT}-app_green-1"] in argvs and ["config", "--hash", "app_green"] in argvs
+    assert not any("up" in argv for argv in argvs)
+
+
+def test_containers_made_from_another_configuration_are_recreated(compose_env: dict[str, Any]) -> None:
+    compose_env["state"].write_text(json.dumps({"app_blue": ["running"], "app_green": ["exited"]}))
+    env = {key: value for key, value in compose_env["env"].items() if key != "FAKE_HOLD_STOP"}
+    code, _, output = run_script("deploy", "green", *compose_env["args"],
+                                 env={**env, "FAKE_CONFIG_HASH": "changed"})
+    assert code == 0, output
+    assert json.loads(output.splitlines()[0])["started_by"] == "docker compose up"
+    argvs = [argv for argv, _ in recorded(compose_env["log"])]
+    # Stopped again before anything asked it anything, then recreated by compose.
+    stopped = argvs.index(["stop", f"{PROJECT}-app_green-1"])
+    assert argvs.index(["start", f"{PROJECT}-app_green-1"]) < stopped
+    assert stopped < next(i for i, argv in enumerate(argvs) if "up" in argv)
 
 
 def test_compose_deploy_of_several_replicas_waits_for_each_and_drains_all(
@@ -355,7 +392,7 @@ def test_a_colour_still_draining_is_let_finish_before_it_starts_again(compose_en
     assert code == 0, output
     argvs = [argv for argv, _ in recorded(compose_env["log"])]
     stop_green = argvs.index(["stop", f"{PROJECT}-app_green-1"])
-    assert stop_green < next(i for i, argv in enumerate(argvs) if argv[0] == "up")
+    assert stop_green < argvs.index(["start", f"{PROJECT}-app_green-1"])
 
 
 def test_the_project_name_comes_from_compose_when_no_variable_names_it(compose_env: dict[str, Any]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -135,3 +137,22 @@ def test_a_watched_write_is_staged_out_of_the_watched_directory(tmp_path: Path) 
     staging = target.parent / tc.STAGING_DIR
     assert sorted(p.name for p in target.parent.iterdir()) == sorted(["chat.yml", tc.STAGING_DIR])
     assert list(staging.iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl to make the certificate")
+def test_traefik_gets_a_default_certificate_made_once_on_this_host(tmp_path: Path) -> None:
+    """Without one Traefik makes an RSA key on every configuration it applies (slow switches)."""
+    assert tc.ensure_default_certificate(tmp_path)
+    target = tmp_path / tc.DEFAULT_CERT_FILE_NAME
+    store = yaml.safe_load(target.read_text())["tls"]["stores"]["default"]["defaultCertificate"]
+    assert store["certFile"].startswith("-----BEGIN CERTIFICATE-----")
+    assert "PRIVATE KEY-----" in store["keyFile"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600  # a key, if one never served
+    before = target.read_text()
+    assert tc.ensure_default_certificate(tmp_path) and target.read_text() == before  # once
+    assert not tc.ensure_default_certificate(tmp_path / "other", openssl="no-such-openssl")
+    assert not (tmp_path / "other" / tc.DEFAULT_CERT_FILE_NAME).exists()
+    # Never tracked: it lives in the live routing directory, host state.
+    ignored = subprocess.run(["git", "-C", str(tc.TRAEFIK_DIR.parent), "check-ignore", "-q",
+                              f"traefik/dynamic/{tc.DEFAULT_CERT_FILE_NAME}"])
+    assert ignored.returncode == 0
