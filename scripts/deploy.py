@@ -33,21 +33,18 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from scripts.compose_runtime import ComposeError, ComposeRuntime
-from scripts.stack import (
-    StackError,
-    StackState,
-    resolve_dir,
-    start_app,
-    stop_together,
-    traefik_color,
-    wait_app_ready,
-)
 from tools import traefik_config
-from tools.procs import Proc
 from tools.report import table
+
+if TYPE_CHECKING:
+    from scripts.stack import StackState
+    from tools.procs import Proc
+
+# The local stack's module (psutil, the process tools) is imported only by the local
+# runtime: a compose deploy starts ~30 ms sooner without it.
 
 READY_TIMEOUT = 60.0
 CONFIRM_TIMEOUT = 15.0
@@ -161,6 +158,8 @@ class LocalRuntime:
         return self.state.active
 
     def start(self, color: str) -> None:
+        from scripts.stack import StackError, start_app, stop_together, wait_app_ready
+
         leftovers = self._take(color)  # a stale process of this colour would hold its port
         if leftovers:
             stop_together(leftovers)
@@ -175,6 +174,8 @@ class LocalRuntime:
         return [self.state.procs.pop(name) for name in self.state.members(color) if name in self.state.procs]
 
     def abandon(self, color: str) -> None:
+        from scripts.stack import stop_together
+
         stop_together(self._take(color))
         self.state.save()
 
@@ -185,9 +186,13 @@ class LocalRuntime:
         )
 
     def routed_color(self) -> str | None:
+        from scripts.stack import traefik_color
+
         return traefik_color(self.state)
 
     def stop(self, color: str) -> bool:
+        from scripts.stack import stop_together
+
         procs = [proc for proc in self._take(color) if proc.alive()]
         self.state.save()
         if not procs:
@@ -213,6 +218,8 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
 
 def build_runtime(args: argparse.Namespace) -> Runtime:
     if args.runtime == "local":
+        from scripts.stack import StackState, resolve_dir
+
         state = StackState.load(resolve_dir(args.state_dir))
         if args.processes not in (None, state.processes):
             raise SystemExit(f"the local stack runs {state.processes} process(es) per colour; "
@@ -255,9 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops-url", default=os.environ.get("PARLEY_OPS_URL", "http://127.0.0.1:8080"),
                         help="compose: Traefik's internal entry point, published on loopback")
     args = parser.parse_args(argv)
+    errors: tuple[type[Exception], ...] = (DeployError, ComposeError, traefik_config.ConfigProblem)
+    if args.runtime == "local":
+        from scripts.stack import StackError
+
+        errors += (StackError,)
     try:
         report = deploy(build_runtime(args), args.color)
-    except (DeployError, ComposeError, StackError, traefik_config.ConfigProblem) as exc:
+    except errors as exc:
         print(json.dumps({"ok": False, "to": args.color, "error": str(exc)}))
         print(f"deploy: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, Refused) else 1
