@@ -165,13 +165,13 @@ class ComposeRuntime:
         return subprocess.run(self._command(*args), capture_output=True, text=True, env=self.env)
 
     def _run(self, *args: str) -> str:
-        return self._checked(args, self.compose(*args))
+        return self._checked(["docker", "compose", *args], self.compose(*args))
 
     @staticmethod
-    def _checked(args: Sequence[str], done: subprocess.CompletedProcess[str]) -> str:
+    def _checked(command: Sequence[str], done: subprocess.CompletedProcess[str]) -> str:
         if done.returncode != 0:
             output = (done.stderr or done.stdout).strip().splitlines()[-5:]
-            raise ComposeError(f"`docker compose {' '.join(args)}` failed ({done.returncode}): "
+            raise ComposeError(f"`{' '.join(command)}` failed ({done.returncode}): "
                                + " | ".join(output))
         return done.stdout
 
@@ -271,8 +271,8 @@ class ComposeRuntime:
                 self.build(color)
             finally:
                 out, err = config.communicate()
-            self._project = self._project_of(self._checked(
-                ["config"], subprocess.CompletedProcess(config.args, config.returncode, out, err)))
+            done = subprocess.CompletedProcess(config.args, config.returncode, out, err)
+            self._project = self._project_of(self._checked(["docker", "compose", "config"], done))
         else:
             self.build(color)
         count = self._plan(color)
@@ -291,8 +291,8 @@ class ComposeRuntime:
             # Still draining from the deploy before (which returned once it was), or started
             # by hand: `up` would leave it running as it is and it would exit under us. Let it
             # finish (a second SIGTERM changes nothing), then start afresh.
-            self._checked(["stop"], subprocess.run([self.docker, "stop", *leftovers],
-                                                   capture_output=True, text=True))
+            stop = [self.docker, "stop", *leftovers]
+            self._checked(stop, subprocess.run(stop, capture_output=True, text=True))
             found = [c._replace(state="exited") if c.name in leftovers else c for c in found]
         if serving and self._start_existing(color, found):
             self.notes["started_by"] = "docker start"
