@@ -9,7 +9,9 @@ COLOR ?= green
 RUNTIME ?= local
 # compose: the release to run (parley:<TAG>), never rebuilt; default this checkout's revision.
 TAG ?=
-PROCESSES ?= 1
+# App processes per colour: the local stack's (`make stack`, default 1), or the compose
+# replicas of the colour a deploy starts (default: as many as the active colour runs).
+PROCESSES ?=
 
 .PHONY: run test test-unit lint bench bench-scale loadtest startup shutdown soak locust stack stack-down deploy \
 	drill clean docker-env docker-env-down compose-drill bench-compose
@@ -65,13 +67,14 @@ locust: $(DEV_STAMP)  ## a short headless Locust run
 	$(PY) -m scripts.locust_run $(LOCUST_ARGS)
 
 stack: $(OPS_STAMP)  ## redis-server + Traefik + the active colour, on loopback: make stack [PROCESSES=2] [STACK_ARGS=--cluster]
-	$(PY) -m scripts.stack up --processes $(PROCESSES) $(STACK_ARGS)
+	$(PY) -m scripts.stack up --processes $(or $(PROCESSES),1) $(STACK_ARGS)
 
 stack-down: $(OPS_STAMP)
 	$(PY) -m scripts.stack down
 
-deploy: $(OPS_STAMP)  ## blue/green switch: make deploy COLOR=green [RUNTIME=compose [TAG=<release>]]
-	$(PY) -m scripts.deploy --runtime $(RUNTIME) $(COLOR) $(if $(TAG),--tag $(TAG))
+deploy: $(OPS_STAMP)  ## blue/green switch: make deploy COLOR=green [RUNTIME=compose [TAG=<release>] [PROCESSES=N]] [DEPLOY_ARGS=--wait-drain]
+	$(PY) -m scripts.deploy --runtime $(RUNTIME) $(COLOR) $(if $(TAG),--tag $(TAG)) \
+		$(if $(PROCESSES),--processes $(PROCESSES)) $(DEPLOY_ARGS)
 
 docker-env: $(OPS_STAMP)  ## a Docker engine (started if none answers), Compose v2, base images
 	$(PY) -m scripts.docker_env up

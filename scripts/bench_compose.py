@@ -12,7 +12,9 @@ published on 127.0.0.1:
   through Traefik's internal entry point (the probe router), median of ``--runs``; the same
   for the floor container, in the same run, alternating;
 - deploy: ``scripts/deploy.py --runtime compose`` wall time (the release built already),
-  blue <-> green ``--deploys`` times, with its own switch latency;
+  blue <-> green ``--deploys`` times, with its own switch latency; the deploy returns once
+  the old colour confirmed it drains, and the next one starts only once it has exited (as
+  deploys minutes apart would find it), the time that took reported beside;
 - stop: ``docker stop`` of the active colour holding ``--sockets`` WebSockets through
   Traefik: how long it took, the container's exit code, every client's close code;
 - the image's size, and whether the base images are local stand-ins.
@@ -207,6 +209,9 @@ def run(stack: BenchStack, runs: int, deploys: int, sockets: int) -> dict[str, A
         reports.append(stack.deploy(color))
         if not reports[-1].get("ok"):
             raise RuntimeError(f"deploy to {color} failed: {reports[-1].get('error')}")
+        ended = stack.await_exit(traefik_config.other_color(color))
+        codes = {c["exit_code"] for c in ended["containers"].values()}
+        reports[-1]["old_exited_after_s"] = ended["after_s"] if codes == {0} else f"exit {sorted(codes)}"
     restarted = restart_gap(stack, color)
     stopped = asyncio.run(stop_with_sockets(stack, color, sockets))
     base = "python:3.11-slim"
@@ -221,7 +226,8 @@ def run(stack: BenchStack, runs: int, deploys: int, sockets: int) -> dict[str, A
                              "ours_median": round(median(ours) or 0, 3),
                              "floor_median": round(median(floor) or 0, 3)},
         "deploys": [{k: r.get(k) for k in ("from", "to", "old", "time_to_ready_s", "switch_latency_s",
-                                           "drain_s", "total_s", "wall_s")} for r in reports],
+                                           "drain_s", "total_s", "wall_s", "old_exited_after_s")}
+                    for r in reports],
         "deploy_wall_median_s": median([r["wall_s"] for r in reports]),
         "deploy_switch_median_s": median([r["switch_latency_s"] for r in reports]),
         "restart": restarted,
@@ -253,7 +259,7 @@ def markdown(result: dict[str, Any]) -> str:
          f"base {result['base_image_size_mb']} MB", None],
     ]
     deploy_rows = [[d["from"], d["to"], d["old"], d["time_to_ready_s"], d["switch_latency_s"], d["drain_s"],
-                    d["total_s"], d["wall_s"]] for d in result["deploys"]]
+                    d["total_s"], d["wall_s"], d.get("old_exited_after_s")] for d in result["deploys"]]
     stand_in = ("local stand-ins built by scripts/docker_env.py (no image registry here)"
                 if result["base_is_local_stand_in"] else "the official images")
     return "\n".join([
@@ -270,10 +276,12 @@ def markdown(result: dict[str, Any]) -> str:
         table(["what", "target", "ours", "floor", "ratio"], rows),
         "```",
         "",
-        "Each deploy (`scripts/deploy.py --runtime compose`, seconds):",
+        "Each deploy (`scripts/deploy.py --runtime compose`, seconds; drain: until every old "
+        "replica confirmed it drains; old exited: after the deploy returned, until the old "
+        "colour's containers had exited, status 0):",
         "",
         "```",
-        table(["from", "to", "old", "ready", "switch", "drain", "total", "wall"], deploy_rows),
+        table(["from", "to", "old", "ready", "switch", "drain", "total", "wall", "old exited"], deploy_rows),
         "```",
         "",
         f"Start-to-ready samples, ours: {start['ours']}; floor: {start['floor']}.",

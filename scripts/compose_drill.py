@@ -1,7 +1,7 @@
 """The cutover drill in real containers: compose.yml up, clients through Traefik, blue->green->blue.
 
-    python -m scripts.compose_drill [--clients 100] [--rooms N] [--rate 50] [--fault kill]
-    make compose-drill DRILL_ARGS="--clients 100"
+    python -m scripts.compose_drill [--clients 100] [--rooms N] [--rate 50] [--processes 2] [--fault kill]
+    make compose-drill DRILL_ARGS="--clients 100 --processes 2"
 
 1. a Docker engine, Compose v2 and the base images (scripts/docker_env.py: an engine is
    started only if none answers, and stopped again at the end);
@@ -13,7 +13,13 @@
 4. ``scripts/deploy.py --runtime compose green``, then ``blue``: the same checks as the
    local drill (scripts/drill.py): every acknowledged message reached every member exactly
    once and in id order, nothing sent went unacknowledged, only the expected close code;
+   after each deploy, every client on the new colour (each replica's own
+   ``chat_connections_open``, read through its replica router, all of them carrying some),
+   and the old colour's containers all exited by themselves with status 0 (the deploy
+   returns once they confirm they drain; this checks the drain ended well);
 5. ``docker compose down -v`` and the engine stopped (if started here), on failure too.
+
+``--processes N``: every deploy runs N replicas of the colour (``deploy.py --processes``).
 
 Faults:
 - ``--fault kill``: ``docker compose kill`` (SIGKILL) of the active colour mid-chat, then the
@@ -45,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from app.chat.auth import mint
-from scripts.compose_runtime import IMAGE, ComposeRuntime, get_json
+from scripts.compose_runtime import IMAGE, MAX_REPLICAS, ComposeRuntime, get_json
 from scripts.docker_env import docker_environment, state_dir
 from scripts.drill import (
     ABNORMAL,
@@ -62,12 +68,15 @@ from scripts.drill import (
     verify,
 )
 from tools import traefik_config
-from tools.net import free_port
+from tools.net import free_port, http_get
 
 ROOT = Path(__file__).resolve().parent.parent
 FAULTS = ("none", "kill", "bad-image")
 MAX_CLIENTS = 2000
 TOKEN_TTL = 3600
+# The old colour must have exited within this after a deploy returned: its drain is bounded
+# by the app's SHUTDOWN_TIMEOUT (10 s in compose.yml) and Docker's stop_grace_period (15 s).
+EXIT_WAIT = 20.0
 
 
 @dataclass
@@ -80,6 +89,7 @@ class ComposeStack:
     http_port: int = field(default_factory=free_port)
     ops_port: int = field(default_factory=free_port)
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    processes: int = 1
 
     @property
     def dynamic_dir(self) -> Path:
@@ -108,8 +118,9 @@ class ComposeStack:
 
     def deploy(self, color: str, tag: str | None = None) -> dict[str, Any]:
         """``python -m scripts.deploy --runtime compose <color>``: its JSON report and wall time."""
-        command = [sys.executable, "-m", "scripts.deploy", "--runtime", "compose",
-                   color, "--ops-url", self.ops_url, "--dynamic-dir", str(self.dynamic_dir)]
+        command = [sys.executable, "-m", "scripts.deploy", "--runtime", "compose", color,
+                   "--ops-url", self.ops_url, "--dynamic-dir", str(self.dynamic_dir),
+                   "--processes", str(self.processes)]
         if tag:
             command += ["--tag", tag]
         began = time.monotonic()
@@ -131,6 +142,45 @@ class ComposeStack:
     def compose(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["docker", "compose", "--project-directory", str(ROOT), *args],
                               capture_output=True, text=True, env=self.env())
+
+    def replica_connections(self, color: str) -> dict[str, int | None]:
+        """``chat_connections_open`` of each replica of ``color`` the live routing lists, read
+        through its replica router on Traefik's internal entry point (None: no answer)."""
+        text = (self.dynamic_dir / traefik_config.ACTIVE_FILE_NAME).read_text()
+        counts: dict[str, int | None] = {}
+        for number in range(1, len(traefik_config.colour_urls(text)[color]) + 1):
+            name = traefik_config.replica_name(color, number)
+            status, body = http_get(self.ops_url + "/metrics", timeout=2.0,
+                                    headers={traefik_config.REPLICA_HEADER: name})
+            counts[name] = None
+            for line in body.decode(errors="replace").splitlines() if status == 200 else []:
+                if line.startswith("chat_connections_open "):
+                    counts[name] = int(float(line.split()[1]))
+        return counts
+
+    def exits(self, color: str) -> list[tuple[str, str, int]]:
+        """(name, state, exit code) of every container of ``color``."""
+        done = self.compose("ps", "--all", "--format", "json", f"app_{color}")
+        found = []
+        for line in done.stdout.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            found.append((str(entry.get("Name")), str(entry.get("State")), int(entry.get("ExitCode", -1))))
+        return sorted(found)
+
+    def await_exit(self, color: str, timeout: float = EXIT_WAIT) -> dict[str, Any]:
+        """Wait until no container of ``color`` runs; their states and exit codes."""
+        began = time.monotonic()
+        while True:
+            found = self.exits(color)
+            if not any(state in {"running", "restarting"} for _, state, _ in found) or \
+                    time.monotonic() - began > timeout:
+                return {"color": color, "after_s": round(time.monotonic() - began, 3),
+                        "containers": {name: {"state": state, "exit_code": code}
+                                       for name, state, code in found}}
+            time.sleep(0.1)
 
     def down(self) -> int:
         """``docker compose down -v``: containers, network and the Redis volume; its status."""
@@ -169,6 +219,8 @@ async def run(stack: ComposeStack, clients: int, rooms: int, rate: float, settle
     deploys: list[dict[str, Any]] = []
     refused: list[dict[str, Any]] = []
     killed: list[dict[str, Any]] = []
+    stops: list[dict[str, Any]] = []  # the old colour after each deploy: exited, and how
+    spread: list[dict[str, Any]] = []  # each deploy's clients over the new colour's replicas
     timeline: dict[str, float] = {}
     error: str | None = None
     active = "blue"
@@ -209,10 +261,7 @@ async def run(stack: ComposeStack, clients: int, rooms: int, rate: float, settle
                         and sum(m.connects for m in members) >= before + clients,
                         timeout, f"every client to reconnect to {target}")
             timeline[f"all_on_{target}_after_deploy_s"] = round(time.monotonic() - deployed, 3)
-            old_state = await asyncio.to_thread(stack.runtime().state, active)
-            if stack.routed() != target or old_state == "running":
-                problems.append(f"after the deploy to {target}: Traefik routes to {stack.routed()}, "
-                                f"app_{active} is {old_state}")
+            problems += await check_cutover(stack, active, target, clients, fault, stops, spread)
             active = target
         await asyncio.sleep(settle)
         stop_sending.set()
@@ -242,7 +291,8 @@ async def run(stack: ComposeStack, clients: int, rooms: int, rate: float, settle
     problems = result["problems"] + client_errors + problems
     if error:
         problems.insert(0, f"aborted, figures are at the moment of abort: {error}")
-    expected_old = "already gone" if fault == "kill" else "drained"
+    # The deploy returns once the old colour confirms it drains; check_cutover saw it end.
+    expected_old = "already gone" if fault == "kill" else "draining"
     for deployed_report in deploys:
         if deployed_report.get("old") != expected_old:
             problems.append(f"deploy {deployed_report.get('from')} -> {deployed_report.get('to')}: "
@@ -261,9 +311,45 @@ async def run(stack: ComposeStack, clients: int, rooms: int, rate: float, settle
         "refused_deploys": refused,
         "deploys": deploys,
         "killed": killed,
+        "old_colour_exits": stops,
+        "replica_connections": spread,
         "problems_total": len(problems),
         "problems": problems[:MAX_PROBLEMS],
     }
+
+
+async def check_cutover(stack: ComposeStack, old: str, new: str, clients: int, fault: str,
+                        stops: list[dict[str, Any]], spread: list[dict[str, Any]]) -> list[str]:
+    """After a deploy from ``old`` to ``new`` and every client back: Traefik routes to
+    ``new``, every client is on one of its replicas and each replica carries some, and
+    every container of ``old`` has exited by itself (status 0: drained within
+    SHUTDOWN_TIMEOUT, not killed at stop_grace_period) or, after a kill, by SIGKILL."""
+    problems = []
+    routed = stack.routed()
+    if routed != new:
+        problems.append(f"after the deploy to {new}: Traefik routes to {routed}")
+    counts: dict[str, int | None] = {}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # a gauge may trail the client's `ready` by a moment
+        counts = await asyncio.to_thread(stack.replica_connections, new)
+        if None not in counts.values() and sum(c or 0 for c in counts.values()) == clients:
+            break
+        await asyncio.sleep(0.1)
+    spread.append({"color": new, "connections": counts})
+    if len(counts) != stack.processes or sum(c or 0 for c in counts.values()) != clients \
+            or not all(counts.values()):
+        problems.append(f"after the deploy to {new}: {clients} clients, {stack.processes} replica(s) "
+                        f"expected each to carry some, found {counts}")
+    ended = await asyncio.to_thread(stack.await_exit, old)
+    stops.append(ended)
+    expected_code = 137 if fault == "kill" else 0
+    for name, container in ended["containers"].items():
+        if container["state"] in {"running", "restarting"} or container["exit_code"] != expected_code:
+            problems.append(f"after the deploy to {new}: {name} is {container['state']} with exit code "
+                            f"{container['exit_code']}, expected exited with {expected_code}")
+    if not ended["containers"]:
+        problems.append(f"after the deploy to {new}: no container of app_{old} to be seen")
+    return problems
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -280,12 +366,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of steady traffic before, between and after the deploys")
     parser.add_argument("--timeout", type=float, default=None,
                         help="bound for each wait (default 60 s + 40 ms per client)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="replicas per colour, every deploy (default 1)")
     parser.add_argument("--fault", choices=FAULTS, default="none")
     parser.add_argument("--state-dir", help="docker state (default $PARLEY_DOCKER_DIR or .docker/)")
     parser.add_argument("--json", metavar="PATH", help="also write the report here")
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= MAX_CLIENTS:
         parser.error(f"--clients must be 1..{MAX_CLIENTS}")
+    if not 1 <= args.processes <= min(MAX_REPLICAS, args.clients):
+        parser.error(f"--processes must be 1..{MAX_REPLICAS} and at most --clients")
     rooms = args.rooms or max(1, args.clients // 25)
     if not 1 <= rooms <= args.clients or args.rate <= 0:
         parser.error("--rooms must be 1..clients and --rate positive")
@@ -296,14 +386,16 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"ok": False, "runtime": "compose", "fault": args.fault}
     try:
         with docker_environment(directory) as environment:
-            stack = ComposeStack(directory / "drills" / f"d{secrets.token_hex(3)}")
+            stack = ComposeStack(directory / "drills" / f"d{secrets.token_hex(3)}",
+                                 processes=args.processes)
             stack.dynamic_dir.mkdir(parents=True)
             try:
                 report = asyncio.run(run(stack, args.clients, rooms, args.rate, args.settle,
                                          timeout, args.fault))
             finally:
                 down_status = stack.down()
-            report.update(runtime="compose", project=stack.project, engine=environment["engine"],
+            report.update(runtime="compose", project=stack.project, processes=stack.processes,
+                          engine=environment["engine"],
                           images=environment["images"], down_exit=down_status)
             if down_status != 0:
                 report["ok"] = False

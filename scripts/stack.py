@@ -222,7 +222,8 @@ def write_traefik_files(state: StackState) -> Path:
     )
     static_file = state.dir / "traefik" / "traefik.yml"
     traefik_config.atomic_write(static_file, traefik_config.dump_yaml(static))
-    traefik_config.atomic_write(
+    traefik_config.ensure_default_certificate(dynamic)  # fast switches (traefik_config)
+    traefik_config.write_watched(
         state.dynamic_file,
         traefik_config.render_dynamic(state.active, state.app_urls()),
     )

@@ -92,8 +92,15 @@ def memory_mb(value: str) -> float:
 
 def test_limits_follow_the_connection_cap(compose: dict[str, Any]) -> None:
     """docs/DEPLOY.md, "Limits": the service's own 503 comes before the OOM killer or EMFILE."""
+    from scripts.compose_runtime import COLOUR_CONNECTIONS, CONNECTIONS_ENV, connections_per_replica
+
     app, traefik = compose["services"]["app_blue"], compose["services"]["traefik"]
-    cap = int(app["environment"]["CHAT_MAX_CONNECTIONS"])
+    # Per replica: deploy.py sets the colour's share; unset (one replica, a hand-run `up`), all.
+    cap = int(interpolate(app["environment"]["CHAT_MAX_CONNECTIONS"], {}))
+    assert cap == COLOUR_CONNECTIONS == connections_per_replica(1)
+    assert interpolate(app["environment"]["CHAT_MAX_CONNECTIONS"], {CONNECTIONS_ENV: "4500"}) == "4500"
+    # However many replicas, the colour's total stays within what the one Traefik carries.
+    assert all(n * connections_per_replica(n) <= COLOUR_CONNECTIONS for n in range(1, 17))
     assert memory_mb(app["deploy"]["resources"]["limits"]["memory"]) >= 128 + 32 * cap / 1024
     assert app["ulimits"]["nofile"]["soft"] >= cap + 1000
     # Traefik holds two descriptors per proxied WebSocket, under this machine's 20,000 ceiling.
@@ -165,14 +172,15 @@ def test_static_config(static: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("color", COLORS)
-def test_dynamic_file_targets_compose_services(compose: dict[str, Any], color: str) -> None:
-    text = tc.render_dynamic(color, tc.compose_urls())
+def test_dynamic_file_targets_compose_containers(compose: dict[str, Any], color: str) -> None:
+    # compose names a service's replicas <project>-<service>-<n> (no container_name may pin one).
+    text = tc.render_dynamic(color, tc.compose_urls("proj", {color: 2}))
     services = yaml.safe_load(text)["http"]["services"]
-    url = services[f"chat-{color}"]["loadBalancer"]["servers"][0]["url"]
-    assert url == f"http://app_{color}:{tc.APP_PORT}"
+    urls = [server["url"] for server in services[f"chat-{color}"]["loadBalancer"]["servers"]]
+    assert urls == [f"http://proj-app_{color}-{n}:{tc.APP_PORT}" for n in (1, 2)]
     for each in COLORS:
-        assert services[f"probe-{each}"]["loadBalancer"]["servers"] == [{"url": f"http://app_{each}:{tc.APP_PORT}"}]
         assert f"app_{each}" in compose["services"]
+        assert "container_name" not in compose["services"][f"app_{each}"]
 
 
 def test_dockerfile_needs_no_frontend_image() -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import string
+import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +30,18 @@ ACTIVE_FILE_NAME = "chat.yml"
 TEMPLATE_FILE = TRAEFIK_DIR / "chat.yml.template"
 # The header that picks a colour's probe router on the internal entry point.
 PROBE_HEADER = "X-Parley-Colour"
+# The header that picks one replica's router (its /readyz and /metrics) on the internal
+# entry point: "<colour>-<n>", n from 1, in the order the colour's addresses are listed.
+REPLICA_HEADER = "X-Parley-Replica"
+# Paths a replica router serves on the internal entry point: readiness for the deploy,
+# metrics to see what each replica carries.
+REPLICA_PATHS = ("/readyz", "/metrics")
+# A dynamic file beside the live routing that gives Traefik's default TLS store a
+# certificate (see ensure_default_certificate).
+DEFAULT_CERT_FILE_NAME = "default-certificate.yml"
+# Where a write to a watched directory is staged (a subdirectory: Traefik's watch is not
+# recursive, so only the final rename is an event; see write_watched).
+STAGING_DIR = ".staging"
 
 COLORS = ("blue", "green")
 APP_PORT = 8000  # the port the app listens on inside its container
@@ -59,8 +73,17 @@ def other_color(color: str) -> str:
 
 
 def compose_url(color: str) -> str:
-    """The address of a colour's app on the compose network (its service name)."""
+    """The address of a colour's service on the compose network (its name: Docker's DNS
+    answers with every replica, so it balances only per new connection, at random)."""
     return f"http://app_{check_color(color)}:{APP_PORT}"
+
+
+def compose_replica_url(project: str, color: str, number: int, separator: str = "-") -> str:
+    """The address of one replica of a colour on the compose network: its container name,
+    ``<project>-app_<colour>-<n>``, which Docker's DNS resolves to that container alone."""
+    if number < 1:
+        raise ConfigProblem(f"replicas are numbered from 1, got {number}")
+    return f"http://{project}{separator}app_{check_color(color)}{separator}{number}:{APP_PORT}"
 
 
 def local_url(port: int) -> str:
@@ -74,31 +97,74 @@ def public_rule() -> str:
     return f"PathPrefix(`/`) && {exclusions}"
 
 
+def listed(urls: str | Sequence[str]) -> list[str]:
+    """One address or several, as a list."""
+    return [urls] if isinstance(urls, str) else list(urls)
+
+
 def servers_yaml(urls: str | Sequence[str]) -> str:
     """A load balancer's ``servers`` entries, indented for the template (one or several)."""
-    listed = [urls] if isinstance(urls, str) else list(urls)
-    if not listed:
+    if not listed(urls):
         raise ConfigProblem("a colour with no process to route to")
-    return "\n".join(f'          - url: "{url}"' for url in listed)
+    return "\n".join(f'          - url: "{url}"' for url in listed(urls))
+
+
+def replica_name(color: str, number: int) -> str:
+    """A replica's router and service name, and its value of REPLICA_HEADER."""
+    return f"{color}-{number}"
+
+
+def replica_rule(color: str, number: int) -> str:
+    paths = " || ".join(f"Path(`{path}`)" for path in REPLICA_PATHS)
+    return f"({paths}) && Header(`{REPLICA_HEADER}`, `{replica_name(color, number)}`)"
+
+
+def replicas_yaml(urls: Mapping[str, str | Sequence[str]]) -> tuple[str, str]:
+    """The routers and services of every replica of both colours (one server each),
+    indented for the template."""
+    routers, services = [], []
+    for color in COLORS:
+        for number, url in enumerate(listed(urls[color]), start=1):
+            name = f"replica-{replica_name(color, number)}"
+            routers += [f"    {name}:", f"      entryPoints: [{OPS_ENTRYPOINT}]",
+                        f'      rule: "{replica_rule(color, number)}"', f"      service: {name}"]
+            services += [f"    {name}:", "      loadBalancer:", "        servers:", servers_yaml(url)]
+    return "\n".join(routers), "\n".join(services)
 
 
 def render_dynamic(color: str, urls: Mapping[str, str | Sequence[str]]) -> str:
     """The live dynamic file from the committed template: chat (HTTP and WebSocket) and the
-    ops /readyz routed to ``color`` (balanced over its processes when it has several), plus
-    a probe router per colour; ``urls`` maps each colour to its app address(es)."""
+    ops /readyz routed to ``color`` (balanced over its replicas when it has several), a
+    probe router per colour and a router per replica; ``urls`` maps each colour to its app
+    address(es), one per replica (process or container)."""
     check_color(color)
     missing = [c for c in COLORS if c not in urls]
     if missing:
         raise ConfigProblem(f"no address for {', '.join(missing)}")
+    replica_routers, replica_services = replicas_yaml(urls)
     template = string.Template(TEMPLATE_FILE.read_text())
     return template.substitute(color=color, public_rule=public_rule(),
                                active_servers=servers_yaml(urls[color]),
+                               replica_routers=replica_routers, replica_services=replica_services,
                                **{f"{c}_servers": servers_yaml(urls[c]) for c in COLORS})
 
 
-def compose_urls() -> dict[str, str]:
-    """Each colour's address on the compose network."""
-    return {color: compose_url(color) for color in COLORS}
+def compose_urls(project: str, replicas: Mapping[str, int], separator: str = "-") -> dict[str, list[str]]:
+    """Each colour's replica addresses on the compose network: ``replicas`` containers each."""
+    return {color: [compose_replica_url(project, color, n, separator)
+                    for n in range(1, replicas.get(color, 1) + 1)] for color in COLORS}
+
+
+def colour_urls(text: str) -> dict[str, list[str]]:
+    """Each colour's addresses as a dynamic file rendered here lists them (its probe
+    service's servers); a colour it does not list has none. Read with a pattern, not
+    PyYAML: a deploy reads it on its critical path and the import alone costs ~40 ms."""
+    found = {}
+    for color in COLORS:
+        head = rf"^    probe-{color}:\n      loadBalancer:\n        servers:\n"
+        block = re.search(head + r"((?:          - url: .*\n?)+)", text, re.MULTILINE)
+        found[color] = re.findall(r'url: "([^"]*)"', block.group(1)) if block else []
+    return found
 
 
 def active_color(text: str) -> str:
@@ -144,20 +210,76 @@ def dump_yaml(data: dict[str, Any]) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def atomic_write(path: Path, text: str) -> None:
+def default_certificate_yaml(cert_pem: str, key_pem: str) -> str:
+    """The dynamic file that names ``cert_pem``/``key_pem`` as the default store's certificate."""
+    def block(pem: str) -> str:
+        return "\n".join(f"          {line}" for line in pem.strip().splitlines())
+
+    return ("# Written by tools/traefik_config.py on this host, never tracked: a certificate Traefik\n"
+            "# never serves (no TLS entry point). Without a default certificate Traefik makes a\n"
+            "# new RSA-2048 key on every configuration change: 70-400 ms of every switch.\n"
+            "tls:\n  stores:\n    default:\n      defaultCertificate:\n"
+            f"        certFile: |\n{block(cert_pem)}\n        keyFile: |\n{block(key_pem)}\n")
+
+
+def ensure_default_certificate(dynamic_dir: Path, openssl: str = "openssl") -> bool:
+    """Give Traefik's default TLS store a certificate in ``dynamic_dir``, made once on this
+    host (a self-signed P-256 key: milliseconds); True if it is there.
+
+    Traefik builds its default TLS store on every configuration it applies, and with no
+    default certificate it generates one, an RSA-2048 key each time: measured here, a
+    switch applied 70-400 ms after the rename without it, 4-18 ms with it. Nothing is
+    served with it. Without ``openssl`` nothing is written and switches are just slower.
+    """
+    target = dynamic_dir / DEFAULT_CERT_FILE_NAME
+    if target.exists():
+        return True
+    if shutil.which(openssl) is None:
+        return False
+    with tempfile.TemporaryDirectory() as scratch:
+        key, cert = Path(scratch) / "key.pem", Path(scratch) / "cert.pem"
+        command = [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                   "-subj", "/CN=parley-traefik-default-unused", "-days", "36500",
+                   "-keyout", str(key), "-out", str(cert)]
+        done = subprocess.run(command, capture_output=True)
+        if done.returncode != 0:
+            return False
+        text = default_certificate_yaml(cert.read_text(), key.read_text())
+    write_watched(target, text, mode=0o600)
+    return True
+
+
+def write_watched(path: Path, text: str, mode: int = 0o644) -> None:
+    """``atomic_write`` for a file in a directory Traefik watches: staged in a hidden
+    subdirectory, so that the rename into place is the only event Traefik sees.
+
+    Every event in the watched directory makes Traefik's file provider re-read it and
+    send a configuration; the first one passes at once and starts the
+    ``providersThrottleDuration`` window (it applies before unchanged configurations are
+    skipped). A temp file beside the target fires events of its own (create, write,
+    chmod) that open the window, and the rename then waits for it to close: measured,
+    the switch applied ~100 ms later than with the temp file out of sight.
+    """
+    atomic_write(path, text, staging=path.parent / STAGING_DIR, mode=mode)
+
+
+def atomic_write(path: Path, text: str, staging: Path | None = None, mode: int = 0o644) -> None:
     """Replace ``path`` in one rename so a watcher never reads a half-written file.
 
-    The temp file lives in the same directory (rename is atomic only within a file system)
-    and has a name Traefik's YAML file provider ignores (not ``.yml``).
+    The temp file lives in the same directory or ``staging``, a subdirectory of it (rename
+    is atomic only within a file system), and has a name Traefik's YAML file provider
+    ignores (not ``.yml``).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    where = staging or path.parent
+    where.mkdir(exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=where)
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -64,8 +64,13 @@ def test_compose_drill_blue_green_blue_loses_nothing(tmp_path: Path) -> None:
     """`make compose-drill` at CI size: 100 clients, blue -> green -> blue, zero loss."""
     report = compose_drill(tmp_path, "--clients", "100")
     assert report["first_start"]["ok"] and report["first_start"]["to"] == "blue"
+    # Each deploy returned once the old colour confirmed it drains; the drill then saw its
+    # container exit by itself, status 0 (checked in the drill: report["ok"]).
     assert [(d["from"], d["to"], d["old"]) for d in report["deploys"]] == [
-        ("blue", "green", "drained"), ("green", "blue", "drained")]
+        ("blue", "green", "draining"), ("green", "blue", "draining")]
+    assert [stop["color"] for stop in report["old_colour_exits"]] == ["blue", "green"]
+    for stop in report["old_colour_exits"]:
+        assert [c["exit_code"] for c in stop["containers"].values()] == [0]
     reproducible = release_tag()[1]  # a clean checkout: one image per release, built once
     for deploy in report["deploys"]:
         assert deploy["runtime"] == "compose" and deploy["built"] is not reproducible
@@ -92,3 +97,24 @@ def test_a_release_that_fails_to_start_never_takes_traffic(tmp_path: Path) -> No
     assert "broken release" in refused["error"]  # the container's own last words
     # Nobody was moved by it: two reconnects each, from the two ordinary deploys only.
     assert report["close_codes"] == {"1012": 80}
+
+
+def test_two_replicas_per_colour_share_the_clients_and_switch_together(tmp_path: Path) -> None:
+    """`make compose-drill DRILL_ARGS="--processes 2"`: every deploy runs two containers of
+    the colour, waits for each one's own /readyz, switches once, stops both old ones at once."""
+    report = compose_drill(tmp_path, "--clients", "60", "--processes", "2")
+    assert report["processes"] == 2 and report["first_start"]["replicas"] == 2
+    assert [(d["from"], d["to"], d["old"], d["replicas"]) for d in report["deploys"]] == [
+        ("blue", "green", "draining", 2), ("green", "blue", "draining", 2)]
+    # Both replicas of the new colour serve: each one's own chat_connections_open, read
+    # through its replica router, is part of the 60 (Traefik balances round-robin).
+    for spread, color in zip(report["replica_connections"], ("green", "blue"), strict=True):
+        assert spread["color"] == color
+        counts = spread["connections"]
+        assert sorted(counts) == [f"{color}-1", f"{color}-2"]
+        assert sum(counts.values()) == 60 and all(counts.values())
+    # Both old replicas drained and exited by themselves.
+    for stop in report["old_colour_exits"]:
+        assert len(stop["containers"]) == 2
+        assert all(c["state"] == "exited" and c["exit_code"] == 0 for c in stop["containers"].values())
+    assert report["close_codes"] == {"1012": 120}

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosedError
 
+from scripts.compose_runtime import PS_FORMAT
 from scripts.deploy import LocalRuntime, deploy
 from scripts.stack import StackState, traefik_color
 from tests.support import Client, run_script
@@ -140,64 +141,133 @@ def test_deploying_the_active_colour_is_refused(local_stack: StackState) -> None
 # tests/e2e/test_compose.py runs the same procedure in a real one.
 
 FAKE_DOCKER = """#!{python}
-# Stand-in docker: records argv, PARLEY_TAG and the colour the live routing names then.
-import json, os, re, sys
+# Stand-in docker: records argv, PARLEY_TAG, the per-replica connection cap and the colour
+# the live routing names then; keeps each colour's containers in FAKE_STATE.
+import json, os, re, sys, time
 path = os.environ["FAKE_DYNAMIC"]
 dynamic = open(path).read() if os.path.exists(path) else ""
 found = re.search(r"service: chat-(\\w+)", dynamic)
 with open(os.environ["FAKE_LOG"], "a") as log:
     log.write(json.dumps({{"argv": sys.argv[1:], "routed": found and found.group(1),
-                          "tag": os.environ.get("PARLEY_TAG")}}) + "\\n")
+                          "tag": os.environ.get("PARLEY_TAG"),
+                          "cap": os.environ.get("PARLEY_CONNECTIONS_PER_REPLICA")}}) + "\\n")
+state_file = os.environ["FAKE_STATE"]
+def load():
+    return json.load(open(state_file))
+def save(state):
+    with open(state_file + ".tmp", "w") as handle:
+        json.dump(state, handle)
+    os.replace(state_file + ".tmp", state_file)
 args = sys.argv[1:]
+project = os.environ.get("COMPOSE_PROJECT_NAME") or "fromconfig"
 if args[:2] == ["image", "inspect"]:
     sys.exit(1 if os.environ.get("FAKE_NO_IMAGE") else 0)
+if args[0] == "ps":  # docker ps --filter label=...service=app_<colour>
+    service = [a.split("=", 2)[2] for a in args if a.startswith("label=com.docker.compose.service=")][0]
+    for number, state in enumerate(load().get(service, []), start=1):
+        print("\\t".join([f"{{project}}-{{service}}-{{number}}", state, "parley:r1", "h1"]))
+    sys.exit(0)
+if args[0] == "start":  # docker start <names>
+    state = load()
+    for name in args[1:]:
+        service, number = name.rsplit("-", 2)[1:]
+        state[service][int(number) - 1] = "running"
+    save(state)
+    sys.exit(0)
+if args[0] == "stop":  # docker stop <names>: each says it drains, then exits
+    state = load()
+    for name in args[1:]:
+        service, number = name.rsplit("-", 2)[1:]
+        state[service][int(number) - 1] = "draining"
+    save(state)
+    while os.environ.get("FAKE_HOLD_STOP") and not os.path.exists(os.environ["FAKE_HOLD_STOP"]):
+        time.sleep(0.01)
+    state = load()
+    for name in args[1:]:
+        service, number = name.rsplit("-", 2)[1:]
+        state[service][int(number) - 1] = "exited"
+    save(state)
+    sys.exit(0)
+if "config" in args and "--hash" in args:
+    print(args[-1], os.environ.get("FAKE_CONFIG_HASH", "h1"))
+    sys.exit(0)
+if "config" in args:
+    print(json.dumps({{"name": "fromconfig", "services": {{}}}}))
+    sys.exit(0)
 fail = os.environ.get("FAKE_FAIL", "")
 if fail and fail in args and "up" in args:
     print("container app_green exited (2)", file=sys.stderr)
     sys.exit(1)
-if "ps" in args:
-    print(json.dumps({{"State": "running"}}))
+if "up" in args:
+    scale = [a for a in args if re.fullmatch(r"app_\\w+=\\d+", a)][0]
+    service, count = scale.split("=")
+    state = load()
+    state[service] = ["running"] * int(count)
+    save(state)
+if "stop" in args:  # docker compose stop app_<colour>
+    state = load()
+    state[args[-1]] = ["exited"] * len(state.get(args[-1], []))
+    save(state)
 """
 
 
 class OpsEndpoint(BaseHTTPRequestHandler):
-    """Stands in for Traefik's internal entry point: /readyz of the colour the probe header
-    names, else of the colour the live file routes to."""
+    """Stands in for Traefik's internal entry point: /readyz of the replica or colour the
+    header names, else of the colour the live file routes to; a replica the stand-in docker
+    is stopping answers 503 "draining", one that has exited 502."""
 
     dynamic: Path
+    state: Path
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        color = self.headers.get(tc.PROBE_HEADER) or tc.active_color(self.dynamic.read_text())
-        body = json.dumps({"ready": True, "color": color}).encode()
-        self.send_response(200 if self.path == "/readyz" else 404)
-        self.send_header("content-length", str(len(body)))
+        replica = self.headers.get(tc.REPLICA_HEADER)
+        color = (replica.rsplit("-", 1)[0] if replica else self.headers.get(tc.PROBE_HEADER)
+                 or tc.active_color(self.dynamic.read_text()))
+        states = json.loads(self.state.read_text()).get(f"app_{color}", [])
+        number = int(replica.rsplit("-", 1)[1]) if replica else 1
+        state = "running" if not replica else states[number - 1] if number <= len(states) else "gone"
+        status, body = {"running": (200, {"ready": True, "color": color}),
+                        "draining": (503, {"ready": False, "color": color, "reason": "draining"})}.get(
+                            state, (502, {}))
+        encoded = json.dumps(body).encode()
+        self.send_response(status if self.path == "/readyz" else 404)
+        self.send_header("content-length", str(len(encoded)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(encoded)
 
     def log_message(self, *args: Any) -> None:
         pass
+
+
+PROJECT = "parley"
 
 
 @pytest.fixture
 def compose_env(tmp_path: Path) -> Iterator[dict[str, Any]]:
     dynamic = tmp_path / "dynamic"
     dynamic.mkdir()
-    (dynamic / tc.ACTIVE_FILE_NAME).write_text(tc.render_dynamic("blue", tc.compose_urls()))
+    (dynamic / tc.ACTIVE_FILE_NAME).write_text(tc.render_dynamic("blue", tc.compose_urls(PROJECT, {})))
+    state = tmp_path / "containers.json"
+    state.write_text(json.dumps({"app_blue": ["running"]}))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     docker = bin_dir / "docker"
     docker.write_text(FAKE_DOCKER.format(python=sys.executable))
     docker.chmod(docker.stat().st_mode | stat.S_IEXEC)
-    handler = type("Handler", (OpsEndpoint,), {"dynamic": dynamic / tc.ACTIVE_FILE_NAME})
+    handler = type("Handler", (OpsEndpoint,), {"dynamic": dynamic / tc.ACTIVE_FILE_NAME, "state": state})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     log = tmp_path / "docker.log"
+    hold = tmp_path / "release-stop"
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log),
-           "FAKE_DYNAMIC": str(dynamic / tc.ACTIVE_FILE_NAME), "COMPOSE_FILE": ""}
+           "FAKE_DYNAMIC": str(dynamic / tc.ACTIVE_FILE_NAME), "FAKE_STATE": str(state),
+           "COMPOSE_FILE": "", "COMPOSE_PROJECT_NAME": PROJECT, "FAKE_HOLD_STOP": str(hold)}
     args = ["--runtime", "compose", "--dynamic-dir", str(dynamic), "--tag", "r1",
             "--ops-url", f"http://127.0.0.1:{server.server_address[1]}"]
-    yield {"env": env, "args": args, "log": log, "dynamic": dynamic / tc.ACTIVE_FILE_NAME}
+    yield {"env": env, "args": args, "log": log, "dynamic": dynamic / tc.ACTIVE_FILE_NAME,
+           "state": state, "hold": hold}
+    hold.touch()  # lets a stand-in `docker stop` still holding finish
     server.shutdown()
     server.server_close()
 
@@ -216,21 +286,124 @@ def recorded(log: Path) -> list[tuple[list[str], str | None]]:
     return calls
 
 
+def ps(color: str, project: str = PROJECT) -> list[str]:
+    return ["ps", "--all", "--filter", f"label=com.docker.compose.project={project}",
+            "--filter", f"label=com.docker.compose.service=app_{color}",
+            "--filter", "label=com.docker.compose.oneoff=False", "--format", PS_FORMAT]
+
+
 def test_compose_deploy_runs_the_procedure_in_order(compose_env: dict[str, Any]) -> None:
     code, _, output = run_script("deploy", "green", *compose_env["args"], env=compose_env["env"])
     assert code == 0, output
     report = json.loads(output.splitlines()[0])
     assert report["runtime"] == "compose" and (report["from"], report["to"]) == ("blue", "green")
-    assert report["image"] == "parley:r1" and report["built"] is False
+    assert report["image"] == "parley:r1" and report["built"] is False and report["replicas"] == 1
+    # The deploy returned once blue said it drains; its `docker stop` is still under way.
+    assert report["old"] == "draining"
+    assert json.loads(compose_env["state"].read_text())["app_blue"] == ["draining"]
     assert recorded(compose_env["log"]) == [
         (["image", "inspect", "parley:r1"], "blue"),
-        # Never `--build`, never `--wait` on a health-check interval: readiness is asked.
-        (["up", "--detach", "--no-build", "redis", "traefik", "app_green"], "blue"),
+        (ps("green"), "blue"),  # nothing of green still draining from a deploy before
+        # Never `--build`, never `--wait` on a health-check interval: readiness is asked. Blue
+        # answered through Traefik, so Traefik and Redis run: `--no-deps` leaves them be.
+        (["up", "--detach", "--no-build", "--scale", "app_green=1", "--no-deps", "app_green"], "blue"),
+        (ps("green"), "blue"),  # the names compose gave them
         # The old colour is stopped (SIGTERM, its stop_grace_period) only once Traefik
-        # routes to the new one.
-        (["stop", "app_blue"], "green"),
+        # routes to the new one, every container of it at once.
+        (ps("blue"), "green"),
+        (["stop", f"{PROJECT}-app_blue-1"], "green"),
     ]
-    assert compose_env["dynamic"].read_text() == tc.render_dynamic("green", tc.compose_urls())
+    assert compose_env["dynamic"].read_text() == tc.render_dynamic("green", tc.compose_urls(PROJECT, {}))
+
+
+def test_a_stopped_colour_of_this_release_is_started_without_compose(compose_env: dict[str, Any]) -> None:
+    """The rollback case (and every deploy back to a colour of the same release): its
+    containers exist, so `docker start`, with compose's config hash checked meanwhile."""
+    compose_env["state"].write_text(json.dumps({"app_blue": ["running"], "app_green": ["exited"]}))
+    code, _, output = run_script("deploy", "green", *compose_env["args"], env=compose_env["env"])
+    assert code == 0, output
+    assert json.loads(output.splitlines()[0])["started_by"] == "docker start"
+    argvs = [argv for argv, _ in recorded(compose_env["log"])]
+    assert ["start", f"{PROJECT}-app_green-1"] in argvs and ["config", "--hash", "app_green"] in argvs
+    assert not any("up" in argv for argv in argvs)
+
+
+def test_containers_made_from_another_configuration_are_recreated(compose_env: dict[str, Any]) -> None:
+    compose_env["state"].write_text(json.dumps({"app_blue": ["running"], "app_green": ["exited"]}))
+    env = {key: value for key, value in compose_env["env"].items() if key != "FAKE_HOLD_STOP"}
+    code, _, output = run_script("deploy", "green", *compose_env["args"],
+                                 env={**env, "FAKE_CONFIG_HASH": "changed"})
+    assert code == 0, output
+    assert json.loads(output.splitlines()[0])["started_by"] == "docker compose up"
+    argvs = [argv for argv, _ in recorded(compose_env["log"])]
+    # Stopped again before anything asked it anything, then recreated by compose.
+    stopped = argvs.index(["stop", f"{PROJECT}-app_green-1"])
+    assert argvs.index(["start", f"{PROJECT}-app_green-1"]) < stopped
+    assert stopped < next(i for i, argv in enumerate(argvs) if "up" in argv)
+
+
+def test_compose_deploy_of_several_replicas_waits_for_each_and_drains_all(
+    compose_env: dict[str, Any],
+) -> None:
+    state = json.loads(compose_env["state"].read_text())
+    compose_env["state"].write_text(json.dumps({**state, "app_blue": ["running", "running"]}))
+    routing = compose_env["dynamic"]
+    routing.write_text(tc.render_dynamic("blue", tc.compose_urls(PROJECT, {"blue": 2})))
+    code, _, output = run_script("deploy", "green", *compose_env["args"], "--processes", "3",
+                                 env=compose_env["env"])
+    assert code == 0, output
+    report = json.loads(output.splitlines()[0])
+    assert report["replicas"] == 3 and report["old"] == "draining"
+    calls = recorded(compose_env["log"])
+    up = ["up", "--detach", "--no-build", "--scale", "app_green=3", "--no-deps", "app_green"]
+    assert (up, "blue") in calls
+    assert calls[-1] == (["stop", f"{PROJECT}-app_blue-1", f"{PROJECT}-app_blue-2"], "green")
+    # Each replica's cap is a third of the colour's: Traefik's descriptors bound the colour.
+    caps = {json.loads(line)["cap"] for line in compose_env["log"].read_text().splitlines()
+            if json.loads(line)["argv"][0] == "compose"}
+    assert caps == {"3000"}
+    urls = tc.colour_urls(routing.read_text())
+    assert urls == {"blue": tc.compose_urls(PROJECT, {"blue": 2})["blue"],
+                    "green": tc.compose_urls(PROJECT, {"green": 3})["green"]}
+    assert tc.active_color(routing.read_text()) == "green"
+
+
+def test_compose_deploy_keeps_the_active_colours_replica_count(compose_env: dict[str, Any]) -> None:
+    compose_env["state"].write_text(json.dumps({"app_blue": ["running", "running"]}))
+    compose_env["dynamic"].write_text(tc.render_dynamic("blue", tc.compose_urls(PROJECT, {"blue": 2})))
+    code, _, output = run_script("deploy", "green", *compose_env["args"], env=compose_env["env"])
+    assert code == 0, output
+    assert json.loads(output.splitlines()[0])["replicas"] == 2
+
+
+def test_compose_deploy_can_wait_for_the_drain(compose_env: dict[str, Any]) -> None:
+    env = {key: value for key, value in compose_env["env"].items() if key != "FAKE_HOLD_STOP"}
+    code, _, output = run_script("deploy", "green", *compose_env["args"], "--wait-drain", env=env)
+    assert code == 0, output
+    assert json.loads(output.splitlines()[0])["old"] == "drained"
+    assert json.loads(compose_env["state"].read_text())["app_blue"] == ["exited"]
+
+
+def test_a_colour_still_draining_is_let_finish_before_it_starts_again(compose_env: dict[str, Any]) -> None:
+    state = json.loads(compose_env["state"].read_text())
+    compose_env["state"].write_text(json.dumps({**state, "app_green": ["running"]}))
+    env = {key: value for key, value in compose_env["env"].items() if key != "FAKE_HOLD_STOP"}
+    code, _, output = run_script("deploy", "green", *compose_env["args"], env=env)
+    assert code == 0, output
+    argvs = [argv for argv, _ in recorded(compose_env["log"])]
+    stop_green = argvs.index(["stop", f"{PROJECT}-app_green-1"])
+    assert stop_green < argvs.index(["start", f"{PROJECT}-app_green-1"])
+
+
+def test_the_project_name_comes_from_compose_when_no_variable_names_it(compose_env: dict[str, Any]) -> None:
+    env = {**compose_env["env"], "COMPOSE_PROJECT_NAME": ""}
+    code, _, output = run_script("deploy", "green", *compose_env["args"], env=env)
+    assert code == 0, output
+    argvs = [argv for argv, _ in recorded(compose_env["log"])]
+    assert ["config", "--format", "json"] in argvs
+    assert ps("blue", "fromconfig") in argvs
+    assert tc.colour_urls(compose_env["dynamic"].read_text())["green"] == [
+        tc.compose_replica_url("fromconfig", "green", 1)]
 
 
 def test_compose_files_are_passed_as_given(compose_env: dict[str, Any], tmp_path: Path) -> None:
@@ -240,6 +413,7 @@ def test_compose_files_are_passed_as_given(compose_env: dict[str, Any], tmp_path
     assert code == 0, output
     compose_calls = [json.loads(line)["argv"] for line in compose_env["log"].read_text().splitlines()
                      if json.loads(line)["argv"][0] == "compose"]
+    assert compose_calls
     for argv in compose_calls:
         assert argv[3:7] == ["-f", str(files[0]), "-f", str(files[1])]
 
@@ -252,7 +426,7 @@ def test_compose_deploy_of_an_unhealthy_colour_switches_nothing(compose_env: dic
     calls = recorded(compose_env["log"])
     assert [argv for argv, _ in calls][-1] == ["stop", "app_green"]
     assert all(routed == "blue" for _, routed in calls)
-    assert ["stop", "app_blue"] not in [argv for argv, _ in calls]
+    assert not any(argv[0] == "stop" and "app_blue" in " ".join(argv) for argv, _ in calls)
     assert tc.active_color(compose_env["dynamic"].read_text()) == "blue"
 
 
@@ -268,3 +442,9 @@ def test_compose_deploy_of_the_active_colour_runs_nothing(compose_env: dict[str,
     code, _, output = run_script("deploy", "blue", *compose_env["args"], env=compose_env["env"])
     assert code == 2 and "already the active colour" in output
     assert recorded(compose_env["log"]) == []
+
+
+def test_a_replica_count_the_local_stack_does_not_run_is_refused(local_stack: StackState) -> None:
+    code, _, output = run_script("deploy", "green", "--state-dir", str(local_stack.dir), "--processes",
+                                 str(local_stack.processes + 1))
+    assert code != 0 and "make stack PROCESSES=" in output

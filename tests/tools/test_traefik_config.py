@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -15,14 +17,14 @@ pytestmark = pytest.mark.unit
 
 @pytest.mark.parametrize("color", tc.COLORS)
 def test_dynamic_file_routes_chat_and_readyz_to_one_colour(color: str) -> None:
-    text = tc.render_dynamic(color, tc.compose_urls())
+    text = tc.render_dynamic(color, tc.compose_urls("parley", {}))
     http = yaml.safe_load(text)["http"]
     routers = http["routers"]
     assert routers["chat"]["entryPoints"] == ["web"]
     assert routers["chat-readyz"]["entryPoints"] == ["traefik"]
     assert routers["chat"]["service"] == routers["chat-readyz"]["service"] == f"chat-{color}"
     service = http["services"][f"chat-{color}"]["loadBalancer"]
-    assert service["servers"] == [{"url": f"http://app_{color}:8000"}]
+    assert service["servers"] == [{"url": f"http://parley-app_{color}-1:8000"}]
     # One server per service: a health check could only add 503s after a restart.
     assert "healthCheck" not in service
     assert tc.active_color(text) == color
@@ -37,6 +39,29 @@ def test_each_colour_can_be_probed_on_the_internal_entry_point_only() -> None:
         assert http["services"][router["service"]]["loadBalancer"]["servers"] == [{"url": url}]
     with pytest.raises(tc.ConfigProblem):
         tc.render_dynamic("blue", {"blue": "http://b:1"})
+
+
+def test_every_replica_has_a_router_of_its_own_on_the_internal_entry_point() -> None:
+    urls = tc.compose_urls("p", {"blue": 1, "green": 3})
+    assert urls["green"] == [f"http://p-app_green-{n}:8000" for n in (1, 2, 3)]
+    text = tc.render_dynamic("green", urls)
+    http = yaml.safe_load(text)["http"]
+    # The chat service balances over all of the colour's replicas, each listed once.
+    assert [s["url"] for s in http["services"]["chat-green"]["loadBalancer"]["servers"]] == urls["green"]
+    replicas = {name: router for name, router in http["routers"].items() if name.startswith("replica-")}
+    assert sorted(replicas) == ["replica-blue-1", "replica-green-1", "replica-green-2", "replica-green-3"]
+    for color in tc.COLORS:
+        for number, url in enumerate(urls[color], start=1):
+            router = replicas[f"replica-{color}-{number}"]
+            assert router["entryPoints"] == [tc.OPS_ENTRYPOINT]
+            assert f"Header(`{tc.REPLICA_HEADER}`, `{color}-{number}`)" in router["rule"]
+            assert all(f"Path(`{path}`)" in router["rule"] for path in tc.REPLICA_PATHS)
+            assert http["services"][router["service"]]["loadBalancer"]["servers"] == [{"url": url}]
+    # What a deploy reads back: each colour's addresses, as routed.
+    assert tc.colour_urls(text) == urls
+    assert tc.active_color(text) == "green"
+    with pytest.raises(tc.ConfigProblem):
+        tc.compose_replica_url("p", "green", 0)
 
 
 def test_public_router_keeps_probes_and_metrics_internal() -> None:
@@ -62,7 +87,7 @@ def test_colours() -> None:
     with pytest.raises(tc.ConfigProblem):
         tc.check_color("red")
     with pytest.raises(tc.ConfigProblem):
-        urls = tc.compose_urls()
+        urls = tc.compose_urls("parley", {})
         tc.active_color(tc.render_dynamic("blue", urls) + tc.render_dynamic("green", urls))
     with pytest.raises(tc.ConfigProblem):
         tc.active_color("http: {}\n")
@@ -99,3 +124,35 @@ def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> 
         tc.atomic_write(target, None)  # type: ignore[arg-type]
     assert target.read_text() == "two\n"
     assert [p.name for p in target.parent.iterdir()] == ["chat.yml"]
+
+
+def test_a_watched_write_is_staged_out_of_the_watched_directory(tmp_path: Path) -> None:
+    """Traefik's watch is not recursive: staged in a subdirectory, the temp file's own events
+    never reach it, and the rename into place is the one event it sees."""
+    target = tmp_path / "dynamic" / "chat.yml"
+    tc.write_watched(target, "one\n")
+    before = target.stat().st_ino
+    tc.write_watched(target, "two\n")
+    assert target.read_text() == "two\n" and target.stat().st_ino != before
+    staging = target.parent / tc.STAGING_DIR
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted(["chat.yml", tc.STAGING_DIR])
+    assert list(staging.iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl to make the certificate")
+def test_traefik_gets_a_default_certificate_made_once_on_this_host(tmp_path: Path) -> None:
+    """Without one Traefik makes an RSA key on every configuration it applies (slow switches)."""
+    assert tc.ensure_default_certificate(tmp_path)
+    target = tmp_path / tc.DEFAULT_CERT_FILE_NAME
+    store = yaml.safe_load(target.read_text())["tls"]["stores"]["default"]["defaultCertificate"]
+    assert store["certFile"].startswith("-----BEGIN CERTIFICATE-----")
+    assert "PRIVATE KEY-----" in store["keyFile"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600  # a key, if one never served
+    before = target.read_text()
+    assert tc.ensure_default_certificate(tmp_path) and target.read_text() == before  # once
+    assert not tc.ensure_default_certificate(tmp_path / "other", openssl="no-such-openssl")
+    assert not (tmp_path / "other" / tc.DEFAULT_CERT_FILE_NAME).exists()
+    # Never tracked: it lives in the live routing directory, host state.
+    ignored = subprocess.run(["git", "-C", str(tc.TRAEFIK_DIR.parent), "check-ignore", "-q",
+                              f"traefik/dynamic/{tc.DEFAULT_CERT_FILE_NAME}"])
+    assert ignored.returncode == 0
