@@ -229,7 +229,8 @@ class RedisHistory(History):
         return [state if state is not None else drawn[room] for room, state in zip(rooms, held, strict=True)]
 
     async def states(self, rooms: list[str]) -> list[RoomState | None]:
-        """Read-only (nothing is drawn): the tail watcher's batched look at every room."""
+        """Read-only (nothing is drawn): one batched look at several rooms (the tail watcher's,
+        and the joins' of one loop turn)."""
         if not rooms:
             return []
         pipe = self._client.pipeline(transaction=False)
