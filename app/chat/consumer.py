@@ -276,7 +276,7 @@ class ChatConsumer(SerialConsumer):
         whatever was to follow the gap belongs to an epoch that is gone."""
         metrics.GAPS_FILLED.inc()
         try:
-            replay = await self.history.after(self.room, self.last_id, upto - self.last_id - 1)
+            replay = await self.history.fill(self.room, self.epoch, self.last_id, upto)
             if replay.state.epoch != self.epoch:
                 await self._reset(replay.state.epoch, replay.state.base)
                 if replay.state.last_id > self.last_id:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from app.chat.registry import Registry
+from app.chat.registry import Member, Registry
 from app.history import History, RoomState
 
 logger = logging.getLogger("parley")
@@ -40,30 +40,53 @@ class TailWatcher:
         """One comparison; returns how many members were nudged."""
         rooms = self.registry.by_room()
         names = list(rooms)
-        # Positions before the read: the read is then at least as new as each of them.
-        noted = {
-            room: [(m, m.epoch, m.last_id) for m in members]
-            for room, members in rooms.items()
-        }
+        # Positions before the read: the read is then at least as new as each of them. Nearly
+        # every member is level with what history held a tick ago, in its epoch: those are
+        # summed up by their highest id, and only the others are noted one by one (a tuple
+        # per member per tick was most of this loop's cost at 5,000 members).
+        tops: dict[str, int] = {}
+        noted: dict[str, list[tuple[Member, str, int]]] = {}
+        for room, members in rooms.items():
+            held = self._held.get(room)
+            level_epoch, floor = (held.epoch, held.last_id) if held is not None else (None, 0)
+            top, others = -1, []
+            for member in members:
+                epoch, last = member.epoch, member.last_id
+                if epoch == level_epoch and last >= floor:
+                    top = max(top, last)
+                else:
+                    others.append((member, epoch, last))
+            tops[room], noted[room] = top, others
         states = await self.history.states(names) if names else []
         held_now: dict[str, RoomState] = {}
         nudged = 0
         for room, state in zip(names, states, strict=True):
             if state is None:  # the room's state is gone and nothing drew it again yet
                 state = await self.history.state(room)
-            if any(epoch == state.epoch and last > state.last_id for _, epoch, last in noted[room]):
+            held_before = self._held.get(room)
+            level_epoch = held_before.epoch if held_before is not None else None
+            if (level_epoch == state.epoch and tops[room] > state.last_id) or any(
+                epoch == state.epoch and last > state.last_id for _, epoch, last in noted[room]
+            ):
                 state = await self.history.restart(room, state.epoch)
             held_now[room] = state
-            held_before = self._held.get(room)
-            for member, epoch, last in noted[room]:
+            candidates = noted[room]
+            if held_before is not None and level_epoch != state.epoch:
+                # The room is in another epoch now: the level members are behind it too.
+                apart = {id(member) for member, _, _ in candidates}
+                candidates = candidates + [(member, held_before.epoch, held_before.last_id)
+                                           for member in rooms[room] if id(member) not in apart]
+            for member, epoch, last in candidates:
+                if epoch != state.epoch:
+                    target = state
+                elif held_before is not None and held_before.epoch == epoch and last < held_before.last_id:
+                    target = held_before
+                else:
+                    continue
                 if member.epoch != epoch or not member.idle():
                     continue  # moved on since noted, or busy receiving: its own path decides
-                if epoch != state.epoch:
-                    await member.nudge(state)
-                    nudged += 1
-                elif held_before is not None and held_before.epoch == epoch and last < held_before.last_id:
-                    await member.nudge(held_before)
-                    nudged += 1
+                await member.nudge(target)
+                nudged += 1
         self._held = held_now
         return nudged
 

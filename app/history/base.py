@@ -13,6 +13,7 @@ import abc
 import secrets
 from dataclasses import dataclass, field
 
+from app.history.batch import SharedCalls
 from app.protocol import FrameTemplate
 
 
@@ -84,6 +85,25 @@ class History(abc.ABC):
         """Start a new epoch if the room is still in ``stale_epoch`` (its ids were seen to go
         back in time); return the room's state either way. The new epoch's ``base`` is below
         every message history still holds, so members reset to it are sent all of them."""
+
+    _fills: SharedCalls[tuple[str, str, int, int], Replay] | None = None
+
+    async def fill(self, room: str, epoch: str, since: int, upto: int) -> Replay:
+        """``after(room, since, upto - since - 1)`` for a member in ``epoch`` that lacks the
+        ids after ``since`` and knows every id below ``upto`` is recorded (it was sent ``upto``,
+        or read that history held ``upto - 1``).
+
+        Members of a room fall behind together (a lost broadcast, or the tail watcher
+        nudging a whole room whose pub/sub is late): identical fills in flight share one read,
+        not one each. Safe: whoever began the shared read knew the same before beginning it,
+        so the read holds every id of that epoch below ``upto``, and an epoch, once left,
+        never comes back.
+        """
+        if self._fills is None:
+            self._fills = SharedCalls()
+        return await self._fills.get(
+            (room, epoch, since, upto), lambda: self.after(room, since, upto - since - 1)
+        )
 
     async def state_for_join(self, room: str) -> RoomState:
         """``state`` for a member that has already joined the room's group: possibly a

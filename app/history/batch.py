@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
 
 class BatchedReads(Generic[T]):
@@ -50,3 +51,24 @@ class BatchedReads(Generic[T]):
                 read.exception()  # retrieved here too: every caller may have gone meanwhile
             else:
                 read.set_result(batch.result()[index])
+
+
+class SharedCalls(Generic[K, T]):
+    """``get(key, call)``: while a call for ``key`` is in flight, callers asking for the same
+    key share its answer instead of making their own (a "single flight")."""
+
+    def __init__(self) -> None:
+        self._in_flight: dict[K, asyncio.Future[T]] = {}
+
+    async def get(self, key: K, call: Callable[[], Awaitable[T]]) -> T:
+        flight = self._in_flight.get(key)
+        if flight is None:
+            flight = self._in_flight[key] = asyncio.ensure_future(call())
+            flight.add_done_callback(functools.partial(self._landed, key))
+        return await asyncio.shield(flight)  # one caller giving up must not cancel the others'
+
+    def _landed(self, key: K, flight: asyncio.Future[T]) -> None:
+        if self._in_flight.get(key) is flight:
+            del self._in_flight[key]
+        if not flight.cancelled():
+            flight.exception()  # retrieved here too: every caller may have gone meanwhile

@@ -16,6 +16,7 @@ from app.history.base import Appended, History, HistoryUnavailable, Replay, Room
 from app.history.batch import BatchedReads
 from app.protocol import FrameTemplate
 from app.redis_clients import FAILURES, cluster_client, redis_client
+from app.redis_scripts import ScriptPipeline
 
 # A room's sequence lives in one hash, ``meta`` = {epoch, base, seq}: one key, so the epoch and
 # the ids can never be lost apart (a flush, a restart without persistence, eviction and expiry
@@ -161,11 +162,11 @@ class RedisHistory(History):
                     ("EVAL", _STATE, 2, meta, log, new_epoch(), self._ttl),
                 ])
             else:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    pipe.xrange(log, min=f"({since}-0", max="+", count=limit)
-                    pipe.xrange(log, min="-", max="+", count=1)
-                    await self._state_script(keys=[meta, log], args=[new_epoch(), self._ttl], client=pipe)
-                    entries, oldest, raw_state = await pipe.execute()
+                batch = ScriptPipeline(self._client)
+                batch.pipe.xrange(log, min=f"({since}-0", max="+", count=limit)
+                batch.pipe.xrange(log, min="-", max="+", count=1)
+                batch.script(self._state_script, [meta, log], [new_epoch(), self._ttl])
+                entries, oldest, raw_state = await batch.execute()
         except FAILURES as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
         state = _state(raw_state)
@@ -182,10 +183,10 @@ class RedisHistory(History):
                     ("EVAL", _STATE, 2, meta, log, new_epoch(), self._ttl),
                 ])
             else:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    pipe.xrevrange(log, count=max(count, 1))
-                    await self._state_script(keys=[meta, log], args=[new_epoch(), self._ttl], client=pipe)
-                    entries, raw_state = await pipe.execute()
+                batch = ScriptPipeline(self._client)
+                batch.pipe.xrevrange(log, count=max(count, 1))
+                batch.script(self._state_script, [meta, log], [new_epoch(), self._ttl])
+                entries, raw_state = await batch.execute()
         except FAILURES as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
         return Replay(frames=_frames(reversed(entries)) if count > 0 else [], state=_state(raw_state))
@@ -216,16 +217,20 @@ class RedisHistory(History):
         return await self._join_reads.get(room)
 
     async def _read_states(self, rooms: list[str]) -> list[RoomState]:
-        if len(rooms) == 1 or self._cluster is not None:
+        if self._cluster is not None:
             # On a cluster each room's script runs on its own master: one call each, together.
             return list(await asyncio.gather(*(self.state(room) for room in rooms)))
-        pipe = self._client.pipeline(transaction=False)
-        for room in rooms:
-            await self._state_script(keys=list(self._keys(room)), args=[new_epoch(), self._ttl], client=pipe)
-        return [_state(raw) for raw in await self._execute(pipe)]
+        # A plain read, not the script: a room nearly always has its state already, and the
+        # script costs Redis a Lua call per join. Only a room without one runs the script,
+        # which draws it (or finds it drawn meanwhile by someone else).
+        held = await self.states(rooms)
+        missing = [room for room, state in zip(rooms, held, strict=True) if state is None]
+        drawn = dict(zip(missing, await asyncio.gather(*(self.state(room) for room in missing)), strict=True))
+        return [state if state is not None else drawn[room] for room, state in zip(rooms, held, strict=True)]
 
     async def states(self, rooms: list[str]) -> list[RoomState | None]:
-        """Read-only (nothing is drawn): the tail watcher's batched look at every room."""
+        """Read-only (nothing is drawn): one batched look at several rooms (the tail watcher's,
+        and the joins' of one loop turn)."""
         if not rooms:
             return []
         pipe = self._client.pipeline(transaction=False)

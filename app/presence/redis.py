@@ -11,18 +11,29 @@ is killed stops refreshing, and its users go after the grace. A room's keys shar
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from app.presence.base import PresenceStore, PresenceUnavailable, RoomChange, RoomState
-from app.presence.rules import MEMBERS_MAX
+from app.presence.rules import MEMBERS_MAX, KnownRosters, Seen
 from app.redis_clients import FAILURES
+from app.redis_scripts import ScriptPipeline
 
-# KEYS: members (zset), version. ARGV: hold_ms, release_ms, key_ttl_ms, sample, nhold,
-# then the held users, then the released ones. Mirrors app.presence.rules.Roster.step.
+# KEYS: members (zset), version, born. ARGV: hold_ms, release_ms, key_ttl_ms, sample, nhold,
+# known version, known count, known born, then the held users, then the released ones.
+# Mirrors app.presence.rules.Roster.step. "known": the room is still as the caller last saw
+# it (its version, count and birth: when its version key was made, so a room whose keys
+# were lost and made again is never taken for the one seen before), so the caller works out
+# the names from its copy and this step's joined and left, and no names are sent: a sample
+# of up to 100 names per join was most of presence's cost in rooms of up to 100.
 _STEP = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local key = KEYS[1]
+local born = redis.call('GET', KEYS[3])
+local known = born and born == ARGV[8]
+  and tonumber(redis.call('GET', KEYS[2]) or '0') == tonumber(ARGV[6])
+  and redis.call('ZCARD', key) == tonumber(ARGV[7])
 local gone = redis.call('ZRANGEBYSCORE', key, '-inf', now)
 local expired = {}
 if #gone > 0 then
@@ -32,14 +43,14 @@ end
 local nhold = tonumber(ARGV[5])
 local hold_until = now + tonumber(ARGV[1])
 local joined = {}
-for i = 6, 5 + nhold do
+for i = 9, 8 + nhold do
   local u = ARGV[i]
   if redis.call('ZADD', key, 'GT', hold_until, u) == 1 then
     if expired[u] then expired[u] = false else joined[#joined + 1] = u end
   end
 end
 local release_until = now + tonumber(ARGV[2])
-for i = 6 + nhold, #ARGV do
+for i = 9 + nhold, #ARGV do
   redis.call('ZADD', key, 'XX', release_until, ARGV[i])
 end
 local left = {}
@@ -49,6 +60,10 @@ end
 local version
 if #joined > 0 or #left > 0 then
   version = redis.call('INCR', KEYS[2])
+  if version == 1 or not born then
+    born = tostring(now) .. '-' .. tostring(t[2])
+    redis.call('SET', KEYS[3], born)
+  end
 else
   version = tonumber(redis.call('GET', KEYS[2]) or '0')
 end
@@ -58,10 +73,13 @@ local members = {}
 if count > 0 then
   redis.call('PEXPIRE', key, ARGV[3])
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  if born then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
   next_ms = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]) - now
-  if tonumber(ARGV[4]) > 0 then members = redis.call('ZRANGE', key, 0, tonumber(ARGV[4]) - 1) end
+  if tonumber(ARGV[4]) > 0 and not known then
+    members = redis.call('ZRANGE', key, 0, tonumber(ARGV[4]) - 1)
+  end
 end
-return {count, version, joined, left, members, next_ms}
+return {count, version, joined, left, members, next_ms, known and 1 or 0, born or ''}
 """
 
 # KEYS: members. ARGV: limit. Read-only: users whose deadline passed are not counted.
@@ -91,36 +109,48 @@ class RedisPresence(PresenceStore):
         self._release_ms = int(grace * 1000)
         self._hold_ms = int(hold * 1000)
         self._key_ttl_ms = max(self._hold_ms, self._release_ms) + KEY_MARGIN_MS
+        self._known = KnownRosters()
 
     @staticmethod
     def _keys(room: str) -> list[str]:
-        return [f"chat:{{{room}}}:present", f"chat:{{{room}}}:present:v"]
+        return [f"chat:{{{room}}}:present", f"chat:{{{room}}}:present:v", f"chat:{{{room}}}:present:born"]
 
-    def _args(self, change: RoomChange) -> list[Any]:
-        return [self._hold_ms, self._release_ms, self._key_ttl_ms,
-                MEMBERS_MAX if change.sample else 0, len(change.hold), *change.hold, *change.release]
+    def _args(self, change: RoomChange, base: Seen | None) -> list[Any]:
+        known = (base.version, len(base.names), base.born) if base is not None else (-1, -1, "")
+        return [self._hold_ms, self._release_ms, self._key_ttl_ms, MEMBERS_MAX if change.sample else 0,
+                len(change.hold), *known, *change.hold, *change.release]
 
     async def sync(self, changes: list[RoomChange]) -> list[RoomState]:
         if not changes:
             return []
+        now = time.monotonic()
+        bases = [self._known.base(change.room, now) for change in changes]
         try:
             if self._cluster:
                 # Rooms live on different masters: one script each, sent together.
                 results = await asyncio.gather(*(
-                    self._step(keys=self._keys(change.room), args=self._args(change)) for change in changes
+                    self._step(keys=self._keys(change.room), args=self._args(change, base))
+                    for change, base in zip(changes, bases, strict=True)
                 ))
             else:
-                pipe = self._client.pipeline(transaction=False)
-                for change in changes:
-                    await self._step(keys=self._keys(change.room), args=self._args(change), client=pipe)
-                results = await pipe.execute()
+                batch = ScriptPipeline(self._client)
+                for change, base in zip(changes, bases, strict=True):
+                    batch.script(self._step, self._keys(change.room), self._args(change, base))
+                results = await batch.execute()
         except FAILURES as exc:
             raise PresenceUnavailable(str(exc) or type(exc).__name__) from exc
         states = []
-        for count, version, joined, left, members, next_ms in results:
+        for change, base, result in zip(changes, bases, results, strict=True):
+            count, version, joined, left, members, next_ms, unchanged, born = result
+            joined, left = _names(joined), _names(left)
+            listed = self._known.settle(
+                change.room, base, bool(unchanged), Seen(int(version), (), born.decode()), int(count),
+                joined, left, _names(members) if change.sample and not unchanged else None, now,
+            )
             states.append(RoomState(
-                count=int(count), version=int(version), joined=_names(joined), left=_names(left),
-                members=_names(members), next_due=None if int(next_ms) < 0 else int(next_ms) / 1000,
+                count=int(count), version=int(version), joined=joined, left=left,
+                members=(listed or [])[:MEMBERS_MAX] if change.sample else [],
+                next_due=None if int(next_ms) < 0 else int(next_ms) / 1000,
             ))
         return states
 

@@ -156,27 +156,35 @@ class _Diff:
 
 # At most this many changes go out as separate join/leave frames; more make one diff.
 SINGLE_MAX = 3
-# Announcement rounds per room are spaced so that each process sends a room at most about
-# this many presence frames a second, however big the room (2 rounds/s up to 1,000 members).
+# Announcement rounds are spaced so that each process sends about this many presence frames a
+# second at most, over all its rooms together: a round costs a frame per member of its room,
+# so rounds come further apart as the rooms announcing at once hold more members (2 rounds a
+# second per room up to 1,000 members in all). Per room, 50 rooms of 100 each got 2 rounds a
+# second: 10,000 frames a second during a join burst, more than the messages themselves.
 DELIVERIES_PER_SECOND = 2000
 
 
-def round_interval(count: int, interval: float = COALESCE_INTERVAL) -> float:
-    """Seconds between two announcement rounds to a room of ``count`` members."""
-    return max(interval, count / DELIVERIES_PER_SECOND)
+def round_interval(members: int, interval: float = COALESCE_INTERVAL) -> float:
+    """Seconds between two announcement rounds to a room, when the rooms announcing in this
+    process hold ``members`` members together."""
+    return max(interval, members / DELIVERIES_PER_SECOND)
 
 
 class Coalescer:
-    """At most one announcement round per room per interval (longer in rooms above 1,000, so
-    a room's presence frames stay near DELIVERIES_PER_SECOND). A round in a small room with a
-    few changes is separate ``join``/``leave`` frames; otherwise one diff naming everyone who
-    came and went since the last round. A quiet room's first change goes out at once."""
+    """At most one announcement round per room per interval, further apart when the rooms
+    announcing hold more than 1,000 members together (so a process's presence frames stay near
+    DELIVERIES_PER_SECOND). A round in a small room with a few changes is separate
+    ``join``/``leave`` frames; otherwise one diff naming everyone who came and went since the
+    last round. A quiet room's first change goes out at once."""
 
     def __init__(self, big_room: int = BIG_ROOM, interval: float = COALESCE_INTERVAL) -> None:
         self.big_room = big_room
         self.interval = interval
         self._pending: dict[str, _Diff] = {}
         self._next: dict[str, float] = {}  # room -> earliest time of its next round
+        # Rooms announcing (a round pending or spaced) -> their member count, and the sum.
+        self._counts: dict[str, int] = {}
+        self._members = 0
 
     def add(self, room: str, outcome: Outcome, version: int, now: float) -> list[Announcement]:
         """Announcements to make now for ``outcome``; the rest waits for the room's next round."""
@@ -195,6 +203,8 @@ class Coalescer:
             diff.left[user] = None
         if version >= diff.version:
             diff.count, diff.version = outcome.count, version
+            self._members += diff.count - self._counts.get(room, 0)
+            self._counts[room] = diff.count
         if diff.due <= now:
             return self._round(room, now)
         return []
@@ -207,11 +217,12 @@ class Coalescer:
         stale = [r for r, at in self._next.items() if at <= now and r not in self._pending]
         for room in stale:
             del self._next[room]
+            self._members -= self._counts.pop(room, 0)
         return out
 
     def _round(self, room: str, now: float) -> list[Announcement]:
         diff = self._pending.pop(room)
-        self._next[room] = now + round_interval(diff.count, self.interval)
+        self._next[room] = now + round_interval(self._members, self.interval)
         changes = len(diff.joined) + len(diff.left)
         if changes == 0:
             return []  # everyone who came also went: nothing changed
@@ -221,3 +232,61 @@ class Coalescer:
             ]
         return [Announcement("diff", diff.count, diff.version,
                              joined=list(diff.joined)[:MEMBERS_MAX], left=list(diff.left)[:MEMBERS_MAX])]
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A room's membership as seen after a step: its version, every name, and its birth (the
+    store's mark of the room's current keys: a room made again is another room)."""
+
+    version: int
+    names: tuple[str, ...]
+    born: str
+
+
+class KnownRosters:
+    """The whole membership of small rooms (at most ``limit``) as this process last saw it.
+
+    A store that is told the version, count and birth a caller last saw can answer
+    "unchanged since" instead of sending names: the names after the step are then those seen,
+    less who left, plus who joined in that step. Entries unused for ``max_age`` are dropped
+    (the process left the room, or only others change it now).
+    """
+
+    def __init__(self, limit: int = MEMBERS_MAX, max_age: float = 60.0) -> None:
+        self.limit = limit
+        self.max_age = max_age
+        self._rooms: dict[str, tuple[Seen, float]] = {}  # room -> what was seen, when last used
+        self._swept = 0.0
+
+    def base(self, room: str, now: float) -> Seen | None:
+        """``room`` as last seen, if known."""
+        if now - self._swept >= self.max_age:
+            self._swept = now
+            for stale in [r for r, (_, used) in self._rooms.items() if now - used >= self.max_age]:
+                del self._rooms[stale]
+        entry = self._rooms.get(room)
+        return None if entry is None else entry[0]
+
+    def settle(self, room: str, base: Seen | None, unchanged: bool, after: Seen, count: int,
+               joined: list[str], left: list[str], sampled: list[str] | None, now: float) -> list[str] | None:
+        """The room's names after a step made from ``base`` (``after`` gives its version and
+        birth): worked out when the store found the room ``unchanged`` since ``base``, else
+        ``sampled`` (None when neither); remembered when they are the whole room."""
+        listed: list[str] | None
+        if unchanged and base is not None:
+            names = dict.fromkeys(base.names)
+            for user in left:
+                names.pop(user, None)
+            names.update(dict.fromkeys(joined))
+            listed = list(names)
+        else:
+            listed = sampled
+        current = self._rooms.get(room)
+        if current is not None and current[0].born == after.born and current[0].version > after.version:
+            return listed  # a later step has already told us more
+        if listed is not None and after.born and len(listed) == count <= self.limit:
+            self._rooms[room] = (Seen(after.version, tuple(listed), after.born), now)
+        else:
+            self._rooms.pop(room, None)
+        return listed

@@ -89,3 +89,18 @@ async def test_a_member_ahead_of_its_room_gets_the_room_a_new_epoch() -> None:
     registry.add(member)
     assert await watcher.tick() == 1
     assert (await history.state("r")).epoch != epoch
+
+
+async def test_members_level_with_the_room_are_nudged_when_its_epoch_changes() -> None:
+    registry, history, watcher = await setup()
+    epoch = (await history.state("r")).epoch
+    await history.append("r", message_template("r", "seen", 0, "u"), None)
+    members = [Member("r", epoch=epoch, last_id=1) for _ in range(3)]
+    for member in members:
+        registry.add(member)
+    assert await watcher.tick() == 0
+    assert await watcher.tick() == 0  # level with the room: nothing to do
+    restarted = await history.restart("r", epoch)
+    assert restarted.epoch != epoch
+    assert await watcher.tick() == 3
+    assert all(member.nudges == [restarted.last_id] for member in members)

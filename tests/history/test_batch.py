@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.history.batch import BatchedReads
+from app.history.batch import BatchedReads, SharedCalls
 
 pytestmark = pytest.mark.unit
 
@@ -76,3 +76,41 @@ async def test_a_failed_batch_fails_every_caller_and_the_next_ask_retries() -> N
     store.error = None
     assert await reads.get("a") == 1
     assert len(store.batches) == 2
+
+
+async def test_identical_calls_in_flight_share_one_and_a_later_call_runs_afresh() -> None:
+    calls: list[str] = []
+    release = asyncio.Event()
+
+    async def read(key: str) -> str:
+        calls.append(key)
+        await release.wait()
+        return key.upper()
+
+    shared: SharedCalls[str, str] = SharedCalls()
+    asked = [asyncio.ensure_future(shared.get(key, lambda key=key: read(key))) for key in ["a", "a", "b"]]
+    while len(calls) < 2:
+        await asyncio.sleep(0)
+    release.set()
+    assert await asyncio.gather(*asked) == ["A", "A", "B"]
+    assert calls == ["a", "b"]
+    assert await shared.get("a", lambda: read("a")) == "A"
+    assert calls == ["a", "b", "a"]
+
+
+async def test_a_shared_call_survives_one_caller_cancelled_and_shares_its_error() -> None:
+    release = asyncio.Event()
+
+    async def read() -> int:
+        await release.wait()
+        raise RuntimeError("store away")
+
+    shared: SharedCalls[str, int] = SharedCalls()
+    first = asyncio.ensure_future(shared.get("k", read))
+    second = asyncio.ensure_future(shared.get("k", read))
+    await asyncio.sleep(0)
+    first.cancel()
+    release.set()
+    with pytest.raises(RuntimeError, match="store away"):
+        await second
+    assert first.cancelled()

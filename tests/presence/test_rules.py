@@ -8,9 +8,11 @@ from app.presence.rules import (
     BIG_ROOM,
     MEMBERS_MAX,
     Coalescer,
+    KnownRosters,
     LocalUsers,
     Outcome,
     Roster,
+    Seen,
     heartbeat_interval,
     round_interval,
     tick_interval,
@@ -166,3 +168,59 @@ def test_frames_are_json_with_the_documented_fields() -> None:
     diff = json.loads(presence_diff_frame("r", 5, ["a"], ["b"], 9))
     assert diff == {"type": "presence_diff", "room": "r", "count": 5, "joined": [{"user": "a"}],
                     "left": [{"user": "b"}], "version": 9}
+
+
+def test_rooms_announcing_together_share_one_budget() -> None:
+    # 50 rooms of 100 are 5,000 members announcing: each room's rounds are as far apart as
+    # one room of 5,000's, so the process sends about as many presence frames a second.
+    coalescer = Coalescer(big_room=BIG_ROOM, interval=0.5)
+    rooms = [f"r{i}" for i in range(50)]
+    for room in rooms:
+        coalescer.add(room, Outcome(joined=[f"{room}-a"], count=100), 1, now=0)
+        coalescer.add(room, Outcome(joined=[f"{room}-b"], count=100), 2, now=0.1)
+    assert sorted(room for room, _ in coalescer.due(3.0)) == sorted(rooms)
+    for room in rooms:
+        coalescer.add(room, Outcome(joined=[f"{room}-c"], count=100), 3, now=3.1)
+    assert coalescer.due(5.4) == []
+    assert len(coalescer.due(5.5)) == 50
+    # Once the others have gone quiet, a room alone is back to the short interval.
+    assert coalescer.due(9.0) == []
+    coalescer.add("r0", Outcome(joined=["d"], count=100), 4, now=9.0)
+    coalescer.add("r0", Outcome(joined=["e"], count=100), 5, now=9.1)
+    assert [a.user for _, a in coalescer.due(9.5)] == ["e"]
+
+
+def test_known_rosters_work_out_names_from_a_room_unchanged_since() -> None:
+    known = KnownRosters(limit=3, max_age=60)
+    assert known.base("r", 0) is None
+    first = known.settle("r", None, False, Seen(1, (), "b1"), 2, ["a", "b"], [], ["a", "b"], 0)
+    assert first == ["a", "b"]
+    base = known.base("r", 1)
+    assert base == Seen(1, ("a", "b"), "b1")
+    # The store found the room as seen: no names came, they are worked out.
+    assert known.settle("r", base, True, Seen(2, (), "b1"), 2, ["c"], ["a"], None, 1) == ["b", "c"]
+    assert known.base("r", 2) == Seen(2, ("b", "c"), "b1")
+
+
+def test_known_rosters_forget_rooms_too_big_unverifiable_or_idle() -> None:
+    known = KnownRosters(limit=3, max_age=60)
+    known.settle("r", None, False, Seen(1, (), "b1"), 4, [], [], ["a", "b", "c"], 0)
+    assert known.base("r", 0) is None  # a sample of a bigger room is not the whole room
+    known.settle("r", None, False, Seen(1, (), ""), 1, [], [], ["a"], 0)
+    assert known.base("r", 0) is None  # no birth (keys made by an older release): not kept
+    known.settle("r", None, False, Seen(1, (), "b1"), 1, [], [], ["a"], 0)
+    assert known.base("r", 59) is not None
+    assert known.base("other", 120) is None and known.base("r", 120) is None
+    # A step that sampled nothing and was not "unchanged" leaves nothing known.
+    known.settle("r", None, False, Seen(1, (), "b1"), 1, [], [], ["a"], 200)
+    known.settle("r", known.base("r", 200), False, Seen(2, (), "b1"), 1, [], [], None, 200)
+    assert known.base("r", 200) is None
+
+
+def test_known_rosters_keep_the_newest_of_steps_answered_out_of_order() -> None:
+    known = KnownRosters(limit=5, max_age=60)
+    known.settle("r", None, False, Seen(5, (), "b1"), 2, [], [], ["a", "b"], 0)
+    known.settle("r", None, False, Seen(4, (), "b1"), 1, [], [], ["a"], 0)
+    assert known.base("r", 0) == Seen(5, ("a", "b"), "b1")
+    known.settle("r", None, False, Seen(1, (), "b2"), 1, [], [], ["z"], 0)  # the room made again
+    assert known.base("r", 0) == Seen(1, ("z",), "b2")

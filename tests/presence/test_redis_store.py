@@ -1,0 +1,62 @@
+"""The Redis presence store's names: sent by Redis only when the process cannot work them out
+from what it saw (the room changed elsewhere, or its keys were lost and made again)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from app.presence.base import RoomChange
+from app.presence.redis import RedisPresence
+from app.redis_clients import redis_client
+from tools.procs import RedisServer
+
+
+@pytest.fixture
+async def stores(redis_server: RedisServer) -> AsyncIterator[tuple[RedisPresence, RedisPresence]]:
+    """Two processes' stores on one Redis."""
+    pair = (RedisPresence(redis_client(redis_server.url), grace=15, hold=20),
+            RedisPresence(redis_client(redis_server.url), grace=15, hold=20))
+    yield pair
+    for store in pair:
+        await store.close()
+
+
+async def names_sent(store: RedisPresence) -> int:
+    """How many ZRANGE calls Redis ran for the store (the step's sample and its next deadline)."""
+    stats = await store._client.info("commandstats")
+    return int(stats.get("cmdstat_zrange", {}).get("calls", 0))
+
+
+async def test_names_follow_every_change_here_elsewhere_and_after_keys_were_lost(
+    stores: tuple[RedisPresence, RedisPresence],
+) -> None:
+    here, elsewhere = stores
+    [state] = await here.sync([RoomChange("r", hold=("a", "b"), sample=True)])
+    assert sorted(state.members) == ["a", "b"] and state.count == 2
+
+    [state] = await here.sync([RoomChange("r", hold=("c",), release=("a",), sample=True)])
+    assert sorted(state.members) == ["a", "b", "c"] and state.joined == ["c"]
+
+    await elsewhere.sync([RoomChange("r", hold=("d",))])
+    [state] = await here.sync([RoomChange("r", hold=("e",), sample=True)])
+    assert sorted(state.members) == ["a", "b", "c", "d", "e"] and state.count == 5
+
+    # Lost and made again (a flush, a restart without persistence): never the old names.
+    await here._client.flushall()
+    await elsewhere.sync([RoomChange("r", hold=("x", "y", "z", "w"))])
+    [state] = await here.sync([RoomChange("r", hold=("v",), sample=True)])
+    assert sorted(state.members) == ["v", "w", "x", "y", "z"] and state.count == 5
+
+
+async def test_a_room_unchanged_since_the_last_step_here_costs_no_names(
+    stores: tuple[RedisPresence, RedisPresence],
+) -> None:
+    here, _ = stores
+    await here.sync([RoomChange("r", hold=tuple(f"u{i}" for i in range(50)), sample=True)])
+    await here._client.config_resetstat()
+    for i in range(50, 60):
+        [state] = await here.sync([RoomChange("r", hold=(f"u{i}",), sample=True)])
+        assert state.count == i + 1 and len(state.members) == i + 1
+    assert await names_sent(here) == 10  # each step's next-deadline lookup only
