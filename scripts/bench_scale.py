@@ -13,8 +13,8 @@ memory per socket (RSS growth over all app processes), server CPU per delivery a
 broadcast latency percentiles over every delivery.
 
 Rooms are per app process here (each swarm names its own), so a broadcast goes through the
-cluster's sharded pub/sub back to the members' process; the cutover-at-scale leg (9,000
-clients through Traefik, blue->green) is not part of this script yet.
+cluster's sharded pub/sub back to the members' process. The cutover at scale (9,000
+clients through Traefik, blue->green) is scripts/bench_cutover.py.
 
 Heavy: on the 2-core development machine run it once, smallest first (``--sockets 10000``).
 """

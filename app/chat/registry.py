@@ -11,6 +11,7 @@ from typing import Protocol
 
 from app.chat import hangup
 from app.history.base import RoomState
+from app.process.drain_schedule import schedule
 
 
 class Member(Protocol):
@@ -68,8 +69,12 @@ class Registry:
         """A snapshot of the members of each room with members here."""
         return {room: list(members) for room, members in self._rooms.items()}
 
-    async def close_all(self, code: int, reason: str, timeout: float) -> int:
+    async def close_all(self, code: int, reason: str, timeout: float, spread: float = 0.0) -> int:
         """Send every member a close frame; return how many there were.
+
+        With ``spread`` > 0 the closes go out in batches over that many seconds
+        (app/process/drain_schedule.py), so the clients reconnect to the new colour at a
+        rate it can admit; a member that left meanwhile is skipped. ``timeout`` bounds it all.
 
         A close to a writable socket completes without suspending, so members are closed
         one after another with no task each. A member whose client stopped reading drops
@@ -82,15 +87,23 @@ class Registry:
         hangup.abort_lingering()
         members = self.all()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(timeout, 0.01)
-        for member in members:
-            if loop.time() > deadline:
-                break
-            try:
-                async with asyncio.timeout(0):  # cancels only if the send would wait
-                    await member.close_for_restart(code, reason)
-            except TimeoutError:
-                pass
+        started = loop.time()
+        deadline = started + max(timeout, 0.01)
+        position = 0
+        for offset, size in schedule(len(members), spread):
+            if started + offset > loop.time():
+                await asyncio.sleep(started + offset - loop.time())
+            for member in members[position:position + size]:
+                if loop.time() > deadline:
+                    return len(members)
+                if offset and member not in self._rooms.get(member.room, ()):
+                    continue  # gone since the drain began: nothing to close
+                try:
+                    async with asyncio.timeout(0):  # cancels only if the send would wait
+                        await member.close_for_restart(code, reason)
+                except TimeoutError:
+                    pass
+            position += size
         return len(members)
 
 
