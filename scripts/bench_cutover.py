@@ -4,10 +4,12 @@
     make bench-cutover BENCH_CUTOVER_ARGS="--clients 2000"
 
 The local stack (scripts/stack.py: one redis-server on a free loopback port, Traefik, blue)
-in a throwaway state directory, with a JWT per client so that a reconnect is the same user,
-as compose runs it. Then, with the clients of tools/cutover_clients.py spread over several
-processes (they reconnect as docs/CLIENT.md says: 1012 -> uniform in [0, 1 s), failures ->
-full-jitter backoff from 0.5 s; resume with ``?since=``, resend by ``client_id``):
+in a throwaway state directory (removed after a run that passed; kept, with its logs, and
+named in the report as ``stack_dir`` after one that did not), with a JWT per client so that
+a reconnect is the same user, as compose runs it. Then, with the clients of
+tools/cutover_clients.py spread over several processes (they reconnect as docs/CLIENT.md
+says: 1012 -> uniform in [0, 1 s), failures -> full-jitter backoff from 0.5 s; resume with
+``?since=``, resend by ``client_id``):
 
 1. fresh connect: all N clients start at once (at most ``--concurrency`` attempts in flight
    over all processes); the time until 50 / 99 / 100 % have their ``ready`` frame; blue's
@@ -39,6 +41,7 @@ import argparse
 import json
 import math
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -176,9 +179,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix="parley-cutover-"))
     state = up(directory, app_env={"CHAT_AUTH": "jwt", "CHAT_JWT_SECRET": secret, **app_env})
     try:
-        return measure(args, state, secret, app_env)
+        result = measure(args, state, secret, app_env)
     finally:
         down(directory)
+    if result["ok"]:
+        shutil.rmtree(directory, ignore_errors=True)
+    else:
+        result["stack_dir"] = str(directory)  # its logs/ say what the processes saw
+    return result
 
 
 def measure(args: argparse.Namespace, state: StackState, secret: str,
