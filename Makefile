@@ -13,7 +13,7 @@ TAG ?=
 # replicas of the colour a deploy starts (default: as many as the active colour runs).
 PROCESSES ?=
 
-.PHONY: run test test-unit lint bench bench-scale loadtest startup shutdown soak locust stack stack-down deploy \
+.PHONY: run test test-unit lint bench bench-scale bench-cutover loadtest startup shutdown soak locust stack stack-down deploy \
 	drill clean docker-env docker-env-down compose-drill bench-compose
 
 $(PY):
@@ -50,6 +50,9 @@ bench: $(DEV_STAMP)  ## startup, shutdown and load benchmarks with the floor; wr
 
 bench-scale: $(DEV_STAMP)  ## 100,000 sockets over 6 processes on a Redis Cluster, then single Redis vs cluster (heavy): BENCH_SCALE_ARGS="--sockets 10000 --write"
 	$(PY) -m scripts.bench_scale $(BENCH_SCALE_ARGS)
+
+bench-cutover: $(DEV_STAMP)  ## 9,000 clients through Traefik, blue->green: recovery vs fresh connect (heavy): BENCH_CUTOVER_ARGS="--clients 2000 --write"
+	$(PY) -m scripts.bench_cutover $(BENCH_CUTOVER_ARGS)
 
 loadtest: $(DEV_STAMP)  ## 5,000 WebSockets against URL (default: a server it starts)
 	$(PY) -m scripts.loadtest $(LOADTEST_ARGS)

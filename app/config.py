@@ -48,6 +48,7 @@ class Config:
     allowed_origins: tuple[str, ...] = ()
     shutdown_drain_delay: float = 0.0
     shutdown_timeout: float = 5.0
+    shutdown_drain_spread: float = 0.0  # seconds the 1012 closes are spread over (0: at once)
     auth: str = "none"
     jwt_secret: str = ""
     rate_per_second: float = 20.0
@@ -147,6 +148,7 @@ def load(environ: Mapping[str, str]) -> Config:
         kwargs["allowed_origins"] = _list(env["CHAT_ALLOWED_ORIGINS"])
     num("SHUTDOWN_DRAIN_DELAY", "shutdown_drain_delay", float, 0)
     num("SHUTDOWN_TIMEOUT", "shutdown_timeout", float, 0.1)
+    num("SHUTDOWN_DRAIN_SPREAD", "shutdown_drain_spread", float, 0)
     if "CHAT_AUTH" in env:
         if env["CHAT_AUTH"] not in {"none", "jwt"}:
             raise ConfigError(f"CHAT_AUTH must be 'none' or 'jwt', got {env['CHAT_AUTH']!r}")

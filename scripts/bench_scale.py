@@ -13,7 +13,8 @@ memory per socket (RSS growth over all app processes), server CPU per delivery a
 broadcast latency percentiles over every delivery.
 
 Rooms are per app process here (each swarm names its own), so a broadcast goes through the
-cluster's sharded pub/sub back to the members' process.
+cluster's sharded pub/sub back to the members' process. The cutover at scale (9,000
+clients through Traefik, blue->green) is scripts/bench_cutover.py.
 
 Then, in the same run, ``--compare-sockets`` sockets on one app process twice: on a single
 redis-server and on the cluster, several broadcasts per room, for the server CPU per

@@ -14,6 +14,7 @@ def test_defaults_are_the_embedded_mode() -> None:
     assert (config.host, config.port, config.color) == ("127.0.0.1", 8000, "blue")
     assert config.debug is False
     assert config.shutdown_timeout == 5.0 and config.shutdown_drain_delay == 0.0
+    assert config.shutdown_drain_spread == 0.0  # every 1012 at once unless asked
     assert config.max_message_chars == 4000
     assert config.auth == "none"
 
@@ -21,12 +22,12 @@ def test_defaults_are_the_embedded_mode() -> None:
 def test_values_are_parsed() -> None:
     config = load({
         "PORT": "9001", "APP_COLOR": "green", "DEBUG": "true",
-        "REDIS_URL": " redis://a:6379/0 ", "SHUTDOWN_TIMEOUT": "2.5",
+        "REDIS_URL": " redis://a:6379/0 ", "SHUTDOWN_TIMEOUT": "2.5", "SHUTDOWN_DRAIN_SPREAD": "2",
         "CHAT_ALLOWED_ORIGINS": "https://x,https://y", "CHAT_LAYER": "core",
     })
     assert config.port == 9001 and config.color == "green" and config.debug
     assert config.redis_urls == ("redis://a:6379/0",)
-    assert config.shutdown_timeout == 2.5
+    assert config.shutdown_timeout == 2.5 and config.shutdown_drain_spread == 2.0
     assert config.allowed_origins == ("https://x", "https://y")
     assert config.layer == "core"
 
@@ -55,6 +56,7 @@ def test_empty_values_mean_unset() -> None:
         ({"REDIS_URL": "redis://a:99999"}, "bad port"),
         ({"REDIS_URL": "unix://"}, "no socket path"),
         ({"SHUTDOWN_TIMEOUT": "nan"}, "SHUTDOWN_TIMEOUT"),
+        ({"SHUTDOWN_DRAIN_SPREAD": "-1"}, "SHUTDOWN_DRAIN_SPREAD"),
         ({"CHAT_PING_INTERVAL": "inf"}, "CHAT_PING_INTERVAL"),
         ({"CHAT_HANDSHAKE_TIMEOUT": "0"}, "CHAT_HANDSHAKE_TIMEOUT"),
         ({"CHAT_HISTORY_MAX_BYTES": "1000"}, "CHAT_HISTORY_MAX_BYTES"),

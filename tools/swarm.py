@@ -3,7 +3,9 @@
 The coordinator (``Swarm``) splits N connections over as many processes as the open-file
 limit needs, then runs phases in all of them at once: ``connect``, ``broadcast`` (one sender
 per room, every member must receive), ``await_close`` (the server closes us: which codes?)
-and ``close``. Workers talk to it over a multiprocessing pipe, one command at a time.
+and ``close``. Workers talk to it over a multiprocessing pipe, one command at a time. The
+worker class is a parameter: ``Swarm(..., worker=CutoverWorker, extra={...})`` runs another
+one's phases through ``call`` (tools/cutover_clients.py).
 
 Each connection is a ``tools.wsclient.WebSocket``: frames arrive through a synchronous
 callback, because a general-purpose client's per-message queue and task switch cost more
@@ -273,18 +275,19 @@ def room_name(run: str, room: int) -> str:
     return f"{PREFIX}-{run}-{room}"
 
 
-def _worker_main(pipe: Connection, spec: dict[str, Any]) -> None:
+def _worker_main(pipe: Connection, spec: dict[str, Any], worker_class: type[Any]) -> None:
     raise_nofile()
     try:
         import uvloop
 
-        uvloop.run(_serve(pipe, spec))
+        uvloop.run(_serve(pipe, spec, worker_class))
     except ImportError:
-        asyncio.run(_serve(pipe, spec))
+        asyncio.run(_serve(pipe, spec, worker_class))
 
 
-async def _serve(pipe: Connection, spec: dict[str, Any]) -> None:
-    worker = Worker(spec)
+async def _serve(pipe: Connection, spec: dict[str, Any], worker_class: type[Any]) -> None:
+    # Any class with async phase methods and an async close() (``Worker`` is the load one).
+    worker = worker_class(spec)
     loop = asyncio.get_running_loop()
     pipe.send({"hello": os.getpid()})
     while True:
@@ -334,7 +337,8 @@ class Swarm:
 
     def __init__(self, url: str, connections: int, rooms: int, concurrency: int = 500,
                  ramp: float = 0.0, per_process: int | None = None, open_timeout: float = 30.0,
-                 deflate: bool = False) -> None:
+                 deflate: bool = False, worker: type[Any] = Worker,
+                 extra: dict[str, Any] | None = None) -> None:
         self.plan = plan(connections, per_process)
         self.run = secrets.token_hex(3)
         self.url = url
@@ -344,6 +348,8 @@ class Swarm:
         self.ramp = ramp
         self.open_timeout = open_timeout
         self.deflate = deflate
+        self.worker = worker  # the class each process runs; its phases are what ``call`` names
+        self.extra = extra or {}  # more of the spec, for another worker class
         self.pipes: list[Connection] = []
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.connected: list[int] = []
@@ -358,9 +364,10 @@ class Swarm:
                 "run": self.run, "url": self.url, "rooms": self.rooms, "indices": indices,
                 "total": self.connections, "concurrency": per_worker_concurrency,
                 "ramp": self.ramp, "open_timeout": self.open_timeout, "deflate": self.deflate,
+                **self.extra,
             }
             ours, theirs = context.Pipe()
-            process = context.Process(target=_worker_main, args=(theirs, spec), daemon=True)
+            process = context.Process(target=_worker_main, args=(theirs, spec, self.worker), daemon=True)
             process.start()
             self.pipes.append(ours)
             self.processes.append(process)
@@ -393,7 +400,8 @@ class Swarm:
             raise RuntimeError(f"a load worker failed:\n{result['failure']}")
         return result
 
-    def _all(self, cmd: str, wait: float, **args: Any) -> list[dict[str, Any]]:
+    def call(self, cmd: str, wait: float, **args: Any) -> list[dict[str, Any]]:
+        """Run the phase ``cmd`` in every worker at once; each one's answer, in order."""
         for pipe in self.pipes:
             pipe.send({"cmd": cmd, "args": args})
         return [self._recv(pipe, wait) for pipe in self.pipes]
@@ -402,7 +410,7 @@ class Swarm:
         """Open all connections; latencies in ms, rate per second, errors by kind."""
         started = time.monotonic_ns()
         budget = self.ramp + self.open_timeout * (1 + self.connections / max(self.concurrency, 1)) + 60
-        results = self._all("connect", budget, start_ns=started, wait_ready=wait_ready)
+        results = self.call("connect", budget, start_ns=started, wait_ready=wait_ready)
         elapsed = (time.monotonic_ns() - started) / 1e9
         self.connected = sorted(i for r in results for i in r["connected"])
         errors: Counter[str] = Counter()
@@ -425,7 +433,7 @@ class Swarm:
         for index in self.connected:
             senders.setdefault(index % self.rooms, index)
         started = time.monotonic_ns()
-        results = self._all("broadcast", timeout + messages * interval + 60, senders=senders,
+        results = self.call("broadcast", timeout + messages * interval + 60, senders=senders,
                             messages=messages, interval=interval, timeout=timeout)
         elapsed = (time.monotonic_ns() - started) / 1e9
         total = {key: sum(r[key] for r in results)
@@ -441,7 +449,7 @@ class Swarm:
 
     def await_close(self, timeout: float) -> dict[str, Any]:
         """Wait until the server has closed every connection; close codes and the last one."""
-        results = self._all("await_close", timeout + 30, timeout=timeout)
+        results = self.call("await_close", timeout + 30, timeout=timeout)
         codes: Counter[str] = Counter()
         for r in results:
             codes.update(r["close_codes"])
@@ -450,7 +458,7 @@ class Swarm:
 
     def close(self) -> dict[str, Any]:
         """Close every connection from the client side."""
-        results = self._all("close", 120)
+        results = self.call("close", 120)
         return {"closed": sum(r["closed"] for r in results)}
 
 

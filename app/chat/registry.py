@@ -10,6 +10,7 @@ import asyncio
 from typing import TYPE_CHECKING, Protocol
 
 from app.chat import hangup
+from app.chat.drain_schedule import schedule
 
 if TYPE_CHECKING:  # history (and the frame rules under it) loads after listening
     from app.history.base import RoomState
@@ -70,8 +71,12 @@ class Registry:
         """A snapshot of the members of each room with members here."""
         return {room: list(members) for room, members in self._rooms.items()}
 
-    async def close_all(self, code: int, reason: str, timeout: float) -> int:
+    async def close_all(self, code: int, reason: str, timeout: float, spread: float = 0.0) -> int:
         """Send every member a close frame; return how many there were.
+
+        With ``spread`` > 0 the closes go out in batches over that many seconds
+        (app/chat/drain_schedule.py), so the clients reconnect to the new colour at a
+        rate it can admit; a member that left meanwhile is skipped. ``timeout`` bounds it all.
 
         A close to a writable socket completes without suspending, so members are closed
         one after another with no task each. A member whose client stopped reading drops
@@ -84,15 +89,23 @@ class Registry:
         hangup.abort_lingering()
         members = self.all()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(timeout, 0.01)
-        for member in members:
-            if loop.time() > deadline:
-                break
-            try:
-                async with asyncio.timeout(0):  # cancels only if the send would wait
-                    await member.close_for_restart(code, reason)
-            except TimeoutError:
-                pass
+        started = loop.time()
+        deadline = started + max(timeout, 0.01)
+        position = 0
+        for offset, size in schedule(len(members), spread):
+            if started + offset > loop.time():
+                await asyncio.sleep(started + offset - loop.time())
+            for member in members[position:position + size]:
+                if loop.time() > deadline:
+                    return len(members)
+                if offset and member not in self._rooms.get(member.room, ()):
+                    continue  # gone since the drain began: nothing to close
+                try:
+                    async with asyncio.timeout(0):  # cancels only if the send would wait
+                        await member.close_for_restart(code, reason)
+                except TimeoutError:
+                    pass
+            position += size
         return len(members)
 
 

@@ -114,7 +114,13 @@ class PubSubLoopLayer:
             )
         key = self._group_key(group)
         self.inboxes.join(key, channel)
-        await self._get_shard(key).subscribe(key)
+        shard = self._get_shard(key)
+        # Already confirmed: nothing to wait for. The shard's one lock also orders every
+        # PUBLISH; after a deploy thousands of joins queued on it for a subscription that
+        # was long done, held each broadcast back by seconds, and the tail watcher took the
+        # late messages for lost ones (a history read per member, per tick).
+        if not shard.is_subscribed(key):
+            await shard.subscribe(key)
 
     async def group_discard(self, group: str, channel: str) -> None:
         key = self._group_key(group)

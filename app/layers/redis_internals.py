@@ -56,6 +56,12 @@ RELIED_ON: tuple[Member, ...] = (
            "the redis-py PubSub the reader polls (None until the first command)"),
     Member("channels_redis.pubsub.RedisSingleShardConnection", "_subscribed_to", "attribute", ("set",),
            "the Redis channels this connection has subscribed"),
+    Member("channels_redis.pubsub.RedisSingleShardConnection", "_lock", "attribute", ("Lock",),
+           "orders PUBLISH, SUBSCRIBE and flush on the connection; each publish batch holds it"),
+    Member("channels_redis.pubsub.RedisSingleShardConnection", "_redis", "attribute", ("NoneType",),
+           "the redis-py client publishes go through (None until _ensure_redis)"),
+    Member("channels_redis.pubsub.RedisSingleShardConnection", "_ensure_redis", "function", ("self",),
+           "creates _redis and _pubsub on first use, as the stock publish does"),
 )
 
 
@@ -78,6 +84,55 @@ class Shard(RedisSingleShardConnection):
         super().__init__(host, None)
         self.on_message = on_message
         self._subscribed = asyncio.Event()
+        self._outbox: list[tuple[str, bytes, asyncio.Future[None]]] = []
+        self._publisher: asyncio.Task[None] | None = None
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        """PUBLISH, in call order, batched: what is asked while a batch is out goes in the
+        next one, one pipeline and one round trip for all of it.
+
+        Stock, each publish holds the connection's lock for its own round trip, so a
+        process publishes at most one message per round trip. During a reconnect storm a
+        round trip took 20-50 ms and the queue on that lock grew to seconds: members then
+        looked behind history, and the tail watcher refilled thousands of them from it.
+        One connection keeps Redis' order; the caller still returns only once its message
+        was published (or with the error that stopped it).
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outbox.append((channel, message, done))
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.ensure_future(self._publish_batches())
+        await asyncio.shield(done)  # a caller giving up must not cancel the others' batch
+
+    async def _publish_batches(self) -> None:
+        while self._outbox:
+            batch: list[tuple[str, bytes, asyncio.Future[None]]] = []
+            error: BaseException | None = asyncio.CancelledError()  # unless it completes
+            try:
+                async with self._lock:
+                    # Taken once the connection is ours: what queued meanwhile goes too.
+                    batch, self._outbox = self._outbox, []
+                    self._ensure_redis()
+                    pipe = self._redis.pipeline(transaction=False)
+                    for channel, message, _ in batch:
+                        pipe.publish(channel, message)
+                    await pipe.execute()
+                error = None
+            except Exception as exc:  # every caller of the batch gets it, as each would have
+                error = exc
+            finally:  # cancelled too (the loop closing): no caller is left waiting
+                if isinstance(error, asyncio.CancelledError):
+                    batch, self._outbox = batch + self._outbox, []
+                for _, _, done in batch:
+                    if done.done():
+                        continue
+                    if error is None:
+                        done.set_result(None)
+                    elif isinstance(error, asyncio.CancelledError):
+                        done.cancel()
+                    else:
+                        done.set_exception(error)
+                        done.exception()  # retrieved: a caller that gave up must not log it
 
     def is_subscribed(self, channel: str) -> bool:
         return channel in self._subscribed_to

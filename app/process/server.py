@@ -103,8 +103,11 @@ class ChatServer(uvicorn.Server):
         if self.chat.shutdown_drain_delay > 0:
             await asyncio.sleep(min(self.chat.shutdown_drain_delay, remaining()))
 
-        # 3. Every chat socket gets 1012 "server restart": reconnect, elsewhere.
-        closed = await REGISTRY.close_all(RESTART_CODE, RESTART_REASON, timeout=remaining())
+        # 3. Every chat socket gets 1012 "server restart": reconnect, elsewhere; spread over
+        # SHUTDOWN_DRAIN_SPREAD, but never over more than half of what the budget leaves, so
+        # the last batch's close handshakes still fit in it.
+        spread = min(self.chat.shutdown_drain_spread, remaining() / 2)
+        closed = await REGISTRY.close_all(RESTART_CODE, RESTART_REASON, timeout=remaining(), spread=spread)
         closes_sent = budget.elapsed()
 
         # 4. uvicorn's own steps: stop listening, close leftovers, wait, lifespan shutdown

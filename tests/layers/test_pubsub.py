@@ -69,3 +69,34 @@ async def test_a_cancelled_receiver_leaves_no_mailbox_but_the_channel_still_work
     assert channel not in one.loop_layer().inboxes.channels
     await one.send(channel, {"type": "later"})
     assert await asyncio.wait_for(one.receive(channel), 5) == {"type": "later"}
+
+
+async def test_joining_a_subscribed_group_does_not_queue_behind_publishes(layers: tuple) -> None:
+    """The shard's one lock orders every PUBLISH; a join to a group this process already
+    subscribed must not wait for it (after a deploy, thousands of joins did, and held every
+    broadcast back by seconds)."""
+    one, _ = layers
+    first, second = await one.new_channel(), await one.new_channel()
+    await one.group_add("room", first)
+    shard = one.loop_layer()._shards[0]
+    async with shard._lock:  # as a long queue of publishes would hold it
+        await asyncio.wait_for(one.group_add("room", second), 1)
+    assert second in one.loop_layer().inboxes.groups[f"{one.loop_layer().prefix}__group__room"]
+
+
+async def test_publishes_queued_behind_a_round_trip_go_out_together_in_order(layers: tuple) -> None:
+    """While the connection is busy, publishes queue; they then go out as one batch, in the
+    order they were asked, and each caller returns once its own was published."""
+    one, two = layers
+    there = await two.new_channel()
+    await two.group_add("room", there)
+    await subscribers_reach(redis_url(two), f"{two.loop_layer().prefix}__group__room", 1)
+    shard = one.loop_layer()._shards[0]
+    async with shard._lock:  # as a slow round trip would hold it
+        sends = [asyncio.ensure_future(one.group_send("room", {"type": "chat.message", "id": i}))
+                 for i in range(50)]
+        await asyncio.sleep(0.05)
+        assert not any(send.done() for send in sends)
+    await asyncio.wait_for(asyncio.gather(*sends), 5)
+    got = [(await asyncio.wait_for(two.receive(there), 5))["id"] for _ in range(50)]
+    assert got == list(range(50))

@@ -85,6 +85,31 @@ async def test_sigterm_flips_readiness_then_closes_every_socket_with_1012(
     assert "drained 12 websocket(s)" in server.output()
 
 
+async def test_a_spread_drain_still_closes_every_socket_with_1012_within_the_budget(
+    make_app: Callable[..., AppServer],
+) -> None:
+    """SHUTDOWN_DRAIN_SPREAD: the closes go out in batches; every client still gets 1012,
+    and the process still exits 0 within SHUTDOWN_TIMEOUT."""
+    budget = 3.0
+    server = make_app(env={"SHUTDOWN_DRAIN_SPREAD": "1", "SHUTDOWN_TIMEOUT": str(budget)})
+    clients = [await Client.connect(server.ws_url(f"room{i % 3}")) for i in range(12)]
+
+    async def closed(client: Client) -> int | None:
+        try:
+            while True:
+                await client.ws.recv()
+        except ConnectionClosed as exc:
+            return exc.rcvd.code if exc.rcvd else None
+
+    waiting = [asyncio.create_task(closed(c)) for c in clients]
+    signalled = time.monotonic()
+    server.signal(signal.SIGTERM)
+    assert await asyncio.gather(*waiting) == [1012] * len(clients)
+    assert await asyncio.to_thread(server.wait, 10) == 0
+    assert time.monotonic() - signalled < budget + BUDGET_MARGIN
+    assert "drained 12 websocket(s)" in server.output()
+
+
 async def test_new_handshakes_are_refused_while_draining(make_app: Callable[..., AppServer]) -> None:
     from websockets.exceptions import InvalidStatus
 

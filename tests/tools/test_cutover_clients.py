@@ -1,0 +1,76 @@
+"""tools/cutover_clients.py: the reconnect delays and a client's bookkeeping, without sockets."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from tools.cutover_clients import Client, failure_delay, restart_delay
+
+pytestmark = pytest.mark.unit
+
+
+class FakeSocket:
+    """What ``Client`` writes to: the frames it sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, str]] = []
+
+    def send(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+
+def test_delays_are_uniform_within_their_windows() -> None:
+    random.seed(7)
+    restarts = [restart_delay(1.0) for _ in range(300)]
+    assert all(0 <= d <= 1.0 for d in restarts) and min(restarts) < 0.2 and max(restarts) > 0.8
+    for attempt in range(8):
+        bound = min(20.0, 0.5 * 2 ** attempt)
+        delays = [failure_delay(attempt, 0.5, 20.0) for _ in range(300)]
+        assert all(0 <= d <= bound for d in delays) and max(delays) > bound * 3 / 4
+
+
+def test_messages_wait_in_the_outbox_until_ready_and_leave_it_on_ack() -> None:
+    client = Client(0, "room")
+    client.new_message()
+    [client_id] = client.pending
+    socket = FakeSocket()
+    client.attach(socket)  # type: ignore[arg-type]
+    assert socket.sent == []  # open, but not live before `ready`
+    client.handle(json.dumps({"type": "ready", "epoch": "e1", "last_id": 0}))
+    assert client.live and client.epoch == "e1" and len(client.readies) == 1
+    assert [frame["client_id"] for frame in socket.sent] == [client_id]
+    client.handle(json.dumps({"type": "ack", "id": 1, "client_id": client_id}))
+    client.handle(json.dumps({"type": "message", "id": 1}))
+    assert client.pending == {} and client.acked == {client_id: 1}
+    assert client.received == [1] and client.last_id == 1
+    assert client.url("ws://h") == "ws://h/ws/chat/room/?since=1&epoch=e1"
+
+
+def test_a_ready_that_came_with_the_101_goes_live_once_the_socket_is_attached() -> None:
+    """The server's first frames can arrive in the same read as its 101, before ``connect``
+    returned the socket: the outbox must still go out, on the new socket."""
+    import asyncio
+
+    client = Client(0, "room")
+    client.new_message()
+    client.became_ready = asyncio.Event()
+    client.handle(json.dumps({"type": "ready", "epoch": "e1", "last_id": 0}))
+    assert not client.live
+    socket = FakeSocket()
+    client.attach(socket)  # type: ignore[arg-type]
+    assert client.live and len(socket.sent) == 1 and client.resent == 0
+
+
+def test_a_message_written_again_after_a_reconnect_counts_as_resent() -> None:
+    client = Client(0, "room")
+    first, second = FakeSocket(), FakeSocket()
+    client.attach(first)  # type: ignore[arg-type]
+    client.handle(json.dumps({"type": "ready", "epoch": "e1", "last_id": 0}))
+    client.new_message()
+    client.live = False  # the socket closed before the ack
+    client.attach(second)  # type: ignore[arg-type]
+    client.handle(json.dumps({"type": "ready", "epoch": "e1", "last_id": 0}))
+    assert first.sent[0]["client_id"] == second.sent[0]["client_id"] and client.resent == 1

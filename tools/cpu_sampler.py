@@ -1,0 +1,64 @@
+"""CPU use of a few processes, sampled in a background thread: the peak and the total.
+
+A peak is the busiest sampling window (``interval`` seconds), in percent of one core, so
+a process using both cores of a 2-core machine reads 200 %. Processes that end while
+sampled (the old colour, after its drain) simply stop contributing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psutil
+
+
+class CpuSampler:
+    """``with CpuSampler({"green": [pid, ...]}) as s: ...``; then ``s.summary()``."""
+
+    def __init__(self, groups: dict[str, list[int]], interval: float = 0.1) -> None:
+        self.interval = interval
+        self.groups = {name: [psutil.Process(pid) for pid in pids] for name, pids in groups.items()}
+        self.peaks = {name: 0.0 for name in groups}
+        self.totals = {name: 0.0 for name in groups}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _cpu(self, name: str) -> float:
+        total = 0.0
+        for process in self.groups[name]:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass  # gone: what it used is counted up to its last sample
+        return total
+
+    def _run(self) -> None:
+        last = {name: self._cpu(name) for name in self.groups}
+        last_at = time.monotonic()
+        while not self._stop.wait(self.interval):
+            now = time.monotonic()
+            for name in self.groups:
+                cpu = self._cpu(name)
+                used = max(0.0, cpu - last[name])
+                self.totals[name] += used
+                self.peaks[name] = max(self.peaks[name], 100 * used / (now - last_at))
+                last[name] = cpu
+            last_at = now
+            self.samples += 1
+
+    def summary(self) -> dict[str, Any]:
+        """Per group: peak percent of one core and CPU seconds used while sampled."""
+        return {name: {"peak_pct": round(self.peaks[name], 1), "cpu_s": round(self.totals[name], 2)}
+                for name in self.groups}
