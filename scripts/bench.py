@@ -222,7 +222,9 @@ def markdown(bench: dict[str, Any], chart: str | None) -> str:
         if result.get("ratio_to_floor"):
             r = result["ratio_to_floor"]
             rows.append([f"ratio ({layer})", r["healthz_ms"], r["readyz_ms"], r["first_message_ms"]])
-    out += [f"Medians of {bench['config']['startup_runs']} cold starts each, interleaved with the floor.",
+    out += [f"Medians of {bench['config']['startup_runs']} cold starts each, interleaved with the floor, "
+            "with the checkout's bytecode compiled beforehand, as the image ships it "
+            "(`tools.targets.precompile`).",
             "", _md_table(["target", "/healthz 200", "/readyz 200", "first chat round trip"], rows), ""]
 
     sd = bench["shutdown"]
