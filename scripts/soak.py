@@ -6,7 +6,13 @@ send, wait for the echo, close. Bounded by ``--duration`` seconds and ``--count`
 loopback only. The server's RSS is sampled every ``--sample`` connections; after the warm-up
 (the first ``--warmup`` fraction of samples) a least-squares line through the samples gives the
 growth per 100,000 connections: a leak shows as a steady slope, noise as a small one of either
-sign. Exit status 1 when any round failed, 2 for a refused target.
+sign. Every ``--quiet-every`` connections the churn also pauses: no client connected for
+``--settle`` seconds, then a "quiet" RSS sample, fitted on its own (the first leg's left out:
+it only lifts the idle process to its working size). Samples taken mid-churn include whatever
+is in flight at that instant; quiet ones hold only what stayed behind. That is a leak, or
+memory the allocators keep once they were given it (pymalloc arenas, the C heap): RSS alone
+cannot tell those apart, the server's own in-use figures can (README, Benchmarks). Exit status
+1 when any round failed, 2 for a refused target.
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=1_000_000, help="stop after this many connections")
     parser.add_argument("--sample", type=int, default=10_000, help="connections between RSS samples")
     parser.add_argument("--warmup", type=float, default=0.2, help="fraction of samples left out of the fit")
+    parser.add_argument("--quiet-every", type=int, default=20_000,
+                        help="connections between pauses for a quiet RSS sample (0: never pause)")
+    parser.add_argument("--settle", type=float, default=2.0, help="seconds of a pause before its sample")
     parser.add_argument("--no-client-id", action="store_true",
                         help="send without client_id: no dedupe entries (in-memory mode keeps them)")
     parser.add_argument("--round-timeout", type=float, default=10.0, help="longest one round may take")
@@ -66,13 +75,22 @@ class Churn:
 
     def __init__(self, url: str, kind: str, args: argparse.Namespace) -> None:
         self.url, self.kind, self.args = url, kind, args
-        self.done = 0
+        self.done = self.started = 0
+        self.leg_end = args.count
         self.errors: dict[str, int] = {}
         self.samples: list[tuple[int, int]] = []
+        self.quiet: list[tuple[int, int]] = []
         self.stop_at = time.monotonic() + args.duration
 
     def _more(self) -> bool:
         return self.done < self.args.count and time.monotonic() < self.stop_at and not self.errors
+
+    def _next_round(self) -> bool:
+        """Claim one more round of this leg, or say the leg (or the run) is over."""
+        if not self._more() or self.started >= min(self.leg_end, self.args.count):
+            return False
+        self.started += 1
+        return True
 
     async def _round(self, room: str) -> None:
         loop = asyncio.get_running_loop()
@@ -109,7 +127,7 @@ class Churn:
 
     async def _loop(self, index: int, pid: int | None) -> None:
         room = f"soak{index % self.args.rooms}"
-        while self._more():
+        while self._next_round():
             try:
                 async with asyncio.timeout(self.args.round_timeout):
                     await self._round(room)
@@ -127,7 +145,17 @@ class Churn:
         first = usage(pid)
         if first is not None:
             self.samples.append((0, first.rss))
-        await asyncio.gather(*(self._loop(i, pid) for i in range(self.args.concurrency)))
+        every = self.args.quiet_every
+        while self._more():
+            self.leg_end = self.started + every if every > 0 else self.args.count
+            await asyncio.gather(*(self._loop(i, pid) for i in range(self.args.concurrency)))
+            if every <= 0 or self.errors:
+                break
+            # Every client has closed: let the server finish what closing left it, then read.
+            await asyncio.sleep(self.args.settle)
+            reading = usage(pid)
+            if reading is not None:
+                self.quiet.append((self.done, reading.rss))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -151,6 +179,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         skip = int(len(churn.samples) * args.warmup)
         fitted = churn.samples[skip:]
         per_connection = slope(fitted)
+        # The first leg raises the high-water mark from the idle process's; only later legs
+        # say whether what stays behind grows.
+        quiet_slope = slope(churn.quiet[1:])
         return {
             "ok": not churn.errors and churn.done > 0,
             "target": kind,
@@ -163,7 +194,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rss_mb_last": round(churn.samples[-1][1] / 2**20, 2) if churn.samples else None,
             "samples_fitted": len(fitted),
             "rss_kb_per_100k": None if per_connection is None else round(per_connection * PER / 1024, 1),
+            "rss_kb_per_100k_quiet": None if quiet_slope is None else round(quiet_slope * PER / 1024, 1),
             "samples": [{"connections": x, "rss_mb": round(y / 2**20, 3)} for x, y in churn.samples],
+            "quiet_samples": [{"connections": x, "rss_mb": round(y / 2**20, 3)} for x, y in churn.quiet],
             "machine": machine(),
         }
     finally:
@@ -177,10 +210,10 @@ def render(result: dict[str, Any]) -> str:
     rows = [[
         result["target"] + (" + redis" if result["redis"] else ""), result["connections"],
         result["connections_per_s"], result["rss_mb_first"], result["rss_mb_last"],
-        result["rss_kb_per_100k"], result["errors"] or "none",
+        result["rss_kb_per_100k"], result["rss_kb_per_100k_quiet"], result["errors"] or "none",
     ]]
     headers = ["target", "connections", "conn/s", "RSS MB first", "RSS MB last",
-               "RSS KB per 100k (fit)", "errors"]
+               "RSS KB per 100k (fit)", "RSS KB per 100k (quiet fit)", "errors"]
     return table(headers, rows)
 
 

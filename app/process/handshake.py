@@ -17,7 +17,9 @@ uvicorn never sends. ``guarded_protocols`` returns the two protocol classes that
   line or a header line over 8 KB, more than 128 headers), and treats an HTTP refusal sent by
   the application as a finished handshake (uvicorn logged every refusal as an ERROR);
 - it stamps each ``websocket.receive`` event with when its frame was read, for the rate limit
-  (app.chat.ratelimit).
+  (app.chat.ratelimit);
+- when a WebSocket is lost, it closes websockets' parser, a generator holding the connection:
+  without that every closed WebSocket was a cycle left to the cyclic garbage collector.
 """
 
 from __future__ import annotations
@@ -214,6 +216,17 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.write(b"".join(self.conn.data_to_send()))
             self.handshake_complete = self.close_sent = True
             self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        # websockets' parser is a generator whose frame holds the connection it parses for
+        # (``conn.parser = conn.parse()``, ``conn.discard()`` once closed): a cycle per socket,
+        # with its reader, frames and buffers, left to the cyclic GC. Most of them live
+        # through a collection and are promoted, so they waited for a full one, interleaved
+        # with live objects: pymalloc's arenas crept up under churn (issue #16). Nothing
+        # parses after the connection is lost; closing the generator ends its frame, and
+        # refcounting frees the connection's state at once.
+        self.conn.parser.close()
 
     async def send(self, message: Any) -> None:
         await super().send(message)

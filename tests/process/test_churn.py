@@ -39,12 +39,16 @@ def test_closed_connections_leave_nothing_for_the_cyclic_gc(
 def test_soak_reports_rss_growth_per_100k_against_redis(tmp_path: Path) -> None:
     status, result, output = run_script(
         "soak", "--redis", "--count", "600", "--sample", "100", "--duration", "60", "-c", "20",
-        json_path=tmp_path / "soak.json",
+        "--quiet-every", "150", "--settle", "0.2", json_path=tmp_path / "soak.json",
     )
     assert status == 0, output
     assert result["ok"] and result["connections"] >= 600 and result["redis"]
     assert result["rss_kb_per_100k"] is not None and len(result["samples"]) >= 6
     assert "RSS KB per 100k" in output
+    # A pause after every 150 connections: four legs, each ended by a quiet sample (the
+    # first leg's is left out of the quiet fit).
+    assert [sample["connections"] for sample in result["quiet_samples"]] == [150, 300, 450, 600]
+    assert result["rss_kb_per_100k_quiet"] is not None and "quiet fit" in output
 
 
 def test_soak_churns_the_floor(tmp_path: Path) -> None:
