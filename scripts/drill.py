@@ -46,6 +46,7 @@ from typing import Any
 from scripts.deploy import LocalRuntime, deploy
 from scripts.stack import STATE_FILE, StackState, down, resolve_dir, up
 from tools import traefik_config
+from tools.ledger import Ledger
 from tools.net import http_get
 from tools.report import table
 
@@ -67,15 +68,12 @@ def backoff(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) 
 
 
 @dataclass
-class Member:
+class Member(Ledger):
     """One drill client: what it sent, what was acknowledged, every message id it received."""
 
     index: int
     room: str
     expected_close: int = RESTART
-    received: list[int] = field(default_factory=list)
-    acked: dict[str, int] = field(default_factory=dict)
-    pending: dict[str, str] = field(default_factory=dict)
     sent: int = 0
     connects: int = 0
     failed_attempts: int = 0
@@ -83,13 +81,9 @@ class Member:
     transmitted: set[str] = field(default_factory=set)  # client_ids written to a socket
     resent: int = 0
     closes: Counter[int] = field(default_factory=Counter)
-    errors: list[str] = field(default_factory=list)
     ws: Any = None
     live: bool = False
     last_failure: str = ""
-    last_id: int = 0  # the newest id received: where a reconnect resumes (?since=)
-    epoch: str | None = None  # the room's epoch last_id counts in (?epoch=)
-    resets: int = 0  # the room's ids started over (state lost): the checks cannot hold across
     token: str | None = None  # this client's JWT (the same user across reconnects)
     watching: bool = False  # counting presence changes (from the first cutover on)
     presence_changes: list[str] = field(default_factory=list)
@@ -107,22 +101,14 @@ class Member:
         """Record one server frame; its type."""
         kind = frame.get("type")
         if kind == "message":
-            self.received.append(frame["id"])
-            self.last_id = max(self.last_id, frame["id"])
+            self.record_message(frame)
         elif kind == "ack":
-            client_id, msg_id = frame.get("client_id"), frame["id"]
-            if not isinstance(client_id, str):  # we always send one: an ack must carry it back
-                self.errors.append(f"ack without our client_id: {frame}")
-                return kind
-            if self.acked.setdefault(client_id, msg_id) != msg_id:
-                self.errors.append(f"{client_id} acked as {self.acked[client_id]} and {msg_id}")
-            self.pending.pop(client_id, None)
+            self.record_ack(frame)
         elif kind == "ready":
             self.live = True
             self.epoch = frame.get("epoch")
         elif kind == "reset":
-            self.resets += 1
-            self.epoch, self.last_id = frame["epoch"], frame["last_id"]
+            self.record_reset(frame)
         elif kind == "presence":
             self.presence_counts.append(frame["count"])
         elif kind in PRESENCE_CHANGES:

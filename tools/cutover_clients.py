@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tools import wsclient
+from tools.ledger import Ledger
 from tools.swarm import describe_error
 
 RESTART = 1012
@@ -45,7 +46,7 @@ def failure_delay(attempt: int, base: float, cap: float) -> float:
 
 
 @dataclass
-class Client:
+class Client(Ledger):
     """One resuming client and everything it saw."""
 
     index: int
@@ -54,21 +55,14 @@ class Client:
     ws: wsclient.WebSocket | None = None
     live: bool = False
     became_ready: asyncio.Event | None = None  # the current attempt's ``ready``
-    last_id: int = 0  # the newest id received: where a reconnect resumes
-    epoch: str | None = None
-    received: list[int] = field(default_factory=list)
-    acked: dict[str, int] = field(default_factory=dict)
-    pending: dict[str, str] = field(default_factory=dict)  # client_id -> text, oldest first
     transmitted: set[str] = field(default_factory=set)
     sent: int = 0
     resent: int = 0
-    resets: int = 0
     retried: int = 0  # ``unavailable`` / ``rate_limited`` answers, resent after a delay
     failed_attempts: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     readies: list[int] = field(default_factory=list)  # monotonic ns of every ``ready``
     closes: list[tuple[int, int]] = field(default_factory=list)  # (code, monotonic ns)
-    errors: list[str] = field(default_factory=list)
 
     def url(self, base: str) -> str:
         url = f"{base}/ws/chat/{self.room}/?since={self.last_id}"
@@ -83,16 +77,9 @@ class Client:
         frame = json.loads(raw)
         kind = frame.get("type")
         if kind == "message":
-            self.received.append(frame["id"])
-            self.last_id = max(self.last_id, frame["id"])
+            self.record_message(frame)
         elif kind == "ack":
-            client_id, msg_id = frame.get("client_id"), frame["id"]
-            if not isinstance(client_id, str):  # we always send one: an ack must carry it back
-                self.errors.append(f"ack without our client_id: {frame}")
-                return
-            if self.acked.setdefault(client_id, msg_id) != msg_id:
-                self.errors.append(f"{client_id} acked as {self.acked[client_id]} and {msg_id}")
-            self.pending.pop(client_id, None)
+            self.record_ack(frame)
         elif kind == "ready":
             self.readies.append(time.monotonic_ns())
             self.epoch = frame.get("epoch")
@@ -101,8 +88,7 @@ class Client:
             if self.ws is not None:  # else ``ready`` came with the 101: see ``attach``
                 self.go_live()
         elif kind == "reset":
-            self.resets += 1
-            self.epoch, self.last_id = frame["epoch"], frame["last_id"]
+            self.record_reset(frame)
         elif kind == "error" and frame.get("code") in RETRY_LATER:
             # An error names no client_id: the outbox goes out again, same client_ids, and
             # the server's idempotency turns what it already stored into its first ack.
