@@ -26,7 +26,6 @@ is reported beside them).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
@@ -43,6 +42,7 @@ from scripts.docker_env import docker_environment, state_dir
 from tools import traefik_config
 from tools.docker.base_images import is_stand_in
 from tools.report import median, table, write_section
+from tools.swarm import Swarm
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOOR = "floor"
@@ -111,41 +111,25 @@ def stop(stack: BenchStack, service: str) -> None:
     subprocess.run(["docker", "stop", stack.container(service)], check=True, capture_output=True)
 
 
-async def hold_sockets(stack: BenchStack, count: int, room: str) -> list[Any]:
-    from websockets.asyncio.client import connect
+def stop_with_sockets(stack: BenchStack, color: str, count: int) -> dict[str, Any]:
+    """``docker stop`` of ``color`` while it holds ``count`` WebSockets through Traefik.
 
+    The sockets are the lean load client's (tools/swarm.py), as in ``make bench``'s shutdown
+    leg: the ``websockets`` client, one process answering 1,000 close frames, was measured
+    there as most of such a figure.
+    """
     token = mint("bench", "*", 3600, stack.secret)
-    gate = asyncio.Semaphore(100)
-
-    async def one(i: int) -> Any:
-        async with gate:
-            ws = await connect(f"{stack.web_url}/ws/chat/{room}-{i % 10}/?last=0&token={token}",
-                               open_timeout=30, ping_interval=None)
-            await ws.recv()  # ready
-            return ws
-
-    return list(await asyncio.gather(*(one(i) for i in range(count))))
-
-
-async def stop_with_sockets(stack: BenchStack, color: str, count: int) -> dict[str, Any]:
-    """``docker stop`` of ``color`` while it holds ``count`` WebSockets through Traefik."""
-    sockets = await hold_sockets(stack, count, "stop")
-    container = stack.container(f"app_{color}")
-    began = time.monotonic()
-    done = await asyncio.to_thread(subprocess.run, ["docker", "stop", container], capture_output=True)
-    took = time.monotonic() - began
-
-    async def close_code(ws: Any) -> int:
-        try:
-            await asyncio.wait_for(ws.wait_closed(), 10)
-        except TimeoutError:
-            return 0
-        return ws.close_code or 1006
-
-    codes = Counter(await asyncio.gather(*(close_code(ws) for ws in sockets)))
+    url = stack.web_url.replace("http://", "ws://", 1)
+    with Swarm(url, count, 10, 100, query=f"last=0&token={token}") as swarm:
+        connected = swarm.connect(True)["connected"]
+        container = stack.container(f"app_{color}")
+        began = time.monotonic()
+        done = subprocess.run(["docker", "stop", container], capture_output=True)
+        took = time.monotonic() - began
+        codes = swarm.await_close(10)["close_codes"]
     inspect = subprocess.run(["docker", "inspect", "--format", "{{.State.ExitCode}}", container],
                              capture_output=True, text=True)
-    return {"sockets": count, "stop_s": round(took, 3), "docker_stop_exit": done.returncode,
+    return {"sockets": connected, "stop_s": round(took, 3), "docker_stop_exit": done.returncode,
             "container_exit_code": int(inspect.stdout.strip() or -1),
             "close_codes": {str(k): v for k, v in sorted(codes.items())}}
 
@@ -213,7 +197,7 @@ def run(stack: BenchStack, runs: int, deploys: int, sockets: int) -> dict[str, A
         codes = {c["exit_code"] for c in ended["containers"].values()}
         reports[-1]["old_exited_after_s"] = ended["after_s"] if codes == {0} else f"exit {sorted(codes)}"
     restarted = restart_gap(stack, color)
-    stopped = asyncio.run(stop_with_sockets(stack, color, sockets))
+    stopped = stop_with_sockets(stack, color, sockets)
     base = "python:3.11-slim"
     return {
         "runtime": "compose",

@@ -126,6 +126,8 @@ class Worker:
 
     async def _open(self, member: Member, wait_ready: bool) -> None:
         url = f"{self.spec['url']}/ws/chat/{member.room}/"
+        if self.spec.get("query"):
+            url += f"?{self.spec['query']}"
         timeout = self.spec["open_timeout"]
         started = time.perf_counter()
         try:
@@ -337,7 +339,7 @@ class Swarm:
 
     def __init__(self, url: str, connections: int, rooms: int, concurrency: int = 500,
                  ramp: float = 0.0, per_process: int | None = None, open_timeout: float = 30.0,
-                 deflate: bool = False, worker: type[Any] = Worker,
+                 deflate: bool = False, worker: type[Any] = Worker, query: str = "",
                  extra: dict[str, Any] | None = None) -> None:
         self.plan = plan(connections, per_process)
         self.run = secrets.token_hex(3)
@@ -348,6 +350,7 @@ class Swarm:
         self.ramp = ramp
         self.open_timeout = open_timeout
         self.deflate = deflate
+        self.query = query  # appended to every chat URL (e.g. ``token=...``)
         self.worker = worker  # the class each process runs; its phases are what ``call`` names
         self.extra = extra or {}  # more of the spec, for another worker class
         self.pipes: list[Connection] = []
@@ -364,6 +367,7 @@ class Swarm:
                 "run": self.run, "url": self.url, "rooms": self.rooms, "indices": indices,
                 "total": self.connections, "concurrency": per_worker_concurrency,
                 "ramp": self.ramp, "open_timeout": self.open_timeout, "deflate": self.deflate,
+                "query": self.query,
                 **self.extra,
             }
             ours, theirs = context.Pipe()
