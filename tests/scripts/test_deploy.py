@@ -158,6 +158,12 @@ def save(state):
     with open(state_file + ".tmp", "w") as handle:
         json.dump(state, handle)
     os.replace(state_file + ".tmp", state_file)
+def mark(names, value):  # each <project>-<service>-<n> named is now in state ``value``
+    state = load()
+    for name in names:
+        service, number = name.rsplit("-", 2)[1:]
+        state[service][int(number) - 1] = value
+    save(state)
 args = sys.argv[1:]
 project = os.environ.get("COMPOSE_PROJECT_NAME") or "fromconfig"
 if args[:2] == ["image", "inspect"]:
@@ -168,25 +174,13 @@ if args[0] == "ps":  # docker ps --filter label=...service=app_<colour>
         print("\\t".join([f"{{project}}-{{service}}-{{number}}", state, "parley:r1", "h1"]))
     sys.exit(0)
 if args[0] == "start":  # docker start <names>
-    state = load()
-    for name in args[1:]:
-        service, number = name.rsplit("-", 2)[1:]
-        state[service][int(number) - 1] = "running"
-    save(state)
+    mark(args[1:], "running")
     sys.exit(0)
 if args[0] == "stop":  # docker stop <names>: each says it drains, then exits
-    state = load()
-    for name in args[1:]:
-        service, number = name.rsplit("-", 2)[1:]
-        state[service][int(number) - 1] = "draining"
-    save(state)
+    mark(args[1:], "draining")
     while os.environ.get("FAKE_HOLD_STOP") and not os.path.exists(os.environ["FAKE_HOLD_STOP"]):
         time.sleep(0.01)
-    state = load()
-    for name in args[1:]:
-        service, number = name.rsplit("-", 2)[1:]
-        state[service][int(number) - 1] = "exited"
-    save(state)
+    mark(args[1:], "exited")
     sys.exit(0)
 if "config" in args and "--hash" in args:
     print(args[-1], os.environ.get("FAKE_CONFIG_HASH", "h1"))
