@@ -11,7 +11,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from app import metrics
 from app.chat.registry import REGISTRY
@@ -34,10 +34,17 @@ def _describe(exc: BaseException) -> str:
     return f"redis unavailable: {text}"[:200]
 
 
-async def until_answering(chat: ChatServices, lifecycle: Lifecycle) -> None:
-    """Retry the services check with capped exponential backoff until it passes."""
+def _backoff() -> Iterator[float]:
+    """The waits between retries: 50 ms, doubling, at most 2 s."""
     delay = 0.05
     while True:
+        yield delay
+        delay = min(delay * 2, 2.0)
+
+
+async def until_answering(chat: ChatServices, lifecycle: Lifecycle) -> None:
+    """Retry the services check with capped exponential backoff until it passes."""
+    for delay in _backoff():
         try:
             await chat.check(CHECK_TIMEOUT)
             return
@@ -45,7 +52,6 @@ async def until_answering(chat: ChatServices, lifecycle: Lifecycle) -> None:
             lifecycle.set_unavailable(_describe(exc))
             logger.warning("not ready: %s; retrying in %.2fs", lifecycle.reason, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
 
 async def load_metrics(load: Callable[[], object]) -> None:
@@ -53,15 +59,13 @@ async def load_metrics(load: Callable[[], object]) -> None:
     for want of a descriptor. A flood of sockets right after ready can take every one before
     the import has opened its files (EMFILE); once they are cut it succeeds. Failing instead
     ended warm-up: /readyz stayed 503 and the watchers below never started."""
-    delay = 0.05
-    while True:
+    for delay in _backoff():
         try:
             await asyncio.to_thread(load)
             return
         except OSError as exc:
             logger.warning("metrics not loaded: %s; retrying in %.2fs", exc, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
 
 async def monitor(chat: ChatServices, lifecycle: Lifecycle) -> None:
