@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-import psutil
+from tools.targets import usage
 
 
 class CpuSampler:
@@ -19,7 +19,7 @@ class CpuSampler:
 
     def __init__(self, groups: dict[str, list[int]], interval: float = 0.1) -> None:
         self.interval = interval
-        self.groups = {name: [psutil.Process(pid) for pid in pids] for name, pids in groups.items()}
+        self.groups = groups
         self.peaks = {name: 0.0 for name in groups}
         self.totals = {name: 0.0 for name in groups}
         self.samples = 0
@@ -35,14 +35,9 @@ class CpuSampler:
         self._thread.join()
 
     def _cpu(self, name: str) -> float:
-        total = 0.0
-        for process in self.groups[name]:
-            try:
-                times = process.cpu_times()
-                total += times.user + times.system
-            except psutil.Error:
-                pass  # gone: what it used is counted up to its last sample
-        return total
+        # A process gone reads None: what it used is counted up to its last sample.
+        readings = (usage(pid) for pid in self.groups[name])
+        return sum(reading.cpu for reading in readings if reading is not None)
 
     def _run(self) -> None:
         last = {name: self._cpu(name) for name in self.groups}
