@@ -46,6 +46,7 @@ from typing import Any
 from scripts.deploy import LocalRuntime, deploy
 from scripts.stack import STATE_FILE, StackState, down, resolve_dir, up
 from tools import traefik_config
+from tools.backoff import failure_delay
 from tools.ledger import Ledger
 from tools.net import http_get
 from tools.report import table
@@ -63,8 +64,8 @@ DEFAULT_GRACE = 15.0  # the service's CHAT_PRESENCE_GRACE default
 
 
 def backoff(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
-    return random.uniform(0, min(cap, base * 2 ** attempt))
+    """Exponential backoff with full jitter, from the drill's base and cap."""
+    return failure_delay(attempt, base, cap)
 
 
 @dataclass

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import secrets
 import time
 from collections import Counter
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tools import wsclient
+from tools.backoff import failure_delay, restart_delay
 from tools.ledger import Ledger
 from tools.swarm import describe_error
 
@@ -33,16 +33,6 @@ RESTART = 1012
 RETRY_LATER = ("unavailable", "rate_limited")  # the message stays first in the outbox
 SEND_RETRY_DELAY = 1.0  # docs/CLIENT.md's sendRetryDelay
 POLL = 0.05  # seconds between checks of a phase's condition; stamps never depend on it
-
-
-def restart_delay(jitter: float) -> float:
-    """After close 1012: prompt, but spread over ``jitter`` seconds."""
-    return random.uniform(0, jitter)
-
-
-def failure_delay(attempt: int, base: float, cap: float) -> float:
-    """After a failed attempt: full jitter over an exponentially growing, capped window."""
-    return random.uniform(0, min(cap, base * 2 ** attempt))
 
 
 @dataclass

@@ -1,13 +1,12 @@
-"""tools/cutover_clients.py: the reconnect delays and a client's bookkeeping, without sockets."""
+"""tools/cutover_clients.py: a client's bookkeeping, without sockets."""
 
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
-from tools.cutover_clients import Client, failure_delay, restart_delay
+from tools.cutover_clients import Client
 
 pytestmark = pytest.mark.unit
 
@@ -20,16 +19,6 @@ class FakeSocket:
 
     def send(self, text: str) -> None:
         self.sent.append(json.loads(text))
-
-
-def test_delays_are_uniform_within_their_windows() -> None:
-    random.seed(7)
-    restarts = [restart_delay(1.0) for _ in range(300)]
-    assert all(0 <= d <= 1.0 for d in restarts) and min(restarts) < 0.2 and max(restarts) > 0.8
-    for attempt in range(8):
-        bound = min(20.0, 0.5 * 2 ** attempt)
-        delays = [failure_delay(attempt, 0.5, 20.0) for _ in range(300)]
-        assert all(0 <= d <= bound for d in delays) and max(delays) > bound * 3 / 4
 
 
 def test_messages_wait_in_the_outbox_until_ready_and_leave_it_on_ack() -> None:
