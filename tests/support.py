@@ -94,6 +94,12 @@ class Client:
         await self.ws.close()
 
 
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -c code`` in a fresh interpreter from the repository root: for what a
+    process imports (or leaves unimported), which this test process has long since loaded."""
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+
+
 def run_script(script: str, *args: str, json_path: Path | None = None, timeout: float = 120,
                env: dict[str, str] | None = None) -> tuple[int, Any, str]:
     """Run ``python -m scripts.<script>`` from the repository root as its own process;

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from tools import ROOT
+from tests.support import run_python
 
 
 def test_metrics_load_on_first_use_and_then_are_plain_attributes() -> None:
@@ -19,7 +16,7 @@ def test_metrics_load_on_first_use_and_then_are_plain_attributes() -> None:
         "assert 'MESSAGES_RECEIVED' in vars(metrics) and metrics.TALLY.deliveries == 0; "
         "print('ok')"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    out = run_python(code)
     assert out.stdout.strip() == "ok", out.stderr
 
 

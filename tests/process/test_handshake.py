@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,8 +14,7 @@ import pytest
 
 from app.chat.ratelimit import ARRIVED
 from app.process.handshake import ArrivalStamps, guarded_protocols
-from tests.support import AppServer, http_get, wait_until
-from tools import ROOT
+from tests.support import AppServer, http_get, run_python, wait_until
 
 TIMEOUT = "0.5"
 # Generous: the server's deadline is TIMEOUT; this only stops a broken server hanging the test.
@@ -186,7 +183,7 @@ def test_a_cut_is_counted_without_loading_the_metrics() -> None:
         "assert metrics.CUTS == {'handshake_timeout': 1}; "
         "print('ok')"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    out = run_python(code)
     assert out.stdout.strip() == "ok", out.stderr
 
 

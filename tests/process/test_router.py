@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from app.config import load
 from app.process.router import Router
-from tools import ROOT
+from tests.support import run_python
 
 
 def test_importing_the_asgi_app_imports_no_django() -> None:
     code = ("import sys, app.asgi; print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('django', 'channels', 'channels_redis', 'redis', 'prometheus_client')))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = run_python(code)
+    out.check_returncode()
     assert out.stdout.strip() == "[]"
 
 
@@ -27,7 +26,8 @@ def test_what_runs_before_listening_leaves_the_chat_stack_to_warm_up() -> None:
              "app.chat.consumer", "app.chat.services", "app.process.warmup", "app.process.wiring")
     code = (f"import sys, app.asgi, app.process.server; later = {later!r}; "
             "print(sorted(m for m in sys.modules if m.startswith(later)))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = run_python(code)
+    out.check_returncode()
     assert out.stdout.strip() == "[]"
 
 
