@@ -6,6 +6,7 @@ two places the wire format lives.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -227,8 +228,15 @@ def is_typing_frame(text: str) -> bool:
     return isinstance(data, dict) and data.get("type") == "typing"
 
 
+@functools.lru_cache(maxsize=8192)
+def _user_entry(name: str) -> str:
+    # Presence lists the same names again and again (every joiner's snapshot names up to
+    # 100 of the room, every batch): each is encoded once, not once per frame.
+    return '{"user":' + _dumps(name) + "}"
+
+
 def _users(names: list[str]) -> str:
-    return "[" + ",".join('{"user":' + _dumps(name) + "}" for name in names) + "]"
+    return "[" + ",".join(map(_user_entry, names)) + "]"
 
 
 def members_json(names: list[str]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 
 # Names in a ``presence`` snapshot and in each list of a ``presence_diff``; ``count`` is exact.
 MEMBERS_MAX = 100
@@ -77,12 +78,7 @@ class Roster:
 
     def sample(self, limit: int = MEMBERS_MAX) -> list[str]:
         """Up to ``limit`` member names."""
-        names: list[str] = []
-        for user in self.members:
-            if len(names) >= limit:
-                break
-            names.append(user)
-        return names
+        return list(islice(self.members, limit))
 
     def next_deadline(self) -> float | None:
         return min(self.leaving.values(), default=None)
