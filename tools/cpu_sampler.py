@@ -57,3 +57,20 @@ class CpuSampler:
         """Per group: peak percent of one core and CPU seconds used while sampled."""
         return {name: {"peak_pct": round(self.peaks[name], 1), "cpu_s": round(self.totals[name], 2)}
                 for name in self.groups}
+
+
+def wait_until_quiet(pids: list[int], below_pct: float, window: float = 1.0, limit: float = 30.0) -> float:
+    """Block until ``pids`` together used less than ``below_pct`` % of one core over one
+    ``window``, or ``limit`` seconds have passed; the seconds it took (``limit``: never quiet).
+
+    A benchmark that measures one burst of work (a broadcast) waits for the work before it
+    (the connect storm's presence rounds, handshakes still finishing) to be done first."""
+    began = time.monotonic()
+    last = sum(u.cpu for u in map(usage, pids) if u is not None)
+    while time.monotonic() - began < limit:
+        time.sleep(window)
+        cpu = sum(u.cpu for u in map(usage, pids) if u is not None)
+        if 100 * (cpu - last) / window < below_pct:
+            break
+        last = cpu
+    return round(min(time.monotonic() - began, limit), 2)

@@ -1,0 +1,46 @@
+"""tools.cpu_sampler against real processes: one that spins, one that sleeps."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tools.cpu_sampler import CpuSampler, wait_until_quiet
+
+
+@pytest.fixture
+def spinner() -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_a_busy_process_is_never_quiet(spinner: subprocess.Popen[bytes]) -> None:
+    assert wait_until_quiet([spinner.pid], below_pct=5, window=0.2, limit=1.0) == 1.0
+
+
+def test_a_sleeping_process_is_quiet_after_one_window(sleeper: subprocess.Popen[bytes]) -> None:
+    assert wait_until_quiet([sleeper.pid], below_pct=5, window=0.2, limit=5.0) < 5.0
+
+
+def test_the_sampler_sees_the_busy_process_and_not_the_sleeping_one(
+        spinner: subprocess.Popen[bytes], sleeper: subprocess.Popen[bytes]) -> None:
+    with CpuSampler({"busy": [spinner.pid], "idle": [sleeper.pid]}, interval=0.1) as sampler:
+        while sampler.samples < 5:
+            time.sleep(0.05)  # polling the sampler's own count, not a guess at timing
+    summary = sampler.summary()
+    assert summary["busy"]["cpu_s"] > 0
+    assert summary["idle"]["peak_pct"] < summary["busy"]["peak_pct"]
