@@ -301,7 +301,10 @@ class ChatConsumer(SerialConsumer):
 
     async def _send_text(self, text: str) -> None:
         try:
-            await self.send_event({"type": "websocket.send", "text": text})
+            # Written at once when the socket can take it (the ready, presence and ack
+            # frames, a resume's replay), as a fan-out writes; else the ordered ASGI send.
+            if self.closing or not self.send_now(text, shared=False):
+                await self.send_event({"type": "websocket.send", "text": text})
         except UnicodeEncodeError:
             # Frames are built encodable (app.protocol); this guard means no record, however
             # it was stored, can end a member's connection. Nothing was written.

@@ -90,18 +90,19 @@ class SerialConsumer(AsyncWebsocketConsumer):
         to have it queued for the channel-layer loop as usual."""
         return False
 
-    def send_now(self, text: str) -> bool:
+    def send_now(self, text: str, shared: bool = True) -> bool:
         """Send a text frame without suspending, if the server can take it now.
 
         True when the frame was written (or the socket is already gone, so there is nobody
         to deliver to); False when the send would have to wait, or when the server does not
         expose its write-readiness (only uvicorn's WebSocket protocols do): queue it then.
-        On uvicorn's websockets-sansio protocol the frame's bytes are built once per text
-        (app.chat.wire) and written to the transport; elsewhere uvicorn's own send runs.
+        On uvicorn's websockets-sansio protocol the frame's bytes are written straight to the
+        transport: built once per text when it is ``shared`` (a fan-out's, app.chat.wire),
+        else built for this socket alone; elsewhere uvicorn's own send runs.
         """
         raw = self._raw
         if raw is not None and wire.can_write(raw):
-            raw.transport.write(wire.PREPARED(text))
+            raw.transport.write(wire.PREPARED(text) if shared else wire.text_frame(text))
             return True
         protocol = getattr(self.base_send, "__self__", None)
         writable = getattr(protocol, "writable", None)
