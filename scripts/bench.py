@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tools import ROOT
+from tools.cpu_sampler import QUIET_PCT
 from tools.report import fmt, log, machine, ratio, with_sections_of
 from tools.swarm import raise_nofile
 
@@ -279,7 +280,9 @@ def markdown(bench: dict[str, Any], chart: str | None) -> str:
             "machine: they share its cores with the server and include the client processes' own "
             "queueing, so compare them with the floor's rather than read them as network figures. "
             "Server CPU and memory are psutil deltas of the server process over each phase "
-            "(for traefik/redis: the app behind Traefik).", ""]
+            "(for traefik/redis: the app behind Traefik); the connect phase lasts until the server "
+            f"is quiet again (below {QUIET_PCT:g} % of a core over 1 s), so the work the connects leave behind "
+            "(presence rounds announcing the joins) counts per connection, not per delivery.", ""]
     for skip in bench["skipped"]:
         out += [f"- {skip}"]
     if bench["skipped"]:

@@ -35,15 +35,12 @@ from typing import Any
 
 from tools import ROOT, cli
 from tools.cluster import RedisClusterServers
-from tools.cpu_sampler import wait_until_quiet
+from tools.cpu_sampler import QUIET_PCT, wait_until_quiet
 from tools.procs import AppServer, RedisServer
 from tools.report import log, machine, percentiles, ratio, table, write_section
 from tools.swarm import Swarm, raise_nofile
 from tools.targets import per_unit, require_loopback, start_server, usage
 
-# Quiet, before a broadcast: the app processes below this % of one core each, on average
-# (pings alone, 100,000 sockets at CHAT_PING_INTERVAL=20 s, are ~2-3 % each).
-QUIET_PCT = 5.0
 # Broadcasts per room in the single-vs-cluster comparison: enough deliveries for a CPU figure.
 COMPARE_MESSAGES = 5
 MARK_BEGIN = "<!-- bench-scale: begin (scripts/bench_scale.py --write) -->"
@@ -144,7 +141,7 @@ def measure(args: argparse.Namespace, apps: list[AppServer], sockets: int, messa
         connected = sum(c["connected"] for c in connects)
         # The connect storm leaves work behind (presence rounds announce the joins for
         # seconds after, spaced by their budget): the broadcast is measured after it.
-        settle_s = wait_until_quiet([pid for pid in pids if pid], QUIET_PCT * len(apps))
+        settle_s = wait_until_quiet([pid for pid in pids if pid])
         settled_usage = [usage(pid) for pid in pids]
         log(f"bench-scale: {connected}/{sockets} connected in {connect_s:.1f}s, quiet after "
             f"{settle_s:.1f}s more; {messages} broadcast(s) per room")

@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from tools import cli
+from tools.cpu_sampler import wait_until_quiet
 from tools.procs import RedisServer
 from tools.report import log, machine, percentiles, table
 from tools.swarm import Swarm, detect_ready, raise_nofile
@@ -102,9 +103,12 @@ def measure(args: argparse.Namespace, url: str, pid: int | None, kind: str, laye
             f"{args.concurrency} in flight" + (f", ramp {args.ramp}s" if args.ramp else ""))
         before = usage(pid)
         connect = swarm.connect(wait_ready)
+        # What the connects leave behind (presence rounds announcing the joins) is theirs:
+        # counted per connection, and not taken for the deliveries' cost.
+        settle_s = wait_until_quiet([pid]) if pid else 0.0
         connected = usage(pid)
-        log(f"loadtest: {connect['connected']}/{connect['attempted']} connected in {connect['seconds']}s; "
-            f"broadcasting {args.messages} message(s) per room")
+        log(f"loadtest: {connect['connected']}/{connect['attempted']} connected in {connect['seconds']}s, "
+            f"server quiet {settle_s}s later; broadcasting {args.messages} message(s) per room")
         broadcast = swarm.broadcast(args.messages, args.interval, args.delivery_timeout)
         delivered = usage(pid)
         swarm.close()
@@ -129,6 +133,7 @@ def measure(args: argparse.Namespace, url: str, pid: int | None, kind: str, laye
         "connect": {
             **{k: connect[k] for k in ("attempted", "connected", "success_rate", "seconds", "rate_per_s",
                                        "errors")},
+            "server_quiet_after_s": settle_s,
             "latency_ms": _rounded(percentiles(connect["connect_ms"])),
             "ready_ms": _rounded(percentiles(connect["ready_ms"])),
         },
