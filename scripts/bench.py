@@ -281,8 +281,9 @@ def markdown(bench: dict[str, Any], chart: str | None) -> str:
             "queueing, so compare them with the floor's rather than read them as network figures. "
             "Server CPU and memory are psutil deltas of the server process over each phase "
             "(for traefik/redis: the app behind Traefik); the connect phase lasts until the server "
-            f"is quiet again (below {QUIET_PCT:g} % of a core over 1 s), so the work the connects leave behind "
-            "(presence rounds announcing the joins) counts per connection, not per delivery.", ""]
+            f"is quiet again (below {QUIET_PCT:g} % of a core over 1 s), so the work the connects "
+            "leave behind (presence rounds announcing the joins) counts per connection, not per "
+            "delivery.", ""]
     for skip in bench["skipped"]:
         out += [f"- {skip}"]
     if bench["skipped"]:
