@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from types import FrameType
+
+# CPython collects the youngest generation every 700 net allocations, and each connection
+# holds a few hundred long-lived objects: at thousands of sockets, collections dominated a
+# broadcast (measured: 74 µs → 35 µs of server CPU per delivery, no memory cost). Set before
+# the imports: start-up allocates enough for ~3 % of its instructions to go to collections.
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def _stop_before_serving(sig: int, frame: FrameType | None) -> None:
@@ -17,6 +24,7 @@ def _stop_before_serving(sig: int, frame: FrameType | None) -> None:
 # this one once the server runs. Only as the entry point: importing this module changes nothing.
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _stop_before_serving)
+    gc.set_threshold(*GC_THRESHOLDS)
 
 import logging  # noqa: E402 - after the handler on purpose: see above
 import sys  # noqa: E402
