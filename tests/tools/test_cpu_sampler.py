@@ -12,20 +12,21 @@ import pytest
 from tools.cpu_sampler import CpuSampler, wait_until_quiet
 
 
-@pytest.fixture
-def spinner() -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+def _python(code: str) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen([sys.executable, "-c", code])
     yield process
     process.kill()
     process.wait()
+
+
+@pytest.fixture
+def spinner() -> Iterator[subprocess.Popen[bytes]]:
+    yield from _python("while True: pass")
 
 
 @pytest.fixture
 def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield process
-    process.kill()
-    process.wait()
+    yield from _python("import time; time.sleep(60)")
 
 
 def test_a_busy_process_is_never_quiet(spinner: subprocess.Popen[bytes]) -> None:
