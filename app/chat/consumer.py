@@ -137,7 +137,7 @@ class ChatConsumer(SerialConsumer):
         """What to send before going live: (reset first?, the replay, id live starts after)."""
         if params.since is not None:
             since = params.since
-            replay = await self.history.after(self.room, since, CONFIG.history_max)
+            replay = await self.history.resume(self.room, since, CONFIG.history_max)
             state = replay.state
             # Another epoch, or ids the room never reached in its own (the client's ids are
             # from a past the store lost): reset, and replay the epoch from its start.

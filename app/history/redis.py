@@ -77,6 +77,20 @@ end
 return {epoch, base, seq}
 """
 
+# A resume's read: (room, since, limit), as ``History.after`` takes them.
+Resume = tuple[str, int, int]
+
+
+def resumes_by_room(keys: list[Resume]) -> dict[str, list[tuple[int, int]]]:
+    """The ``(since, limit)`` pairs asked of each room, each once, in the order asked."""
+    rooms: dict[str, list[tuple[int, int]]] = {}
+    for room, since, limit in keys:
+        asks = rooms.setdefault(room, [])
+        if (since, limit) not in asks:
+            asks.append((since, limit))
+    return rooms
+
+
 # Commands are retried on a fresh connection (app.redis_options). An append whose reply was
 # lost may have run, so every append carries a dedupe key: the client's client_id, or else a
 # one-off nonce kept long enough to cover retries.
@@ -97,7 +111,8 @@ class RedisHistory(History):
         self._state_script = self._client.register_script(_STATE)
         self._restart_script = self._client.register_script(_RESTART)
         self._max_len = max_len
-        self._join_reads: BatchedReads[RoomState] = BatchedReads(self._read_states)
+        self._join_reads: BatchedReads[str, RoomState] = BatchedReads(self._read_states)
+        self._resumes: BatchedReads[Resume, Replay] = BatchedReads(self._read_resumes, share_in_flight=False)
         self._ttl = ttl
         self._dedupe_ttl = dedupe_ttl
 
@@ -152,27 +167,71 @@ class RedisHistory(History):
         return await replication.commands_then_wait(self._client, commands, wanted, ms)
 
     async def after(self, room: str, since: int, limit: int) -> Replay:
-        meta, log = self._keys(room)
-        try:
-            if self._cluster is not None:
-                # Scripts cannot be pipelined on a cluster: one batch on the room's master.
-                entries, oldest, raw_state = await replication.on_slot_master(self._cluster, meta, [
-                    ("XRANGE", log, f"({since}-0", "+", "COUNT", limit),
-                    ("XRANGE", log, "-", "+", "COUNT", 1),
-                    ("EVAL", _STATE, 2, meta, log, new_epoch(), self._ttl),
-                ])
-            else:
-                batch = ScriptPipeline(self._client)
+        answer = (await self._read_rooms({room: [(since, limit)]}))[room, since, limit]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    async def resume(self, room: str, since: int, limit: int) -> Replay:
+        # Resumes of one loop turn: one pipeline (one batch per room on a cluster), each
+        # room's oldest entry and state read once, a read per distinct ``since``. Never shared
+        # with a read already in flight: that one may predate this member's join.
+        return await self._resumes.get((room, since, limit))
+
+    async def _read_resumes(self, keys: list[Resume]) -> list[Replay | BaseException]:
+        found = await self._read_rooms(resumes_by_room(keys))
+        return [found[key] for key in keys]
+
+    async def _read_rooms(
+        self, rooms: dict[str, list[tuple[int, int]]]
+    ) -> dict[Resume, Replay | BaseException]:
+        """For each room, the frames after each ``(since, limit)`` asked, with the room's
+        oldest entry and its state read after them (a room without state draws it), as
+        ``after`` returns them. On a cluster a room that fails is its own resumes' error."""
+        found: dict[Resume, Replay | BaseException] = {}
+        if self._cluster is not None:
+            # Scripts cannot be pipelined on a cluster: one batch per room on its master.
+            reads = [self._read_on_master(room, asks) for room, asks in rooms.items()]
+            replies = [await reads[0]] if len(reads) == 1 else await asyncio.gather(*reads)
+            for (room, asks), reply in zip(rooms.items(), replies, strict=True):
+                if isinstance(reply, BaseException):
+                    found.update({(room, since, limit): reply for since, limit in asks})
+                else:
+                    found.update(_replays(room, asks, reply))
+            return found
+        batch = ScriptPipeline(self._client)
+        for room, asks in rooms.items():
+            meta, log = self._keys(room)
+            for since, limit in asks:
                 batch.pipe.xrange(log, min=f"({since}-0", max="+", count=limit)
-                batch.pipe.xrange(log, min="-", max="+", count=1)
-                batch.script(self._state_script, [meta, log], [new_epoch(), self._ttl])
-                entries, oldest, raw_state = await batch.execute()
+            batch.pipe.xrange(log, min="-", max="+", count=1)
+            batch.script(self._state_script, [meta, log], [new_epoch(), self._ttl])
+        try:
+            replies = await batch.execute()
         except FAILURES as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
-        state = _state(raw_state)
-        first_held = _entry_id(oldest[0][0]) if oldest else state.last_id + 1
-        missing = (since + 1, first_held - 1) if since + 1 < first_held else None
-        return Replay(frames=_frames(entries), missing=missing, state=state)
+        at = 0
+        for room, asks in rooms.items():
+            found.update(_replays(room, asks, replies[at:at + len(asks) + 2]))
+            at += len(asks) + 2
+        return found
+
+    async def _read_on_master(self, room: str, asks: list[tuple[int, int]]) -> list[Any] | Exception:
+        """A cluster room's replies for ``_read_rooms``, or why it has none."""
+        assert self._cluster is not None
+        meta, log = self._keys(room)
+        try:
+            return await replication.on_slot_master(self._cluster, meta, [
+                *(("XRANGE", log, f"({since}-0", "+", "COUNT", limit) for since, limit in asks),
+                ("XRANGE", log, "-", "+", "COUNT", 1),
+                ("EVAL", _STATE, 2, meta, log, new_epoch(), self._ttl),
+            ])
+        except FAILURES as exc:
+            unavailable = HistoryUnavailable(str(exc) or type(exc).__name__)
+            unavailable.__cause__ = exc
+            return unavailable
+        except HistoryUnavailable as exc:
+            return exc
 
     async def latest(self, room: str, count: int) -> Replay:
         meta, log = self._keys(room)
@@ -262,6 +321,19 @@ def _state(raw: list[Any]) -> RoomState:
     epoch, base, seq = raw
     return RoomState(epoch=epoch.decode() if isinstance(epoch, bytes) else str(epoch),
                      base=int(base), last_id=int(seq))
+
+
+def _replays(room: str, asks: list[tuple[int, int]], replies: list[Any]) -> dict[Resume, Replay]:
+    """``after``'s answers from one room's replies: the entries after each ``since`` asked,
+    then the room's oldest entry, then its state."""
+    *ranges, oldest, raw_state = replies
+    state = _state(raw_state)
+    first_held = _entry_id(oldest[0][0]) if oldest else state.last_id + 1
+    found = {}
+    for (since, limit), entries in zip(asks, ranges, strict=True):
+        missing = (since + 1, first_held - 1) if since + 1 < first_held else None
+        found[room, since, limit] = Replay(frames=_frames(entries), missing=missing, state=state)
+    return found
 
 
 def _frames(entries: Any) -> list[tuple[int, str]]:
