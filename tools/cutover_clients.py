@@ -35,6 +35,12 @@ SEND_RETRY_DELAY = 1.0  # docs/CLIENT.md's sendRetryDelay
 POLL = 0.05  # seconds between checks of a phase's condition; stamps never depend on it
 
 
+def trickle_share(rate: float, mine: int, senders: int) -> float:
+    """Messages per second a worker holding ``mine`` of all ``senders`` sends, so that all
+    workers together send ``rate`` (each worker used to send all of it: 4 workers, 4x)."""
+    return rate * mine / senders if senders and mine and rate > 0 else 0.0
+
+
 @dataclass
 class Client(Ledger):
     """One resuming client and everything it saw."""
@@ -242,20 +248,21 @@ class CutoverWorker:
         return {"behind": behind()}
 
     async def start_trickle(self, senders: list[int], rate: float) -> dict[str, Any]:
-        """Keep sending ``rate`` messages per second (this worker's share) from its
-        ``senders``, in turn, until ``stop_trickle``: messages that meet a client offline
-        wait in its outbox and go out after its ``ready``."""
+        """Keep sending from this worker's ``senders``, in turn, its share of ``rate``
+        messages per second over all workers (``trickle_share``), until ``stop_trickle``:
+        messages that meet a client offline wait in its outbox and go out after its ``ready``."""
         mine = [self.by_index[i] for i in senders if i in self.by_index]
+        share = trickle_share(rate, len(mine), len(senders))
 
         async def run() -> None:
             turn = 0
-            while mine and rate > 0:
-                await asyncio.sleep(1 / rate)
+            while share > 0:
+                await asyncio.sleep(1 / share)
                 mine[turn % len(mine)].new_message()
                 turn += 1
 
         self.trickle = asyncio.create_task(run())
-        return {"senders": len(mine)}
+        return {"senders": len(mine), "rate": share}
 
     async def stop_trickle(self) -> dict[str, Any]:
         if self.trickle is not None:
