@@ -10,7 +10,7 @@ import pytest
 
 from app.history import History, HistoryUnavailable
 from app.history.memory import MemoryHistory
-from app.history.redis import RedisHistory
+from app.history.redis import RedisHistory, resumes_by_room
 from app.protocol import message_template
 from app.redis_url import parse_redis_url
 from tools.cluster import RedisClusterServers
@@ -127,6 +127,13 @@ async def test_a_resume_reads_what_after_reads(history: History) -> None:
     for since in (0, 2, 3, 5, 8, 12):
         assert await history.resume("r", since, 3) == await history.after("r", since, 3)
     assert await history.resume("nobody", 4, 10) == await history.after("nobody", 4, 10)
+
+
+@pytest.mark.unit
+def test_resumes_are_grouped_by_room_each_range_once_in_the_order_asked() -> None:
+    asked = [("a", 6, 10), ("b", 0, 10), ("a", 6, 10), ("a", 1, 10), ("a", 6, 2)]
+    assert resumes_by_room(asked) == {"a": [(6, 10), (1, 10), (6, 2)], "b": [(0, 10)]}
+    assert resumes_by_room([]) == {}
 
 
 def _calls(redis: RedisServer, *names: str) -> int:
