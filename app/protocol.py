@@ -10,6 +10,7 @@ import functools
 import json
 import re
 from dataclasses import dataclass
+from urllib.parse import parse_qs
 
 MAX_CLIENT_ID_CHARS = 64
 MAX_USER_CHARS = 64
@@ -183,8 +184,6 @@ class ConnectParams:
 def parse_connect_params(query_string: bytes, history_max: int) -> ConnectParams:
     """Parse ``?since=<id>``, ``?epoch=``, ``?last=<n>`` and ``?token=``; raise FrameError
     when malformed."""
-    from urllib.parse import parse_qs
-
     try:
         query = parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
     except ValueError:

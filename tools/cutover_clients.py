@@ -21,18 +21,35 @@ import json
 import secrets
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from tools import wsclient
 from tools.backoff import failure_delay, restart_delay
 from tools.ledger import Ledger
 from tools.swarm import describe_error
 
+T = TypeVar("T")
+
 RESTART = 1012
 RETRY_LATER = ("unavailable", "rate_limited")  # the message stays first in the outbox
 SEND_RETRY_DELAY = 1.0  # docs/CLIENT.md's sendRetryDelay
 POLL = 0.05  # seconds between checks of a phase's condition; stamps never depend on it
+
+
+def first_not_done(items: Sequence[T], done: Callable[[T], bool], start: int = 0) -> int:
+    """The index of the first of ``items`` from ``start`` on that is not ``done`` (their
+    length when all are); items before ``start`` are known done, and stay so."""
+    while start < len(items) and done(items[start]):
+        start += 1
+    return start
+
+
+def trickle_share(rate: float, mine: int, senders: int) -> float:
+    """Messages per second a worker holding ``mine`` of all ``senders`` sends, so that all
+    workers together send ``rate`` (each worker used to send all of it: 4 workers, 4x)."""
+    return rate * mine / senders if senders and mine and rate > 0 else 0.0
 
 
 @dataclass
@@ -160,7 +177,7 @@ class CutoverWorker:
         """Start every client at once (the gate bounds attempts in flight); wait until each
         has been ready once. The first ``ready`` stamp of each, None for the ones never ready."""
         self.tasks = [asyncio.create_task(self._stay(c)) for c in self.clients]
-        await self._until(lambda: all(c.readies for c in self.clients), timeout)
+        await self._until_all(lambda c: bool(c.readies), timeout)
         return {"ready_ns": [c.readies[0] if c.readies else None for c in self.clients]}
 
     async def _stay(self, client: Client) -> None:
@@ -242,20 +259,21 @@ class CutoverWorker:
         return {"behind": behind()}
 
     async def start_trickle(self, senders: list[int], rate: float) -> dict[str, Any]:
-        """Keep sending ``rate`` messages per second (this worker's share) from its
-        ``senders``, in turn, until ``stop_trickle``: messages that meet a client offline
-        wait in its outbox and go out after its ``ready``."""
+        """Keep sending from this worker's ``senders``, in turn, its share of ``rate``
+        messages per second over all workers (``trickle_share``), until ``stop_trickle``:
+        messages that meet a client offline wait in its outbox and go out after its ``ready``."""
         mine = [self.by_index[i] for i in senders if i in self.by_index]
+        share = trickle_share(rate, len(mine), len(senders))
 
         async def run() -> None:
             turn = 0
-            while mine and rate > 0:
-                await asyncio.sleep(1 / rate)
+            while share > 0:
+                await asyncio.sleep(1 / share)
                 mine[turn % len(mine)].new_message()
                 turn += 1
 
         self.trickle = asyncio.create_task(run())
-        return {"senders": len(mine)}
+        return {"senders": len(mine), "rate": share}
 
     async def stop_trickle(self) -> dict[str, Any]:
         if self.trickle is not None:
@@ -271,7 +289,7 @@ class CutoverWorker:
                 return None, None
             return close, next((ns for ns in client.readies if ns > close), None)
 
-        await self._until(lambda: all(back(c)[1] is not None for c in self.clients), timeout)
+        await self._until_all(lambda c: back(c)[1] is not None, timeout)
         pairs = [back(c) for c in self.clients]
         return {"closed_ns": [p[0] for p in pairs], "ready_ns": [p[1] for p in pairs]}
 
@@ -294,6 +312,20 @@ class CutoverWorker:
         for task in self.tasks:
             task.cancel()
         return {"closed": len(self.clients)}
+
+    async def _until_all(self, done: Callable[[Client], bool], timeout: float) -> bool:
+        """``_until`` every client is ``done``, a condition that stays true once met: each
+        poll goes on from the first client not yet done (``first_not_done``), so a phase's
+        polls cost the clients once, not all of them every POLL (at 2,250 clients a worker
+        spent ~50 ms a second rescanning during the recovery, on the measured machine)."""
+        cursor = 0
+
+        def finished() -> bool:
+            nonlocal cursor
+            cursor = first_not_done(self.clients, done, cursor)
+            return cursor == len(self.clients)
+
+        return await self._until(finished, timeout)
 
     @staticmethod
     async def _until(predicate: Any, timeout: float) -> bool:

@@ -119,25 +119,40 @@ class ChatConsumer(SerialConsumer):
         metrics.CONNECTIONS_OPENED.inc()
         await self.accept()
         self.epoch = replay.state.epoch
-        if reset:
-            await self._send_text(reset_frame(self.room, self.epoch, replay.state.base))
-        if replay.missing is not None:
-            await self._send_text(gap_frame(*replay.missing))
-        for message_id, frame in replay.frames:
-            await self._deliver(message_id, frame)
-        self.last_id = max(self.last_id, live_from)
-        await self._send_text(ready_frame(self.room, self.last_id, self.user, self.epoch))
+        await self._replay(reset, replay, live_from)
         if CONFIG.auth == "jwt":
             self._expire_at(self.expires_at)
         if entering is not None:
             await self._send_presence(entering)
         self.live = True
 
+    async def _replay(self, reset: bool, replay: Replay, live_from: int) -> None:
+        """What the client missed, then ``ready``: reset, gap, the replayed messages in id
+        order and ``ready``, written together while the socket takes them (one write for a
+        reconnect's few frames), the rest sent one by one as the client reads."""
+        texts = []
+        if reset:
+            texts.append(reset_frame(self.room, self.epoch, replay.state.base))
+        if replay.missing is not None:
+            texts.append(gap_frame(*replay.missing))
+        first = len(texts)  # texts[first + i] is replay.frames[i]
+        texts += [frame for _, frame in replay.frames]
+        top = replay.frames[-1][0] if replay.frames else self.last_id
+        texts.append(ready_frame(self.room, max(self.last_id, top, live_from), self.user, self.epoch))
+        written = self.send_all_now(texts)
+        for index, text in enumerate(texts):
+            if index >= written:
+                await self._send_text(text)
+            if first <= index < first + len(replay.frames):
+                self.last_id = replay.frames[index - first][0]
+                metrics.TALLY.deliveries += 1
+        self.last_id = max(self.last_id, live_from)
+
     async def _catch_up(self, params: ConnectParams) -> tuple[bool, Replay, int]:
         """What to send before going live: (reset first?, the replay, id live starts after)."""
         if params.since is not None:
             since = params.since
-            replay = await self.history.after(self.room, since, CONFIG.history_max)
+            replay = await self.history.resume(self.room, since, CONFIG.history_max)
             state = replay.state
             # Another epoch, or ids the room never reached in its own (the client's ids are
             # from a past the store lost): reset, and replay the epoch from its start.

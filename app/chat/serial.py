@@ -118,6 +118,18 @@ class SerialConsumer(AsyncWebsocketConsumer):
         step.close()  # it wanted to wait after all: nothing was written; queue instead
         return False
 
+    def send_all_now(self, texts: list[str]) -> int:
+        """Write the text frames ``texts``, in order, in as few transport writes as the
+        server takes now (app.chat.wire.joined_frames); how many were written. The rest
+        (none, unless the transport paused or this is not uvicorn's websockets-sansio
+        protocol) are the caller's to send by ``send_event``, in order."""
+        raw = None if self.closing else self._raw
+        written = 0
+        while written < len(texts) and raw is not None and wire.can_write(raw):
+            data, written = wire.joined_frames(texts, written)
+            raw.transport.write(data)
+        return written
+
     def _inbox_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             return

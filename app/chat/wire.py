@@ -17,6 +17,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from app.protocol import repair_text
+
 _SANSIO = "uvicorn.protocols.websockets.websockets_sansio_impl"
 _OPEN: Any = None  # websockets.protocol.State.OPEN, looked up with the first protocol
 
@@ -51,6 +53,27 @@ class Prepared:
 
 
 PREPARED = Prepared()
+
+# The most bytes ``joined_frames`` puts in one write: a write of about the transport's high
+# water mark (64 KiB) may pause it, and a paused transport takes the next frames by ASGI,
+# which waits for the client to read; so a long replay is never all buffered at once.
+JOIN_LIMIT = 65536
+
+
+def joined_frames(texts: list[str], start: int, limit: int = JOIN_LIMIT) -> tuple[bytes, int]:
+    """The frames of ``texts[start:]`` back to back, as consecutive sends would write them,
+    up to ``limit`` bytes (at least one frame); and the index of the first text left out."""
+    parts: list[bytes] = []
+    size = 0
+    end = start
+    while end < len(texts) and (not parts or size < limit):
+        part = text_frame(repair_text(texts[end]))  # as ChatConsumer._send_text repairs them
+        if parts and size + len(part) > limit:
+            break
+        parts.append(part)
+        size += len(part)
+        end += 1
+    return b"".join(parts), end
 
 
 def raw_protocol(send: Callable[..., Any]) -> Any | None:

@@ -113,6 +113,13 @@ class History(abc.ABC):
         arrive together."""
         return await self.state(room)
 
+    async def resume(self, room: str, since: int, limit: int) -> Replay:
+        """``after`` for a member that has already joined the room's group (a reconnect with
+        ``?since=``). A backend may read the resumes asked in one event-loop turn together,
+        sharing one read among those of a room with the same ``since``: each is still read
+        after its member joined, so nothing published before the join is missed."""
+        return await self.after(room, since, limit)
+
     async def states(self, rooms: list[str]) -> list[RoomState | None]:
         """The state of several rooms, ``None`` for a room with none (nothing is created);
         backends batch it into one round trip."""

@@ -1,56 +1,73 @@
 """Reads of many keys that arrive together, made as one batch and shared while in flight.
 
 When hundreds of members reconnect at once after a deploy, each join asks history for its
-room's last id. Asked one by one, each is a Redis command of its own; here the keys asked for
-in one event-loop turn go out as one batch (one pipeline), and a key already queued or in
-flight is not asked again: its callers share the answer.
+room's last id (or, resuming, for what it missed). Asked one by one, each is a Redis command
+of its own; here the keys asked for in one event-loop turn go out as one batch (one
+pipeline), and a key asked for twice in that turn is read once: its callers share the
+answer. Reads that may be a moment old also share a read already in flight
+(``share_in_flight``); the others only share within their turn, so every answer was read
+after its caller asked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
 
 
-class BatchedReads(Generic[T]):
-    """``get(key)`` through ``fetch(keys)``: one call per loop turn, one read per key in flight."""
+class BatchedReads(Generic[K, T]):
+    """``get(key)`` through ``fetch(keys)``: one call per loop turn, each key once in it.
 
-    def __init__(self, fetch: Callable[[list[str]], Awaitable[list[T]]]) -> None:
+    ``fetch`` answers each key in order, with its value or with the exception its callers
+    get (one key failing need not fail the others); an exception it raises fails them all.
+    """
+
+    def __init__(self, fetch: Callable[[list[K]], Awaitable[Sequence[T | BaseException]]],
+                 share_in_flight: bool = True) -> None:
         self._fetch = fetch
-        self._pending: dict[str, asyncio.Future[T]] = {}  # queued or in flight
-        self._queued: list[str] = []
+        self._share_in_flight = share_in_flight
+        self._queued: dict[K, asyncio.Future[T]] = {}
+        self._in_flight: dict[K, asyncio.Future[T]] = {}
 
-    async def get(self, key: str) -> T:
-        read = self._pending.get(key)
+    async def get(self, key: K) -> T:
+        read = self._queued.get(key)
+        if read is None and self._share_in_flight:
+            read = self._in_flight.get(key)
         if read is None:
             loop = asyncio.get_running_loop()
-            read = self._pending[key] = loop.create_future()
             if not self._queued:
                 loop.call_soon(self._flush)
-            self._queued.append(key)
+            read = self._queued[key] = loop.create_future()
         return await asyncio.shield(read)  # one caller giving up must not cancel the others' read
 
     def _flush(self) -> None:
-        keys, self._queued = self._queued, []
-        batch = asyncio.ensure_future(self._fetch(keys))
-        batch.add_done_callback(functools.partial(self._settle, keys))
+        reads, self._queued = self._queued, {}
+        if self._share_in_flight:
+            self._in_flight.update(reads)
+        batch = asyncio.ensure_future(self._fetch(list(reads)))
+        batch.add_done_callback(functools.partial(self._settle, reads))
 
-    def _settle(self, keys: list[str], batch: asyncio.Future[list[T]]) -> None:
+    def _settle(self, reads: dict[K, asyncio.Future[T]],
+                batch: asyncio.Future[Sequence[T | BaseException]]) -> None:
         error = None if batch.cancelled() else batch.exception()
-        for index, key in enumerate(keys):
-            read = self._pending.pop(key)
+        answers = batch.result() if not batch.cancelled() and error is None else ()
+        for index, (key, read) in enumerate(reads.items()):
+            if self._in_flight.get(key) is read:
+                del self._in_flight[key]
             if batch.cancelled():
                 read.cancel()
-            elif error is not None:
-                read.set_exception(error)
+                continue
+            answer = error if error is not None else answers[index]
+            if isinstance(answer, BaseException):
+                read.set_exception(answer)
                 read.exception()  # retrieved here too: every caller may have gone meanwhile
             else:
-                read.set_result(batch.result()[index])
+                read.set_result(answer)
 
 
 class SharedCalls(Generic[K, T]):

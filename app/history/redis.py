@@ -63,6 +63,21 @@ local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
 return {epoch, base, seq}
 """
 
+# KEYS: meta, log. ARGV: new epoch, ttl, then (since, limit) pairs. For each pair the entries
+# after ``since`` (up to ``limit``), then the id of the oldest entry held (false: none), then
+# the room's state, drawn if missing: what ``after`` needs, read at one instant, and only the
+# oldest entry's id, not its frame.
+_READ = _OPEN_EPOCH + """
+local out = {}
+for i = 3, #ARGV, 2 do
+  out[#out + 1] = redis.call('XRANGE', KEYS[2], '(' .. ARGV[i] .. '-0', '+', 'COUNT', ARGV[i + 1])
+end
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+out[#out + 1] = first[1] and first[1][1] or false
+out[#out + 1] = {state(KEYS[1], KEYS[2], ARGV[1], ARGV[2])}
+return out
+"""
+
 # KEYS: meta, log. ARGV: stale epoch, new epoch, ttl. A new epoch if the room is still in the
 # stale one; its base is below the oldest entry held, so a reset member is sent all of them.
 _RESTART = _OPEN_EPOCH + """
@@ -76,6 +91,20 @@ if epoch == ARGV[1] then
 end
 return {epoch, base, seq}
 """
+
+# A resume's read: (room, since, limit), as ``History.after`` takes them.
+Resume = tuple[str, int, int]
+
+
+def resumes_by_room(keys: list[Resume]) -> dict[str, list[tuple[int, int]]]:
+    """The ``(since, limit)`` pairs asked of each room, each once, in the order asked."""
+    rooms: dict[str, list[tuple[int, int]]] = {}
+    for room, since, limit in keys:
+        asks = rooms.setdefault(room, [])
+        if (since, limit) not in asks:
+            asks.append((since, limit))
+    return rooms
+
 
 # Commands are retried on a fresh connection (app.redis_options). An append whose reply was
 # lost may have run, so every append carries a dedupe key: the client's client_id, or else a
@@ -96,8 +125,10 @@ class RedisHistory(History):
         self._append_script = self._client.register_script(_APPEND)
         self._state_script = self._client.register_script(_STATE)
         self._restart_script = self._client.register_script(_RESTART)
+        self._read_script = self._client.register_script(_READ)
         self._max_len = max_len
-        self._join_reads: BatchedReads[RoomState] = BatchedReads(self._read_states)
+        self._join_reads: BatchedReads[str, RoomState] = BatchedReads(self._read_states)
+        self._resumes: BatchedReads[Resume, Replay] = BatchedReads(self._read_resumes, share_in_flight=False)
         self._ttl = ttl
         self._dedupe_ttl = dedupe_ttl
 
@@ -152,27 +183,64 @@ class RedisHistory(History):
         return await replication.commands_then_wait(self._client, commands, wanted, ms)
 
     async def after(self, room: str, since: int, limit: int) -> Replay:
+        answer = (await self._read_rooms({room: [(since, limit)]}))[room, since, limit]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    async def resume(self, room: str, since: int, limit: int) -> Replay:
+        # Resumes of one loop turn: one pipeline (one batch per room on a cluster), each
+        # room's oldest entry and state read once, a read per distinct ``since``. Never shared
+        # with a read already in flight: that one may predate this member's join.
+        return await self._resumes.get((room, since, limit))
+
+    async def _read_resumes(self, keys: list[Resume]) -> list[Replay | BaseException]:
+        found = await self._read_rooms(resumes_by_room(keys))
+        return [found[key] for key in keys]
+
+    async def _read_rooms(
+        self, rooms: dict[str, list[tuple[int, int]]]
+    ) -> dict[Resume, Replay | BaseException]:
+        """For each room, what ``after`` returns for each ``(since, limit)`` asked: one script
+        call per room (``_READ``), all in one pipeline; on a cluster one call per room on its
+        master, together, and a room that fails is its own resumes' error."""
+        # One epoch for the batch: a room draws it only if it has none, and an epoch need
+        # only differ from the room's own earlier ones.
+        epoch = new_epoch()
+        found: dict[Resume, Replay | BaseException] = {}
+        if self._cluster is not None:
+            reads = [self._read_on_master(room, asks, epoch) for room, asks in rooms.items()]
+            replies = [await reads[0]] if len(reads) == 1 else await asyncio.gather(*reads)
+        else:
+            batch = ScriptPipeline(self._client)
+            for room, asks in rooms.items():
+                batch.script(self._read_script, self._keys(room), _read_args(asks, epoch, self._ttl))
+            try:
+                replies = await batch.execute()
+            except FAILURES as exc:
+                raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
+        for (room, asks), reply in zip(rooms.items(), replies, strict=True):
+            if isinstance(reply, BaseException):
+                found.update({(room, since, limit): reply for since, limit in asks})
+            else:
+                found.update(_replays(room, asks, reply))
+        return found
+
+    async def _read_on_master(self, room: str, asks: list[tuple[int, int]], epoch: str) -> Any:
+        """A cluster room's ``_READ`` reply, or (returned) why it has none."""
+        assert self._cluster is not None
         meta, log = self._keys(room)
         try:
-            if self._cluster is not None:
-                # Scripts cannot be pipelined on a cluster: one batch on the room's master.
-                entries, oldest, raw_state = await replication.on_slot_master(self._cluster, meta, [
-                    ("XRANGE", log, f"({since}-0", "+", "COUNT", limit),
-                    ("XRANGE", log, "-", "+", "COUNT", 1),
-                    ("EVAL", _STATE, 2, meta, log, new_epoch(), self._ttl),
-                ])
-            else:
-                batch = ScriptPipeline(self._client)
-                batch.pipe.xrange(log, min=f"({since}-0", max="+", count=limit)
-                batch.pipe.xrange(log, min="-", max="+", count=1)
-                batch.script(self._state_script, [meta, log], [new_epoch(), self._ttl])
-                entries, oldest, raw_state = await batch.execute()
+            [reply] = await replication.on_slot_master(self._cluster, meta, [
+                ("EVAL", _READ, 2, meta, log, *_read_args(asks, epoch, self._ttl)),
+            ])
+            return reply
         except FAILURES as exc:
-            raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
-        state = _state(raw_state)
-        first_held = _entry_id(oldest[0][0]) if oldest else state.last_id + 1
-        missing = (since + 1, first_held - 1) if since + 1 < first_held else None
-        return Replay(frames=_frames(entries), missing=missing, state=state)
+            unavailable = HistoryUnavailable(str(exc) or type(exc).__name__)
+            unavailable.__cause__ = exc
+            return unavailable
+        except HistoryUnavailable as exc:
+            return exc
 
     async def latest(self, room: str, count: int) -> Replay:
         meta, log = self._keys(room)
@@ -264,10 +332,40 @@ def _state(raw: list[Any]) -> RoomState:
                      base=int(base), last_id=int(seq))
 
 
+def _read_args(asks: list[tuple[int, int]], epoch: str, ttl: int) -> list[str | int]:
+    return [epoch, ttl, *(value for ask in asks for value in ask)]
+
+
+def _replays(room: str, asks: list[tuple[int, int]], reply: list[Any]) -> dict[Resume, Replay]:
+    """``after``'s answers from one room's ``_READ`` reply: the entries after each ``since``
+    asked, the oldest id held (None: the log is empty), then the room's state."""
+    *ranges, oldest, raw_state = reply
+    state = _state(raw_state)
+    first_held = _entry_id(oldest) if oldest else state.last_id + 1
+    found = {}
+    for (since, limit), entries in zip(asks, ranges, strict=True):
+        missing = (since + 1, first_held - 1) if since + 1 < first_held else None
+        found[room, since, limit] = Replay(frames=_raw_frames(entries), missing=missing, state=state)
+    return found
+
+
 def _frames(entries: Any) -> list[tuple[int, str]]:
     # A record that is not UTF-8 (written by another tool, or damaged) is delivered with
     # U+FFFD in place of its bad bytes, under its id: it can never stop a replay.
     return [(_entry_id(entry_id), fields[b"f"].decode("utf-8", "replace")) for entry_id, fields in entries]
+
+
+def _raw_frames(entries: list[Any]) -> list[tuple[int, str]]:
+    """``_frames`` of entries as a script returns them: ``[id, [field, value, ...]]``."""
+    return [(_entry_id(entry_id), _field(fields, b"f").decode("utf-8", "replace"))
+            for entry_id, fields in entries]
+
+
+def _field(fields: list[bytes], name: bytes) -> bytes:
+    for at in range(0, len(fields) - 1, 2):
+        if fields[at] == name:
+            return fields[at + 1]
+    raise KeyError(name)
 
 
 def _entry_id(raw: bytes) -> int:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from websockets.frames import Frame, Opcode
 
-from app.chat.wire import Prepared, text_frame
+from app.chat.wire import Prepared, joined_frames, text_frame
 from tests.support import Client
 from tools.procs import AppServer
 
@@ -31,6 +31,25 @@ def test_prepared_builds_once_per_text_object_and_follows_a_new_one() -> None:
     second = "".join(["hello ", "room"])
     assert second is not first and prepared(second) == frame
     assert prepared("other") == text_frame("other")
+
+
+@pytest.mark.unit
+def test_joined_frames_are_the_frames_of_consecutive_sends_up_to_the_limit() -> None:
+    texts = ["a" * 10, "é" * 40, "b" * 200, "c"]
+    sizes = [len(text_frame(t)) for t in texts]
+    assert joined_frames(texts, 0) == (b"".join(text_frame(t) for t in texts), 4)
+    # Up to the limit, from where the caller left off: what did not fit is the next call's.
+    data, end = joined_frames(texts, 0, limit=sizes[0] + sizes[1])
+    assert (data, end) == (text_frame(texts[0]) + text_frame(texts[1]), 2)
+    assert joined_frames(texts, end, limit=sizes[2] + sizes[3] - 1) == (text_frame(texts[2]), 3)
+    assert joined_frames(texts, 3) == (text_frame("c"), 4)
+    assert joined_frames(texts, 4) == (b"", 4)
+
+
+@pytest.mark.unit
+def test_joined_frames_take_one_frame_over_the_limit_and_repair_what_cannot_encode() -> None:
+    assert joined_frames(["x" * 100, "y"], 0, limit=10) == (text_frame("x" * 100), 1)
+    assert joined_frames(["a\ud800b"], 0) == (text_frame("a\ufffdb"), 1)
 
 
 LONG = "ünïcødé " * 400  # a 16-bit-length frame of multi-byte text

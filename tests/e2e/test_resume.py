@@ -43,6 +43,18 @@ async def test_reconnect_with_since_gets_exactly_what_was_missed_then_live(serve
     assert (live["message"], live["id"]) == ("live", ready["last_id"] + 1)
 
 
+async def test_a_replay_larger_than_one_write_arrives_whole_in_order_then_ready(server: AppServer) -> None:
+    sender = await Client.connect(server.ws_url("lobby"))
+    texts = [f"{i:02d} " + "é" * 3990 for i in range(30)]  # ~8 KB each: ~240 KB of replay
+    for text in texts:
+        await sender.post(text)
+    back = await Client.connect(server.ws_url("lobby", since=0), wait_ready=False)
+    replayed = await back.messages(30)
+    assert [m["message"] for m in replayed] == texts
+    assert [m["id"] for m in replayed] == list(range(1, 31))
+    assert (await back.recv_type("ready"))["last_id"] == 30
+
+
 async def test_last_opens_a_window_on_the_latest_messages(server: AppServer) -> None:
     sender = await Client.connect(server.ws_url("lobby"))
     for i in range(5):

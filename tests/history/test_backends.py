@@ -10,8 +10,10 @@ import pytest
 
 from app.history import History, HistoryUnavailable
 from app.history.memory import MemoryHistory
-from app.history.redis import RedisHistory
+from app.history.redis import RedisHistory, resumes_by_room
 from app.protocol import message_template
+from app.redis_url import parse_redis_url
+from tools.cluster import RedisClusterServers
 from tools.procs import RedisServer
 
 
@@ -119,6 +121,51 @@ async def test_joins_arriving_together_share_one_read_and_later_joins_read_afres
         redis.cleanup()
 
 
+async def test_a_resume_reads_what_after_reads(history: History) -> None:
+    for i in range(8):  # history holds 4..8
+        await history.append("r", template(str(i)), None)
+    for since in (0, 2, 3, 5, 8, 12):
+        assert await history.resume("r", since, 3) == await history.after("r", since, 3)
+    assert await history.resume("nobody", 4, 10) == await history.after("nobody", 4, 10)
+
+
+@pytest.mark.unit
+def test_resumes_are_grouped_by_room_each_range_once_in_the_order_asked() -> None:
+    asked = [("a", 6, 10), ("b", 0, 10), ("a", 6, 10), ("a", 1, 10), ("a", 6, 2)]
+    assert resumes_by_room(asked) == {"a": [(6, 10), (1, 10), (6, 2)], "b": [(0, 10)]}
+    assert resumes_by_room([]) == {}
+
+
+def _calls(redis: RedisServer, *names: str) -> int:
+    import redis as redis_py
+
+    with redis_py.Redis.from_url(redis.url) as client:
+        stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in names)
+
+
+async def test_resumes_asked_together_are_one_read_per_room_each_answered_as_after() -> None:
+    redis = RedisServer().start()
+    backend = RedisHistory((redis.url,), max_len=5, ttl=3600, dedupe_ttl=600)
+    try:
+        for i in range(7):  # "a" holds 3..7
+            await backend.append("a", template(f"a{i}"), None)
+        await backend.append("b", template("b0"), None)
+        asked = [("a", 6, 10), ("b", 0, 10), ("a", 6, 10), ("a", 1, 10), ("c", 0, 10), ("a", 7, 2)]
+        expected = [await backend.after(*ask) for ask in asked]
+        before = _calls(redis, "evalsha", "eval")
+        resumes = [asyncio.ensure_future(backend.resume(*ask)) for ask in asked]
+        await asyncio.sleep(0)  # every resume has asked; one gives up: the others keep the read
+        resumes[0].cancel()
+        assert await asyncio.gather(*resumes[1:]) == expected[1:]
+        assert _calls(redis, "evalsha", "eval") - before == 3  # one script call per room
+        replay = expected[3]
+        assert [i for i, _ in replay.frames] == [3, 4, 5, 6, 7] and replay.missing == (2, 2)
+    finally:
+        await backend.close()
+        redis.cleanup()
+
+
 async def test_redis_down_raises_unavailable_and_recovers() -> None:
     redis = RedisServer(appendonly=True).start()
     backend = RedisHistory((redis.url,), max_len=5, ttl=3600, dedupe_ttl=600)
@@ -216,3 +263,23 @@ async def test_a_record_that_is_not_utf8_is_replayed_with_replacement_characters
     assert [i for i, _ in replay.frames] == [1, 2]
     assert json.loads(replay.frames[1][1])["message"] == "\ufffd" * 3
     assert [i for i, _ in (await backend.latest("r", 5)).frames] == [1, 2]
+
+
+async def test_resumes_on_a_cluster_read_each_room_on_its_master_as_after(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    target = parse_redis_url(redis_cluster.url)
+    backend = RedisHistory(target.urls, max_len=5, ttl=3600, dedupe_ttl=600, cluster=True)
+    try:
+        rooms = [f"room{i}" for i in range(6)]  # spread over the masters' slots
+        assert len({redis_cluster.master_of(f"chat:{{{room}}}:meta") for room in rooms}) > 1
+        for n, room in enumerate(rooms):
+            for i in range(n + 3):
+                await backend.append(room, template(f"{room} {i}"), None)
+        asked = [(room, since, 10) for room in [*rooms, "empty"] for since in (0, 2, 4)]
+        expected = [await backend.after(*ask) for ask in asked]
+        assert [i for i, _ in expected[0].frames] == [1, 2, 3] and expected[-1].frames == []
+        assert expected[-6].missing == (1, 3)  # room5 holds 4..8 of 8
+        assert await asyncio.gather(*(backend.resume(*ask) for ask in asked)) == expected
+    finally:
+        await backend.close()

@@ -78,6 +78,42 @@ async def test_a_failed_batch_fails_every_caller_and_the_next_ask_retries() -> N
     assert len(store.batches) == 2
 
 
+async def test_without_sharing_in_flight_a_key_asked_meanwhile_is_read_again_after_it() -> None:
+    values = {"a": 1}
+    batches: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def fetch(keys: list[str]) -> list[int]:
+        batches.append(list(keys))
+        seen = [values[key] for key in keys]  # what the store held when the read went out
+        await release.wait()
+        return seen
+
+    reads = BatchedReads(fetch, share_in_flight=False)
+    first = [asyncio.ensure_future(reads.get("a")) for _ in range(2)]  # one turn: one read
+    while not batches:  # until that read is in flight
+        await asyncio.sleep(0)
+    values["a"] = 2  # the store changes before the later caller asks
+    later = asyncio.ensure_future(reads.get("a"))
+    while len(batches) < 2:  # the later caller's own read goes out while the first is out
+        await asyncio.sleep(0)
+    release.set()
+    assert await asyncio.gather(*first, later) == [1, 1, 2]
+    assert batches == [["a"], ["a"]]
+
+
+async def test_an_exception_answered_for_one_key_fails_only_its_callers() -> None:
+    async def fetch(keys: list[str]) -> list[int | BaseException]:
+        return [ConnectionError(f"{key} is away") if key == "b" else ord(key) for key in keys]
+
+    reads: BatchedReads[str, int] = BatchedReads(fetch)
+    asked = [asyncio.ensure_future(reads.get(key)) for key in ["a", "b", "c", "b"]]
+    results = await asyncio.gather(*asked, return_exceptions=True)
+    assert results[0] == ord("a") and results[2] == ord("c")
+    for failed in (results[1], results[3]):
+        assert isinstance(failed, ConnectionError) and str(failed) == "b is away"
+
+
 async def test_identical_calls_in_flight_share_one_and_a_later_call_runs_afresh() -> None:
     calls: list[str] = []
     release = asyncio.Event()

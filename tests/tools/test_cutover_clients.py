@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tools.cutover_clients import Client
+from tools.cutover_clients import Client, first_not_done, trickle_share
 
 pytestmark = pytest.mark.unit
 
@@ -63,3 +63,29 @@ def test_a_message_written_again_after_a_reconnect_counts_as_resent() -> None:
     client.attach(second)  # type: ignore[arg-type]
     client.handle(json.dumps({"type": "ready", "epoch": "e1", "last_id": 0}))
     assert first.sent[0]["client_id"] == second.sent[0]["client_id"] and client.resent == 1
+
+
+def test_the_workers_shares_of_the_trickle_add_up_to_the_rate_asked() -> None:
+    holdings = [36, 36, 36, 0, 12]  # senders per worker; one holds none
+    shares = [trickle_share(20.0, mine, sum(holdings)) for mine in holdings]
+    assert sum(shares) == pytest.approx(20.0) and shares[3] == 0.0
+    assert shares[0] == pytest.approx(6.0) and shares[4] == pytest.approx(2.0)
+    assert trickle_share(0.0, 36, 120) == 0.0 and trickle_share(20.0, 0, 0) == 0.0
+
+
+def test_a_phase_wait_goes_on_from_the_first_client_not_yet_done() -> None:
+    done = [True, True, False, True, False]
+    asked: list[int] = []
+
+    def is_done(index: int) -> bool:
+        asked.append(index)
+        return done[index]
+
+    indices = list(range(5))
+    assert first_not_done(indices, is_done) == 2
+    done[2] = True
+    asked.clear()
+    assert first_not_done(indices, is_done, 2) == 4 and asked == [2, 3, 4]  # 0 and 1 not asked again
+    done[4] = True
+    assert first_not_done(indices, is_done, 4) == 5
+    assert first_not_done([], is_done) == 0
