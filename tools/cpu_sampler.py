@@ -62,10 +62,12 @@ class CpuSampler:
 # A server process counts as quiet below this % of one core (pings alone, 20,000 sockets at
 # CHAT_PING_INTERVAL=20 s, are ~3 %).
 QUIET_PCT = 5.0
+# ... and a benchmark waits at most this long for it (seconds).
+QUIET_LIMIT = 30.0
 
 
 def wait_until_quiet(pids: list[int], below_pct: float = QUIET_PCT, window: float = 1.0,
-                     limit: float = 30.0) -> float:
+                     limit: float = QUIET_LIMIT) -> float:
     """Block until ``pids`` used less than ``below_pct`` % of one core each, on average, over
     one ``window``, or ``limit`` seconds have passed; the seconds it took (``limit``: never).
 
