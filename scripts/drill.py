@@ -101,15 +101,11 @@ class Member(Ledger):
     def handle(self, frame: dict[str, Any]) -> str | None:
         """Record one server frame; its type."""
         kind = frame.get("type")
-        if kind == "message":
-            self.record_message(frame)
-        elif kind == "ack":
-            self.record_ack(frame)
+        if self.book(frame):
+            pass
         elif kind == "ready":
             self.live = True
             self.epoch = frame.get("epoch")
-        elif kind == "reset":
-            self.record_reset(frame)
         elif kind == "presence":
             self.presence_counts.append(frame["count"])
         elif kind in PRESENCE_CHANGES:

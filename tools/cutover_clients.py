@@ -83,10 +83,8 @@ class Client(Ledger):
         """One server frame, from the socket's callback (synchronous: no task per frame)."""
         frame = json.loads(raw)
         kind = frame.get("type")
-        if kind == "message":
-            self.record_message(frame)
-        elif kind == "ack":
-            self.record_ack(frame)
+        if self.book(frame):
+            pass
         elif kind == "ready":
             self.readies.append(time.monotonic_ns())
             self.epoch = frame.get("epoch")
@@ -94,8 +92,6 @@ class Client(Ledger):
                 self.became_ready.set()
             if self.ws is not None:  # else ``ready`` came with the 101: see ``attach``
                 self.go_live()
-        elif kind == "reset":
-            self.record_reset(frame)
         elif kind == "error" and frame.get("code") in RETRY_LATER:
             # An error names no client_id: the outbox goes out again, same client_ids, and
             # the server's idempotency turns what it already stored into its first ack.

@@ -24,6 +24,20 @@ class Ledger:
     epoch: str | None = None  # the room's epoch last_id counts in (?epoch=)
     resets: int = 0  # the room's ids started over (state lost)
 
+    def book(self, frame: dict[str, Any]) -> bool:
+        """Book a ``message``, ``ack`` or ``reset`` frame; False for any other kind, which is
+        the caller's to handle."""
+        kind = frame.get("type")
+        if kind == "message":
+            self.record_message(frame)
+        elif kind == "ack":
+            self.record_ack(frame)
+        elif kind == "reset":
+            self.record_reset(frame)
+        else:
+            return False
+        return True
+
     def record_message(self, frame: dict[str, Any]) -> None:
         self.received.append(frame["id"])
         self.last_id = max(self.last_id, frame["id"])

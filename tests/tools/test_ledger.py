@@ -37,3 +37,15 @@ def test_messages_move_the_resume_point_forward_only_and_a_reset_moves_it_to_the
 
     books.record_reset({"type": "reset", "epoch": "e2", "last_id": 2})
     assert (books.epoch, books.last_id, books.resets) == ("e2", 2, 1)
+
+
+def test_book_takes_the_kinds_the_ledger_keeps_and_leaves_the_rest() -> None:
+    books = Ledger()
+    books.pending["c-1"] = "hi"
+    assert books.book({"type": "message", "id": 4})
+    assert books.book({"type": "ack", "client_id": "c-1", "id": 5})
+    assert books.book({"type": "reset", "epoch": "e9", "last_id": 0})
+    assert not books.book({"type": "ready", "epoch": "e9", "last_id": 0})
+    assert not books.book({"type": "presence", "count": 1})
+    assert (books.received, books.acked, books.pending, books.resets, books.epoch) == (
+        [4], {"c-1": 5}, {}, 1, "e9")
