@@ -357,15 +357,8 @@ def _frames(entries: Any) -> list[tuple[int, str]]:
 
 def _raw_frames(entries: list[Any]) -> list[tuple[int, str]]:
     """``_frames`` of entries as a script returns them: ``[id, [field, value, ...]]``."""
-    return [(_entry_id(entry_id), _field(fields, b"f").decode("utf-8", "replace"))
-            for entry_id, fields in entries]
-
-
-def _field(fields: list[bytes], name: bytes) -> bytes:
-    for at in range(0, len(fields) - 1, 2):
-        if fields[at] == name:
-            return fields[at + 1]
-    raise KeyError(name)
+    return _frames((entry_id, dict(zip(fields[::2], fields[1::2], strict=False)))
+                   for entry_id, fields in entries)
 
 
 def _entry_id(raw: bytes) -> int:
