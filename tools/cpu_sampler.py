@@ -14,6 +14,13 @@ from typing import Any
 from tools.targets import usage
 
 
+def total_cpu(pids: list[int]) -> float:
+    """CPU seconds the processes have used; one that is gone reads nothing (what it used is
+    counted up to its last reading by whoever read it before)."""
+    readings = (usage(pid) for pid in pids)
+    return sum(reading.cpu for reading in readings if reading is not None)
+
+
 class CpuSampler:
     """``with CpuSampler({"green": [pid, ...]}) as s: ...``; then ``s.summary()``."""
 
@@ -35,9 +42,7 @@ class CpuSampler:
         self._thread.join()
 
     def _cpu(self, name: str) -> float:
-        # A process gone reads None: what it used is counted up to its last sample.
-        readings = (usage(pid) for pid in self.groups[name])
-        return sum(reading.cpu for reading in readings if reading is not None)
+        return total_cpu(self.groups[name])
 
     def _run(self) -> None:
         last = {name: self._cpu(name) for name in self.groups}
@@ -74,10 +79,10 @@ def wait_until_quiet(pids: list[int], below_pct: float = QUIET_PCT, window: floa
     A benchmark that measures one burst of work (a broadcast) waits for the work before it
     (the connect storm's presence rounds, handshakes still finishing) to be done first."""
     began = time.monotonic()
-    last = sum(u.cpu for u in map(usage, pids) if u is not None)
+    last = total_cpu(pids)
     while time.monotonic() - began < limit:
         time.sleep(window)
-        cpu = sum(u.cpu for u in map(usage, pids) if u is not None)
+        cpu = total_cpu(pids)
         if 100 * (cpu - last) / window < below_pct * len(pids):
             break
         last = cpu
