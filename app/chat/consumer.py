@@ -53,6 +53,14 @@ CLOSE_TOKEN_EXPIRED = 4001
 RETIRED_EPOCHS = 4
 
 
+def _answered(entering: asyncio.Future[str] | None) -> str | None:
+    """The presence frame if the store has already answered (then it goes out in the same
+    write as ``ready``); None while it has not, or when it failed."""
+    if entering is None or not entering.done() or entering.cancelled() or entering.exception():
+        return None
+    return entering.result()
+
+
 class ChatConsumer(SerialConsumer):
     """A member of one room. ``last_id`` is the newest id this client has been sent."""
 
@@ -119,16 +127,18 @@ class ChatConsumer(SerialConsumer):
         metrics.CONNECTIONS_OPENED.inc()
         await self.accept()
         self.epoch = replay.state.epoch
-        await self._replay(reset, replay, live_from)
+        presence = _answered(entering)
+        await self._replay(reset, replay, live_from, presence)
         if CONFIG.auth == "jwt":
             self._expire_at(self.expires_at)
-        if entering is not None:
+        if entering is not None and presence is None:
             await self._send_presence(entering)
         self.live = True
 
-    async def _replay(self, reset: bool, replay: Replay, live_from: int) -> None:
+    async def _replay(self, reset: bool, replay: Replay, live_from: int, presence: str | None) -> None:
         """What the client missed, then ``ready``: reset, gap, the replayed messages in id
-        order and ``ready``, written together while the socket takes them (one write for a
+        order, ``ready`` and the ``presence`` frame when the store has already answered,
+        written together while the socket takes them (one write for a join's or a
         reconnect's few frames), the rest sent one by one as the client reads."""
         texts = []
         if reset:
@@ -139,6 +149,8 @@ class ChatConsumer(SerialConsumer):
         texts += [frame for _, frame in replay.frames]
         top = replay.frames[-1][0] if replay.frames else self.last_id
         texts.append(ready_frame(self.room, max(self.last_id, top, live_from), self.user, self.epoch))
+        if presence is not None:
+            texts.append(presence)
         written = self.send_all_now(texts)
         for index, text in enumerate(texts):
             if index >= written:

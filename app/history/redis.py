@@ -14,6 +14,7 @@ from typing import Any
 from app.history import replication
 from app.history.base import Appended, History, HistoryUnavailable, Replay, RoomState, new_epoch
 from app.history.batch import BatchedReads
+from app.history.slot_batches import SlotBatches
 from app.protocol import FrameTemplate
 from app.redis_clients import FAILURES, cluster_client, redis_client
 from app.redis_scripts import ScriptPipeline
@@ -122,6 +123,8 @@ class RedisHistory(History):
         self._client: Any = self._cluster if self._cluster else redis_client(urls[0])
         self._min_replicas = min_replicas
         self._wait_ms = max(1, round(wait_timeout * 1000))
+        self._slot_batches = None if self._cluster is None else SlotBatches(
+            self._cluster, min_replicas, self._wait_ms)
         self._append_script = self._client.register_script(_APPEND)
         self._state_script = self._client.register_script(_STATE)
         self._restart_script = self._client.register_script(_RESTART)
@@ -162,8 +165,8 @@ class RedisHistory(History):
         """The append script's reply, once ``min_replicas`` replicas have the write
         (app/history/replication.py); HistoryUnavailable when they do not in time."""
         script = self._append_script
-        if self._cluster is not None:
-            return (await self._replicated(room, [("EVAL", _APPEND, len(keys), *keys, *args)]))[0]
+        if self._slot_batches is not None:
+            return await self._slot_batches.run(keys[0], ("EVAL", _APPEND, len(keys), *keys, *args))
         if self._min_replicas:
             return await replication.script_then_wait(
                 self._client, script, keys, args, self._min_replicas, self._wait_ms

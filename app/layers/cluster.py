@@ -33,6 +33,7 @@ from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
 from app.layers.api import Direct, Receive
 from app.layers.fanout import fan_out
 from app.layers.mailbox import Mailbox
+from app.layers.publisher import ShardPublisher
 from app.redis_clients import cluster_client
 from app.rooms import room_of_group
 
@@ -76,6 +77,7 @@ class _LoopLayer:
         self.capacity = capacity
         self.cluster = cluster_client(tuple(seeds))
         self.pubsub = _ShardedPubSub(self.cluster, self)
+        self.publisher = ShardPublisher(self.cluster)
         self.channels: dict[str, Mailbox] = {}
         self.direct: dict[str, Direct] = {}
         self.groups: dict[str, set[str]] = {}
@@ -162,7 +164,7 @@ class _LoopLayer:
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         await self._initialize()
-        await self.cluster.spublish(shard_channel(self.prefix, group), msgpack.packb(message))
+        await self.publisher.publish(shard_channel(self.prefix, group), msgpack.packb(message))
 
     # -- reading --------------------------------------------------------------------------
 
@@ -233,6 +235,7 @@ class _LoopLayer:
         for task in list(self.readers):
             task.cancel()
         await asyncio.gather(*self.readers, return_exceptions=True)
+        await self.publisher.close()
         await self.pubsub.aclose()
         await self.cluster.aclose()
 

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from app.presence.base import PresenceStore, RoomChange, RoomState
+from app.presence.listing import MemberLists
 from app.presence.rules import (
     MEMBERS_MAX,
     Announcement,
@@ -28,7 +29,6 @@ from app.presence.rules import (
 from app.protocol import (
     join_frame,
     leave_frame,
-    members_json,
     presence_body,
     presence_diff_frame,
     presence_frame,
@@ -62,6 +62,7 @@ class Presence:
         self._tasks: set[asyncio.Future[None]] = set()
         self._in_flight = False  # a batch is with the store: the next one gathers meanwhile
         self._names: dict[str, tuple[float, str]] = {}  # big room -> (read at, members JSON)
+        self._lists = MemberLists(NAMES_MAX_AGE)
 
     # -- sockets -------------------------------------------------------------------------
 
@@ -151,7 +152,7 @@ class Presence:
             waiting = waiters.get(change.room)
             if waiting:
                 if change.sample:
-                    listed = members_json(state.members)
+                    listed = self._lists.json(change.room, state.members, now)
                     if state.count > MEMBERS_MAX:
                         self._names[change.room] = (now, listed)
                     else:
@@ -205,6 +206,7 @@ class Presence:
         stale = [room for room, (read, _) in self._names.items() if now - read >= NAMES_MAX_AGE]
         for room in stale:
             del self._names[room]
+        self._lists.sweep(now)
 
     # -- announcing --------------------------------------------------------------------------
 
