@@ -110,6 +110,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             load(args, work, "app/memory", []),
             load(args, work, "app/redis", ["--redis"]),
             load(args, work, "floor", ["--target", "floor"]),
+            # The same without presence: what the chat itself costs, as code without presence
+            # (#13) measured it, so a change elsewhere is compared like for like.
+            load(args, work, "app/memory/no-presence", ["--app-env", "CHAT_PRESENCE=false"]),
+            load(args, work, "app/redis/no-presence", ["--redis", "--app-env", "CHAT_PRESENCE=false"]),
             load(args, work, "app/memory/1-room", ["-r", "1"]),
             load(args, work, "floor/1-room", ["--target", "floor", "-r", "1"]),
             # Presence's cost: N joins to one room with it and without it (as before presence).
@@ -254,6 +258,7 @@ def markdown(bench: dict[str, Any], chart: str | None) -> str:
                      b["latency_ms"]["p50"], b["latency_ms"]["p99"], f"{b['missing']}/{b['expected']}",
                      s["cpu_ms_per_connection"], s["rss_kb_per_connection"], s["cpu_ms_per_delivery"]])
     for ours_label, floor_label in (("app/memory", "floor"), ("app/redis", "floor"),
+                                    ("app/memory/no-presence", "floor"), ("app/redis/no-presence", "floor"),
                                     ("app/memory/1-room", "floor/1-room"),
                                     ("app/redis/1-room", NO_PRESENCE),
                                     ("app/redis/1-room/1-message", "floor/1-room/1-message")):

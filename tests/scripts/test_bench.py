@@ -24,7 +24,8 @@ def test_small_bench_writes_results_markdown_and_chart(tmp_path: Path) -> None:
     assert bench["shutdown"]["results"]["app"]["close_codes"] == {"1012": 30}
     labels = [leg["label"] for leg in bench["load"]]
     assert labels == [
-        "app/memory", "app/redis", "floor", "app/memory/1-room", "floor/1-room",
+        "app/memory", "app/redis", "floor", "app/memory/no-presence", "app/redis/no-presence",
+        "app/memory/1-room", "floor/1-room",
         "app/redis/1-room", "app/redis/1-room/no-presence", "app/redis/1-room/1-message",
         "floor/1-room/1-message", "app/redis/capacity",
     ]
@@ -35,5 +36,6 @@ def test_small_bench_writes_results_markdown_and_chart(tmp_path: Path) -> None:
         assert heading in text
     assert "| concurrent connections | >= 5000 | 40 |" in text  # the capacity leg's 40
     assert "| presence: server CPU per join, one room" in text
+    assert "| ratio app/redis/no-presence / floor |" in text
     assert "![connect and delivery latency](chart.png)" in text
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
