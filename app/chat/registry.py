@@ -47,6 +47,10 @@ class Registry:
     def __len__(self) -> int:
         return self._count
 
+    def __contains__(self, member: object) -> bool:
+        room = getattr(member, "room", None)
+        return isinstance(room, str) and member in self._rooms.get(room, ())
+
     def add(self, member: Member) -> None:
         members = self._rooms.setdefault(member.room, set())
         if member not in members:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 from app import metrics
 from app.chat.registry import REGISTRY
+from app.chat.serial import IN_SEND
 from app.chat.services import ChatServices
 from app.chat.tail import TailWatcher
 from app.chat.watchdog import SlowClientWatchdog
@@ -110,7 +111,7 @@ async def warm_up(
     on_ready()
     # These loops live as long as this task; lifespan shutdown cancels it, and so them.
     watcher = TailWatcher(REGISTRY, chat.history, TAIL_INTERVAL)
-    loops = [watcher.run(), SlowClientWatchdog(REGISTRY, config.send_timeout).run()]
+    loops = [watcher.run(), SlowClientWatchdog(REGISTRY, config.send_timeout, IN_SEND).run()]
     if config.redis_enabled:
         loops.append(monitor(chat, lifecycle))
     if chat.presence is not None:

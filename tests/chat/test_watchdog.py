@@ -33,3 +33,14 @@ def test_only_members_stuck_past_the_timeout_are_stopped() -> None:
         registry.add(member)
     assert SlowClientWatchdog(registry, send_timeout=10).check(now=100.0) == 1
     assert (idle.stopped, quick.stopped, stuck.stopped) == (False, False, True)
+
+
+def test_with_sends_tracked_only_members_in_a_send_are_looked_at() -> None:
+    registry = Registry()
+    stuck, also_stuck, gone = (Member(sending_since=80.0) for _ in range(3))
+    for member in (stuck, also_stuck):
+        registry.add(member)
+    # also_stuck's send is not tracked (so not looked at); gone is in a send but no member.
+    watchdog = SlowClientWatchdog(registry, send_timeout=10, sending={stuck, gone})
+    assert watchdog.check(now=100.0) == 1
+    assert (stuck.stopped, also_stuck.stopped, gone.stopped) == (True, False, False)

@@ -87,6 +87,14 @@ async def test_joiner_gets_the_room_and_others_hear_one_join_per_user(server: Ap
     assert frames[-1]["count"] == 1
 
 
+async def test_the_snapshot_comes_right_after_ready(server: AppServer) -> None:
+    # Often in the same write as ready (when the store has answered by then), never before it.
+    for sub in ("first", "second"):
+        url = server.ws_url("order", token=token(sub))
+        client = await Client.connect(url, wait_ready=False, presence=True)
+        assert [(await client.recv())["type"] for _ in range(2)] == ["ready", "presence"]
+
+
 async def test_a_reconnect_within_the_grace_announces_nothing(server: AppServer) -> None:
     watcher, _ = await join(server, "lobby", "watcher")
     carol, _ = await join(server, "lobby", "carol")
