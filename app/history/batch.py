@@ -28,9 +28,15 @@ class BatchedReads(Generic[K, T]):
     """
 
     def __init__(self, fetch: Callable[[list[K]], Awaitable[Sequence[T | BaseException]]],
-                 share_in_flight: bool = True) -> None:
+                 share_in_flight: bool = True, one_at_a_time: bool = False) -> None:
         self._fetch = fetch
         self._share_in_flight = share_in_flight
+        # One batch with the store at a time: keys asked meanwhile wait for it and go out
+        # together next, so batches grow with load instead of one pipeline per loop turn
+        # (each costs ~0.1 ms of client CPU). Every answer is still read after its key was
+        # asked, unless shared from the flight (``share_in_flight``).
+        self._one_at_a_time = one_at_a_time
+        self._flights = 0
         self._queued: dict[K, asyncio.Future[T]] = {}
         self._in_flight: dict[K, asyncio.Future[T]] = {}
 
@@ -40,20 +46,26 @@ class BatchedReads(Generic[K, T]):
             read = self._in_flight.get(key)
         if read is None:
             loop = asyncio.get_running_loop()
-            if not self._queued:
+            if not self._queued and not (self._one_at_a_time and self._flights):
                 loop.call_soon(self._flush)
             read = self._queued[key] = loop.create_future()
         return await asyncio.shield(read)  # one caller giving up must not cancel the others' read
 
     def _flush(self) -> None:
+        if not self._queued or (self._one_at_a_time and self._flights):
+            return
         reads, self._queued = self._queued, {}
         if self._share_in_flight:
             self._in_flight.update(reads)
+        self._flights += 1
         batch = asyncio.ensure_future(self._fetch(list(reads)))
         batch.add_done_callback(functools.partial(self._settle, reads))
 
     def _settle(self, reads: dict[K, asyncio.Future[T]],
                 batch: asyncio.Future[Sequence[T | BaseException]]) -> None:
+        self._flights -= 1
+        if self._queued and self._one_at_a_time:
+            asyncio.get_running_loop().call_soon(self._flush)
         error = None if batch.cancelled() else batch.exception()
         answers = batch.result() if not batch.cancelled() and error is None else ()
         for index, (key, read) in enumerate(reads.items()):

@@ -130,7 +130,7 @@ class RedisHistory(History):
         self._restart_script = self._client.register_script(_RESTART)
         self._read_script = self._client.register_script(_READ)
         self._max_len = max_len
-        self._join_reads: BatchedReads[str, RoomState] = BatchedReads(self._read_states)
+        self._join_reads: BatchedReads[str, RoomState] = BatchedReads(self._read_states, one_at_a_time=True)
         self._resumes: BatchedReads[Resume, Replay] = BatchedReads(self._read_resumes, share_in_flight=False)
         self._ttl = ttl
         self._dedupe_ttl = dedupe_ttl
