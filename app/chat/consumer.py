@@ -79,7 +79,6 @@ class ChatConsumer(SerialConsumer):
     # What the close is counted as: the disconnect event's code, or 1006 if none came.
     close_code: int = 1006
     present: bool = False
-    restarting: bool = False  # closed by the drain (1012): see close_for_restart
     typing_bucket: TokenBucket | None = None
 
     def __init__(self, services: ChatServices) -> None:
@@ -367,10 +366,6 @@ class ChatConsumer(SerialConsumer):
         A socket that cannot take the close frame now has a client that is not reading:
         the drain does not spend its budget on it, the connection is dropped at once.
         """
-        # The user is expected back on the other colour within moments: its presence is
-        # left to run out (refreshed no more) rather than released, so the new colour's
-        # hold finds it still there, and the old colour spends no store step on it.
-        self.restarting = True
         if self.writable() is False and self.hang_up(code, reason, linger=0.0):
             return
         await self.close(code=code, reason=reason)
@@ -430,7 +425,7 @@ class ChatConsumer(SerialConsumer):
         if self.present:
             self.present = False
             if self.services.presence is not None:
-                self.services.presence.leave(self.room, self.user, release=not self.restarting)
+                self.services.presence.leave(self.room, self.user)
 
     async def _typing(self) -> None:
         """A typing notice: never stored, relayed at most once per interval per user, and

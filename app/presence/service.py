@@ -75,12 +75,9 @@ class Presence:
         self._schedule()
         return waiter
 
-    def leave(self, room: str, user: str, release: bool = True) -> None:
-        """Undo ``enter``. The user's last socket here starts the grace, not a departure;
-        without ``release`` (a drain's close: the user reconnects elsewhere) not even that:
-        this process just stops refreshing the user, whose hold runs out within the grace
-        plus one heartbeat unless another process holds the user first."""
-        if self.local.detach(room, user) and release:
+    def leave(self, room: str, user: str) -> None:
+        """Undo ``enter``. The user's last socket here starts the grace, not a departure."""
+        if self.local.detach(room, user):
             self._ops.setdefault(room, {})[user] = False
             self._schedule()
 

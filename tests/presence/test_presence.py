@@ -239,22 +239,6 @@ async def test_a_sigterm_cutover_to_the_other_process_announces_nothing(
     assert about(frames, "dave") == []
 
 
-async def test_a_drained_user_who_does_not_come_back_leaves_once_its_hold_runs_out(
-    pair: tuple[AppServer, AppServer],
-) -> None:
-    # The drain does not release its users (they are expected on the other colour): one who
-    # never reconnects is announced gone by the other process when the hold runs out.
-    blue, green = pair
-    watcher, _ = await join(green, "lobby", "watcher")
-    fay, _ = await join(blue, "lobby", "fay")
-    assert (await watcher.recv_type("join"))["user"] == "fay"
-    blue.signal(signal.SIGTERM)
-    assert blue.wait() == 0
-    frames = await frames_until(watcher, "leave", "fay")
-    assert about(frames, "fay") == ["leave"]
-    assert frames[-1]["count"] == 1
-
-
 async def test_a_killed_process_members_leave_after_the_grace(pair: tuple[AppServer, AppServer]) -> None:
     blue, green = pair
     watcher, _ = await join(green, "lobby", "watcher")
