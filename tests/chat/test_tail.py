@@ -104,3 +104,33 @@ async def test_members_level_with_the_room_are_nudged_when_its_epoch_changes() -
     assert restarted.epoch != epoch
     assert await watcher.tick() == 3
     assert all(member.nudges == [restarted.last_id] for member in members)
+
+
+@dataclass(eq=False)
+class CountedMember(Member):
+    """A member that counts how often its position is read."""
+
+    reads: int = 0
+
+    def __getattribute__(self, name: str) -> object:
+        if name == "last_id":
+            object.__setattr__(self, "reads", object.__getattribute__(self, "reads") + 1)
+        return object.__getattribute__(self, name)
+
+
+async def test_a_settled_room_is_not_read_member_by_member_until_history_moves() -> None:
+    registry, history, watcher = await setup()
+    await history.append("r", message_template("r", "seen", 0, "u"), None)
+    member = CountedMember("r", epoch=(await history.state("r")).epoch, last_id=1)
+    registry.add(member)
+    assert await watcher.tick() == 0
+    assert await watcher.tick() == 0  # unchanged for a tick, everyone level: settled
+    member.reads = 0
+    assert await watcher.tick() == 0
+    assert member.reads == 0
+    # A message the member never got: the room wakes, and the loss is found as before.
+    await history.append("r", message_template("r", "lost", 0, "u"), None)
+    assert await watcher.tick() == 0  # first sight of id 2: it may still be in flight
+    assert member.reads > 0
+    assert await watcher.tick() == 1
+    assert member.nudges == [2]
