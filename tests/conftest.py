@@ -30,6 +30,15 @@ def redis_cluster() -> Iterator[RedisClusterServers]:
     cluster.cleanup()
 
 
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServers]:
+    """One Redis Cluster shared by a test module's tests (forming one takes seconds): for
+    tests that leave it as they found it, each on keys of its own."""
+    servers = RedisClusterServers().start()
+    yield servers
+    servers.cleanup()
+
+
 @pytest.fixture
 def make_app() -> Iterator[Callable[..., AppServer]]:
     """Start ``python -m app`` processes: ``make_app(env={...}, wait="/readyz")``."""

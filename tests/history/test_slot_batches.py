@@ -4,7 +4,7 @@ reply, and a command the batch could not run is sent again on its own."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
@@ -13,13 +13,6 @@ from app.history.slot_batches import SlotBatches
 from app.redis_clients import cluster_client
 from app.redis_url import parse_redis_url
 from tools.cluster import RedisClusterServers
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisClusterServers]:
-    servers = RedisClusterServers().start()
-    yield servers
-    servers.cleanup()
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.crc import key_slot
@@ -21,12 +21,6 @@ def test_a_rooms_channel_shares_the_slot_of_its_history_keys() -> None:
         assert key_slot(channel.encode()) == key_slot(f"chat:{{{room}}}:seq".encode())
     assert shard_channel("parley", "parley.readiness") == "parley:{parley.readiness}:parley.readiness"
 
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisClusterServers]:
-    servers = RedisClusterServers().start()
-    yield servers
-    servers.cleanup()
 
 
 @pytest.fixture

@@ -4,22 +4,12 @@ channel, and each caller answered."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-
-import pytest
 
 from app.layers.cluster import ClusterLayer
 from app.layers.publisher import ShardPublisher
 from app.redis_clients import cluster_client
 from app.redis_url import parse_redis_url
 from tools.cluster import RedisClusterServers
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisClusterServers]:
-    servers = RedisClusterServers().start()
-    yield servers
-    servers.cleanup()
 
 
 async def test_a_burst_arrives_whole_and_in_order(cluster: RedisClusterServers) -> None:

@@ -239,30 +239,19 @@ async def test_a_sigterm_cutover_to_the_other_process_announces_nothing(
     assert about(frames, "dave") == []
 
 
-async def test_a_drained_user_who_does_not_come_back_leaves_after_the_grace(
-    pair: tuple[AppServer, AppServer],
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["drained", "killed"])
+async def test_a_member_whose_process_stopped_and_who_does_not_come_back_leaves_after_the_grace(
+    pair: tuple[AppServer, AppServer], sig: signal.Signals,
 ) -> None:
-    # The drain's 1012 starts the user's grace; nobody holds the user again, so the other
-    # process announces the departure once it runs out.
-    blue, green = pair
-    watcher, _ = await join(green, "lobby", "watcher")
-    fay, _ = await join(blue, "lobby", "fay")
-    assert (await watcher.recv_type("join"))["user"] == "fay"
-    blue.signal(signal.SIGTERM)
-    assert blue.wait() == 0
-    frames = await frames_until(watcher, "leave", "fay")
-    assert about(frames, "fay") == ["leave"]
-    assert frames[-1]["count"] == 1
-
-
-async def test_a_killed_process_members_leave_after_the_grace(pair: tuple[AppServer, AppServer]) -> None:
+    # Drained: the 1012 starts the user's grace. Killed: the holds stop being refreshed.
+    # Either way nobody holds the user again, and the other process announces the departure.
     blue, green = pair
     watcher, _ = await join(green, "lobby", "watcher")
     erin, _ = await join(blue, "lobby", "erin")
     assert (await watcher.recv_type("join"))["user"] == "erin"
 
-    blue.signal(signal.SIGKILL)
-    blue.wait()
+    blue.signal(sig)
+    assert blue.wait() == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
     frames = await frames_until(watcher, "leave", "erin")
     assert about(frames, "erin") == ["leave"]
     assert frames[-1]["count"] == 1
