@@ -150,3 +150,43 @@ async def test_a_shared_call_survives_one_caller_cancelled_and_shares_its_error(
     with pytest.raises(RuntimeError, match="store away"):
         await second
     assert first.cancelled()
+
+
+async def test_one_at_a_time_keys_asked_during_a_flight_go_out_together_after_it() -> None:
+    store = Store({"a": 1, "b": 2, "c": 3})
+    reads = BatchedReads(store.fetch, one_at_a_time=True)
+    first = asyncio.ensure_future(reads.get("a"))
+    while not store.batches:  # until the first batch is in flight
+        await asyncio.sleep(0)
+    later = [asyncio.ensure_future(reads.get("b"))]
+    for _ in range(5):  # several loop turns: each would have been a batch of its own
+        await asyncio.sleep(0)
+        later.append(asyncio.ensure_future(reads.get("c")))
+    assert store.batches == [["a"]]  # nothing else goes out while the first is with the store
+    store.release.set()
+    assert await first == 1
+    assert await asyncio.gather(*later) == [2, 3, 3, 3, 3, 3]
+    assert store.batches == [["a"], ["b", "c"]]
+
+
+async def test_one_at_a_time_a_failed_flight_still_lets_the_next_batch_go() -> None:
+    store = Store({"b": 2})
+    store.error = ConnectionError("store away")
+
+    async def fails_once(keys: list[str]) -> list[int]:
+        try:
+            return await store.fetch(keys)
+        finally:
+            store.error = None
+
+    reads = BatchedReads(fails_once, one_at_a_time=True)
+    first = asyncio.ensure_future(reads.get("a"))
+    while not store.batches:
+        await asyncio.sleep(0)
+    second = asyncio.ensure_future(reads.get("b"))
+    await asyncio.sleep(0)
+    store.release.set()
+    with pytest.raises(ConnectionError):
+        await first
+    assert await second == 2
+    assert store.batches == [["a"], ["b"]]
