@@ -47,9 +47,8 @@ class Registry:
     def __len__(self) -> int:
         return self._count
 
-    def __contains__(self, member: object) -> bool:
-        room = getattr(member, "room", None)
-        return isinstance(room, str) and member in self._rooms.get(room, ())
+    def __contains__(self, member: Member) -> bool:
+        return member in self._rooms.get(member.room, ())
 
     def add(self, member: Member) -> None:
         members = self._rooms.setdefault(member.room, set())

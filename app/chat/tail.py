@@ -26,6 +26,8 @@ from app.history import History, RoomState
 
 logger = logging.getLogger("parley")
 
+Noted = tuple[Member, str, int]  # a member, its epoch and last id when noted
+
 
 class TailWatcher:
     """Per-process loop; one batched history read per tick for all rooms with members."""
@@ -42,16 +44,14 @@ class TailWatcher:
         # position every second was ~2.5 % of a core.
         self._settled: set[str] = set()
 
-    @staticmethod
-    def _note(rooms: dict[str, list[Member]], held: dict[str, RoomState],
-              ) -> tuple[dict[str, int], dict[str, list[tuple[Member, str, int]]]]:
+    def _note(self, rooms: dict[str, list[Member]]) -> tuple[dict[str, int], dict[str, list[Noted]]]:
         """Members' positions, per room: the highest among those level with what history
-        held, and the others one by one (a tuple per member per tick was most of this loop's
-        cost at 5,000 members)."""
+        held a tick ago, and the others one by one (a tuple per member per tick was most of
+        this loop's cost at 5,000 members)."""
         tops: dict[str, int] = {}
-        noted: dict[str, list[tuple[Member, str, int]]] = {}
+        noted: dict[str, list[Noted]] = {}
         for room, members in rooms.items():
-            state = held.get(room)
+            state = self._held.get(room)
             level_epoch, floor = (state.epoch, state.last_id) if state is not None else (None, 0)
             top, others = -1, []
             for member in members:
@@ -68,12 +68,12 @@ class TailWatcher:
         rooms = self.registry.by_room()
         names = list(rooms)
         # Positions before the read: the read is then at least as new as each of them.
-        tops, noted = self._note({r: m for r, m in rooms.items() if r not in self._settled}, self._held)
+        tops, noted = self._note({r: m for r, m in rooms.items() if r not in self._settled})
         read = dict(zip(names, await self.history.states(names) if names else [], strict=True))
         # A settled room whose state moved is looked at now, positions first and read again.
         woke = [r for r in names if r in self._settled and read[r] != self._held.get(r)]
         if woke:
-            more_tops, more_noted = self._note({r: rooms[r] for r in woke}, self._held)
+            more_tops, more_noted = self._note({r: rooms[r] for r in woke})
             tops.update(more_tops)
             noted.update(more_noted)
             read.update(zip(woke, await self.history.states(woke), strict=True))

@@ -22,20 +22,17 @@ CHECK_INTERVAL = 1.0
 class SlowClientWatchdog:
     """Finds members stuck in a send past the timeout, and tells them."""
 
-    def __init__(self, members: Registry, send_timeout: float,
-                 sending: Collection[Member] | None = None) -> None:
+    def __init__(self, members: Registry, send_timeout: float, sending: Collection[Member]) -> None:
         self.members = members
         self.send_timeout = send_timeout
-        # Whatever has a send in flight, when tracked (app.chat.serial.IN_SEND): only those
-        # of them that are members are looked at. Without it, every member is.
+        # Whatever has a send in flight (app.chat.serial.IN_SEND): only those of them that
+        # are members are looked at, not every socket of the process.
         self.sending = sending
 
     def check(self, now: float) -> int:
         """Stop every stuck member; returns how many."""
         limit = now - self.send_timeout
-        candidates = self.members.all() if self.sending is None else [
-            m for m in list(self.sending) if m in self.members]
-        stuck = [m for m in candidates if 0.0 < m.sending_since < limit]
+        stuck = [m for m in list(self.sending) if m in self.members and 0.0 < m.sending_since < limit]
         for member in stuck:
             member.stalled()
         return len(stuck)

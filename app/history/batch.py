@@ -46,8 +46,8 @@ class BatchedReads(Generic[K, T]):
             read = self._in_flight.get(key)
         if read is None:
             loop = asyncio.get_running_loop()
-            if not self._queued and not (self._one_at_a_time and self._flights):
-                loop.call_soon(self._flush)
+            if not self._queued:
+                loop.call_soon(self._flush)  # which waits for the flight, when one_at_a_time
             read = self._queued[key] = loop.create_future()
         return await asyncio.shield(read)  # one caller giving up must not cancel the others' read
 

@@ -178,11 +178,8 @@ class RedisHistory(History):
         resend found by dedupe waits too: its first send may not have been replicated."""
         wanted, ms = self._min_replicas, self._wait_ms
         if self._cluster is not None:
-            tail = [replication.wait_command(wanted, ms)] if wanted else []
-            replies = await replication.on_slot_master(self._cluster, self._keys(room)[0], [*commands, *tail])
-            if wanted:
-                replication.require_replicas(replies.pop(), wanted, ms)
-            return replies
+            return await replication.on_slot_master_then_wait(
+                self._cluster, self._keys(room)[0], commands, wanted, ms)
         return await replication.commands_then_wait(self._client, commands, wanted, ms)
 
     async def after(self, room: str, since: int, limit: int) -> Replay:

@@ -127,6 +127,17 @@ async def on_slot_master(cluster: RedisCluster, key: str, commands: Sequence[Com
     raise error
 
 
+async def on_slot_master_then_wait(cluster: RedisCluster, key: str, commands: Sequence[Command],
+                                   replicas: int, timeout_ms: int) -> list[Any]:
+    """``on_slot_master`` for ``commands`` followed by ``WAIT`` when ``replicas`` > 0; the
+    commands' replies, once that many replicas have them (else ReplicationShortfall)."""
+    tail = [wait_command(replicas, timeout_ms)] if replicas else []
+    replies = await on_slot_master(cluster, key, [*commands, *tail])
+    if replicas:
+        require_replicas(replies.pop(), replicas, timeout_ms)
+    return replies
+
+
 async def _refresh(cluster: RedisCluster) -> None:
     try:
         await cluster.nodes_manager.initialize()

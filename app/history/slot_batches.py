@@ -89,15 +89,13 @@ class SlotBatches:
         await asyncio.gather(*(self._alone(*pending) for pending in retry))
 
     async def _alone(self, key: str, command: replication.Command, reply: asyncio.Future[Any]) -> None:
-        tail = [replication.wait_command(self._replicas, self._timeout_ms)] if self._replicas else []
         try:
-            replies = await replication.on_slot_master(self._cluster, key, [command, *tail])
-            if self._replicas:
-                replication.require_replicas(replies.pop(), self._replicas, self._timeout_ms)
+            [answer] = await replication.on_slot_master_then_wait(
+                self._cluster, key, [command], self._replicas, self._timeout_ms)
         except Exception as exc:  # noqa: BLE001  (the caller gets it)
             _settle(reply, error=exc)
         else:
-            _settle(reply, replies[0])
+            _settle(reply, answer)
 
 
 def _settle(reply: asyncio.Future[Any], result: Any = None, error: BaseException | None = None) -> None:

@@ -31,7 +31,8 @@ def test_only_members_stuck_past_the_timeout_are_stopped() -> None:
     idle, quick, stuck = Member(), Member(sending_since=99.5), Member(sending_since=80.0)
     for member in (idle, quick, stuck):
         registry.add(member)
-    assert SlowClientWatchdog(registry, send_timeout=10).check(now=100.0) == 1
+    watchdog = SlowClientWatchdog(registry, send_timeout=10, sending={idle, quick, stuck})
+    assert watchdog.check(now=100.0) == 1
     assert (idle.stopped, quick.stopped, stuck.stopped) == (False, False, True)
 
 
