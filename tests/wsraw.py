@@ -70,3 +70,24 @@ def read_frames(sock: socket.socket, limit: float = 10) -> list[tuple[int, bytes
         frames.append((opcode, data[i:i + length]))
         i += length
     return frames
+
+
+def read_frame(sock: socket.socket) -> tuple[int, bytes]:
+    """The next server frame (opcode, payload); ConnectionError if the server closed first."""
+
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("closed by the server")
+            data += chunk
+        return data
+
+    head = exactly(2)
+    length = head[1] & 0x7F
+    if length == 126:
+        length = struct.unpack("!H", exactly(2))[0]
+    elif length == 127:
+        length = struct.unpack("!Q", exactly(8))[0]
+    return head[0] & 0x0F, exactly(length)

@@ -39,6 +39,9 @@ from tools import wsclient
 # Sockets a worker keeps back under its open-file limit for everything else it opens.
 FD_MARGIN = 100
 PREFIX = "lt"
+# How app.protocol.message_template starts a chat message, and the key before its text.
+MESSAGE_HEAD = '{"type":"message",'
+MESSAGE_KEY = ',"message":"'
 
 
 def raise_nofile() -> tuple[int, int]:
@@ -157,6 +160,14 @@ class Worker:
 
     def _read(self, member: Member, raw: str) -> None:
         """Every text frame of ``member``, called synchronously from the socket's protocol."""
+        if raw.startswith(MESSAGE_HEAD):
+            # A chat message, as app.protocol writes it: its text is found without decoding
+            # the JSON (a tenth of the load client's CPU per delivery), unless it has escapes.
+            start = raw.find(MESSAGE_KEY)
+            end = raw.find('"', start + len(MESSAGE_KEY)) if start >= 0 else -1
+            if end >= 0 and "\\" not in raw:
+                self._deliver(member, raw[start + len(MESSAGE_KEY):end])
+                return
         try:
             frame = json.loads(raw)
         except ValueError:  # not ours to judge; only our nonces count

@@ -105,6 +105,14 @@ class FrameParser:
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         if self.buffer:  # only a leftover partial frame costs a copy; most chunks parse as is
             data = self.buffer + data
+        elif self.fragmented is None and len(data) > 2 and data[0] == 0x81:
+            # The common chunk, one whole uncompressed text frame (FIN, no RSV bits, unmasked):
+            # what the loop below would return, without the loop.
+            length = data[1]
+            if length < 126 and len(data) == 2 + length:
+                return [(TEXT, data[2:])]
+            if length == 126 and len(data) == 4 + int.from_bytes(data[2:4], "big"):
+                return [(TEXT, data[4:])]
         out: list[tuple[int, bytes]] = []
         pos, end = 0, len(data)
         while end - pos >= 2:

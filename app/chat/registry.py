@@ -70,9 +70,13 @@ class Registry:
     def all(self) -> list[Member]:
         return [m for room in self._rooms.values() for m in room]
 
-    def by_room(self) -> dict[str, list[Member]]:
-        """A snapshot of the members of each room with members here."""
-        return {room: list(members) for room, members in self._rooms.items()}
+    def rooms(self) -> list[str]:
+        """The rooms with members here."""
+        return list(self._rooms)
+
+    def members(self, room: str) -> list[Member]:
+        """A snapshot of ``room``'s members here (none if it has none)."""
+        return list(self._rooms.get(room, ()))
 
     async def close_all(self, code: int, reason: str, timeout: float, spread: float = 0.0) -> int:
         """Send every member a close frame; return how many there were.

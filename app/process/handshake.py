@@ -19,7 +19,9 @@ uvicorn never sends. ``guarded_protocols`` returns the two protocol classes that
 - it stamps each ``websocket.receive`` event with when its frame was read, for the rate limit
   (app.chat.ratelimit);
 - when a WebSocket is lost, it closes websockets' parser, a generator holding the connection:
-  without that every closed WebSocket was a cycle left to the cyclic garbage collector.
+  without that every closed WebSocket was a cycle left to the cyclic garbage collector;
+- its keepalive pings come from the process's one timer wheel (app.process.keepalive), not
+  from two timers of its own per ping.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 from app import metrics
 from app.chat.ratelimit import ARRIVED
+from app.process.keepalive import Action, Keepalive, Ping, keepalive_for, step
 from app.throttled_log import Throttled
 
 # Beyond these, a request is refused rather than buffered. 8 KB is websockets' own request-line
@@ -201,12 +205,51 @@ class ArrivalStamps(asyncio.Queue[Any]):
 
 
 class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol that answers every handshake it refuses, and
-    stamps each frame with when it was read (``ArrivalStamps``)."""
+    """uvicorn's websockets-sansio protocol that answers every handshake it refuses,
+    stamps each frame with when it was read (``ArrivalStamps``), and is pinged from the
+    process's keepalive wheel."""
+
+    keepalive_slot: int | None = None
+    _keepalive: Keepalive | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = ArrivalStamps()
+
+    def start_keepalive(self) -> None:
+        if self.ping_interval:
+            self._keepalive = keepalive_for(self.loop, self.ping_interval, self.ping_timeout or None)
+            self._keepalive.start(self)
+
+    def stop_keepalive(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.stop(self)
+        super().stop_keepalive()
+
+    def keepalive_due(self, now: float, ping: Ping) -> float | None:
+        """The wheel's hook: ping, wait, or close 1011 as ``keepalive.step`` says."""
+        if self.close_sent or self.transport.is_closing():
+            return None
+        assert self.ping_interval is not None
+        sent_at = self.ping_sent_at or None
+        action, at = step(
+            now, sent_at, self.pending_ping_payload is None, self.ping_interval, self.ping_timeout or None
+        )
+        if action is Action.EXPIRE:
+            self.keepalive_timeout()  # uvicorn's: close 1011 "keepalive ping timeout"
+            return None
+        if action is Action.PING:
+            # uvicorn's handle_pong clears the payload when it comes back (and, with no pong
+            # timer of its own here, schedules nothing).
+            self.pending_ping_payload = ping.payload
+            self.ping_sent_at = now
+            conn = self.conn
+            if conn.state is State.OPEN and not conn.writes:
+                self.transport.write(ping.frame)  # what websockets would write, built once
+            else:
+                conn.send_ping(ping.payload)
+                self.transport.write(b"".join(conn.data_to_send()))
+        return at
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -243,4 +286,3 @@ def guarded_protocols(
         "GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"handshake_timeout": handshake_timeout}
     )
     return http_class, GuardedWebSocketProtocol
-

@@ -67,9 +67,10 @@ def test_registry_groups_members_by_room() -> None:
     for member in (a, b, c, a):
         registry.add(member)
     assert len(registry) == 3
-    assert {room: len(m) for room, m in registry.by_room().items()} == {"x": 2, "y": 1}
+    assert {room: len(registry.members(room)) for room in registry.rooms()} == {"x": 2, "y": 1}
     assert registry.discard_if_present(b) and not registry.discard_if_present(b)
-    assert registry.by_room()["x"] == [a]
+    assert registry.members("x") == [a]
+    assert registry.discard_if_present(c) and registry.rooms() == ["x"] and registry.members("y") == []
 
 
 async def test_a_member_in_another_epoch_is_nudged_with_the_rooms_state() -> None:

@@ -139,6 +139,31 @@ async def test_a_client_that_never_reads_is_dropped_and_memory_stays_bounded(
     stalled.close()
 
 
+def test_a_peer_that_answers_every_ping_stays_open_and_a_wrong_pong_counts_for_nothing(
+        make_app: Callable[..., AppServer]) -> None:
+    server = make_app(env={"CHAT_PING_INTERVAL": "0.2", "CHAT_PING_TIMEOUT": "0.2"})
+    sock = wsraw.open_socket(server.port)
+    payloads = []
+    while len(payloads) < 5:  # five rounds: each ping answered, so each next one comes
+        opcode, payload = wsraw.read_frame(sock)
+        assert opcode != 0x8, "closed although every ping was answered"
+        if opcode == 0x9:
+            payloads.append(payload)
+            sock.sendall(wsraw.frame(payload, opcode=0xA))
+    assert len(set(payloads)) > 1  # each round's ping is its own, so stale pongs are told apart
+    sock.sendall(wsraw.frame(json.dumps({"message": "still here", "client_id": "k1"}).encode()))
+    while (frame := wsraw.read_frame(sock))[0] != 0x1 or json.loads(frame[1])["type"] != "ack":
+        if frame[0] == 0x9:
+            sock.sendall(wsraw.frame(frame[1], opcode=0xA))
+    while (frame := wsraw.read_frame(sock))[0] != 0x9:
+        pass
+    sock.sendall(wsraw.frame(b"nope", opcode=0xA))  # a pong, but not to this ping
+    frames = wsraw.read_frames(sock, limit=10)
+    close = [payload for opcode, payload in frames if opcode == 0x8]
+    assert close and struct.unpack("!H", close[0][:2])[0] == 1011
+    sock.close()
+
+
 def test_a_peer_that_never_answers_pings_is_closed(make_app: Callable[..., AppServer]) -> None:
     server = make_app(env={"CHAT_PING_INTERVAL": "0.2", "CHAT_PING_TIMEOUT": "0.2"})
     sock = wsraw.open_socket(server.port)
