@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -97,6 +98,11 @@ class ChatServer(uvicorn.Server):
         # 1. Not ready: load balancers stop routing here, new handshakes are refused.
         self.router.lifecycle.begin_drain()
         metrics.READY.set(0)
+        # Whatever exists now lives until the exit: no collection may walk it. The drain
+        # allocates (a close and a disconnect per socket), and with 9,000 sockets one
+        # collection of the middle generation walked their objects for 0.4 s, finding
+        # nothing, on cores the clients' new colour needs for their reconnects.
+        gc.freeze()
 
         # 2. Optional grace for the load balancer to notice, probes still answered.
         if self.chat.shutdown_drain_delay > 0:
