@@ -112,6 +112,13 @@ def fractions(times: list[float | None], total: int) -> dict[str, float | None]:
     return {key: (round(value, 3) if value is not None else None) for key, value in found.items()}
 
 
+def timeline(times: list[float | None], total: int) -> list[float | None]:
+    """Seconds until each tenth of ``total`` had arrived (10 %, 20 %, ... 100 %): where in
+    a phase the time went, for comparing the recovery's curve with the fresh connect's."""
+    return [(round(t, 3) if t is not None else None)
+            for t in (time_to_fraction(times, total, k / 10) for k in range(1, 11))]
+
+
 def ratios(recovery: dict[str, float | None], fresh: dict[str, float | None]) -> dict[str, float | None]:
     """Recovery over fresh connect, per fraction (the goal: p99 <= 1.0)."""
     out: dict[str, float | None] = {}
@@ -132,12 +139,14 @@ class TimedRuntime(LocalRuntime):
 
     sigterm_ns: int = 0
     sampler: CpuSampler | None = None
+    clients: list[int] = []  # the load clients' pids, sampled too
 
     def stop(self, color: str) -> bool:
         target = self.state.active  # recorded as active before the old one is stopped
         pids = {group: [self.state.procs[n].pid for n in self.state.members(c) if n in self.state.procs]
                 for group, c in (("new", target), ("old", color))}
-        self.sampler = CpuSampler({**pids, "traefik": [self.state.procs["traefik"].pid]}).__enter__()
+        self.sampler = CpuSampler({**pids, "traefik": [self.state.procs["traefik"].pid],
+                                   "clients": self.clients}).__enter__()
         self.sigterm_ns = time.monotonic_ns()  # SIGTERM follows within milliseconds
         return super().stop(color)
 
@@ -209,7 +218,9 @@ def measure(args: argparse.Namespace, state: StackState, secret: str,
     with swarm:
         log(f"bench-cutover: {n} clients in {rooms} rooms over {swarm.plan.processes} client processes")
         blue = [state.procs[name].pid for name in state.members("blue")]
-        with CpuSampler({"blue": blue, "traefik": [state.procs["traefik"].pid]}) as fresh_cpu:
+        clients = [p.pid for p in swarm.processes if p.pid is not None]
+        groups = {"blue": blue, "traefik": [state.procs["traefik"].pid], "clients": clients}
+        with CpuSampler(groups) as fresh_cpu:
             began = time.monotonic_ns()
             connected = swarm.call("connect", wait, timeout=args.timeout)
         fresh_times = [(ns - began) / 1e9 if ns is not None else None
@@ -220,6 +231,7 @@ def measure(args: argparse.Namespace, state: StackState, secret: str,
 
         swarm.call("start_trickle", 30, senders=senders, rate=args.rate)
         runtime = TimedRuntime(state)
+        runtime.clients = clients
         log("bench-cutover: deploying green")
         report = deploy(runtime, "green")
         answers = swarm.call("recovery", wait, since_ns=runtime.sigterm_ns, timeout=args.timeout)
@@ -259,11 +271,13 @@ def measure(args: argparse.Namespace, state: StackState, secret: str,
                    "client_processes": swarm.plan.processes, "concurrency": args.concurrency,
                    "restart_jitter_s": args.restart_jitter, "senders_per_room": args.senders,
                    "rate_per_s": args.rate, "app_env": app_env, "redis": "one redis-server"},
-        "fresh": {**fresh, "ready": fresh_ready, "blue_cpu": fresh_cpu.summary()["blue"],
-                  "traefik_cpu": fresh_cpu.summary()["traefik"]},
-        "recovery": {**recovery, "recovered": recovered,
+        "fresh": {**fresh, "ready": fresh_ready, "deciles_s": timeline(fresh_times, n),
+                  **{f"{group}_cpu": cpu_s for group, cpu_s in fresh_cpu.summary().items()}},
+        "recovery": {**recovery, "recovered": recovered, "deciles_s": timeline(rec_times, n),
+                     "closes_deciles_s": timeline(list(close_times), n),
                      "last_close_s": round(max(close_times), 3) if close_times else None,
-                     "green_cpu": cpu["new"], "blue_cpu": cpu["old"], "traefik_cpu": cpu["traefik"]},
+                     "green_cpu": cpu["new"], "blue_cpu": cpu["old"], "traefik_cpu": cpu["traefik"],
+                     "clients_cpu": cpu["clients"]},
         "ratio": ratios(recovery, fresh),
         "deploy": report,
         "on_green": on_green,
@@ -318,6 +332,8 @@ def render(result: dict[str, Any]) -> str:
              f"out of order {result['out_of_order']}, "
              f"unacked {result['unacked']}, closes {result['close_codes']}, failed attempts "
              f"{result['failed_attempts']} {result['failures']}, on green {result['on_green']}",
+             f"CPU-s fresh / recovery (everything measured): {cpu_cell(result)}; deciles s, fresh "
+             f"{f['deciles_s']}, recovery {r['deciles_s']}, 1012s {r['closes_deciles_s']}",
              "OK" if result["ok"] else "FAILED: " + "; ".join(result["problems"][:10])]
     return "\n".join(lines)
 
@@ -348,6 +364,26 @@ def notes(runs: list[dict[str, Any]]) -> list[str]:
     return [*found, ""] if found else []
 
 
+def cpu_totals(run: dict[str, Any]) -> tuple[float, float] | None:
+    """CPU-seconds of everything measured in each phase: fresh (blue, Traefik, the clients)
+    and recovery (green, blue's drain, Traefik, the clients); None for runs before the
+    clients were sampled."""
+    f, r = run["fresh"], run["recovery"]
+    if "clients_cpu" not in f or "clients_cpu" not in r:
+        return None
+    fresh = sum(f[k]["cpu_s"] for k in ("blue_cpu", "traefik_cpu", "clients_cpu"))
+    recovery = sum(r[k]["cpu_s"] for k in ("green_cpu", "blue_cpu", "traefik_cpu", "clients_cpu"))
+    return round(fresh, 2), round(recovery, 2)
+
+
+def cpu_cell(run: dict[str, Any]) -> str:
+    totals = cpu_totals(run)
+    if totals is None:
+        return "-"
+    fresh, recovery = totals
+    return f"{fresh} / {recovery} ({recovery / fresh:.2f})" if fresh else "-"
+
+
 def markdown(runs: list[dict[str, Any]]) -> str:
     rows = []
     for run in sorted(runs, key=lambda r: (r["config"]["clients"], r["label"])):
@@ -356,6 +392,7 @@ def markdown(runs: list[dict[str, Any]]) -> str:
                     f"| {f['p50_s']} / {f['p99_s']} / {f['p100_s']} "
                     f"| {r['p50_s']} / {r['p99_s']} / {r['p100_s']} | {ratio['p99']} | {ratio['p100']} "
                     f"| {r['green_cpu']['peak_pct']} | {f['blue_cpu']['peak_pct']} | {r['last_close_s']} "
+                    f"| {cpu_cell(run)} "
                     f"| {run['green_counters'].get('chat_gaps_filled_total', 0):.0f} "
                     f"| {run['lost']} / {run['duplicated']} | {run['failed_attempts']} "
                     f"| {run['machine']['load_average'][0]} | {run['when']} | {outcome(run)} |")
@@ -370,15 +407,19 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         "uniform in [0, 1 s); failures: full jitter from 0.5 s), at most 500 attempts in flight "
         "over all client processes, in both phases. The ratio is recovery over fresh in the same "
         "run (issue #14's goal: 99 % <= 1.0). CPU peaks: busiest 0.1 s window, % of one core. "
+        "*CPU-s*: all the CPU measured in each phase, fresh (blue, Traefik, the load clients) "
+        "and recovery (green, blue's drain, Traefik, the load clients): both phases keep the two "
+        "cores busy, so their ratio is close to the time ratio. "
         "*Gaps filled on green*: members the new colour refilled from history (its "
         "`chat_gaps_filled_total`). The machine has 2 cores, shared with the client processes and "
         "with other work (load average at the end of the run in its own column): compare the "
         "ratios within a run, not absolute seconds across runs.",
         "",
         "| clients | variant | fresh 50/99/100 % s | recovery 50/99/100 % s | ratio 99 % | ratio 100 % "
-        "| green CPU peak % | blue CPU peak % (fresh) | last 1012 s | gaps filled on green | lost / dup "
+        "| green CPU peak % | blue CPU peak % (fresh) | last 1012 s | CPU-s fresh / recovery (ratio) "
+        "| gaps filled on green | lost / dup "
         "| failed attempts | load | when | checks |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         *notes(runs),

@@ -7,7 +7,17 @@ from typing import Any
 
 import pytest
 
-from scripts.bench_cutover import SECTION, fractions, keep, markdown, ratios, senders_of, time_to_fraction
+from scripts.bench_cutover import (
+    SECTION,
+    cpu_totals,
+    fractions,
+    keep,
+    markdown,
+    ratios,
+    senders_of,
+    time_to_fraction,
+    timeline,
+)
 from tests.support import run_script
 
 
@@ -28,6 +38,26 @@ def test_ratios_are_recovery_over_fresh_per_fraction() -> None:
     recovery = fractions([1.0, 1.0, 2.0, None], 4)
     assert fresh == {"p50_s": 2.0, "p99_s": 4.0, "p100_s": 4.0}
     assert ratios(recovery, fresh) == {"p50": 0.5, "p99": None, "p100": None}
+
+
+@pytest.mark.unit
+def test_the_timeline_is_the_time_to_each_tenth() -> None:
+    times: list[float | None] = [float(i) for i in range(1, 21)]
+    assert timeline(times, 20) == [2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0]
+    assert timeline([*times[:19], None], 20)[-1] is None
+
+
+@pytest.mark.unit
+def test_cpu_totals_add_up_everything_measured_in_each_phase() -> None:
+    def cpu(seconds: float) -> dict[str, float]:
+        return {"peak_pct": 90.0, "cpu_s": seconds}
+
+    run = {"fresh": {"blue_cpu": cpu(8), "traefik_cpu": cpu(6), "clients_cpu": cpu(3)},
+           "recovery": {"green_cpu": cpu(9), "blue_cpu": cpu(1), "traefik_cpu": cpu(7),
+                        "clients_cpu": cpu(4)}}
+    assert cpu_totals(run) == (17.0, 21.0)
+    del run["fresh"]["clients_cpu"]  # a run from before the clients were sampled
+    assert cpu_totals(run) is None
 
 
 @pytest.mark.unit
@@ -54,6 +84,8 @@ def test_kept_runs_replace_their_own_size_and_label_and_fill_the_marked_section(
     section = markdown(runs)
     assert section.startswith(f"<!-- {SECTION}: begin") and section.endswith(f"<!-- {SECTION}: end -->")
     assert section.count("| 2000 |") == 2
+    assert all(row.count("|") == section.splitlines()[5].count("|") for row in section.splitlines()
+               if row.startswith("| 2000 |"))  # as many cells as the header
 
 
 def test_bench_cutover_small(tmp_path: Path) -> None:
@@ -67,3 +99,5 @@ def test_bench_cutover_small(tmp_path: Path) -> None:
     assert result["lost"] == result["duplicated"] == result["unacked"] == 0
     assert result["close_codes"] == {"1012": 50} and result["deploy"]["old"] == "drained"
     assert all(result["recovery"][key] is not None for key in ("p50_s", "p99_s", "p100_s"))
+    assert result["recovery"]["deciles_s"][-1] == result["recovery"]["p100_s"]
+    assert cpu_totals(result) is not None and all(total > 0 for total in cpu_totals(result) or ())
