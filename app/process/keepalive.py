@@ -148,14 +148,15 @@ class Keepalive:
         self._timer = None
         now = self.loop.time()
         due = self.wheel.take_due(now)
-        ping = Ping() if due else None
-        for peer in due:
-            try:
-                at = peer.keepalive_due(now, ping)  # type: ignore[arg-type]
-            except Exception:  # one socket's failure must not stop the others' keepalive
-                continue
-            if at is not None:
-                self.wheel.put(peer, at)
+        if due:
+            ping = Ping()
+            for peer in due:
+                try:
+                    at = peer.keepalive_due(now, ping)
+                except Exception:  # one socket's failure must not stop the others' keepalive
+                    continue
+                if at is not None:
+                    self.wheel.put(peer, at)
         if self.wheel.slots:
             self._timer = self.loop.call_later(self.wheel.tick, self._turn)
 
