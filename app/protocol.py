@@ -60,8 +60,12 @@ def parse_client_frame(text: str, max_chars: int) -> ChatMessage:
     """Validate one text frame from a client; raise FrameError saying what is wrong."""
     try:
         data = json.loads(text)
-    except (ValueError, RecursionError):
+    except json.JSONDecodeError:
         raise FrameError("invalid_json", "frame is not valid JSON") from None
+    except (ValueError, RecursionError):
+        # Valid JSON past what the server parses: an integer of over 4,300 digits (Python's
+        # limit) or nesting about a thousand deep. Said as such, not as "not JSON".
+        raise FrameError("invalid_json", "frame nests too deep or holds too long a number") from None
     if not isinstance(data, dict):
         raise FrameError("not_an_object", "frame must be a JSON object")
     kind = data.get("type", "message")
@@ -171,6 +175,18 @@ def reset_frame(room: str, epoch: str, last_id: int) -> str:
     return _dumps({"type": "reset", "room": room, "epoch": epoch, "last_id": last_id})
 
 
+def bounded_integer(name: str, raw: str, low: int, high: int) -> int:
+    """A query parameter's ASCII digits as an integer in ``[low, high]``; FrameError
+    ``bad_<name>`` otherwise. Leading zeros are allowed, as the integer they spell."""
+    # isdigit() alone passes Unicode digits ('²') that int() then refuses; the length is
+    # checked before int() so a long string costs nothing (and never meets int's limit).
+    digits = raw.lstrip("0") or "0"
+    digit_string = raw.isascii() and raw.isdigit() and len(digits) <= len(str(high))
+    if not digit_string or not low <= int(digits) <= high:
+        raise FrameError(f"bad_{name}", f"'{name}' must be an integer from {low} to {high}")
+    return int(digits)
+
+
 @dataclass(frozen=True)
 class ConnectParams:
     """What a client asked for in its handshake query string."""
@@ -191,13 +207,7 @@ def parse_connect_params(query_string: bytes, history_max: int) -> ConnectParams
 
     def integer(name: str, low: int, high: int) -> int | None:
         values = query.get(name)
-        if not values:
-            return None
-        raw = values[-1]
-        # isdigit() alone passes Unicode digits ('²') that int() then refuses.
-        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or not low <= int(raw) <= high:
-            raise FrameError(f"bad_{name}", f"'{name}' must be an integer from {low} to {high}")
-        return int(raw)
+        return None if not values else bounded_integer(name, values[-1], low, high)
 
     since = integer("since", 0, 10**18)
     last = integer("last", 0, history_max)
@@ -217,8 +227,9 @@ _TYPING_MARK = '"typing"'
 
 def is_typing_frame(text: str) -> bool:
     """True for a client's ``{"type":"typing"}``. Any other frame is left to
-    ``parse_client_frame``; the substring check keeps ordinary messages to one JSON parse."""
-    if _TYPING_MARK not in text:
+    ``parse_client_frame``; the substring check keeps ordinary messages to one JSON parse.
+    Only a ``\\u`` escape can spell a letter of "typing" other than as itself."""
+    if _TYPING_MARK not in text and "\\u" not in text:
         return False
     try:
         data = json.loads(text)

@@ -12,6 +12,7 @@ from app.protocol import (
     ChatMessage,
     FrameError,
     ack_frame,
+    bounded_integer,
     error_frame,
     gap_frame,
     message_template,
@@ -49,6 +50,7 @@ def test_type_message_and_client_id_are_accepted() -> None:
         ('{"message": "hi", "client_id": ""}', "bad_client_id"),
         ('{"message": "hi", "client_id": "' + "x" * 65 + '"}', "bad_client_id"),
         ("[" * 100000 + "]" * 100000, "invalid_json"),
+        ('{"message": "hi", "n": ' + "9" * 5000 + "}", "invalid_json"),
     ],
 )
 def test_bad_frames_name_what_is_wrong(frame: str, code: str) -> None:
@@ -56,6 +58,15 @@ def test_bad_frames_name_what_is_wrong(frame: str, code: str) -> None:
         parse_client_frame(frame, 10)
     assert info.value.code == code
     assert info.value.detail
+
+
+@pytest.mark.parametrize("frame", ["[" * 100000 + "]" * 100000, '{"n": ' + "9" * 5000 + "}"])
+def test_json_past_the_parsers_limits_is_not_called_invalid(frame: str) -> None:
+    # Valid JSON that nests too deep or holds a number too long to parse: the error says so.
+    with pytest.raises(FrameError) as info:
+        parse_client_frame(frame, 10)
+    assert "not valid JSON" not in info.value.detail
+    assert "too deep" in info.value.detail
 
 
 def test_message_length_counts_characters_not_bytes() -> None:
@@ -110,3 +121,22 @@ def test_bad_connect_params(query: bytes, code: str) -> None:
     with pytest.raises(FrameError) as info:
         parse_connect_params(query, 100)
     assert info.value.code == code
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("0", 0), ("1000000000000000000", 10**18), ("0000000000000000001", 1), ("0" * 5000 + "7", 7)],
+)
+def test_bounded_integers_take_every_value_in_range_however_spelled(raw: str, value: int) -> None:
+    # The error names 0 to 10**18: both ends, and leading zeros, are that integer.
+    assert bounded_integer("since", raw, 0, 10**18) == value
+
+
+@pytest.mark.parametrize(
+    "raw", ["1000000000000000001", "9" * 5000, "", "-1", "+1", "1e3", "\u00b2", "\uff11", " 1"]
+)
+def test_bounded_integers_refuse_the_rest(raw: str) -> None:
+    with pytest.raises(FrameError) as info:
+        bounded_integer("since", raw, 0, 10**18)
+    assert info.value.code == "bad_since"
+    assert "from 0 to 1000000000000000000" in info.value.detail

@@ -14,12 +14,15 @@ from app.chat.admission import Receive, Scope, Send, deny
 from app.chat.consumer import ChatConsumer
 from app.chat.services import ChatServices
 
-CHAT_PATH = re.compile(r"^/ws/chat/(?P<room_name>[^/]+)/$")
+# Everything between the prefix and the final slash is the room, whatever it holds (empty,
+# slashes from a decoded %2F, a newline): the consumer refuses a bad name with 400 bad_room,
+# as the protocol says. fullmatch, because ``$`` also matches before a trailing newline.
+CHAT_PATH = re.compile(r"/ws/chat/(?P<room_name>.*)/", re.DOTALL)
 
 
 def match(path: str) -> dict[str, str] | None:
     """The route's kwargs for a path, or None when no route matches."""
-    found = CHAT_PATH.match(path)
+    found = CHAT_PATH.fullmatch(path)
     return found.groupdict() if found else None
 
 

@@ -21,7 +21,13 @@ uvicorn never sends. ``guarded_protocols`` returns the two protocol classes that
 - when a WebSocket is lost, it closes websockets' parser, a generator holding the connection:
   without that every closed WebSocket was a cycle left to the cyclic garbage collector;
 - its keepalive pings come from the process's one timer wheel (app.process.keepalive), not
-  from two timers of its own per ping.
+  from two timers of its own per ping;
+- the peer's pings (and pongs nobody asked for) are metered like its messages: past the
+  connection's rate and burst it is closed 1008 ``rate limit`` at once (a control frame has
+  no error frame to answer it). While the peer is not reading what is sent to it, only the
+  latest ping's pong is kept, and sent when it reads again (RFC 6455, 5.5.3): websockets
+  queues a pong per ping and uvicorn wrote each one to the transport's buffer, so a client
+  that pinged without reading made the server buffer its pongs without limit.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.protocol import State
 
 from app import metrics
-from app.chat.ratelimit import ARRIVED
+from app.chat.ratelimit import ARRIVED, TokenBucket
 from app.process.keepalive import Action, Keepalive, Ping, keepalive_for, step
 from app.throttled_log import Throttled
 
@@ -46,6 +52,9 @@ from app.throttled_log import Throttled
 # limit (and nginx's default buffer); the page's longest legitimate URL is a JWT naming rooms.
 MAX_URL_BYTES = 8 * 1024
 MAX_HEAD_BYTES = 32 * 1024
+
+# websockets' close code for a policy violation, as the consumer's flood close uses.
+CLOSE_POLICY = 1008
 
 logger = logging.getLogger("parley")
 _cut_log = Throttled(logger, interval=10.0)
@@ -211,6 +220,11 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     keepalive_slot: int | None = None
     _keepalive: Keepalive | None = None
+    # The peer's control frames: set by ``guarded_protocols`` from the chat rate limit.
+    control_rate: float = 20.0
+    control_burst: int = 40
+    _control: TokenBucket | None = None  # made at the peer's first ping: most never send one
+    _held_pong: bytes = b""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -251,6 +265,47 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.transport.write(b"".join(conn.data_to_send()))
         return at
 
+    def handle_ping(self) -> None:
+        # websockets queued this read's pongs as it parsed it; uvicorn wrote them all, always.
+        output = b"".join(self.conn.data_to_send())
+        if not self._control_allowed() or not output:  # a read's first ping took them all
+            return
+        if self.writable.is_set() or self.conn.state is not State.OPEN:
+            self.transport.write(output)
+        else:
+            # The peer is not reading (the transport's buffer is over its high-water mark): a
+            # pong answers the latest ping only, so these replace any held before them.
+            self._held_pong = output
+
+    def handle_pong(self, event: Any) -> None:
+        if self.pending_ping_payload is None or bytes(event.data) != self.pending_ping_payload:
+            # Unsolicited or stale (RFC 6455 allows them as a heartbeat): metered, then ignored.
+            self._control_allowed()
+            return
+        super().handle_pong(event)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        held, self._held_pong = self._held_pong, b""
+        if held and not self.transport.is_closing():
+            self.transport.write(held)
+
+    def _control_allowed(self) -> bool:
+        """Take a token for one of the peer's control frames; past the budget, close 1008."""
+        now = time.monotonic()
+        if self._control is None:
+            self._control = TokenBucket(self.control_rate, self.control_burst, now)
+        if self._control.take(now):
+            return True
+        if not self.close_sent and not self.transport.is_closing():
+            metrics.RATE_LIMITED.inc()
+            metrics.FRAMES_REJECTED.labels("control_flood").inc()
+            self.conn.fail(CLOSE_POLICY, "rate limit")
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+            self.transport.close()
+        return False
+
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if not self.handshake_initiated and self.conn.handshake_exc is not None:
@@ -279,10 +334,15 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
 
 def guarded_protocols(
-    handshake_timeout: float,
+    handshake_timeout: float, control_rate: float = 20.0, control_burst: int = 40,
 ) -> tuple[type[HttpToolsProtocol], type[WebSocketsSansIOProtocol]]:
-    """The HTTP and WebSocket protocol classes for uvicorn's ``http=`` and ``ws=``."""
+    """The HTTP and WebSocket protocol classes for uvicorn's ``http=`` and ``ws=``: the
+    request deadline, and the rate and burst of the peer's pings."""
     http_class = type(
         "GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"handshake_timeout": handshake_timeout}
     )
-    return http_class, GuardedWebSocketProtocol
+    ws_class = type(
+        "GuardedWebSocketProtocol", (GuardedWebSocketProtocol,),
+        {"control_rate": control_rate, "control_burst": control_burst},
+    )
+    return http_class, ws_class

@@ -10,3 +10,6 @@ urlpatterns = [
     path("api/rooms/<str:room>/messages", views.room_messages, name="room-messages"),
     path("api/rooms/<str:room>/presence", views.room_presence, name="room-presence"),
 ]
+
+# Unknown paths answer in the API's JSON error shape, not Django's HTML page.
+handler404 = views.not_found

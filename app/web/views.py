@@ -14,7 +14,14 @@ from app.chat.services import ChatServices
 from app.config import CONFIG
 from app.history import HistoryUnavailable
 from app.presence import PresenceUnavailable
-from app.protocol import MAX_EPOCH_CHARS, FrameError, dedupe_key, message_template, parse_api_body
+from app.protocol import (
+    MAX_EPOCH_CHARS,
+    FrameError,
+    bounded_integer,
+    dedupe_key,
+    message_template,
+    parse_api_body,
+)
 from app.rooms import is_valid_room
 
 STATIC = Path(__file__).parent / "static"
@@ -68,6 +75,11 @@ def asset(request: HttpRequest, name: str) -> HttpResponse:
     return response
 
 
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Django's 404 handler: the JSON error every other refusal here uses."""
+    return _error(404, "not_found", "no such resource")
+
+
 def _error(status: int, code: str, detail: str) -> JsonResponse:
     return JsonResponse({"type": "error", "code": code, "detail": detail}, status=status)
 
@@ -86,12 +98,7 @@ async def room_messages(request: HttpRequest, room: str) -> HttpResponse:
 
 def _int_param(request: HttpRequest, name: str, default: int, low: int, high: int) -> int:
     raw = request.GET.get(name)
-    if raw is None:
-        return default
-    # isdigit() alone passes Unicode digits ('²') that int() then refuses.
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or not low <= int(raw) <= high:
-        raise FrameError(f"bad_{name}", f"'{name}' must be an integer from {low} to {high}")
-    return int(raw)
+    return default if raw is None else bounded_integer(name, raw, low, high)
 
 
 async def _history(request: HttpRequest, room: str) -> HttpResponse:

@@ -79,7 +79,7 @@ async def test_frame_over_the_byte_limit_closes_with_1009(make_app: Callable[...
     assert (await watcher.post("after"))["id"] == 1
 
 
-@pytest.mark.parametrize("room", ["a%20b", "x" * 65, "%3Cscript%3E"])
+@pytest.mark.parametrize("room", ["a%20b", "x" * 65, "%3Cscript%3E", "", "a%2Fb", "lobby%0A"])
 async def test_bad_room_names_are_refused_at_the_handshake(app_server: AppServer, room: str) -> None:
     with pytest.raises(InvalidStatus) as info:
         await Client.connect(app_server.ws_url(room))
@@ -87,9 +87,10 @@ async def test_bad_room_names_are_refused_at_the_handshake(app_server: AppServer
     assert json.loads(info.value.response.body)["code"] == "bad_room"
 
 
-async def test_unknown_websocket_path_is_404(app_server: AppServer) -> None:
+@pytest.mark.parametrize("path", ["/ws/nowhere/", "/ws/chat/lobby/%0A", "/ws/chat/lobby"])
+async def test_unknown_websocket_path_is_404(app_server: AppServer, path: str) -> None:
     with pytest.raises(InvalidStatus) as info:
-        await Client.connect(f"ws://127.0.0.1:{app_server.port}/ws/nowhere/")
+        await Client.connect(f"ws://127.0.0.1:{app_server.port}{path}")
     assert info.value.response.status_code == 404
 
 

@@ -95,6 +95,19 @@ async def test_flooding_gets_rate_limited_then_closed_with_1008(make_app: Callab
     assert (await bystander.post("unaffected"))["type"] == "ack"
 
 
+async def test_a_ping_flood_is_closed_with_1008(make_app: Callable[..., AppServer]) -> None:
+    # Pings are frames the peer sends: they take the same rate and burst as its messages.
+    server = make_app(env={"CHAT_RATE_PER_SECOND": "0.001", "CHAT_RATE_BURST": "2"})
+    bystander = await Client.connect(server.ws_url("lobby"))
+    flooder = wsraw.open_socket(server.port)
+    flooder.sendall(b"".join(wsraw.frame(b"%d" % i, opcode=0x9) for i in range(50)))
+    frames = wsraw.read_frames(flooder, limit=10)  # returns when the server closes the connection
+    flooder.close()
+    assert frames[-1] == (0x8, struct.pack("!H", 1008) + b"rate limit")
+    assert server.metric('chat_frames_rejected_total{reason="control_flood"}') == 1
+    assert (await bystander.post("unaffected"))["type"] == "ack"
+
+
 async def test_connection_limit_refuses_new_handshakes_only(make_app: Callable[..., AppServer]) -> None:
     server = make_app(env={"CHAT_MAX_CONNECTIONS": "2"})
     first = await Client.connect(server.ws_url("lobby"))

@@ -159,6 +159,10 @@ def test_typing_frames_are_recognised_and_nothing_else() -> None:
     assert not is_typing_frame('["typing"]')
     assert not is_typing_frame('{"type":"typing"')  # broken JSON: parse_client_frame explains
     assert not is_typing_frame('{"message":"hi"}')
+    # The same JSON, escaped: what json.dumps(ensure_ascii) or a hostile client may send.
+    assert is_typing_frame('{"type":"typ\\u0069ng"}')
+    assert is_typing_frame('{"t\\u0079pe":"\\u0074\\u0079\\u0070\\u0069\\u006e\\u0067"}')
+    assert not is_typing_frame('{"message":"caf\\u00e9"}')
 
 
 def test_frames_are_json_with_the_documented_fields() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import re
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from app.chat.ratelimit import ARRIVED
 from app.process.handshake import ArrivalStamps, guarded_protocols
+from tests import wsraw
 from tests.support import AppServer, http_get, run_python, wait_until
 
 TIMEOUT = "0.5"
@@ -191,47 +193,154 @@ def _live(kind: type) -> int:
     return sum(issubclass(type(obj), kind) for obj in gc.get_objects())  # type(): proxies too
 
 
+class InProcess:
+    """A uvicorn server with Parley's guarded protocols on this test's loop (real sockets),
+    so a test can look at its connections' own state."""
+
+    def __init__(self, app: Any, control_rate: float = 20.0, control_burst: int = 40, **config: Any) -> None:
+        from uvicorn import Config
+        from uvicorn.server import ServerState
+
+        self.http_class, ws_class = guarded_protocols(5.0, control_rate, control_burst)
+        self.config = Config(
+            app, http=self.http_class, ws=ws_class, lifespan="off", log_level="warning", **config
+        )
+        self.config.load()
+        self.state = ServerState()
+        self.port = 0
+
+    async def __aenter__(self) -> InProcess:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: self.http_class(config=self.config, server_state=self.state, app_state={}),
+            "127.0.0.1", 0,
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for connection in list(self.state.connections):
+            connection.transport.abort()
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def _echo_until_closed(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    assert scope["type"] == "websocket"
+    await receive()
+    await send({"type": "websocket.accept"})
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
 async def test_closed_websockets_leave_no_cycle_for_the_collector() -> None:
     # websockets' parser generator held its own connection: every closed socket left a cycle
     # (protocol, reader, frames, buffers) that only the cyclic GC freed, and under churn
     # pymalloc's arenas crept up while it waited (issue #16). With collections off, refcounting
     # alone must free every closed connection's state.
-    from uvicorn import Config
-    from uvicorn.server import ServerState
     from websockets.asyncio.client import connect
     from websockets.server import ServerProtocol
 
+    async with InProcess(_echo_until_closed) as server:
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(20):
+                async with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+                    await ws.send("hi")
+            # The server finishes each close a little after its client: wait (bounded) for the
+            # application tasks to end, then count what is left.
+            for _ in range(1000):
+                if not server.state.tasks and not server.state.connections:
+                    break
+                await asyncio.sleep(0.01)
+            assert not server.state.tasks and not server.state.connections
+            assert _live(ServerProtocol) == 0
+        finally:
+            gc.enable()
+
+
+async def _raw_websocket(
+    port: int, rcvbuf: int | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(b"GET / HTTP/1.1\r\n" + UPGRADE + b"\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), EOF_BOUND)
+    assert head.startswith(b"HTTP/1.1 101")
+    return reader, writer
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await asyncio.wait_for(reader.readexactly(2), EOF_BOUND)
+    length = head[1] & 0x7F
+    if length == 126:
+        length = int.from_bytes(await reader.readexactly(2), "big")
+    elif length == 127:
+        length = int.from_bytes(await reader.readexactly(8), "big")
+    return head[0] & 0x0F, await reader.readexactly(length)
+
+
+PING, PONG, CLOSE = 0x9, 0xA, 0x8
+
+
+async def test_pings_past_the_rate_limit_close_the_socket_1008() -> None:
+    # Each ping costs the server a parse and a pong: they are metered like the peer's frames.
+    async with InProcess(_echo_until_closed, control_rate=0.001, control_burst=5) as server:
+        reader, writer = await _raw_websocket(server.port)
+        writer.write(b"".join(wsraw.frame(b"p%d" % i, opcode=PING) for i in range(5)))
+        assert [await _read_frame(reader) for _ in range(5)] == [(PONG, b"p%d" % i) for i in range(5)]
+        writer.write(wsraw.frame(b"one too many", opcode=PING))
+        opcode, payload = await _read_frame(reader)
+        assert opcode == CLOSE and payload == (1008).to_bytes(2, "big") + b"rate limit"
+        assert await asyncio.wait_for(reader.read(), EOF_BOUND) == b""  # no pong, then EOF
+        writer.close()
+
+
+async def test_unsolicited_pongs_count_but_answers_to_the_servers_pings_do_not() -> None:
+    limits = {"control_rate": 0.001, "control_burst": 3}
+    async with InProcess(_echo_until_closed, ws_ping_interval=0.05, ws_ping_timeout=5.0, **limits) as server:
+        reader, writer = await _raw_websocket(server.port)
+        for _ in range(10):  # more answers than the burst: answering the server's pings is free
+            opcode, payload = await _read_frame(reader)
+            assert opcode == PING
+            writer.write(wsraw.frame(payload, opcode=PONG))
+        writer.write(b"".join(wsraw.frame(b"heartbeat", opcode=PONG) for _ in range(4)))
+        while (frame := await _read_frame(reader))[0] == PING:
+            pass
+        assert frame == (CLOSE, (1008).to_bytes(2, "big") + b"rate limit")
+        writer.close()
+
+
+async def test_a_peer_that_pings_and_never_reads_leaves_one_pong_buffered() -> None:
+    # uvicorn wrote one pong per ping whatever the peer read: 12 MB of pings from a client that
+    # never read left ~8 MB of pongs in the server's memory (the kernel holds ~4 MB). Now,
+    # past the transport's high-water mark, only the latest ping's pong is kept.
+    got_text = asyncio.Event()
+
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        assert scope["type"] == "websocket"
         await receive()
         await send({"type": "websocket.accept"})
-        while (await receive())["type"] != "websocket.disconnect":
-            pass
+        while (message := await receive())["type"] != "websocket.disconnect":
+            if message.get("text") == "done":
+                got_text.set()
 
-    http_class, ws_class = guarded_protocols(handshake_timeout=5.0)
-    config = Config(app, http=http_class, ws=ws_class, lifespan="off", log_level="warning")
-    config.load()
-    state = ServerState()
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: http_class(config=config, server_state=state, app_state={}), "127.0.0.1", 0,
-    )
-    port = server.sockets[0].getsockname()[1]
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(20):
-            async with connect(f"ws://127.0.0.1:{port}/") as ws:
-                await ws.send("hi")
-        # The server finishes each close a little after its client: wait (bounded) for the
-        # application tasks to end, then count what is left.
-        for _ in range(1000):
-            if not state.tasks and not state.connections:
-                break
-            await asyncio.sleep(0.01)
-        assert not state.tasks and not state.connections
-        assert _live(ServerProtocol) == 0
-    finally:
-        gc.enable()
-        server.close()
-        await server.wait_closed()
+    async with InProcess(app, control_rate=1e9, control_burst=10**9) as server:
+        reader, writer = await _raw_websocket(server.port, rcvbuf=4096)
+        burst = wsraw.frame(b"x" * 125, opcode=PING) * 1000  # 131 KB
+        for _ in range(12 * 1024 * 1024 // len(burst)):
+            writer.write(burst)
+            await writer.drain()
+        writer.write(wsraw.frame(b"the last one", opcode=PING) + wsraw.frame(b"done"))
+        await writer.drain()
+        await asyncio.wait_for(got_text.wait(), 60)  # frames are handled in order: all pings were
+        [protocol] = server.state.connections
+        assert protocol.transport.get_write_buffer_size() < 1024 * 1024
+        # Reading again, the peer gets the latest ping's pong.
+        while (frame := await _read_frame(reader)) != (PONG, b"the last one"):
+            assert frame == (PONG, b"x" * 125)
+        writer.close()

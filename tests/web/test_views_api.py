@@ -52,6 +52,9 @@ async def test_backend_post_reaches_members_and_history(server: AppServer) -> No
     assert status == 200 and page["last_id"] == 2 and page["gap"] is None and page["epoch"] == epoch
     assert [m["message"] for m in page["messages"]] == ["from backend", "second"]
     assert [m["id"] for m in server.get("/api/rooms/news/messages?since=1")[1]["messages"]] == [2]
+    # Leading zeros spell the same id (the parameter is parsed as the WebSocket's is).
+    padded = server.get("/api/rooms/news/messages?since=0000000000000000001")[1]
+    assert [m["id"] for m in padded["messages"]] == [2]
 
 
 def test_post_needs_the_right_token(server: AppServer) -> None:
@@ -65,6 +68,9 @@ def test_bad_requests_say_why(server: AppServer) -> None:
     assert post(server, "bad%20room", {"message": "x"})[1]["code"] == "bad_room"
     assert server.get("/api/rooms/news/messages?since=-3")[1]["code"] == "bad_since"
     assert server.get("/api/rooms/news/messages?limit=0")[1]["code"] == "bad_limit"
+    # A path the API does not have answers in the API's JSON, as every other refusal does.
+    assert server.get("/api/rooms/news/messages/") == (
+        404, {"type": "error", "code": "not_found", "detail": "no such resource"})
 
 
 def test_post_is_disabled_without_a_token(make_app: Callable[..., AppServer]) -> None:
