@@ -16,13 +16,17 @@ GC_THRESHOLDS = (50_000, 20, 100)
 
 def _stop_before_serving(sig: int, frame: FrameType | None) -> None:
     # Nothing listens and nothing is held yet, so stopping now is a clean exit; without this,
-    # SIGTERM during the imports below killed the process by the signal (status 143).
+    # SIGTERM during the imports below killed the process by the signal (status 143), and
+    # Ctrl-C raised KeyboardInterrupt wherever the imports were (a traceback, status -2).
     os._exit(0)
 
 
 # First, before the imports that make up most of start-up; uvicorn's own handlers replace
 # this one once the server runs. Only as the entry point: importing this module changes nothing.
 if __name__ == "__main__":
+    # SIGINT first: Python catches it from the start (KeyboardInterrupt), so a caught
+    # SIGTERM is what tells that both are ours.
+    signal.signal(signal.SIGINT, _stop_before_serving)
     signal.signal(signal.SIGTERM, _stop_before_serving)
     gc.set_threshold(*GC_THRESHOLDS)
 

@@ -64,13 +64,16 @@ class _Oversize(Exception):
     """Raised from a parser callback to stop parsing a request that is too large to keep."""
 
 
-def _plain_response(status: int, text: str) -> bytes:
-    body = text.encode()
+def _response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> bytes:
     phrase = http.HTTPStatus(status).phrase
     return (
-        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: {content_type}\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     ).encode() + body
+
+
+# What the router answers a handshake during a drain (app.chat.admission.refuse).
+DRAINING = _response(503, b'{"type": "error", "code": "draining"}', "application/json")
 
 
 def _count(reason: str, client: tuple[str, int] | None) -> None:
@@ -115,7 +118,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _count(reason, self.client)
         limit = MAX_URL_BYTES if status == 414 else MAX_HEAD_BYTES
         what = "URL" if status == 414 else "request head"
-        self.transport.write(_plain_response(status, f"{what} longer than {limit} bytes\n"))
+        self.transport.write(_response(status, f"{what} longer than {limit} bytes\n".encode()))
         self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -185,6 +188,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # A kept-alive connection waits for its next request on the same deadline.
         if not self.transport.is_closing() and not self.pipeline:
             self._arm()
+
+    def shutdown(self) -> None:
+        """The server's shutdown reaching this connection. A request still arriving (a body
+        sent slowly) held it until the request deadline, every drain as long as its budget:
+        the server is going, so such a request ends here (its application sees the client
+        gone)."""
+        if self._deadline is not None and self.cycle is not None and not self.cycle.response_complete:
+            self._disarm()
+            self.transport.close()
+            return
+        super().shutdown()
 
     def handle_websocket_upgrade(self) -> None:
         self._disarm()
@@ -314,6 +328,28 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.write(b"".join(self.conn.data_to_send()))
             self.handshake_complete = self.close_sent = True
             self.transport.close()
+
+    def shutdown(self) -> None:
+        """The server's shutdown reaching this connection, for the two states uvicorn's own
+        step gets wrong (it runs after the drain's closes, for what is left)."""
+        if not self.handshake_complete and self.initial_response is None:
+            # A handshake the application has not answered yet (waiting for warm-up, say):
+            # uvicorn answered it 500, and the application's own refusal then failed with a
+            # traceback. It is a handshake during a drain: 503 draining, as the router says.
+            self.transport.write(DRAINING)
+            self.handshake_complete = self.close_sent = True
+            self.disconnected = True  # the application's next send ends it quietly
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": 1006})
+            self.transport.close()
+            return
+        if self.handshake_complete and not self.close_sent and self.conn.state is not State.OPEN:
+            # The client closed first and the answer to its close is still being flushed (to
+            # a client that may not read): websockets refuses a second close (InvalidState),
+            # which ended the whole shutdown with status 1. Its close handshake is done.
+            self.stop_keepalive()
+            self.transport.abort()
+            return
+        super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

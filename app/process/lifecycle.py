@@ -46,7 +46,8 @@ class Lifecycle:
         self.phase = Phase.STARTING
         self.reason = "starting"
         self.ready_at: float | None = None
-        self._ready = asyncio.Event()
+        # Set once the phase is decided for a waiting handshake: ready, or draining for good.
+        self._settled = asyncio.Event()
         self.readyz: tuple[int, bytes] = (503, b"")
         self._set(Phase.STARTING, "starting")
 
@@ -59,9 +60,9 @@ class Lifecycle:
             body["reason"] = reason
         self.readyz = (200 if ready else 503, json.dumps(body, separators=(",", ":")).encode())
         if ready:
-            self._ready.set()
-        else:
-            self._ready.clear()
+            self._settled.set()
+        elif phase is not Phase.DRAINING:  # a drain wakes its waiters from the loop: below
+            self._settled.clear()
 
     @property
     def ready(self) -> bool:
@@ -87,11 +88,17 @@ class Lifecycle:
         if not self.draining:
             self._set(Phase.DRAINING, "draining")
 
+    def release_waiters(self) -> None:
+        """Wake the handshakes waiting for ready, so a drain refuses them at once (503
+        draining) instead of being held by them until their wait runs out. Called from the
+        event loop, not the signal handler: waking a waiter schedules its callbacks."""
+        self._settled.set()
+
     async def wait_ready(self, timeout: float) -> bool:
         """Wait until ready (or time out); False when draining or still not ready."""
         if not self.ready:
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
+                await asyncio.wait_for(self._settled.wait(), timeout)
             except TimeoutError:
                 return False
         return self.ready

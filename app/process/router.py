@@ -114,7 +114,8 @@ class Router:
         if self.lifecycle.draining:
             return await deny(scope, receive, send, 503, "draining")
         if not await self.lifecycle.wait_ready(WS_READY_WAIT) or self.wired is None:
-            return await deny(scope, receive, send, 503, "not_ready")
+            code = "draining" if self.lifecycle.draining else "not_ready"
+            return await deny(scope, receive, send, 503, code)
         origin = header(scope, b"origin")
         if not origin_allowed(origin, header(scope, b"host"), self.config.allowed_origins):
             return await deny(scope, receive, send, 403, "origin_not_allowed")
@@ -127,16 +128,21 @@ class Router:
             self.admitted -= 1
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                if not self.defer_start:
-                    self.start()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self._close_services()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    if not self.defer_start:
+                        self.start()
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await self._close_services()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        except asyncio.CancelledError:
+            # A forced exit (a second Ctrl-C) skips lifespan shutdown and cancels this task
+            # at the end: uvicorn logged that as an error in the application, with a traceback.
+            return
 
     async def _close_services(self) -> None:
         if self._warmup is not None:

@@ -95,8 +95,10 @@ class ChatServer(uvicorn.Server):
             return max(budget.remaining(reserve=UVICORN_RESERVE), 0.05)
 
         logger.info("shutting down: draining %d websocket(s)", len(REGISTRY))
-        # 1. Not ready: load balancers stop routing here, new handshakes are refused.
+        # 1. Not ready: load balancers stop routing here, new handshakes are refused, and
+        # those still waiting for ready (a drain during warm-up) are refused now.
         self.router.lifecycle.begin_drain()
+        self.router.lifecycle.release_waiters()
         metrics.READY.set(0)
         # Whatever exists now lives until the exit: no collection may walk it. The drain
         # allocates (a close and a disconnect per socket), and with 9,000 sockets one

@@ -50,8 +50,10 @@ async def until_answering(chat: ChatServices, lifecycle: Lifecycle) -> None:
             await chat.check(CHECK_TIMEOUT)
             return
         except Exception as exc:  # any failure of the layer or history keeps us unready
+            if lifecycle.draining:
+                return  # nothing will be ready for: the drain ends warm-up
             lifecycle.set_unavailable(_describe(exc))
-            logger.warning("not ready: %s; retrying in %.2fs", lifecycle.reason, delay)
+            logger.warning("not ready: %s; retrying in %.2fs", _describe(exc), delay)
             await asyncio.sleep(delay)
 
 
@@ -98,6 +100,8 @@ async def warm_up(
     on_loaded(wired)
     chat = wired.chat
     await until_answering(chat, lifecycle)
+    if lifecycle.draining:
+        return
     lifecycle.set_ready()
     elapsed = (lifecycle.ready_at or time.time()) - PROCESS_STARTED_AT
     await load_metrics(metrics.load)  # after ready: no probe needs prometheus-client

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -46,6 +47,15 @@ async def test_wait_ready() -> None:
     assert await lifecycle.wait_ready(0.01) is False
     lifecycle.set_ready()
     assert await lifecycle.wait_ready(0.01) is True
+
+
+async def test_a_drain_releases_the_handshakes_waiting_for_ready() -> None:
+    lifecycle = Lifecycle("blue")
+    waiting = asyncio.ensure_future(lifecycle.wait_ready(60))
+    await asyncio.sleep(0)  # it is waiting now
+    lifecycle.begin_drain()  # from the signal handler: flips the phase only
+    lifecycle.release_waiters()  # from the event loop
+    assert await asyncio.wait_for(waiting, 5) is False
 
 
 def test_process_start_time_is_in_the_past() -> None:

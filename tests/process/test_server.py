@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import struct
 import time
 from collections.abc import Callable
 
@@ -12,7 +13,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests import wsraw
 from tests.support import Client
-from tools.net import http_get, wait_until
+from tools.net import free_port, http_get, wait_until
 from tools.procs import AppServer, RedisServer
 
 
@@ -142,10 +143,89 @@ async def test_exits_zero_within_budget_when_a_client_never_answers_the_close(
     sock.close()
 
 
+async def test_a_client_whose_own_close_is_still_flushing_does_not_fail_the_exit(
+    make_app: Callable[..., AppServer],
+) -> None:
+    # A client that stopped reading mid-replay and then closed: the answer to its close waits
+    # behind megabytes it will never read. uvicorn's shutdown sent that connection a second
+    # close, websockets refused it (InvalidState), and the process exited 1 with tracebacks.
+    server = make_app(env={"CHAT_MAX_MESSAGE_CHARS": "4000", "CHAT_RATE_PER_SECOND": "10000",
+                           "CHAT_RATE_BURST": "10000"})
+    seeder = await Client.connect(server.ws_url("big"))
+    for i in range(300):  # 16 KB each: 4.8 MB, beyond what the kernel's buffers hold
+        await seeder.post("\U0001F600" * 3990, client_id=f"seed-{i}")
+    await seeder.close()
+    stalled = wsraw.open_socket(server.port, path="/ws/chat/big/?last=300", rcvbuf=4096)
+    stalled.sendall(wsraw.frame(struct.pack("!H", 1000), opcode=0x8))  # and never reads
+    assert http_get(server.base + "/healthz")[0] == 200  # its close has been read by now
+    server.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(server.wait, 10) == 0
+    assert "Traceback" not in server.output()
+    stalled.close()
+
+
+async def test_a_handshake_waiting_for_ready_is_refused_as_draining(
+    make_app: Callable[..., AppServer],
+) -> None:
+    # Redis never answers, so a handshake waits (up to 10 s) for ready. A SIGTERM then used
+    # to leave it waiting: uvicorn answered it 500, the drain took its whole budget, and the
+    # application's own refusal failed with a traceback.
+    unanswered = f"redis://127.0.0.1:{free_port()}/0"
+    server = make_app(env={"REDIS_URL": unanswered, "SHUTDOWN_TIMEOUT": "5"}, wait="/healthz")
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(wsraw.HANDSHAKE.format(path="/ws/chat/lobby/", port=server.port).encode())
+    await writer.drain()
+    assert http_get(server.base + "/healthz")[0] == 200  # the handshake has been read by now
+    server.signal(signal.SIGTERM)
+    answer = await asyncio.wait_for(reader.read(), 10)
+    assert answer.startswith(b"HTTP/1.1 503 ")
+    assert answer.endswith(b'{"type": "error", "code": "draining"}')
+    assert await asyncio.to_thread(server.wait, 10) == 0
+    output = server.output()
+    assert "Traceback" not in output and "timeout graceful shutdown exceeded" not in output
+    assert "not ready: draining" not in output  # warm-up stops trying; Redis's error stays named
+    writer.close()
+
+
+async def test_a_request_body_still_arriving_does_not_hold_the_drain(
+    make_app: Callable[..., AppServer],
+) -> None:
+    # Its deadline (CHAT_HANDSHAKE_TIMEOUT) is longer than the drain's budget here: uvicorn
+    # waited for the rest of the body until the budget ran out, then cancelled.
+    server = make_app(env={"CHAT_HANDSHAKE_TIMEOUT": "30", "SHUTDOWN_TIMEOUT": "5",
+                           "CHAT_API_TOKEN": "t" * 32})
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"POST /api/rooms/lobby/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"message\": ")
+    await writer.drain()
+    assert http_get(server.base + "/healthz")[0] == 200  # the head has been read by now
+    server.signal(signal.SIGTERM)
+    await asyncio.wait_for(reader.read(), 10)  # the server ends the connection
+    assert await asyncio.to_thread(server.wait, 10) == 0
+    assert "timeout graceful shutdown exceeded" not in server.output()
+    writer.close()
+
+
 def test_sigint_is_a_graceful_exit_too(make_app: Callable[..., AppServer]) -> None:
     server = make_app()
     server.signal(signal.SIGINT)
     assert server.wait(10) == 0
+
+
+async def test_a_second_ctrl_c_forces_the_exit_without_a_traceback(
+    make_app: Callable[..., AppServer],
+) -> None:
+    # uvicorn's force exit skips lifespan shutdown and cancels its task: that was logged as
+    # "Exception in 'lifespan' protocol" with a CancelledError traceback.
+    server = make_app(env={"SHUTDOWN_DRAIN_DELAY": "5", "SHUTDOWN_TIMEOUT": "8"})
+    holder = await Client.connect(server.ws_url())
+    server.signal(signal.SIGINT)
+    await asyncio.to_thread(server.wait_status, "/readyz", 503, 5)
+    server.signal(signal.SIGINT)
+    await asyncio.to_thread(server.wait, 10)
+    output = server.output()
+    assert "Exception in 'lifespan'" not in output and "Traceback" not in output
+    await holder.close()
 
 
 def test_configuration_errors_stop_the_process_with_a_clear_message(
