@@ -20,6 +20,10 @@ class AuthError(Exception):
         self.reason = reason
 
 
+# Tokens expire before the year 10000 (the range JWT libraries and datetimes handle).
+EXP_LIMIT = 253_402_300_800
+
+
 @dataclass(frozen=True)
 class Identity:
     """A verified token's subject, the rooms it may join (``None``: every room) and when it
@@ -52,8 +56,12 @@ def verify(token: str | None, secret: str, now: float | None = None) -> Identity
     except jwt.InvalidTokenError:
         raise AuthError("malformed_token") from None
     exp = claims["exp"]
-    if not isinstance(exp, (int, float)):
+    # A number of seconds the server can schedule a close at: PyJWT passes NaN, Infinity and
+    # integers of any size (a 400-digit one overflowed a float at the connection's timer,
+    # after the handshake: a traceback and a dropped socket), and True is an int to Python.
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not 0 <= exp < EXP_LIMIT:
         raise AuthError("invalid_claims")
+    exp = float(exp)
     if exp <= (time.time() if now is None else now):
         raise AuthError("expired_token")
     sub, rooms = claims.get("sub"), claims.get("rooms")

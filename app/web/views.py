@@ -141,7 +141,7 @@ async def _history(request: HttpRequest, room: str) -> HttpResponse:
 
 
 def _may_read(request: HttpRequest, room: str) -> HttpResponse | None:
-    """None if the request may read ``room``'s history, else the refusal to answer.
+    """None if the request may read ``room`` (its history, its presence), else the refusal.
 
     Open with ``CHAT_AUTH=none``. With ``jwt``: ``Authorization: Bearer`` with
     ``CHAT_API_TOKEN`` (backends) or a chat token that grants the room.
@@ -203,7 +203,7 @@ async def room_presence(request: HttpRequest, room: str) -> HttpResponse:
         response = _error(405, "method_not_allowed", "use GET")
         response["Allow"] = "GET"
         return response
-    refused = _room_token_refused(request, room)
+    refused = _may_read(request, room)
     if refused is not None:
         return refused
     presence = _services().presence
@@ -214,23 +214,3 @@ async def room_presence(request: HttpRequest, room: str) -> HttpResponse:
     except PresenceUnavailable:
         return _error(503, "unavailable", "presence storage is unavailable")
     return HttpResponse(body, content_type="application/json")
-
-
-def _room_token_refused(request: HttpRequest, room: str) -> JsonResponse | None:
-    """With ``CHAT_AUTH=jwt``, the request must carry ``Authorization: Bearer <jwt>`` for a
-    token that grants ``room`` (the one a WebSocket of that room would need); else the error."""
-    if CONFIG.auth != "jwt":
-        return None
-    from app.chat.auth import AuthError, authorize  # PyJWT: loaded only in jwt mode
-
-    supplied = request.headers.get("Authorization", "")
-    token = supplied[len("Bearer "):] if supplied.startswith("Bearer ") else None
-    try:
-        authorize(token, room, CONFIG.jwt_secret)
-    except AuthError as exc:
-        status = 403 if exc.reason == "room_not_allowed" else 401
-        response = _error(status, exc.reason, "send Authorization: Bearer <a token for this room>")
-        if status == 401:
-            response["WWW-Authenticate"] = "Bearer"
-        return response
-    return None

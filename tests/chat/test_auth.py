@@ -42,12 +42,22 @@ def test_star_means_every_room() -> None:
          "malformed_token"),
         (jwt.encode({"sub": "a", "rooms": ["lobby"], "exp": NOW + 60}, None, algorithm="none"),
          "malformed_token"),
+        # Validly signed, but no time a close can be scheduled at (or no number at all).
+        *[(jwt.encode({"sub": "a", "rooms": ["lobby"], "exp": exp}, SECRET, "HS256"), "invalid_claims")
+          for exp in (float("nan"), float("inf"), 10**400, 253_402_300_800, True, -1, "2030")],
     ],
 )
 def test_refusals_name_their_reason(token: str | None, reason: str) -> None:
     with pytest.raises(AuthError) as info:
         authorize(token, "lobby", SECRET, now=NOW)
     assert info.value.reason == reason
+
+
+def test_a_fractional_exp_far_ahead_is_an_expiry_time() -> None:
+    token = jwt.encode({"sub": "a", "rooms": "*", "exp": NOW + 0.5}, SECRET, algorithm="HS256")
+    assert verify(token, SECRET, now=NOW).exp == NOW + 0.5
+    token = jwt.encode({"sub": "a", "rooms": "*", "exp": 253_402_300_799}, SECRET, algorithm="HS256")
+    assert verify(token, SECRET, now=NOW).exp == 253_402_300_799.0
 
 
 def test_verify_uses_the_real_clock_by_default() -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+import jwt
 import psutil
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -47,6 +48,11 @@ async def test_jwt_token_admits_and_names_the_sender(jwt_server: AppServer) -> N
         (mint("mallory", ["lobby"], 86400, "not-the-secret-" + "q" * 40), "bad_signature"),
         (mint("alice", ["lobby"], 60, SECRET, now=1_000_000_000), "expired_token"),
         (mint("alice", ["kitchen"], 86400, SECRET), "room_not_allowed"),
+        # Signed, with an exp no timer can hold: accepted before, then a traceback at the timer.
+        (jwt.encode({"sub": "alice", "rooms": ["lobby"], "exp": float("nan")}, SECRET, algorithm="HS256"),
+         "invalid_claims"),
+        (jwt.encode({"sub": "alice", "rooms": ["lobby"], "exp": 10**400}, SECRET, algorithm="HS256"),
+         "invalid_claims"),
     ],
 )
 async def test_bad_tokens_are_refused_with_403_and_counted(

@@ -156,6 +156,9 @@ async def test_the_presence_api_answers_with_a_token_for_the_room(server: AppSer
     assert (status, refused["code"]) == (403, "room_not_allowed")
     assert get(token("eve", ["lobby"])) == (200, {"room": "lobby", "count": 1,
                                                   "members": [{"user": "alice"}]})
+    # The header is read as the history API reads it: the scheme in any case.
+    status, _ = http_get(url, headers={"Authorization": f"bearer {token('eve', ['lobby'])}"})
+    assert status == 200
 
 
 async def test_anonymous_connections_are_each_their_own_user(make_app: Callable[..., AppServer]) -> None:
