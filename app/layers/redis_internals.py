@@ -141,6 +141,23 @@ class Shard(RedisSingleShardConnection):
         await super().subscribe(channel)
         self._subscribed.set()
 
+    async def unsubscribe(self, channel: str) -> None:
+        """UNSUBSCRIBE, and forget the channel whether or not Redis heard it. redis-py drops
+        a channel only when Redis confirms the UNSUBSCRIBE, and subscribes what it still
+        holds again when it reconnects: a room whose last member left during an outage
+        stayed subscribed for good, its every broadcast received and thrown away here."""
+        async with self._lock:
+            if channel not in self._subscribed_to:
+                return
+            self._subscribed_to.discard(channel)
+            self._ensure_redis()
+            self._ensure_receiver()
+            try:
+                await self._pubsub.unsubscribe(channel)
+            finally:  # sent or not: not ours any more, so not subscribed again on reconnect
+                for key in self._pubsub._normalize_keys({channel: None}):
+                    self._pubsub.channels.pop(key, None)
+
     async def _do_receiving(self) -> None:
         delay = 0.05
         while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -100,3 +101,33 @@ async def test_publishes_queued_behind_a_round_trip_go_out_together_in_order(lay
     await asyncio.wait_for(asyncio.gather(*sends), 5)
     got = [(await asyncio.wait_for(two.receive(there), 5))["id"] for _ in range(50)]
     assert got == list(range(50))
+
+
+async def test_a_group_left_while_redis_is_down_is_not_subscribed_again(redis_server: RedisServer) -> None:
+    # redis-py subscribes again, on reconnecting, every channel Redis never confirmed leaving.
+    server = redis_server
+    layer = PubSubLayer(hosts=[server.url])
+    try:
+        members = {room: await layer.new_channel() for room in ("left", "kept")}
+        for room, channel in members.items():
+            await layer.group_add(room, channel)
+        prefix = layer.loop_layer().prefix
+        await subscribers_reach(server.url, f"{prefix}__group__kept", 1)
+        server.stop()
+        with contextlib.suppress(Exception):  # the lost connection's error, if it noticed yet
+            await layer.group_discard("left", members["left"])
+        server.start()
+        await subscribers_reach(server.url, f"{prefix}__group__kept", 1)  # reconnected
+        assert await numsub(server.url, f"{prefix}__group__left") == 0
+    finally:
+        await layer.flush()
+
+
+async def numsub(url: str, channel: str) -> int:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url)
+    try:
+        return int((await client.pubsub_numsub(channel))[0][1])
+    finally:
+        await client.aclose()
