@@ -20,7 +20,11 @@ from app.redis_clients import FAILURES
 from app.redis_scripts import ScriptPipeline
 
 # KEYS: members (zset), version, born. ARGV: hold_ms, release_ms, key_ttl_ms, sample, nhold,
-# known version, known count, known born, then the held users, then the released ones.
+# known version, known count, known born, forgive_ms, then the held users, then the released
+# ones. forgive_ms: deadlines that passed less than this long ago are not departures yet (the
+# store was unreachable, so nobody could renew them). A room made anew (or whose keys were
+# lost) starts its version at Redis's clock in microseconds, above any version it had before:
+# clients keep the count of the highest version they have seen.
 # Mirrors app.presence.rules.Roster.step. "known": the room is still as the caller last saw
 # it (its version, count and birth: when its version key was made, so a room whose keys
 # were lost and made again is never taken for the one seen before), so the caller works out
@@ -29,28 +33,29 @@ from app.redis_scripts import ScriptPipeline
 _STEP = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cutoff = now - tonumber(ARGV[9])
 local key = KEYS[1]
 local born = redis.call('GET', KEYS[3])
 local known = born and born == ARGV[8]
   and tonumber(redis.call('GET', KEYS[2]) or '0') == tonumber(ARGV[6])
   and redis.call('ZCARD', key) == tonumber(ARGV[7])
-local gone = redis.call('ZRANGEBYSCORE', key, '-inf', now)
+local gone = redis.call('ZRANGEBYSCORE', key, '-inf', cutoff)
 local expired = {}
 if #gone > 0 then
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', cutoff)
   for _, u in ipairs(gone) do expired[u] = true end
 end
 local nhold = tonumber(ARGV[5])
 local hold_until = now + tonumber(ARGV[1])
 local joined = {}
-for i = 9, 8 + nhold do
+for i = 10, 9 + nhold do
   local u = ARGV[i]
   if redis.call('ZADD', key, 'GT', hold_until, u) == 1 then
     if expired[u] then expired[u] = false else joined[#joined + 1] = u end
   end
 end
 local release_until = now + tonumber(ARGV[2])
-for i = 9 + nhold, #ARGV do
+for i = 10 + nhold, #ARGV do
   redis.call('ZADD', key, 'XX', release_until, ARGV[i])
 end
 local left = {}
@@ -59,11 +64,12 @@ for _, u in ipairs(gone) do
 end
 local version
 if #joined > 0 or #left > 0 then
-  version = redis.call('INCR', KEYS[2])
-  if version == 1 or not born then
+  if not born or not redis.call('GET', KEYS[2]) then
+    redis.call('SET', KEYS[2], t[1] .. string.format('%06d', tonumber(t[2])))
     born = tostring(now) .. '-' .. tostring(t[2])
     redis.call('SET', KEYS[3], born)
   end
+  version = redis.call('INCR', KEYS[2])
 else
   version = tonumber(redis.call('GET', KEYS[2]) or '0')
 end
@@ -74,7 +80,7 @@ if count > 0 then
   redis.call('PEXPIRE', key, ARGV[3])
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
   if born then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
-  next_ms = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]) - now
+  next_ms = math.max(tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]) - cutoff, 0)
   if tonumber(ARGV[4]) > 0 and not known then
     members = redis.call('ZRANGE', key, 0, tonumber(ARGV[4]) - 1)
   end
@@ -110,35 +116,56 @@ class RedisPresence(PresenceStore):
         self._hold_ms = int(hold * 1000)
         self._key_ttl_ms = max(self._hold_ms, self._release_ms) + KEY_MARGIN_MS
         self._known = KnownRosters()
+        self._answered_at: float | None = None  # monotonic: the store's last answer
+        self._failing = False
+        self._forgive: tuple[float, int] = (0.0, 0)  # (until, ms): see _forgive_ms
 
     @staticmethod
     def _keys(room: str) -> list[str]:
         return [f"chat:{{{room}}}:present", f"chat:{{{room}}}:present:v", f"chat:{{{room}}}:present:born"]
 
-    def _args(self, change: RoomChange, base: Seen | None) -> list[Any]:
+    def _forgive_ms(self, now: float) -> int:
+        """How long ago a deadline may have passed and still not be a departure.
+
+        While the store did not answer, no process could renew its users' holds: after an
+        outage longer than a hold, the first step announced every user gone, connected or
+        not, and the heartbeats announced them back. For a hold's length after the outage,
+        deadlines that passed during it are forgiven; by then every process that lived
+        through it has held its users again (a heartbeat is its first step back), and the
+        users of one that did not are gone.
+        """
+        if self._failing and self._answered_at is not None:
+            self._forgive = (now + self._hold_ms / 1000, int((now - self._answered_at) * 1000))
+        until, forgive_ms = self._forgive
+        return forgive_ms if now < until else 0
+
+    def _args(self, change: RoomChange, base: Seen | None, forgive_ms: int) -> list[Any]:
         known = (base.version, len(base.names), base.born) if base is not None else (-1, -1, "")
         return [self._hold_ms, self._release_ms, self._key_ttl_ms, MEMBERS_MAX if change.sample else 0,
-                len(change.hold), *known, *change.hold, *change.release]
+                len(change.hold), *known, forgive_ms, *change.hold, *change.release]
 
     async def sync(self, changes: list[RoomChange]) -> list[RoomState]:
         if not changes:
             return []
         now = time.monotonic()
         bases = [self._known.base(change.room, now) for change in changes]
+        forgive_ms = self._forgive_ms(now)
         try:
             if self._cluster:
                 # Rooms live on different masters: one script each, sent together.
                 results = await asyncio.gather(*(
-                    self._step(keys=self._keys(change.room), args=self._args(change, base))
+                    self._step(keys=self._keys(change.room), args=self._args(change, base, forgive_ms))
                     for change, base in zip(changes, bases, strict=True)
                 ))
             else:
                 batch = ScriptPipeline(self._client)
                 for change, base in zip(changes, bases, strict=True):
-                    batch.script(self._step, self._keys(change.room), self._args(change, base))
+                    batch.script(self._step, self._keys(change.room), self._args(change, base, forgive_ms))
                 results = await batch.execute()
         except FAILURES as exc:
+            self._failing = True
             raise PresenceUnavailable(str(exc) or type(exc).__name__) from exc
+        self._failing, self._answered_at = False, now
         states = []
         for change, base, result in zip(changes, bases, results, strict=True):
             count, version, joined, left, members, next_ms, unchanged, born = result

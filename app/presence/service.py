@@ -63,6 +63,7 @@ class Presence:
         self._in_flight = False  # a batch is with the store: the next one gathers meanwhile
         self._names: dict[str, tuple[float, str]] = {}  # big room -> (read at, members JSON)
         self._lists = MemberLists(NAMES_MAX_AGE)
+        self._rejoined: dict[tuple[str, str], bool] = {}  # (room, user) held again by a heartbeat
 
     # -- sockets -------------------------------------------------------------------------
 
@@ -186,7 +187,8 @@ class Presence:
             await asyncio.sleep(interval)
             try:
                 await self.tick()
-            except Exception as exc:  # the store away: try again next tick
+            except Exception as exc:  # the store away: try again next tick, with a heartbeat
+                self._next_heartbeat = 0.0  # so this process's users are held again first
                 logger.debug("presence tick skipped: %s", exc)
 
     async def tick(self) -> None:
@@ -200,7 +202,11 @@ class Presence:
         else:
             changes = [RoomChange(room) for room, due in self._due.items() if due <= now]
         if changes:
-            await self._settle(changes, await self.store.sync(changes))
+            states = await self.store.sync(changes)
+            if heartbeat:  # whoever this step "joined" had a socket here all along
+                self._rejoined.update(((c.room, user), True) for c, s in zip(changes, states, strict=True)
+                                      for user in s.joined)
+            await self._settle(changes, states)
         for room, announcement in self.coalescer.due(time.monotonic()):
             await self._announce(room, announcement)
         stale = [room for room, (read, _) in self._names.items() if now - read >= NAMES_MAX_AGE]
@@ -212,10 +218,15 @@ class Presence:
 
     async def _announce(self, room: str, a: Announcement) -> None:
         if a.kind == "join":
-            await self._publish(room, join_frame(room, a.user, a.count, a.version), skip=a.user)
+            # Not to the joiner, whose snapshot has it; but a user held again by a heartbeat
+            # (announced gone while the store was away, its sockets open all along) is told too.
+            skip = None if self._rejoined.pop((room, a.user), False) else a.user
+            await self._publish(room, join_frame(room, a.user, a.count, a.version), skip=skip)
         elif a.kind == "leave":
             await self._publish(room, leave_frame(room, a.user, a.count, a.version))
-        else:
+        else:  # a diff reaches everyone
+            for user in a.joined:
+                self._rejoined.pop((room, user), None)
             await self._publish(room, presence_diff_frame(room, a.count, a.joined, a.left, a.version))
 
     async def _publish(self, room: str, frame: str, skip: str | None = None) -> None:

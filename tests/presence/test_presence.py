@@ -8,6 +8,7 @@ a leave the change under test had caused would have arrived first.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from app.chat.auth import mint
+from app.rooms import group_name
 from tests.support import AppServer, Client, RedisServer, http_get
 
 SECRET = "presence-test-secret-with-at-least-32-bytes"
@@ -260,3 +262,68 @@ async def test_a_member_whose_process_stopped_and_who_does_not_come_back_leaves_
     assert frames[-1]["count"] == 1
     status, body = http_get(green.base + "/api/rooms/lobby/presence")
     assert status == 401  # jwt mode: the API wants a token too
+
+
+# -- the store away or losing its data --------------------------------------------------------
+
+
+async def test_a_redis_outage_longer_than_a_hold_announces_nobody_gone(
+    make_app: Callable[..., AppServer],
+) -> None:
+    # Nobody could renew a hold while Redis was down: the first step back used to announce
+    # every user gone (their own clients included) and the heartbeats announce them back.
+    redis = RedisServer(appendonly=True).start()  # its data outlives the restart
+    try:
+        env = {**JWT, "REDIS_URL": redis.url}
+        blue, green = make_app(env={**env, "APP_COLOR": "blue"}), make_app(env={**env, "APP_COLOR": "green"})
+        bob, _ = await join(blue, "lobby", "bob")
+        alice, _ = await join(green, "lobby", "alice")
+        assert (await bob.recv_type("join"))["user"] == "alice"
+        redis.stop()
+        # The outage itself: longer than a hold (the grace, 1 s, and a heartbeat interval).
+        await asyncio.sleep(3 * float(GRACE))
+        redis.start()
+        # Presence frames go over pub/sub, which loses what is published while a process is
+        # not subscribed: the joins below wait until both processes are subscribed again.
+        await subscribed(redis.url, f"parley__group__{group_name('lobby')}", 2)
+        carol, _ = await join(blue, "lobby", "carol")  # after the outage, on each process
+        dave, _ = await join(green, "lobby", "dave")
+        frames = await frames_until(bob, "join", "dave")
+        assert [f for f in frames if f["type"] in ("leave", "presence_diff")] == []
+        assert frames[-1]["count"] == 4
+        assert [f["user"] for f in await frames_until(alice, "join", "dave") if f["type"] == "join"] == [
+            "carol", "dave"]
+    finally:
+        redis.cleanup()
+
+
+async def subscribed(url: str, channel: str, count: int) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url)
+    try:
+        async with asyncio.timeout(15):
+            while (await client.pubsub_numsub(channel))[0][1] < count:
+                await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+
+
+async def test_versions_keep_growing_when_redis_loses_the_rooms_data(
+    make_app: Callable[..., AppServer], redis_server: RedisServer,
+) -> None:
+    # Clients keep the count of the highest version seen: versions that started over at 1
+    # after a FLUSHALL (or a restart without persistence) were ignored until they caught up.
+    import redis.asyncio as aioredis
+
+    server = make_app(env={**JWT, "REDIS_URL": redis_server.url})
+    alice, first = await join(server, "lobby", "alice")
+    bob, _ = await join(server, "lobby", "bob")
+    before = (await alice.recv_type("join"))["version"]
+    assert before > first["version"]
+    client = aioredis.from_url(redis_server.url)
+    await client.flushall()
+    await client.aclose()
+    carol, _ = await join(server, "lobby", "carol")
+    frames = [f for f in await frames_until(alice, "join", "carol") if f["type"] in PRESENCE_KINDS]
+    assert frames and all(f["version"] > before for f in frames)
