@@ -62,7 +62,17 @@ def main(argv: list[str]) -> int:
     from app.asgi import application
     from app.process import server
 
-    status = server.run(CONFIG, application)
+    log = logging.getLogger("parley")
+    try:
+        status = server.run(CONFIG, application)
+    except SystemExit as exc:  # uvicorn's own exit: 3 when it cannot bind
+        status = exc.code if isinstance(exc.code, int) else 1
+    except Exception:
+        log.exception("the server failed")
+        status = 1
+    if status:
+        # Said in the log for whoever stopped it: a deploy reads it to report a failed drain.
+        log.error("exiting with status %d", status)
     # Every socket and Redis connection is closed by now. Skip the interpreter's teardown,
     # which with thousands of connection objects to collect can take longer than the drain.
     logging.shutdown()

@@ -150,6 +150,7 @@ class ComposeRuntime:
         # After stop(): True once the old colour's containers have exited, False while they
         # are still draining (confirmed to have got SIGTERM); deploy.py reports which.
         self.drain_over = True
+        self.drain_failed = ""  # how the old replicas exited is not read here
         self.urls: dict[str, list[str]] = {}  # each colour's replica addresses, as routed
         self._project: str | None = None
 

@@ -10,7 +10,8 @@
    Traefik to the new colour, resuming by id (compose: the deploy returns once every old
    replica confirms it is draining; ``--wait-drain`` waits until they have exited);
 5. print a JSON report: time to ready, switch latency, drain time, total, and what became
-   of the old colour ("drained", "draining" or "already gone").
+   of the old colour ("drained", "draining" or "already gone"; on the local stack, a
+   process that did not drain cleanly is named with what happened instead).
 
 Every step covers all of a colour's replicas at once (``--processes N``: the local stack's
 count, or the compose replicas of the new colour; default: as many as the active one).
@@ -72,6 +73,7 @@ class Runtime(Protocol):
     def record_active(self, color: str) -> None: ...
     notes: dict[str, Any]  # runtime-specific facts for the report (image, build time)
     drain_over: bool  # after stop(): False if the old colour confirmed it drains, not done yet
+    drain_failed: str  # after stop(): how a process of the old colour failed to drain, or ""
 
 
 def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOUT) -> dict[str, Any]:
@@ -111,8 +113,8 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
         "runtime": runtime.name,
         "from": old,
         "to": color,
-        "old": (old_outcome(old_answered, stopped, runtime.drain_over) if old is not None
-                else "none (first start)"),
+        "old": (old_outcome(old_answered, stopped, runtime.drain_over, runtime.drain_failed)
+                if old is not None else "none (first start)"),
         **runtime.notes,
         "time_to_ready_s": round(ready - began, 3),
         "switch_latency_s": round(switched - ready, 3),
@@ -121,13 +123,16 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
     }
 
 
-def old_outcome(answered: bool, stopped: bool, over: bool = True) -> str:
+def old_outcome(answered: bool, stopped: bool, over: bool = True, failed: str = "") -> str:
     """What became of the old colour, for the report: ``draining`` when it confirmed it got
-    SIGTERM and the deploy did not wait for it to exit."""
+    SIGTERM and the deploy did not wait for it to exit; ``failed`` (how one of its processes
+    failed to drain: killed past its budget, or an unclean exit) overrides ``drained``."""
     if not stopped:
         return "already gone"
     if not answered:
         return "stopped, was not answering"
+    if failed:
+        return failed
     return "drained" if over else "draining"
 
 
@@ -148,11 +153,11 @@ class LocalRuntime:
     drain_over = True  # stop() waits for every process to end
 
     def __init__(self, state: StackState, app_env: dict[str, str] | None = None,
-                 ready_timeout: float = READY_TIMEOUT, drain_timeout: float = 30.0) -> None:
+                 ready_timeout: float = READY_TIMEOUT) -> None:
         self.state = state
         self.app_env = app_env or {}
         self.ready_timeout = ready_timeout
-        self.drain_timeout = drain_timeout
+        self.drain_failed = ""
 
     def active(self) -> str:
         return self.state.active
@@ -191,13 +196,19 @@ class LocalRuntime:
         return traefik_color(self.state)
 
     def stop(self, color: str) -> bool:
-        from scripts.stack import stop_together
+        from scripts.stack import drain
 
-        procs = [proc for proc in self._take(color) if proc.alive()]
-        self.state.save()
-        if not procs:
+        names = [name for name in self.state.members(color)
+                 if name in self.state.procs and self.state.procs[name].alive()]
+        if not names:
+            self._take(color)
+            self.state.save()
             return False  # killed or crashed: its clients were cut off, not drained
-        stop_together(procs, timeout=self.drain_timeout)  # all of the colour drain at once
+        outcomes = drain(self.state, names)  # all of the colour drain at once
+        self._take(color)
+        self.state.save()
+        self.drain_failed = "; ".join(f"{name} {outcome}" for name, outcome in outcomes.items()
+                                      if outcome != "drained")
         return True
 
     def record_active(self, color: str) -> None:

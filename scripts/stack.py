@@ -184,6 +184,58 @@ def stop_together(procs: list[Proc], timeout: float = 15.0) -> float:
     return time.monotonic() - started
 
 
+# Past its SHUTDOWN_TIMEOUT a process exits by itself (app.process.server's hard stop, a
+# second later); this much more covers the interpreter's teardown before SIGKILL.
+DRAIN_SLACK = 3.0
+# What the service writes to its log when it exits other than cleanly (app/__main__.py).
+EXIT_FAILED = "exiting with status"
+
+
+def drain_budget(proc: Proc) -> float:
+    """How long ``proc`` may take to drain: its own SHUTDOWN_TIMEOUT (read from its
+    environment, as it was started) and the slack."""
+    import psutil
+
+    try:
+        timeout = float(psutil.Process(proc.pid).environ().get("SHUTDOWN_TIMEOUT", "5"))
+    except (psutil.Error, ValueError):
+        timeout = 5.0
+    return timeout + DRAIN_SLACK
+
+
+def drain(state: StackState, names: list[str]) -> dict[str, str]:
+    """SIGTERM the named app processes at once and wait for each within its own drain
+    budget (SIGKILL past it); what became of each, for a deploy's report: ``drained``, or
+    why not."""
+    logs = {name: state.log(f"app_{name}") for name in names}
+    offsets = {name: (path.stat().st_size if path.exists() else 0) for name, path in logs.items()}
+    budgets = {name: drain_budget(state.procs[name]) for name in names}
+    started = time.monotonic()
+    signalled = [name for name in names if state.procs[name].send(signal.SIGTERM)]
+    outcomes = {}
+    for name in signalled:
+        proc = state.procs[name]
+        killed = not proc.wait(max(0.0, budgets[name] - (time.monotonic() - started)))
+        if killed:
+            proc.send(signal.SIGKILL)
+            proc.wait(5)
+        with open(logs[name], "rb") as log:
+            log.seek(offsets[name])
+            written = log.read().decode(errors="replace")
+        outcomes[name] = drain_outcome(written, killed, budgets[name])
+    return outcomes
+
+
+def drain_outcome(log_since_sigterm: str, killed: bool, budget: float) -> str:
+    """``drained``, or what happened instead, from what the process wrote after SIGTERM."""
+    if killed:
+        return (f"killed: still running {budget:.0f}s after SIGTERM "
+                f"(its SHUTDOWN_TIMEOUT and {DRAIN_SLACK:.0f}s)")
+    if EXIT_FAILED in log_since_sigterm or "Traceback" in log_since_sigterm:
+        return "exited without a clean drain (see its log)"
+    return "drained"
+
+
 def traefik_color(state: StackState) -> str | None:
     """The colour Traefik routes to now, read from /readyz on its internal entry point."""
     status, body = http_get(state.ops_url + traefik_config.READY_PATH, timeout=1.0)

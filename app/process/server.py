@@ -132,7 +132,7 @@ class ChatServer(uvicorn.Server):
 
 def _hard_stop_after(seconds: float) -> None:
     def stop() -> None:
-        logger.error("shutdown overran its budget by %.1fs; exiting now", HARD_STOP_MARGIN)
+        logger.error("shutdown overran its budget by %.1fs; exiting with status 1", HARD_STOP_MARGIN)
         logging.shutdown()
         os._exit(1)
 

@@ -78,3 +78,15 @@ def test_a_stop_signal_during_start_up_exits_0(delay: float, sig: int) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_port_already_taken_exits_3_and_says_so() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = _run(env={"PORT": str(taken.getsockname()[1])})
+    assert done.returncode == 3  # uvicorn's status for it
+    # The last word, which a deploy reads to tell a failed drain from a clean one.
+    assert "exiting with status 3" in done.stderr.splitlines()[-1]

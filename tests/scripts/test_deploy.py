@@ -93,7 +93,8 @@ async def test_failover_past_a_colour_that_does_not_answer(local_stack: StackSta
     blue = state.procs["blue"]
     os.kill(blue.pid, signal.SIGSTOP)  # hung: the process is there, nothing answers
     try:
-        report = await asyncio.to_thread(deploy, LocalRuntime(state, drain_timeout=1.0), "green")
+        # SIGTERM, then SIGKILL once its drain budget is over (SHUTDOWN_TIMEOUT and a slack).
+        report = await asyncio.to_thread(deploy, LocalRuntime(state), "green")
     finally:
         if blue.alive():
             os.kill(blue.pid, signal.SIGCONT)

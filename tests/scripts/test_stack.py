@@ -76,3 +76,42 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
     assert code == 0, output
     code, _, output = run_script("stack", "status", "--state-dir", directory)
     assert code == 1 and json.loads(output)["up"] is False
+
+
+# -- the drain of a colour, as a deploy reads it ----------------------------------------------
+
+# Stand-ins for an app process at SIGTERM (the service itself no longer fails to drain on
+# any input found: these are the ways a process can still end, for the report to tell apart).
+ENDINGS = {
+    "drains": "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+              "print('ready', flush=True)\ntime.sleep(60)",
+    "fails": "import signal, sys, time\n"
+             "def stop(*_):\n    print('ERROR: exiting with status 1', flush=True)\n    sys.exit(1)\n"
+             "signal.signal(signal.SIGTERM, stop)\nprint('ready', flush=True)\ntime.sleep(60)",
+    "hangs": "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+             "print('ready', flush=True)\ntime.sleep(60)",
+}
+
+
+def test_a_drain_reports_each_process_as_it_ended(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    from scripts.stack import DRAIN_SLACK, drain
+    from tools.net import wait_until
+    from tools.procs import spawn
+
+    state = StackState(dir=tmp_path, ports={}, active="blue")
+    for name, code in ENDINGS.items():
+        log = state.log(f"app_{name}")
+        env = {**os.environ, "SHUTDOWN_TIMEOUT": "0.5"}
+        state.procs[name] = spawn([sys.executable, "-c", code], log, env)
+        wait_until(lambda log=log: log.exists() and "ready" in log.read_text(), 10, f"{name} to start")
+    outcomes = drain(state, list(ENDINGS))
+    assert outcomes == {
+        "drains": "drained",
+        "fails": "exited without a clean drain (see its log)",
+        "hangs": f"killed: still running {0.5 + DRAIN_SLACK:.0f}s after SIGTERM "
+                 f"(its SHUTDOWN_TIMEOUT and {DRAIN_SLACK:.0f}s)",
+    }
+    assert not any(proc.alive() for proc in state.procs.values())
