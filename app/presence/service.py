@@ -83,7 +83,9 @@ class Presence:
             self._schedule()
 
     async def typing(self, room: str, user: str) -> None:
-        """Relay that ``user`` is typing, at most once per TYPING_INTERVAL per user."""
+        """Relay that ``user`` is typing, at most once per TYPING_INTERVAL per user here (a
+        user with sockets in two processes can be relayed by each: typing is a hint, not
+        worth a Redis round trip per notice)."""
         if self.local.may_type(room, user, time.monotonic()):
             await self._publish(room, typing_frame(room, user), skip=user)
 
