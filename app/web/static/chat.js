@@ -55,9 +55,11 @@
 
   /**
    * One room's connection. States: "connecting" → "live" → "reconnecting" → "connecting" …;
-   * "offline" when the browser has no network or after leave(); "refused" when the server
-   * answers but keeps refusing the handshake (not authorised) and "expired" when the token
-   * has expired and no refreshToken hook gave a fresh one: both wait for authorize(token).
+   * "offline" when the browser has no network or after leave(); "refused" when handshakes
+   * keep failing and the history API refuses this client's token, or its lack of one (not
+   * authorised), and "expired" when the token has expired and no refreshToken hook gave a
+   * fresh one: both wait for authorize(token). A full, draining or starting server is none
+   * of these: its refusals are failed connects, retried with backoff.
    *
    * Callbacks (all optional): onState(state, {delay, window, code}), onReady(frame),
    * onMessage(frame), onGap(frame), onReset(frame), onOutbox(item), onError(code, detail),
@@ -105,16 +107,27 @@
       return item;
     }
 
-    /** A deliberate close: no reconnect. Unsent messages are reported as failed. */
+    /**
+     * A deliberate close: no reconnect. The room's unsent messages are reported as failed
+     * (onOutbox) and returned; they are never sent again, here or in any other room. The
+     * one in flight, if any, may have been stored before its ack: it says so.
+     */
     leave() {
       this.left = true;
       window.removeEventListener("online", this.onOnline);
       this.detach(1000, "leaving");
       this.clearTimers();
-      for (const item of this.outbox) this.fail(item, "not sent: you left the room");
+      const unsent = this.outbox;
+      const inflight = this.inflight;
       this.outbox = [];
       this.inflight = null;
+      for (const item of unsent) {
+        this.fail(item, item === inflight
+          ? `maybe not sent to #${this.room}: you left before the server confirmed it`
+          : `not sent to #${this.room}: you left the room`);
+      }
       this.setState("offline");
+      return unsent;
     }
 
     /** Skip the rest of a reconnect wait (the "Retry now" button). */
@@ -186,34 +199,42 @@
     }
 
     /**
-     * Handshakes keep failing before they open. If the server answers plain HTTP, it is up
-     * and refuses *us* (a missing, wrong or expired token; a foreign origin): say so and
-     * stop, instead of spinning on "connecting". Otherwise it is down: retry as usual.
+     * Handshakes keep failing before they open, and the browser hides why: a bad token or
+     * origin (403) looks the same as a full, draining or starting server (503). Ask the
+     * history API, with the same token, whether this client may read the room: 401 or 403
+     * there means the service refuses our token (or our lack of one), so say so and stop
+     * instead of spinning. Any other answer (200: the token is fine, or none is needed;
+     * 5xx; no answer at all) means the refusal is not about us: retry with backoff.
      */
     async checkRefusal(code) {
       this.detach(4000, "refused");
       this.clearTimers();
-      let up = false;
+      let refusal = null; // the history API's refusal code, when it refuses our token
       try {
         const url = new URL(`api/rooms/${encodeURIComponent(this.room)}/messages?limit=1`, window.location.href);
-        const response = await fetch(url, { cache: "no-store", credentials: "omit" });
-        up = response.status < 500;
+        const headers = this.token ? { Authorization: `Bearer ${this.token}` } : {};
+        const response = await fetch(url, { cache: "no-store", credentials: "omit", headers });
+        if (response.status === 401 || response.status === 403) {
+          const body = await response.json().catch(() => null);
+          refusal = body !== null && typeof body.code === "string" ? body.code : "refused";
+        }
       } catch (_) {
-        up = false;
+        refusal = null; // no answer: the server is down, retry as usual
       }
       if (this.left || this.ws !== null) return; // left, or reconnected meanwhile
-      if (!up) {
+      if (refusal === null) {
+        this.refusals = 0; // not about us; look again after as many refusals more
         this.lost(code);
         return;
       }
       const ttl = this.tokenTtl();
-      if (ttl !== null && ttl <= 0) {
+      if (refusal === "expired_token" || (ttl !== null && ttl <= 0)) {
         this.expired();
         return;
       }
       this.clearTimers();
       this.requeueInflight();
-      this.setState("refused", { reason: this.token ? "token" : "no_token" });
+      this.setState("refused", { reason: this.token ? "token" : "no_token", code: refusal });
     }
 
     /** The token's expiry came: ask the hook for a fresh one, else say what happens next. */
@@ -231,6 +252,7 @@
           // fall through: no fresh token
         }
       }
+      if (this.left) return;
       if (this.state !== "live") this.expired();
       else this.emit("onExpiring");
     }
@@ -254,6 +276,7 @@
           // no fresh token: say so below
         }
       }
+      if (this.left) return; // the hook answered after leave(): this room is done
       this.setState("expired");
     }
 
@@ -565,12 +588,16 @@
   const REFUSED_TEXT = {
     token: "The server refused your sign-in token. Paste a valid one to join.",
     no_token: "This chat needs a sign-in token. Paste one to join.",
+    room_not_allowed: "Your sign-in token does not grant this room. Paste one that does, or join another room.",
   };
 
   function showTokenForm(state, detail) {
     const asking = state === "refused" || state === "expired";
     ui.tokenForm.hidden = !asking;
-    if (state === "refused") ui.tokenNote.textContent = REFUSED_TEXT[detail.reason] || REFUSED_TEXT.token;
+    if (state === "refused") {
+      ui.tokenNote.textContent =
+        REFUSED_TEXT[detail.code] || REFUSED_TEXT[detail.reason] || REFUSED_TEXT.token;
+    }
     if (state === "expired") ui.tokenNote.textContent = "Your sign-in token has expired. Paste a fresh one to rejoin.";
   }
 
@@ -646,7 +673,9 @@
     const fresh = row(`pending ${item.status}`, "you", item.text, label);
     fresh.dataset.clientId = item.clientId;
     appending(() => (li ? li.replaceWith(fresh) : ui.outbox.append(fresh)));
-    if (item.status === "failed" && ui.input.value === "") {
+    // A refused message comes back to be edited, but never one of a room we left: the input
+    // now sends to another room.
+    if (item.status === "failed" && !client.left && ui.input.value === "") {
       ui.input.value = item.text;
       fitInput();
     }
@@ -739,9 +768,13 @@
       return;
     }
     ui.roomInput.setCustomValidity("");
-    if (client !== null) client.leave();
+    // The left room's unsent messages are reported, not carried over: their rows ("not sent
+    // to #old: you left the room") stay under the new room's conversation until the next
+    // switch, so the user sees what did not go out (and can copy it), and nothing is sent.
+    const unsent = client !== null ? client.leave() : [];
+    const reported = unsent.map((item) => outboxRow(item.clientId)).filter((li) => li !== undefined);
     ui.messages.replaceChildren();
-    ui.outbox.replaceChildren();
+    ui.outbox.replaceChildren(...reported);
     showError(null);
     ui.roomInput.value = room;
     ui.roomTitle.textContent = `#${room}`;
