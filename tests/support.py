@@ -94,6 +94,20 @@ class Client:
         await self.ws.close()
 
 
+async def subscribers_reach(url: str, channel: str, count: int, timeout: float = 15) -> None:
+    """Wait until Redis itself reports ``count`` subscribers of ``channel`` (SUBSCRIBE is not
+    acknowledged to anyone else, and a process resubscribes on its own after an outage)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url)
+    try:
+        async with asyncio.timeout(timeout):
+            while (await client.pubsub_numsub(channel))[0][1] < count:
+                await asyncio.sleep(0.01)
+    finally:
+        await client.aclose()
+
+
 def run_python(code: str) -> subprocess.CompletedProcess[str]:
     """Run ``python -c code`` in a fresh interpreter from the repository root: for what a
     process imports (or leaves unimported), which this test process has long since loaded."""

@@ -57,6 +57,11 @@ class CpuSampler:
                 last[name] = cpu
             last_at = now
             self.samples += 1
+        # The last, partial window counts in the totals (a phase shorter than one window
+        # read 0 CPU-seconds), not in the peaks: a window of a few ms, at the kernel's 10 ms
+        # accounting, would read as several cores.
+        for name in self.groups:
+            self.totals[name] += max(0.0, self._cpu(name) - last[name])
 
     def summary(self) -> dict[str, Any]:
         """Per group: peak percent of one core and CPU seconds used while sampled."""

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from app.layers.pubsub import PubSubLayer
+from tests.support import subscribers_reach
 from tools.procs import RedisServer
 
 
@@ -22,19 +23,6 @@ async def layers(redis_server: RedisServer) -> AsyncIterator[tuple[PubSubLayer, 
 
 def redis_url(layer: PubSubLayer) -> str:
     return layer._kwargs["hosts"][0]
-
-
-async def subscribers_reach(url: str, channel: str, count: int) -> None:
-    """Wait until Redis itself reports the subscriptions (SUBSCRIBE is not acknowledged)."""
-    import redis.asyncio as aioredis
-
-    client = aioredis.from_url(url)
-    try:
-        async with asyncio.timeout(5):
-            while (await client.pubsub_numsub(channel))[0][1] < count:
-                await asyncio.sleep(0.01)
-    finally:
-        await client.aclose()
 
 
 async def test_group_messages_cross_processes_and_reach_every_local_member(layers: tuple) -> None:

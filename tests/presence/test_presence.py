@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from app.chat.auth import mint
 from app.rooms import group_name
-from tests.support import AppServer, Client, RedisServer, http_get
+from tests.support import AppServer, Client, RedisServer, http_get, subscribers_reach
 
 SECRET = "presence-test-secret-with-at-least-32-bytes"
 GRACE = "1"
@@ -285,7 +285,7 @@ async def test_a_redis_outage_longer_than_a_hold_announces_nobody_gone(
         redis.start()
         # Presence frames go over pub/sub, which loses what is published while a process is
         # not subscribed: the joins below wait until both processes are subscribed again.
-        await subscribed(redis.url, f"parley__group__{group_name('lobby')}", 2)
+        await subscribers_reach(redis.url, f"parley__group__{group_name('lobby')}", 2)
         carol, _ = await join(blue, "lobby", "carol")  # after the outage, on each process
         dave, _ = await join(green, "lobby", "dave")
         frames = await frames_until(bob, "join", "dave")
@@ -295,18 +295,6 @@ async def test_a_redis_outage_longer_than_a_hold_announces_nobody_gone(
             "carol", "dave"]
     finally:
         redis.cleanup()
-
-
-async def subscribed(url: str, channel: str, count: int) -> None:
-    import redis.asyncio as aioredis
-
-    client = aioredis.from_url(url)
-    try:
-        async with asyncio.timeout(15):
-            while (await client.pubsub_numsub(channel))[0][1] < count:
-                await asyncio.sleep(0.05)
-    finally:
-        await client.aclose()
 
 
 async def test_versions_keep_growing_when_redis_loses_the_rooms_data(
