@@ -86,10 +86,12 @@ def _number(value: str, name: str, kind: type, minimum: float, maximum: float) -
     try:
         parsed = kind(value)
     except ValueError:
-        raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}") from None
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{name} must be {what}, got {value!r}") from None
     # NaN compares false with everything, so it is refused by name rather than by range.
     if parsed != parsed or not minimum <= parsed <= maximum:
-        bound = f">= {minimum}" if maximum == NUMBER_CEILING else f"from {minimum} to {maximum}"
+        open_ended = maximum == NUMBER_CEILING and not parsed > maximum  # NaN is not > either
+        bound = f">= {minimum}" if open_ended else f"from {minimum} to {maximum}"
         raise ConfigError(f"{name} must be {bound}, got {value!r}")
     return parsed
 

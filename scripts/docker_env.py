@@ -14,7 +14,7 @@ Each step does nothing where the machine already has what it needs:
    requirements-compose.txt) is installed as the user's CLI plugin;
 3. the images compose.yml names (``python:3.11-slim``, ``redis:7``, ``traefik:v3.7``):
    present or pulled as they are; only when neither works (no image registry) a local
-   stand-in is built under the same tag (scripts/base_images.py). The debootstrapped root
+   stand-in is built under the same tag (tools/docker/base_images.py). The debootstrapped root
    file system is cached in ``.docker/cache/`` and the images stay in the engine's data root,
    so a second run takes seconds.
 

@@ -60,6 +60,9 @@ def test_empty_values_mean_unset() -> None:
         ({"CHAT_PING_INTERVAL": "inf"}, "CHAT_PING_INTERVAL"),
         ({"CHAT_HANDSHAKE_TIMEOUT": "0"}, "CHAT_HANDSHAKE_TIMEOUT"),
         ({"CHAT_HISTORY_MAX_BYTES": "1000"}, "CHAT_HISTORY_MAX_BYTES"),
+        # Too big is said as such (it read "must be >= 1"), and a word is "an integer".
+        ({"CHAT_HISTORY_TTL": "99999999999999"}, r"CHAT_HISTORY_TTL must be from 1 to 1000000000000"),
+        ({"CHAT_HISTORY_MAX": "ten"}, "CHAT_HISTORY_MAX must be an integer"),
     ],
 )
 def test_bad_values_are_refused_by_name(env: dict, needle: str) -> None:
