@@ -115,18 +115,31 @@ def parse_api_body(body: bytes, max_chars: int, default_user: str = "api") -> Ap
     return ApiPost(chat=chat, user=user)
 
 
-def dedupe_key(owner: str | None, client_id: str | None) -> str | None:
+# The HTTP API's sender for deduplication: a namespace of its own, which no token's ``sub``
+# (a string) can name. It was the owner "api", so a user whose sub was "api" shared the
+# API's keys: one side's message was dropped and acked under the other's id.
+class ApiSender:
+    """The HTTP API as a sender (``API_SENDER``): not a user, whatever users are called."""
+
+
+API_SENDER = ApiSender()
+
+
+def dedupe_key(owner: str | ApiSender | None, client_id: str | None) -> str | None:
     """The key a send is deduplicated by: its ``client_id`` within its sender's namespace.
 
-    ``owner`` is who is sending when the server knows it (a token's ``sub``, ``"api"`` for the
-    HTTP API), so nobody can pre-empt another user's ``client_id``; anonymous senders have no
-    identity, so their ``client_id`` alone is the key and must be unguessable (random).
-    The owner is length-prefixed so no (owner, client_id) pair can spell another one's key.
+    ``owner`` is who is sending when the server knows it (a token's ``sub``, ``API_SENDER``
+    for the HTTP API), so nobody can pre-empt another user's ``client_id``; anonymous senders
+    have no identity, so their ``client_id`` alone is the key and must be unguessable
+    (random). The owner is length-prefixed so no (owner, client_id) pair can spell another
+    one's key, and each kind of sender has its own prefix.
     """
     if client_id is None:
         return None
     if owner is None:
         return f"a:{client_id}"
+    if isinstance(owner, ApiSender):
+        return f"p:{client_id}"
     return f"u:{len(owner)}:{owner}:{client_id}"
 
 

@@ -46,13 +46,18 @@ class MemoryHistory(History):
     was dropped to keep within the byte budget.
 
     All rooms together are held to ``max_bytes``: past it, the least recently used rooms are
-    dropped whole (their members get ``reset``, as after an expiry), and a single room larger
-    than the budget loses its oldest dedupe keys, then its oldest messages.
+    dropped whole (their members get ``reset``, as after an expiry), rooms that never held a
+    message first, and a single room larger than the budget loses its oldest dedupe keys,
+    then its oldest messages.
     """
 
     def __init__(self, max_len: int, ttl: float, dedupe_ttl: float, max_bytes: int = 256 << 20) -> None:
         # Least recently used first: every read and write moves a room to the end.
         self._rooms: OrderedDict[str, _Room] = OrderedDict()
+        # Rooms that never held a message, in the same order: dropped first. Every read makes
+        # a room (its epoch must outlive the read), so reads of made-up rooms, which need no
+        # token, used to push rooms with acked history out of the budget.
+        self._empty: OrderedDict[str, None] = OrderedDict()
         self._max_len = max_len
         self._ttl = ttl
         self._dedupe_ttl = dedupe_ttl
@@ -67,15 +72,19 @@ class MemoryHistory(History):
 
     def _drop(self, room: str) -> None:
         self._bytes -= self._rooms.pop(room).cost
+        self._empty.pop(room, None)
 
     def _room(self, room: str, now: float) -> _Room:
         state = self._rooms.get(room)
         if state is not None and now - state.touched <= self._ttl:
             self._rooms.move_to_end(room)
+            if room in self._empty:
+                self._empty.move_to_end(room)
             return state
         if state is not None:
             self._drop(room)
         state = self._rooms[room] = _Room(entries=deque(maxlen=self._max_len), touched=now)
+        self._empty[room] = None
         self._bytes += state.cost
         self._enforce_budget(room)
         return state
@@ -95,12 +104,19 @@ class MemoryHistory(History):
         key, _ = state.dedupe.popitem(last=False)
         self._charge(state, -_dedupe_cost(key))
 
+    def _victim(self, current: str) -> str | None:
+        """The room the budget drops next: the least recently used one that never held a
+        message (only its epoch is lost), else the least recently used; never ``current``
+        (the most recent, so first in its order only when it is alone there)."""
+        for rooms in (self._empty, self._rooms):
+            oldest = next(iter(rooms), None)
+            if oldest is not None and oldest != current:
+                return oldest
+        return None
+
     def _enforce_budget(self, current: str) -> None:
-        while self._bytes > self._max_bytes and len(self._rooms) > 1:
-            oldest = next(iter(self._rooms))
-            if oldest == current:  # never the room being used: it is the most recent
-                break
-            self._drop(oldest)
+        while self._bytes > self._max_bytes and (victim := self._victim(current)) is not None:
+            self._drop(victim)
         state = self._rooms[current]
         while self._bytes > self._max_bytes and state.dedupe:
             self._forget_oldest_dedupe(state)
@@ -122,6 +138,7 @@ class MemoryHistory(History):
         if len(state.entries) == state.entries.maxlen:
             self._charge(state, -_entry_cost(state.entries[0][1]))
         state.entries.append((state.seq, frame))
+        self._empty.pop(room, None)
         self._charge(state, _entry_cost(frame))
         if dedupe is not None:
             state.dedupe[dedupe] = (state.seq, now + self._dedupe_ttl)

@@ -15,6 +15,7 @@ from app.config import CONFIG
 from app.history import HistoryUnavailable
 from app.presence import PresenceUnavailable
 from app.protocol import (
+    API_SENDER,
     MAX_EPOCH_CHARS,
     FrameError,
     bounded_integer,
@@ -185,7 +186,7 @@ async def _publish(request: HttpRequest, room: str) -> HttpResponse:
     template = message_template(room, chat.text, int(time.time() * 1000), body.user, chat.client_id)
     try:
         # The API is one sender (the backends holding CHAT_API_TOKEN): its own dedupe space.
-        appended = await _services().post(room, template, dedupe_key("api", chat.client_id))
+        appended = await _services().post(room, template, dedupe_key(API_SENDER, chat.client_id))
     except HistoryUnavailable:
         return _error(503, "unavailable", "message not stored: storage unavailable, retry")
     return JsonResponse(

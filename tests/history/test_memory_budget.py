@@ -52,6 +52,21 @@ async def test_least_recently_used_rooms_go_first() -> None:
     assert len((await history.latest("r399", 10)).frames) == 1
 
 
+async def test_reads_of_made_up_rooms_never_push_out_a_room_with_messages() -> None:
+    # Every read makes a room (a joiner's epoch must outlive it), and reads need no token:
+    # 700 reads of made-up rooms pushed a room with acked messages out of a 1 MiB budget.
+    history = MemoryHistory(max_len=100, ttl=3600, dedupe_ttl=600, max_bytes=BUDGET)
+    kept = await history.append("victim", _template("victim", "acked"), None)
+    for n in range(2000):
+        await history.state(f"x{n}")
+    assert history.bytes_held <= BUDGET
+    replay = await history.latest("victim", 10)
+    assert [i for i, _ in replay.frames] == [1] and replay.state.epoch == kept.state.epoch
+    # The made-up rooms go first, oldest first, and the newest is still there.
+    oldest, newest = await history.states(["x0", "x1999"])
+    assert oldest is None and newest is not None
+
+
 async def test_one_room_larger_than_the_budget_keeps_its_newest_messages() -> None:
     history = MemoryHistory(max_len=1000, ttl=3600, dedupe_ttl=600, max_bytes=BUDGET)
     for n in range(1000):

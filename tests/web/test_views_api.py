@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.support import Client
+from tests.support import Client, http_get
 from tools.procs import AppServer
 
 TOKEN = "s3cret-token"
@@ -77,3 +77,34 @@ def test_post_is_disabled_without_a_token(make_app: Callable[..., AppServer]) ->
     server = make_app()
     status, body = post(server, "news", {"message": "x"}, token="")
     assert (status, body["code"]) == (403, "api_disabled")
+
+
+@pytest.mark.parametrize("api_first", [True, False], ids=["api-first", "user-first"])
+async def test_a_user_called_api_does_not_share_the_apis_client_ids(
+    make_app: Callable[..., AppServer], api_first: bool,
+) -> None:
+    # The API deduplicated as the owner "api": a user whose token's sub was "api" and the
+    # API, sending the same client_id, had one message dropped and acked under the other's id.
+    from app.chat.auth import mint
+
+    secret = "api-namespace-test-secret-" + "k" * 20
+    server = make_app(env={"CHAT_API_TOKEN": TOKEN, "CHAT_AUTH": "jwt", "CHAT_JWT_SECRET": secret})
+    user = await Client.connect(server.ws_url("news", token=mint("api", ["news"], 600, secret)))
+
+    async def from_user() -> int:
+        ack = await user.post("from a user called api", client_id="shared")
+        assert ack["type"] == "ack"
+        return int(ack["id"])
+
+    def from_api() -> int:
+        status, body = post(server, "news", {"message": "from the backend", "client_id": "shared"})
+        assert (status, body["duplicate"]) == (201, False)
+        return int(body["id"])
+
+    ids = [from_api(), await from_user()] if api_first else [await from_user(), from_api()]
+    assert len(set(ids)) == 2
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    status, body = http_get(server.base + "/api/rooms/news/messages", headers=auth)
+    assert status == 200
+    texts = sorted(m["message"] for m in json.loads(body)["messages"])
+    assert texts == ["from a user called api", "from the backend"]
