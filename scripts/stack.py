@@ -176,12 +176,26 @@ def stop_together(procs: list[Proc], timeout: float = 15.0) -> float:
     """SIGTERM all of ``procs`` at once (so they drain together), wait for every exit
     (SIGKILL after ``timeout``); seconds it took."""
     started = time.monotonic()
-    signalled = [proc for proc in procs if proc.send(signal.SIGTERM)]
-    for proc in signalled:
-        if not proc.wait(max(0.0, timeout - (time.monotonic() - started))):
+    _terminate([(proc, timeout) for proc in procs])
+    return time.monotonic() - started
+
+
+def _terminate(procs: list[tuple[Proc, float]]) -> list[bool | None]:
+    """SIGTERM every process at once, then wait for each within its budget (seconds from
+    the signal; SIGKILL past it). For each: whether it had to be killed, None if it was
+    already gone."""
+    started = time.monotonic()
+    signalled = [proc.send(signal.SIGTERM) for proc, _ in procs]
+    killed: list[bool | None] = []
+    for (proc, budget), sent in zip(procs, signalled, strict=True):
+        if not sent:
+            killed.append(None)
+            continue
+        killed.append(not proc.wait(max(0.0, budget - (time.monotonic() - started))))
+        if killed[-1]:
             proc.send(signal.SIGKILL)
             proc.wait(5)
-    return time.monotonic() - started
+    return killed
 
 
 # Past its SHUTDOWN_TIMEOUT a process exits by itself (app.process.server's hard stop, a
@@ -210,15 +224,11 @@ def drain(state: StackState, names: list[str]) -> dict[str, str]:
     logs = {name: state.log(f"app_{name}") for name in names}
     offsets = {name: (path.stat().st_size if path.exists() else 0) for name, path in logs.items()}
     budgets = {name: drain_budget(state.procs[name]) for name in names}
-    started = time.monotonic()
-    signalled = [name for name in names if state.procs[name].send(signal.SIGTERM)]
+    ended = _terminate([(state.procs[name], budgets[name]) for name in names])
     outcomes = {}
-    for name in signalled:
-        proc = state.procs[name]
-        killed = not proc.wait(max(0.0, budgets[name] - (time.monotonic() - started)))
-        if killed:
-            proc.send(signal.SIGKILL)
-            proc.wait(5)
+    for name, killed in zip(names, ended, strict=True):
+        if killed is None:
+            continue  # gone before the signal: nothing drained, nothing to report
         with open(logs[name], "rb") as log:
             log.seek(offsets[name])
             written = log.read().decode(errors="replace")

@@ -58,13 +58,18 @@ async def deny(scope: Scope, receive: Receive, send: Send, status: int, code: st
         await refuse(scope, send, status, code)
 
 
+def refusal_body(code: str) -> bytes:
+    """The JSON body of a refused handshake: ``{"type": "error", "code": ...}``."""
+    return json.dumps({"type": "error", "code": code}).encode()
+
+
 async def refuse(scope: Scope, send: Send, status: int, code: str) -> None:
     """Refuse a handshake with an HTTP status and a JSON reason where the server can say so."""
     # Counted before answering, so a client that reads the metrics next sees it.
     metrics.HANDSHAKES_REFUSED.labels(code).inc()
     _refusals.info(code, "handshake refused: %d %s (%s)", status, code, scope.get("path", ""))
     if "websocket.http.response" in scope.get("extensions", {}):
-        body = json.dumps({"type": "error", "code": code}).encode()
+        body = refusal_body(code)
         await send({"type": "websocket.http.response.start", "status": status, "headers": JSON_HEADERS})
         await send({"type": "websocket.http.response.body", "body": body})
     else:

@@ -63,7 +63,7 @@ class Presence:
         self._in_flight = False  # a batch is with the store: the next one gathers meanwhile
         self._names: dict[str, tuple[float, str]] = {}  # big room -> (read at, members JSON)
         self._lists = MemberLists(NAMES_MAX_AGE)
-        self._rejoined: dict[tuple[str, str], bool] = {}  # (room, user) held again by a heartbeat
+        self._rejoined: set[tuple[str, str]] = set()  # (room, user) held again by a heartbeat
 
     # -- sockets -------------------------------------------------------------------------
 
@@ -206,7 +206,7 @@ class Presence:
         if changes:
             states = await self.store.sync(changes)
             if heartbeat:  # whoever this step "joined" had a socket here all along
-                self._rejoined.update(((c.room, user), True) for c, s in zip(changes, states, strict=True)
+                self._rejoined.update((c.room, user) for c, s in zip(changes, states, strict=True)
                                       for user in s.joined)
             await self._settle(changes, states)
         for room, announcement in self.coalescer.due(time.monotonic()):
@@ -222,13 +222,14 @@ class Presence:
         if a.kind == "join":
             # Not to the joiner, whose snapshot has it; but a user held again by a heartbeat
             # (announced gone while the store was away, its sockets open all along) is told too.
-            skip = None if self._rejoined.pop((room, a.user), False) else a.user
+            rejoined = (room, a.user) in self._rejoined
+            self._rejoined.discard((room, a.user))
+            skip = None if rejoined else a.user
             await self._publish(room, join_frame(room, a.user, a.count, a.version), skip=skip)
         elif a.kind == "leave":
             await self._publish(room, leave_frame(room, a.user, a.count, a.version))
         else:  # a diff reaches everyone
-            for user in a.joined:
-                self._rejoined.pop((room, user), None)
+            self._rejoined.difference_update((room, user) for user in a.joined)
             await self._publish(room, presence_diff_frame(room, a.count, a.joined, a.left, a.version))
 
     async def _publish(self, room: str, frame: str, skip: str | None = None) -> None:

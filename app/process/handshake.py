@@ -44,6 +44,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.protocol import State
 
 from app import metrics
+from app.chat.admission import refusal_body
 from app.chat.ratelimit import ARRIVED, TokenBucket
 from app.process.keepalive import Action, Keepalive, Ping, keepalive_for, step
 from app.throttled_log import Throttled
@@ -73,7 +74,7 @@ def _response(status: int, body: bytes, content_type: str = "text/plain; charset
 
 
 # What the router answers a handshake during a drain (app.chat.admission.refuse).
-DRAINING = _response(503, b'{"type": "error", "code": "draining"}', "application/json")
+DRAINING = _response(503, refusal_body("draining"), "application/json")
 
 
 def _count(reason: str, client: tuple[str, int] | None) -> None:
