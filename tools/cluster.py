@@ -158,6 +158,50 @@ class RedisClusterServers:
                     return int(fields[1].split("@")[0].rsplit(":", 1)[1])
         return None
 
+    def slot_of(self, key: str) -> int:
+        return int(self._cli(self.live_ports()[0], "CLUSTER", "KEYSLOT", key).strip())
+
+    def node_id(self, port: int) -> str:
+        return self._cli(port, "CLUSTER", "MYID").strip()
+
+    def begin_migration(self, key: str, target: int) -> tuple[int, int]:
+        """Start moving ``key``'s slot to the master at ``target`` as ``redis-cli --cluster
+        reshard`` does (IMPORTING on the target, MIGRATING on the source); (slot, source).
+        Until ``finish_migration``, keys not yet moved are served by the source, the others
+        by the target after an ASK redirection."""
+        slot, source = self.slot_of(key), self.master_of(key)
+        if source is None or source == target:
+            raise ValueError(f"{key!r} is not served by another master than {target}")
+        self._must(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", self.node_id(source))
+        self._must(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", self.node_id(target))
+        return slot, source
+
+    def move_keys(self, slot: int, source: int, target: int) -> int:
+        """MIGRATE every key of ``slot`` from ``source`` to ``target``; how many moved."""
+        keys = self._cli(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "1000").split()
+        if keys:
+            self._must(source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000", "KEYS", *keys)
+        return len(keys)
+
+    def finish_migration(self, slot: int, target: int) -> None:
+        """Give ``slot`` to ``target`` on every master (the target first, as redis-cli does):
+        clients of the source get MOVED, and its sharded subscribers a ``sunsubscribe``."""
+        owner = self.node_id(target)
+        for port in [target, *(p for p in self.masters() if p != target)]:
+            self._must(port, "CLUSTER", "SETSLOT", str(slot), "NODE", owner)
+
+    def migrate(self, key: str, target: int) -> int:
+        """Move ``key``'s slot, keys and all, to the master at ``target``; the slot."""
+        slot, source = self.begin_migration(key, target)
+        self.move_keys(slot, source, target)
+        self.finish_migration(slot, target)
+        return slot
+
+    def _must(self, port: int, *args: str) -> None:
+        answer = self._cli(port, *args).strip()
+        if answer not in ("OK", "NOKEY"):
+            raise RuntimeError(f"{' '.join(args[:3])} on {port}: {answer!r}")
+
     def kill(self, port: int) -> None:
         """SIGKILL one node: no shutdown, no last write; the cluster must fail over."""
         process = self.processes.pop(port)

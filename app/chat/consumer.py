@@ -114,12 +114,14 @@ class ChatConsumer(SerialConsumer):
         try:
             await self.channel_layer.group_add(self.group, self.channel_name)
             self.joined = True
-            entering = self._enter_presence()
             reset, replay, live_from = await self._catch_up(params)
         except Exception:  # history or channel layer (Redis) unreachable
             logger.warning("refusing %s: storage unavailable", self.room, exc_info=True)
             await self._leave()
             return await self._refuse(503, "unavailable")
+        # Counted only once the join is sure to be accepted: a refused one was announced
+        # to the room as a join, and a leave after the grace.
+        entering = self._enter_presence()
 
         # Registered from the accept on, not only once live: the replay below is sent to
         # a client that may never read it, and the watchdog and the drain see members here.

@@ -96,9 +96,11 @@ async def on_slot_master(cluster: RedisCluster, key: str, commands: Sequence[Com
         node = None
         try:
             if ask_node is not None:
-                # Mid-migration: the batch goes to the importing node, preceded by ASKING.
+                # Mid-migration: the batch goes to the importing node. ASKING lets only the
+                # next command in, so each of the batch's gets one of its own.
                 node, ask_node = ask_node, None
-                await node.execute_pipeline([PipelineCommand(-1, "ASKING"), *batch])
+                await node.execute_pipeline([c for command in batch
+                                             for c in (PipelineCommand(-1, "ASKING"), command)])
             else:
                 node = cluster.get_node_from_key(key)
                 if node is None:

@@ -12,8 +12,10 @@ redis-py's ``ClusterPubSub`` keeps one connection per master that holds subscrip
 moves a channel's subscription to the slot's new owner when its slot map changes (a MOVED
 reply, a refresh after a failed node). This layer reads each of those connections in a task
 of its own, so a message waits on no other shard; a reader that loses its node refreshes the
-slot map, which is what makes the client resubscribe on the promoted replica. Pub/sub is
-at-most-once: what is published while a shard has no master is lost here and refilled by
+slot map, which is what makes the client resubscribe on the promoted replica. A slot that
+is migrated to another master drops its subscribers there (Redis pushes them a
+``sunsubscribe``): the layer subscribes such a group again at the slot's new owner. Pub/sub
+is at-most-once: what is published while a shard has no master is lost here and refilled by
 consumers from history (their id checks and the tail watcher).
 """
 
@@ -84,6 +86,8 @@ class _LoopLayer:
         self.group_of: dict[bytes, str] = {}  # sharded channel -> group
         self.subscribed: dict[str, asyncio.Future[None]] = {}  # group -> SSUBSCRIBE confirmed
         self.readers: set[asyncio.Task[None]] = set()
+        self.dropped: set[str] = set()  # groups whose shard ended their subscription
+        self._resubscriber: asyncio.Task[None] | None = None
         self._ready = asyncio.Lock()
         self._initialized = False
 
@@ -200,8 +204,44 @@ class _LoopLayer:
                 delay = min(delay * 2, RETRY_MAX)
                 await self._refresh_slots()
                 continue
-            if message is not None:
+            if message is None:
+                continue
+            if message["type"] in (b"sunsubscribe", "sunsubscribe"):
+                self._unsubscribed(pubsub, message["channel"])
+            else:
                 self._dispatch(message)
+
+    def _unsubscribed(self, pubsub: PubSub, name: bytes) -> None:
+        """A ``sunsubscribe`` from a node. The client's own (group_discard, or redis-py
+        moving a subscription) are off ``pubsub.shard_channels`` by now; one that is still
+        on it came from the server: the slot left that node (a migration) while the group
+        still has members here, and nobody else would subscribe it again."""
+        group = self.group_of.get(name)
+        if group is None or group not in self.groups or name not in pubsub.shard_channels:
+            return
+        logger.info("the shard dropped %s (slot moved); subscribing again", name.decode(errors="replace"))
+        self.dropped.add(group)
+        if self._resubscriber is None or self._resubscriber.done():
+            self._resubscriber = asyncio.get_running_loop().create_task(self._resubscribe())
+
+    async def _resubscribe(self) -> None:
+        # Until the new owner confirms (``_dispatch`` clears ``dropped``): the slot map may
+        # not show the new owner yet (the SETSLOT spreads by gossip), and an SSUBSCRIBE sent
+        # to the old owner is answered MOVED, so refresh and send again, backing off.
+        delay = RETRY_FIRST
+        while True:
+            self.dropped &= self.groups.keys()
+            if not self.dropped:
+                return
+            await self._refresh_slots()
+            for group in list(self.dropped):
+                try:
+                    # Moves the channel to the slot's owner in redis-py's bookkeeping too.
+                    await self.pubsub.ssubscribe(shard_channel(self.prefix, group))
+                except Exception as exc:
+                    logger.debug("subscribing %s again failed: %s", group, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
 
     async def _refresh_slots(self) -> None:
         # A fresh slot map is what makes ClusterPubSub move subscriptions to a promoted
@@ -219,6 +259,7 @@ class _LoopLayer:
         if group is None:
             return
         if kind == "ssubscribe":
+            self.dropped.discard(group)
             confirmed = self.subscribed.get(group)
             if confirmed is not None and not confirmed.done():
                 confirmed.set_result(None)
@@ -232,6 +273,8 @@ class _LoopLayer:
         fan_out(members, decoded, self.channels, self.direct, self._open)
 
     async def close(self) -> None:
+        if self._resubscriber is not None:
+            self._resubscriber.cancel()
         for task in list(self.readers):
             task.cancel()
         await asyncio.gather(*self.readers, return_exceptions=True)

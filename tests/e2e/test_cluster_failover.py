@@ -1,11 +1,14 @@
-"""Chat on a real Redis Cluster across two app processes, and a master SIGKILLed mid-chat.
+"""Chat on a real Redis Cluster across two app processes, and a master SIGKILLed mid-chat
+or a room's slot migrated to another master mid-chat.
 
 Members of each room sit on both processes. While they chat, the master of one room's slot
 is killed: its replica is promoted, the killed node is started again once the cluster has
 failed over (it rejoins as the new master's replica). Sends that cannot be made durable in
 the meantime are answered ``unavailable`` and are resent with the same client_id, as a
 client does. Every acked message must reach every member exactly once, in id order, be in
-history afterwards, and both processes must still be serving, never restarted.
+history afterwards, and both processes must still be serving, never restarted. The same
+holds while the room's slot moves to another master, keys and all, as ``redis-cli --cluster
+reshard`` moves it (sends that meet the slot half-moved are answered ``unavailable`` too).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
+
+import pytest
 
 from tests.support import AppServer, Client, wait_until
 from tools.cluster import RedisClusterServers
@@ -57,8 +62,9 @@ async def _messages(member: Client, count: int, timeout: float = 20) -> list[dic
     return frames
 
 
-async def test_master_killed_mid_chat_loses_and_duplicates_nothing(
-    redis_cluster: RedisClusterServers, make_app: Callable[..., AppServer]
+@pytest.mark.parametrize("fault", ["kill", "migrate"])
+async def test_a_master_lost_or_a_slot_moved_mid_chat_loses_and_duplicates_nothing(
+    redis_cluster: RedisClusterServers, make_app: Callable[..., AppServer], fault: str,
 ) -> None:
     env = {"REDIS_URL": redis_cluster.url, "CHAT_RATE_PER_SECOND": "100", "CHAT_RATE_BURST": "100"}
     apps = [make_app(env=env), make_app(env=env)]
@@ -79,6 +85,10 @@ async def test_master_killed_mid_chat_loses_and_duplicates_nothing(
 
     async def kill_mid_chat() -> None:
         await enough.wait()
+        if fault == "migrate":
+            target = next(port for port in redis_cluster.masters() if port != doomed_master)
+            await asyncio.to_thread(redis_cluster.migrate, "chat:{doomed}:seq", target)
+            return
         await asyncio.to_thread(redis_cluster.kill, doomed_master)
         await asyncio.to_thread(
             wait_until,
@@ -95,7 +105,10 @@ async def test_master_killed_mid_chat_loses_and_duplicates_nothing(
     async with asyncio.timeout(90):
         await asyncio.gather(kill_mid_chat(), *chats)
 
-    assert "unavailable" in refusals, "no send was refused while the master was gone"
+    if fault == "kill":
+        assert "unavailable" in refusals, "no send was refused while the master was gone"
+    else:
+        assert redis_cluster.master_of("chat:{doomed}:seq") != doomed_master
     for room in rooms:
         expected = sorted(acked[room])
         assert len(expected) == PER_SENDER * len(senders[room])

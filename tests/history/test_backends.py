@@ -283,3 +283,27 @@ async def test_resumes_on_a_cluster_read_each_room_on_its_master_as_after(
         assert await asyncio.gather(*(backend.resume(*ask) for ask in asked)) == expected
     finally:
         await backend.close()
+
+
+async def test_a_room_being_migrated_is_read_and_written_on_its_new_master(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    # The ASK state: every key of the room's slot is on the importing master already, the
+    # slot is not handed over yet. A read of several commands (latest: the log, then the
+    # room's state) must reach the new master whole, not only its first command.
+    target = parse_redis_url(redis_cluster.url)
+    backend = RedisHistory(target.urls, max_len=5, ttl=3600, dedupe_ttl=600, cluster=True)
+    try:
+        for i in range(3):
+            await backend.append("moving", template(f"m{i}"), None)
+        key = "chat:{moving}:meta"
+        other = next(port for port in redis_cluster.masters() if port != redis_cluster.master_of(key))
+        slot, source = redis_cluster.begin_migration(key, other)
+        assert redis_cluster.move_keys(slot, source, other) >= 2
+        assert [i for i, _ in (await backend.latest("moving", 5)).frames] == [1, 2, 3]
+        assert [i for i, _ in (await backend.after("moving", 1, 5)).frames] == [2, 3]
+        redis_cluster.finish_migration(slot, other)
+        assert (await backend.append("moving", template("m3"), None)).id == 4
+        assert [i for i, _ in (await backend.latest("moving", 5)).frames] == [1, 2, 3, 4]
+    finally:
+        await backend.close()

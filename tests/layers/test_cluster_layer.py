@@ -87,6 +87,28 @@ async def test_direct_delivery_first_queue_when_declined(layers: tuple[ClusterLa
     assert one.backlog(taken) == 0
 
 
+async def test_a_listening_process_follows_its_rooms_slot_to_another_master(
+    cluster: RedisClusterServers, layers: tuple[ClusterLayer, ClusterLayer],
+) -> None:
+    # ``one`` only listens: no publish of its own gets the MOVED that would tell it the
+    # slot moved; the new owner has no subscriber of its own until the layer subscribes again.
+    one, two = layers
+    member = await one.new_channel()
+    await one.group_add("chat.migrant", member)
+    name = shard_channel("parley", "chat.migrant")
+    source = cluster.master_of(name)
+    target = next(port for port in cluster.masters() if port != source)
+    await asyncio.to_thread(cluster.migrate, name, target)
+    await asyncio.to_thread(wait_until, lambda: shard_subscribers(cluster, "chat.migrant") == 1,
+                            15, "the subscription to follow the slot to its new master", 0.05)
+    assert cluster.master_of(name) == target
+    await two.group_send("chat.migrant", {"type": "chat.message", "id": 3})
+    assert await asyncio.wait_for(one.receive(member), 5) == {"type": "chat.message", "id": 3}
+    await one.group_discard("chat.migrant", member)  # its SUNSUBSCRIBE finds the new master
+    await asyncio.to_thread(wait_until, lambda: shard_subscribers(cluster, "chat.migrant") == 0,
+                            5, "SUNSUBSCRIBE to reach the new master", 0.05)
+
+
 async def test_subscriptions_follow_a_failover_to_the_promoted_replica(
     cluster: RedisClusterServers, layers: tuple[ClusterLayer, ClusterLayer],
 ) -> None:

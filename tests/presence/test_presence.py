@@ -315,3 +315,30 @@ async def test_versions_keep_growing_when_redis_loses_the_rooms_data(
     carol, _ = await join(server, "lobby", "carol")
     frames = [f for f in await frames_until(alice, "join", "carol") if f["type"] in PRESENCE_KINDS]
     assert frames and all(f["version"] > before for f in frames)
+
+
+async def test_a_join_refused_for_storage_is_never_announced(
+    make_app: Callable[..., AppServer], redis_server: RedisServer,
+) -> None:
+    # Bob's join fails reading the room (its state is not a hash: Redis answers WRONGTYPE,
+    # as it fails while a slot is half-migrated): 503, and the room hears nothing of him.
+    import redis.asyncio as aioredis
+    from websockets.exceptions import InvalidStatus
+
+    server = make_app(env={**JWT, "REDIS_URL": redis_server.url})
+    alice, _ = await join(server, "lobby", "alice")
+    client = aioredis.from_url(redis_server.url)
+    state = await client.hgetall("chat:{lobby}:meta")
+    await client.delete("chat:{lobby}:meta")
+    await client.set("chat:{lobby}:meta", "not a hash")
+    with pytest.raises(InvalidStatus) as refused:
+        await Client.connect(server.ws_url("lobby", token=token("bob")), presence=True)
+    assert refused.value.response.status_code == 503
+    await client.delete("chat:{lobby}:meta")
+    await client.hset("chat:{lobby}:meta", mapping=state)
+    await client.aclose()
+    carol, snapshot = await join(server, "lobby", "carol")
+    assert {m["user"] for m in snapshot["members"]} == {"alice", "carol"}
+    assert about(await frames_until(alice, "join", "carol"), "bob") == []
+    await carol.close()
+    assert about(await frames_until(alice, "leave", "carol"), "bob") == []
