@@ -1,6 +1,7 @@
 """Log lines a client can cause at will (refused handshakes, cut connections), throttled.
 
-Shared by the process (app.process.handshake) and the chat admission rules.
+Shared by the process (app.process.handshake), the chat admission rules and the consumer
+(joins refused while storage is away: one per reconnecting client).
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ class Throttled:
         self._held: dict[str, int] = {}
 
     def info(self, key: str, msg: str, *args: object) -> None:
+        self.log(logging.INFO, key, msg, *args)
+
+    def warning(self, key: str, msg: str, *args: object) -> None:
+        self.log(logging.WARNING, key, msg, *args)
+
+    def log(self, level: int, key: str, msg: str, *args: object) -> None:
         now = time.monotonic()
         if now < self._next.get(key, 0.0):
             self._held[key] = self._held.get(key, 0) + 1
@@ -31,4 +38,4 @@ class Throttled:
         held = self._held.pop(key, 0)
         if held:
             msg, args = msg + " (and %d more like it in the last %.0fs)", (*args, held, self._interval)
-        self._logger.info(msg, *args)
+        self._logger.log(level, msg, *args)

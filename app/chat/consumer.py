@@ -43,8 +43,10 @@ from app.protocol import (
     reset_frame,
 )
 from app.rooms import group_name, is_valid_room
+from app.throttled_log import Throttled
 
 logger = logging.getLogger("parley")
+_unavailable = Throttled(logger, interval=10.0)
 
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
@@ -115,8 +117,11 @@ class ChatConsumer(SerialConsumer):
             await self.channel_layer.group_add(self.group, self.channel_name)
             self.joined = True
             reset, replay, live_from = await self._catch_up(params)
-        except Exception:  # history or channel layer (Redis) unreachable
-            logger.warning("refusing %s: storage unavailable", self.room, exc_info=True)
+        except Exception as exc:  # history or channel layer (Redis) unreachable
+            # Every client of a process reconnects into an outage: one line per interval.
+            _unavailable.warning("storage", "refusing joins: storage unavailable (%s: %s, room %s)",
+                                 type(exc).__name__, exc, self.room)
+            logger.debug("join to %s refused", self.room, exc_info=True)
             await self._leave()
             return await self._refuse(503, "unavailable")
         # Counted only once the join is sure to be accepted: a refused one was announced
