@@ -70,7 +70,7 @@ locust: $(DEV_STAMP)  ## a short headless Locust run
 	$(PY) -m scripts.locust_run $(LOCUST_ARGS)
 
 stack: $(OPS_STAMP)  ## redis-server + Traefik + the active colour, on loopback: make stack [PROCESSES=2] [STACK_ARGS=--cluster]
-	$(PY) -m scripts.stack up --processes $(or $(PROCESSES),1) $(STACK_ARGS)
+	$(PY) -m scripts.stack up $(if $(PROCESSES),--processes $(PROCESSES)) $(STACK_ARGS)
 
 stack-down: $(OPS_STAMP)
 	$(PY) -m scripts.stack down

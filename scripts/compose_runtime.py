@@ -151,6 +151,7 @@ class ComposeRuntime:
         # are still draining (confirmed to have got SIGTERM); deploy.py reports which.
         self.drain_over = True
         self.drain_failed = ""  # how the old replicas exited is not read here
+        self.per_process: dict[str, str] = {}  # each replica's outcome is not read here either
         self.urls: dict[str, list[str]] = {}  # each colour's replica addresses, as routed
         self._project: str | None = None
 
@@ -374,6 +375,14 @@ class ComposeRuntime:
         if color is not None:
             self.answered.add(color)
         return color
+
+    def serves(self, color: str) -> bool:
+        """Asked through Traefik, as clients reach it."""
+        return self.routed_color() == color
+
+    def lingers(self, color: str) -> bool:
+        """Never: starting a colour lets its draining containers finish first (``start``)."""
+        return False
 
     def stop(self, color: str) -> bool:
         """``docker stop`` of every container of ``color`` at once (SIGTERM; SIGKILL after

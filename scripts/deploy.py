@@ -23,7 +23,15 @@ Its clients were cut off (close 1006) and reconnect to the new colour as after a
 
 If the target never gets ready nothing is switched, the old colour keeps serving (if it
 still can) and the exit status is 1 with the reason. Deploying the colour that is already
-active is refused (2).
+active is refused (2), unless processes of the other colour still run (a deploy interrupted
+after its switch): then the deploy finishes, draining them.
+
+The live dynamic file is the record of the active colour (state.json follows it). Ctrl-C,
+SIGTERM or SIGHUP stop a deploy with one line saying what it left and exit status 130:
+before the switch, the new colour's processes are stopped and the old one still serves;
+after it, the new colour serves and running the same deploy again finishes it. The switch
+and its record are written with those signals held back, so they never disagree. On the
+local stack a deploy holds the stack's lock: a second one fails at once (1).
 """
 
 from __future__ import annotations
@@ -31,9 +39,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from scripts.compose_runtime import ComposeError, ComposeRuntime
@@ -59,12 +71,22 @@ class Refused(DeployError):
     """The deploy was not attempted (the target colour already serves)."""
 
 
+class Interrupted(DeployError):
+    """A signal stopped the deploy; the message says what it left and what to run."""
+
+
+# What stops a deploy part-way: each of them becomes KeyboardInterrupt (see main).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class Runtime(Protocol):
     """Where the colours run. The procedure in ``deploy`` is the same for every runtime."""
 
     name: str
 
     def active(self) -> str | None: ...  # None: nothing deployed yet (first start)
+    def serves(self, color: str) -> bool: ...  # asked before anything changes
+    def lingers(self, color: str) -> bool: ...  # processes of an unrouted colour still run
     def start(self, color: str) -> None: ...
     def abandon(self, color: str) -> None: ...
     def switch(self, color: str) -> None: ...
@@ -74,53 +96,123 @@ class Runtime(Protocol):
     notes: dict[str, Any]  # runtime-specific facts for the report (image, build time)
     drain_over: bool  # after stop(): False if the old colour confirmed it drains, not done yet
     drain_failed: str  # after stop(): how a process of the old colour failed to drain, or ""
+    per_process: dict[str, str]  # after stop(): what became of each old process ({}: not known)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold back the stop signals for the block (they arrive right after it): the switch
+    and its record are written together or not at all, whatever an operator presses."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOUT) -> dict[str, Any]:
-    """Run the blue/green procedure to ``color``; the report, or DeployError."""
+    """Run the blue/green procedure to ``color``; the report, or DeployError (Interrupted
+    on KeyboardInterrupt, saying what was left)."""
     traefik_config.check_color(color)
     old = runtime.active()
     if color == old:
-        raise Refused(f"{color} is already the active colour: deploy "
-                      f"{traefik_config.other_color(color)} instead")
-    # Asked through Traefik, as clients reach it: after a crash this is the failover case.
-    old_answered = old is not None and runtime.routed_color() == old
+        other = traefik_config.other_color(color)
+        if not runtime.lingers(other):
+            raise Refused(f"{color} is already the active colour: deploy {other} instead")
+        return finish(runtime, color, other)
+    # Each old process asked itself (the local stack), or through Traefik (compose): after
+    # a crash this is the failover case.
+    old_answered = old is not None and runtime.serves(old)
     old_now = (f"{old} still serves" if old_answered else
                f"{old} was not answering either: nothing serves" if old else "nothing served before")
     began = time.monotonic()
+    switched_to = None
     try:
-        runtime.start(color)
-    except (DeployError, ComposeError) as exc:
-        runtime.abandon(color)
-        raise DeployError(f"{color} never got ready, nothing was switched, {old_now}: {exc}") from None
-    ready = time.monotonic()
+        try:
+            runtime.start(color)
+        except (DeployError, ComposeError) as exc:
+            runtime.abandon(color)
+            raise DeployError(f"{color} never got ready, nothing was switched, {old_now}: {exc}") from None
+        ready = time.monotonic()
 
-    runtime.switch(color)
-    routed = _await(lambda: runtime.routed_color() == color, confirm_timeout)
-    if not routed:
-        if old is not None:
-            runtime.switch(old)
-        runtime.abandon(color)
-        raise DeployError(f"Traefik did not route to {color} within {confirm_timeout:.0f}s; "
-                          f"switched back, {old_now}")
-    switched = time.monotonic()
-    runtime.record_active(color)
+        with signals_held():
+            runtime.switch(color)
+            runtime.record_active(color)
+            switched_to = color
+        routed = _await(lambda: runtime.routed_color() == color, confirm_timeout)
+        if not routed:
+            with signals_held():
+                if old is not None:
+                    runtime.switch(old)
+                    runtime.record_active(old)
+                switched_to = old
+            runtime.abandon(color)
+            raise DeployError(f"Traefik did not route to {color} within {confirm_timeout:.0f}s; "
+                              f"switched back, {old_now}")
+        switched = time.monotonic()
 
-    stopped = runtime.stop(old) if old is not None else False
+        stopped = runtime.stop(old) if old is not None else False
+    except KeyboardInterrupt:
+        raise interrupted(runtime, color, old, switched_to, old_now) from None
     drained = time.monotonic()
     return {
         "ok": True,
         "runtime": runtime.name,
         "from": old,
         "to": color,
-        "old": (old_outcome(old_answered, stopped, runtime.drain_over, runtime.drain_failed)
+        "old": (summary(runtime.per_process) if runtime.per_process else
+                old_outcome(old_answered, stopped, runtime.drain_over, runtime.drain_failed)
                 if old is not None else "none (first start)"),
+        **({"old_processes": runtime.per_process} if runtime.per_process else {}),
         **runtime.notes,
         "time_to_ready_s": round(ready - began, 3),
         "switch_latency_s": round(switched - ready, 3),
         "drain_s": round(drained - switched, 3),
         "total_s": round(drained - began, 3),
     }
+
+
+def finish(runtime: Runtime, color: str, old: str) -> dict[str, Any]:
+    """``color`` is routed but ``old``'s processes still run (a deploy interrupted after its
+    switch): drain them, as that deploy would have; the report."""
+    began = time.monotonic()
+    answered = runtime.serves(old)
+    try:
+        stopped = runtime.stop(old)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted while draining {old}: {color} serves; {old}'s processes got "
+                          f"SIGTERM and drain on their own") from None
+    drained = time.monotonic()
+    return {
+        "ok": True, "runtime": runtime.name, "from": old, "to": color, "finished": True,
+        "old": (summary(runtime.per_process) if runtime.per_process else
+                old_outcome(answered, stopped, runtime.drain_over, runtime.drain_failed)),
+        **({"old_processes": runtime.per_process} if runtime.per_process else {}),
+        **runtime.notes,
+        "time_to_ready_s": 0.0, "switch_latency_s": 0.0,
+        "drain_s": round(drained - began, 3), "total_s": round(drained - began, 3),
+    }
+
+
+def interrupted(runtime: Runtime, color: str, old: str | None, switched_to: str | None,
+                old_now: str) -> Interrupted:
+    """The error for a deploy stopped by a signal, having cleaned up what is safe to."""
+    if switched_to == color:
+        return Interrupted(f"interrupted after the switch: {color} serves (Traefik's file and "
+                           f"state.json agree); {old or 'nothing'} may still run, undrained or draining: "
+                           f"deploy {color} again to finish (it drains {old or 'nothing'})")
+    with signals_held():  # a second Ctrl-C must not leave fresh processes running unrouted
+        runtime.abandon(color)
+    return Interrupted(f"interrupted before the switch: nothing was switched, {old_now}; "
+                       f"{color}'s new processes were stopped")
+
+
+def summary(outcomes: dict[str, str]) -> str:
+    """One line for the report from each process's outcome: the outcome itself when all
+    share it, else each named."""
+    if len(set(outcomes.values())) == 1:
+        return next(iter(outcomes.values()))
+    return "; ".join(f"{name} {outcome}" for name, outcome in outcomes.items())
 
 
 def old_outcome(answered: bool, stopped: bool, over: bool = True, failed: str = "") -> str:
@@ -149,7 +241,6 @@ class LocalRuntime:
     """The colours as processes of the local stack (scripts.stack), on loopback."""
 
     name = "local"
-    notes: dict[str, Any] = {}
     drain_over = True  # stop() waits for every process to end
 
     def __init__(self, state: StackState, app_env: dict[str, str] | None = None,
@@ -158,16 +249,44 @@ class LocalRuntime:
         self.app_env = app_env or {}
         self.ready_timeout = ready_timeout
         self.drain_failed = ""
+        self.notes: dict[str, Any] = {}
+        self.per_process: dict[str, str] = {}
+        self.before: dict[str, str] = {}  # each old process before the deploy: serves() says
 
     def active(self) -> str:
-        return self.state.active
+        return self.state.active  # the live dynamic file's colour (StackState.load)
+
+    def serves(self, color: str) -> bool:
+        """Ask each of the colour's processes itself: dead, not answering, or answering (a
+        round robin through Traefik would pick one at random)."""
+        from tools.net import http_get
+
+        for name in self.state.members(color):
+            proc = self.state.procs.get(name)
+            if proc is None or not proc.alive():
+                self.before[name] = "dead"
+                continue
+            url = traefik_config.local_url(self.state.ports[name]) + traefik_config.READY_PATH
+            self.before[name] = "answering" if http_get(url, timeout=1.0)[0] == 200 else "not answering"
+        return "answering" in (self.before.get(name) for name in self.state.members(color))
+
+    def lingers(self, color: str) -> bool:
+        return any(self.state.procs[name].alive() for name in self.state.members(color)
+                   if name in self.state.procs)
 
     def start(self, color: str) -> None:
-        from scripts.stack import StackError, start_app, stop_together, wait_app_ready
+        from scripts.stack import StackError, drain, routed_record, start_app, wait_app_ready
 
-        leftovers = self._take(color)  # a stale process of this colour would hold its port
-        if leftovers:
-            stop_together(leftovers)
+        if routed_record(self.state.dynamic_file) == color:
+            raise DeployError(f"Traefik routes to {color}: its processes are not to be replaced")
+        # A process of this colour still running holds its port: one draining from the
+        # deploy before gets its own drain budget to finish (a second SIGTERM does not
+        # cut it short), one left running by an interrupted deploy drains now.
+        alive = [name for name in self.state.members(color)
+                 if name in self.state.procs and self.state.procs[name].alive()]
+        if alive:
+            self.notes["stopped_first"] = drain(self.state, alive)
+        self._take(color)
         start_app(self.state, color, self.app_env)
         try:
             wait_app_ready(self.state, color, self.ready_timeout)
@@ -196,24 +315,37 @@ class LocalRuntime:
         return traefik_color(self.state)
 
     def stop(self, color: str) -> bool:
+        """Drain the colour's live processes at once; ``per_process`` says what became of
+        each, by what it was before the deploy (``serves``): ``already gone`` (dead then),
+        ``stopped, was not answering``, or its drain's outcome. False if none was left."""
         from scripts.stack import drain
 
         names = [name for name in self.state.members(color)
                  if name in self.state.procs and self.state.procs[name].alive()]
-        if not names:
-            self._take(color)
-            self.state.save()
-            return False  # killed or crashed: its clients were cut off, not drained
-        outcomes = drain(self.state, names)  # all of the colour drain at once
+        outcomes = drain(self.state, names) if names else {}  # all of the colour drain at once
         self._take(color)
         self.state.save()
-        self.drain_failed = "; ".join(f"{name} {outcome}" for name, outcome in outcomes.items()
+        for name in self.state.members(color):
+            before = self.before.get(name, "answering")
+            if before == "dead":
+                self.per_process[name] = "already gone"
+            elif name not in outcomes:
+                self.per_process[name] = "ended during the deploy, before its drain (see its log)"
+            elif before == "not answering":
+                self.per_process[name] = "stopped, was not answering"
+            else:
+                self.per_process[name] = outcomes[name]
+        self.drain_failed = "; ".join(f"{name} {outcome}" for name, outcome in self.per_process.items()
                                       if outcome != "drained")
-        return True
+        return bool(names)  # False: killed or crashed, its clients were cut off, not drained
 
     def record_active(self, color: str) -> None:
         self.state.active = color
         self.state.save()
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def parse_env(pairs: list[str]) -> dict[str, str]:
@@ -233,8 +365,9 @@ def build_runtime(args: argparse.Namespace) -> Runtime:
 
         state = StackState.load(resolve_dir(args.state_dir))
         if args.processes not in (None, state.processes):
-            raise SystemExit(f"the local stack runs {state.processes} process(es) per colour; "
-                             f"`make stack PROCESSES={args.processes}` starts one with {args.processes}")
+            from scripts.stack import resize_advice
+
+            raise SystemExit(f"nothing was deployed: {resize_advice(state, args.processes)}")
         return LocalRuntime(state, parse_env(args.app_env), ready_timeout=args.ready_timeout)
     if args.app_env:
         raise SystemExit("--app-env is for the local runtime; compose takes compose.yml's environment")
@@ -278,12 +411,26 @@ def main(argv: list[str] | None = None) -> int:
         from scripts.stack import StackError
 
         errors += (StackError,)
+    lock: AbstractContextManager[None] = nullcontext()
+    if args.runtime == "local":
+        from scripts.stack import locked, resolve_dir
+
+        lock = locked(resolve_dir(args.state_dir), f"deploy {args.color}")
+    previous = {sig: signal.signal(sig, _stop) for sig in STOP_SIGNALS}
     try:
-        report = deploy(build_runtime(args), args.color)
+        with lock:
+            report = deploy(build_runtime(args), args.color)
+    except KeyboardInterrupt:  # before the deploy began or after it ended: nothing half-done
+        print(json.dumps({"ok": False, "to": args.color, "error": "interrupted"}))
+        print("deploy: interrupted", file=sys.stderr)
+        return 130
     except errors as exc:
         print(json.dumps({"ok": False, "to": args.color, "error": str(exc)}))
         print(f"deploy: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, Refused) else 1
+        return 2 if isinstance(exc, Refused) else 130 if isinstance(exc, Interrupted) else 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(table(["from", "to", "old", "ready s", "switch s", "drain s", "total s"],
                 [[report["from"], report["to"], report["old"], *(f"{report[key]:.3f}" for key in
                   ("time_to_ready_s", "switch_latency_s", "drain_s", "total_s"))]]), file=sys.stderr)

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.deploy import LocalRuntime, deploy
-from scripts.stack import STATE_FILE, StackState, down, resolve_dir, up
+from scripts.stack import STATE_FILE, StackState, down, locked, resolve_dir, up
 from tools import traefik_config
 from tools.backoff import failure_delay
 from tools.ledger import Ledger
@@ -538,17 +538,20 @@ def main(argv: list[str] | None = None) -> int:
     timeout = args.timeout or 30 + args.clients / 25
 
     directory = resolve_dir(args.state_dir)
-    started_here = not (directory / STATE_FILE).exists()
-    try:
-        # Tokens per client, so that presence can tell a reconnect from a new user.
-        state = up(directory, app_env={"CHAT_AUTH": "jwt", "CHAT_JWT_SECRET": secrets.token_urlsafe(48)},
-                   processes=args.processes, cluster=args.cluster)
-        import uvloop  # the clients' side must not be the bottleneck at 5,000
+    # The stack's lock for the whole drill: its deploys must not meet an operator's.
+    with locked(directory, "drill"):
+        started_here = not (directory / STATE_FILE).exists()
+        try:
+            # Tokens per client, so that presence can tell a reconnect from a new user.
+            state = up(directory, app_env={"CHAT_AUTH": "jwt", "CHAT_JWT_SECRET": secrets.token_urlsafe(48)},
+                       processes=args.processes if started_here else None, cluster=args.cluster)
+            import uvloop  # the clients' side must not be the bottleneck at 5,000
 
-        report = uvloop.run(drill(state, args.clients, rooms, args.rate, args.settle, timeout, args.fault))
-    finally:
-        if started_here:
-            down(directory)
+            report = uvloop.run(drill(state, args.clients, rooms, args.rate, args.settle, timeout,
+                                      args.fault))
+        finally:
+            if started_here:
+                down(directory)
     report["stack_started_here"] = started_here
     print(render(report), file=sys.stderr)
     print(json.dumps(report, indent=2))

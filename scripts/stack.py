@@ -13,17 +13,26 @@ state directory (default ``.stack/``, or ``$PARLEY_STACK_DIR``) holds everything
 balances over them and a deploy starts, switches and drains all of a colour's at once.
 ``--cluster`` runs a Redis Cluster (3 masters + 3 replicas, tools/cluster.py)
 instead of one redis-server.
+
+``up`` on a stack that is partly down restarts only what is dead, where it was (Redis on its
+port and append-only file, Traefik, the active colour's dead processes on their ports); it
+never moves the public port or starts a new Redis. ``up``, ``down`` and a deploy each hold
+the state directory's lock for their whole run: a second one fails at once, naming the first.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,11 +45,55 @@ from tools.procs import Proc, spawn
 DEFAULT_DIR = ROOT / ".stack"
 STATE_ENV = "PARLEY_STACK_DIR"
 STATE_FILE = "state.json"
+LOCK_FILE = "lock"
 START_TIMEOUT = 30.0
 
 
 class StackError(RuntimeError):
     """The stack cannot do what was asked; the message says why."""
+
+
+class StackBusy(StackError):
+    """Another deploy or ``stack up``/``down`` holds the stack's lock: nothing was done."""
+
+
+# State directories whose lock this process holds, and how many blocks hold it: the drill
+# and the benchmarks run up, deploy and down in one process.
+_held: dict[Path, int] = {}
+
+
+@contextmanager
+def locked(directory: Path, what: str) -> Iterator[None]:
+    """Hold the stack's exclusive lock (flock on ``DIR/lock``) for the block; StackBusy at
+    once if another process holds it. Failing at once rather than queueing: a deploy
+    behind another would start from a stack that changed under its operator's eyes."""
+    if directory in _held:
+        _held[directory] += 1
+        try:
+            yield
+        finally:
+            _held[directory] -= 1
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
+            raise StackBusy(f"the stack in {directory} is busy: {holder} holds its lock; nothing was "
+                            "done, run this again once that has ended") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({what}, since {time.strftime('%H:%M:%S')})\n".encode(), 0)
+        _held[directory] = 1
+        try:
+            yield
+        finally:
+            del _held[directory]
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the lock, as the kernel does if this process dies
 
 
 def resolve_dir(arg: str | None) -> Path:
@@ -60,6 +113,7 @@ class StackState:
     app_env: dict[str, str] = field(default_factory=dict)
     processes: int = 1  # app processes per colour
     cluster_url: str = ""  # REDIS_URL of the stack's Redis Cluster, when it runs one
+    restarted: list[str] = field(default_factory=list)  # what `up` restarted (not saved)
 
     @property
     def redis_url(self) -> str:
@@ -102,6 +156,7 @@ class StackState:
     def save(self) -> None:
         data = asdict(self)
         data["dir"] = str(self.dir)
+        del data["restarted"]
         traefik_config.atomic_write(self.dir / STATE_FILE, json.dumps(data, indent=2) + "\n")
 
     @classmethod
@@ -113,12 +168,24 @@ class StackState:
         return cls(
             dir=directory,
             ports=data["ports"],
-            active=data["active"],
+            # The live dynamic file is what Traefik routes to: it wins over a record that a
+            # deploy killed between its switch and its save did not update.
+            active=routed_record(directory / "traefik" / "dynamic" / traefik_config.ACTIVE_FILE_NAME)
+            or data["active"],
             procs={name: Proc(**proc) for name, proc in data["procs"].items()},
             app_env=data.get("app_env", {}),
             processes=data.get("processes", 1),
             cluster_url=data.get("cluster_url", ""),
         )
+
+
+def routed_record(dynamic_file: Path) -> str | None:
+    """The colour the live dynamic file routes to (Traefik applies it within milliseconds),
+    or None when there is none or it names no single colour."""
+    try:
+        return traefik_config.active_color(dynamic_file.read_text())
+    except (OSError, traefik_config.ConfigProblem):
+        return None
 
 
 def app_environment(state: StackState, color: str, extra: dict[str, str] | None = None,
@@ -142,32 +209,43 @@ def app_environment(state: StackState, color: str, extra: dict[str, str] | None 
 def start_app(state: StackState, color: str, extra: dict[str, str] | None = None) -> list[Proc]:
     """Start every ``python -m app`` process of ``color``, each on its stack port; does not
     wait for readiness."""
-    procs = []
-    for name in state.members(color):
-        proc = spawn([sys.executable, "-m", "app"], state.log(f"app_{name}"),
-                     app_environment(state, color, extra, name))
-        state.procs[name] = proc
-        procs.append(proc)
+    procs = [start_member(state, color, name, extra) for name in state.members(color)]
     state.save()
     return procs
 
 
-def wait_app_ready(state: StackState, color: str, timeout: float) -> None:
-    """Wait for each of the colour's processes' own /readyz 200; StackError if one exits or
-    never gets ready."""
+def start_member(state: StackState, color: str, name: str, extra: dict[str, str] | None = None) -> Proc:
+    """Start one ``python -m app`` process of ``color`` (``name``: ``blue``, ``blue.1``...) on
+    its stack port and record it (not saved)."""
+    proc = spawn([sys.executable, "-m", "app"], state.log(f"app_{name}"),
+                 app_environment(state, color, extra, name))
+    state.procs[name] = proc
+    return proc
+
+
+def wait_app_ready(state: StackState, color: str, timeout: float, names: list[str] | None = None) -> None:
+    """Wait for each of the colour's processes (or ``names`` of them) to listen on its port
+    itself and answer /readyz 200 there; StackError if one exits or never gets ready.
+
+    The answer alone proves nothing: another process holding the port answers too, while
+    ours dies of "address already in use". So the socket must be the process's own."""
     deadline = time.monotonic() + timeout
-    for name in state.members(color):
+    for name in names or state.members(color):
         proc = state.procs[name]
-        url = traefik_config.local_url(state.ports[name]) + traefik_config.READY_PATH
+        port = state.ports[name]
+        url = traefik_config.local_url(port) + traefik_config.READY_PATH
         last = (0, b"")
         while True:
             if not proc.alive():
-                raise StackError(f"{name} exited before it was ready: {tail(state.log(f'app_{name}'))}")
-            last = http_get(url, timeout=1.0)
+                raise StackError(f"{name} exited before it was ready: {last_words(state, name)}")
+            owns = proc.listens_on(port)
+            last = http_get(url, timeout=1.0) if owns else (0, b"")
             if last[0] == 200:
                 break
             if time.monotonic() > deadline:
-                reason = last[1].decode(errors="replace") or "no answer"
+                reason = (last[1].decode(errors="replace") or "no answer") if owns else (
+                    f"another process holds port {port}" if http_get(url, timeout=1.0)[0] else
+                    f"not listening on port {port}")
                 raise StackError(f"{name} was not ready after {timeout:.0f}s: /readyz {last[0]} {reason}")
             time.sleep(0.05)
 
@@ -219,8 +297,9 @@ def drain_budget(proc: Proc) -> float:
 
 def drain(state: StackState, names: list[str]) -> dict[str, str]:
     """SIGTERM the named app processes at once and wait for each within its own drain
-    budget (SIGKILL past it); what became of each, for a deploy's report: ``drained``, or
-    why not."""
+    budget (SIGKILL past it); what became of each, for a deploy's report: ``drained``,
+    ``already gone`` (ended before the signal), or why not. A process already draining
+    loses nothing: a second SIGTERM does not restart or shorten its drain."""
     logs = {name: state.log(f"app_{name}") for name in names}
     offsets = {name: (path.stat().st_size if path.exists() else 0) for name, path in logs.items()}
     budgets = {name: drain_budget(state.procs[name]) for name in names}
@@ -228,7 +307,8 @@ def drain(state: StackState, names: list[str]) -> dict[str, str]:
     outcomes = {}
     for name, killed in zip(names, ended, strict=True):
         if killed is None:
-            continue  # gone before the signal: nothing drained, nothing to report
+            outcomes[name] = "already gone"
+            continue
         with open(logs[name], "rb") as log:
             log.seek(offsets[name])
             written = log.read().decode(errors="replace")
@@ -236,14 +316,22 @@ def drain(state: StackState, names: list[str]) -> dict[str, str]:
     return outcomes
 
 
+# The service's last words after a complete drain (app/process/server.py).
+DRAINED = re.compile(r"\bdrained \d+ websocket")
+
+
 def drain_outcome(log_since_sigterm: str, killed: bool, budget: float) -> str:
-    """``drained``, or what happened instead, from what the process wrote after SIGTERM."""
+    """``drained``, or what happened instead, from what the process wrote after SIGTERM:
+    only a process that logged its drain drained (one SIGKILLed by someone else exits
+    quietly)."""
     if killed:
         return (f"killed: still running {budget:.0f}s after SIGTERM "
                 f"(its SHUTDOWN_TIMEOUT and {DRAIN_SLACK:.0f}s)")
     if EXIT_FAILED in log_since_sigterm or "Traceback" in log_since_sigterm:
         return "exited without a clean drain (see its log)"
-    return "drained"
+    if DRAINED.search(log_since_sigterm):
+        return "drained"
+    return "ended without logging its drain (killed by another signal?)"
 
 
 def traefik_color(state: StackState) -> str | None:
@@ -257,12 +345,24 @@ def traefik_color(state: StackState) -> str | None:
         return None
 
 
-def tail(path: Path, lines: int = 5) -> str:
-    """The last lines of a log, for error messages."""
+def tail(path: Path, since: int = 0, lines: int = 5) -> str:
+    """The last lines a log got from offset ``since`` on (a process's start: not what an
+    earlier start wrote), for error messages."""
     try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+        with open(path, "rb") as log:
+            log.seek(since)
+            text = log.read().decode(errors="replace")
     except OSError:
         return "(no log)"
+    return " | ".join(text.strip().splitlines()[-lines:]) or "(nothing in its log)"
+
+
+def last_words(state: StackState, name: str) -> str:
+    """The tail of what the named process (``traefik``, ``blue``, ``blue.1``...) wrote to its
+    log since it was started."""
+    log = state.log(name if name == "traefik" else f"app_{name}")
+    proc = state.procs.get(name)
+    return tail(log, proc.log_from if proc else 0)
 
 
 def traefik_binary() -> str:
@@ -318,20 +418,36 @@ def start_cluster(state: StackState) -> None:
     state.cluster_url = cluster.url
 
 
+def resize_advice(state: StackState, processes: int) -> str:
+    """What to run for ``processes`` per colour on a stack that runs another count."""
+    return (f"the local stack in {state.dir} runs {state.processes} process(es) per colour; for "
+            f"{processes}: `make stack-down && make stack PROCESSES={processes}` (its clients are cut "
+            f"off and the ports change; Redis keeps its data in {state.dir / 'redis'})")
+
+
 def up(directory: Path, color: str = "blue", app_env: dict[str, str] | None = None,
-       processes: int = 1, cluster: bool = False) -> StackState:
-    """Start Redis (or a Redis Cluster), Traefik and ``color``'s ``processes`` processes;
-    return the state. Idempotent when all are up."""
+       processes: int | None = None, cluster: bool = False) -> StackState:
+    """Start Redis (or a Redis Cluster), Traefik and ``color``'s ``processes`` processes
+    (default 1); return the state. On a stack that exists: restart only what is dead of
+    it (``restarted`` names it), never what runs; StackError if ``processes`` differs."""
+    with locked(directory, "stack up"):
+        return _up(directory, color, app_env, processes, cluster)
+
+
+def _up(directory: Path, color: str, app_env: dict[str, str] | None, processes: int | None,
+        cluster: bool) -> StackState:
     traefik_config.check_color(color)
-    if processes < 1:
+    if processes is not None and processes < 1:
         raise StackError(f"--processes must be at least 1, got {processes}")
     if (directory / STATE_FILE).exists():
         state = StackState.load(directory)
-        if all_up(state):
-            return state
-        down(directory)
+        if processes not in (None, state.processes):
+            raise StackError(resize_advice(state, processes))
+        if not all_up(state):
+            repair(state)
+        return state
     state = StackState(dir=directory, ports={}, active=color, app_env=dict(app_env or {}),
-                       processes=processes)
+                       processes=processes or 1)
     names = ("web", "ops", "redis", *(n for c in traefik_config.COLORS for n in state.members(c)))
     state.ports = {name: free_port() for name in names}
     (directory / "redis").mkdir(parents=True, exist_ok=True)
@@ -339,12 +455,7 @@ def up(directory: Path, color: str = "blue", app_env: dict[str, str] | None = No
         if cluster:
             start_cluster(state)
         else:
-            state.procs["redis"] = spawn(
-                ["redis-server", "--port", str(state.ports["redis"]), "--bind", "127.0.0.1",
-                 "--appendonly", "yes", "--save", "", "--dir", str(directory / "redis"),
-                 "--daemonize", "no"],
-                state.log("redis"),
-            )
+            state.procs["redis"] = spawn_redis(state)
         state.save()
         static_file = write_traefik_files(state)
         state.procs["traefik"] = spawn([traefik_binary(), f"--configFile={static_file}"],
@@ -353,15 +464,64 @@ def up(directory: Path, color: str = "blue", app_env: dict[str, str] | None = No
         start_app(state, color)
         wait_app_ready(state, color, START_TIMEOUT)
         wait_until(lambda: traefik_color(state) == color, START_TIMEOUT,
-                   f"Traefik to route to {color} ({tail(state.log('traefik'))})")
+                   f"Traefik to route to {color} ({last_words(state, 'traefik')})")
     except BaseException:
         down(directory)
         raise
     return state
 
 
+def spawn_redis(state: StackState) -> Proc:
+    """The stack's redis-server on its port, appending to the state directory's file."""
+    return spawn(
+        ["redis-server", "--port", str(state.ports["redis"]), "--bind", "127.0.0.1",
+         "--appendonly", "yes", "--save", "", "--dir", str(state.dir / "redis"),
+         "--daemonize", "no"],
+        state.log("redis"),
+    )
+
+
+def repair(state: StackState) -> None:
+    """Restart what is dead of a stack that was up, where it was: Redis on its port with its
+    append-only file, Traefik on its ports, the active colour's dead processes on theirs.
+    What runs is left alone: the live colour's clients stay connected, the public port and
+    Redis' data stay. StackError, with the way out, if a restart fails."""
+    alive = running(state)
+    dead_nodes = [name for name in state.redis_names() if name != "redis" and not alive[name]]
+    if dead_nodes:
+        raise StackError(f"{', '.join(dead_nodes)} of the stack's Redis Cluster are dead, which `up` "
+                         f"does not repair: `make stack-down`, then `make stack STACK_ARGS=--cluster`")
+    if "redis" in state.procs and not alive["redis"]:
+        state.procs["redis"] = spawn_redis(state)
+        state.restarted.append("redis")
+    if not alive.get("traefik"):
+        static_file = write_traefik_files(state)
+        state.procs["traefik"] = spawn([traefik_binary(), f"--configFile={static_file}"],
+                                       state.log("traefik"))
+        state.restarted.append("traefik")
+    dead = [name for name in state.members(state.active) if not alive.get(name)]
+    for name in dead:
+        start_member(state, state.active, name)
+    state.restarted += dead
+    state.save()
+    try:
+        wait_app_ready(state, state.active, START_TIMEOUT, names=dead or [state.members(state.active)[0]])
+        wait_until(lambda: traefik_color(state) == state.active, START_TIMEOUT,
+                   f"Traefik to route to {state.active} ({last_words(state, 'traefik')})")
+    except (StackError, TimeoutError) as exc:
+        raise StackError(f"restarting {', '.join(state.restarted)} of the stack in {state.dir} failed: "
+                         f"{exc}; what still ran was left running. `make stack-down && make stack` starts "
+                         "a new stack (new ports; Redis keeps its data)") from None
+
+
 def down(directory: Path) -> dict[str, float]:
-    """Stop the apps, then Traefik, then Redis; seconds each took. The logs stay."""
+    """Stop the apps (each within its own drain budget), then Traefik, then Redis; seconds
+    each took. The logs stay."""
+    with locked(directory, "stack down"):
+        return _down(directory)
+
+
+def _down(directory: Path) -> dict[str, float]:
     if not (directory / STATE_FILE).exists():
         return {}
     state = StackState.load(directory)
@@ -369,7 +529,9 @@ def down(directory: Path) -> dict[str, float]:
     for color in traefik_config.COLORS:  # all of a colour's processes drain at once
         procs = [state.procs[name] for name in state.members(color) if name in state.procs]
         if procs:
-            timings[color] = round(stop_together(procs), 3)
+            began = time.monotonic()
+            _terminate([(proc, drain_budget(proc)) for proc in procs])
+            timings[color] = round(time.monotonic() - began, 3)
     if "traefik" in state.procs:
         timings["traefik"] = round(state.procs["traefik"].stop(), 3)
     redis = [state.procs[name] for name in state.redis_names()]
@@ -406,14 +568,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", help=f"default ${STATE_ENV} or .stack/")
     parser.add_argument("--color", default="blue", choices=traefik_config.COLORS,
                         help="the colour `up` starts as active (default blue)")
-    parser.add_argument("--processes", type=int, default=1, help="app processes per colour (default 1)")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="app processes per colour (default 1; on a running stack, its count)")
     parser.add_argument("--cluster", action="store_true", help="a Redis Cluster instead of one redis-server")
     args = parser.parse_args(argv)
     directory = resolve_dir(args.state_dir)
     try:
         if args.command == "up":
-            up(directory, args.color, processes=args.processes, cluster=args.cluster)
+            state = up(directory, args.color, processes=args.processes, cluster=args.cluster)
             result = status(directory)
+            if state.restarted:
+                result["restarted"] = state.restarted
+                print(f"stack: restarted {', '.join(state.restarted)} (dead); everything else kept running",
+                      file=sys.stderr)
         elif args.command == "down":
             result = {"stopped": down(directory), "state_dir": str(directory)}
         else:

@@ -171,6 +171,8 @@ class Proc:
 
     pid: int
     started: float
+    # Where its log stood when it was spawned: what it wrote since, not a previous start's words.
+    log_from: int = 0
 
     def send(self, sig: int) -> bool:
         """Send ``sig`` if the process is still ours and alive; whether it was."""
@@ -188,6 +190,20 @@ class Proc:
                         and process.status() != psutil.STATUS_ZOMBIE)
         except psutil.Error:
             return False
+
+    def listens_on(self, port: int) -> bool:
+        """Whether this very process holds a listening TCP socket on ``port`` (so an answer
+        on that port is its own, not a stranger's that took the port first)."""
+        import psutil
+
+        if not self.alive():
+            return False
+        try:
+            sockets = psutil.Process(self.pid).net_connections(kind="tcp")
+        except psutil.Error:
+            return False
+        return any(sock.status == psutil.CONN_LISTEN and sock.laddr and sock.laddr.port == port
+                   for sock in sockets)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> float:
         """Send ``sig``, wait for the exit (SIGKILL after ``timeout``); seconds it took."""
@@ -221,8 +237,9 @@ def spawn(command: list[str], log: Path, env: dict[str, str] | None = None) -> P
 
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
+        log_from = out.seek(0, os.SEEK_END)
         process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
-    return Proc(pid=process.pid, started=psutil.Process(process.pid).create_time())
+    return Proc(pid=process.pid, started=psutil.Process(process.pid).create_time(), log_from=log_from)

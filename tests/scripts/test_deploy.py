@@ -9,8 +9,10 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,9 +23,12 @@ from websockets.exceptions import ConnectionClosedError
 
 from scripts.compose_runtime import PS_FORMAT
 from scripts.deploy import LocalRuntime, deploy
-from scripts.stack import StackState, traefik_color
+from scripts.stack import StackState, locked, routed_record, start_app, traefik_color, wait_app_ready
 from tests.support import Client, run_script
+from tools import ROOT
 from tools import traefik_config as tc
+from tools.net import wait_until
+from tools.procs import spawn
 
 
 def ws_url(state: StackState, room: str, since: int | None = None) -> str:
@@ -111,6 +116,9 @@ async def test_a_failing_colour_leaves_the_old_one_serving(
     state = local_stack
     member = await Client.connect(ws_url(state, "steady"))
     before = state.dynamic_file.read_text()
+    # An earlier start's last words are not this start's.
+    with open(state.log("app_green"), "a") as log:
+        log.write("Traceback: words of an earlier start\n")
 
     code, _, output = await asyncio.to_thread(
         run_script, "deploy", "green", "--state-dir", str(state.dir),
@@ -118,6 +126,7 @@ async def test_a_failing_colour_leaves_the_old_one_serving(
     assert code == 1, output
     result = json.loads(output.splitlines()[0])
     assert not result["ok"] and "nothing was switched" in result["error"] and reason in result["error"]
+    assert "an earlier start" not in result["error"]
 
     assert state.dynamic_file.read_text() == before
     assert traefik_color(state) == "blue"
@@ -442,4 +451,136 @@ def test_compose_deploy_of_the_active_colour_runs_nothing(compose_env: dict[str,
 def test_a_replica_count_the_local_stack_does_not_run_is_refused(local_stack: StackState) -> None:
     code, _, output = run_script("deploy", "green", "--state-dir", str(local_stack.dir), "--processes",
                                  str(local_stack.processes + 1))
-    assert code != 0 and "make stack PROCESSES=" in output
+    # Advice that works on a running stack (`make stack PROCESSES=N` alone leaves it as it is).
+    assert code != 0 and "make stack-down && make stack PROCESSES=" in output
+    assert "nothing was deployed" in output
+
+
+# -- the operator path: interruptions, strangers, leftovers, locks ----------------------------
+
+def test_a_deploy_killed_between_switch_and_record_is_finished_not_undone(local_stack: StackState) -> None:
+    """SIGKILL (nothing to catch) right after the switch: Traefik routes to green, the
+    record was not written. The live file is the truth: the routed colour is never
+    killed as a leftover, and deploying it again drains what still runs of blue."""
+    state = local_stack
+    start_app(state, "green")
+    wait_app_ready(state, "green", 30)
+    green = state.procs["green"]
+    LocalRuntime(state).switch("green")  # ... and the deploy dies here
+    wait_until(lambda: traefik_color(state) == "green", 15, "Traefik to route to green")
+    assert StackState.load(state.dir).active == "green"
+
+    code, _, output = run_script("deploy", "green", "--state-dir", str(state.dir))
+    assert code == 0, output
+    report = json.loads(output.splitlines()[0])
+    assert report["finished"] and report["old"] == "drained"
+    assert (report["from"], report["to"]) == ("blue", "green")
+    assert green.alive() and traefik_color(state) == "green"
+    saved = StackState.load(state.dir)
+    assert saved.active == "green" and saved.procs["green"].pid == green.pid and "blue" not in saved.procs
+    code, _, output = run_script("deploy", "green", "--state-dir", str(state.dir))
+    assert code == 2 and "already the active colour" in output
+
+
+def test_ctrl_c_right_after_the_switch_leaves_record_and_routing_agreeing(local_stack: StackState) -> None:
+    state = local_stack
+    command = [sys.executable, "-m", "scripts.deploy", "green", "--state-dir", str(state.dir)]
+    deploying = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while routed_record(state.dynamic_file) != "green" and deploying.poll() is None:
+            time.sleep(0.001)  # the switch is a rename: watched for, not waited out
+        deploying.send_signal(signal.SIGINT)
+        out, err = deploying.communicate(timeout=60)
+    finally:
+        if deploying.poll() is None:
+            deploying.kill()
+    assert deploying.returncode == 130, out + err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "interrupted after the switch: green serves" in err and "deploy green again" in err
+    assert StackState.load(state.dir).active == "green"
+    assert json.loads((state.dir / "state.json").read_text())["active"] == "green"
+    wait_until(lambda: traefik_color(state) == "green", 15, "Traefik to route to green")
+    assert state.procs["blue"].alive()  # blue was left as it was: not drained, not killed
+
+    code, _, output = run_script("deploy", "green", "--state-dir", str(state.dir))
+    assert code == 0, output
+    assert json.loads(output.splitlines()[0])["old"] == "drained" and not state.procs["blue"].alive()
+
+
+class Stranger(BaseHTTPRequestHandler):
+    """Another program on the new colour's port, answering everything 200 as if ready."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        body = json.dumps({"ready": True, "color": "green"}).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def test_a_stranger_on_the_new_colours_port_is_not_deployed_to(local_stack: StackState) -> None:
+    state = local_stack
+    member = await Client.connect(ws_url(state, "guarded"))
+    before = state.dynamic_file.read_text()
+    stranger = ThreadingHTTPServer(("127.0.0.1", state.ports["green"]), Stranger)
+    thread = threading.Thread(target=stranger.serve_forever, daemon=True)
+    thread.start()
+    try:
+        code, _, output = await asyncio.to_thread(
+            run_script, "deploy", "green", "--state-dir", str(state.dir), "--ready-timeout", "20")
+    finally:
+        stranger.shutdown()
+        stranger.server_close()
+    assert code == 1, output
+    error = json.loads(output.splitlines()[0])["error"]
+    assert "nothing was switched, blue still serves" in error and "address already in use" in error
+    assert state.dynamic_file.read_text() == before and traefik_color(state) == "blue"
+    assert (await member.post("still here", client_id="g1"))["type"] == "ack"
+    await member.close()
+
+
+# A process of green still draining from an earlier deploy, with a long SHUTDOWN_TIMEOUT:
+# it finishes its drain 16 s after SIGTERM, past any fixed limit shorter than its budget.
+SLOW_DRAIN = ("import signal, sys, time\n"
+              "def stop(*_):\n    time.sleep(16)\n"
+              "    print('INFO: drained 0 websocket(s) in 16.000s', flush=True)\n    sys.exit(0)\n"
+              "signal.signal(signal.SIGTERM, stop)\nprint('ready', flush=True)\ntime.sleep(120)")
+
+
+def test_a_colour_still_draining_gets_its_own_budget_before_it_starts_again(local_stack: StackState) -> None:
+    state = local_stack
+    log = state.log("app_green")
+    state.procs["green"] = spawn([sys.executable, "-c", SLOW_DRAIN], log,
+                                 {**os.environ, "SHUTDOWN_TIMEOUT": "20"})
+    state.save()
+    wait_until(lambda: "ready" in log.read_text(), 10, "the draining stand-in to start")
+
+    report = deploy(LocalRuntime(StackState.load(state.dir)), "green")
+    assert report["stopped_first"] == {"green": "drained"}
+    assert report["old"] == "drained" and traefik_color(state) == "green"
+
+
+def test_each_old_process_is_reported_as_it_was(two_process_stack: StackState) -> None:
+    state = two_process_stack
+    os.kill(state.procs["blue.1"].pid, signal.SIGKILL)
+    assert state.procs["blue.1"].wait(10)
+
+    code, _, output = run_script("deploy", "green", "--state-dir", str(state.dir))
+    assert code == 0, output
+    report = json.loads(output.splitlines()[0])
+    assert report["old_processes"] == {"blue": "drained", "blue.1": "already gone"}
+    assert report["old"] == "blue drained; blue.1 already gone"
+
+
+def test_a_deploy_while_another_holds_the_lock_changes_nothing(local_stack: StackState) -> None:
+    state = local_stack
+    before = state.dynamic_file.read_text()
+    with locked(state.dir, "deploy green"):
+        code, _, output = run_script("deploy", "green", "--state-dir", str(state.dir))
+    assert code == 1 and "is busy" in output and f"pid {os.getpid()} (deploy green" in output
+    assert state.dynamic_file.read_text() == before
+    saved = StackState.load(state.dir)
+    assert "green" not in saved.procs and saved.procs["blue"].alive()

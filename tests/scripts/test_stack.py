@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
+import pytest
 import yaml
 
-from scripts.stack import STATE_FILE, StackState, down, status, traefik_color, up
+from scripts.stack import STATE_FILE, StackError, StackState, down, locked, status, traefik_color, up
 from tests.support import Client
 from tools import traefik_config as tc
 from tools.net import http_get
@@ -83,13 +86,19 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
 # Stand-ins for an app process at SIGTERM (the service itself no longer fails to drain on
 # any input found: these are the ways a process can still end, for the report to tell apart).
 ENDINGS = {
-    "drains": "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
-              "print('ready', flush=True)\ntime.sleep(60)",
+    "drains": "import signal, sys, time\n"
+              "def stop(*_):\n    print('INFO: drained 0 websocket(s) in 0.001s', flush=True)\n"
+              "    sys.exit(0)\n"
+              "signal.signal(signal.SIGTERM, stop)\nprint('ready', flush=True)\ntime.sleep(60)",
     "fails": "import signal, sys, time\n"
              "def stop(*_):\n    print('ERROR: exiting with status 1', flush=True)\n    sys.exit(1)\n"
              "signal.signal(signal.SIGTERM, stop)\nprint('ready', flush=True)\ntime.sleep(60)",
     "hangs": "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
              "print('ready', flush=True)\ntime.sleep(60)",
+    # SIGKILLed by someone else while it drains: it never says it drained.
+    "is killed": "import os, signal, time\n"
+                 "signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGKILL))\n"
+                 "print('ready', flush=True)\ntime.sleep(60)",
 }
 
 
@@ -113,5 +122,40 @@ def test_a_drain_reports_each_process_as_it_ended(tmp_path: Path) -> None:
         "fails": "exited without a clean drain (see its log)",
         "hangs": f"killed: still running {0.5 + DRAIN_SLACK:.0f}s after SIGTERM "
                  f"(its SHUTDOWN_TIMEOUT and {DRAIN_SLACK:.0f}s)",
+        "is killed": "ended without logging its drain (killed by another signal?)",
     }
     assert not any(proc.alive() for proc in state.procs.values())
+
+
+# -- up on a stack that exists ----------------------------------------------------------------
+
+def test_up_on_a_degraded_stack_restarts_only_what_is_dead(two_process_stack: StackState) -> None:
+    state = two_process_stack
+    before = {name: proc.pid for name, proc in state.procs.items()}
+    os.kill(state.procs["blue.1"].pid, signal.SIGKILL)
+    assert state.procs["blue.1"].wait(10)
+
+    again = up(state.dir)
+    assert again.restarted == ["blue.1"]
+    # The live process, Traefik and Redis were never touched: same processes, same ports.
+    assert {n: again.procs[n].pid for n in ("redis", "traefik", "blue")} == {
+        n: before[n] for n in ("redis", "traefik", "blue")}
+    assert again.ports == state.ports
+    restarted = again.procs["blue.1"]
+    assert restarted.pid != before["blue.1"] and restarted.listens_on(state.ports["blue.1"])
+    assert status(state.dir)["up"] and traefik_color(again) == "blue"
+
+
+def test_up_with_another_process_count_refuses_and_says_what_works(local_stack: StackState) -> None:
+    with pytest.raises(StackError, match=r"make stack-down && make stack PROCESSES=2"):
+        up(local_stack.dir, processes=2)
+    assert StackState.load(local_stack.dir).processes == 1 and local_stack.procs["blue"].alive()
+
+
+def test_a_stack_command_while_another_holds_the_lock_does_nothing(local_stack: StackState) -> None:
+    from tests.support import run_script
+
+    with locked(local_stack.dir, "a test"):
+        code, _, output = run_script("stack", "down", "--state-dir", str(local_stack.dir))
+    assert code == 1 and "is busy" in output and f"pid {os.getpid()} (a test" in output
+    assert all(proc.alive() for proc in local_stack.procs.values())
