@@ -298,7 +298,7 @@ class LocalRuntime:
         return [self.state.procs.pop(name) for name in self.state.members(color) if name in self.state.procs]
 
     def abandon(self, color: str) -> None:
-        from scripts.stack import stop_together
+        from tools.termination import stop_together
 
         stop_together(self._take(color))
         self.state.save()

@@ -26,9 +26,7 @@ import argparse
 import fcntl
 import json
 import os
-import re
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -41,6 +39,7 @@ from tools import ROOT, traefik_config
 from tools.cluster import RedisClusterServers
 from tools.net import free_port, http_get, wait_until
 from tools.procs import Proc, spawn
+from tools.termination import drain_budget, drain_outcome, stop_together, terminate
 
 DEFAULT_DIR = ROOT / ".stack"
 STATE_ENV = "PARLEY_STACK_DIR"
@@ -250,51 +249,6 @@ def wait_app_ready(state: StackState, color: str, timeout: float, names: list[st
             time.sleep(0.05)
 
 
-def stop_together(procs: list[Proc], timeout: float = 15.0) -> float:
-    """SIGTERM all of ``procs`` at once (so they drain together), wait for every exit
-    (SIGKILL after ``timeout``); seconds it took."""
-    started = time.monotonic()
-    _terminate([(proc, timeout) for proc in procs])
-    return time.monotonic() - started
-
-
-def _terminate(procs: list[tuple[Proc, float]]) -> list[bool | None]:
-    """SIGTERM every process at once, then wait for each within its budget (seconds from
-    the signal; SIGKILL past it). For each: whether it had to be killed, None if it was
-    already gone."""
-    started = time.monotonic()
-    signalled = [proc.send(signal.SIGTERM) for proc, _ in procs]
-    killed: list[bool | None] = []
-    for (proc, budget), sent in zip(procs, signalled, strict=True):
-        if not sent:
-            killed.append(None)
-            continue
-        killed.append(not proc.wait(max(0.0, budget - (time.monotonic() - started))))
-        if killed[-1]:
-            proc.send(signal.SIGKILL)
-            proc.wait(5)
-    return killed
-
-
-# Past its SHUTDOWN_TIMEOUT a process exits by itself (app.process.server's hard stop, a
-# second later); this much more covers the interpreter's teardown before SIGKILL.
-DRAIN_SLACK = 3.0
-# What the service writes to its log when it exits other than cleanly (app/__main__.py).
-EXIT_FAILED = "exiting with status"
-
-
-def drain_budget(proc: Proc) -> float:
-    """How long ``proc`` may take to drain: its own SHUTDOWN_TIMEOUT (read from its
-    environment, as it was started) and the slack."""
-    import psutil
-
-    try:
-        timeout = float(psutil.Process(proc.pid).environ().get("SHUTDOWN_TIMEOUT", "5"))
-    except (psutil.Error, ValueError):
-        timeout = 5.0
-    return timeout + DRAIN_SLACK
-
-
 def drain(state: StackState, names: list[str]) -> dict[str, str]:
     """SIGTERM the named app processes at once and wait for each within its own drain
     budget (SIGKILL past it); what became of each, for a deploy's report: ``drained``,
@@ -303,7 +257,7 @@ def drain(state: StackState, names: list[str]) -> dict[str, str]:
     logs = {name: state.log(f"app_{name}") for name in names}
     offsets = {name: (path.stat().st_size if path.exists() else 0) for name, path in logs.items()}
     budgets = {name: drain_budget(state.procs[name]) for name in names}
-    ended = _terminate([(state.procs[name], budgets[name]) for name in names])
+    ended = terminate([(state.procs[name], budgets[name]) for name in names])
     outcomes = {}
     for name, killed in zip(names, ended, strict=True):
         if killed is None:
@@ -314,24 +268,6 @@ def drain(state: StackState, names: list[str]) -> dict[str, str]:
             written = log.read().decode(errors="replace")
         outcomes[name] = drain_outcome(written, killed, budgets[name])
     return outcomes
-
-
-# The service's last words after a complete drain (app/process/server.py).
-DRAINED = re.compile(r"\bdrained \d+ websocket")
-
-
-def drain_outcome(log_since_sigterm: str, killed: bool, budget: float) -> str:
-    """``drained``, or what happened instead, from what the process wrote after SIGTERM:
-    only a process that logged its drain drained (one SIGKILLed by someone else exits
-    quietly)."""
-    if killed:
-        return (f"killed: still running {budget:.0f}s after SIGTERM "
-                f"(its SHUTDOWN_TIMEOUT and {DRAIN_SLACK:.0f}s)")
-    if EXIT_FAILED in log_since_sigterm or "Traceback" in log_since_sigterm:
-        return "exited without a clean drain (see its log)"
-    if DRAINED.search(log_since_sigterm):
-        return "drained"
-    return "ended without logging its drain (killed by another signal?)"
 
 
 def traefik_color(state: StackState) -> str | None:
@@ -530,7 +466,7 @@ def _down(directory: Path) -> dict[str, float]:
         procs = [state.procs[name] for name in state.members(color) if name in state.procs]
         if procs:
             began = time.monotonic()
-            _terminate([(proc, drain_budget(proc)) for proc in procs])
+            terminate([(proc, drain_budget(proc)) for proc in procs])
             timings[color] = round(time.monotonic() - began, 3)
     if "traefik" in state.procs:
         timings["traefik"] = round(state.procs["traefik"].stop(), 3)

@@ -106,9 +106,10 @@ def test_a_drain_reports_each_process_as_it_ended(tmp_path: Path) -> None:
     import os
     import sys
 
-    from scripts.stack import DRAIN_SLACK, drain
+    from scripts.stack import drain
     from tools.net import wait_until
     from tools.procs import spawn
+    from tools.termination import DRAIN_SLACK
 
     state = StackState(dir=tmp_path, ports={}, active="blue")
     for name, code in ENDINGS.items():
