@@ -87,6 +87,7 @@ class _LoopLayer:
         self.subscribed: dict[str, asyncio.Future[None]] = {}  # group -> SSUBSCRIBE confirmed
         self.readers: set[asyncio.Task[None]] = set()
         self.dropped: set[str] = set()  # groups whose shard ended their subscription
+        self.forgetting: set[bytes] = set()  # leftover channels being unsubscribed
         self._resubscriber: asyncio.Task[None] | None = None
         self._ready = asyncio.Lock()
         self._initialized = False
@@ -257,6 +258,8 @@ class _LoopLayer:
             kind = kind.decode()
         group = self.group_of.get(name)
         if group is None:
+            if kind in ("smessage", "ssubscribe"):
+                self._forget(name)
             return
         if kind == "ssubscribe":
             self.dropped.discard(group)
@@ -271,6 +274,30 @@ class _LoopLayer:
             return
         decoded = msgpack.unpackb(message["data"])  # once, for every local member
         fan_out(members, decoded, self.channels, self.direct, self._open)
+
+    def _forget(self, name: bytes) -> None:
+        """Unsubscribe a channel no group here wants any more but the shard still sends: its
+        last member left while its master was down, so the SUNSUBSCRIBE never got an answer,
+        and redis-py moved the subscription to the promoted replica with the others."""
+        if name in self.forgetting:
+            return
+        self.forgetting.add(name)
+        task = asyncio.get_running_loop().create_task(self._unsubscribe_leftover(name))
+        self.readers.add(task)  # cancelled on close, as the readers are
+        task.add_done_callback(self.readers.discard)
+
+    async def _unsubscribe_leftover(self, name: bytes) -> None:
+        try:
+            await self.pubsub.sunsubscribe(name)
+        except Exception as exc:  # the next message for it tries again
+            logger.debug("dropping a leftover subscription failed: %s", exc)
+        finally:
+            self.forgetting.discard(name)
+        group = self.group_of.get(name)
+        if group is not None and group in self.groups:
+            # A member joined meanwhile (its SSUBSCRIBE may have gone out first): subscribe
+            # again so the unsubscribe above cannot leave it deaf.
+            await self._subscribe(group)
 
     async def close(self) -> None:
         if self._resubscriber is not None:

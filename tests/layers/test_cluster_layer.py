@@ -129,3 +129,45 @@ async def test_subscriptions_follow_a_failover_to_the_promoted_replica(
                             15, "the subscription to move to the promoted replica", 0.05)
     await two.group_send("chat.survivor", {"type": "chat.message", "id": 2})
     assert await asyncio.wait_for(one.receive(member), 5) == {"type": "chat.message", "id": 2}
+
+
+async def test_a_room_left_while_its_master_is_down_is_not_kept_after_the_failover(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    # The last member leaves while the shard has no master: the SUNSUBSCRIBE cannot reach it,
+    # and redis-py moves what it still holds to the promoted replica. The process must not
+    # stay subscribed to a room it has nobody in (receiving, and dropping, its every message).
+    seeds = parse_redis_url(redis_cluster.url).urls
+    one, two = ClusterLayer(hosts=seeds), ClusterLayer(hosts=seeds)
+    try:
+        name = shard_channel("parley", "chat.deserted")
+        old = redis_cluster.master_of(name)
+        assert old is not None
+        # A room on the same master that keeps its member: once it is subscribed on the
+        # promoted replica, the subscriptions have been moved.
+        kept = next(f"chat.kept{i}" for i in range(1000)
+                    if redis_cluster.master_of(shard_channel("parley", f"chat.kept{i}")) == old)
+        leaving, staying = await one.new_channel(), await one.new_channel()
+        await one.group_add("chat.deserted", leaving)
+        await one.group_add(kept, staying)
+        redis_cluster.kill(old)
+        await one.group_discard("chat.deserted", leaving)
+        await asyncio.to_thread(
+            wait_until, lambda: redis_cluster.master_of(name) not in (None, old) and redis_cluster.serving(),
+            30, "the replica to be promoted", 0.1,
+        )
+        await asyncio.to_thread(wait_until, lambda: shard_subscribers(redis_cluster, kept) == 1,
+                                15, "the kept room to be subscribed on the promoted replica", 0.05)
+        loop = asyncio.get_running_loop()
+
+        def dropped() -> bool:
+            # A message to the room finds the leftover subscription, if any; then it must go.
+            asyncio.run_coroutine_threadsafe(two.group_send("chat.deserted", {"type": "x"}), loop).result(5)
+            return shard_subscribers(redis_cluster, "chat.deserted") == 0
+
+        await asyncio.to_thread(wait_until, dropped, 15, "the deserted room's subscription to go", 0.2)
+        await two.group_send(kept, {"type": "chat.message", "id": 1})
+        assert await asyncio.wait_for(one.receive(staying), 5) == {"type": "chat.message", "id": 1}
+    finally:
+        await one.flush()
+        await two.flush()
