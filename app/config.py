@@ -169,7 +169,9 @@ def load(environ: Mapping[str, str]) -> Config:
 
     if "CHAT_PRESENCE" in env:
         kwargs["presence"] = _bool(env["CHAT_PRESENCE"], "CHAT_PRESENCE")
-    num("CHAT_PRESENCE_GRACE", "presence_grace", float, 0)
+    # At least a second: below it a hold barely outlives its heartbeat, so users flapped
+    # out and back in a quiet room, and a join held for its round came after the leave.
+    num("CHAT_PRESENCE_GRACE", "presence_grace", float, 1)
 
     if "CHAT_WS_COMPRESSION" in env:
         kwargs["ws_compression"] = _bool(env["CHAT_WS_COMPRESSION"], "CHAT_WS_COMPRESSION")

@@ -60,6 +60,10 @@ def test_empty_values_mean_unset() -> None:
         ({"CHAT_PING_INTERVAL": "inf"}, "CHAT_PING_INTERVAL"),
         ({"CHAT_HANDSHAKE_TIMEOUT": "0"}, "CHAT_HANDSHAKE_TIMEOUT"),
         ({"CHAT_HISTORY_MAX_BYTES": "1000"}, "CHAT_HISTORY_MAX_BYTES"),
+        # Below a second, users flapped out and back in quiet rooms (a hold outlived its
+        # heartbeat by nothing) and held-back joins reached clients after the leave.
+        ({"CHAT_PRESENCE_GRACE": "0"}, "CHAT_PRESENCE_GRACE must be >= 1"),
+        ({"CHAT_PRESENCE_GRACE": "0.5"}, "CHAT_PRESENCE_GRACE"),
         # Too big is said as such (it read "must be >= 1"), and a word is "an integer".
         ({"CHAT_HISTORY_TTL": "99999999999999"}, r"CHAT_HISTORY_TTL must be from 1 to 1000000000000"),
         ({"CHAT_HISTORY_MAX": "ten"}, "CHAT_HISTORY_MAX must be an integer"),

@@ -23,7 +23,8 @@ from app.redis_scripts import ScriptPipeline
 # known version, known count, known born, forgive_ms, then the held users, then the released
 # ones. forgive_ms: deadlines that passed less than this long ago are not departures yet (the
 # store was unreachable, so nobody could renew them). A room made anew (or whose keys were
-# lost) starts its version at Redis's clock in microseconds, above any version it had before:
+# lost) starts its version at Redis's clock in microseconds, above any version it had before,
+# and a version is never below that clock (a failover can keep both keys with stale values):
 # clients keep the count of the highest version they have seen.
 # Mirrors app.presence.rules.Roster.step. "known": the room is still as the caller last saw
 # it (its version, count and birth: when its version key was made, so a room whose keys
@@ -64,12 +65,17 @@ for _, u in ipairs(gone) do
 end
 local version
 if #joined > 0 or #left > 0 then
-  if not born or not redis.call('GET', KEYS[2]) then
-    redis.call('SET', KEYS[2], t[1] .. string.format('%06d', tonumber(t[2])))
+  local stored = redis.call('GET', KEYS[2])
+  if not born or not stored then
     born = tostring(now) .. '-' .. tostring(t[2])
     redis.call('SET', KEYS[3], born)
   end
-  version = redis.call('INCR', KEYS[2])
+  -- The next version, and never below the clock in microseconds: a failover to a replica
+  -- that missed the last steps keeps both keys with older values, and counting on from
+  -- those would give clients versions lower than ones they already saw.
+  local clock = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  version = math.max(tonumber(stored or '0') + 1, clock)
+  redis.call('SET', KEYS[2], string.format('%.0f', version))
 else
   version = tonumber(redis.call('GET', KEYS[2]) or '0')
 end

@@ -7,6 +7,7 @@ process holds; ``Coalescer`` decides whether a change goes out at once or in a r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import islice
@@ -160,10 +161,10 @@ SINGLE_MAX = 3
 DELIVERIES_PER_SECOND = 2000
 
 
-def round_interval(members: int, interval: float = COALESCE_INTERVAL) -> float:
+def round_interval(members: int, interval: float = COALESCE_INTERVAL, longest: float = math.inf) -> float:
     """Seconds between two announcement rounds to a room, when the rooms announcing in this
-    process hold ``members`` members together."""
-    return max(interval, members / DELIVERIES_PER_SECOND)
+    process hold ``members`` members together; never more than ``longest``."""
+    return min(max(interval, members / DELIVERIES_PER_SECOND), longest)
 
 
 class Coalescer:
@@ -173,9 +174,13 @@ class Coalescer:
     ``join``/``leave`` frames; otherwise one diff naming everyone who came and went since the
     last round. A quiet room's first change goes out at once."""
 
-    def __init__(self, big_room: int = BIG_ROOM, interval: float = COALESCE_INTERVAL) -> None:
+    def __init__(self, big_room: int = BIG_ROOM, interval: float = COALESCE_INTERVAL,
+                 longest: float = math.inf) -> None:
         self.big_room = big_room
         self.interval = interval
+        # A join held back longer than the grace could reach clients after the same user's
+        # leave, announced at once by another process: rounds stay within half the grace.
+        self.longest = max(interval, longest)
         self._pending: dict[str, _Diff] = {}
         self._next: dict[str, float] = {}  # room -> earliest time of its next round
         # Rooms announcing (a round pending or spaced) -> their member count, and the sum.
@@ -218,7 +223,7 @@ class Coalescer:
 
     def _round(self, room: str, now: float) -> list[Announcement]:
         diff = self._pending.pop(room)
-        self._next[room] = now + round_interval(self._members, self.interval)
+        self._next[room] = now + round_interval(self._members, self.interval, self.longest)
         changes = len(diff.joined) + len(diff.left)
         if changes == 0:
             return []  # everyone who came also went: nothing changed

@@ -53,7 +53,7 @@ class Presence:
         self.layer = layer
         self.grace = grace
         self.local = LocalUsers()
-        self.coalescer = Coalescer()
+        self.coalescer = Coalescer(longest=grace / 2)
         self._ops: dict[str, dict[str, bool]] = {}  # room -> user -> held (the last word wins)
         self._waiters: dict[str, list[asyncio.Future[str]]] = {}
         self._scheduled = False

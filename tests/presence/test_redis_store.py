@@ -60,3 +60,21 @@ async def test_a_room_unchanged_since_the_last_step_here_costs_no_names(
         [state] = await here.sync([RoomChange("r", hold=(f"u{i}",), sample=True)])
         assert state.count == i + 1 and len(state.members) == i + 1
     assert await names_sent(here) == 10  # each step's next-deadline lookup only
+
+
+async def test_versions_keep_growing_when_a_failover_brings_back_older_keys(
+    stores: tuple[RedisPresence, RedisPresence],
+) -> None:
+    # A promoted replica that missed the last steps: the room's keys are there, with the
+    # values of a few versions ago. The next change must still be above every version seen.
+    here, elsewhere = stores
+    await here.sync([RoomChange("r", hold=("a",))])
+    stale = await here._client.get("chat:{r}:present:v")
+    seen = []
+    for user in ("b", "c", "d"):
+        [state] = await elsewhere.sync([RoomChange("r", hold=(user,))])
+        seen.append(state.version)
+    await here._client.set("chat:{r}:present:v", stale)  # what the replica had
+    [state] = await here.sync([RoomChange("r", hold=("e",))])
+    assert state.version > max(seen)
+    assert state.version < 2**53  # exact in JavaScript

@@ -228,3 +228,14 @@ def test_known_rosters_keep_the_newest_of_steps_answered_out_of_order() -> None:
     assert known.base("r", 0) == Seen(5, ("a", "b"), "b1")
     known.settle("r", None, False, Seen(1, (), "b2"), 1, [], [], ["z"], 0)  # the room made again
     assert known.base("r", 0) == Seen(1, ("z",), "b2")
+
+
+def test_rounds_stay_within_half_the_grace_however_big_the_rooms() -> None:
+    # A join held back for its round must reach clients before a leave of the same user
+    # that another process announces once the grace has run out.
+    assert round_interval(100_000, longest=7.5) == 7.5
+    assert round_interval(10, longest=7.5) == 0.5
+    coalescer = Coalescer(big_room=10, interval=0.5, longest=1.0)
+    coalescer.add("r", Outcome(joined=[f"u{i}" for i in range(100_000)], count=100_000), 1, now=0)
+    coalescer.add("r", Outcome(joined=["late"], count=100_001), 2, now=0.1)
+    assert [d.joined for _, d in coalescer.due(1.0)] == [["late"]]

@@ -49,3 +49,6 @@ def test_history_needs_a_token_that_grants_the_room(server: AppServer) -> None:
     assert get(server, path, f"Bearer {token('eve', ['other'], ttl=-5)}")[0] == 401
     assert get(server, path, f"Bearer {token('ann', ['secret'])}")[0] == 200
     assert get(server, path, f"Bearer {API_TOKEN}")[0] == 200  # backends keep working
+    # Read as a chat token's header is: the scheme in any case, spaces around the token.
+    assert get(server, path, f"bearer {API_TOKEN} ")[0] == 200
+    assert get(server, path, f"Bearer {API_TOKEN}x")[0] == 401
