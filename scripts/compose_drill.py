@@ -292,7 +292,7 @@ async def run(stack: ComposeStack, clients: int, rooms: int, rate: float, settle
     if error:
         problems.insert(0, f"aborted, figures are at the moment of abort: {error}")
     # The deploy returns once the old colour confirms it drains; check_cutover saw it end.
-    expected_old = "already gone" if fault == "kill" else "draining"
+    expected_old = "already gone (exited 137)" if fault == "kill" else "draining"
     for deployed_report in deploys:
         if deployed_report.get("old") != expected_old:
             problems.append(f"deploy {deployed_report.get('from')} -> {deployed_report.get('to')}: "

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 import urllib.error
@@ -67,7 +68,12 @@ SERVICE_LABEL = "com.docker.compose.service"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
 HASH_LABEL = "com.docker.compose.config-hash"
 RUNNING = frozenset({"running", "restarting"})
-PS_FORMAT = "\t".join(["{{.Names}}", "{{.State}}", "{{.Image}}", '{{.Label "' + HASH_LABEL + '"}}'])
+PS_FORMAT = "\t".join(["{{.Names}}", "{{.State}}", "{{.Image}}", '{{.Label "' + HASH_LABEL + '"}}',
+                       "{{.Status}}"])
+# compose's container names end in the replica's number: <project>-app_<colour>-<n>.
+CONTAINER_NUMBER = re.compile(r"[-_](\d+)$")
+# docker ps's status of an exited container: "Exited (137) 3 seconds ago".
+EXITED = re.compile(r"^Exited \((-?\d+)\)")
 
 
 class Container(NamedTuple):
@@ -77,6 +83,19 @@ class Container(NamedTuple):
     state: str
     image: str
     config_hash: str  # compose's hash of the service's configuration it was created with
+    status: str = ""  # docker's words for it: "Up 3 seconds", "Exited (137) 2 seconds ago"
+
+    @property
+    def exit_code(self) -> int | None:
+        """Its exit status, once it has exited."""
+        found = EXITED.match(self.status)
+        return int(found.group(1)) if found else None
+
+    def gone(self) -> str:
+        """What the report says of a replica whose container did not run: ``already gone
+        (exited 137)`` (137: killed, SIGKILL), or its state."""
+        code = self.exit_code
+        return f"already gone ({f'exited {code}' if code is not None else self.state})"
 
 
 class ComposeError(RuntimeError):
@@ -128,6 +147,7 @@ class ComposeRuntime:
     """Where deploy.py's procedure runs when ``--runtime compose``."""
 
     name = "compose"
+    record = "Traefik's live file says so"
 
     def __init__(self, dynamic_dir: Path, ops_url: str, files: Sequence[Path] = (),
                  tag: str | None = None, ready_timeout: float = 60.0, docker: str = "docker",
@@ -150,8 +170,11 @@ class ComposeRuntime:
         # After stop(): True once the old colour's containers have exited, False while they
         # are still draining (confirmed to have got SIGTERM); deploy.py reports which.
         self.drain_over = True
-        self.drain_failed = ""  # how the old replicas exited is not read here
-        self.per_process: dict[str, str] = {}  # each replica's outcome is not read here either
+        self.drain_failed = ""  # after stop(): the old replicas that did not drain, and how
+        self.per_process: dict[str, str] = {}  # after stop(): each old replica's outcome
+        # Each replica of the old colour before the deploy, by its replica name (serves()
+        # says): "answering", "draining", "not answering", or "already gone (...)".
+        self.before: dict[str, str] = {}
         self.urls: dict[str, list[str]] = {}  # each colour's replica addresses, as routed
         self._project: str | None = None
 
@@ -207,7 +230,7 @@ class ComposeRuntime:
              "--format", PS_FORMAT],
             capture_output=True, text=True)
         fields = [line.split("\t") for line in done.stdout.splitlines()]
-        return sorted(Container(*(f + ["", "", ""])[:4]) for f in fields if len(f) >= 2)
+        return sorted(Container(*(f + ["", "", "", ""])[:5]) for f in fields if len(f) >= 2)
 
     def state(self, color: str) -> str:
         """The colour's container state (``running``, ``restarting``, ``exited``, ...), the
@@ -376,13 +399,52 @@ class ComposeRuntime:
             self.answered.add(color)
         return color
 
+    def routed_replicas(self, color: str) -> list[str]:
+        """The replica names (``<colour>-<n>``) of ``color`` the live routing lists: the n-th
+        address, reached by its replica router, is compose's container number n."""
+        live = self.dynamic_file.read_text() if self.dynamic_file.exists() else ""
+        urls = traefik_config.colour_urls(live).get(color, []) if live else []
+        return [traefik_config.replica_name(color, number) for number in range(1, len(urls) + 1)]
+
+    def numbered(self, color: str) -> dict[str, Container]:
+        """The colour's containers by replica name, from compose's number at the end of
+        each container's name (whatever the project or separator)."""
+        found = {}
+        for container in self.containers(color):
+            number = CONTAINER_NUMBER.search(container.name)
+            if number:
+                found[traefik_config.replica_name(color, int(number.group(1)))] = container
+        return found
+
     def serves(self, color: str) -> bool:
-        """Asked through Traefik, as clients reach it."""
-        return self.routed_color() == color
+        """Ask each replica of ``color``: Docker's state of its container (one that has
+        exited is "already gone (exited <code>)"), then the replica's own /readyz through
+        its replica router. One request through the colour's round robin would ask one
+        replica at random. True if any answers."""
+        containers = self.numbered(color)
+        for replica in self.routed_replicas(color):
+            found = containers.get(replica)
+            if found is None:
+                self.before[replica] = "already gone (no container)"
+            elif found.state not in RUNNING:
+                self.before[replica] = found.gone()
+            else:
+                status, body = get_json(self.ops_url + traefik_config.READY_PATH,
+                                        {traefik_config.REPLICA_HEADER: replica}, timeout=1.0)
+                self.before[replica] = (
+                    "answering" if status == 200 and (body or {}).get("color") == color else
+                    "draining" if status == 503 and (body or {}).get("reason") == "draining" else
+                    "not answering")
+        answering = "answering" in self.before.values()
+        if answering:
+            self.answered.add(color)
+        return answering
 
     def lingers(self, color: str) -> bool:
-        """Never: starting a colour lets its draining containers finish first (``start``)."""
-        return False
+        """Containers of ``color`` still run: left undrained by a deploy interrupted after its
+        switch (or still draining from the deploy before): a deploy of the routed colour
+        then finishes, stopping them."""
+        return any(c.state in RUNNING for c in self.containers(color))
 
     def stop(self, color: str) -> bool:
         """``docker stop`` of every container of ``color`` at once (SIGTERM; SIGKILL after
@@ -394,6 +456,7 @@ class ComposeRuntime:
         """
         running = [c.name for c in self.containers(color) if c.state in RUNNING]
         if not running:
+            self._report(color)
             return False
         # Its own session and no pipes: the drain outlives this process if it returns first,
         # and whoever captures the deploy's output is not held until the drain ends.
@@ -402,26 +465,53 @@ class ComposeRuntime:
                                     start_new_session=True)
         if not self.wait_drain and color in self.answered and self._confirm_draining(color, stopping):
             self.drain_over = False
+            self._report(color)
             return True
         _, err = stopping.communicate()
         if stopping.returncode != 0:
             raise ComposeError(f"`docker stop` of app_{color} failed ({stopping.returncode}): "
                                f"{err.strip()[-300:]}")
         self.drain_over = True
+        self._report(color)
         return True
+
+    def _report(self, color: str) -> None:
+        """``per_process``: what became of each replica of ``color``, by what it was before the
+        deploy (``serves``) and, once ``docker stop`` is over, by how its container exited."""
+        after = self.numbered(color) if self.drain_over else {}
+        for replica in self.routed_replicas(color):
+            before = self.before.get(replica, "answering")
+            ended = after.get(replica)
+            if before.startswith("already gone"):
+                outcome = before
+            elif before == "not answering":
+                outcome = "stopped, was not answering"
+            elif not self.drain_over:
+                outcome = "draining"
+            elif ended is None or ended.exit_code == 0:
+                outcome = "drained"
+            else:  # 137: SIGKILLed past stop_grace_period, or by someone else
+                outcome = (f"exited {ended.exit_code if ended.exit_code is not None else ended.state} "
+                           f"without a clean drain (docker compose logs app_{color})")
+            self.per_process[replica] = outcome
+        self.drain_failed = "; ".join(f"{replica} {outcome}" for replica, outcome in self.per_process.items()
+                                      if outcome not in ("drained", "draining"))
 
     def _confirm_draining(self, color: str, stopping: subprocess.Popen[str]) -> bool:
         """Every replica of ``color`` says it got SIGTERM (or ``docker stop`` is done)."""
         url = self.ops_url + traefik_config.READY_PATH
-        pending = set(range(1, len(self.urls.get(color, [])) + 1))
+        # Those that were there to ask before (read from the live routing: a deploy that
+        # finishes another's has planned nothing).
+        pending = {replica for replica in self.routed_replicas(color)
+                   if not self.before.get(replica, "").startswith("already gone")}
         deadline = time.monotonic() + DRAIN_CONFIRM_TIMEOUT
         while pending and time.monotonic() < deadline:
             if stopping.poll() is not None:
                 return False  # finished (or failed) already: the caller reads how
-            for number in sorted(pending):
-                headers = {traefik_config.REPLICA_HEADER: traefik_config.replica_name(color, number)}
+            for replica in sorted(pending):
+                headers = {traefik_config.REPLICA_HEADER: replica}
                 if draining_or_gone(*get_json(url, headers, timeout=0.3)):
-                    pending.discard(number)
+                    pending.discard(replica)
             if pending:
                 time.sleep(0.01)
         return not pending

@@ -30,8 +30,9 @@ The live dynamic file is the record of the active colour (state.json follows it)
 SIGTERM or SIGHUP stop a deploy with one line saying what it left and exit status 130:
 before the switch, the new colour's processes are stopped and the old one still serves;
 after it, the new colour serves and running the same deploy again finishes it. The switch
-and its record are written with those signals held back, so they never disagree. On the
-local stack a deploy holds the stack's lock: a second one fails at once (1).
+and its record are written with those signals held back, so they never disagree. A deploy
+holds a lock (the local stack's; compose: its live routing directory's): a second one fails
+at once (1), naming the first.
 """
 
 from __future__ import annotations
@@ -43,13 +44,15 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from scripts.compose_runtime import ComposeError, ComposeRuntime
 from tools import traefik_config
+from tools.lock import Busy
+from tools.lock import locked as locked_dir
 from tools.report import table
 
 if TYPE_CHECKING:
@@ -83,10 +86,11 @@ class Runtime(Protocol):
     """Where the colours run. The procedure in ``deploy`` is the same for every runtime."""
 
     name: str
+    record: str  # where the active colour is recorded, for the operator (an interrupt's message)
 
     def active(self) -> str | None: ...  # None: nothing deployed yet (first start)
     def serves(self, color: str) -> bool: ...  # asked before anything changes
-    def lingers(self, color: str) -> bool: ...  # processes of an unrouted colour still run
+    def lingers(self, color: str) -> bool: ...  # processes (containers) of an unrouted colour still run
     def start(self, color: str) -> None: ...
     def abandon(self, color: str) -> None: ...
     def switch(self, color: str) -> None: ...
@@ -198,8 +202,8 @@ def interrupted(runtime: Runtime, color: str, old: str | None, switched_to: str 
                 old_now: str) -> Interrupted:
     """The error for a deploy stopped by a signal, having cleaned up what is safe to."""
     if switched_to == color:
-        return Interrupted(f"interrupted after the switch: {color} serves (Traefik's file and "
-                           f"state.json agree); {old or 'nothing'} may still run, undrained or draining: "
+        return Interrupted(f"interrupted after the switch: {color} serves ({runtime.record}); "
+                           f"{old or 'nothing'} may still run, undrained or draining: "
                            f"deploy {color} again to finish (it drains {old or 'nothing'})")
     with signals_held():  # a second Ctrl-C must not leave fresh processes running unrouted
         runtime.abandon(color)
@@ -241,6 +245,7 @@ class LocalRuntime:
     """The colours as processes of the local stack (scripts.stack), on loopback."""
 
     name = "local"
+    record = "Traefik's file and state.json agree"
     drain_over = True  # stop() waits for every process to end
 
     def __init__(self, state: StackState, app_env: dict[str, str] | None = None,
@@ -406,16 +411,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops-url", default=os.environ.get("PARLEY_OPS_URL", "http://127.0.0.1:8080"),
                         help="compose: Traefik's internal entry point, published on loopback")
     args = parser.parse_args(argv)
-    errors: tuple[type[Exception], ...] = (DeployError, ComposeError, traefik_config.ConfigProblem)
+    errors: tuple[type[Exception], ...] = (DeployError, ComposeError, traefik_config.ConfigProblem, Busy)
+    lock: AbstractContextManager[None]
     if args.runtime == "local":
-        from scripts.stack import StackError
+        from scripts.stack import StackError, locked, resolve_dir
 
         errors += (StackError,)
-    lock: AbstractContextManager[None] = nullcontext()
-    if args.runtime == "local":
-        from scripts.stack import locked, resolve_dir
-
         lock = locked(resolve_dir(args.state_dir), f"deploy {args.color}")
+    else:
+        # Two compose deploys at once would each take the other's new colour for a leftover
+        # and stop it: the lock lives beside the live routing they both write (in its staging
+        # directory, which Traefik does not watch).
+        lock = locked_dir(Path(args.dynamic_dir).resolve() / traefik_config.STAGING_DIR,
+                          f"deploy {args.color}", owner="the live routing")
     previous = {sig: signal.signal(sig, _stop) for sig in STOP_SIGNALS}
     try:
         with lock:

@@ -23,19 +23,17 @@ the state directory's lock for their whole run: a second one fails at once, nami
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools import ROOT, traefik_config
+from tools import ROOT, lock, traefik_config
 from tools.cluster import RedisClusterServers
 from tools.net import free_port, http_get, wait_until
 from tools.procs import Proc, spawn
@@ -44,7 +42,6 @@ from tools.termination import drain_budget, drain_outcome, stop_together, termin
 DEFAULT_DIR = ROOT / ".stack"
 STATE_ENV = "PARLEY_STACK_DIR"
 STATE_FILE = "state.json"
-LOCK_FILE = "lock"
 START_TIMEOUT = 30.0
 
 
@@ -56,43 +53,10 @@ class StackBusy(StackError):
     """Another deploy or ``stack up``/``down`` holds the stack's lock: nothing was done."""
 
 
-# State directories whose lock this process holds, and how many blocks hold it: the drill
-# and the benchmarks run up, deploy and down in one process.
-_held: dict[Path, int] = {}
-
-
-@contextmanager
-def locked(directory: Path, what: str) -> Iterator[None]:
-    """Hold the stack's exclusive lock (flock on ``DIR/lock``) for the block; StackBusy at
-    once if another process holds it. Failing at once rather than queueing: a deploy
-    behind another would start from a stack that changed under its operator's eyes."""
-    if directory in _held:
-        _held[directory] += 1
-        try:
-            yield
-        finally:
-            _held[directory] -= 1
-        return
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
-            raise StackBusy(f"the stack in {directory} is busy: {holder} holds its lock; nothing was "
-                            "done, run this again once that has ended") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} ({what}, since {time.strftime('%H:%M:%S')})\n".encode(), 0)
-        _held[directory] = 1
-        try:
-            yield
-        finally:
-            del _held[directory]
-            os.ftruncate(fd, 0)
-    finally:
-        os.close(fd)  # releases the lock, as the kernel does if this process dies
+def locked(directory: Path, what: str) -> AbstractContextManager[None]:
+    """Hold the stack's exclusive lock (``DIR/lock``, tools/lock.py) for the block; StackBusy
+    at once, naming the holder, if another process holds it."""
+    return lock.locked(directory, what, owner="the stack", busy=StackBusy)
 
 
 def resolve_dir(arg: str | None) -> Path:

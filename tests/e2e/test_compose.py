@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from scripts.compose_drill import ComposeStack
 from scripts.compose_runtime import release_tag
-from scripts.docker_env import state_dir
+from scripts.docker_env import docker_environment, state_dir
 from tools.docker.engine import Engine, answers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,7 +86,8 @@ def test_docker_kill_of_the_active_colour_fails_over_with_nothing_lost(tmp_path:
     [kill] = report["killed"]
     assert kill["color"] == "blue" and kill["state_after"] != "running"
     [failover] = report["deploys"]
-    assert (failover["from"], failover["to"], failover["old"]) == ("blue", "green", "already gone")
+    assert (failover["from"], failover["to"]) == ("blue", "green")
+    assert failover["old"] == "already gone (exited 137)"
     assert report["close_codes"] == {"1006": 60}
 
 
@@ -118,3 +120,30 @@ def test_two_replicas_per_colour_share_the_clients_and_switch_together(tmp_path:
         assert len(stop["containers"]) == 2
         assert all(c["state"] == "exited" and c["exit_code"] == 0 for c in stop["containers"].values())
     assert report["close_codes"] == {"1012": 120}
+
+
+def test_a_killed_replica_of_the_old_colour_is_named_in_the_deploys_report(tmp_path: Path) -> None:
+    """Two replicas of blue, one `docker kill`ed (its clients saw 1006): the deploy to green
+    names it, by Docker's own state, and the other as draining. Asked through the colour's
+    round robin instead, the report was a coin flip and named neither."""
+    with docker_environment(state_dir()):
+        stack = ComposeStack(tmp_path / "stack", processes=2)
+        stack.dynamic_dir.mkdir(parents=True)
+        try:
+            first = stack.deploy("blue")
+            assert first["exit"] == 0 and first["replicas"] == 2, first
+            killed = f"{stack.project}-app_blue-1"
+            subprocess.run(["docker", "kill", killed], capture_output=True, check=True)
+            # Its exit, awaited: `docker wait` returns its status once it has exited.
+            waited = subprocess.run(["docker", "wait", killed], capture_output=True, text=True, check=True)
+            assert waited.stdout.strip() == "137"
+
+            report = stack.deploy("green")
+            assert report["exit"] == 0 and (report["from"], report["to"]) == ("blue", "green"), report
+            assert report["old_processes"] == {"blue-1": "already gone (exited 137)", "blue-2": "draining"}
+            assert report["old"] == "blue-1 already gone (exited 137); blue-2 draining"
+            exits = stack.await_exit("blue")["containers"]
+            assert {name: c["exit_code"] for name, c in exits.items()} == {
+                killed: 137, f"{stack.project}-app_blue-2": 0}
+        finally:
+            assert stack.down() == 0

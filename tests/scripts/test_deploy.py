@@ -180,8 +180,16 @@ if args[:2] == ["image", "inspect"]:
     sys.exit(1 if os.environ.get("FAKE_NO_IMAGE") else 0)
 if args[0] == "ps":  # docker ps --filter label=...service=app_<colour>
     service = [a.split("=", 2)[2] for a in args if a.startswith("label=com.docker.compose.service=")][0]
+    pause = os.environ.get("FAKE_PAUSE")  # once: the first look at blue once green is routed
+    if pause and service == "app_blue" and found and found.group(1) == "green" and not os.path.exists(pause):
+        open(pause, "w").close()  # the deploy is paused here, after its switch
+        while not os.path.exists(pause + ".release"):
+            time.sleep(0.01)
     for number, state in enumerate(load().get(service, []), start=1):
-        print("\\t".join([f"{{project}}-{{service}}-{{number}}", state, "parley:r1", "h1"]))
+        # "exited:137": exited with that status (killed), plain "exited" with 0.
+        state, _, code = state.partition(":")
+        status = f"Exited ({{code or 0}}) 2 seconds ago" if state == "exited" else "Up 2 seconds"
+        print("\\t".join([f"{{project}}-{{service}}-{{number}}", state, "parley:r1", "h1", status]))
     sys.exit(0)
 if args[0] == "start":  # docker start <names>
     mark(args[1:], "running")
@@ -190,7 +198,11 @@ if args[0] == "stop":  # docker stop <names>: each says it drains, then exits
     mark(args[1:], "draining")
     while os.environ.get("FAKE_HOLD_STOP") and not os.path.exists(os.environ["FAKE_HOLD_STOP"]):
         time.sleep(0.01)
-    mark(args[1:], "exited")
+    codes = os.environ.get("FAKE_STOP_EXIT", "").split(",")  # each one's exit status, by number
+    for name in args[1:]:
+        number = int(name.rsplit("-", 1)[1])
+        code = codes[number - 1] if number <= len(codes) and codes[number - 1] else "0"
+        mark([name], "exited" if code == "0" else f"exited:{{code}}")
     sys.exit(0)
 if "config" in args and "--hash" in args:
     print(args[-1], os.environ.get("FAKE_CONFIG_HASH", "h1"))
@@ -306,6 +318,7 @@ def test_compose_deploy_runs_the_procedure_in_order(compose_env: dict[str, Any])
     assert report["old"] == "draining"
     assert json.loads(compose_env["state"].read_text())["app_blue"] == ["draining"]
     assert recorded(compose_env["log"]) == [
+        (ps("blue"), "blue"),  # is each replica of blue there to ask?
         (["image", "inspect", "parley:r1"], "blue"),
         (ps("green"), "blue"),  # nothing of green still draining from a deploy before
         # Never `--build`, never `--wait` on a health-check interval: readiness is asked. Blue
@@ -445,7 +458,7 @@ def test_a_rollback_to_a_missing_release_starts_nothing(compose_env: dict[str, A
 def test_compose_deploy_of_the_active_colour_runs_nothing(compose_env: dict[str, Any]) -> None:
     code, _, output = run_script("deploy", "blue", *compose_env["args"], env=compose_env["env"])
     assert code == 2 and "already the active colour" in output
-    assert recorded(compose_env["log"]) == []
+    assert recorded(compose_env["log"]) == [(ps("green"), "blue")]  # a look: none of green runs
 
 
 def test_a_replica_count_the_local_stack_does_not_run_is_refused(local_stack: StackState) -> None:
@@ -454,6 +467,91 @@ def test_a_replica_count_the_local_stack_does_not_run_is_refused(local_stack: St
     # Advice that works on a running stack (`make stack PROCESSES=N` alone leaves it as it is).
     assert code != 0 and "make stack-down && make stack PROCESSES=" in output
     assert "nothing was deployed" in output
+
+
+def deploy_paused_after_its_switch(compose_env: dict[str, Any]) -> tuple[subprocess.Popen[str], Path]:
+    """A compose deploy to green, paused right after its switch (at its first look at blue's
+    containers, before blue gets any signal); the file whose creation lets it go on."""
+    pause = compose_env["hold"].parent / "paused"
+    deploying = subprocess.Popen([sys.executable, "-m", "scripts.deploy", "green", *compose_env["args"]],
+                                 cwd=ROOT, env={**os.environ, **compose_env["env"], "FAKE_PAUSE": str(pause)},
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: pause.exists() or deploying.poll() is not None, 60, "the deploy to switch")
+    assert deploying.poll() is None, deploying.communicate()
+    assert tc.active_color(compose_env["dynamic"].read_text()) == "green"
+    return deploying, pause.with_name("paused.release")
+
+
+def test_a_compose_deploy_interrupted_after_its_switch_is_finished_by_running_it_again(
+    compose_env: dict[str, Any],
+) -> None:
+    deploying, _ = deploy_paused_after_its_switch(compose_env)
+    try:
+        deploying.send_signal(signal.SIGINT)
+        out, err = deploying.communicate(timeout=60)
+    finally:
+        if deploying.poll() is None:
+            deploying.kill()
+    assert deploying.returncode == 130, out + err
+    assert "interrupted after the switch: green serves (Traefik's live file says so)" in err
+    assert "state.json" not in err and "deploy green again to finish (it drains blue)" in err
+    # Blue was left as it was, undrained, its clients on a colour no longer routed...
+    assert json.loads(compose_env["state"].read_text()) == {"app_blue": ["running"], "app_green": ["running"]}
+
+    # ... until the same deploy again drains it, leaving green as it is.
+    code, _, output = run_script("deploy", "green", *compose_env["args"], env=compose_env["env"])
+    assert code == 0, output
+    report = json.loads(output.splitlines()[0])
+    assert report["finished"] and (report["from"], report["to"]) == ("blue", "green")
+    assert report["old"] == "draining" and report["old_processes"] == {"blue-1": "draining"}
+    assert json.loads(compose_env["state"].read_text()) == {"app_blue": ["draining"],
+                                                            "app_green": ["running"]}
+    assert tc.active_color(compose_env["dynamic"].read_text()) == "green"
+
+
+def test_a_second_compose_deploy_fails_at_once_while_one_runs(compose_env: dict[str, Any]) -> None:
+    """Without the lock the second took green, just started and routed by the first, for a
+    leftover and stopped it: both colours down, both deploys exiting 0."""
+    deploying, release = deploy_paused_after_its_switch(compose_env)
+    try:
+        routing = compose_env["dynamic"].read_text()
+        code, _, output = run_script("deploy", "green", *compose_env["args"], env=compose_env["env"])
+        assert code == 1, output
+        assert "is busy" in output and f"pid {deploying.pid} (deploy green" in output
+        assert compose_env["dynamic"].read_text() == routing
+        assert json.loads(compose_env["state"].read_text())["app_green"] == ["running"]
+        release.touch()
+        out, err = deploying.communicate(timeout=60)
+    finally:
+        if deploying.poll() is None:
+            deploying.kill()
+    assert deploying.returncode == 0, out + err
+    assert json.loads(out.splitlines()[0])["old"] == "draining"
+
+
+def test_each_old_compose_replica_is_reported_as_docker_saw_it(compose_env: dict[str, Any]) -> None:
+    """One of blue's two replicas was killed (its clients saw 1006): asking through the
+    colour's round robin gave a coin flip between "draining" and "stopped, was not answering"."""
+    compose_env["state"].write_text(json.dumps({"app_blue": ["exited:137", "running"]}))
+    compose_env["dynamic"].write_text(tc.render_dynamic("blue", tc.compose_urls(PROJECT, {"blue": 2})))
+    code, _, output = run_script("deploy", "green", *compose_env["args"], env=compose_env["env"])
+    assert code == 0, output
+    report = json.loads(output.splitlines()[0])
+    assert report["old_processes"] == {"blue-1": "already gone (exited 137)", "blue-2": "draining"}
+    assert report["old"] == "blue-1 already gone (exited 137); blue-2 draining"
+    # Only the one still running was stopped.
+    assert recorded(compose_env["log"])[-1] == (["stop", f"{PROJECT}-app_blue-2"], "green")
+
+
+def test_a_compose_deploy_that_waits_names_a_replica_that_did_not_drain(compose_env: dict[str, Any]) -> None:
+    env = {key: value for key, value in compose_env["env"].items() if key != "FAKE_HOLD_STOP"}
+    compose_env["state"].write_text(json.dumps({"app_blue": ["running", "running"]}))
+    compose_env["dynamic"].write_text(tc.render_dynamic("blue", tc.compose_urls(PROJECT, {"blue": 2})))
+    code, _, output = run_script("deploy", "green", *compose_env["args"], "--wait-drain",
+                                 env={**env, "FAKE_STOP_EXIT": "0,137"})
+    assert code == 0, output
+    assert json.loads(output.splitlines()[0])["old_processes"] == {
+        "blue-1": "drained", "blue-2": "exited 137 without a clean drain (docker compose logs app_blue)"}
 
 
 # -- the operator path: interruptions, strangers, leftovers, locks ----------------------------
