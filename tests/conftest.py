@@ -76,3 +76,15 @@ def local_stack(tmp_path: Path) -> Iterator[StackState]:
         yield up(directory, "blue")
     finally:
         down(directory)
+
+
+@pytest.fixture
+def two_process_stack(tmp_path: Path) -> Iterator[StackState]:
+    """The local stack with two app processes per colour (blue and blue.1 serve)."""
+    from scripts.stack import down, up
+
+    directory = tmp_path / "stack2"
+    try:
+        yield up(directory, "blue", processes=2)
+    finally:
+        down(directory)

@@ -5,7 +5,6 @@ per colour on a Redis Cluster."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from websockets.exceptions import ConnectionClosed
 
 from scripts.deploy import LocalRuntime, deploy
 from scripts.drill import connections_at
-from scripts.stack import STATE_FILE, StackState, down, traefik_color, up
+from scripts.stack import STATE_FILE, StackState, traefik_color
 from tests.support import Client, run_script
 from tools import traefik_config as tc
 
@@ -29,17 +28,10 @@ def test_the_dynamic_file_balances_over_every_process_of_the_colour() -> None:
     assert tc.render_dynamic("blue", one) == tc.render_dynamic("blue", {"blue": ["http://x"], "green": ["http://y"]})
 
 
-@pytest.fixture
-def two_per_colour(tmp_path: Path) -> Iterator[StackState]:
-    directory = tmp_path / "stack"
-    try:
-        yield up(directory, "blue", processes=2)
-    finally:
-        down(directory)
-
-
-async def test_traefik_balances_and_a_deploy_drains_every_process_at_once(two_per_colour: StackState) -> None:
-    state = two_per_colour
+async def test_traefik_balances_and_a_deploy_drains_every_process_at_once(
+    two_process_stack: StackState,
+) -> None:
+    state = two_process_stack
     assert state.members("blue") == ["blue", "blue.1"]
     url = state.web_url.replace("http://", "ws://") + "/ws/chat/spread/"
     clients = [await Client.connect(url) for _ in range(6)]
