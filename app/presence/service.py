@@ -64,6 +64,9 @@ class Presence:
         self._names: dict[str, tuple[float, str]] = {}  # big room -> (read at, members JSON)
         self._lists = MemberLists(NAMES_MAX_AGE)
         self._rejoined: set[tuple[str, str]] = set()  # (room, user) held again by a heartbeat
+        # (room, user) whose first socket here is not through a step yet: a heartbeat that
+        # steps them first joins them, but they were never announced gone.
+        self._entering: set[tuple[str, str]] = set()
 
     # -- sockets -------------------------------------------------------------------------
 
@@ -71,6 +74,7 @@ class Presence:
         """Count a socket of ``user`` in ``room``; the future is its ``presence`` frame."""
         if self.local.attach(room, user):
             self._ops.setdefault(room, {})[user] = True
+            self._entering.add((room, user))
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(room, []).append(waiter)
         self._schedule()
@@ -141,6 +145,7 @@ class Presence:
         try:
             states = await self.store.sync(changes)
         except Exception as exc:
+            self._entered(changes)
             self._batch_done()
             logger.warning("presence step failed: %s", exc)
             for futures in waiters.values():
@@ -149,6 +154,7 @@ class Presence:
                         future.set_exception(exc)
                         future.exception()  # retrieved: its socket may have gone meanwhile
             return
+        self._entered(changes)
         self._batch_done()
         now = time.monotonic()
         for change, state in zip(changes, states, strict=True):
@@ -167,6 +173,10 @@ class Presence:
                     if not future.done():
                         future.set_result(frame)
         await self._settle(changes, states)
+
+    def _entered(self, changes: list[RoomChange]) -> None:
+        for change in changes:
+            self._entering.difference_update((change.room, user) for user in change.hold + change.release)
 
     async def _settle(self, changes: list[RoomChange], states: list[RoomState]) -> None:
         """Note when each room's next departure is due, and announce what changed."""
@@ -207,7 +217,7 @@ class Presence:
             states = await self.store.sync(changes)
             if heartbeat:  # whoever this step "joined" had a socket here all along
                 self._rejoined.update((c.room, user) for c, s in zip(changes, states, strict=True)
-                                      for user in s.joined)
+                                      for user in s.joined if (c.room, user) not in self._entering)
             await self._settle(changes, states)
         for room, announcement in self.coalescer.due(time.monotonic()):
             await self._announce(room, announcement)
