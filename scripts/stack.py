@@ -54,7 +54,7 @@ class StackBusy(StackError):
 
 
 def locked(directory: Path, what: str) -> AbstractContextManager[None]:
-    """Hold the stack's exclusive lock (``DIR/lock``, tools/lock.py) for the block; StackBusy
+    """Hold the stack's exclusive lock (``DIR`` itself, tools/lock.py) for the block; StackBusy
     at once, naming the holder, if another process holds it."""
     return lock.locked(directory, what, owner="the stack", busy=StackBusy)
 
