@@ -80,6 +80,8 @@ def _bool(value: str, name: str) -> bool:
 
 # Above any sensible setting, below where a float stops meaning what it says.
 NUMBER_CEILING = 10**12
+# The longest SHUTDOWN_* setting, in seconds.
+DRAIN_CEILING = 3600
 
 
 def _number(value: str, name: str, kind: type, minimum: float, maximum: float) -> float | int:
@@ -148,9 +150,11 @@ def load(environ: Mapping[str, str]) -> Config:
         kwargs["api_token"] = env["CHAT_API_TOKEN"]
     if "CHAT_ALLOWED_ORIGINS" in env:
         kwargs["allowed_origins"] = _list(env["CHAT_ALLOWED_ORIGINS"])
-    num("SHUTDOWN_DRAIN_DELAY", "shutdown_drain_delay", float, 0)
-    num("SHUTDOWN_TIMEOUT", "shutdown_timeout", float, 0.1)
-    num("SHUTDOWN_DRAIN_SPREAD", "shutdown_drain_spread", float, 0)
+    # A drain is bounded by an hour: the hard stop's timer cannot hold more than ~9e9 s (a
+    # larger value crashed it and left the drain unbounded), and no deploy should wait longer.
+    num("SHUTDOWN_DRAIN_DELAY", "shutdown_drain_delay", float, 0, DRAIN_CEILING)
+    num("SHUTDOWN_TIMEOUT", "shutdown_timeout", float, 0.1, DRAIN_CEILING)
+    num("SHUTDOWN_DRAIN_SPREAD", "shutdown_drain_spread", float, 0, DRAIN_CEILING)
     if "CHAT_AUTH" in env:
         if env["CHAT_AUTH"] not in {"none", "jwt"}:
             raise ConfigError(f"CHAT_AUTH must be 'none' or 'jwt', got {env['CHAT_AUTH']!r}")

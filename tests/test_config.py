@@ -57,6 +57,9 @@ def test_empty_values_mean_unset() -> None:
         ({"REDIS_URL": "unix://"}, "no socket path"),
         ({"SHUTDOWN_TIMEOUT": "nan"}, "SHUTDOWN_TIMEOUT"),
         ({"SHUTDOWN_DRAIN_SPREAD": "-1"}, "SHUTDOWN_DRAIN_SPREAD"),
+        # The hard stop's timer crashed past ~9e9 s, leaving the drain unbounded.
+        ({"SHUTDOWN_TIMEOUT": "1e12"}, "SHUTDOWN_TIMEOUT must be from 0.1 to 3600"),
+        ({"SHUTDOWN_DRAIN_DELAY": "3601"}, "SHUTDOWN_DRAIN_DELAY"),
         ({"CHAT_PING_INTERVAL": "inf"}, "CHAT_PING_INTERVAL"),
         ({"CHAT_HANDSHAKE_TIMEOUT": "0"}, "CHAT_HANDSHAKE_TIMEOUT"),
         ({"CHAT_HISTORY_MAX_BYTES": "1000"}, "CHAT_HISTORY_MAX_BYTES"),

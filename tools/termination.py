@@ -40,6 +40,7 @@ def terminate(procs: list[tuple[Proc, float]]) -> list[bool | None]:
 # Past its SHUTDOWN_TIMEOUT a process exits by itself (app.process.server's hard stop, a
 # second later); this much more covers the interpreter's teardown before SIGKILL.
 DRAIN_SLACK = 3.0
+MAX_DRAIN = 3600.0
 # What the service writes to its log when it exits other than cleanly (app/__main__.py).
 EXIT_FAILED = "exiting with status"
 
@@ -53,7 +54,8 @@ def drain_budget(proc: Proc) -> float:
         timeout = float(psutil.Process(proc.pid).environ().get("SHUTDOWN_TIMEOUT", "5"))
     except (psutil.Error, ValueError):
         timeout = 5.0
-    return timeout + DRAIN_SLACK
+    # The service refuses more than an hour (app.config); nor does a deploy wait longer.
+    return min(max(timeout, 0.1), MAX_DRAIN) + DRAIN_SLACK
 
 
 # The service's last words after a complete drain (app/process/server.py).
