@@ -416,6 +416,18 @@ class ComposeRuntime:
                 found[traefik_config.replica_name(color, int(number.group(1)))] = container
         return found
 
+    repair_hint = "`docker compose up -d` for the colour's service, or deploy again"
+
+    def members(self, color: str) -> list[str]:
+        return self.routed_replicas(color)
+
+    def dead(self, color: str) -> dict[str, str]:
+        containers = self.numbered(color)
+        found = {replica: containers.get(replica) for replica in self.routed_replicas(color)}
+        return {replica: "already gone (no container)" if container is None else container.gone()
+                for replica, container in found.items()
+                if container is None or container.state not in RUNNING}
+
     def serves(self, color: str) -> bool:
         """Ask each replica of ``color``: Docker's state of its container (one that has
         exited is "already gone (exited <code>)"), then the replica's own /readyz through

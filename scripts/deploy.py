@@ -90,7 +90,10 @@ class Runtime(Protocol):
 
     def active(self) -> str | None: ...  # None: nothing deployed yet (first start)
     def serves(self, color: str) -> bool: ...  # asked before anything changes
+    def dead(self, color: str) -> dict[str, str]: ...  # the colour's processes not running, and how
     def lingers(self, color: str) -> bool: ...  # processes (containers) of an unrouted colour still run
+    def members(self, color: str) -> list[str]: ...  # the colour's process (replica) names
+    repair_hint: str  # what an operator runs when the new colour lost processes
     def start(self, color: str) -> None: ...
     def abandon(self, color: str) -> None: ...
     def switch(self, color: str) -> None: ...
@@ -159,6 +162,15 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
     except KeyboardInterrupt:
         raise interrupted(runtime, color, old, switched_to, old_now) from None
     drained = time.monotonic()
+    # Ready once is not serving now: a new process that died after its readiness was seen
+    # (while the old colour drained) would leave a report of success and nothing serving.
+    dead = runtime.dead(color)
+    if dead:
+        down = "; ".join(f"{name} {how}" for name, how in dead.items())
+        serving = ("nothing serves" if len(dead) == len(runtime.members(color))
+                   else f"{color} serves on fewer processes")
+        raise DeployError(f"switched to {color} and stopped {old or 'nothing'}, but {color} lost processes "
+                          f"since it was ready: {down}; {serving}. {runtime.repair_hint}")
     return {
         "ok": True,
         "runtime": runtime.name,
@@ -207,6 +219,10 @@ def interrupted(runtime: Runtime, color: str, old: str | None, switched_to: str 
                            f"deploy {color} again to finish (it drains {old or 'nothing'})")
     with signals_held():  # a second Ctrl-C must not leave fresh processes running unrouted
         runtime.abandon(color)
+    if switched_to is not None:  # the switch went out, was not confirmed, and was undone
+        return Interrupted(f"interrupted during the rollback: Traefik did not confirm {color}, the "
+                           f"switch was undone ({switched_to} is routed again), {old_now}; "
+                           f"{color}'s new processes were stopped")
     return Interrupted(f"interrupted before the switch: nothing was switched, {old_now}; "
                        f"{color}'s new processes were stopped")
 
@@ -278,6 +294,17 @@ class LocalRuntime:
     def lingers(self, color: str) -> bool:
         return any(self.state.procs[name].alive() for name in self.state.members(color)
                    if name in self.state.procs)
+
+    repair_hint = "`make stack` restarts them in place"
+
+    def members(self, color: str) -> list[str]:
+        return self.state.members(color)
+
+    def dead(self, color: str) -> dict[str, str]:
+        from scripts.stack import last_words
+
+        return {name: f"exited ({last_words(self.state, name)})" for name in self.state.members(color)
+                if name not in self.state.procs or not self.state.procs[name].alive()}
 
     def start(self, color: str) -> None:
         from scripts.stack import StackError, drain, routed_record, start_app, wait_app_ready

@@ -329,6 +329,7 @@ def test_compose_deploy_runs_the_procedure_in_order(compose_env: dict[str, Any])
         # routes to the new one, every container of it at once.
         (ps("blue"), "green"),
         (["stop", f"{PROJECT}-app_blue-1"], "green"),
+        (ps("green"), "green"),  # green still runs: ready once is not serving now
     ]
     assert compose_env["dynamic"].read_text() == tc.render_dynamic("green", tc.compose_urls(PROJECT, {}))
 
@@ -374,7 +375,7 @@ def test_compose_deploy_of_several_replicas_waits_for_each_and_drains_all(
     calls = recorded(compose_env["log"])
     up = ["up", "--detach", "--no-build", "--scale", "app_green=3", "--no-deps", "app_green"]
     assert (up, "blue") in calls
-    assert calls[-1] == (["stop", f"{PROJECT}-app_blue-1", f"{PROJECT}-app_blue-2"], "green")
+    assert calls[-2] == (["stop", f"{PROJECT}-app_blue-1", f"{PROJECT}-app_blue-2"], "green")
     # Each replica's cap is a third of the colour's: Traefik's descriptors bound the colour.
     caps = {json.loads(line)["cap"] for line in compose_env["log"].read_text().splitlines()
             if json.loads(line)["argv"][0] == "compose"}
@@ -540,7 +541,7 @@ def test_each_old_compose_replica_is_reported_as_docker_saw_it(compose_env: dict
     assert report["old_processes"] == {"blue-1": "already gone (exited 137)", "blue-2": "draining"}
     assert report["old"] == "blue-1 already gone (exited 137); blue-2 draining"
     # Only the one still running was stopped.
-    assert recorded(compose_env["log"])[-1] == (["stop", f"{PROJECT}-app_blue-2"], "green")
+    assert recorded(compose_env["log"])[-2] == (["stop", f"{PROJECT}-app_blue-2"], "green")
 
 
 def test_a_compose_deploy_that_waits_names_a_replica_that_did_not_drain(compose_env: dict[str, Any]) -> None:
@@ -682,3 +683,23 @@ def test_a_deploy_while_another_holds_the_lock_changes_nothing(local_stack: Stac
     assert state.dynamic_file.read_text() == before
     saved = StackState.load(state.dir)
     assert "green" not in saved.procs and saved.procs["blue"].alive()
+
+
+def test_a_new_colour_that_dies_during_the_drain_is_not_a_success(two_process_stack: StackState) -> None:
+    # Ready once is not serving now: green's processes die while blue drains. The deploy
+    # used to report ok (blue "drained") with nothing serving.
+    from scripts.deploy import DeployError
+
+    class GreenDiesDuringTheDrain(LocalRuntime):
+        def stop(self, color: str) -> bool:
+            for name in self.state.members("green"):
+                os.kill(self.state.procs[name].pid, signal.SIGKILL)
+                assert self.state.procs[name].wait(10)
+            return super().stop(color)
+
+    state = two_process_stack
+    with pytest.raises(DeployError) as failed:
+        deploy(GreenDiesDuringTheDrain(state), "green")
+    message = str(failed.value)
+    assert "green lost processes since it was ready: green exited" in message
+    assert "green.1 exited" in message and "nothing serves" in message and "make stack" in message
