@@ -343,6 +343,10 @@ def _up(directory: Path, color: str, app_env: dict[str, str] | None, processes: 
         state = StackState.load(directory)
         if processes not in (None, state.processes):
             raise StackError(resize_advice(state, processes))
+        if cluster and not state.cluster_url:
+            raise StackError(f"the local stack in {state.dir} runs one redis-server, not a cluster: "
+                             "`make stack-down && make stack STACK_ARGS=--cluster` starts one with a "
+                             "cluster (its clients are cut off and its history is not copied)")
         if not all_up(state):
             repair(state)
         return state

@@ -147,9 +147,12 @@ def test_up_on_a_degraded_stack_restarts_only_what_is_dead(two_process_stack: St
     assert status(state.dir)["up"] and traefik_color(again) == "blue"
 
 
-def test_up_with_another_process_count_refuses_and_says_what_works(local_stack: StackState) -> None:
+def test_up_with_another_process_count_or_redis_refuses_and_says_what_works(local_stack: StackState) -> None:
     with pytest.raises(StackError, match=r"make stack-down && make stack PROCESSES=2"):
         up(local_stack.dir, processes=2)
+    # --cluster on a stack with one redis-server was ignored (exit 0, still redis://).
+    with pytest.raises(StackError, match=r"make stack-down && make stack STACK_ARGS=--cluster"):
+        up(local_stack.dir, cluster=True)
     assert StackState.load(local_stack.dir).processes == 1 and local_stack.procs["blue"].alive()
 
 
