@@ -31,6 +31,7 @@ import msgpack  # type: ignore[import-untyped]
 from channels.layers import BaseChannelLayer
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
+from redis.exceptions import ResponseError
 
 from app.layers.api import Direct, Receive
 from app.layers.fanout import fan_out
@@ -89,6 +90,7 @@ class _LoopLayer:
         self.dropped: set[str] = set()  # groups whose shard ended their subscription
         self.forgetting: set[bytes] = set()  # leftover channels being unsubscribed
         self._resubscriber: asyncio.Task[None] | None = None
+        self._refreshing: asyncio.Task[None] | None = None
         self._ready = asyncio.Lock()
         self._initialized = False
 
@@ -195,6 +197,14 @@ class _LoopLayer:
                 delay = RETRY_FIRST
             except asyncio.CancelledError:
                 raise
+            except ResponseError as exc:
+                # MOVED (or ASK) answering an SSUBSCRIBE sent with a stale slot map, as a bulk
+                # reshard causes by the dozen: the connection is fine and other rooms'
+                # messages wait behind it. Refresh the map (redis-py then moves the
+                # subscription) and read on at once; no backoff, no outage.
+                logger.debug("sharded pub/sub on %s: %s; refreshing the slot map", node.name, exc)
+                self._refresh_soon()
+                continue
             except Exception as exc:
                 if mapping.get(node.name) is not pubsub:
                     return
@@ -243,6 +253,13 @@ class _LoopLayer:
                     logger.debug("subscribing %s again failed: %s", group, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
+
+    def _refresh_soon(self) -> None:
+        """One slot-map refresh in the background, however many replies ask for it meanwhile."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh_slots())
+            self.readers.add(self._refreshing)  # cancelled on close, as the readers are
+            self._refreshing.add_done_callback(self.readers.discard)
 
     async def _refresh_slots(self) -> None:
         # A fresh slot map is what makes ClusterPubSub move subscriptions to a promoted

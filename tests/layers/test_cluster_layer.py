@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -107,6 +108,27 @@ async def test_a_listening_process_follows_its_rooms_slot_to_another_master(
     await one.group_discard("chat.migrant", member)  # its SUNSUBSCRIBE finds the new master
     await asyncio.to_thread(wait_until, lambda: shard_subscribers(cluster, "chat.migrant") == 0,
                             5, "SUNSUBSCRIBE to reach the new master", 0.05)
+
+
+async def test_a_moved_reply_on_a_healthy_subscription_connection_holds_up_nothing(
+    cluster: RedisClusterServers, layers: tuple[ClusterLayer, ClusterLayer], caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A bulk reshard makes SSUBSCRIBEs go out with a stale slot map: the node answers MOVED on
+    # a connection that is fine. The reader took each such reply for an outage (a warning,
+    # a backoff sleep, messages of every room on that node waiting behind it: seconds late).
+    one, two = layers
+    member = await one.new_channel()
+    await one.group_add("chat.steady", member)
+    here = cluster.master_of(shard_channel("parley", "chat.steady"))
+    elsewhere = next(f"chat.elsewhere{i}" for i in range(1000)
+                     if cluster.master_of(shard_channel("parley", f"chat.elsewhere{i}")) != here)
+    node_pubsub = next(pubsub for name, pubsub in one._get_layer().pubsub.node_pubsub_mapping.items()
+                       if name.endswith(f":{here}"))
+    with caplog.at_level(logging.WARNING, logger="parley"):
+        await node_pubsub.execute_command("SSUBSCRIBE", shard_channel("parley", elsewhere))  # -> MOVED
+        await two.group_send("chat.steady", {"type": "chat.message", "id": 5})
+        assert await asyncio.wait_for(one.receive(member), 5) == {"type": "chat.message", "id": 5}
+    assert [r.getMessage() for r in caplog.records if "lost" in r.getMessage()] == []
 
 
 async def test_subscriptions_follow_a_failover_to_the_promoted_replica(
