@@ -483,16 +483,21 @@ def deploy_paused_after_its_switch(compose_env: dict[str, Any]) -> tuple[subproc
     return deploying, pause.with_name("paused.release")
 
 
+def interrupt(deploying: subprocess.Popen[str]) -> tuple[str, str]:
+    """Ctrl-C to a running deploy; what it printed (killed if it does not end)."""
+    try:
+        deploying.send_signal(signal.SIGINT)
+        return deploying.communicate(timeout=60)
+    finally:
+        if deploying.poll() is None:
+            deploying.kill()
+
+
 def test_a_compose_deploy_interrupted_after_its_switch_is_finished_by_running_it_again(
     compose_env: dict[str, Any],
 ) -> None:
     deploying, _ = deploy_paused_after_its_switch(compose_env)
-    try:
-        deploying.send_signal(signal.SIGINT)
-        out, err = deploying.communicate(timeout=60)
-    finally:
-        if deploying.poll() is None:
-            deploying.kill()
+    out, err = interrupt(deploying)
     assert deploying.returncode == 130, out + err
     assert "interrupted after the switch: green serves (Traefik's live file says so)" in err
     assert "state.json" not in err and "deploy green again to finish (it drains blue)" in err
@@ -585,14 +590,9 @@ def test_ctrl_c_right_after_the_switch_leaves_record_and_routing_agreeing(local_
     state = local_stack
     command = [sys.executable, "-m", "scripts.deploy", "green", "--state-dir", str(state.dir)]
     deploying = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        while routed_record(state.dynamic_file) != "green" and deploying.poll() is None:
-            time.sleep(0.001)  # the switch is a rename: watched for, not waited out
-        deploying.send_signal(signal.SIGINT)
-        out, err = deploying.communicate(timeout=60)
-    finally:
-        if deploying.poll() is None:
-            deploying.kill()
+    while routed_record(state.dynamic_file) != "green" and deploying.poll() is None:
+        time.sleep(0.001)  # the switch is a rename: watched for, not waited out
+    out, err = interrupt(deploying)
     assert deploying.returncode == 130, out + err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "interrupted after the switch: green serves" in err and "deploy green again" in err
