@@ -51,7 +51,8 @@ _unavailable = Throttled(logger, interval=10.0)
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_TOKEN_EXPIRED = 4001
-# Epochs a member has left: a late event from one of them is stale, not a new restart.
+# Epochs a member has left, with its last id in each: a late event from one of them is stale,
+# not a new restart.
 RETIRED_EPOCHS = 4
 
 
@@ -71,7 +72,7 @@ class ChatConsumer(SerialConsumer):
     user: str = ""
     owner: str | None = None  # who sends, when known (a token's sub): dedupe is per owner
     epoch: str = ""
-    retired: tuple[str, ...] = ()
+    retired: tuple[tuple[str, int], ...] = ()
     expires_at: float = float("inf")  # the token's exp (unix seconds), with CHAT_AUTH=jwt
     expiry: asyncio.TimerHandle | None = None
     last_id: int = 0
@@ -252,19 +253,30 @@ class ChatConsumer(SerialConsumer):
             return
         await self._deliver(message_id, event["frame"])
 
-    async def _in_epoch(self, epoch: str, base: int) -> bool:
-        """Follow the room into ``epoch`` (reset) unless it is one this member has left."""
+    async def _in_epoch(self, epoch: str, base: int, store_at: int | None = None) -> bool:
+        """Follow the room into ``epoch`` (reset) unless it is one this member has left.
+
+        ``store_at``: the room's last id in ``epoch`` as history holds it now (the tail
+        watcher's read). An epoch left can come back: a slot migration cut short by a
+        failover hands the room's old keys back after a new epoch was drawn meanwhile. Once
+        history is past where this member left that epoch, the member returns to it, from
+        there: nothing it was shown is shown again, nothing after is skipped."""
         if epoch == self.epoch:
             return True
-        if epoch in self.retired:
+        left_at = dict(self.retired).get(epoch)
+        if left_at is None:
+            await self._reset(epoch, base)
+            return True
+        if store_at is None or store_at <= left_at:
             return False  # a late event from before a reset: its epoch is gone
-        await self._reset(epoch, base)
+        await self._reset(epoch, left_at)
         return True
 
     async def _reset(self, epoch: str, base: int) -> None:
         """The room's ids started over: say so; ids of ``epoch`` follow ``base``."""
         metrics.RESETS.inc()
-        self.retired = (*self.retired[-(RETIRED_EPOCHS - 1):], self.epoch)
+        kept = [left for left in self.retired if left[0] != epoch][-(RETIRED_EPOCHS - 1):]
+        self.retired = (*kept, (self.epoch, self.last_id))
         self.epoch, self.last_id = epoch, base
         await self._send_text(reset_frame(self.room, epoch, base))
 
@@ -282,7 +294,7 @@ class ChatConsumer(SerialConsumer):
 
     async def chat_sync(self, event: dict[str, Any]) -> None:
         """From the tail watcher: history holds up to ``last_id``; catch up if behind."""
-        if not await self._in_epoch(event["epoch"], event["base"]):
+        if not await self._in_epoch(event["epoch"], event["base"], store_at=event["last_id"]):
             return
         if event["last_id"] > self.last_id:
             await self._fill_gap(event["last_id"] + 1)

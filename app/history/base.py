@@ -96,8 +96,9 @@ class History(abc.ABC):
         Members of a room fall behind together (a lost broadcast, or the tail watcher
         nudging a whole room whose pub/sub is late): identical fills in flight share one read,
         not one each. Safe: whoever began the shared read knew the same before beginning it,
-        so the read holds every id of that epoch below ``upto``, and an epoch, once left,
-        never comes back.
+        so the read holds every id of that epoch below ``upto``, and an id of an epoch names
+        one message for good (an epoch that comes back, after a slot migration cut short by
+        a failover, comes back with its own keys).
         """
         if self._fills is None:
             self._fills = SharedCalls()

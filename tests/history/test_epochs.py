@@ -196,3 +196,38 @@ async def test_resuming_with_a_stale_epoch_or_ids_ahead_of_the_room_is_reset(
     assert (await client.recv())["id"] == 2 and (await client.recv())["type"] == "ready"
     await client.close()
     await writer.close()
+
+
+async def test_a_room_whose_old_epoch_comes_back_takes_its_members_back_to_it(
+    make_app: Callable[..., AppServer], redis_server: RedisServer,
+) -> None:
+    """A slot migration cut short by a failover: the room's keys vanish for a moment (a new
+    epoch is drawn and used), then the old keys are back. A member reset into the new epoch
+    used to drop every message of the old one as stale, for good: it must return to it from
+    where it left, and get what was acked there since."""
+    env = {"REDIS_URL": redis_server.url, "CHAT_REDIS_MIN_REPLICAS": "0"}
+    server = make_app(env=env)
+    sender = await Client.connect(server.ws_url("flip"))
+    watcher = Recorder(await Client.connect(server.ws_url("flip")))
+    first = sender.ready["epoch"]
+    for i in range(3):
+        assert (await post(sender, f"m{i}", f"a{i}"))["type"] == "ack"
+    with redis_py.Redis.from_url(redis_server.url) as admin:
+        admin.rename("chat:{flip}:meta", "saved:meta")  # the old keys away
+        admin.rename("chat:{flip}:log", "saved:log")
+        assert (await post(sender, "in between", "b0"))["type"] == "ack"  # a new epoch
+        await watcher.until(lambda f: any(x.get("client_id") == "b0" for x in f))
+        admin.delete("chat:{flip}:meta", "chat:{flip}:log")  # ...and the old ones back
+        admin.rename("saved:meta", "chat:{flip}:meta")
+        admin.rename("saved:log", "chat:{flip}:log")
+    later = [f"a{i}" for i in range(3, 6)]
+    for client_id in later:
+        assert (await post(sender, client_id, client_id))["type"] == "ack"
+    await watcher.until(lambda f: {x.get("client_id") for x in f} >= set(later))
+    resets = [f for f in watcher.frames if f["type"] == "reset"]
+    assert [r["epoch"] for r in resets][-1] == first and resets[-1]["last_id"] == 3
+    stream = watcher.messages_by_epoch(first)
+    assert [c for _, _, c in stream] == ["a0", "a1", "a2", "b0", *later]  # each once
+    assert [(e, i) for e, i, _ in stream][-3:] == [(first, 4), (first, 5), (first, 6)]
+    await sender.close()
+    await watcher.close()
