@@ -422,6 +422,8 @@ class ComposeRuntime:
         return self.routed_replicas(color)
 
     def dead(self, color: str) -> dict[str, str]:
+        """The routed replicas of ``color`` whose container does not run, in Docker's words:
+        ``already gone (exited 137)`` (137: killed, SIGKILL), or no container at all."""
         containers = self.numbered(color)
         found = {replica: containers.get(replica) for replica in self.routed_replicas(color)}
         return {replica: "already gone (no container)" if container is None else container.gone()
@@ -433,13 +435,10 @@ class ComposeRuntime:
         exited is "already gone (exited <code>)"), then the replica's own /readyz through
         its replica router. One request through the colour's round robin would ask one
         replica at random. True if any answers."""
-        containers = self.numbered(color)
+        gone = self.dead(color)
         for replica in self.routed_replicas(color):
-            found = containers.get(replica)
-            if found is None:
-                self.before[replica] = "already gone (no container)"
-            elif found.state not in RUNNING:
-                self.before[replica] = found.gone()
+            if replica in gone:
+                self.before[replica] = gone[replica]
             else:
                 status, body = get_json(self.ops_url + traefik_config.READY_PATH,
                                         {traefik_config.REPLICA_HEADER: replica}, timeout=1.0)

@@ -283,17 +283,19 @@ class LocalRuntime:
         from tools.net import http_get
 
         for name in self.state.members(color):
-            proc = self.state.procs.get(name)
-            if proc is None or not proc.alive():
+            if not self._running(name):
                 self.before[name] = "dead"
                 continue
             url = traefik_config.local_url(self.state.ports[name]) + traefik_config.READY_PATH
             self.before[name] = "answering" if http_get(url, timeout=1.0)[0] == 200 else "not answering"
         return "answering" in (self.before.get(name) for name in self.state.members(color))
 
+    def _running(self, name: str) -> bool:
+        proc = self.state.procs.get(name)
+        return proc is not None and proc.alive()
+
     def lingers(self, color: str) -> bool:
-        return any(self.state.procs[name].alive() for name in self.state.members(color)
-                   if name in self.state.procs)
+        return any(self._running(name) for name in self.state.members(color))
 
     repair_hint = "`make stack` restarts them in place"
 
@@ -304,7 +306,7 @@ class LocalRuntime:
         from scripts.stack import last_words
 
         return {name: f"exited ({last_words(self.state, name)})" for name in self.state.members(color)
-                if name not in self.state.procs or not self.state.procs[name].alive()}
+                if not self._running(name)}
 
     def start(self, color: str) -> None:
         from scripts.stack import StackError, drain, routed_record, start_app, wait_app_ready

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
@@ -86,7 +86,7 @@ class _LoopLayer:
         self.groups: dict[str, set[str]] = {}
         self.group_of: dict[bytes, str] = {}  # sharded channel -> group
         self.subscribed: dict[str, asyncio.Future[None]] = {}  # group -> SSUBSCRIBE confirmed
-        self.readers: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # the readers and other background work
         self.dropped: set[str] = set()  # groups whose shard ended their subscription
         self.forgetting: set[bytes] = set()  # leftover channels being unsubscribed
         self._resubscriber: asyncio.Task[None] | None = None
@@ -176,9 +176,14 @@ class _LoopLayer:
     # -- reading --------------------------------------------------------------------------
 
     def start_reader(self, node: ClusterNode, pubsub: PubSub) -> None:
-        task = asyncio.get_running_loop().create_task(self._read(node, pubsub))
-        self.readers.add(task)
-        task.add_done_callback(self.readers.discard)
+        self._background(self._read(node, pubsub))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task of this layer's: kept until done, cancelled on close."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
 
     async def _read(self, node: ClusterNode, pubsub: PubSub) -> None:
         delay = RETRY_FIRST
@@ -233,7 +238,7 @@ class _LoopLayer:
         logger.info("the shard dropped %s (slot moved); subscribing again", name.decode(errors="replace"))
         self.dropped.add(group)
         if self._resubscriber is None or self._resubscriber.done():
-            self._resubscriber = asyncio.get_running_loop().create_task(self._resubscribe())
+            self._resubscriber = self._background(self._resubscribe())
 
     async def _resubscribe(self) -> None:
         # Until the new owner confirms (``_dispatch`` clears ``dropped``): the slot map may
@@ -257,9 +262,7 @@ class _LoopLayer:
     def _refresh_soon(self) -> None:
         """One slot-map refresh in the background, however many replies ask for it meanwhile."""
         if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.get_running_loop().create_task(self._refresh_slots())
-            self.readers.add(self._refreshing)  # cancelled on close, as the readers are
-            self._refreshing.add_done_callback(self.readers.discard)
+            self._refreshing = self._background(self._refresh_slots())
 
     async def _refresh_slots(self) -> None:
         # A fresh slot map is what makes ClusterPubSub move subscriptions to a promoted
@@ -299,9 +302,7 @@ class _LoopLayer:
         if name in self.forgetting:
             return
         self.forgetting.add(name)
-        task = asyncio.get_running_loop().create_task(self._unsubscribe_leftover(name))
-        self.readers.add(task)  # cancelled on close, as the readers are
-        task.add_done_callback(self.readers.discard)
+        self._background(self._unsubscribe_leftover(name))
 
     async def _unsubscribe_leftover(self, name: bytes) -> None:
         try:
@@ -317,11 +318,9 @@ class _LoopLayer:
             await self._subscribe(group)
 
     async def close(self) -> None:
-        if self._resubscriber is not None:
-            self._resubscriber.cancel()
-        for task in list(self.readers):
+        for task in list(self.tasks):
             task.cancel()
-        await asyncio.gather(*self.readers, return_exceptions=True)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.publisher.close()
         await self.pubsub.aclose()
         await self.cluster.aclose()
