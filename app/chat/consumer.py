@@ -176,11 +176,13 @@ class ChatConsumer(SerialConsumer):
             state = replay.state
             # Another epoch, or ids the room never reached in its own (the client's ids are
             # from a past the store lost): reset, and replay the epoch from its start.
-            reset = (params.epoch is not None and params.epoch != state.epoch) or since > state.last_id
+            # (Ids given but not shown yet count as the room's: a client can hold one whose
+            # note that it is shown a failover lost.)
+            reset = (params.epoch is not None and params.epoch != state.epoch) or since > state.top
             if reset:
                 since = state.base
                 replay = await self.history.after(self.room, since, CONFIG.history_max)
-            start = replay.frames[-1][0] if replay.frames else min(since, replay.state.last_id)
+            start = replay.frames[-1][0] if replay.frames else min(since, replay.state.top)
             if replay.missing and not replay.frames:
                 start = max(start, replay.missing[1])
             return reset, replay, start

@@ -14,6 +14,10 @@ ids the store no longer has (a failover to a replica that lacked the last writes
 gets a new epoch, so nobody silently drops the ids that will be given again. Both checks use
 member positions noted before the read, so an append between the two is never mistaken for
 either: within an epoch the store's newest id only grows.
+
+"Behind" and "ahead" use different tops: members are nudged only up to the newest id the
+store *shows* (acked on replicas), while ahead means past the newest id it *gave*. Ids given
+and left unshown for a whole tick are confirmed here (``History.confirm``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import asyncio
 import logging
 
 from app.chat.registry import Member, Registry
-from app.history import History, RoomState
+from app.history import History, HistoryUnavailable, RoomState
 
 logger = logging.getLogger("parley")
 
@@ -94,10 +98,13 @@ class TailWatcher:
                 state = await self.history.state(room)
             held_before = self._held.get(room)
             level_epoch = held_before.epoch if held_before is not None else None
-            if (level_epoch == state.epoch and tops[room] > state.last_id) or any(
-                epoch == state.epoch and last > state.last_id for _, epoch, last in noted[room]
+            if (level_epoch == state.epoch and tops[room] > state.top) or any(
+                epoch == state.epoch and last > state.top for _, epoch, last in noted[room]
             ):
                 state = await self.history.restart(room, state.epoch)
+            elif state.unshown and state == held_before:
+                # Ids unshown for a whole tick: no append is waiting for them any more.
+                state = await self._confirm(room, state)
             elif state == held_before and not noted[room]:
                 settled.add(room)  # unchanged for a tick, everyone level with it
             held_now[room] = state
@@ -121,6 +128,14 @@ class TailWatcher:
         self._held = held_now
         self._settled = settled
         return nudged
+
+    async def _confirm(self, room: str, state: RoomState) -> RoomState:
+        """Show the room's unshown ids if replicas hold them; else try again next tick."""
+        try:
+            return await self.history.confirm(room, state)
+        except HistoryUnavailable as exc:  # no replica yet (the room's sends fail too)
+            logger.debug("unshown ids of %s not confirmed: %s", room, exc)
+            return state
 
     async def run(self) -> None:
         while True:

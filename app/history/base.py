@@ -24,11 +24,23 @@ class HistoryUnavailable(RuntimeError):
 @dataclass(frozen=True)
 class RoomState:
     """Where a room's sequence is: its epoch, the id the epoch's first message follows
-    (``base``: ids of this epoch are ``base + 1``, ``base + 2``, ...) and its newest id."""
+    (``base``: ids of this epoch are ``base + 1``, ``base + 2``, ...) and its newest id that
+    may be shown (``last_id``).
+
+    ``unshown``: ids given after ``last_id`` whose writes no replica is known to hold yet
+    (an append waiting for ``WAIT``, or one whose ``WAIT`` fell short). A failover can still
+    lose them, so nobody is shown them until they are confirmed; they are not lost either,
+    so a client at one of them (``top``) is not ahead of the room."""
 
     epoch: str
     base: int
     last_id: int
+    unshown: int = 0
+
+    @property
+    def top(self) -> int:
+        """The newest id given in this epoch, shown or not."""
+        return self.last_id + self.unshown
 
 
 NO_STATE = RoomState(epoch="", base=0, last_id=0)
@@ -102,9 +114,21 @@ class History(abc.ABC):
         """
         if self._fills is None:
             self._fills = SharedCalls()
-        return await self._fills.get(
-            (room, epoch, since, upto), lambda: self.after(room, since, upto - since - 1)
-        )
+        return await self._fills.get((room, epoch, since, upto), lambda: self.between(room, since, upto))
+
+    async def between(self, room: str, since: int, upto: int) -> Replay:
+        """The frames with ids after ``since`` and below ``upto``, for a caller that knows
+        every id below ``upto`` is confirmed (it was sent ``upto`` live, or read that history
+        showed ``upto - 1``): unlike ``after``, not cut at what the store shows now, which
+        can be behind that after a failover (its note that they are shown was lost)."""
+        return await self.after(room, since, upto - since - 1)
+
+    async def confirm(self, room: str, state: RoomState) -> RoomState:
+        """Show the room's unshown ids once replicas are found to hold them (the tail
+        watcher's, for ids left unshown: a send answered ``unavailable`` that replicated
+        late and was never resent, or a failover that lost the note that they were shown);
+        the room's state afterwards. Stores that show every write at once have none."""
+        return state
 
     async def state_for_join(self, room: str) -> RoomState:
         """``state`` for a member that has already joined the room's group: possibly a

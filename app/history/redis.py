@@ -35,11 +35,21 @@ local function state(meta, log, epoch, ttl)
   redis.call('EXPIRE', meta, ttl)
   return epoch, base, base
 end
+-- The newest id that may be shown: ``shown`` when acks wait for replicas (``honour`` is '1'),
+-- never above ``seq``; otherwise (and in a room that has never waited) every id given.
+local function shown(meta, seq, honour)
+  if honour == '1' then
+    local held = redis.call('HGET', meta, 'shown')
+    if held then return math.min(tonumber(held), seq) end
+  end
+  return seq
+end
 """
 
-# KEYS: meta, log, dedupe. ARGV: prefix, suffix, maxlen, ttl, dedupe_ttl, new epoch.
+# KEYS: meta, log, dedupe. ARGV: prefix, suffix, maxlen, ttl, dedupe_ttl, new epoch, honour.
 # One script, so id assignment, the dedupe check and the write are a single atomic step.
 # A dedupe key holds "<epoch>:<id>": a send recorded in an earlier epoch is not a resend.
+# When acks wait for replicas the new id is not shown until ``_SHOW`` says so, after WAIT.
 _APPEND = _OPEN_EPOCH + """
 local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[6], ARGV[4])
 local prior = redis.call('GET', KEYS[3])
@@ -48,6 +58,9 @@ if prior then
   if cut and string.sub(prior, 1, cut - 1) == epoch then
     return {tonumber(string.sub(prior, cut + 1)), 1, epoch, base, seq}
   end
+end
+if ARGV[7] == '1' and redis.call('HEXISTS', KEYS[1], 'shown') == 0 then
+  redis.call('HSET', KEYS[1], 'shown', seq)
 end
 local id = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local frame = ARGV[1] .. id .. ARGV[2]
@@ -58,29 +71,46 @@ redis.call('SET', KEYS[3], epoch .. ':' .. id, 'EX', ARGV[5])
 return {id, 0, epoch, base, id}
 """
 
-# KEYS: meta, log. ARGV: new epoch, ttl. The room's state, drawn if missing.
+# KEYS: meta, log. ARGV: new epoch, ttl, honour. The room's state (its epoch, base, newest id
+# and newest shown id), drawn if missing.
 _STATE = _OPEN_EPOCH + """
 local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
-return {epoch, base, seq}
+return {epoch, base, seq, shown(KEYS[1], seq, ARGV[3])}
 """
 
-# KEYS: meta, log. ARGV: new epoch, ttl, then (since, limit) pairs. For each pair the entries
-# after ``since`` (up to ``limit``), then the id of the oldest entry held (false: none), then
-# the room's state, drawn if missing: what ``after`` needs, read at one instant, and only the
-# oldest entry's id, not its frame.
+# KEYS: meta, log. ARGV: new epoch, ttl, honour, cut, then (since, limit) pairs. For each pair
+# the entries after ``since`` (up to ``limit``; with ``cut`` '1' none past the newest shown),
+# then the id of the oldest entry held (false: none), then the room's state, drawn if
+# missing: what ``after`` needs, read at one instant, and only the oldest entry's id.
 _READ = _OPEN_EPOCH + """
+local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+local last = shown(KEYS[1], seq, ARGV[3])
+local stop = '+'
+if ARGV[4] == '1' then stop = string.format('%d', last) end
 local out = {}
-for i = 3, #ARGV, 2 do
-  out[#out + 1] = redis.call('XRANGE', KEYS[2], '(' .. ARGV[i] .. '-0', '+', 'COUNT', ARGV[i + 1])
+for i = 5, #ARGV, 2 do
+  out[#out + 1] = redis.call('XRANGE', KEYS[2], '(' .. ARGV[i] .. '-0', stop, 'COUNT', ARGV[i + 1])
 end
 local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
 out[#out + 1] = first[1] and first[1][1] or false
-out[#out + 1] = {state(KEYS[1], KEYS[2], ARGV[1], ARGV[2])}
+out[#out + 1] = {epoch, base, seq, last}
 return out
 """
 
-# KEYS: meta, log. ARGV: stale epoch, new epoch, ttl. A new epoch if the room is still in the
-# stale one; its base is below the oldest entry held, so a reset member is sent all of them.
+# KEYS: meta, log. ARGV: new epoch, ttl, honour, count. The newest ``count`` shown entries,
+# newest first, and the room's state.
+_LATEST = _OPEN_EPOCH + """
+local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+local last = shown(KEYS[1], seq, ARGV[3])
+local entries = {}
+if tonumber(ARGV[4]) > 0 then
+  entries = redis.call('XREVRANGE', KEYS[2], string.format('%d', last), '-', 'COUNT', ARGV[4])
+end
+return {entries, {epoch, base, seq, last}}
+"""
+
+# KEYS: meta, log. ARGV: stale epoch, new epoch, ttl, honour. A new epoch if the room is still
+# in the stale one; its base is below the oldest entry held, so a reset member is sent all.
 _RESTART = _OPEN_EPOCH + """
 local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
 if epoch == ARGV[1] then
@@ -90,7 +120,24 @@ if epoch == ARGV[1] then
   epoch = ARGV[2]
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'base', base)
 end
-return {epoch, base, seq}
+return {epoch, base, seq, shown(KEYS[1], seq, ARGV[4])}
+"""
+
+# KEYS: meta. ARGV: id, epoch. Replicas hold every id up to ``id`` of ``epoch``: show them
+# (never fewer than already shown; nothing if the room's sequence started over since).
+_SHOW = """
+local s = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'shown')
+if s[1] ~= ARGV[2] then return 0 end
+local id = math.min(tonumber(ARGV[1]), tonumber(s[2]))
+if not s[3] or tonumber(s[3]) < id then redis.call('HSET', KEYS[1], 'shown', id) end
+return 1
+"""
+
+# KEYS: meta. ARGV: ttl. A write (the room's expiry renewed), so that a ``WAIT`` after it on
+# the same connection covers every id given so far; the epoch and newest id it covers.
+_TOUCH = """
+if redis.call('EXPIRE', KEYS[1], ARGV[1]) == 0 then return false end
+return redis.call('HMGET', KEYS[1], 'epoch', 'seq')
 """
 
 # A resume's read: (room, since, limit), as ``History.after`` takes them.
@@ -122,13 +169,19 @@ class RedisHistory(History):
         self._cluster = cluster_client(urls) if cluster else None
         self._client: Any = self._cluster if self._cluster else redis_client(urls[0])
         self._min_replicas = min_replicas
+        # Acks wait for replicas: a new id is shown only once they hold it (``_SHOW``).
+        self._honour = "1" if min_replicas else "0"
         self._wait_ms = max(1, round(wait_timeout * 1000))
         self._slot_batches = None if self._cluster is None else SlotBatches(
             self._cluster, min_replicas, self._wait_ms)
+        # The turn's notes that ids are shown, batched like the appends (they need no WAIT).
+        self._show_batches = None if self._cluster is None else SlotBatches(self._cluster, 0, self._wait_ms)
         self._append_script = self._client.register_script(_APPEND)
         self._state_script = self._client.register_script(_STATE)
         self._restart_script = self._client.register_script(_RESTART)
         self._read_script = self._client.register_script(_READ)
+        self._latest_script = self._client.register_script(_LATEST)
+        self._show_script = self._client.register_script(_SHOW)
         self._max_len = max_len
         self._join_reads: BatchedReads[str, RoomState] = BatchedReads(self._read_states, one_at_a_time=True)
         self._resumes: BatchedReads[Resume, Replay] = BatchedReads(self._read_resumes, share_in_flight=False)
@@ -146,14 +199,18 @@ class RedisHistory(History):
         else:
             dedupe_key, dedupe_ttl = f"chat:{{{room}}}:nonce:{secrets.token_hex(8)}", NONCE_TTL
         args: list[str | int] = [
-            template.prefix, template.suffix, self._max_len, self._ttl, dedupe_ttl, new_epoch()
+            template.prefix, template.suffix, self._max_len, self._ttl, dedupe_ttl, new_epoch(),
+            self._honour,
         ]
         try:
             message_id, duplicate, epoch, base, seq = await self._run_append(
                 room, [meta, log, dedupe_key], args
             )
-            if duplicate and self._min_replicas:
-                await self._replicated(room, [("EXPIRE", dedupe_key, dedupe_ttl)])
+            if self._min_replicas:
+                if duplicate:
+                    await self._replicated(room, [("EXPIRE", dedupe_key, dedupe_ttl)])
+                # On replicas now (WAIT said so): members may be shown it.
+                await self._show(room, int(message_id), epoch)
         except FAILURES as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
         state = RoomState(epoch=epoch.decode(), base=int(base), last_id=int(seq))
@@ -173,6 +230,29 @@ class RedisHistory(History):
             )
         return await script(keys=keys, args=args)
 
+    async def _show(self, room: str, message_id: int, epoch: bytes | str) -> None:
+        """Note that replicas hold every id of ``epoch`` up to ``message_id``."""
+        meta = self._keys(room)[0]
+        if self._show_batches is not None:
+            await self._show_batches.run(meta, ("EVAL", _SHOW, 1, meta, message_id, epoch))
+        else:
+            await self._show_script(keys=[meta], args=[message_id, epoch])
+
+    async def confirm(self, room: str, state: RoomState) -> RoomState:
+        if not self._min_replicas or not state.unshown:
+            return state
+        meta = self._keys(room)[0]
+        try:
+            # A write, then WAIT on its connection: once replicas have it, they have every
+            # write made before it, so every id given before it.
+            [covered] = await self._replicated(room, [("EVAL", _TOUCH, 1, meta, self._ttl)])
+            if covered:
+                epoch, seq = covered
+                await self._show(room, int(seq), epoch)
+        except FAILURES as exc:
+            raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
+        return await self.state(room)
+
     async def _replicated(self, room: str, commands: list[replication.Command]) -> list[Any]:
         """Replies to ``commands`` run on the room's master, then ``WAIT`` if required. A
         resend found by dedupe waits too: its first send may not have been replicated."""
@@ -183,7 +263,13 @@ class RedisHistory(History):
         return await replication.commands_then_wait(self._client, commands, wanted, ms)
 
     async def after(self, room: str, since: int, limit: int) -> Replay:
-        answer = (await self._read_rooms({room: [(since, limit)]}))[room, since, limit]
+        return await self._read_one(room, since, limit, cut=True)
+
+    async def between(self, room: str, since: int, upto: int) -> Replay:
+        return await self._read_one(room, since, upto - since - 1, cut=False)
+
+    async def _read_one(self, room: str, since: int, limit: int, cut: bool) -> Replay:
+        answer = (await self._read_rooms({room: [(since, limit)]}, cut))[room, since, limit]
         if isinstance(answer, BaseException):
             raise answer
         return answer
@@ -195,26 +281,27 @@ class RedisHistory(History):
         return await self._resumes.get((room, since, limit))
 
     async def _read_resumes(self, keys: list[Resume]) -> list[Replay | BaseException]:
-        found = await self._read_rooms(resumes_by_room(keys))
+        found = await self._read_rooms(resumes_by_room(keys), cut=True)
         return [found[key] for key in keys]
 
     async def _read_rooms(
-        self, rooms: dict[str, list[tuple[int, int]]]
+        self, rooms: dict[str, list[tuple[int, int]]], cut: bool
     ) -> dict[Resume, Replay | BaseException]:
-        """For each room, what ``after`` returns for each ``(since, limit)`` asked: one script
-        call per room (``_READ``), all in one pipeline; on a cluster one call per room on its
-        master, together, and a room that fails is its own resumes' error."""
+        """For each room, what ``after`` returns for each ``(since, limit)`` asked (``cut``:
+        none past the newest shown id; else ``between``'s): one script call per room
+        (``_READ``), all in one pipeline; on a cluster one call per room on its master,
+        together, and a room that fails is its own resumes' error."""
         # One epoch for the batch: a room draws it only if it has none, and an epoch need
         # only differ from the room's own earlier ones.
-        epoch = new_epoch()
+        args: list[str | int] = [new_epoch(), self._ttl, self._honour, "1" if cut else "0"]
         found: dict[Resume, Replay | BaseException] = {}
         if self._cluster is not None:
-            reads = [self._read_on_master(room, asks, epoch) for room, asks in rooms.items()]
+            reads = [self._read_on_master(room, asks, args) for room, asks in rooms.items()]
             replies = [await reads[0]] if len(reads) == 1 else await asyncio.gather(*reads)
         else:
             batch = ScriptPipeline(self._client)
             for room, asks in rooms.items():
-                batch.script(self._read_script, self._keys(room), _read_args(asks, epoch, self._ttl))
+                batch.script(self._read_script, self._keys(room), _read_args(args, asks))
             try:
                 replies = await batch.execute()
             except FAILURES as exc:
@@ -226,13 +313,13 @@ class RedisHistory(History):
                 found.update(_replays(room, asks, reply))
         return found
 
-    async def _read_on_master(self, room: str, asks: list[tuple[int, int]], epoch: str) -> Any:
+    async def _read_on_master(self, room: str, asks: list[tuple[int, int]], args: list[str | int]) -> Any:
         """A cluster room's ``_READ`` reply, or (returned) why it has none."""
         assert self._cluster is not None
         meta, log = self._keys(room)
         try:
             [reply] = await replication.on_slot_master(self._cluster, meta, [
-                ("EVAL", _READ, 2, meta, log, *_read_args(asks, epoch, self._ttl)),
+                ("EVAL", _READ, 2, meta, log, *_read_args(args, asks)),
             ])
             return reply
         except FAILURES as exc:
@@ -244,26 +331,23 @@ class RedisHistory(History):
 
     async def latest(self, room: str, count: int) -> Replay:
         meta, log = self._keys(room)
+        args: list[str | int] = [new_epoch(), self._ttl, self._honour, max(count, 0)]
         try:
             if self._cluster is not None:
-                entries, raw_state = await replication.on_slot_master(self._cluster, meta, [
-                    ("XREVRANGE", log, "+", "-", "COUNT", max(count, 1)),
-                    ("EVAL", _STATE, 2, meta, log, new_epoch(), self._ttl),
+                [(entries, raw_state)] = await replication.on_slot_master(self._cluster, meta, [
+                    ("EVAL", _LATEST, 2, meta, log, *args),
                 ])
             else:
-                batch = ScriptPipeline(self._client)
-                batch.pipe.xrevrange(log, count=max(count, 1))
-                batch.script(self._state_script, [meta, log], [new_epoch(), self._ttl])
-                entries, raw_state = await batch.execute()
+                entries, raw_state = await self._latest_script(keys=[meta, log], args=args)
         except FAILURES as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
-        return Replay(frames=_frames(reversed(entries)) if count > 0 else [], state=_state(raw_state))
+        return Replay(frames=_raw_frames(list(reversed(entries))), state=_state(raw_state))
 
     async def state(self, room: str) -> RoomState:
         meta, log = self._keys(room)
         try:
             raw = await self._state_script(
-                keys=[meta, log], args=[new_epoch(), self._ttl]
+                keys=[meta, log], args=[new_epoch(), self._ttl, self._honour]
             )
         except FAILURES as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
@@ -273,7 +357,7 @@ class RedisHistory(History):
         meta, log = self._keys(room)
         try:
             raw = await self._restart_script(
-                keys=[meta, log], args=[stale_epoch, new_epoch(), self._ttl]
+                keys=[meta, log], args=[stale_epoch, new_epoch(), self._ttl, self._honour]
             )
         except FAILURES as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
@@ -303,10 +387,10 @@ class RedisHistory(History):
             return []
         pipe = self._client.pipeline(transaction=False)
         for room in rooms:
-            pipe.hmget(self._keys(room)[0], "epoch", "base", "seq")
+            pipe.hmget(self._keys(room)[0], "epoch", "base", "seq", "shown")
         return [
-            RoomState(epoch=raw[0].decode(), base=int(raw[1]), last_id=int(raw[2])) if raw[0] else None
-            for raw in await self._execute(pipe)
+            _state([epoch, base, seq, _shown(seq, shown) if self._min_replicas else seq]) if epoch else None
+            for epoch, base, seq, shown in await self._execute(pipe)
         ]
 
     @staticmethod
@@ -327,13 +411,19 @@ class RedisHistory(History):
 
 
 def _state(raw: list[Any]) -> RoomState:
-    epoch, base, seq = raw
+    """A state as the scripts give it: epoch, base, newest id, newest shown id."""
+    epoch, base, seq, shown = raw
     return RoomState(epoch=epoch.decode() if isinstance(epoch, bytes) else str(epoch),
-                     base=int(base), last_id=int(seq))
+                     base=int(base), last_id=int(shown), unshown=int(seq) - int(shown))
 
 
-def _read_args(asks: list[tuple[int, int]], epoch: str, ttl: int) -> list[str | int]:
-    return [epoch, ttl, *(value for ask in asks for value in ask)]
+def _shown(seq: bytes, shown: bytes | None) -> int:
+    """The scripts' ``shown()``, for a plain read of the fields."""
+    return int(seq) if shown is None else min(int(shown), int(seq))
+
+
+def _read_args(args: list[str | int], asks: list[tuple[int, int]]) -> list[str | int]:
+    return [*args, *(value for ask in asks for value in ask)]
 
 
 def _replays(room: str, asks: list[tuple[int, int]], reply: list[Any]) -> dict[Resume, Replay]:

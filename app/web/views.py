@@ -105,8 +105,9 @@ def _int_param(request: HttpRequest, name: str, default: int, low: int, high: in
 async def _history(request: HttpRequest, room: str) -> HttpResponse:
     """GET: messages after ``since`` (default 0), at most ``limit``, oldest first.
 
-    With ``epoch`` other than the room's, ``since`` belongs to ids that started over: the
-    answer is then the room's epoch from its start, marked ``"reset": true``.
+    With ``epoch`` other than the room's, or ``since`` past the room's newest id,
+    ``since`` belongs to ids that started over: the answer is then the room's epoch from its
+    start, marked ``"reset": true``.
     """
     refused = _may_read(request, room)
     if refused is not None:
@@ -122,7 +123,8 @@ async def _history(request: HttpRequest, room: str) -> HttpResponse:
     history = _services().history
     try:
         replay = await history.after(room, since, limit)
-        reset = epoch is not None and epoch != replay.state.epoch
+        # As a WebSocket resume: another epoch, or ids the room never reached in its own.
+        reset = (epoch is not None and epoch != replay.state.epoch) or since > replay.state.top
         if reset:
             replay = await history.after(room, replay.state.base, limit)
     except HistoryUnavailable:

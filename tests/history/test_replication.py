@@ -7,10 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from app.chat.registry import Registry
+from app.chat.tail import TailWatcher
 from app.history import HistoryUnavailable
 from app.history.redis import RedisHistory
 from app.history.replication import ReplicationShortfall, require_replicas
 from app.protocol import message_template
+from tests.chat.test_tail import Member
 from tests.support import RedisServer, wait_until
 
 
@@ -73,5 +76,97 @@ async def test_no_replicas_asked_for_acks_as_before(redis_server: RedisServer) -
     try:
         appended = await store.append("r", message_template("r", "hi", 1, "u", None), None)
         assert appended.id == 1 and not appended.duplicate
+    finally:
+        await store.close()
+
+
+async def test_a_send_no_replica_has_is_shown_to_nobody_until_one_has_it(
+    redis_server: RedisServer, replica: RedisServer,
+) -> None:
+    # The failover this guards against: members shown a send answered `unavailable`, whose
+    # master then died before any replica had it; the next message got the same id and
+    # those members dropped it as already seen.
+    store = history(redis_server, min_replicas=1)
+    try:
+        with pytest.raises(ReplicationShortfall):
+            await store.append("r", message_template("r", "unsure", 1, "u", "c1"), "c1")
+        state = await store.state("r")
+        assert (state.last_id, state.unshown, state.top) == (0, 1, 1)
+        assert await store.states(["r"]) == [state]
+        # Joins (with ?last, or resuming), the HTTP history and the tail watcher's reads.
+        assert (await store.latest("r", 10)).frames == []
+        assert (await store.after("r", 0, 10)).frames == []
+        assert (await store.resume("r", 0, 10)).frames == []
+        # Nothing to confirm it with: it stays unshown, and it is not lost either.
+        with pytest.raises(ReplicationShortfall):
+            await store.confirm("r", state)
+        assert (await store.state("r")) == state
+
+        attach(redis_server, replica)
+        sent = await store.append("r", message_template("r", "sure", 2, "u", "c2"), "c2")
+        assert sent.id == 2
+        # Replication is in order: id 2 on the replica means id 1 is too; both are shown.
+        shown = await store.state("r")
+        assert (shown.last_id, shown.unshown) == (2, 0)
+        assert [i for i, _ in (await store.latest("r", 10)).frames] == [1, 2]
+    finally:
+        await store.close()
+
+
+async def test_an_unshown_send_that_replicated_late_is_confirmed_or_shown_by_its_resend(
+    redis_server: RedisServer, replica: RedisServer,
+) -> None:
+    store = history(redis_server, min_replicas=1)
+    try:
+        for client_id in ("c1", "c2"):
+            with pytest.raises(ReplicationShortfall):
+                await store.append("r", message_template("r", client_id, 1, "u", client_id), client_id)
+        attach(redis_server, replica)
+        # The resend of the first is acked under its id and shows it; the second's sender
+        # never resent: the tail watcher's confirm shows it.
+        again = await store.append("r", message_template("r", "c1", 1, "u", "c1"), "c1")
+        assert (again.id, again.duplicate) == (1, True)
+        assert ((await store.state("r")).last_id, (await store.state("r")).unshown) == (1, 1)
+        confirmed = await store.confirm("r", await store.state("r"))
+        assert (confirmed.last_id, confirmed.unshown) == (2, 0)
+        assert [i for i, _ in (await store.after("r", 0, 10)).frames] == [1, 2]
+    finally:
+        await store.close()
+
+
+async def test_a_fill_reads_ids_below_a_live_message_whatever_is_noted_as_shown(
+    redis_server: RedisServer, replica: RedisServer,
+) -> None:
+    # After a failover that lost the note (not the ids), a member sent id 2 live still gets
+    # id 1 from history: a live id is confirmed, and so is everything below it.
+    attach(redis_server, replica)
+    store = history(redis_server, min_replicas=1)
+    try:
+        for n in (1, 2):
+            await store.append("r", message_template("r", f"m{n}", n, "u", f"c{n}"), f"c{n}")
+        cli(redis_server, "HSET", "chat:{r}:meta", "shown", "0")  # the lost note
+        state = await store.state("r")
+        assert [i for i, _ in (await store.fill("r", state.epoch, 0, 2)).frames] == [1]
+        assert (await store.after("r", 0, 10)).frames == []
+    finally:
+        await store.close()
+
+
+async def test_the_tail_watcher_nudges_nobody_to_an_unshown_id_and_confirms_it_once_replicated(
+    redis_server: RedisServer, replica: RedisServer,
+) -> None:
+    store = history(redis_server, min_replicas=1)
+    registry = Registry()
+    watcher = TailWatcher(registry, store, interval=1)
+    try:
+        member = Member("r", epoch=(await store.state("r")).epoch)
+        registry.add(member)
+        with pytest.raises(ReplicationShortfall):
+            await store.append("r", message_template("r", "unsure", 1, "u", "c1"), "c1")
+        assert [await watcher.tick() for _ in range(3)] == [0, 0, 0]  # confirms fail meanwhile
+        attach(redis_server, replica)
+        assert await watcher.tick() == 0  # confirmed now: shown from this read on
+        assert await watcher.tick() == 1
+        assert member.nudges == [1]
     finally:
         await store.close()

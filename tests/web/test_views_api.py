@@ -55,6 +55,11 @@ async def test_backend_post_reaches_members_and_history(server: AppServer) -> No
     # Leading zeros spell the same id (the parameter is parsed as the WebSocket's is).
     padded = server.get("/api/rooms/news/messages?since=0000000000000000001")[1]
     assert [m["id"] for m in padded["messages"]] == [2]
+    # Ids the room never reached (a client of a store that lost them): reset, as a resume is.
+    status, ahead = server.get("/api/rooms/news/messages?since=7")
+    assert status == 200 and ahead["reset"] is True and ahead["epoch"] == epoch
+    assert [m["id"] for m in ahead["messages"]] == [1, 2]
+    assert "reset" not in server.get("/api/rooms/news/messages?since=2")[1]
 
 
 def test_post_needs_the_right_token(server: AppServer) -> None:
