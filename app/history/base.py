@@ -101,9 +101,9 @@ class History(abc.ABC):
     _fills: SharedCalls[tuple[str, str, int, int], Replay] | None = None
 
     async def fill(self, room: str, epoch: str, since: int, upto: int) -> Replay:
-        """``after(room, since, upto - since - 1)`` for a member in ``epoch`` that lacks the
-        ids after ``since`` and knows every id below ``upto`` is recorded (it was sent ``upto``,
-        or read that history held ``upto - 1``).
+        """``between(room, since, upto)`` for a member in ``epoch`` that lacks the ids after
+        ``since`` and knows every id below ``upto`` is recorded and confirmed (it was sent
+        ``upto``, or read that history showed ``upto - 1``).
 
         Members of a room fall behind together (a lost broadcast, or the tail watcher
         nudging a whole room whose pub/sub is late): identical fills in flight share one read,
