@@ -55,7 +55,8 @@ def test_the_health_check_times_out_within_its_interval() -> None:
     def seconds(duration: str) -> float:
         return float(duration[:-2]) / 1000 if duration.endswith("ms") else float(duration.rstrip("s"))
 
-    assert 0 < seconds(tc.HEALTH_CHECK_TIMEOUT) < seconds(tc.HEALTH_CHECK_INTERVAL) <= 1
+    # docs/DEPLOY.md: a dead replica is out of the rotation within about two seconds.
+    assert 0 < seconds(tc.HEALTH_CHECK_TIMEOUT) < seconds(tc.HEALTH_CHECK_INTERVAL) <= 2
     assert tc.health_check_yaml("http://a:1") == tc.health_check_yaml(["http://a:1"]) == ""
 
 
