@@ -137,7 +137,8 @@ def stop_with_sockets(stack: BenchStack, color: str, count: int) -> dict[str, An
 def restart_gap(stack: BenchStack, color: str, timeout: float = 60.0) -> dict[str, Any]:
     """``docker restart`` of the only (active) colour: when its own /readyz answers 200
     through the probe router, when the public router forwards to it again, and what the
-    public router answered in between (a Traefik health check would add 503s here)."""
+    public router answered in between (a Traefik health check, which only a colour of two or
+    more replicas gets, would add 503s here)."""
     container = stack.container(f"app_{color}")
     public = stack.web_url.replace("ws://", "http://") + "/"
     subprocess.run(["docker", "restart", container], check=True, capture_output=True)

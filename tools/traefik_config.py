@@ -52,6 +52,14 @@ OPS_ENTRYPOINT = "traefik"
 READY_PATH = "/readyz"
 # Probes and metrics are internal: the public router refuses them (Traefik answers 404).
 INTERNAL_PATHS = ("/healthz", "/readyz", "/metrics")
+# The active colour's health check, only when it has several servers (health_check_yaml).
+# A dead, hung or draining process leaves the rotation one interval (plus the timeout, for a
+# hung one) after it fails; the timeout sits below the interval, yet far above what /readyz
+# takes (precomputed bytes): a loop busy with a broadcast to ~19,000 sockets stalls ~0.5 s,
+# and one failed check takes a server out (all of them, if every replica stalls at once).
+HEALTH_CHECK_MIN_SERVERS = 2
+HEALTH_CHECK_INTERVAL = "2s"
+HEALTH_CHECK_TIMEOUT = "1500ms"
 
 _ACTIVE = re.compile(r"^\s*service:\s*chat-(\w+)\s*$", re.MULTILINE)
 
@@ -109,6 +117,22 @@ def servers_yaml(urls: str | Sequence[str]) -> str:
     return "\n".join(f'          - url: "{url}"' for url in listed(urls))
 
 
+def health_check_yaml(urls: str | Sequence[str]) -> str:
+    """The active colour's ``healthCheck`` on ``/readyz``, indented for the template and led
+    by a newline (it follows the servers), when the colour has two or more servers; "" for one.
+
+    With one server a check could only mark it down: a restart would answer 503 until the
+    next check passed, where without one Traefik forwards the moment the app listens (and
+    the app refuses handshakes itself until it is ready). With several, the others take a
+    failed one's share. Traefik counts every server up until its first check, one interval
+    after each configuration it applies, so a switch to a colour the deploy found ready never
+    waits for a check (docs/DEPLOY.md, "Traefik's health check")."""
+    if len(listed(urls)) < HEALTH_CHECK_MIN_SERVERS:
+        return ""
+    return (f"\n        healthCheck:\n          path: {READY_PATH}\n"
+            f"          interval: {HEALTH_CHECK_INTERVAL}\n          timeout: {HEALTH_CHECK_TIMEOUT}")
+
+
 def replica_name(color: str, number: int) -> str:
     """A replica's router and service name, and its value of REPLICA_HEADER."""
     return f"{color}-{number}"
@@ -134,9 +158,10 @@ def replicas_yaml(urls: Mapping[str, str | Sequence[str]]) -> tuple[str, str]:
 
 def render_dynamic(color: str, urls: Mapping[str, str | Sequence[str]]) -> str:
     """The live dynamic file from the committed template: chat (HTTP and WebSocket) and the
-    ops /readyz routed to ``color`` (balanced over its replicas when it has several), a
-    probe router per colour and a router per replica; ``urls`` maps each colour to its app
-    address(es), one per replica (process or container)."""
+    ops /readyz routed to ``color`` (balanced over its replicas when it has several, with a
+    health check then), a probe router per colour and a router per replica (never checked:
+    the deploy asks each replica itself); ``urls`` maps each colour to its app address(es),
+    one per replica (process or container)."""
     check_color(color)
     missing = [c for c in COLORS if c not in urls]
     if missing:
@@ -145,6 +170,7 @@ def render_dynamic(color: str, urls: Mapping[str, str | Sequence[str]]) -> str:
     template = string.Template(TEMPLATE_FILE.read_text())
     return template.substitute(color=color, public_rule=public_rule(),
                                active_servers=servers_yaml(urls[color]),
+                               active_health_check=health_check_yaml(urls[color]),
                                replica_routers=replica_routers, replica_services=replica_services,
                                **{f"{c}_servers": servers_yaml(urls[c]) for c in COLORS})
 

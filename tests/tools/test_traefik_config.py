@@ -25,9 +25,39 @@ def test_dynamic_file_routes_chat_and_readyz_to_one_colour(color: str) -> None:
     assert routers["chat"]["service"] == routers["chat-readyz"]["service"] == f"chat-{color}"
     service = http["services"][f"chat-{color}"]["loadBalancer"]
     assert service["servers"] == [{"url": f"http://parley-app_{color}-1:8000"}]
-    # One server per service: a health check could only add 503s after a restart.
+    # One server: a health check could only add 503s after a restart.
     assert "healthCheck" not in service
     assert tc.active_color(text) == color
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_the_active_colour_is_health_checked_only_when_it_has_several_servers(replicas: int) -> None:
+    """Two or more: a dead or draining one leaves the rotation and the others take its share.
+    Never on the probe and replica services: the deploy asks every replica itself."""
+    for runtime_urls in (tc.compose_urls("p", {"blue": replicas, "green": 1}),
+                         {"blue": [tc.local_url(port) for port in range(1, replicas + 1)],
+                          "green": [tc.local_url(9)]}):
+        http = yaml.safe_load(tc.render_dynamic("blue", runtime_urls))["http"]
+        check = http["services"]["chat-blue"]["loadBalancer"]["healthCheck"]
+        assert check == {"path": tc.READY_PATH, "interval": tc.HEALTH_CHECK_INTERVAL,
+                         "timeout": tc.HEALTH_CHECK_TIMEOUT}
+        checked = [name for name, service in http["services"].items()
+                   if "healthCheck" in service["loadBalancer"]]
+        assert checked == ["chat-blue"]
+        assert tc.active_color(tc.render_dynamic("blue", runtime_urls)) == "blue"
+        assert tc.colour_urls(tc.render_dynamic("blue", runtime_urls)) == runtime_urls
+    # The colour it switches to decides, whatever the other has.
+    green = yaml.safe_load(tc.render_dynamic("green", tc.compose_urls("p", {"blue": replicas})))["http"]
+    assert "healthCheck" not in green["services"]["chat-green"]["loadBalancer"]
+
+
+def test_the_health_check_times_out_within_its_interval() -> None:
+    def seconds(duration: str) -> float:
+        return float(duration[:-2]) / 1000 if duration.endswith("ms") else float(duration.rstrip("s"))
+
+    # docs/DEPLOY.md: a dead replica is out of the rotation within about two seconds.
+    assert 0 < seconds(tc.HEALTH_CHECK_TIMEOUT) < seconds(tc.HEALTH_CHECK_INTERVAL) <= 2
+    assert tc.health_check_yaml("http://a:1") == tc.health_check_yaml(["http://a:1"]) == ""
 
 
 def test_each_colour_can_be_probed_on_the_internal_entry_point_only() -> None:
