@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.sync.client import connect
 
+from app.chat.auth import mint
 from tests.support import AppServer
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -16,6 +20,7 @@ expect = playwright_api.expect
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 WAIT_MS = 15_000
+RLO = "\u202e"
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +77,48 @@ def test_the_page_shows_the_online_count_and_who_is_typing(
     bob.context.close()
     expect(alice.locator("#online")).to_have_text("1 online", timeout=WAIT_MS)
     expect(alice.locator("#members li")).to_have_count(1)
+
+
+# Where each character of ``el``'s text is drawn, left edge in px, in text order.
+CHARACTER_LEFTS = """el => {
+  const lefts = [];
+  const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    for (let i = 0; i < node.data.length; i++) {
+      const range = document.createRange();
+      range.setStart(node, i);
+      range.setEnd(node, i + 1);
+      lefts.push([node.data[i], range.getBoundingClientRect().left]);
+    }
+  }
+  return lefts;
+}"""
+
+
+def drawn_left_to_right(element: Any, text: str) -> bool:
+    """Are the characters of ``text`` (within the element's text) drawn in their order?"""
+    lefts = element.evaluate(CHARACTER_LEFTS)
+    chars = "".join(ch for ch, _ in lefts)
+    start = chars.index(text)
+    xs = [x for _, x in lefts[start:start + len(text)]]
+    return xs == sorted(xs) and len(set(xs)) == len(xs)
+
+
+def test_bidi_controls_in_a_name_stay_inside_the_name(
+    make_app: Callable[..., AppServer], open_tab: Callable[[str], Any],
+) -> None:
+    # A signed name may hold U+202E (right-to-left override): unisolated, it reversed the
+    # rest of its line, so "‮evil" could make " is typing…" or " (you)" read backwards.
+    secret = secrets.token_urlsafe(32)
+    server = make_app(env={"CHAT_AUTH": "jwt", "CHAT_JWT_SECRET": secret, "CHAT_PRESENCE_GRACE": "1"})
+    page = open_tab(f"{server.base}/?room=tea#token={mint(RLO + 'me', ['tea'], 3600, secret)}")
+    with connect(server.ws_url("tea", token=mint(RLO + "evil", ["tea"], 3600, secret))) as other:
+        expect(page.locator("#online")).to_have_text("2 online", timeout=WAIT_MS)
+        other.send(json.dumps({"type": "typing"}))
+        expect(page.locator("#typing")).to_contain_text("is typing", timeout=WAIT_MS)
+        assert drawn_left_to_right(page.locator("#typing"), " is typing…")
+    page.locator("#online").click()
+    mine = page.locator("#members li", has_text="(you)")
+    expect(mine).to_have_count(1, timeout=WAIT_MS)
+    assert drawn_left_to_right(mine, " (you)")
+    assert drawn_left_to_right(page.locator("#who"), "you are ")

@@ -618,17 +618,27 @@
     if (atBottom) el.scrollTop = el.scrollHeight;
   }
 
+  /**
+   * A user name as text in a <bdi>: bidi controls in a name (U+202E and the like) stay
+   * inside it. Unisolated, "\u202Eevil" reversed whatever followed it on the line: the
+   * message's time, " is typing…", " (you)", so a name could dress up as other text.
+   */
+  function nameNode(user) {
+    const name = document.createElement("bdi");
+    name.className = "user";
+    name.textContent = user; // text, never HTML
+    return name;
+  }
+
   function row(className, user, text, meta) {
     const li = document.createElement("li");
     li.className = className;
     const head = document.createElement("div");
     head.className = "meta";
-    const name = document.createElement("span");
-    name.className = "user";
-    name.textContent = user;
-    head.append(name, meta);
+    head.append(nameNode(user), meta);
     const body = document.createElement("p");
     body.className = "text";
+    body.dir = "auto"; // a Hebrew or Arabic message reads right to left, a Latin one left to right
     body.textContent = text; // text, never HTML
     li.append(head, body);
     return li;
@@ -729,7 +739,8 @@
     ui.online.textContent = `${count} online`;
     const items = Array.from(members).slice(0, MEMBERS_SHOWN).map((user) => {
       const li = document.createElement("li");
-      li.textContent = user === client?.user ? `${user} (you)` : user; // text, never HTML
+      li.append(nameNode(user));
+      if (user === client?.user) li.append(" (you)");
       return li;
     });
     ui.members.replaceChildren(...items);
@@ -737,11 +748,10 @@
 
   function showTyping() {
     const names = Array.from(typists.keys());
-    let text = "";
-    if (names.length === 1) text = `${names[0]} is typing…`;
-    else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
-    else if (names.length > 2) text = "several people are typing…";
-    ui.typing.textContent = text;
+    if (names.length === 1) ui.typing.replaceChildren(nameNode(names[0]), " is typing…");
+    else if (names.length === 2) {
+      ui.typing.replaceChildren(nameNode(names[0]), " and ", nameNode(names[1]), " are typing…");
+    } else ui.typing.textContent = names.length > 2 ? "several people are typing…" : "";
   }
 
   function typingStopped(user) {
@@ -787,7 +797,7 @@
     client = new ChatClient(room, { ...options, token: options.token }, {
       onState: showState,
       onReady: (frame) => {
-        ui.who.textContent = `you are ${frame.user}`;
+        ui.who.replaceChildren("you are ", nameNode(String(frame.user)));
       },
       onMessage: (frame) => {
         typingStopped(String(frame.user));
