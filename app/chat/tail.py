@@ -17,7 +17,7 @@ either: within an epoch the store's newest id only grows.
 
 "Behind" and "ahead" use different tops: members are nudged only up to the newest id the
 store *shows* (acked on replicas), while ahead means past the newest id it *gave*. Ids given
-and left unshown for a whole tick are confirmed here (``History.confirm``).
+and left unshown for a whole tick are confirmed in the background (app/chat/confirms.py).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from app.chat.confirms import Confirms
 from app.chat.registry import Member, Registry
-from app.history import History, HistoryUnavailable, RoomState
+from app.history import History, RoomState
 
 logger = logging.getLogger("parley")
 
@@ -47,6 +48,7 @@ class TailWatcher:
         # members are not looked at one by one: at 16,667 sockets, reading each one's
         # position every second was ~2.5 % of a core.
         self._settled: set[str] = set()
+        self.confirms = Confirms(history)
 
     def _note(self, rooms: dict[str, list[Member]]) -> tuple[dict[str, int], dict[str, list[Noted]]]:
         """Members' positions, per room: the highest among those level with what history
@@ -104,7 +106,8 @@ class TailWatcher:
                 state = await self.history.restart(room, state.epoch)
             elif state.unshown and state == held_before:
                 # Ids unshown for a whole tick: no append is waiting for them any more.
-                state = await self._confirm(room, state)
+                # Confirmed in the background: shown from a later read on.
+                self.confirms.request(room, state)
             elif state == held_before and not noted[room]:
                 settled.add(room)  # unchanged for a tick, everyone level with it
             held_now[room] = state
@@ -127,20 +130,16 @@ class TailWatcher:
                 nudged += 1
         self._held = held_now
         self._settled = settled
+        self.confirms.keep(names)
         return nudged
 
-    async def _confirm(self, room: str, state: RoomState) -> RoomState:
-        """Show the room's unshown ids if replicas hold them; else try again next tick."""
-        try:
-            return await self.history.confirm(room, state)
-        except HistoryUnavailable as exc:  # no replica yet (the room's sends fail too)
-            logger.debug("unshown ids of %s not confirmed: %s", room, exc)
-            return state
-
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.tick()
-            except Exception as exc:  # Redis away: readiness reports it; try again next tick
-                logger.debug("tail check skipped: %s", exc)
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                try:
+                    await self.tick()
+                except Exception as exc:  # Redis away: readiness reports it; try again next tick
+                    logger.debug("tail check skipped: %s", exc)
+        finally:
+            await self.confirms.close()

@@ -24,14 +24,22 @@ from app.redis_scripts import ScriptPipeline
 # take both). When it is missing, the next script to touch the room draws it again with the
 # epoch the caller passed: ids continue after the newest entry the log still holds (0 when the
 # log is gone too), in the new epoch, so no id of the log is ever given to another message.
+# When acks wait for replicas (``honour`` '1'), none of the log it inherits is shown: it may
+# hold sends whose WAIT fell short, and only a confirm (a WAIT of its own) can tell.
 _OPEN_EPOCH = """
-local function state(meta, log, epoch, ttl)
+local function state(meta, log, epoch, ttl, honour)
   local s = redis.call('HMGET', meta, 'epoch', 'base', 'seq')
   if s[1] then return s[1], tonumber(s[2]), tonumber(s[3]) end
   local top = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
   local base = 0
   if top[1] then base = tonumber(string.match(top[1][1], '^(%d+)')) end
   redis.call('HSET', meta, 'epoch', epoch, 'base', base, 'seq', base)
+  if honour == '1' then
+    local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
+    local shown = base
+    if first[1] then shown = tonumber(string.match(first[1][1], '^(%d+)')) - 1 end
+    redis.call('HSET', meta, 'shown', shown)
+  end
   redis.call('EXPIRE', meta, ttl)
   return epoch, base, base
 end
@@ -51,7 +59,7 @@ end
 # A dedupe key holds "<epoch>:<id>": a send recorded in an earlier epoch is not a resend.
 # When acks wait for replicas the new id is not shown until ``_SHOW`` says so, after WAIT.
 _APPEND = _OPEN_EPOCH + """
-local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[6], ARGV[4])
+local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[6], ARGV[4], ARGV[7])
 local prior = redis.call('GET', KEYS[3])
 if prior then
   local cut = string.find(prior, ':', 1, true)
@@ -74,7 +82,7 @@ return {id, 0, epoch, base, id}
 # KEYS: meta, log. ARGV: new epoch, ttl, honour. The room's state (its epoch, base, newest id
 # and newest shown id), drawn if missing.
 _STATE = _OPEN_EPOCH + """
-local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 return {epoch, base, seq, shown(KEYS[1], seq, ARGV[3])}
 """
 
@@ -83,7 +91,7 @@ return {epoch, base, seq, shown(KEYS[1], seq, ARGV[3])}
 # then the id of the oldest entry held (false: none), then the room's state, drawn if
 # missing: what ``after`` needs, read at one instant, and only the oldest entry's id.
 _READ = _OPEN_EPOCH + """
-local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 local last = shown(KEYS[1], seq, ARGV[3])
 local stop = '+'
 if ARGV[4] == '1' then stop = string.format('%d', last) end
@@ -100,7 +108,7 @@ return out
 # KEYS: meta, log. ARGV: new epoch, ttl, honour, count. The newest ``count`` shown entries,
 # newest first, and the room's state.
 _LATEST = _OPEN_EPOCH + """
-local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 local last = shown(KEYS[1], seq, ARGV[3])
 local entries = {}
 if tonumber(ARGV[4]) > 0 then
@@ -112,7 +120,7 @@ return {entries, {epoch, base, seq, last}}
 # KEYS: meta, log. ARGV: stale epoch, new epoch, ttl, honour. A new epoch if the room is still
 # in the stale one; its base is below the oldest entry held, so a reset member is sent all.
 _RESTART = _OPEN_EPOCH + """
-local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
+local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[4])
 if epoch == ARGV[1] then
   local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
   base = seq
@@ -310,7 +318,7 @@ class RedisHistory(History):
             if isinstance(reply, BaseException):
                 found.update({(room, since, limit): reply for since, limit in asks})
             else:
-                found.update(_replays(room, asks, reply))
+                found.update(_replays(room, asks, reply, cut))
         return found
 
     async def _read_on_master(self, room: str, asks: list[tuple[int, int]], args: list[str | int]) -> Any:
@@ -426,12 +434,16 @@ def _read_args(args: list[str | int], asks: list[tuple[int, int]]) -> list[str |
     return [*args, *(value for ask in asks for value in ask)]
 
 
-def _replays(room: str, asks: list[tuple[int, int]], reply: list[Any]) -> dict[Resume, Replay]:
+def _replays(room: str, asks: list[tuple[int, int]], reply: list[Any], cut: bool) -> dict[Resume, Replay]:
     """``after``'s answers from one room's ``_READ`` reply: the entries after each ``since``
-    asked, the oldest id held (None: the log is empty), then the room's state."""
+    asked, the oldest id held (None: the log is empty), then the room's state. Cut (what is
+    shown only): a gap never reaches past the newest shown id, even when the oldest entry
+    held is an unshown one (sends whose WAIT fell short trimmed the log below it)."""
     *ranges, oldest, raw_state = reply
     state = _state(raw_state)
     first_held = _entry_id(oldest) if oldest else state.last_id + 1
+    if cut:
+        first_held = min(first_held, state.last_id + 1)
     found = {}
     for (since, limit), entries in zip(asks, ranges, strict=True):
         missing = (since + 1, first_held - 1) if since + 1 < first_held else None

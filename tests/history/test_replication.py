@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import Iterator
 
 import pytest
 
+from app.chat.confirms import Confirms
 from app.chat.registry import Registry
 from app.chat.tail import TailWatcher
-from app.history import HistoryUnavailable
+from app.history import HistoryUnavailable, RoomState
 from app.history.redis import RedisHistory
 from app.history.replication import ReplicationShortfall, require_replicas
 from app.protocol import message_template
@@ -158,15 +160,110 @@ async def test_the_tail_watcher_nudges_nobody_to_an_unshown_id_and_confirms_it_o
     store = history(redis_server, min_replicas=1)
     registry = Registry()
     watcher = TailWatcher(registry, store, interval=1)
+    watcher.confirms = Confirms(store, first_retry=0)  # no waiting between tries here
     try:
         member = Member("r", epoch=(await store.state("r")).epoch)
         registry.add(member)
         with pytest.raises(ReplicationShortfall):
             await store.append("r", message_template("r", "unsure", 1, "u", "c1"), "c1")
-        assert [await watcher.tick() for _ in range(3)] == [0, 0, 0]  # confirms fail meanwhile
+        for _ in range(3):
+            assert await watcher.tick() == 0
+            await watcher.confirms.idle()  # fell short: no replica
+        assert (await store.state("r")).unshown == 1
         attach(redis_server, replica)
-        assert await watcher.tick() == 0  # confirmed now: shown from this read on
-        assert await watcher.tick() == 1
+        assert await watcher.tick() == 0
+        await watcher.confirms.idle()  # confirmed now: shown from the next read on
+        assert (await store.state("r")).unshown == 0
+        assert [await watcher.tick() for _ in range(2)] == [0, 1]
         assert member.nudges == [1]
+    finally:
+        await watcher.confirms.close()
+        await store.close()
+
+
+class StalledConfirms(RedisHistory):
+    """A store whose confirms hang until let go: a master without a replica, made to last."""
+
+    let_go: asyncio.Event
+
+    async def confirm(self, room: str, state: RoomState) -> RoomState:
+        await self.let_go.wait()
+        return await super().confirm(room, state)
+
+
+async def test_a_room_that_cannot_be_confirmed_holds_up_no_other_rooms_repair(
+    redis_server: RedisServer, replica: RedisServer,
+) -> None:
+    attach(redis_server, replica)
+    store = StalledConfirms((redis_server.url,), max_len=100, ttl=60, dedupe_ttl=60,
+                            min_replicas=1, wait_timeout=1.0)
+    store.let_go = asyncio.Event()
+    registry = Registry()
+    watcher = TailWatcher(registry, store, interval=1)
+    try:
+        behind = Member("ok", epoch=(await store.state("ok")).epoch)
+        registry.add(behind)
+        registry.add(Member("stuck", epoch=(await store.state("stuck")).epoch))
+        cli(replica, "REPLICAOF", "NO", "ONE")  # "stuck" gets an unshown id
+        with pytest.raises(ReplicationShortfall):
+            await store.append("stuck", message_template("stuck", "unsure", 1, "u", "c1"), "c1")
+        attach(redis_server, replica)
+        await store.append("ok", message_template("ok", "lost broadcast", 1, "u", "c2"), "c2")
+        assert await watcher.tick() == 0  # first sight of both
+        # "stuck" is being confirmed (and hangs); "ok"'s member is repaired all the same.
+        assert await asyncio.wait_for(watcher.tick(), 30) == 1
+        assert behind.nudges == [1]
+        store.let_go.set()
+        await watcher.confirms.idle()
+        assert (await store.state("stuck")).unshown == 0
+    finally:
+        await watcher.confirms.close()
+        await store.close()
+
+
+async def test_a_room_drawn_again_over_its_log_shows_none_of_it_until_confirmed(
+    redis_server: RedisServer, replica: RedisServer,
+) -> None:
+    # The meta key lost (deleted, evicted) while the log stays: the log may end with sends
+    # whose WAIT fell short, and nothing says which.
+    attach(redis_server, replica)
+    store = history(redis_server, min_replicas=1)
+    try:
+        await store.append("r", message_template("r", "acked", 1, "u", "c1"), "c1")
+        cli(replica, "REPLICAOF", "NO", "ONE")
+        with pytest.raises(ReplicationShortfall):
+            await store.append("r", message_template("r", "unsure", 2, "u", "c2"), "c2")
+        cli(redis_server, "DEL", "chat:{r}:meta")
+        drawn = await store.state("r")
+        assert (drawn.last_id, drawn.top, drawn.base) == (0, 2, 2)
+        assert (await store.latest("r", 10)).frames == []
+        assert (await store.after("r", 0, 10)).frames == []
+        attach(redis_server, replica)
+        confirmed = await store.confirm("r", drawn)
+        assert (confirmed.last_id, confirmed.unshown) == (2, 0)
+        assert [i for i, _ in (await store.latest("r", 10)).frames] == [1, 2]
+    finally:
+        await store.close()
+
+
+async def test_a_gap_never_reaches_past_what_is_shown(
+    redis_server: RedisServer, replica: RedisServer,
+) -> None:
+    # Unshown sends can trim the log below them (its length counts every entry): a resume
+    # was told the ids up to the oldest held were gone, and went live above what is shown,
+    # where a failover could give those ids to other messages.
+    attach(redis_server, replica)
+    store = RedisHistory((redis_server.url,), max_len=3, ttl=60, dedupe_ttl=60, min_replicas=1,
+                         wait_timeout=1.0)
+    try:
+        for n in (1, 2):
+            await store.append("r", message_template("r", f"m{n}", n, "u", f"c{n}"), f"c{n}")
+        cli(replica, "REPLICAOF", "NO", "ONE")
+        for n in range(3, 7):
+            with pytest.raises(ReplicationShortfall):
+                await store.append("r", message_template("r", f"m{n}", n, "u", f"c{n}"), f"c{n}")
+        resumed = await store.resume("r", 2, 10)
+        assert (resumed.frames, resumed.missing, resumed.state.last_id) == ([], None, 2)
+        assert (await store.after("r", 0, 10)).missing == (1, 2)
     finally:
         await store.close()
