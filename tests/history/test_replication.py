@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from app.chat.confirms import Confirms
 from app.chat.registry import Registry
 from app.chat.tail import TailWatcher
-from app.history import HistoryUnavailable, RoomState
+from app.history import Appended, HistoryUnavailable, Replay, RoomState
 from app.history.redis import RedisHistory
 from app.history.replication import ReplicationShortfall, require_replicas
 from app.protocol import message_template
@@ -51,6 +51,23 @@ def history(server: RedisServer, min_replicas: int) -> RedisHistory:
                         min_replicas=min_replicas, wait_timeout=1.0)
 
 
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[RedisHistory]:
+    """History on ``redis_server`` with acks waiting for one replica (none attached yet)."""
+    history_ = history(redis_server, min_replicas=1)
+    yield history_
+    await history_.close()
+
+
+async def send(store: RedisHistory, n: int, room: str = "r") -> Appended:
+    """Send message ``n`` of ``room`` (client_id ``c<n>``)."""
+    return await store.append(room, message_template(room, f"m{n}", n, "u", f"c{n}"), f"c{n}")
+
+
+def ids(replay: Replay) -> list[int]:
+    return [message_id for message_id, _ in replay.frames]
+
+
 async def test_without_a_replica_nothing_is_acked_and_a_resend_is_once_one_syncs(
     redis_server: RedisServer, replica: RedisServer,
 ) -> None:
@@ -83,75 +100,63 @@ async def test_no_replicas_asked_for_acks_as_before(redis_server: RedisServer) -
 
 
 async def test_a_send_no_replica_has_is_shown_to_nobody_until_one_has_it(
-    redis_server: RedisServer, replica: RedisServer,
+    redis_server: RedisServer, replica: RedisServer, store: RedisHistory,
 ) -> None:
     # The failover this guards against: members shown a send answered `unavailable`, whose
     # master then died before any replica had it; the next message got the same id and
     # those members dropped it as already seen.
-    store = history(redis_server, min_replicas=1)
-    try:
-        with pytest.raises(ReplicationShortfall):
-            await store.append("r", message_template("r", "unsure", 1, "u", "c1"), "c1")
-        state = await store.state("r")
-        assert (state.last_id, state.unshown, state.top) == (0, 1, 1)
-        assert await store.states(["r"]) == [state]
-        # Joins (with ?last, or resuming), the HTTP history and the tail watcher's reads.
-        assert (await store.latest("r", 10)).frames == []
-        assert (await store.after("r", 0, 10)).frames == []
-        assert (await store.resume("r", 0, 10)).frames == []
-        # Nothing to confirm it with: it stays unshown, and it is not lost either.
-        with pytest.raises(ReplicationShortfall):
-            await store.confirm("r", state)
-        assert (await store.state("r")) == state
+    with pytest.raises(ReplicationShortfall):
+        await send(store, 1)
+    state = await store.state("r")
+    assert (state.last_id, state.unshown, state.top) == (0, 1, 1)
+    assert await store.states(["r"]) == [state]
+    # Joins (with ?last, or resuming), the HTTP history and the tail watcher's reads.
+    assert (await store.latest("r", 10)).frames == []
+    assert (await store.after("r", 0, 10)).frames == []
+    assert (await store.resume("r", 0, 10)).frames == []
+    # Nothing to confirm it with: it stays unshown, and it is not lost either.
+    with pytest.raises(ReplicationShortfall):
+        await store.confirm("r", state)
+    assert (await store.state("r")) == state
 
-        attach(redis_server, replica)
-        sent = await store.append("r", message_template("r", "sure", 2, "u", "c2"), "c2")
-        assert sent.id == 2
-        # Replication is in order: id 2 on the replica means id 1 is too; both are shown.
-        shown = await store.state("r")
-        assert (shown.last_id, shown.unshown) == (2, 0)
-        assert [i for i, _ in (await store.latest("r", 10)).frames] == [1, 2]
-    finally:
-        await store.close()
+    attach(redis_server, replica)
+    sent = await send(store, 2)
+    assert sent.id == 2
+    # Replication is in order: id 2 on the replica means id 1 is too; both are shown.
+    shown = await store.state("r")
+    assert (shown.last_id, shown.unshown) == (2, 0)
+    assert ids(await store.latest("r", 10)) == [1, 2]
 
 
 async def test_an_unshown_send_that_replicated_late_is_confirmed_or_shown_by_its_resend(
-    redis_server: RedisServer, replica: RedisServer,
+    redis_server: RedisServer, replica: RedisServer, store: RedisHistory,
 ) -> None:
-    store = history(redis_server, min_replicas=1)
-    try:
-        for client_id in ("c1", "c2"):
-            with pytest.raises(ReplicationShortfall):
-                await store.append("r", message_template("r", client_id, 1, "u", client_id), client_id)
-        attach(redis_server, replica)
-        # The resend of the first is acked under its id and shows it; the second's sender
-        # never resent: the tail watcher's confirm shows it.
-        again = await store.append("r", message_template("r", "c1", 1, "u", "c1"), "c1")
-        assert (again.id, again.duplicate) == (1, True)
-        assert ((await store.state("r")).last_id, (await store.state("r")).unshown) == (1, 1)
-        confirmed = await store.confirm("r", await store.state("r"))
-        assert (confirmed.last_id, confirmed.unshown) == (2, 0)
-        assert [i for i, _ in (await store.after("r", 0, 10)).frames] == [1, 2]
-    finally:
-        await store.close()
+    for n in (1, 2):
+        with pytest.raises(ReplicationShortfall):
+            await send(store, n)
+    attach(redis_server, replica)
+    # The resend of the first is acked under its id and shows it; the second's sender
+    # never resent: the tail watcher's confirm shows it.
+    again = await send(store, 1)
+    assert (again.id, again.duplicate) == (1, True)
+    assert ((await store.state("r")).last_id, (await store.state("r")).unshown) == (1, 1)
+    confirmed = await store.confirm("r", await store.state("r"))
+    assert (confirmed.last_id, confirmed.unshown) == (2, 0)
+    assert ids(await store.after("r", 0, 10)) == [1, 2]
 
 
 async def test_a_fill_reads_ids_below_a_live_message_whatever_is_noted_as_shown(
-    redis_server: RedisServer, replica: RedisServer,
+    redis_server: RedisServer, replica: RedisServer, store: RedisHistory,
 ) -> None:
     # After a failover that lost the note (not the ids), a member sent id 2 live still gets
     # id 1 from history: a live id is confirmed, and so is everything below it.
     attach(redis_server, replica)
-    store = history(redis_server, min_replicas=1)
-    try:
-        for n in (1, 2):
-            await store.append("r", message_template("r", f"m{n}", n, "u", f"c{n}"), f"c{n}")
-        cli(redis_server, "HSET", "chat:{r}:meta", "shown", "0")  # the lost note
-        state = await store.state("r")
-        assert [i for i, _ in (await store.fill("r", state.epoch, 0, 2)).frames] == [1]
-        assert (await store.after("r", 0, 10)).frames == []
-    finally:
-        await store.close()
+    for n in (1, 2):
+        await send(store, n)
+    cli(redis_server, "HSET", "chat:{r}:meta", "shown", "0")  # the lost note
+    state = await store.state("r")
+    assert ids(await store.fill("r", state.epoch, 0, 2)) == [1]
+    assert (await store.after("r", 0, 10)).frames == []
 
 
 async def test_the_tail_watcher_nudges_nobody_to_an_unshown_id_and_confirms_it_once_replicated(
@@ -165,7 +170,7 @@ async def test_the_tail_watcher_nudges_nobody_to_an_unshown_id_and_confirms_it_o
         member = Member("r", epoch=(await store.state("r")).epoch)
         registry.add(member)
         with pytest.raises(ReplicationShortfall):
-            await store.append("r", message_template("r", "unsure", 1, "u", "c1"), "c1")
+            await send(store, 1)
         for _ in range(3):
             assert await watcher.tick() == 0
             await watcher.confirms.idle()  # fell short: no replica
@@ -206,9 +211,9 @@ async def test_a_room_that_cannot_be_confirmed_holds_up_no_other_rooms_repair(
         registry.add(Member("stuck", epoch=(await store.state("stuck")).epoch))
         cli(replica, "REPLICAOF", "NO", "ONE")  # "stuck" gets an unshown id
         with pytest.raises(ReplicationShortfall):
-            await store.append("stuck", message_template("stuck", "unsure", 1, "u", "c1"), "c1")
+            await send(store, 1, "stuck")
         attach(redis_server, replica)
-        await store.append("ok", message_template("ok", "lost broadcast", 1, "u", "c2"), "c2")
+        await send(store, 2, "ok")
         assert await watcher.tick() == 0  # first sight of both
         # "stuck" is being confirmed (and hangs); "ok"'s member is repaired all the same.
         assert await asyncio.wait_for(watcher.tick(), 30) == 1
@@ -222,28 +227,24 @@ async def test_a_room_that_cannot_be_confirmed_holds_up_no_other_rooms_repair(
 
 
 async def test_a_room_drawn_again_over_its_log_shows_none_of_it_until_confirmed(
-    redis_server: RedisServer, replica: RedisServer,
+    redis_server: RedisServer, replica: RedisServer, store: RedisHistory,
 ) -> None:
     # The meta key lost (deleted, evicted) while the log stays: the log may end with sends
     # whose WAIT fell short, and nothing says which.
     attach(redis_server, replica)
-    store = history(redis_server, min_replicas=1)
-    try:
-        await store.append("r", message_template("r", "acked", 1, "u", "c1"), "c1")
-        cli(replica, "REPLICAOF", "NO", "ONE")
-        with pytest.raises(ReplicationShortfall):
-            await store.append("r", message_template("r", "unsure", 2, "u", "c2"), "c2")
-        cli(redis_server, "DEL", "chat:{r}:meta")
-        drawn = await store.state("r")
-        assert (drawn.last_id, drawn.top, drawn.base) == (0, 2, 2)
-        assert (await store.latest("r", 10)).frames == []
-        assert (await store.after("r", 0, 10)).frames == []
-        attach(redis_server, replica)
-        confirmed = await store.confirm("r", drawn)
-        assert (confirmed.last_id, confirmed.unshown) == (2, 0)
-        assert [i for i, _ in (await store.latest("r", 10)).frames] == [1, 2]
-    finally:
-        await store.close()
+    await send(store, 1)
+    cli(replica, "REPLICAOF", "NO", "ONE")
+    with pytest.raises(ReplicationShortfall):
+        await send(store, 2)
+    cli(redis_server, "DEL", "chat:{r}:meta")
+    drawn = await store.state("r")
+    assert (drawn.last_id, drawn.top, drawn.base) == (0, 2, 2)
+    assert (await store.latest("r", 10)).frames == []
+    assert (await store.after("r", 0, 10)).frames == []
+    attach(redis_server, replica)
+    confirmed = await store.confirm("r", drawn)
+    assert (confirmed.last_id, confirmed.unshown) == (2, 0)
+    assert ids(await store.latest("r", 10)) == [1, 2]
 
 
 async def test_a_gap_never_reaches_past_what_is_shown(
@@ -257,11 +258,11 @@ async def test_a_gap_never_reaches_past_what_is_shown(
                          wait_timeout=1.0)
     try:
         for n in (1, 2):
-            await store.append("r", message_template("r", f"m{n}", n, "u", f"c{n}"), f"c{n}")
+            await send(store, n)
         cli(replica, "REPLICAOF", "NO", "ONE")
         for n in range(3, 7):
             with pytest.raises(ReplicationShortfall):
-                await store.append("r", message_template("r", f"m{n}", n, "u", f"c{n}"), f"c{n}")
+                await send(store, n)
         resumed = await store.resume("r", 2, 10)
         assert (resumed.frames, resumed.missing, resumed.state.last_id) == ([], None, 2)
         assert (await store.after("r", 0, 10)).missing == (1, 2)
