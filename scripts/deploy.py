@@ -117,6 +117,11 @@ def signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
+def _listed(dead: dict[str, str]) -> str:
+    """``runtime.dead``'s answer as a phrase: each process and how it ended."""
+    return "; ".join(f"{name} {how}" for name, how in dead.items())
+
+
 def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOUT) -> dict[str, Any]:
     """Run the blue/green procedure to ``color``; the report, or DeployError (Interrupted
     on KeyboardInterrupt, saying what was left)."""
@@ -157,6 +162,18 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
             raise DeployError(f"Traefik did not route to {color} within {confirm_timeout:.0f}s; "
                               f"switched back, {old_now}")
         switched = time.monotonic()
+        # A new process that died between its readiness and now: Traefik counts it up until
+        # its first health check, so a drain now would send the old colour's clients into it.
+        # Switch back while the old colour still holds them.
+        lost = runtime.dead(color) if old_answered else {}
+        if lost and old is not None:
+            with signals_held():
+                runtime.switch(old)
+                runtime.record_active(old)
+                switched_to = old
+            runtime.abandon(color)
+            raise DeployError(f"{color} lost processes after it was ready ({_listed(lost)}); switched back "
+                              f"before draining anything, {old_now}")
 
         stopped = runtime.stop(old) if old is not None else False
     except KeyboardInterrupt:
@@ -166,7 +183,7 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
     # (while the old colour drained) would leave a report of success and nothing serving.
     dead = runtime.dead(color)
     if dead:
-        down = "; ".join(f"{name} {how}" for name, how in dead.items())
+        down = _listed(dead)
         serving = ("nothing serves" if len(dead) == len(runtime.members(color))
                    else f"{color} serves on fewer processes")
         raise DeployError(f"switched to {color} and stopped {old or 'nothing'}, but {color} lost processes "

@@ -51,13 +51,17 @@ PUBLIC_ENTRYPOINT = "web"
 OPS_ENTRYPOINT = "traefik"
 READY_PATH = "/readyz"
 # Probes and metrics are internal: the public router refuses them (Traefik answers 404).
-INTERNAL_PATHS = ("/healthz", "/readyz", "/metrics")
+INTERNAL_PATHS = ("/healthz", "/readyz", "/accept-traffic", "/metrics")
 # The active colour's health check, only when it has several servers (health_check_yaml).
 # A dead, hung or draining process leaves the rotation one interval (plus the timeout, for a
 # hung one) after it fails; the timeout sits below the interval, yet far above what /readyz
 # takes (precomputed bytes): a loop busy with a broadcast to ~19,000 sockets stalls ~0.5 s,
 # and one failed check takes a server out (all of them, if every replica stalls at once).
 HEALTH_CHECK_MIN_SERVERS = 2
+# Not /readyz: a Redis outage makes every process unready at once, and Traefik has no "fail
+# open", so it answered 503 "no available server" to every client, the page included. This
+# one is out only for a process's own state: starting, draining, full (app/process/lifecycle.py).
+HEALTH_CHECK_PATH = "/accept-traffic"
 HEALTH_CHECK_INTERVAL = "2s"
 HEALTH_CHECK_TIMEOUT = "1500ms"
 
@@ -118,7 +122,7 @@ def servers_yaml(urls: str | Sequence[str]) -> str:
 
 
 def health_check_yaml(urls: str | Sequence[str]) -> str:
-    """The active colour's ``healthCheck`` on ``/readyz``, indented for the template and led
+    """The active colour's ``healthCheck`` (HEALTH_CHECK_PATH), indented for the template and led
     by a newline (it follows the servers), when the colour has two or more servers; "" for one.
 
     With one server a check could only mark it down: a restart would answer 503 until the
@@ -129,7 +133,7 @@ def health_check_yaml(urls: str | Sequence[str]) -> str:
     waits for a check (docs/DEPLOY.md, "Traefik's health check")."""
     if len(listed(urls)) < HEALTH_CHECK_MIN_SERVERS:
         return ""
-    return (f"\n        healthCheck:\n          path: {READY_PATH}\n"
+    return (f"\n        healthCheck:\n          path: {HEALTH_CHECK_PATH}\n"
             f"          interval: {HEALTH_CHECK_INTERVAL}\n          timeout: {HEALTH_CHECK_TIMEOUT}")
 
 

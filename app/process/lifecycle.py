@@ -1,7 +1,14 @@
 """The process's phase (starting, ready, unavailable, draining) and the probe bytes for each.
 
-Probe answers are built when the phase changes, so ``/healthz`` and ``/readyz`` cost a dict
-lookup, never a serialization, and never touch Django.
+Probe answers are built when the phase changes, so ``/healthz``, ``/readyz`` and
+``/accept-traffic`` cost a lookup, never a serialization, and never touch Django.
+
+``/readyz`` says whether this process can serve chat now (a deploy waits for it). A
+balancer's health check asks ``/accept-traffic`` instead: whether new connections should
+come *here* rather than to another process. A Redis outage is every process's at once, so
+it is no reason to send them elsewhere: in the ``unavailable`` phase this process still
+accepts (it holds a join up to 10 s for Redis to return, and serves the page), where a check
+on ``/readyz`` took every process out together and the balancer refused everyone.
 """
 
 from __future__ import annotations
@@ -38,6 +45,14 @@ class Phase(StrEnum):
 HEALTHZ = b'{"status":"ok"}'
 
 
+def _probe_body(key: str, yes: bool, color: str, reason: str) -> bytes:
+    """``{"<key>": yes, "color": ...}``, with the reason when not ``yes``."""
+    body: dict[str, object] = {key: yes, "color": color}
+    if not yes:
+        body["reason"] = reason
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 class Lifecycle:
     """Holds the phase and the precomputed ``/readyz`` response for it."""
 
@@ -49,16 +64,19 @@ class Lifecycle:
         # Set once the phase is decided for a waiting handshake: ready, or draining for good.
         self._settled = asyncio.Event()
         self.readyz: tuple[int, bytes] = (503, b"")
+        self.accept_traffic: tuple[int, bytes] = (503, b"")
+        # At its connection cap: no new connection should come here (the router's check).
+        self.full = (503, _probe_body("accepting", False, color, "full"))
         self._set(Phase.STARTING, "starting")
 
     def _set(self, phase: Phase, reason: str) -> None:
         self.phase = phase
         self.reason = reason
         ready = phase is Phase.READY
-        body: dict[str, object] = {"ready": ready, "color": self.color}
-        if not ready:
-            body["reason"] = reason
-        self.readyz = (200 if ready else 503, json.dumps(body, separators=(",", ":")).encode())
+        self.readyz = (200 if ready else 503, _probe_body("ready", ready, self.color, reason))
+        accepting = phase in (Phase.READY, Phase.UNAVAILABLE)
+        self.accept_traffic = (200 if accepting else 503,
+                               _probe_body("accepting", accepting, self.color, reason))
         if ready:
             self._settled.set()
         elif phase is not Phase.DRAINING:  # a drain wakes its waiters from the loop: below

@@ -98,6 +98,10 @@ class Router:
             if path == "/readyz":
                 status, body = self.lifecycle.readyz
                 return await respond(send, status, body)
+            if path == "/accept-traffic":
+                full = self.admitted >= self.config.max_connections
+                status, body = self.lifecycle.full if full else self.lifecycle.accept_traffic
+                return await respond(send, status, body)
             if path == "/metrics":
                 return await _metrics(send)
             if self._http_app is None:

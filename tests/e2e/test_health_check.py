@@ -18,8 +18,8 @@ from scripts.stack import StackState
 from tests.support import http_get, wait_until
 from tests.wsraw import HANDSHAKE
 
-# Bounds only: each stops a broken setup hanging the test. Traefik notices within about a
-# second (docs/DEPLOY.md, "Traefik's health check").
+# Bounds only: each stops a broken setup hanging the test. Traefik notices within an interval
+# of 2 s (docs/DEPLOY.md, "Traefik's health check").
 NOTICED_WITHIN = 15.0
 # New connections in a row that must all open: three rounds of the round robin over two
 # processes, so a dead one in the rotation fails at least one of them, every time.
@@ -111,3 +111,29 @@ async def test_a_switch_to_a_checked_colour_refuses_no_connection_before_its_fir
     assert set(before) == {101} and before[101] > 0, seen
     assert set(after) <= {101, 502}, seen  # the dead process, until Traefik noticed
     assert all_open(port, 4 * IN_A_ROW)
+
+
+def checks_failed(state: StackState, server: str) -> int:
+    """How many of Traefik's health checks of ``server`` failed so far (its log says each)."""
+    lines = state.log("traefik").read_text(errors="replace").splitlines()
+    return sum(1 for line in lines if "Health check failed" in line and server in line)
+
+
+def test_a_redis_outage_takes_no_process_out_of_the_rotation(two_process_stack: StackState) -> None:
+    # Checked on /readyz, every process went out at once (a Redis outage is all of theirs)
+    # and Traefik answered 503 "no available server" to everyone, the page included; the app
+    # itself holds a join up to 10 s for Redis and serves the page.
+    state = two_process_stack
+    port = state.ports["web"]
+    kill(state, "blue.1")  # a server whose every check fails and is logged: checks are seen
+    wait_until(lambda: all_open(port), NOTICED_WITHIN, "Traefik to take the dead process out")
+    kill(state, "redis")
+    blue = state.app_url("blue")
+    wait_until(lambda: http_get(f"{blue}/readyz", timeout=2.0)[0] == 503, NOTICED_WITHIN,
+               "blue to notice Redis is gone")
+    seen = checks_failed(state, state.app_url("blue.1"))
+    wait_until(lambda: checks_failed(state, state.app_url("blue.1")) >= seen + 2, NOTICED_WITHIN,
+               "two more rounds of Traefik's checks")
+    assert server_status(state, "blue")[blue] == "UP"
+    status, _ = http_get(f"http://127.0.0.1:{port}/?room=outage", timeout=5.0)
+    assert status == 200  # the page

@@ -67,3 +67,27 @@ async def test_readyz_tracks_the_lifecycle() -> None:
     router.lifecycle.begin_drain()
     status, _, body = await call(router, "/readyz")
     assert (status, json.loads(body)["reason"]) == (503, "draining")
+
+
+@pytest.mark.unit
+async def test_accept_traffic_says_whether_new_connections_should_come_here() -> None:
+    # A balancer's health check: out while starting, draining or full; in while Redis is
+    # away, an outage every process shares (taking them all out refused every client).
+    router = Router(load({"APP_COLOR": "blue", "CHAT_MAX_CONNECTIONS": "2"}))
+    router.defer_start = True
+
+    async def accepting() -> tuple[int, dict]:
+        status, _, body = await call(router, "/accept-traffic")
+        return status, json.loads(body)
+
+    assert await accepting() == (503, {"accepting": False, "color": "blue", "reason": "starting"})
+    router.lifecycle.set_ready()
+    assert await accepting() == (200, {"accepting": True, "color": "blue"})
+    router.lifecycle.set_unavailable("redis unavailable: refused")
+    assert await accepting() == (200, {"accepting": True, "color": "blue"})
+    assert (await call(router, "/readyz"))[0] == 503
+    router.admitted = 2
+    assert await accepting() == (503, {"accepting": False, "color": "blue", "reason": "full"})
+    router.admitted = 0
+    router.lifecycle.begin_drain()
+    assert await accepting() == (503, {"accepting": False, "color": "blue", "reason": "draining"})

@@ -325,6 +325,8 @@ def test_compose_deploy_runs_the_procedure_in_order(compose_env: dict[str, Any])
         # answered through Traefik, so Traefik and Redis run: `--no-deps` leaves them be.
         (["up", "--detach", "--no-build", "--scale", "app_green=1", "--no-deps", "app_green"], "blue"),
         (ps("green"), "blue"),  # the names compose gave them
+        # Once Traefik routes to green: is green still all there? (Else back to blue.)
+        (ps("green"), "green"),
         # The old colour is stopped (SIGTERM, its stop_grace_period) only once Traefik
         # routes to the new one, every container of it at once.
         (ps("blue"), "green"),
@@ -703,3 +705,27 @@ def test_a_new_colour_that_dies_during_the_drain_is_not_a_success(two_process_st
     message = str(failed.value)
     assert "green lost processes since it was ready: green exited" in message
     assert "green.1 exited" in message and "nothing serves" in message and "make stack" in message
+
+
+def test_a_new_process_that_dies_before_the_drain_sends_nobody_into_it(two_process_stack: StackState) -> None:
+    # green.1 found ready, then gone by the switch: Traefik counts it up until its first
+    # health check, and a drain then sent blue's clients into it (502s). The deploy now
+    # switches back before draining anything.
+    from scripts.deploy import DeployError
+
+    class GreenDiesAtTheSwitch(LocalRuntime):
+        def switch(self, color: str) -> None:
+            if color == "green":
+                os.kill(self.state.procs["green.1"].pid, signal.SIGKILL)
+                assert self.state.procs["green.1"].wait(10)
+            super().switch(color)
+
+    state = two_process_stack
+    with pytest.raises(DeployError) as failed:
+        deploy(GreenDiesAtTheSwitch(state), "green")
+    message = str(failed.value)
+    assert "green lost processes after it was ready (green.1 exited" in message
+    assert "switched back before draining anything, blue still serves" in message
+    assert traefik_color(state) == "blue"
+    saved = StackState.load(state.dir)
+    assert saved.active == "blue" and all(saved.procs[name].alive() for name in saved.members("blue"))

@@ -39,7 +39,7 @@ def test_the_active_colour_is_health_checked_only_when_it_has_several_servers(re
                           "green": [tc.local_url(9)]}):
         http = yaml.safe_load(tc.render_dynamic("blue", runtime_urls))["http"]
         check = http["services"]["chat-blue"]["loadBalancer"]["healthCheck"]
-        assert check == {"path": tc.READY_PATH, "interval": tc.HEALTH_CHECK_INTERVAL,
+        assert check == {"path": "/accept-traffic", "interval": tc.HEALTH_CHECK_INTERVAL,
                          "timeout": tc.HEALTH_CHECK_TIMEOUT}
         checked = [name for name, service in http["services"].items()
                    if "healthCheck" in service["loadBalancer"]]
@@ -96,7 +96,7 @@ def test_every_replica_has_a_router_of_its_own_on_the_internal_entry_point() -> 
 
 def test_public_router_keeps_probes_and_metrics_internal() -> None:
     rule = tc.public_rule()
-    for path in ("/healthz", "/readyz", "/metrics"):
+    for path in ("/healthz", "/readyz", "/accept-traffic", "/metrics"):
         assert f"!Path(`{path}`)" in rule
 
 
