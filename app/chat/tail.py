@@ -107,7 +107,7 @@ class TailWatcher:
             elif state.unshown and state == held_before:
                 # Ids unshown for a whole tick: no append is waiting for them any more.
                 # Confirmed in the background: shown from a later read on.
-                self.confirms.request(room, state)
+                self.confirms.request(room)
             elif state == held_before and not noted[room]:
                 settled.add(room)  # unchanged for a tick, everyone level with it
             held_now[room] = state
@@ -131,6 +131,7 @@ class TailWatcher:
         self._held = held_now
         self._settled = settled
         self.confirms.keep(names)
+        self.confirms.start()
         return nudged
 
     async def run(self) -> None:

@@ -123,12 +123,13 @@ class History(abc.ABC):
         can be behind that after a failover (its note that they are shown was lost)."""
         return await self.after(room, since, upto - since - 1)
 
-    async def confirm(self, room: str, state: RoomState) -> RoomState:
-        """Show the room's unshown ids once replicas are found to hold them (the tail
-        watcher's, for ids left unshown: a send answered ``unavailable`` that replicated
-        late and was never resent, or a failover that lost the note that they were shown);
-        the room's state afterwards. Stores that show every write at once have none."""
-        return state
+    async def confirm(self, rooms: list[str]) -> list[BaseException | None]:
+        """Show the rooms' unshown ids once replicas are found to hold them (the tail
+        watcher's, for ids left unshown: a send answered ``unavailable`` that replicated late
+        and was never resent, or a failover that lost the note that they were shown), all
+        together: one ``WAIT`` covers every write before it. Per room, None or why not.
+        Stores that show every write at once have nothing to do."""
+        return [None] * len(rooms)
 
     async def state_for_join(self, room: str) -> RoomState:
         """``state`` for a member that has already joined the room's group: possibly a

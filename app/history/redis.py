@@ -56,21 +56,30 @@ end
 
 # KEYS: meta, log, dedupe. ARGV: prefix, suffix, maxlen, ttl, dedupe_ttl, new epoch, honour.
 # One script, so id assignment, the dedupe check and the write are a single atomic step.
-# A dedupe key holds "<epoch>:<id>": a send recorded in an earlier epoch is not a resend.
+# A dedupe key holds "<epoch>:<id>": a send recorded in an earlier epoch is not a resend
+# (its id may have been lost, or given again), unless the room was drawn again over its log.
 # When acks wait for replicas the new id is not shown until ``_SHOW`` says so, after WAIT.
 _APPEND = _OPEN_EPOCH + """
 local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[6], ARGV[4], ARGV[7])
 local prior = redis.call('GET', KEYS[3])
 if prior then
   local cut = string.find(prior, ':', 1, true)
-  if cut and string.sub(prior, 1, cut - 1) == epoch then
-    return {tonumber(string.sub(prior, cut + 1)), 1, epoch, base, seq}
+  if cut then
+    local prior_id = tonumber(string.sub(prior, cut + 1))
+    if string.sub(prior, 1, cut - 1) == epoch then return {prior_id, 1, epoch, base, seq} end
+    -- Another epoch, yet the same message if the room was drawn again over its log (ids go
+    -- on from the log's newest, so an id at or below base still in the log is that send).
+    if prior_id and prior_id <= base and
+        #redis.call('XRANGE', KEYS[2], prior_id .. '-0', prior_id .. '-0') > 0 then
+      return {prior_id, 1, epoch, base, seq}
+    end
   end
 end
-if ARGV[7] == '1' and redis.call('HEXISTS', KEYS[1], 'shown') == 0 then
-  redis.call('HSET', KEYS[1], 'shown', seq)
-end
+local noted = redis.call('HEXISTS', KEYS[1], 'shown') == 1
+if ARGV[7] == '1' and not noted then redis.call('HSET', KEYS[1], 'shown', seq) end
 local id = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+-- Acks that wait for nobody show at once; a note left by processes that wait is kept true.
+if ARGV[7] ~= '1' and noted then redis.call('HSET', KEYS[1], 'shown', id) end
 local frame = ARGV[1] .. id .. ARGV[2]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id .. '-0', 'f', frame)
 redis.call('EXPIRE', KEYS[2], ARGV[4])
@@ -246,20 +255,40 @@ class RedisHistory(History):
         else:
             await self._show_script(keys=[meta], args=[message_id, epoch])
 
-    async def confirm(self, room: str, state: RoomState) -> RoomState:
-        if not self._min_replicas or not state.unshown:
-            return state
-        meta = self._keys(room)[0]
-        try:
-            # A write, then WAIT on its connection: once replicas have it, they have every
-            # write made before it, so every id given before it.
-            [covered] = await self._replicated(room, [("EVAL", _TOUCH, 1, meta, self._ttl)])
-            if covered:
-                epoch, seq = covered
-                await self._show(room, int(seq), epoch)
-        except FAILURES as exc:
-            raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
-        return await self.state(room)
+    async def confirm(self, rooms: list[str]) -> list[BaseException | None]:
+        if not self._min_replicas or not rooms:
+            return [None] * len(rooms)
+        # A write per room, then WAIT on the same connection: once replicas have those, they
+        # have every write made before them, so every id given before. One pipeline and one
+        # WAIT for all the rooms (per master on a cluster): a WAIT holds its connection until
+        # replicas answer or it times out, and a connection per room drained the pool that
+        # joins and reads share, while a master had no replica.
+        metas = [self._keys(room)[0] for room in rooms]
+        touches = [("EVAL", _TOUCH, 1, meta, self._ttl) for meta in metas]
+        covered: list[Any]
+        if self._slot_batches is not None:
+            covered = list(await asyncio.gather(*(self._slot_batches.run(meta, touch)
+                                                  for meta, touch in zip(metas, touches, strict=True)),
+                                                return_exceptions=True))
+        else:
+            try:
+                covered = await replication.commands_then_wait(
+                    self._client, touches, self._min_replicas, self._wait_ms)
+            except Exception as exc:  # noqa: BLE001  (every room's answer: _unavailable says which)
+                covered = [exc] * len(rooms)
+        shows = [self._show(room, int(seq), epoch) for room, touched in zip(rooms, covered, strict=True)
+                 if touched and not isinstance(touched, BaseException) for epoch, seq in [touched]]
+        shown = iter(await asyncio.gather(*shows, return_exceptions=True))
+        outcomes: list[BaseException | None] = []
+        for touched in covered:
+            if isinstance(touched, BaseException):
+                outcomes.append(_unavailable(touched))
+            elif touched:
+                outcome = next(shown)
+                outcomes.append(_unavailable(outcome) if outcome is not None else None)
+            else:
+                outcomes.append(None)  # the room's state is gone: nothing to show
+        return outcomes
 
     async def _replicated(self, room: str, commands: list[replication.Command]) -> list[Any]:
         """Replies to ``commands`` run on the room's master, then ``WAIT`` if required. A
@@ -416,6 +445,16 @@ class RedisHistory(History):
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _unavailable(exc: BaseException) -> BaseException:
+    """A store failure as ``HistoryUnavailable`` (what callers expect of history); others as
+    they are."""
+    if isinstance(exc, FAILURES) and not isinstance(exc, HistoryUnavailable):
+        unavailable = HistoryUnavailable(str(exc) or type(exc).__name__)
+        unavailable.__cause__ = exc
+        return unavailable
+    return exc
 
 
 def _state(raw: list[Any]) -> RoomState:
