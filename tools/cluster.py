@@ -146,8 +146,11 @@ class RedisClusterServers:
     def master_of(self, key: str) -> int | None:
         """The port of the master serving ``key``'s slot, as the cluster sees it (None while
         that master is failing and no replica has taken over yet)."""
+        return self.master_of_slot(self.slot_of(key))
+
+    def master_of_slot(self, slot: int) -> int | None:
+        """The port of the master serving ``slot`` (None while it has none)."""
         port = self.live_ports()[0]
-        slot = int(self._cli(port, "CLUSTER", "KEYSLOT", key).strip())
         for row in self._cli(port, "CLUSTER", "NODES").splitlines():
             fields = row.split()
             if "master" not in fields[2].split(",") or "fail" in fields[2]:

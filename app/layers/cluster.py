@@ -12,7 +12,8 @@ redis-py's ``ClusterPubSub`` keeps one connection per master that holds subscrip
 moves a channel's subscription to the slot's new owner when its slot map changes (a MOVED
 reply, a refresh after a failed node). This layer reads each of those connections in a task
 of its own, so a message waits on no other shard; a reader that loses its node refreshes the
-slot map, which is what makes the client resubscribe on the promoted replica. A slot that
+slot map, which is what makes the client resubscribe on the promoted replica, and so does an
+SSUBSCRIBE that cannot reach its node (a room joined anew after its master died). A slot that
 is migrated to another master drops its subscribers there (Redis pushes them a
 ``sunsubscribe``): the layer subscribes such a group again at the slot's new owner. Pub/sub
 is at-most-once: what is published while a shard has no master is lost here and refilled by
@@ -31,7 +32,9 @@ import msgpack  # type: ignore[import-untyped]
 from channels.layers import BaseChannelLayer
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.layers.api import Direct, Receive
 from app.layers.fanout import fan_out
@@ -47,6 +50,8 @@ SUBSCRIBE_TIMEOUT = 5.0
 # A reader wakes this often with nothing to read, to notice it was replaced (seconds).
 READ_TIMEOUT = 1.0
 RETRY_FIRST, RETRY_MAX = 0.05, 0.5
+# What an SSUBSCRIBE fails with when the node its slot map names does not answer.
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def shard_channel(prefix: str, group: str) -> str:
@@ -154,7 +159,23 @@ class _LoopLayer:
         await self._initialize()
         name = shard_channel(self.prefix, group)
         self.group_of[name.encode()] = group
-        await self.pubsub.ssubscribe(name)
+        tried = self.cluster.get_node_from_key(name)
+        try:
+            await self.pubsub.ssubscribe(name)
+        except UNREACHABLE:
+            # The slot's master, as this client's slot map has it, did not answer. redis-py
+            # refreshes the map when a command fails, not when an SSUBSCRIBE does, and a
+            # reader only refreshes it for a connection that was open: a room with nobody
+            # here when its master died was joined on the dead node for good, every join
+            # refused until something else happened to refresh the map (seconds to never
+            # after the failover). Refresh it now; once a replica has taken over, subscribe
+            # there at once. Before that, the join fails fast and the next one asks again.
+            failed = tried.name if tried is not None else None
+            await self._refresh_slots(failed=failed)
+            now = self.cluster.get_node_from_key(name)
+            if now is None or now.name == failed:
+                raise
+            await self.pubsub.ssubscribe(name)
 
     async def group_discard(self, group: str, channel: str) -> None:
         members = self.groups.get(group)
@@ -218,7 +239,7 @@ class _LoopLayer:
                 log("sharded pub/sub on %s lost (%s); retrying in %.2fs", node.name, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
-                await self._refresh_slots()
+                await self._refresh_slots(failed=node.name)
                 continue
             if message is None:
                 continue
@@ -264,11 +285,13 @@ class _LoopLayer:
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = self._background(self._refresh_slots())
 
-    async def _refresh_slots(self) -> None:
+    async def _refresh_slots(self, failed: str | None = None) -> None:
         # A fresh slot map is what makes ClusterPubSub move subscriptions to a promoted
         # replica (it listens for the refresh); a failure here is retried on the next turn.
+        # ``failed``: the node that just did not answer, asked for the map last (a dead
+        # host that drops packets would hold the refresh for the whole connect timeout).
         try:
-            await self.cluster.nodes_manager.initialize()
+            await self.cluster.nodes_manager.initialize(last_failed_node_name=failed)
         except Exception as exc:
             logger.debug("slot map refresh failed: %s", exc)
 

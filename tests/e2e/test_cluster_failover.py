@@ -9,6 +9,8 @@ client does. Every acked message must reach every member exactly once, in id ord
 history afterwards, and both processes must still be serving, never restarted. The same
 holds while the room's slot moves to another master, keys and all, as ``redis-cli --cluster
 reshard`` moves it (sends that meet the slot half-moved are answered ``unavailable`` too).
+And a room nobody is in when its master is killed takes joins again once the replica has
+taken over.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import itertools
 from collections.abc import Callable
 
 import pytest
+from websockets.exceptions import InvalidStatus
 
+from app.chat.services import READINESS_GROUP
+from app.layers.cluster import shard_channel
 from tests.support import AppServer, Client, wait_until
 from tools.cluster import RedisClusterServers
 
@@ -127,3 +132,50 @@ async def test_a_master_lost_or_a_slot_moved_mid_chat_loses_and_duplicates_nothi
     for client in itertools.chain(*senders.values(), *listeners.values()):
         await client.close()
 
+
+
+async def test_joins_to_a_room_nobody_was_in_resume_once_its_master_has_failed_over(
+    redis_cluster: RedisClusterServers, make_app: Callable[..., AppServer],
+) -> None:
+    # A hostile run: ~20 new sockets a second into one room, each closed at once, and the
+    # room's master SIGKILLed. Joins were refused 503 ``unavailable`` for 12 s and more
+    # after the cluster had promoted the replica: a process with nobody in the room at the
+    # kill kept its channel layer's slot map and sent every SSUBSCRIBE to the dead node,
+    # until something else (there, a presence ``leave`` published after its grace) happened
+    # to refresh the map. Here the room is first joined after the kill, on a master the
+    # process holds no connection to: not slot 0's (the cluster client's default node) nor
+    # the readiness check's. An idle connection there would turn the refused SSUBSCRIBE into
+    # a broken subscription whose reader refreshes the map, which hid the fault by luck.
+    app = make_app(env={"REDIS_URL": redis_cluster.url})  # ready: its layer has the slot map
+    talked_to = {redis_cluster.master_of_slot(0),
+                 redis_cluster.master_of(shard_channel("parley", READINESS_GROUP))}
+    room = next(f"room{i}" for i in range(1000)
+                if redis_cluster.master_of(shard_channel("parley", f"chat.room{i}")) not in talked_to)
+    channel = shard_channel("parley", f"chat.{room}")
+    master = redis_cluster.master_of(channel)
+    assert master is not None
+    await asyncio.to_thread(redis_cluster.kill, master)
+    try:  # joins go on meanwhile; while the slot has no master they are refused
+        await (await Client.connect(app.ws_url(room))).close()
+    except InvalidStatus:
+        pass
+
+    def promoted() -> bool:
+        return redis_cluster.master_of(channel) not in (None, master) and redis_cluster.serving()
+
+    await asyncio.to_thread(wait_until, promoted, 30, "the room's replica to be promoted", 0.1)
+    loop = asyncio.get_running_loop()
+
+    def joins() -> bool:
+        async def join() -> None:
+            client = await Client.connect(app.ws_url(room))
+            await client.close()
+
+        try:
+            asyncio.run_coroutine_threadsafe(join(), loop).result(15)
+        except InvalidStatus:
+            return False
+        return True
+
+    await asyncio.to_thread(wait_until, joins, 15, "a join to the room after the failover", 0.1)
+    assert app.process is not None and app.process.poll() is None

@@ -193,3 +193,52 @@ async def test_a_room_left_while_its_master_is_down_is_not_kept_after_the_failov
     finally:
         await one.flush()
         await two.flush()
+
+
+async def test_a_room_first_joined_after_its_master_failed_over_is_joined_on_the_promoted_replica(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    # Nobody here is in the room when its master dies, so no reader holds a connection there
+    # to notice the failover and refresh the slot map, and redis-py does not refresh it when
+    # an SSUBSCRIBE cannot connect: every join went on to the dead node and was refused,
+    # long after the replica had taken over.
+    seeds = parse_redis_url(redis_cluster.url).urls
+    one, two = ClusterLayer(hosts=seeds), ClusterLayer(hosts=seeds)
+    try:
+        name = shard_channel("parley", "chat.latecomer")
+        old = redis_cluster.master_of(name)
+        assert old is not None
+        # The layer has its slot map, and a member in a room on another master only; and no
+        # idle connection to ``old`` (its default node, slot 0's master, got one at start):
+        # a refused SSUBSCRIBE on one would break a subscription whose reader then
+        # refreshes the map, which hides the fault by luck.
+        assert redis_cluster.master_of_slot(0) != old
+        elsewhere = next(f"chat.elsewhere{i}" for i in range(1000)
+                         if redis_cluster.master_of(shard_channel("parley", f"chat.elsewhere{i}")) != old)
+        await one.group_add(elsewhere, await one.new_channel())
+        member = await one.new_channel()
+        redis_cluster.kill(old)
+        try:  # a join while the slot has no master: refused (how soon does not matter here)
+            await asyncio.wait_for(one.group_add("chat.latecomer", member), 10)
+        except Exception:  # noqa: BLE001
+            pass
+        await asyncio.to_thread(
+            wait_until, lambda: redis_cluster.master_of(name) not in (None, old) and redis_cluster.serving(),
+            30, "the replica to be promoted", 0.1,
+        )
+        loop = asyncio.get_running_loop()
+
+        def joins() -> bool:
+            try:
+                asyncio.run_coroutine_threadsafe(one.group_add("chat.latecomer", member), loop).result(10)
+            except Exception:  # noqa: BLE001  (refused: poll again)
+                return False
+            return True
+
+        await asyncio.to_thread(wait_until, joins, 15, "a join to the room on the promoted replica", 0.1)
+        assert shard_subscribers(redis_cluster, "chat.latecomer") == 1
+        await two.group_send("chat.latecomer", {"type": "chat.message", "id": 1})
+        assert await asyncio.wait_for(one.receive(member), 5) == {"type": "chat.message", "id": 1}
+    finally:
+        await one.flush()
+        await two.flush()
