@@ -53,10 +53,11 @@ READY_PATH = "/readyz"
 # Probes and metrics are internal: the public router refuses them (Traefik answers 404).
 INTERNAL_PATHS = ("/healthz", "/readyz", "/accept-traffic", "/metrics")
 # The active colour's health check, only when it has several servers (health_check_yaml).
-# A dead, hung or draining process leaves the rotation one interval (plus the timeout, for a
-# hung one) after it fails; the timeout sits below the interval, yet far above what /readyz
-# takes (precomputed bytes): a loop busy with a broadcast to ~19,000 sockets stalls ~0.5 s,
-# and one failed check takes a server out (all of them, if every replica stalls at once).
+# A dead, hung, starting, draining, failed or full process leaves the rotation one interval
+# (plus the timeout, for a hung one) after it fails; the timeout sits below the interval, yet
+# far above what the probe takes (precomputed bytes): a loop busy with a broadcast to
+# ~19,000 sockets stalls ~0.5 s, and one failed check takes a server out (all of them, if
+# every replica stalls at once).
 HEALTH_CHECK_MIN_SERVERS = 2
 # Not /readyz: a Redis outage makes every process unready at once, and Traefik has no "fail
 # open", so it answered 503 "no available server" to every client, the page included. This

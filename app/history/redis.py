@@ -57,22 +57,16 @@ end
 # KEYS: meta, log, dedupe. ARGV: prefix, suffix, maxlen, ttl, dedupe_ttl, new epoch, honour.
 # One script, so id assignment, the dedupe check and the write are a single atomic step.
 # A dedupe key holds "<epoch>:<id>": a send recorded in an earlier epoch is not a resend
-# (its id may have been lost, or given again), unless the room was drawn again over its log.
+# (its id may have been lost, or given again; and acked under an id at or below the new
+# epoch's base, it would reach no member: they were reset past it).
 # When acks wait for replicas the new id is not shown until ``_SHOW`` says so, after WAIT.
 _APPEND = _OPEN_EPOCH + """
 local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[6], ARGV[4], ARGV[7])
 local prior = redis.call('GET', KEYS[3])
 if prior then
   local cut = string.find(prior, ':', 1, true)
-  if cut then
-    local prior_id = tonumber(string.sub(prior, cut + 1))
-    if string.sub(prior, 1, cut - 1) == epoch then return {prior_id, 1, epoch, base, seq} end
-    -- Another epoch, yet the same message if the room was drawn again over its log (ids go
-    -- on from the log's newest, so an id at or below base still in the log is that send).
-    if prior_id and prior_id <= base and
-        #redis.call('XRANGE', KEYS[2], prior_id .. '-0', prior_id .. '-0') > 0 then
-      return {prior_id, 1, epoch, base, seq}
-    end
+  if cut and string.sub(prior, 1, cut - 1) == epoch then
+    return {tonumber(string.sub(prior, cut + 1)), 1, epoch, base, seq}
   end
 end
 local noted = redis.call('HEXISTS', KEYS[1], 'shown') == 1

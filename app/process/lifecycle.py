@@ -39,6 +39,7 @@ class Phase(StrEnum):
     STARTING = "starting"
     READY = "ready"
     UNAVAILABLE = "unavailable"
+    FAILED = "failed"  # warm-up failed: this process can never serve (restart it)
     DRAINING = "draining"
 
 
@@ -74,7 +75,7 @@ class Lifecycle:
         self.reason = reason
         ready = phase is Phase.READY
         self.readyz = (200 if ready else 503, _probe_body("ready", ready, self.color, reason))
-        accepting = phase in (Phase.READY, Phase.UNAVAILABLE)
+        accepting = phase in (Phase.READY, Phase.UNAVAILABLE)  # Redis away is everyone's
         self.accept_traffic = (200 if accepting else 503,
                                _probe_body("accepting", accepting, self.color, reason))
         if ready:
@@ -91,15 +92,20 @@ class Lifecycle:
         return self.phase is Phase.DRAINING
 
     def set_ready(self) -> None:
-        if self.draining:
+        if self.draining or self.phase is Phase.FAILED:
             return
         if self.ready_at is None:
             self.ready_at = time.time()
         self._set(Phase.READY, "")
 
     def set_unavailable(self, reason: str) -> None:
-        if not self.draining:
+        if not self.draining and self.phase is not Phase.FAILED:
             self._set(Phase.UNAVAILABLE, reason)
+
+    def set_failed(self, reason: str) -> None:
+        """Warm-up failed: unready for good, and no new connection should come here."""
+        if not self.draining:
+            self._set(Phase.FAILED, reason)
 
     def begin_drain(self) -> None:
         """Flip readiness for good; safe to call from a signal handler."""

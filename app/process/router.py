@@ -71,7 +71,7 @@ class Router:
         self._wiring_done.set()  # an HTTP request waiting on a failed warm-up gets its error
         if not task.cancelled() and task.exception() is not None:
             logger.error("warm-up failed", exc_info=task.exception())
-            self.lifecycle.set_unavailable(f"warm-up failed: {task.exception()}"[:200])
+            self.lifecycle.set_failed(f"warm-up failed: {task.exception()}"[:200])
 
     def _build_http_app(self) -> asyncio.Future[WebSocketApp]:
         if self._http_app_task is None:

@@ -60,3 +60,18 @@ async def test_a_drain_releases_the_handshakes_waiting_for_ready() -> None:
 
 def test_process_start_time_is_in_the_past() -> None:
     assert 0 < time.time() - PROCESS_STARTED_AT < 600
+
+
+def test_a_failed_warm_up_is_for_good_and_takes_the_process_out_of_a_balancers_rotation() -> None:
+    # Unlike Redis being away (every process's), a failed warm-up is this process's alone:
+    # it can never serve, so a health check on /accept-traffic must send nobody here.
+    lifecycle = Lifecycle("blue")
+    lifecycle.set_failed("warm-up failed: boom")
+    lifecycle.set_ready()
+    lifecycle.set_unavailable("redis unavailable: refused")
+    assert body(lifecycle) == (503, {"ready": False, "color": "blue", "reason": "warm-up failed: boom"})
+    status, raw = lifecycle.accept_traffic
+    assert (status, json.loads(raw)) == (503, {"accepting": False, "color": "blue",
+                                               "reason": "warm-up failed: boom"})
+    lifecycle.begin_drain()
+    assert lifecycle.phase is Phase.DRAINING
