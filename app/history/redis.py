@@ -27,6 +27,12 @@ from app.redis_scripts import ScriptPipeline
 # When acks wait for replicas (``honour`` '1'), none of the log it inherits is shown: it may
 # hold sends whose WAIT fell short, and only a confirm (a WAIT of its own) can tell.
 _OPEN_EPOCH = """
+-- The id just below the oldest entry the log holds; ``default`` when it holds none.
+local function below_oldest(log, default)
+  local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
+  if first[1] then return tonumber(string.match(first[1][1], '^(%d+)')) - 1 end
+  return default
+end
 local function state(meta, log, epoch, ttl, honour)
   local s = redis.call('HMGET', meta, 'epoch', 'base', 'seq')
   if s[1] then return s[1], tonumber(s[2]), tonumber(s[3]) end
@@ -34,12 +40,7 @@ local function state(meta, log, epoch, ttl, honour)
   local base = 0
   if top[1] then base = tonumber(string.match(top[1][1], '^(%d+)')) end
   redis.call('HSET', meta, 'epoch', epoch, 'base', base, 'seq', base)
-  if honour == '1' then
-    local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
-    local shown = base
-    if first[1] then shown = tonumber(string.match(first[1][1], '^(%d+)')) - 1 end
-    redis.call('HSET', meta, 'shown', shown)
-  end
+  if honour == '1' then redis.call('HSET', meta, 'shown', below_oldest(log, base)) end
   redis.call('EXPIRE', meta, ttl)
   return epoch, base, base
 end
@@ -125,9 +126,7 @@ return {entries, {epoch, base, seq, last}}
 _RESTART = _OPEN_EPOCH + """
 local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[4])
 if epoch == ARGV[1] then
-  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-  base = seq
-  if first[1] then base = tonumber(string.match(first[1][1], '^(%d+)')) - 1 end
+  base = below_oldest(KEYS[2], seq)
   epoch = ARGV[2]
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'base', base)
 end
@@ -270,19 +269,22 @@ class RedisHistory(History):
                     self._client, touches, self._min_replicas, self._wait_ms)
             except Exception as exc:  # noqa: BLE001  (every room's answer: _unavailable says which)
                 covered = [exc] * len(rooms)
-        shows = [self._show(room, int(seq), epoch) for room, touched in zip(rooms, covered, strict=True)
-                 if touched and not isinstance(touched, BaseException) for epoch, seq in [touched]]
-        shown = iter(await asyncio.gather(*shows, return_exceptions=True))
-        outcomes: list[BaseException | None] = []
-        for touched in covered:
-            if isinstance(touched, BaseException):
-                outcomes.append(_unavailable(touched))
-            elif touched:
-                outcome = next(shown)
-                outcomes.append(_unavailable(outcome) if outcome is not None else None)
-            else:
-                outcomes.append(None)  # the room's state is gone: nothing to show
-        return outcomes
+        return list(await asyncio.gather(*(self._show_covered(room, touched)
+                                           for room, touched in zip(rooms, covered, strict=True))))
+
+    async def _show_covered(self, room: str, touched: Any) -> BaseException | None:
+        """Show what a confirm's write covered (``_TOUCH``'s reply, or why there is none):
+        None, or why not."""
+        if isinstance(touched, BaseException):
+            return _unavailable(touched)
+        if not touched:
+            return None  # the room's state is gone: nothing to show
+        epoch, seq = touched
+        try:
+            await self._show(room, int(seq), epoch)
+        except Exception as exc:  # noqa: BLE001  (the room's answer, as the others')
+            return _unavailable(exc)
+        return None
 
     async def _replicated(self, room: str, commands: list[replication.Command]) -> list[Any]:
         """Replies to ``commands`` run on the room's master, then ``WAIT`` if required. A
@@ -354,9 +356,7 @@ class RedisHistory(History):
             ])
             return reply
         except FAILURES as exc:
-            unavailable = HistoryUnavailable(str(exc) or type(exc).__name__)
-            unavailable.__cause__ = exc
-            return unavailable
+            return _unavailable(exc)
         except HistoryUnavailable as exc:
             return exc
 

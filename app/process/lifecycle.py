@@ -1,4 +1,5 @@
-"""The process's phase (starting, ready, unavailable, draining) and the probe bytes for each.
+"""The process's phase (starting, ready, unavailable, failed, draining) and the probe bytes for
+each.
 
 Probe answers are built when the phase changes, so ``/healthz``, ``/readyz`` and
 ``/accept-traffic`` cost a lookup, never a serialization, and never touch Django.
