@@ -77,10 +77,14 @@ class SerialConsumer(AsyncWebsocketConsumer):
         except StopConsumer:
             pass
         except asyncio.CancelledError:
-            if not self._stopping:
+            # Our own stop(); or the server's, past its shutdown budget, of a connection
+            # already told to go (a send still waiting for Redis, say: its client resends
+            # it). Either way the connection is simply over: finish normally, as uvicorn
+            # would otherwise log the cancel as an application error with its traceback.
+            if not (self._stopping or self.closing):
                 raise
             if main is not None:
-                main.uncancel()  # our own stop(), not the server's: finish normally
+                main.uncancel()
         finally:
             # However the connection ended (disconnect, stop, an error, the server's
             # cancel), everything it holds is released here, once.

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+import redis.asyncio as aioredis
 from websockets.exceptions import ConnectionClosed
 
 from tests import wsraw
@@ -204,6 +205,29 @@ async def test_a_request_body_still_arriving_does_not_hold_the_drain(
     assert await asyncio.to_thread(server.wait, 10) == 0
     assert "timeout graceful shutdown exceeded" not in server.output()
     writer.close()
+
+
+async def test_a_send_still_waiting_for_replicas_when_the_budget_ends_exits_quietly(
+    make_app: Callable[..., AppServer], redis_server: RedisServer
+) -> None:
+    # Acks wait for a replica this Redis does not have, longer than the shutdown budget: the
+    # send is still in its WAIT when uvicorn cancels what is left. Its client was told 1012
+    # and resends it; the cancel is the end of that connection, not an application error
+    # (it was logged as "Exception in ASGI application" with a traceback per waiting send).
+    server = make_app(env={"REDIS_URL": redis_server.url, "CHAT_REDIS_MIN_REPLICAS": "1",
+                           "CHAT_REDIS_WAIT_TIMEOUT": "4", "SHUTDOWN_TIMEOUT": "1"})
+    client = await Client.connect(server.ws_url())
+    await client.send("waits for a replica", client_id="w-1")
+
+    probe = aioredis.from_url(redis_server.url)
+    while b"cmd=wait" not in await probe.execute_command("CLIENT", "LIST"):
+        await asyncio.sleep(0.02)  # polls Redis for the WAIT's arrival: no event to await
+    await probe.aclose()
+    server.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(server.wait, 10) == 0
+    output = server.output()
+    assert "Traceback" not in output and "Exception in ASGI application" not in output
+    await client.close()
 
 
 def test_sigint_is_a_graceful_exit_too(make_app: Callable[..., AppServer]) -> None:
