@@ -23,7 +23,9 @@ from app.redis_scripts import ScriptPipeline
 # the ids can never be lost apart (a flush, a restart without persistence, eviction and expiry
 # take both). When it is missing, the next script to touch the room draws it again with the
 # epoch the caller passed: ids continue after the newest entry the log still holds (0 when the
-# log is gone too), in the new epoch, so no id of the log is ever given to another message.
+# log is gone too), in the new epoch, so no id of the log is ever given to another message; its
+# base is below the oldest entry held, so a member reset to it is sent every entry the log
+# holds, none skipped (the log may hold messages a member was away for).
 # When acks wait for replicas (``honour`` '1'), none of the log it inherits is shown: it may
 # hold sends whose WAIT fell short, and only a confirm (a WAIT of its own) can tell.
 _OPEN_EPOCH = """
@@ -37,12 +39,13 @@ local function state(meta, log, epoch, ttl, honour)
   local s = redis.call('HMGET', meta, 'epoch', 'base', 'seq')
   if s[1] then return s[1], tonumber(s[2]), tonumber(s[3]) end
   local top = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
-  local base = 0
-  if top[1] then base = tonumber(string.match(top[1][1], '^(%d+)')) end
-  redis.call('HSET', meta, 'epoch', epoch, 'base', base, 'seq', base)
-  if honour == '1' then redis.call('HSET', meta, 'shown', below_oldest(log, base)) end
+  local seq = 0
+  if top[1] then seq = tonumber(string.match(top[1][1], '^(%d+)')) end
+  local base = below_oldest(log, seq)
+  redis.call('HSET', meta, 'epoch', epoch, 'base', base, 'seq', seq)
+  if honour == '1' then redis.call('HSET', meta, 'shown', base) end
   redis.call('EXPIRE', meta, ttl)
-  return epoch, base, base
+  return epoch, base, seq
 end
 -- The newest id that may be shown: ``shown`` when acks wait for replicas (``honour`` is '1'),
 -- never above ``seq``; otherwise (and in a room that has never waited) every id given.
@@ -58,8 +61,7 @@ end
 # KEYS: meta, log, dedupe. ARGV: prefix, suffix, maxlen, ttl, dedupe_ttl, new epoch, honour.
 # One script, so id assignment, the dedupe check and the write are a single atomic step.
 # A dedupe key holds "<epoch>:<id>": a send recorded in an earlier epoch is not a resend
-# (its id may have been lost, or given again; and acked under an id at or below the new
-# epoch's base, it would reach no member: they were reset past it).
+# (the state that gave its id was lost: the id may have been lost with it, or given again).
 # When acks wait for replicas the new id is not shown until ``_SHOW`` says so, after WAIT.
 _APPEND = _OPEN_EPOCH + """
 local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[6], ARGV[4], ARGV[7])

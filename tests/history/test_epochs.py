@@ -148,7 +148,10 @@ async def test_flushing_or_deleting_keys_mid_chat_loses_nothing_in_silence(
     await watcher.until(lambda f: {x.get("client_id") for x in f} >= set(acked))
     stream = watcher.messages_by_epoch(epoch)
     assert_consistent(stream)
-    assert [c for _, _, c in stream] == acked  # each once, in order
+    # Each in order; after the lost sequence key's reset the log's messages come again (the
+    # member is sent all history holds: 21-40 twice, which clients dedupe by client_id).
+    assert list(dict.fromkeys(c for _, _, c in stream)) == acked
+    assert [c for _, _, c in stream] == acked[:40] + acked[20:]
     assert len([f for f in watcher.frames if f["type"] == "reset"]) == 2
     # The sender's own stream (acks included) never reuses an id without a reset between.
     own, current, seen = sender.skipped, epoch, set()
@@ -160,6 +163,29 @@ async def test_flushing_or_deleting_keys_mid_chat_loses_nothing_in_silence(
             seen.add((current, frame["id"]))
     await sender.close()
     await watcher.close()
+
+
+async def test_a_member_away_when_the_sequence_key_is_lost_gets_every_message_it_missed(
+    make_app: Callable[..., AppServer], redis_server: RedisServer,
+) -> None:
+    """The log outlived its sequence key (deleted, evicted): a member that was away at id 5
+    is reset to the new epoch and sent all the log holds, 6-10 included, not reset past them."""
+    server = make_app(env={"REDIS_URL": redis_server.url})
+    sender = await Client.connect(server.ws_url("away"))
+    for i in range(1, 11):
+        assert (await post(sender, f"m{i}", f"c-{i}"))["id"] == i
+    with redis_py.Redis.from_url(redis_server.url) as admin:
+        admin.delete("chat:{away}:meta")
+    back = await Client.connect(server.ws_url("away", since=5, epoch=sender.ready["epoch"]),
+                                wait_ready=False)
+    reset = await back.recv()
+    assert reset["type"] == "reset" and reset["epoch"] != sender.ready["epoch"]
+    assert reset["last_id"] == 0  # below the oldest entry held: everything comes again
+    replayed = await back.messages(10)
+    assert [m["client_id"] for m in replayed] == [f"c-{i}" for i in range(1, 11)]
+    assert (await back.recv_type("ready"))["last_id"] == 10
+    for client in (sender, back):
+        await client.close()
 
 
 async def test_a_flush_with_no_new_message_still_resets_members(
