@@ -15,7 +15,7 @@ from app.history import replication
 from app.history.base import Appended, History, HistoryUnavailable, Replay, RoomState, new_epoch
 from app.history.batch import BatchedReads
 from app.history.slot_batches import SlotBatches
-from app.protocol import FrameTemplate
+from app.protocol import REPLACEMENT, FrameTemplate, message_template
 from app.redis_clients import FAILURES, cluster_client, redis_client
 from app.redis_scripts import ScriptPipeline
 
@@ -374,7 +374,7 @@ class RedisHistory(History):
                 entries, raw_state = await self._latest_script(keys=[meta, log], args=args)
         except FAILURES as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
-        return Replay(frames=_raw_frames(list(reversed(entries))), state=_state(raw_state))
+        return Replay(frames=_raw_frames(room, list(reversed(entries))), state=_state(raw_state))
 
     async def state(self, room: str) -> RoomState:
         meta, log = self._keys(room)
@@ -482,20 +482,26 @@ def _replays(room: str, asks: list[tuple[int, int]], reply: list[Any], cut: bool
     found = {}
     for (since, limit), entries in zip(asks, ranges, strict=True):
         missing = (since + 1, first_held - 1) if since + 1 < first_held else None
-        found[room, since, limit] = Replay(frames=_raw_frames(entries), missing=missing, state=state)
+        found[room, since, limit] = Replay(frames=_raw_frames(room, entries), missing=missing, state=state)
     return found
 
 
-def _frames(entries: Any) -> list[tuple[int, str]]:
-    # A record that is not UTF-8 (written by another tool, or damaged) is delivered with
-    # U+FFFD in place of its bad bytes, under its id: it can never stop a replay.
-    return [(_entry_id(entry_id), fields[b"f"].decode("utf-8", "replace")) for entry_id, fields in entries]
+def _raw_frames(room: str, entries: list[Any]) -> list[tuple[int, str]]:
+    """The frames of entries as a script returns them: ``[id, [field, value, ...]]``.
 
-
-def _raw_frames(entries: list[Any]) -> list[tuple[int, str]]:
-    """``_frames`` of entries as a script returns them: ``[id, [field, value, ...]]``."""
-    return _frames((entry_id, dict(zip(fields[::2], fields[1::2], strict=False)))
-                   for entry_id, fields in entries)
+    A record that is not UTF-8 (written by another tool, or damaged) is delivered with
+    U+FFFD in place of its bad bytes, and one with no frame at all as a message of U+FFFD,
+    under its id: a record can never stop a replay (a missing field ended every member's
+    connection and refused every join of the room)."""
+    frames = []
+    for raw_id, fields in entries:
+        entry_id = _entry_id(raw_id)
+        found = dict(zip(fields[::2], fields[1::2], strict=False)).get(b"f")
+        if isinstance(found, bytes):
+            frames.append((entry_id, found.decode("utf-8", "replace")))
+        else:
+            frames.append((entry_id, message_template(room, REPLACEMENT, 0, "").with_id(entry_id)))
+    return frames
 
 
 def _entry_id(raw: bytes) -> int:

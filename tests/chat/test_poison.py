@@ -95,3 +95,26 @@ async def test_a_damaged_stored_record_is_delivered_with_replacement_characters(
     assert status == 200 and [m["id"] for m in page["messages"]] == [1, 2, 3]
     await member.close()
     await joiner.close()
+
+
+async def test_a_stored_record_without_its_frame_is_delivered_as_a_replacement_character(
+    make_app: Callable[..., AppServer], redis_server: RedisServer,
+) -> None:
+    """An entry with no frame field at all (another tool's write): a message of U+FFFD under
+    its id. It used to end every member's connection (1006) and refuse every join 503."""
+    server = make_app(env={"REDIS_URL": redis_server.url})
+    member = await Client.connect(server.ws_url("bare"))
+    assert (await member.post("before"))["id"] == 1
+    with redis_py.Redis.from_url(redis_server.url) as r:
+        r.hincrby("chat:{bare}:meta", "seq", 1)
+        r.xadd("chat:{bare}:log", {"x": b"not ours"}, id="2-0")
+    assert (await member.post("after"))["id"] == 3
+    live = await member.messages(3)
+    assert [m["id"] for m in live] == [1, 2, 3] and live[1]["message"] == "\ufffd"
+
+    joiner = await Client.connect(server.ws_url("bare", last=10))
+    assert [(m["id"], m["room"]) for m in await joiner.messages(3)] == [(1, "bare"), (2, "bare"), (3, "bare")]
+    status, page = server.get("/api/rooms/bare/messages")
+    assert status == 200 and [m["id"] for m in page["messages"]] == [1, 2, 3]
+    await member.close()
+    await joiner.close()
