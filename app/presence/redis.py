@@ -82,10 +82,12 @@ end
 local count = redis.call('ZCARD', key)
 local next_ms = -1
 local members = {}
+-- Also when the room is now empty: a SET above dropped the version key's expiry, and an
+-- emptied room's keys must still vanish (a no-op for a key that does not exist).
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if born then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
 if count > 0 then
   redis.call('PEXPIRE', key, ARGV[3])
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
-  if born then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
   next_ms = math.max(tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]) - cutoff, 0)
   if tonumber(ARGV[4]) > 0 and not known then
     members = redis.call('ZRANGE', key, 0, tonumber(ARGV[4]) - 1)

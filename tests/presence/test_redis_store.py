@@ -78,3 +78,19 @@ async def test_versions_keep_growing_when_a_failover_brings_back_older_keys(
     [state] = await here.sync([RoomChange("r", hold=("e",))])
     assert state.version > max(seen)
     assert state.version < 2**53  # exact in JavaScript
+
+
+async def test_a_room_its_last_user_left_keeps_no_key_without_an_expiry(
+    stores: tuple[RedisPresence, RedisPresence],
+) -> None:
+    # The step that announced the last departure wrote the room's version key afresh (a SET
+    # drops any expiry) and, the room being empty, gave it none: a key per room ever joined,
+    # kept for good (a hostile probe: 2,000 rooms, 2,000 keys, weeks later).
+    here, _ = stores
+    members, *_ = RedisPresence._keys("emptied")
+    await here.sync([RoomChange("emptied", hold=("a",))])
+    await here._client.zadd(members, {"a": 0})  # its deadline long passed
+    [state] = await here.sync([RoomChange("emptied")])
+    assert state.left == ["a"] and state.count == 0
+    keys = await here._client.keys("chat:{emptied}:*")
+    assert keys and all([0 < await here._client.pttl(key) for key in keys]), keys
