@@ -44,10 +44,16 @@ def _loop_running() -> bool:
     return True
 
 
+# Close codes counted under their own label: RFC 6455's (1000-1015) and Parley's 4001 (token
+# expired). A client may close with any of ~4,000 others; each would be a series for good.
+NAMED_CLOSE_CODES = frozenset((*range(1000, 1016), 4001))
+
+
 @functools.lru_cache(maxsize=64)
 def closed(code: int) -> Counter:
-    """The ``chat_connections_closed`` child for a close code (label lookups are not free)."""
-    return CONNECTIONS_CLOSED.labels(str(code))
+    """The ``chat_connections_closed`` child for a close code (label lookups are not free):
+    ``other`` for a code outside ``NAMED_CLOSE_CODES``."""
+    return CONNECTIONS_CLOSED.labels(str(code) if code in NAMED_CLOSE_CODES else "other")
 
 
 class Tally:

@@ -26,3 +26,17 @@ def test_an_unknown_metric_is_an_attribute_error() -> None:
 
     with pytest.raises(AttributeError):
         metrics.NO_SUCH_METRIC  # noqa: B018
+
+
+@pytest.mark.unit
+def test_close_codes_a_client_picks_are_one_series() -> None:
+    # A client chooses its close code (3000-4999 are free): one series per code it picks
+    # was a series for good, 2,000 of them from 2,000 clients (a hostile probe).
+    from app.metrics import prometheus
+
+    for code in (3000, 4321, 4999):
+        prometheus.closed(code).inc()
+    prometheus.closed(1012).inc()
+    labels = {labels for labels, _ in prometheus.CONNECTIONS_CLOSED._metrics.items()}
+    assert ("other",) in labels and ("1012",) in labels
+    assert not labels & {("3000",), ("4321",), ("4999",)}
