@@ -78,3 +78,19 @@ async def test_versions_keep_growing_when_a_failover_brings_back_older_keys(
     [state] = await here.sync([RoomChange("r", hold=("e",))])
     assert state.version > max(seen)
     assert state.version < 2**53  # exact in JavaScript
+
+
+
+async def test_each_change_links_the_version_it_found_to_the_next(
+    stores: tuple[RedisPresence, RedisPresence],
+) -> None:
+    # The announcements' chain (app/presence/repair.py): every step that changes a room says
+    # which version it moved it from, so the steps of all processes form one chain.
+    here, elsewhere = stores
+    [first] = await here.sync([RoomChange("r", hold=("a",))])
+    [second] = await elsewhere.sync([RoomChange("r", hold=("b",))])
+    [same] = await here.sync([RoomChange("r", hold=("a",))])
+    [third] = await elsewhere.sync([RoomChange("r", hold=("c",))])
+    assert first.previous == 0 and second.previous == first.version and third.previous == second.version
+    assert (same.joined, same.previous, same.version) == ([], second.version, second.version)
+    assert first.version < second.version < third.version
