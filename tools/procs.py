@@ -27,9 +27,11 @@ from tools.net import free_port, http_get, wait_until
 
 
 class RedisServer:
-    """A throwaway redis-server on a free loopback port; stop() and start() keep the port."""
+    """A throwaway redis-server on a free loopback port; stop() and start() keep the port.
+    With ``unix_socket`` it also listens on a socket file in its directory (``unix_url``): a
+    test can make that way in unreachable for new connections alone (by moving the file)."""
 
-    def __init__(self, port: int | None = None, appendonly: bool = False) -> None:
+    def __init__(self, port: int | None = None, appendonly: bool = False, unix_socket: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -39,11 +41,18 @@ class RedisServer:
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="parley-redis-")
         self.appendonly = appendonly
+        self.socket_path = os.path.join(self.dir, "redis.sock") if unix_socket else None
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def unix_url(self) -> str:
+        if self.socket_path is None:
+            raise RuntimeError("this redis-server was started without unix_socket=True")
+        return f"unix://{self.socket_path}?db=0"
 
     def start(self) -> RedisServer:
         """Start it and wait until it answers PING."""
@@ -52,6 +61,8 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no", "--dir", self.dir,
             "--daemonize", "no", "--loglevel", "warning",
         ]
+        if self.socket_path is not None:
+            args += ["--unixsocket", self.socket_path, "--unixsocketperm", "700"]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self.answers, 10, f"redis-server on port {self.port}")
         return self

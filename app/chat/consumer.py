@@ -27,6 +27,7 @@ from app.chat.serial import SerialConsumer
 from app.chat.services import ChatServices
 from app.config import CONFIG
 from app.history import HistoryUnavailable, Replay, RoomState
+from app.presence import Snapshot
 from app.protocol import (
     ConnectParams,
     FrameError,
@@ -56,8 +57,8 @@ CLOSE_TOKEN_EXPIRED = 4001
 RETIRED_EPOCHS = 4
 
 
-def _answered(entering: asyncio.Future[str] | None) -> str | None:
-    """The presence frame if the store has already answered (then it goes out in the same
+def _answered(entering: asyncio.Future[Snapshot] | None) -> Snapshot | None:
+    """The presence snapshot if the store has already answered (then it goes out in the same
     write as ``ready``); None while it has not, or when it failed."""
     if entering is None or not entering.done() or entering.cancelled() or entering.exception():
         return None
@@ -82,6 +83,9 @@ class ChatConsumer(SerialConsumer):
     # What the close is counted as: the disconnect event's code, or 1006 if none came.
     close_code: int = 1006
     present: bool = False
+    # The version of the last ``presence`` snapshot this client was sent (-1: none yet): a
+    # repair no newer than it would show nothing new, or take the list back.
+    presence_version: int = -1
     typing_bucket: TokenBucket | None = None
 
     def __init__(self, services: ChatServices) -> None:
@@ -136,7 +140,9 @@ class ChatConsumer(SerialConsumer):
         await self.accept()
         self.epoch = replay.state.epoch
         presence = _answered(entering)
-        await self._replay(reset, replay, live_from, presence)
+        if presence is not None:
+            self.presence_version = presence.version
+        await self._replay(reset, replay, live_from, presence.frame if presence is not None else None)
         if CONFIG.auth == "jwt":
             self._expire_at(self.expires_at)
         if entering is not None and presence is None:
@@ -424,7 +430,7 @@ class ChatConsumer(SerialConsumer):
 
     # -- presence and typing -------------------------------------------------------------
 
-    def _enter_presence(self) -> asyncio.Future[str] | None:
+    def _enter_presence(self) -> asyncio.Future[Snapshot] | None:
         """Count this socket in the room's presence; the future is its ``presence`` frame."""
         presence = self.services.presence
         if presence is None:
@@ -432,15 +438,16 @@ class ChatConsumer(SerialConsumer):
         self.present = True
         return presence.enter(self.room, self.user)
 
-    async def _send_presence(self, entering: asyncio.Future[str]) -> None:
+    async def _send_presence(self, entering: asyncio.Future[Snapshot]) -> None:
         """The room's ``presence`` frame, once the store has answered (after ``ready``, so a
         busy store never delays it); without it when presence storage is unavailable."""
         try:
-            frame = await entering
-        except Exception as exc:  # the socket works without presence; the next step repairs it
+            snapshot = await entering
+        except Exception as exc:  # the socket works without presence; a repair sends it later
             logger.warning("no presence frame for %s: %s", self.room, exc)
             return
-        await self._send_text(frame)
+        self.presence_version = snapshot.version
+        await self._send_text(snapshot.frame)
 
     def _exit_presence(self) -> None:
         if self.present:
@@ -463,8 +470,16 @@ class ChatConsumer(SerialConsumer):
         if event.get("skip") != self.user:
             await self._send_text(event["frame"])
 
+    async def presence_repair(self, event: dict[str, Any]) -> None:
+        """The room's snapshot again: announcements to this process were lost. Always through
+        the queue, so it follows whatever reached this member before it; a member whose own
+        snapshot is as new (one that joined meanwhile) is not sent it."""
+        if event["version"] > self.presence_version:
+            self.presence_version = event["version"]
+            await self._send_text(event["frame"])
+
     def _presence_now(self, message: dict[str, Any]) -> bool:
         """``deliver_now`` for presence events: written at once to a writable socket."""
         if message.get("type") != "presence.event":
-            return False
+            return False  # a repair takes the ordered path
         return message.get("skip") == self.user or self.send_now(message["frame"])

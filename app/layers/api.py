@@ -1,8 +1,9 @@
 """What Parley's channel layers offer beyond Channels' layer contract.
 
-Both of Parley's layers (``local`` and ``pubsub``) implement ``DirectDelivery``; a consumer
-uses it when its layer does and the plain Channels API otherwise (channels-redis's core
-layer, kept for comparison, does not).
+Parley's layers (``local``, ``pubsub`` and ``cluster``) implement ``DirectDelivery`` and
+``GroupTap``; a consumer uses the first when its layer does and the plain Channels API
+otherwise, and presence repairs lost announcements only on a layer with the second
+(channels-redis's core layer, kept for comparison, has neither).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 Message = dict[str, Any]
 # Takes a group message synchronously (True), or declines so it is queued (False).
 Direct = Callable[[Message], bool]
+# Sees a group message before the members here get it; must not mutate it.
+Tap = Callable[[Message], None]
 Receive = Callable[[str], Awaitable[Message]]
 
 
@@ -34,3 +37,17 @@ class DirectDelivery(Protocol):
 
     def forget(self, channel: str) -> None:
         """The channel's receiver is gone for good: drop its inbox and direct hook."""
+
+
+@runtime_checkable
+class GroupTap(Protocol):
+    """A layer that shows this process the group messages reaching its members, once per
+    message (not once per member), and delivers to its members alone."""
+
+    def tap(self, kind: str, hook: Tap) -> None:
+        """Call ``hook`` with each group message of type ``kind`` that reaches members on the
+        running event loop, once, before they get it."""
+
+    def fan_out_local(self, group: str, message: Message) -> None:
+        """Deliver ``message`` to the running loop's members of ``group`` only (directly where
+        they take it, else queued): nothing is published, no other process gets it."""

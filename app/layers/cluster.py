@@ -36,8 +36,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.layers.api import Direct, Receive
-from app.layers.fanout import fan_out
+from app.layers.api import Direct, Receive, Tap
+from app.layers.fanout import fan_out, tap
 from app.layers.mailbox import Mailbox
 from app.layers.publisher import ShardPublisher
 from app.redis_clients import cluster_client
@@ -88,6 +88,7 @@ class _LoopLayer:
         self.publisher = ShardPublisher(self.cluster)
         self.channels: dict[str, Mailbox] = {}
         self.direct: dict[str, Direct] = {}
+        self.taps: dict[str, Tap] = {}  # message type -> hook (GroupTap)
         self.groups: dict[str, set[str]] = {}
         self.group_of: dict[bytes, str] = {}  # sharded channel -> group
         self.subscribed: dict[str, asyncio.Future[None]] = {}  # group -> SSUBSCRIBE confirmed
@@ -315,8 +316,16 @@ class _LoopLayer:
         members = self.groups.get(group)
         if not members:
             return
-        decoded = msgpack.unpackb(message["data"])  # once, for every local member
-        fan_out(members, decoded, self.channels, self.direct, self._open)
+        self.fan_out_local(group, msgpack.unpackb(message["data"]))  # decoded once, for all
+
+    def fan_out_local(self, group: str, message: dict[str, Any]) -> None:
+        """Deliver ``message`` to this loop's members of ``group`` (after its tap, if any)."""
+        members = self.groups.get(group)
+        if members:
+            hook = self.taps.get(message.get("type", "")) if self.taps else None
+            if hook is not None:
+                tap(hook, message)
+            fan_out(members, message, self.channels, self.direct, self._open)
 
     def _forget(self, name: bytes) -> None:
         """Unsubscribe a channel no group here wants any more but the shard still sends: its
@@ -421,3 +430,13 @@ class ClusterLayer(BaseChannelLayer):
         """Messages waiting for a local channel's receiver."""
         queue = self._get_layer().channels.get(channel)
         return 0 if queue is None else queue.qsize()
+
+    # -- GroupTap -------------------------------------------------------------------------
+
+    def tap(self, kind: str, hook: Tap) -> None:
+        """Show ``hook`` each group message of type ``kind`` this loop receives, once."""
+        self._get_layer().taps[kind] = hook
+
+    def fan_out_local(self, group: str, message: dict[str, Any]) -> None:
+        """Deliver ``message`` to this loop's members of ``group`` only."""
+        self._get_layer().fan_out_local(group, message)

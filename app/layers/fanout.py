@@ -5,6 +5,7 @@ consumer sends it straight to a socket that can take it now, with no task switch
 that cannot (busy with a handler, something already queued, a gap to fill first, a socket
 that would block) gets it queued, up to its mailbox's bound, as a channel layer always does.
 The consumer's id checks keep every member's stream exactly-once and in order either way.
+A tap (``GroupTap``) sees a message of its type once, before the members get it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from app.layers.api import Direct
+from app.layers.api import Direct, Tap
 from app.layers.mailbox import Mailbox
 
 logger = logging.getLogger("parley")
@@ -45,3 +46,11 @@ def fan_out(
             queue.put_nowait(message)
         except asyncio.QueueFull:
             pass  # a member this far behind is not reading; history refills what is dropped
+
+
+def tap(hook: Tap, message: dict[str, Any]) -> None:
+    """Show ``message`` to the tap for its type (``GroupTap``), once for all local members."""
+    try:
+        hook(message)
+    except Exception:  # the tap's bug must not cost the members their message
+        logger.exception("group tap failed")

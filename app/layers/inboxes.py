@@ -26,8 +26,8 @@ import math
 from collections.abc import Callable
 from time import monotonic
 
-from app.layers.api import Direct, Message
-from app.layers.fanout import fan_out
+from app.layers.api import Direct, Message, Tap
+from app.layers.fanout import fan_out, tap
 from app.layers.mailbox import Mailbox
 
 
@@ -41,6 +41,7 @@ class Inboxes:
         # group -> {channel: monotonic time of its group_add}
         self.groups: dict[str, dict[str, float]] = {}
         self.direct: dict[str, Direct] = {}
+        self.taps: dict[str, Tap] = {}  # message type -> hook (GroupTap); kept by ``clear``
         self.capacity = capacity
         self.expiry = expiry
         self.group_expiry = group_expiry
@@ -97,9 +98,13 @@ class Inboxes:
         return True
 
     def fan_out(self, group: str, message: Message) -> None:
-        """Deliver ``message`` to every local member of ``group`` (directly where it can)."""
+        """Deliver ``message`` to every local member of ``group`` (directly where it can),
+        after the tap for its type, if any, has seen it."""
         members = self.groups.get(group)
         if members:
+            hook = self.taps.get(message.get("type", "")) if self.taps else None
+            if hook is not None:
+                tap(hook, message)
             fan_out(members, message, self.channels, self.direct, self.open)
 
     def register_direct(self, channel: str, deliver: Direct) -> None:

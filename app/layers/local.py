@@ -19,7 +19,7 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
-from app.layers.api import Direct, Message, Receive
+from app.layers.api import Direct, Message, Receive, Tap
 from app.layers.inboxes import Inboxes
 from app.layers.mailbox import Mailbox
 
@@ -76,6 +76,16 @@ class LocalChannelLayer(BaseChannelLayer):
 
     def forget(self, channel: str) -> None:
         self.inboxes.forget(channel)
+
+    # GroupTap (app.layers.api): every group message here is a local one
+
+    def tap(self, kind: str, hook: Tap) -> None:
+        """Show ``hook`` each group message of type ``kind``, once, before its members."""
+        self.inboxes.taps[kind] = hook
+
+    def fan_out_local(self, group: str, message: Message) -> None:
+        """``group_send`` without its checks: this layer has no other process to reach."""
+        self.inboxes.fan_out(group, message)
 
     # Channels' layer API
 

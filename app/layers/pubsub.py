@@ -26,7 +26,7 @@ from typing import Any
 
 from channels.exceptions import ChannelFull
 
-from app.layers.api import Direct, Message, Receive
+from app.layers.api import Direct, Message, Receive, Tap
 from app.layers.inboxes import Inboxes
 from app.layers.redis_internals import LayerProxy, Shard, consistent_hash, decode_hosts
 
@@ -132,6 +132,10 @@ class PubSubLoopLayer:
         key = self._group_key(group)
         await self._get_shard(key).publish(key, self.channel_layer.serialize(message))
 
+    def fan_out_local(self, group: str, message: Message) -> None:
+        """Deliver ``message`` to this loop's members of ``group``; nothing is published."""
+        self.inboxes.fan_out(self._group_key(group), message)
+
     async def flush(self) -> None:
         self.inboxes.clear()
         self._own.clear()
@@ -199,3 +203,13 @@ class PubSubLayer(LayerProxy):
     def backlog(self, channel: str) -> int:
         """Messages waiting for a local channel's receiver."""
         return self._loop_layer().inboxes.backlog(channel)
+
+    # GroupTap (app.layers.api)
+
+    def tap(self, kind: str, hook: Tap) -> None:
+        """Show ``hook`` each group message of type ``kind`` this loop receives, once."""
+        self._loop_layer().inboxes.taps[kind] = hook
+
+    def fan_out_local(self, group: str, message: Message) -> None:
+        """Deliver ``message`` to this loop's members of ``group`` only."""
+        self._loop_layer().fan_out_local(group, message)

@@ -26,6 +26,9 @@ MESSAGES_RECEIVED = Counter("chat_messages_received", "Chat messages accepted fr
 MESSAGES_BROADCAST = Counter("chat_messages_broadcast", "Chat messages recorded and broadcast")
 GAPS_FILLED = Counter("chat_gaps_filled", "Live-stream holes filled from history")
 RESETS = Counter("chat_resets", "Members reset to a room's new epoch (its ids started over)")
+PRESENCE_REPAIRS = Counter(
+    "chat_presence_repairs", "Rooms whose members here were sent presence again after announcements were lost"
+)
 FRAMES_REJECTED = Counter("chat_frames_rejected", "Client frames refused", ["reason"])
 STARTUP_SECONDS = Gauge("chat_startup_seconds", "Seconds from process start to ready")
 DRAIN_SECONDS = Gauge("chat_drain_seconds", "Seconds the last graceful drain took")

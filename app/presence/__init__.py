@@ -11,9 +11,9 @@ from typing import Any
 from app.config import Config
 from app.presence.base import PresenceStore, PresenceUnavailable
 from app.presence.rules import heartbeat_interval
-from app.presence.service import Presence
+from app.presence.service import Presence, Snapshot
 
-__all__ = ["Presence", "PresenceStore", "PresenceUnavailable", "create_presence"]
+__all__ = ["Presence", "PresenceStore", "PresenceUnavailable", "Snapshot", "create_presence"]
 
 
 def create_presence(config: Config, layer: Any) -> Presence | None:

@@ -25,7 +25,9 @@ class RoomChange:
 class RoomState:
     """A room after a step: who arrived and who is gone (each reported to exactly one
     caller, whichever step noticed), the exact count, names if asked, the room's version
-    (it grows with every announced change) and seconds until the next departure is due."""
+    (it grows with every announced change), the version the step found (``previous``: a step
+    that changed the room moved it from there to ``version``) and seconds until the next
+    departure is due."""
 
     count: int
     version: int
@@ -33,6 +35,7 @@ class RoomState:
     left: list[str] = field(default_factory=list)
     members: list[str] = field(default_factory=list)
     next_due: float | None = None
+    previous: int = 0
 
 
 class PresenceStore(abc.ABC):

@@ -25,12 +25,14 @@ class MemoryPresence(PresenceStore):
             if not change.hold:
                 return RoomState(count=0, version=0)
             roster = self._rooms[change.room] = Roster()
+        previous = roster.version
         outcome = roster.step(now, change.hold, change.release, now + self._grace)
         members = roster.sample(MEMBERS_MAX) if change.sample else []
         deadline = roster.next_deadline()
         state = RoomState(count=outcome.count, version=roster.version, joined=outcome.joined,
                           left=outcome.left, members=members,
-                          next_due=None if deadline is None else max(deadline - now, 0.0))
+                          next_due=None if deadline is None else max(deadline - now, 0.0),
+                          previous=previous)
         if not roster.members:
             del self._rooms[change.room]
         return state

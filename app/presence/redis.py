@@ -30,7 +30,9 @@ from app.redis_scripts import ScriptPipeline
 # it (its version, count and birth: when its version key was made, so a room whose keys
 # were lost and made again is never taken for the one seen before), so the caller works out
 # the names from its copy and this step's joined and left, and no names are sent: a sample
-# of up to 100 names per join was most of presence's cost in rooms of up to 100.
+# of up to 100 names per join was most of presence's cost in rooms of up to 100. "previous":
+# the version the step found, so a change is the link previous -> version (the announcements'
+# chain that app/presence/repair.py checks).
 _STEP = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -64,8 +66,10 @@ for _, u in ipairs(gone) do
   if expired[u] then left[#left + 1] = u end
 end
 local version
+local previous
 if #joined > 0 or #left > 0 then
   local stored = redis.call('GET', KEYS[2])
+  previous = tonumber(stored or '0')
   if not born or not stored then
     born = tostring(now) .. '-' .. tostring(t[2])
     redis.call('SET', KEYS[3], born)
@@ -78,6 +82,7 @@ if #joined > 0 or #left > 0 then
   redis.call('SET', KEYS[2], string.format('%.0f', version))
 else
   version = tonumber(redis.call('GET', KEYS[2]) or '0')
+  previous = version
 end
 local count = redis.call('ZCARD', key)
 local next_ms = -1
@@ -93,7 +98,7 @@ if count > 0 then
     members = redis.call('ZRANGE', key, 0, tonumber(ARGV[4]) - 1)
   end
 end
-return {count, version, joined, left, members, next_ms, known and 1 or 0, born or ''}
+return {count, version, joined, left, members, next_ms, known and 1 or 0, born or '', previous}
 """
 
 # KEYS: members. ARGV: limit. Read-only: users whose deadline passed are not counted.
@@ -176,7 +181,7 @@ class RedisPresence(PresenceStore):
         self._failing, self._answered_at = False, now
         states = []
         for change, base, result in zip(changes, bases, results, strict=True):
-            count, version, joined, left, members, next_ms, unchanged, born = result
+            count, version, joined, left, members, next_ms, unchanged, born, previous = result
             joined, left = _names(joined), _names(left)
             listed = self._known.settle(
                 change.room, base, bool(unchanged), Seen(int(version), (), born.decode()), int(count),
@@ -185,7 +190,7 @@ class RedisPresence(PresenceStore):
             states.append(RoomState(
                 count=int(count), version=int(version), joined=joined, left=left,
                 members=(listed or [])[:MEMBERS_MAX] if change.sample else [],
-                next_due=None if int(next_ms) < 0 else int(next_ms) / 1000,
+                next_due=None if int(next_ms) < 0 else int(next_ms) / 1000, previous=int(previous),
             ))
         return states
 

@@ -32,6 +32,13 @@ def tick_interval(grace: float) -> float:
     return min(COALESCE_INTERVAL, heartbeat_interval(grace))
 
 
+def longest_round(grace: float) -> float:
+    """The longest a room's announcement rounds are ever spaced: half the grace (a join held
+    back longer could reach clients after the same user's leave, announced at once by another
+    process), and never below the interval."""
+    return max(COALESCE_INTERVAL, grace / 2)
+
+
 @dataclass
 class Outcome:
     """What one step did to a room: who arrived, who is gone, and the room after it."""
@@ -118,6 +125,10 @@ class LocalUsers:
     def rooms(self) -> list[str]:
         return list(self._rooms)
 
+    def holds(self, room: str) -> bool:
+        """Does any user have a socket in ``room`` here?"""
+        return room in self._rooms
+
     def users(self, room: str) -> list[str]:
         return list(self._rooms.get(room, ()))
 
@@ -130,9 +141,16 @@ class LocalUsers:
         return True
 
 
+# One step that changed a room: its version before and after (app/presence/repair.py).
+Link = tuple[int, int]
+
+
 @dataclass
 class Announcement:
-    """A change to announce: ``kind`` is "join", "leave" or "diff" (several users)."""
+    """A change to announce: ``kind`` is "join", "leave" or "diff" (several users).
+
+    ``links`` are the steps the round covers; every frame of a round carries them, as frame
+    ``part`` of ``parts``, so a process that misses any one of them can tell."""
 
     kind: str
     count: int
@@ -140,6 +158,9 @@ class Announcement:
     user: str = ""
     joined: list[str] = field(default_factory=list)
     left: list[str] = field(default_factory=list)
+    links: tuple[Link, ...] = ()
+    part: int = 0
+    parts: int = 1
 
 
 @dataclass
@@ -149,6 +170,7 @@ class _Diff:
     count: int = 0
     version: int = 0
     due: float = 0.0
+    links: list[Link] = field(default_factory=list)
 
 
 # At most this many changes go out as separate join/leave frames; more make one diff.
@@ -187,13 +209,17 @@ class Coalescer:
         self._counts: dict[str, int] = {}
         self._members = 0
 
-    def add(self, room: str, outcome: Outcome, version: int, now: float) -> list[Announcement]:
-        """Announcements to make now for ``outcome``; the rest waits for the room's next round."""
+    def add(self, room: str, outcome: Outcome, version: int, now: float,
+            link: Link | None = None) -> list[Announcement]:
+        """Announcements to make now for ``outcome`` (the step ``link`` made); the rest waits
+        for the room's next round."""
         if not outcome.joined and not outcome.left:
             return []
         diff = self._pending.get(room)
         if diff is None:
             diff = self._pending[room] = _Diff(due=self._next.get(room, now))
+        if link is not None:
+            diff.links.append(link)
         for user in outcome.joined:
             if diff.left.pop(user, 0) is None:
                 continue  # left and back within one round: no change to announce
@@ -225,13 +251,17 @@ class Coalescer:
         diff = self._pending.pop(room)
         self._next[room] = now + round_interval(self._members, self.interval, self.longest)
         changes = len(diff.joined) + len(diff.left)
-        if changes == 0:
-            return []  # everyone who came also went: nothing changed
-        if changes <= SINGLE_MAX and diff.count <= self.big_room:
-            return [Announcement("join", diff.count, diff.version, user=u) for u in diff.joined] + [
+        links = tuple(diff.links)
+        if 0 < changes <= SINGLE_MAX and diff.count <= self.big_room:
+            out = [Announcement("join", diff.count, diff.version, user=u) for u in diff.joined] + [
                 Announcement("leave", diff.count, diff.version, user=u) for u in diff.left
             ]
-        return [Announcement("diff", diff.count, diff.version,
+            for part, announcement in enumerate(out):
+                announcement.links, announcement.part, announcement.parts = links, part, len(out)
+            return out
+        # A round whose changes cancelled out (everyone who came also went) is a diff naming
+        # nobody: its steps moved the room's version, and silence would look lost elsewhere.
+        return [Announcement("diff", diff.count, diff.version, links=links,
                              joined=list(diff.joined)[:MEMBERS_MAX], left=list(diff.left)[:MEMBERS_MAX])]
 
 

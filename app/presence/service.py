@@ -5,7 +5,10 @@ app/history/batch.py does for last-id reads): a burst of 5,000 joins is a few hu
 calls, not 5,000, and every joiner of a room in one turn shares one snapshot frame. A loop
 refreshes this process's holds (when the store needs heartbeats), notices departures when
 they fall due, and sends big rooms' diffs. Announcements go through the channel layer to the
-room's group as ``presence.event`` messages carrying a ready-made frame.
+room's group as ``presence.event`` messages carrying a ready-made frame and the steps they
+cover; the layer's tap shows each one to this process once, and a room whose members here
+missed one (app/presence/repair.py) is sent a fresh snapshot, as ``presence.repair``, by the
+same loop.
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
+from app import metrics
+from app.layers.api import GroupTap
 from app.presence.base import PresenceStore, RoomChange, RoomState
 from app.presence.listing import MemberLists
+from app.presence.repair import RepairWatch, repair_after
 from app.presence.rules import (
     MEMBERS_MAX,
     Announcement,
@@ -24,6 +30,7 @@ from app.presence.rules import (
     LocalUsers,
     Outcome,
     heartbeat_interval,
+    longest_round,
     tick_interval,
 )
 from app.protocol import (
@@ -39,23 +46,39 @@ from app.rooms import group_name
 logger = logging.getLogger("parley")
 
 EVENT = "presence.event"
+# A fresh snapshot for this process's members of a room, after announcements were lost here.
+REPAIR = "presence.repair"
 # In a room of more than MEMBERS_MAX, joiners are shown "any 100" members: names read up to
 # this long ago serve every joiner meanwhile (reading and decoding 100 names from Redis cost
 # ~0.5 ms per batch). Counts are always read fresh.
 NAMES_MAX_AGE = 1.0
 
 
+class Snapshot(NamedTuple):
+    """A room's ``presence`` frame and the version it shows."""
+
+    frame: str
+    version: int
+
+
 class Presence:
     """Presence for every chat socket of this process (one instance, built at warm-up)."""
 
-    def __init__(self, store: PresenceStore, layer: Any, grace: float) -> None:
+    def __init__(self, store: PresenceStore, layer: Any, grace: float,
+                 repair_delay: float | None = None) -> None:
         self.store = store
         self.layer = layer
         self.grace = grace
         self.local = LocalUsers()
-        self.coalescer = Coalescer(longest=grace / 2)
+        self.coalescer = Coalescer(longest=longest_round(grace))
+        # Lost announcements are noticed only where the layer shows this process what reaches
+        # its members (not on channels-redis's core layer, kept for comparison).
+        self.repairs = (RepairWatch(repair_after(grace) if repair_delay is None else repair_delay)
+                        if isinstance(layer, GroupTap) else None)
+        self._tapped = False  # the tap is per event loop: set on the first join
+        self._asked: set[str] = set()  # rooms whose repair snapshot goes in the next batch
         self._ops: dict[str, dict[str, bool]] = {}  # room -> user -> held (the last word wins)
-        self._waiters: dict[str, list[asyncio.Future[str]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[Snapshot]]] = {}
         self._scheduled = False
         self._due: dict[str, float] = {}  # room -> when a departure there falls due
         self._next_heartbeat = 0.0
@@ -70,12 +93,17 @@ class Presence:
 
     # -- sockets -------------------------------------------------------------------------
 
-    def enter(self, room: str, user: str) -> asyncio.Future[str]:
+    def enter(self, room: str, user: str) -> asyncio.Future[Snapshot]:
         """Count a socket of ``user`` in ``room``; the future is its ``presence`` frame."""
         if self.local.attach(room, user):
             self._ops.setdefault(room, {})[user] = True
             self._entering.add((room, user))
-        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            if self.repairs is not None:
+                if not self._tapped:
+                    self._tapped = True
+                    self.layer.tap(EVENT, self._delivered)
+                self.repairs.watch(room)
+        waiter: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(room, []).append(waiter)
         self._schedule()
         return waiter
@@ -85,13 +113,15 @@ class Presence:
         if self.local.detach(room, user):
             self._ops.setdefault(room, {})[user] = False
             self._schedule()
+            if self.repairs is not None and not self.local.holds(room):
+                self.repairs.forget(room)  # nobody here to repair for
 
     async def typing(self, room: str, user: str) -> None:
         """Relay that ``user`` is typing, at most once per TYPING_INTERVAL per user here (a
         user with sockets in two processes can be relayed by each: typing is a hint, not
         worth a Redis round trip per notice)."""
         if self.local.may_type(room, user, time.monotonic()):
-            await self._publish(room, typing_frame(room, user), skip=user)
+            await self._publish(room, {"type": EVENT, "frame": typing_frame(room, user), "skip": user})
 
     async def snapshot(self, room: str) -> str:
         """The HTTP API's body: the exact count and up to MEMBERS_MAX names."""
@@ -109,30 +139,32 @@ class Presence:
 
     def _flush(self) -> None:
         self._scheduled = False
-        ops, waiters = self._ops, self._waiters
-        if not ops and not waiters:
+        ops, waiters, asked = self._ops, self._waiters, self._asked
+        if not ops and not waiters and not asked:
             return
-        self._ops, self._waiters = {}, {}
+        self._ops, self._waiters, self._asked = {}, {}, set()
         now = time.monotonic()
         changes = []
         known: dict[str, str] = {}  # rooms whose names are recent enough: their members JSON
-        for room in ops.keys() | waiters.keys():
+        for room in ops.keys() | waiters.keys() | asked:
             users = ops.get(room, {})
             cached = self._names.get(room)
-            if room in waiters and cached is not None and now - cached[0] < NAMES_MAX_AGE:
+            # A repair reads the names afresh: it is sent because the list here is wrong.
+            joining = room in waiters and room not in asked
+            if joining and cached is not None and now - cached[0] < NAMES_MAX_AGE:
                 known[room] = cached[1]
             changes.append(RoomChange(
                 room,
                 hold=tuple(u for u, held in users.items() if held),
                 release=tuple(u for u, held in users.items() if not held),
-                sample=room in waiters and room not in known,
+                sample=(room in waiters or room in asked) and room not in known,
             ))
         self._in_flight = True
-        self._spawn(self._sync(changes, waiters, known))
+        self._spawn(self._sync(changes, waiters, known, asked))
 
     def _batch_done(self) -> None:
         self._in_flight = False
-        if self._ops or self._waiters:
+        if self._ops or self._waiters or self._asked:
             self._schedule()
 
     def _spawn(self, step: Any) -> None:
@@ -140,8 +172,8 @@ class Presence:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _sync(self, changes: list[RoomChange], waiters: dict[str, list[asyncio.Future[str]]],
-                    known: dict[str, str]) -> None:
+    async def _sync(self, changes: list[RoomChange], waiters: dict[str, list[asyncio.Future[Snapshot]]],
+                    known: dict[str, str], asked: set[str]) -> None:
         try:
             states = await self.store.sync(changes)
         except Exception as exc:
@@ -153,26 +185,40 @@ class Presence:
                     if not future.done():
                         future.set_exception(exc)
                         future.exception()  # retrieved: its socket may have gone meanwhile
+            if self.repairs is not None:
+                for room in asked:
+                    self.repairs.failed(room)
             return
         self._entered(changes)
         self._batch_done()
         now = time.monotonic()
         for change, state in zip(changes, states, strict=True):
             waiting = waiters.get(change.room)
-            if waiting:
-                if change.sample:
-                    listed = self._lists.json(change.room, state.members, now)
-                    if state.count > MEMBERS_MAX:
-                        self._names[change.room] = (now, listed)
-                    else:
-                        self._names.pop(change.room, None)
-                else:
-                    listed = known[change.room]
-                frame = presence_frame(change.room, state.count, listed, state.version)
-                for future in waiting:
-                    if not future.done():
-                        future.set_result(frame)
+            if not waiting and change.room not in asked:
+                continue
+            listed = self._listed(change, state, known, now)
+            frame = presence_frame(change.room, state.count, listed, state.version)
+            snapshot = Snapshot(frame, state.version)
+            for future in waiting or ():
+                if not future.done():
+                    future.set_result(snapshot)
+            if self.repairs is not None:
+                if waiting:
+                    self.repairs.baseline(change.room, state.version)
+                if change.room in asked:
+                    self._repair(change.room, snapshot)
         await self._settle(changes, states)
+
+    def _listed(self, change: RoomChange, state: RoomState, known: dict[str, str], now: float) -> str:
+        """The members JSON of a snapshot: the step's sample, or names read recently."""
+        if not change.sample:
+            return known[change.room]
+        listed = self._lists.json(change.room, state.members, now)
+        if state.count > MEMBERS_MAX:
+            self._names[change.room] = (now, listed)
+        else:
+            self._names.pop(change.room, None)
+        return listed
 
     def _entered(self, changes: list[RoomChange]) -> None:
         for change in changes:
@@ -186,8 +232,11 @@ class Presence:
                 self._due.pop(change.room, None)
             else:
                 self._due[change.room] = now + state.next_due
+            if self.repairs is not None:
+                self.repairs.stored(change.room, state.version, now)
             outcome = Outcome(joined=state.joined, left=state.left, count=state.count)
-            for announcement in self.coalescer.add(change.room, outcome, state.version, now):
+            link = (state.previous, state.version) if state.joined or state.left else None
+            for announcement in self.coalescer.add(change.room, outcome, state.version, now, link):
                 await self._announce(change.room, announcement)
 
     # -- the loop --------------------------------------------------------------------------
@@ -221,6 +270,11 @@ class Presence:
             await self._settle(changes, states)
         for room, announcement in self.coalescer.due(time.monotonic()):
             await self._announce(room, announcement)
+        if self.repairs is not None:
+            due = self.repairs.due(time.monotonic())
+            if due:
+                self._asked.update(due)
+                self._schedule()
         stale = [room for room, (read, _) in self._names.items() if now - read >= NAMES_MAX_AGE]
         for room in stale:
             del self._names[room]
@@ -229,24 +283,49 @@ class Presence:
     # -- announcing --------------------------------------------------------------------------
 
     async def _announce(self, room: str, a: Announcement) -> None:
+        skip = None
         if a.kind == "join":
             # Not to the joiner, whose snapshot has it; but a user held again by a heartbeat
             # (announced gone while the store was away, its sockets open all along) is told too.
             rejoined = (room, a.user) in self._rejoined
             self._rejoined.discard((room, a.user))
             skip = None if rejoined else a.user
-            await self._publish(room, join_frame(room, a.user, a.count, a.version), skip=skip)
+            frame = join_frame(room, a.user, a.count, a.version)
         elif a.kind == "leave":
-            await self._publish(room, leave_frame(room, a.user, a.count, a.version))
+            frame = leave_frame(room, a.user, a.count, a.version)
         else:  # a diff reaches everyone
             self._rejoined.difference_update((room, user) for user in a.joined)
-            await self._publish(room, presence_diff_frame(room, a.count, a.joined, a.left, a.version))
+            frame = presence_diff_frame(room, a.count, a.joined, a.left, a.version)
+        event: dict[str, Any] = {"type": EVENT, "frame": frame, "skip": skip}
+        if a.links:  # what lets each process tell that its members missed none (repair.py)
+            event.update(room=room, links=a.links)
+            if a.parts > 1:
+                event.update(part=a.part, parts=a.parts)
+        await self._publish(room, event)
 
-    async def _publish(self, room: str, frame: str, skip: str | None = None) -> None:
+    async def _publish(self, room: str, event: dict[str, Any]) -> None:
         try:
-            await self.layer.group_send(group_name(room), {"type": EVENT, "frame": frame, "skip": skip})
-        except Exception as exc:  # presence is best effort; the next change carries the count
+            await self.layer.group_send(group_name(room), event)
+        except Exception as exc:  # lost to every process: each repairs it for its members
             logger.warning("presence announcement to %s failed: %s", room, exc)
+
+    # -- repairing what was lost here ----------------------------------------------------------
+
+    def _delivered(self, event: dict[str, Any]) -> None:
+        """The layer's tap: an announcement reached this process's members of its room."""
+        links = event.get("links")
+        if links and self.repairs is not None:
+            self.repairs.delivered(event["room"], links, event.get("part", 0), event.get("parts", 1))
+
+    def _repair(self, room: str, snapshot: Snapshot) -> None:
+        """Send this process's members of ``room`` the fresh ``snapshot`` (unless a newer
+        frame reached them meanwhile: then it is read again at the next tick)."""
+        if self.repairs is not None and self.repairs.repaired(room, snapshot.version):
+            metrics.PRESENCE_REPAIRS.inc()
+            logger.debug("presence of %s sent again to its members here (announcements lost)", room)
+            self.layer.fan_out_local(group_name(room), {
+                "type": REPAIR, "frame": snapshot.frame, "version": snapshot.version,
+            })
 
     async def close(self) -> None:
         """Release the store's connections."""

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.crc import key_slot
 
-from app.layers.api import DirectDelivery
+from app.layers.api import DirectDelivery, GroupTap
 from app.layers.cluster import ClusterLayer, shard_channel
 from app.redis_url import parse_redis_url
 from tests.support import wait_until
@@ -242,3 +242,25 @@ async def test_a_room_first_joined_after_its_master_failed_over_is_joined_on_the
     finally:
         await one.flush()
         await two.flush()
+
+
+async def test_a_tap_sees_what_reaches_this_process_and_fan_out_local_stays_here(
+    layers: tuple[ClusterLayer, ClusterLayer],
+) -> None:
+    one, two = layers
+    assert isinstance(one, GroupTap)
+    here, there = await one.new_channel(), await two.new_channel()
+    await one.group_add("chat.tapped", here)
+    await two.group_add("chat.tapped", there)
+    tapped: list[dict[str, object]] = []
+    one.tap("presence.event", tapped.append)
+    await two.group_send("chat.tapped", {"type": "presence.event", "n": 1})
+    got = await asyncio.wait_for(one.receive(here), 5)
+    assert tapped == [got] and tapped[0] is got
+    assert (await asyncio.wait_for(two.receive(there), 5))["n"] == 1
+
+    one.fan_out_local("chat.tapped", {"type": "presence.repair", "n": 2})
+    two.fan_out_local("chat.tapped", {"type": "presence.repair", "n": 3})
+    await two.group_send("chat.tapped", {"type": "chat.message", "n": 4})
+    assert [(await asyncio.wait_for(one.receive(here), 5))["n"] for _ in range(2)] == [2, 4]
+    assert [(await asyncio.wait_for(two.receive(there), 5))["n"] for _ in range(2)] == [3, 4]

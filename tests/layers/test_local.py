@@ -81,3 +81,35 @@ async def test_a_queued_message_is_never_overtaken_by_a_direct_one() -> None:
     assert [(await layer.receive(channel))["n"], (await layer.receive(channel))["n"]] == [1, 2]
     layer.unregister_direct(channel)
     assert layer.direct == {}
+
+
+async def test_a_tap_sees_each_group_message_of_its_kind_once_before_the_members() -> None:
+    layer = LocalChannelLayer()
+    members = [await layer.new_channel() for _ in range(3)]
+    order: list[str] = []
+    layer.register_direct(members[0], lambda message: order.append("member") is None)
+    for channel in members:
+        await layer.group_add("g", channel)
+    layer.tap("presence.event", lambda message: order.append(f"tap {message['n']}"))
+    await layer.group_send("g", {"type": "presence.event", "n": 1})
+    await layer.group_send("g", {"type": "chat.message", "n": 2})  # not its kind
+    await layer.group_send("nobody-here", {"type": "presence.event", "n": 3})  # no members
+    assert order == ["tap 1", "member", "member"]
+
+
+async def test_a_failing_tap_costs_the_members_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    layer = LocalChannelLayer()
+    channel = await layer.new_channel()
+    await layer.group_add("g", channel)
+    layer.tap("x", lambda message: 1 / 0)
+    await layer.group_send("g", {"type": "x"})
+    assert await layer.receive(channel) == {"type": "x"}
+    assert "group tap failed" in caplog.text
+
+
+async def test_fan_out_local_reaches_the_members_of_this_layer() -> None:
+    layer = LocalChannelLayer()
+    channel = await layer.new_channel()
+    await layer.group_add("g", channel)
+    layer.fan_out_local("g", {"type": "presence.repair", "n": 1})
+    assert await layer.receive(channel) == {"type": "presence.repair", "n": 1}

@@ -119,3 +119,23 @@ async def numsub(url: str, channel: str) -> int:
         return int((await client.pubsub_numsub(channel))[0][1])
     finally:
         await client.aclose()
+
+
+async def test_a_tap_sees_what_reaches_this_process_and_fan_out_local_stays_here(layers: tuple) -> None:
+    one, two = layers
+    here, there = await one.new_channel(), await two.new_channel()
+    await one.group_add("room", here)
+    await two.group_add("room", there)
+    await subscribers_reach(redis_url(one), f"{one.loop_layer().prefix}__group__room", 2)
+    tapped: list[dict] = []
+    one.tap("presence.event", tapped.append)
+    await two.group_send("room", {"type": "presence.event", "n": 1})
+    got = await asyncio.wait_for(one.receive(here), 5)
+    assert tapped == [got] and tapped[0] is got
+    assert (await asyncio.wait_for(two.receive(there), 5))["n"] == 1  # the one decoded object, seen once
+
+    one.fan_out_local("room", {"type": "presence.repair", "n": 2})
+    two.fan_out_local("room", {"type": "presence.repair", "n": 3})
+    await two.group_send("room", {"type": "chat.message", "n": 4})  # after both, over Redis
+    assert [(await asyncio.wait_for(one.receive(here), 5))["n"] for _ in range(2)] == [2, 4]
+    assert [(await asyncio.wait_for(two.receive(there), 5))["n"] for _ in range(2)] == [3, 4]

@@ -284,7 +284,8 @@ async def test_a_redis_outage_longer_than_a_hold_announces_nobody_gone(
         await asyncio.sleep(3 * float(GRACE))
         redis.start()
         # Presence frames go over pub/sub, which loses what is published while a process is
-        # not subscribed: the joins below wait until both processes are subscribed again.
+        # not subscribed (its members would get the room again later, as a repaired snapshot,
+        # not as joins): the joins below wait until both processes are subscribed again.
         await subscribers_reach(redis.url, f"parley__group__{group_name('lobby')}", 2)
         carol, _ = await join(blue, "lobby", "carol")  # after the outage, on each process
         dave, _ = await join(green, "lobby", "dave")

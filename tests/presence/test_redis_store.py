@@ -94,3 +94,18 @@ async def test_a_room_its_last_user_left_keeps_no_key_without_an_expiry(
     assert state.left == ["a"] and state.count == 0
     keys = await here._client.keys("chat:{emptied}:*")
     assert keys and all([0 < await here._client.pttl(key) for key in keys]), keys
+
+
+async def test_each_change_links_the_version_it_found_to_the_next(
+    stores: tuple[RedisPresence, RedisPresence],
+) -> None:
+    # The announcements' chain (app/presence/repair.py): every step that changes a room says
+    # which version it moved it from, so the steps of all processes form one chain.
+    here, elsewhere = stores
+    [first] = await here.sync([RoomChange("r", hold=("a",))])
+    [second] = await elsewhere.sync([RoomChange("r", hold=("b",))])
+    [same] = await here.sync([RoomChange("r", hold=("a",))])
+    [third] = await elsewhere.sync([RoomChange("r", hold=("c",))])
+    assert first.previous == 0 and second.previous == first.version and third.previous == second.version
+    assert (same.joined, same.previous, same.version) == ([], second.version, second.version)
+    assert first.version < second.version < third.version

@@ -129,12 +129,33 @@ def test_big_rooms_get_rounds_further_apart() -> None:
     assert [d.joined for _, d in coalescer.due(2.5)] == [["late"]]
 
 
-def test_a_round_whose_changes_cancel_out_is_not_sent() -> None:
+def test_a_round_whose_changes_cancel_out_names_nobody() -> None:
+    # Nothing to show, but the room's version moved: silence would look like a lost frame to
+    # the other processes (app/presence/repair.py).
     coalescer = Coalescer(big_room=0, interval=0.5)
-    coalescer.add("r", Outcome(joined=["a"], count=1), 1, now=0)
-    coalescer.add("r", Outcome(joined=["b"], count=2), 2, now=0.1)
-    coalescer.add("r", Outcome(left=["b"], count=1), 3, now=0.2)
-    assert coalescer.due(1) == []
+    coalescer.add("r", Outcome(joined=["a"], count=1), 1, now=0, link=(0, 1))
+    coalescer.add("r", Outcome(joined=["b"], count=2), 2, now=0.1, link=(1, 2))
+    coalescer.add("r", Outcome(left=["b"], count=1), 3, now=0.2, link=(2, 3))
+    [(_, quiet)] = coalescer.due(1)
+    assert (quiet.kind, quiet.joined, quiet.left) == ("diff", [], [])
+    assert (quiet.count, quiet.version, quiet.links) == (1, 3, ((1, 2), (2, 3)))
+
+
+def test_every_frame_of_a_round_carries_the_steps_it_covers() -> None:
+    # app/presence/repair.py: a process that gets every frame of a round gets every link, and
+    # one that misses any frame of it can tell (a round of two frames counts as two parts).
+    coalescer = Coalescer(big_room=10, interval=0.5)
+    [first] = coalescer.add("r", Outcome(joined=["a"], count=1), 11, now=0, link=(10, 11))
+    assert (first.links, first.part, first.parts) == (((10, 11),), 0, 1)
+    coalescer.add("r", Outcome(joined=["b"], count=2), 12, now=0.1, link=(11, 12))
+    coalescer.add("r", Outcome(left=["a"], count=1), 14, now=0.2, link=(13, 14))  # 12 -> 13: elsewhere
+    frames = [a for _, a in coalescer.due(0.5)]
+    assert [(a.kind, a.user) for a in frames] == [("join", "b"), ("leave", "a")]
+    assert [(a.links, a.part, a.parts) for a in frames] == [(((11, 12), (13, 14)), 0, 2),
+                                                          (((11, 12), (13, 14)), 1, 2)]
+    coalescer.add("r", Outcome(joined=[f"u{i}" for i in range(5)], count=6), 16, now=0.6, link=(15, 16))
+    [(_, diff)] = coalescer.due(1.0)
+    assert (diff.kind, diff.links, diff.parts) == ("diff", ((15, 16),), 1)
 
 
 def test_a_diff_names_at_most_members_max_users() -> None:

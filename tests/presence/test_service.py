@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from app.layers.local import LocalChannelLayer
 from app.presence.redis import RedisPresence
@@ -30,6 +31,46 @@ async def test_a_heartbeat_that_steps_a_new_user_first_announces_the_join_to_the
         event = await asyncio.wait_for(layer.receive(listener), 5)
         frame = json.loads(event["frame"])
         assert (frame["type"], frame["user"], event["skip"]) == ("join", "bob", "bob")
-        assert json.loads(await asyncio.wait_for(entering, 5))["count"] == 1
+        assert json.loads((await asyncio.wait_for(entering, 5)).frame)["count"] == 1
     finally:
         await presence.close()
+
+
+async def next_event(layer: LocalChannelLayer, channel: str, kind: str) -> dict[str, object]:
+    while True:
+        event = await asyncio.wait_for(layer.receive(channel), 10)
+        if event["type"] == kind:
+            return event
+
+
+async def test_members_here_get_the_room_again_when_its_announcements_never_reach_this_process(
+    redis_server: RedisServer,
+) -> None:
+    # Two processes' presence on one Redis, each on a layer of its own: what one announces
+    # never reaches the other's members, as while a pub/sub connection is down.
+    here_layer, there_layer = LocalChannelLayer(), LocalChannelLayer()
+    here = Presence(RedisPresence(redis_client(redis_server.url), grace=1, hold=1.4), here_layer,
+                    grace=1, repair_delay=0.2)
+    there = Presence(RedisPresence(redis_client(redis_server.url), grace=1, hold=1.4), there_layer, grace=1)
+    listener = await here_layer.new_channel()
+    await here_layer.group_add(group_name("lobby"), listener)
+    runner = asyncio.ensure_future(here.run())  # heartbeats, rounds, and the repairs due
+    try:
+        alice = await asyncio.wait_for(here.enter("lobby", "alice"), 5)
+        here.enter("lobby", "carol")
+        await next_event(here_layer, listener, "presence.event")  # alice's join: the chain's start
+        carol = json.loads(str((await next_event(here_layer, listener, "presence.event"))["frame"]))
+        assert carol["user"] == "carol"
+        # Every announcement of this process reached its members: nothing to repair, ever.
+        assert here.repairs is not None and here.repairs.due(time.monotonic() + 3600) == []
+
+        await asyncio.wait_for(there.enter("lobby", "bob"), 5)  # announced over there only
+        repair = await next_event(here_layer, listener, "presence.repair")  # a heartbeat saw it
+        frame = json.loads(str(repair["frame"]))
+        assert frame["type"] == "presence" and frame["count"] == 3
+        assert {m["user"] for m in frame["members"]} == {"alice", "bob", "carol"}
+        assert repair["version"] == frame["version"] > carol["version"] > alice.version
+    finally:
+        runner.cancel()
+        await here.close()
+        await there.close()

@@ -122,3 +122,42 @@ def test_bidi_controls_in_a_name_stay_inside_the_name(
     expect(mine).to_have_count(1, timeout=WAIT_MS)
     assert drawn_left_to_right(mine, " (you)")
     assert drawn_left_to_right(page.locator("#who"), "you are ")
+
+
+# Frames fed to a ChatClient of the page's own chat.js, one after another; what it shows after each.
+PRESENCE_SEQUENCE = """() => {
+  const client = new window.Parley.ChatClient("probe", {}, {});
+  const feed = (frame) => {
+    client.receive(JSON.stringify({ room: "probe", ...frame }));
+    return [client.presence.count, Array.from(client.presence.members).sort()];
+  };
+  const list = (...users) => users.map((user) => ({ user }));
+  const shown = [
+    feed({ type: "presence", count: 2, members: list("a", "b"), version: 10 }),
+    feed({ type: "join", user: "c", count: 3, version: 12 }),
+    // "leave b" (13) was lost on its way: the server sends the whole list again.
+    feed({ type: "presence", count: 2, members: list("a", "c"), version: 14 }),
+    feed({ type: "join", user: "b", count: 2, version: 9 }),  // held up on its way: in the list
+    feed({ type: "presence", count: 4, members: list("a", "b", "c", "d"), version: 11 }),  // stale
+    feed({ type: "join", user: "d", count: 3, version: 15 }),
+  ];
+  client.leave();
+  return shown;
+}"""
+
+
+def test_a_presence_frame_after_ready_replaces_the_list_and_the_list_never_goes_back(
+    make_app: Callable[..., AppServer], open_tab: Callable[[str], Any],
+) -> None:
+    # PROTOCOL.md: a `presence` frame may come again when announcements to the client's
+    # process were lost; it replaces the list, and nothing at or below its version changes it.
+    server = make_app()
+    page = open_tab(f"{server.base}/?room=tea")
+    assert page.evaluate(PRESENCE_SEQUENCE) == [
+        [2, ["a", "b"]],
+        [3, ["a", "b", "c"]],
+        [2, ["a", "c"]],
+        [2, ["a", "c"]],
+        [2, ["a", "c"]],
+        [3, ["a", "c", "d"]],
+    ]

@@ -80,7 +80,9 @@
       this.inflight = null; // the one outbox item awaiting its ack (keeps order; see CLIENT.md)
       this.mine = new Set(); // client_ids sent from this page
       this.user = null;
-      this.presence = { count: 0, members: new Set(), version: -1 }; // who is here
+      // Who is here: `version` is the highest seen on this connection (the count is its),
+      // `shown` the version of the last `presence` snapshot (frames at or below it are in it).
+      this.presence = { count: 0, members: new Set(), version: -1, shown: -1 };
       this.typedAt = -Infinity; // when our last typing notice went out
       this.ws = null;
       this.timers = { reconnect: 0, connect: 0, ack: 0, resend: 0, expiry: 0 };
@@ -377,6 +379,10 @@
       this.resuming = true;
       this.user = frame.user;
       this.epoch = frame.epoch ?? null;
+      // A new connection's versions may start over (an in-memory server that restarted):
+      // its own `presence` snapshot, next, starts them again.
+      this.presence.version = -1;
+      this.presence.shown = -1;
       this.setState("live");
       this.emit("onReady", frame);
       this.pump();
@@ -405,14 +411,22 @@
 
     /**
      * Who is here. `count` comes from the frame with the highest `version` (frames may arrive
-     * out of order); names are a set: joins add, leaves remove, repeats change nothing.
+     * out of order); names are a set: joins add, leaves remove, repeats change nothing. A
+     * `presence` snapshot replaces the list: right after `ready`, and again whenever the
+     * server found that announcements to it were lost. A snapshot older than a frame already
+     * applied is ignored, and so is a change at or below the last snapshot's version (the
+     * snapshot was read after it).
      */
     presenceFrame(frame) {
       const p = this.presence;
       const names = (list) => (Array.isArray(list) ? list.map((m) => String(m.user)) : []);
+      const version = typeof frame.version === "number" ? frame.version : -1;
       if (frame.type === "presence") {
+        if (version < p.version) return;
         p.members = new Set(names(frame.members));
-        p.version = -1;
+        p.shown = version;
+      } else if (version <= p.shown) {
+        return;
       } else if (frame.type === "join") {
         p.members.add(String(frame.user));
       } else if (frame.type === "leave") {
@@ -421,8 +435,8 @@
         for (const user of names(frame.joined)) p.members.add(user);
         for (const user of names(frame.left)) p.members.delete(user);
       }
-      if (typeof frame.version === "number" && frame.version > p.version) {
-        p.version = frame.version;
+      if (frame.type === "presence" || version > p.version) {
+        p.version = version;
         p.count = frame.count;
       }
       this.emit("onPresence", { count: p.count, members: p.members });
