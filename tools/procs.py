@@ -76,6 +76,11 @@ class RedisServer:
         except OSError:
             return False
 
+    def cli(self, *args: str) -> str:
+        """Run one command through ``redis-cli``; its output."""
+        return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True,
+                              text=True, timeout=5, check=True).stdout
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()

@@ -229,7 +229,10 @@ class ChatConsumer(SerialConsumer):
         )
         try:
             appended = await self.services.post(self.room, template, dedupe_key(self.owner, chat.client_id))
-        except HistoryUnavailable:
+        except HistoryUnavailable as exc:
+            # Redis refusing writes (out of memory, too few replicas) leaves nothing else in
+            # the log: the reason, once per interval, as for joins refused.
+            _unavailable.warning("send", "refusing sends: storage unavailable (%s, room %s)", exc, self.room)
             return await self._reject("unavailable", "message not stored: storage unavailable, retry")
         # Recorded in an epoch this member has not met yet: the reset comes before the ack,
         # so the client never sees an id of the new epoch while it still counts in the old.

@@ -155,5 +155,10 @@ class History(abc.ABC):
     async def ping(self) -> None:
         """Raise HistoryUnavailable unless the store answers."""
 
+    async def setup_warnings(self) -> list[str]:
+        """What the operator should change in the store's setup, read once after ready
+        (none for a store with nothing to set up)."""
+        return []
+
     async def close(self) -> None:  # noqa: B027  (optional hook: memory has nothing to release)
         """Release connections."""

@@ -152,6 +152,10 @@ if redis.call('EXPIRE', KEYS[1], ARGV[1]) == 0 then return false end
 return redis.call('HMGET', KEYS[1], 'epoch', 'seq')
 """
 
+# KEYS: a key nothing stores. The readiness probe: a write that changes nothing (``ping``).
+_PROBE = "return redis.call('PEXPIRE', KEYS[1], 1)"
+PROBE_KEY = "parley:probe"  # outside the chat: keyspace, so never a room's
+
 # A resume's read: (room, since, limit), as ``History.after`` takes them.
 Resume = tuple[str, int, int]
 
@@ -194,6 +198,7 @@ class RedisHistory(History):
         self._read_script = self._client.register_script(_READ)
         self._latest_script = self._client.register_script(_LATEST)
         self._show_script = self._client.register_script(_SHOW)
+        self._probe_script = self._client.register_script(_PROBE)
         self._max_len = max_len
         self._join_reads: BatchedReads[str, RoomState] = BatchedReads(self._read_states, one_at_a_time=True)
         self._resumes: BatchedReads[Resume, Replay] = BatchedReads(self._read_resumes, share_in_flight=False)
@@ -434,10 +439,30 @@ class RedisHistory(History):
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def ping(self) -> None:
+        # A script that writes, as appends do: a read-only replica (a REDIS_URL left pointing
+        # at a demoted master) and a Redis that renamed or denies EVAL answer PING, and every
+        # append then failed while /readyz said 200. PEXPIRE of a key that does not exist
+        # stores nothing, so a Redis at maxmemory, which still serves reads, passes.
         try:
-            await self._client.ping()
+            await self._probe_script(keys=[PROBE_KEY], args=[])
         except FAILURES as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
+
+    async def setup_warnings(self) -> list[str]:
+        # Any policy but noeviction lets Redis drop keys of ours when full: a dedupe key (a
+        # resend then posted twice) or a room's meta (its members reset and sent the log
+        # again). A Redis that does not let us ask (CONFIG renamed, as managed services do)
+        # is taken on trust.
+        try:
+            found = await self._client.config_get("maxmemory-policy")
+        except FAILURES:
+            return []
+        policy = _decoded(dict(found).get(b"maxmemory-policy", dict(found).get("maxmemory-policy")))
+        if policy in (None, "noeviction"):
+            return []
+        return [f"Redis maxmemory-policy is {policy}: when full, Redis may evict Parley's keys "
+                "(a client's resend is then posted twice, a room's members are reset); set "
+                "maxmemory-policy noeviction (README, Configuration)"]
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -451,6 +476,10 @@ def _unavailable(exc: BaseException) -> BaseException:
         unavailable.__cause__ = exc
         return unavailable
     return exc
+
+
+def _decoded(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _state(raw: list[Any]) -> RoomState:

@@ -79,7 +79,7 @@ async def monitor(chat: ChatServices, lifecycle: Lifecycle) -> None:
             await asyncio.wait_for(chat.history.ping(), CHECK_TIMEOUT)
         except Exception as exc:
             if lifecycle.ready:
-                logger.warning("lost Redis: %s", exc)
+                logger.warning("lost Redis: %s", str(exc) or type(exc).__name__)  # a timeout has no text
             lifecycle.set_unavailable(_describe(exc))
             metrics.READY.set(0)
         else:
@@ -113,6 +113,11 @@ async def warm_up(
     logger.info("ready in %.3fs (color=%s, layer=%s)", elapsed, config.color,
                 type(chat.layer).__name__)
     on_ready()
+    try:  # after ready: a check of the store's setup is nothing a probe waits for
+        for warning in await asyncio.wait_for(chat.history.setup_warnings(), CHECK_TIMEOUT):
+            logger.warning("%s", warning)
+    except TimeoutError:
+        pass
     # These loops live as long as this task; lifespan shutdown cancels it, and so them.
     watcher = TailWatcher(REGISTRY, chat.history, TAIL_INTERVAL)
     loops = [watcher.run(), SlowClientWatchdog(REGISTRY, config.send_timeout, IN_SEND).run()]

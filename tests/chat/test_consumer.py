@@ -127,3 +127,20 @@ async def test_metrics_count_what_happened(app_server: AppServer) -> None:
     assert "chat_messages_received_total 1.0" in text
     assert 'chat_frames_rejected_total{reason="invalid_json"} 1.0' in text
     assert "chat_ready 1.0" in text
+
+
+async def test_a_send_redis_refuses_is_unavailable_and_its_reason_is_logged(
+    make_app: Callable[..., AppServer], redis_server: RedisServer
+) -> None:
+    # Redis at maxmemory (noeviction) refuses writes and still answers everything else: the
+    # sender is told, and the operator could only guess why (a hostile probe: nothing logged).
+    server = make_app(env={"REDIS_URL": redis_server.url})
+    member = await Client.connect(server.ws_url("full"))
+    redis_server.cli("CONFIG", "SET", "maxmemory", "1")
+    answer = await member.post("no room for me", client_id="oom-1")
+    assert answer["type"] == "error" and answer["code"] == "unavailable"
+    assert "refusing sends: storage unavailable" in server.output()
+    assert "maxmemory" in server.output()
+    redis_server.cli("CONFIG", "SET", "maxmemory", "0")
+    assert (await member.post("room now", client_id="oom-1"))["type"] == "ack"
+    await member.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -28,8 +27,7 @@ def test_too_few_replicas_is_a_shortfall_enough_is_not() -> None:
 
 
 def cli(server: RedisServer, *args: str) -> str:
-    return subprocess.run(["redis-cli", "-p", str(server.port), *args], capture_output=True,
-                          text=True, timeout=5, check=True).stdout
+    return server.cli(*args)
 
 
 @pytest.fixture

@@ -58,6 +58,34 @@ def test_readyz_turns_503_when_redis_goes_away_and_back_when_it_returns(
     server.wait_status("/readyz", 200)
 
 
+def test_readyz_is_503_on_a_read_only_replica_that_answers_ping(
+    make_app: Callable[..., AppServer], redis_server: RedisServer
+) -> None:
+    # A REDIS_URL left pointing at a demoted master: PING answered, every append refused
+    # (READONLY), and /readyz said 200 (a hostile probe).
+    replica = RedisServer().start()
+    try:
+        replica.cli("REPLICAOF", "127.0.0.1", str(redis_server.port))
+        server = make_app(env={"REDIS_URL": replica.url}, wait="/healthz")
+
+        def blames_read_only() -> bool:
+            return "read only replica" in server.get("/readyz")[1].get("reason", "")
+
+        wait_until(blames_read_only, 10, "/readyz to name the read-only replica")
+        assert server.get("/readyz")[0] == 503
+    finally:
+        replica.cleanup()
+
+
+def test_an_evicting_redis_is_named_in_the_log_once_ready(
+    make_app: Callable[..., AppServer], redis_server: RedisServer
+) -> None:
+    redis_server.cli("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+    server = make_app(env={"REDIS_URL": redis_server.url})
+    wait_until(lambda: "maxmemory-policy is allkeys-lru" in server.output(), 10, "the warning")
+    assert "set maxmemory-policy noeviction" in server.output()
+
+
 async def test_sigterm_flips_readiness_then_closes_every_socket_with_1012(
     make_app: Callable[..., AppServer],
 ) -> None:
