@@ -28,6 +28,12 @@ from app.redis_scripts import ScriptPipeline
 # holds, none skipped (the log may hold messages a member was away for).
 # When acks wait for replicas (``honour`` '1'), none of the log it inherits is shown: it may
 # hold sends whose WAIT fell short, and only a confirm (a WAIT of its own) can tell.
+# Drawn for a room with no log at all (a join, or a read of the HTTP history), it is kept
+# EMPTY_ROOM_TTL seconds, not CHAT_HISTORY_TTL: a client reading made-up rooms left a key
+# per room for a week (a hostile probe: 20,000 rooms in 43 s); the room's first message
+# gives it the full TTL. Members of a room still empty when its state lapses get a ``reset``
+# (from the tail watcher, which draws it again): they had seen nothing, and lose nothing.
+EMPTY_ROOM_TTL = 3600
 _OPEN_EPOCH = """
 -- The id just below the oldest entry the log holds; ``default`` when it holds none.
 local function below_oldest(log, default)
@@ -44,6 +50,7 @@ local function state(meta, log, epoch, ttl, honour)
   local base = below_oldest(log, seq)
   redis.call('HSET', meta, 'epoch', epoch, 'base', base, 'seq', seq)
   if honour == '1' then redis.call('HSET', meta, 'shown', base) end
+  if not top[1] then ttl = math.min(ttl, @EMPTY_TTL@) end
   redis.call('EXPIRE', meta, ttl)
   return epoch, base, seq
 end
@@ -56,7 +63,7 @@ local function shown(meta, seq, honour)
   end
   return seq
 end
-"""
+""".replace("@EMPTY_TTL@", str(EMPTY_ROOM_TTL))
 
 # KEYS: meta, log, dedupe. ARGV: prefix, suffix, maxlen, ttl, dedupe_ttl, new epoch, honour.
 # One script, so id assignment, the dedupe check and the write are a single atomic step.

@@ -308,3 +308,24 @@ async def test_a_room_being_migrated_is_read_and_written_on_its_new_master(
         assert [i for i, _ in (await backend.latest("moving", 5)).frames] == [1, 2, 3, 4]
     finally:
         await backend.close()
+
+
+async def test_a_room_read_but_never_written_is_kept_briefly_and_its_first_message_keeps_it_long(
+    redis_history: tuple[RedisHistory, RedisServer],
+) -> None:
+    # Reading made-up rooms (joins, the HTTP history) drew a state kept CHAT_HISTORY_TTL: a
+    # key per room for a week (a hostile probe).
+    import redis as redis_py
+
+    from app.history.redis import EMPTY_ROOM_TTL
+
+    _, redis = redis_history
+    backend = RedisHistory((redis.url,), max_len=5, ttl=7 * 86400, dedupe_ttl=600)
+    await backend.state("ghost")
+    await backend.after("phantom", 0, 10)
+    with redis_py.Redis.from_url(redis.url) as client:
+        assert 0 < client.ttl("chat:{ghost}:meta") <= EMPTY_ROOM_TTL
+        assert 0 < client.ttl("chat:{phantom}:meta") <= EMPTY_ROOM_TTL
+        await backend.append("ghost", template("first"), None)
+        assert client.ttl("chat:{ghost}:meta") > EMPTY_ROOM_TTL
+    await backend.close()

@@ -820,7 +820,10 @@
       onPresence: showPresence,
       onTyping: someoneTyping,
       onGap: (frame) => showNotice(`messages ${frame.from}–${frame.to} are no longer available`),
-      onReset: () => showNotice("the room's history started over; messages below are from its new start"),
+      // Only over messages shown: an empty room's state can lapse, and nothing started over.
+      onReset: () => {
+        if (ui.messages.querySelector(".message")) showNotice("the room's history started over; messages below are from its new start");
+      },
       onOutbox: showOutbox,
       onError: showError,
       onToken: keepToken,
