@@ -28,6 +28,11 @@ uvicorn never sends. ``guarded_protocols`` returns the two protocol classes that
   latest ping's pong is kept, and sent when it reads again (RFC 6455, 5.5.3): websockets
   queues a pong per ping and uvicorn wrote each one to the transport's buffer, so a client
   that pinged without reading made the server buffer its pongs without limit.
+- a message may come in at most ``MAX_FRAGMENTS`` frames (close 1009 past it), and the
+  continuation frames are metered like pings: uvicorn appended every fragment to a list and
+  websockets' size limit counts bytes, so a message left open with endless empty
+  continuation frames (6 bytes each) was read forever, never reaching the application or
+  its rate limit (17.9 million frames in 60 s pinned a core and grew the process by 140 MB).
 """
 
 from __future__ import annotations
@@ -56,6 +61,12 @@ MAX_HEAD_BYTES = 32 * 1024
 
 # websockets' close code for a policy violation, as the consumer's flood close uses.
 CLOSE_POLICY = 1008
+# A message in more pieces than this is one the server will not put back together: closed
+# 1009, as a message over CHAT_MAX_FRAME_BYTES is (a client treats both alike: too big to
+# send as it is). Browsers never fragment what they send; libraries that do cut a message
+# into pieces of their write buffer (4 KB for Go's gorilla), 16 for the largest message.
+MAX_FRAGMENTS = 64
+CLOSE_TOO_BIG = 1009
 
 logger = logging.getLogger("parley")
 _cut_log = Throttled(logger, interval=10.0)
@@ -239,6 +250,10 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     control_rate: float = 20.0
     control_burst: int = 40
     _control: TokenBucket | None = None  # made at the peer's first ping: most never send one
+    # The peer's continuation frames, which the consumer's rate limit never sees (only whole
+    # messages reach it): MAX_FRAGMENTS for each message the chat rate and burst allow, so a
+    # client within its message rate is never refused here.
+    _fragments: TokenBucket | None = None  # made at the first continuation frame: most never send one
     _held_pong: bytes = b""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -314,12 +329,36 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             return True
         if not self.close_sent and not self.transport.is_closing():
             metrics.RATE_LIMITED.inc()
-            metrics.FRAMES_REJECTED.labels("control_flood").inc()
-            self.conn.fail(CLOSE_POLICY, "rate limit")
-            self.transport.write(b"".join(self.conn.data_to_send()))
-            self.close_sent = True
-            self.transport.close()
+            self._fail(CLOSE_POLICY, "rate limit", "control_flood")
         return False
+
+    def _fail(self, code: int, reason: str, label: str) -> None:
+        """Close the connection for what the peer sent: the close frame, then the socket."""
+        metrics.FRAMES_REJECTED.labels(label).inc()
+        self.conn.fail(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.transport.close()
+
+    def handle_cont(self, event: Any) -> None:
+        # Only fragmented messages come here: single-frame ones (all a browser sends) never do.
+        # One read is parsed whole before its frames are handled, so after a close the rest
+        # of that read's frames still arrive here: dropped unlooked-at.
+        if self.close_sent:
+            return
+        if len(self.frames) >= MAX_FRAGMENTS:  # the frames so far, the first one included
+            self._fail(CLOSE_TOO_BIG, "too many fragments", "too_many_fragments")
+            return
+        now = time.monotonic()
+        if self._fragments is None:
+            self._fragments = TokenBucket(
+                self.control_rate * MAX_FRAGMENTS, self.control_burst * MAX_FRAGMENTS, now
+            )
+        if not self._fragments.take(now):
+            metrics.RATE_LIMITED.inc()
+            self._fail(CLOSE_POLICY, "rate limit", "fragment_flood")
+            return
+        super().handle_cont(event)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

@@ -344,3 +344,69 @@ async def test_a_peer_that_pings_and_never_reads_leaves_one_pong_buffered() -> N
         while (frame := await _read_frame(reader)) != (PONG, b"the last one"):
             assert frame == (PONG, b"x" * 125)
         writer.close()
+
+
+CONT, TEXT = 0x0, 0x1
+
+
+async def test_a_message_left_open_with_endless_empty_fragments_is_closed_1009(
+    make_app: Callable[..., AppServer],
+) -> None:
+    # Empty continuation frames never reached websockets' byte limit nor the application's
+    # rate limit: uvicorn appended each to a list, read after read, forever (one core pinned,
+    # +140 MB a minute). A message in more than MAX_FRAGMENTS pieces is now closed 1009.
+    from websockets.asyncio.client import connect
+
+    app = make_app()
+    async with connect(app.ws_url("frag"), open_timeout=10) as member:
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        writer.write(b"GET /ws/chat/frag/ HTTP/1.1\r\n" + UPGRADE + b"\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), EOF_BOUND)).startswith(b"HTTP/1.1 101")
+        writer.write(wsraw.frame(b"{", opcode=TEXT, fin=False))
+        empty = wsraw.frame(b"", opcode=CONT, fin=False)
+        closed = asyncio.ensure_future(_close_frame(reader))
+        for _ in range(1000):  # bounded: the old server read them all, and more, forever
+            if closed.done():
+                break
+            writer.write(empty * 100)
+            await writer.drain()
+            await asyncio.wait([closed], timeout=0.01)
+        assert await asyncio.wait_for(closed, EOF_BOUND) == (1009).to_bytes(2, "big") + b"too many fragments"
+        writer.close()
+        # The room's other member is unaffected.
+        pong = await member.ping()
+        await asyncio.wait_for(pong, EOF_BOUND)
+    assert app.metric('chat_frames_rejected_total{reason="too_many_fragments"}') == 1
+
+
+async def _close_frame(reader: asyncio.StreamReader) -> bytes:
+    """The payload of the server's close frame (frames before it skipped)."""
+    while (frame := await _read_frame(reader))[0] != CLOSE:
+        pass
+    return frame[1]
+
+
+async def test_a_message_in_a_few_fragments_is_delivered(make_app: Callable[..., AppServer]) -> None:
+    from tests.support import Client
+
+    app = make_app()
+    client = await Client.connect(app.ws_url("frag"))
+    try:
+        pieces = ['{"message": "in', ' pieces", "client_id": "frag-1"', "}"] + [" "] * 13
+        await client.send_raw(pieces)  # websockets sends an iterable as one fragmented message
+        assert (await client.recv_type("ack"))["client_id"] == "frag-1"
+    finally:
+        await client.ws.close()
+
+
+async def test_continuation_frames_past_their_budget_close_the_socket_1008() -> None:
+    # MAX_FRAGMENTS (64) continuation frames for each message of the burst (here 1): complete
+    # fragmented messages sent faster than that are closed at the protocol, as pings are.
+    async with InProcess(_echo_until_closed, control_rate=0.001, control_burst=1) as server:
+        reader, writer = await _raw_websocket(server.port)
+        message = wsraw.frame(b"a", opcode=TEXT, fin=False) + wsraw.frame(b"b", opcode=CONT, fin=False) * 8 \
+            + wsraw.frame(b"c", opcode=CONT)  # 9 continuation frames
+        writer.write(message * 8)  # 72 continuation frames
+        assert await asyncio.wait_for(_close_frame(reader), EOF_BOUND) == (1008).to_bytes(2, "big") + b"rate limit"
+        assert await asyncio.wait_for(reader.read(), EOF_BOUND) == b""
+        writer.close()
