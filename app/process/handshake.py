@@ -13,6 +13,10 @@ uvicorn never sends. ``guarded_protocols`` returns the two protocol classes that
   WebSocket left its HTTP state to the cyclic garbage collector;
 - it answers 414 to a URL over ``MAX_URL_BYTES`` and 431 to a request head over
   ``MAX_HEAD_BYTES``, at once, without buffering more;
+- a client that does not read its answer (less than ``MIN_READ_BYTES`` taken in
+  ``send_timeout``, CHAT_SEND_TIMEOUT, while the socket is backed up) has its connection
+  aborted: ``close()`` waits for the buffer to be sent, which for such a client is never, so
+  each one held its whole answer (24 MB for a full room's history) for good;
 - the WebSocket protocol sends the handshake rejections websockets itself produces (request
   line or a header line over 8 KB, more than 128 headers), and treats an HTTP refusal sent by
   the application as a finished handshake (uvicorn logged every refusal as an ERROR);
@@ -59,6 +63,11 @@ from app.throttled_log import Throttled
 MAX_URL_BYTES = 8 * 1024
 MAX_HEAD_BYTES = 32 * 1024
 
+# A client must take at least this much of an answer per ``send_timeout`` while its socket is
+# backed up (uvloop's high-water mark: 6.5 KB/s at the default 10 s), or it is cut. Any
+# progress at all would let a client hold an answer for hours by reading a few bytes at a time.
+MIN_READ_BYTES = 64 * 1024
+
 # websockets' close code for a policy violation, as the consumer's flood close uses.
 CLOSE_POLICY = 1008
 # A message in more pieces than this is one the server will not put back together: closed
@@ -88,22 +97,24 @@ def _response(status: int, body: bytes, content_type: str = "text/plain; charset
 DRAINING = _response(503, refusal_body("draining"), "application/json")
 
 
-def _count(reason: str, client: tuple[str, int] | None) -> None:
+def _count(reason: str, client: tuple[str, int] | None, when: str = "before its request completed") -> None:
     # A plain tally (app.metrics.CUTS): this runs when the process may have no descriptor
     # left, and loading the metrics on first use would need some.
     metrics.CUTS[reason] = metrics.CUTS.get(reason, 0) + 1
-    _cut_log.info(reason, "connection cut before its request completed: %s (last from %s)",
-                  reason, client[0] if client else "?")
+    _cut_log.info(reason, "connection cut %s: %s (last from %s)", when, reason, client[0] if client else "?")
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a request deadline and request-head size limits."""
 
     handshake_timeout: float = 5.0
+    send_timeout: float = 10.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
+        self._stall: asyncio.TimerHandle | None = None  # armed only while the answer is backed up
+        self._unsent = 0  # the write buffer when ``_stall`` was armed
         self._head_open = True
         self._head_bytes = 0
         self._oversize = 0
@@ -123,6 +134,37 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.close()  # first: nothing after it may keep the socket open
             _count("handshake_timeout", self.client)
+            # close() waits for what is still buffered to be sent: if the client takes it
+            # (a big answer, read slowly) it gets all of it; if not, the watchdog aborts it.
+            self._watch_unsent()
+
+    def _watch_unsent(self) -> None:
+        if self._stall is None and self.transport.get_write_buffer_size():
+            self._unsent = self.transport.get_write_buffer_size()
+            self._stall = self.loop.call_later(self.send_timeout, self._check_unsent)
+
+    def _check_unsent(self) -> None:
+        self._stall = None
+        unsent = self.transport.get_write_buffer_size()
+        if not unsent:
+            return
+        if self._unsent - unsent < MIN_READ_BYTES:
+            # Not reading: abort, which drops the buffer (close() would keep it for good).
+            self.transport.abort()
+            _count("send_timeout", self.client, "not reading its answer")
+            return
+        self._unsent = unsent
+        self._stall = self.loop.call_later(self.send_timeout, self._check_unsent)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._watch_unsent()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
 
     def _refuse(self, status: int) -> None:
         self._disarm()
@@ -139,6 +181,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -411,11 +456,14 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
 def guarded_protocols(
     handshake_timeout: float, control_rate: float = 20.0, control_burst: int = 40,
+    send_timeout: float = 10.0,
 ) -> tuple[type[HttpToolsProtocol], type[WebSocketsSansIOProtocol]]:
     """The HTTP and WebSocket protocol classes for uvicorn's ``http=`` and ``ws=``: the
-    request deadline, and the rate and burst of the peer's pings."""
+    request deadline, the rate and burst of the peer's pings, and how long an HTTP client
+    may leave its answer unread."""
     http_class = type(
-        "GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"handshake_timeout": handshake_timeout}
+        "GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,),
+        {"handshake_timeout": handshake_timeout, "send_timeout": send_timeout},
     )
     ws_class = type(
         "GuardedWebSocketProtocol", (GuardedWebSocketProtocol,),

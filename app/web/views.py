@@ -31,6 +31,11 @@ PAGE_CSP = (
     "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 MAX_BODY_BYTES = 256 * 1024
+# The history API's messages per answer, in UTF-8 bytes (always at least one message): a
+# full room of the largest messages is ~24 MB, which one request could make the process
+# build and buffer for a client that may never read it. Clients page with ``since`` up to
+# ``last_id``, as they must past ``limit`` anyway.
+MAX_ANSWER_BYTES = 1024 * 1024
 # The page's own files, by name: a whitelist, so no request path ever reaches the filesystem.
 ASSET_TYPES = {
     "chat.js": "text/javascript; charset=utf-8",
@@ -103,7 +108,8 @@ def _int_param(request: HttpRequest, name: str, default: int, low: int, high: in
 
 
 async def _history(request: HttpRequest, room: str) -> HttpResponse:
-    """GET: messages after ``since`` (default 0), at most ``limit``, oldest first.
+    """GET: messages after ``since`` (default 0), at most ``limit`` and ``MAX_ANSWER_BYTES``,
+    oldest first.
 
     With ``epoch`` other than the room's, or ``since`` past the room's newest id,
     ``since`` belongs to ids that started over: the answer is then the room's epoch from its
@@ -133,12 +139,19 @@ async def _history(request: HttpRequest, room: str) -> HttpResponse:
     gap = "null" if replay.missing is None else json.dumps(
         {"from": replay.missing[0], "to": replay.missing[1]}
     )
+    frames: list[str] = []
+    size = 0
+    for _, frame in replay.frames:
+        size += len(frame.encode())
+        if frames and size > MAX_ANSWER_BYTES:
+            break
+        frames.append(frame)
     # Stored frames are JSON already: splice them in rather than parse and re-encode.
     body = (
         '{"room":' + json.dumps(room) + ',"epoch":' + json.dumps(state.epoch)
         + ',"base":' + str(state.base) + ',"last_id":' + str(state.last_id)
         + (',"reset":true' if reset else "") + ',"gap":' + gap
-        + ',"messages":[' + ",".join(frame for _, frame in replay.frames) + "]}"
+        + ',"messages":[' + ",".join(frames) + "]}"
     )
     return HttpResponse(body, content_type="application/json")
 

@@ -410,3 +410,21 @@ async def test_continuation_frames_past_their_budget_close_the_socket_1008() -> 
         assert await asyncio.wait_for(_close_frame(reader), EOF_BOUND) == (1008).to_bytes(2, "big") + b"rate limit"
         assert await asyncio.wait_for(reader.read(), EOF_BOUND) == b""
         writer.close()
+
+
+async def test_a_client_that_never_reads_its_answers_is_cut(make_app: Callable[..., AppServer]) -> None:
+    # close() at the request deadline waits for the buffer to be sent: a client that asked
+    # for big answers and never read them held them in the server for good (24 MB each for
+    # a full room's history). Past CHAT_SEND_TIMEOUT without reading, the connection is aborted.
+    app = make_app(env={"CHAT_SEND_TIMEOUT": "0.5", "CHAT_HANDSHAKE_TIMEOUT": TIMEOUT})
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", app.port))
+    try:
+        # 400 pipelined answers of the page's script, 13 MB: more than the kernel's buffers
+        # hold, so the rest waits in the server's.
+        sock.sendall(b"GET /static/chat.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 400)
+        wait_until(lambda: _cut(app, "send_timeout") == 1, EOF_BOUND, "the unread answers to be cut")
+        assert "connection cut not reading its answer: send_timeout" in app.output()
+    finally:
+        sock.close()

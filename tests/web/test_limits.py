@@ -95,3 +95,22 @@ async def test_a_chunked_body_within_the_limit_is_posted(api: AppServer) -> None
     status, body = await _post_raw(api, HEAD + b"Transfer-Encoding: chunked\r\n\r\n", chunks)
     assert status == 201 and json.loads(body)["id"] == 1
     assert api.get("/api/rooms/lobby/messages")[1]["messages"][0]["message"] == "chunked"
+
+
+async def test_a_history_answer_holds_at_most_1_mib_and_pages_to_last_id(api: AppServer) -> None:
+    # A full room of the largest messages was one ~24 MB answer, built and buffered for
+    # whoever asked (and held for good if it never read). Now at most 1 MiB of messages per
+    # answer; the rest comes by paging with since, up to last_id.
+    text = "\x01" * 4000  # 24 KB of JSON escapes each
+    for i in range(50):
+        body = json.dumps({"message": text, "client_id": f"big-{i}"}).encode()
+        status, _ = await _post_raw(api, HEAD + b"Content-Length: %d\r\n\r\n" % len(body), [body])
+        assert status == 201
+    status, first = api.get("/api/rooms/lobby/messages?limit=1000")
+    assert status == 200 and first["last_id"] == 50
+    assert 0 < len(first["messages"]) < 50
+    assert sum(len(json.dumps(m)) for m in first["messages"]) <= 1024 * 1024
+    ids = [m["id"] for m in first["messages"]]
+    while ids[-1] < first["last_id"]:  # bounded: each page holds at least one message
+        ids += [m["id"] for m in api.get(f"/api/rooms/lobby/messages?limit=1000&since={ids[-1]}")[1]["messages"]]
+    assert ids == list(range(1, 51))
