@@ -79,6 +79,7 @@ CLOSE_TOO_BIG = 1009
 
 logger = logging.getLogger("parley")
 _cut_log = Throttled(logger, interval=10.0)
+_client_log = Throttled(logger, interval=10.0)
 
 
 class _Oversize(Exception):
@@ -119,6 +120,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._oversize = 0
         self._served = False
+        self._reparse = False  # this request asks for an upgrade we ignore: parsed again without it
 
     def _arm(self) -> None:
         self._disarm()
@@ -200,11 +202,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse(self._oversize)
             else:
                 self._disarm()
-                self.logger.warning("Invalid HTTP request received.")
+                # uvicorn's warning, one per request: a client can send thousands a second.
+                _client_log.info("invalid_request", "invalid HTTP request received (last from %s)",
+                                 self.client[0] if self.client else "?")
                 self.send_400_response("Invalid HTTP request received.")
             return
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
+        except httptools.HttpParserUpgrade as exc:
+            if self._reparse:
+                self._parse_without_upgrade(data[exc.args[0]:])
+            elif self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
@@ -231,9 +237,37 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if sum(len(name) + len(value) + 4 for name, value in self.headers) > MAX_HEAD_BYTES:
             self._oversize = 431
             raise _Oversize
+        if self.parser.should_upgrade() and not self._should_upgrade() and any(
+            name == b"upgrade" for name, _ in self.headers
+        ):
+            # An upgrade other than WebSocket (h2c: curl --http2 asks on every request).
+            # httptools stops at the head of any upgrade, so the application got the request
+            # with an empty body (a valid POST answered invalid_json). A server may ignore
+            # Upgrade (RFC 9110, 7.8): the request is not started here, but parsed again
+            # without that header (data_received), body and all.
+            self._reparse = True
+            return
         super().on_headers_complete()
 
+    def _parse_without_upgrade(self, rest: bytes) -> None:
+        self._reparse = False
+        version = self.parser.get_http_version().encode()
+        head = [self.parser.get_method(), b" ", self.url, b" HTTP/", version, b"\r\n"]
+        for name, value in self.headers:
+            if name != b"upgrade":
+                head += [name, b": ", value, b"\r\n"]
+        head.append(b"\r\n")
+        self.parser = httptools.HttpRequestParser(self)
+        self.data_received(b"".join(head) + rest)
+
+    def _unsupported_upgrade_warning(self) -> None:
+        # uvicorn's warning, one per request (CONNECT, the one upgrade not ignored above).
+        _client_log.info("unsupported_upgrade", "unsupported upgrade request (last from %s)",
+                         self.client[0] if self.client else "?")
+
     def on_message_complete(self) -> None:
+        if self._reparse:  # httptools ends an upgrade's message at its head: not this one's end
+            return
         # The request has fully arrived: what happens next is the application's time.
         self._disarm()
         self._head_open, self._head_bytes = True, 0

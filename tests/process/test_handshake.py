@@ -428,3 +428,36 @@ async def test_a_client_that_never_reads_its_answers_is_cut(make_app: Callable[.
         assert "connection cut not reading its answer: send_timeout" in app.output()
     finally:
         sock.close()
+
+
+async def test_invalid_requests_and_upgrades_by_the_thousand_log_one_line(guarded: AppServer) -> None:
+    # uvicorn logged a warning per request: one client made 5,000 lines a second.
+    for _ in range(20):
+        assert (await _response(guarded, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")).startswith(b"HTTP/1.1 400")
+        upgrade = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+        assert (await _response(guarded, upgrade)).startswith(b"HTTP/1.1 200")
+    output = guarded.output()
+    assert output.count("invalid HTTP request received") == 1
+    assert "Unsupported upgrade request" not in output and "WARNING" not in output
+
+
+async def test_a_post_asking_to_upgrade_to_h2c_is_served_as_http_1_1(make_app: Callable[..., AppServer]) -> None:
+    # curl --http2 sends "Upgrade: h2c" with every request: httptools stopped at the head, so
+    # the application got an empty body (400 invalid_json) and nothing was stored.
+    app = make_app(env={"CHAT_API_TOKEN": "tok", "CHAT_HANDSHAKE_TIMEOUT": TIMEOUT})
+    body = b'{"message": "over h2c", "client_id": "h2c-1"}'
+    request = (
+        b"POST /api/rooms/h2c/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n"
+        b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    for parts in ([request + body], [request, body]):  # the body in the head's read, or after it
+        reader, writer = await _open(app)
+        for part in parts:
+            writer.write(part)
+            await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), EOF_BOUND)
+        assert head.startswith((b"HTTP/1.1 201", b"HTTP/1.1 200")), head
+        writer.close()
+    status, history = app.get("/api/rooms/h2c/messages")
+    assert [m["message"] for m in history["messages"]] == ["over h2c"]  # once: the resend was a duplicate
