@@ -407,7 +407,8 @@ async def test_continuation_frames_past_their_budget_close_the_socket_1008() -> 
         message = wsraw.frame(b"a", opcode=TEXT, fin=False) + wsraw.frame(b"b", opcode=CONT, fin=False) * 8 \
             + wsraw.frame(b"c", opcode=CONT)  # 9 continuation frames
         writer.write(message * 8)  # 72 continuation frames
-        assert await asyncio.wait_for(_close_frame(reader), EOF_BOUND) == (1008).to_bytes(2, "big") + b"rate limit"
+        close = await asyncio.wait_for(_close_frame(reader), EOF_BOUND)
+        assert close == (1008).to_bytes(2, "big") + b"rate limit"
         assert await asyncio.wait_for(reader.read(), EOF_BOUND) == b""
         writer.close()
 
@@ -433,7 +434,8 @@ async def test_a_client_that_never_reads_its_answers_is_cut(make_app: Callable[.
 async def test_invalid_requests_and_upgrades_by_the_thousand_log_one_line(guarded: AppServer) -> None:
     # uvicorn logged a warning per request: one client made 5,000 lines a second.
     for _ in range(20):
-        assert (await _response(guarded, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")).startswith(b"HTTP/1.1 400")
+        invalid = b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"
+        assert (await _response(guarded, invalid)).startswith(b"HTTP/1.1 400")
         upgrade = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
         assert (await _response(guarded, upgrade)).startswith(b"HTTP/1.1 200")
     output = guarded.output()
@@ -441,7 +443,9 @@ async def test_invalid_requests_and_upgrades_by_the_thousand_log_one_line(guarde
     assert "Unsupported upgrade request" not in output and "WARNING" not in output
 
 
-async def test_a_post_asking_to_upgrade_to_h2c_is_served_as_http_1_1(make_app: Callable[..., AppServer]) -> None:
+async def test_a_post_asking_to_upgrade_to_h2c_is_served_as_http_1_1(
+    make_app: Callable[..., AppServer],
+) -> None:
     # curl --http2 sends "Upgrade: h2c" with every request: httptools stopped at the head, so
     # the application got an empty body (400 invalid_json) and nothing was stored.
     app = make_app(env={"CHAT_API_TOKEN": "tok", "CHAT_HANDSHAKE_TIMEOUT": TIMEOUT})

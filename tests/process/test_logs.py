@@ -71,4 +71,5 @@ def test_a_throttled_client_mistake_says_how_many_were_held_back(monkeypatch: py
     throttle._held["Invalid UTF-8 sequence received from client."] = 7  # as a flood leaves it
     line = record("Invalid UTF-8 sequence received from client.", exc=True)
     assert ConnectionNoise().filter(line)
-    assert line.getMessage() == "Invalid UTF-8 sequence received from client. (and 7 more like it in the last 0s)"
+    held = "Invalid UTF-8 sequence received from client. (and 7 more like it in the last 0s)"
+    assert line.getMessage() == held

@@ -112,7 +112,8 @@ async def test_a_history_answer_holds_at_most_1_mib_and_pages_to_last_id(api: Ap
     assert sum(len(json.dumps(m)) for m in first["messages"]) <= 1024 * 1024
     ids = [m["id"] for m in first["messages"]]
     while ids[-1] < first["last_id"]:  # bounded: each page holds at least one message
-        ids += [m["id"] for m in api.get(f"/api/rooms/lobby/messages?limit=1000&since={ids[-1]}")[1]["messages"]]
+        page = api.get(f"/api/rooms/lobby/messages?limit=1000&since={ids[-1]}")[1]
+        ids += [m["id"] for m in page["messages"]]
     assert ids == list(range(1, 51))
 
 
