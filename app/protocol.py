@@ -15,6 +15,10 @@ from urllib.parse import parse_qs
 MAX_CLIENT_ID_CHARS = 64
 MAX_USER_CHARS = 64
 MAX_EPOCH_CHARS = 64
+# The most JSON one character can take: an astral one, as two ``\uXXXX`` escapes.
+MAX_JSON_BYTES_PER_CHAR = 12
+# Room in an API body for its keys, punctuation and some whitespace.
+API_BODY_SLACK = 1024
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 # In a Python str every surrogate code point is unpaired (json.loads joins valid pairs), and
@@ -100,6 +104,14 @@ class ApiPost:
 
     chat: ChatMessage
     user: str
+
+
+def max_api_body_bytes(max_chars: int, max_frame_bytes: int) -> int:
+    """The largest API body a valid post can need: ``message``, ``client_id`` and ``user`` at
+    their longest with every character escaped (``json.dumps``' default), and never less
+    than a WebSocket frame may carry, so whatever a client can send a backend can post."""
+    fields = (max_chars + MAX_CLIENT_ID_CHARS + MAX_USER_CHARS) * MAX_JSON_BYTES_PER_CHAR
+    return max(max_frame_bytes, fields + API_BODY_SLACK)
 
 
 def parse_api_body(body: bytes, max_chars: int, default_user: str = "api") -> ApiPost:

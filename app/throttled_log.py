@@ -1,13 +1,17 @@
 """Log lines a client can cause at will (refused handshakes, cut connections), throttled.
 
-Shared by the process (app.process.handshake), the chat admission rules and the consumer
-(joins refused while storage is away: one per reconnecting client).
+Shared by the process (app.process.handshake, and app.process.logs for uvicorn's own lines
+about client mistakes), the chat admission rules and the consumer (joins refused while
+storage is away: one per reconnecting client).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+
+# What a line that follows held-back ones says of them (with their count and the interval).
+HELD = " (and %d more like it in the last %.0fs)"
 
 
 class Throttled:
@@ -30,12 +34,23 @@ class Throttled:
         self.log(logging.WARNING, key, msg, *args)
 
     def log(self, level: int, key: str, msg: str, *args: object) -> None:
+        held = self.admit(key)
+        if held is None:
+            return
+        if held:
+            msg, args = msg + HELD, (*args, held, self._interval)
+        self._logger.log(level, msg, *args)
+
+    def admit(self, key: str) -> int | None:
+        """None if a line for ``key`` is to be held back now; else how many were held back
+        before it (for a log filter that throttles lines others log: app.process.logs)."""
         now = time.monotonic()
         if now < self._next.get(key, 0.0):
             self._held[key] = self._held.get(key, 0) + 1
-            return
+            return None
         self._next[key] = now + self._interval
-        held = self._held.pop(key, 0)
-        if held:
-            msg, args = msg + " (and %d more like it in the last %.0fs)", (*args, held, self._interval)
-        self._logger.log(level, msg, *args)
+        return self._held.pop(key, 0)
+
+    @property
+    def interval(self) -> float:
+        return self._interval

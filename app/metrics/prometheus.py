@@ -76,7 +76,7 @@ class _TallyCollector(Collector):
         )
         cut = CounterMetricFamily(
             "chat_connections_cut",
-            "Connections closed before their request completed (timeout, oversize request head)",
+            "Connections cut: request late or head oversize, or answer left unread",
             labels=["reason"],
         )
         for reason, count in sorted(CUTS.items()):

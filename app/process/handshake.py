@@ -13,6 +13,10 @@ uvicorn never sends. ``guarded_protocols`` returns the two protocol classes that
   WebSocket left its HTTP state to the cyclic garbage collector;
 - it answers 414 to a URL over ``MAX_URL_BYTES`` and 431 to a request head over
   ``MAX_HEAD_BYTES``, at once, without buffering more;
+- a client that does not read its answer (less than ``MIN_READ_BYTES`` taken in
+  ``send_timeout``, CHAT_SEND_TIMEOUT, while the socket is backed up) has its connection
+  aborted: ``close()`` waits for the buffer to be sent, which for such a client is never, so
+  each one held its whole answer (24 MB for a full room's history) for good;
 - the WebSocket protocol sends the handshake rejections websockets itself produces (request
   line or a header line over 8 KB, more than 128 headers), and treats an HTTP refusal sent by
   the application as a finished handshake (uvicorn logged every refusal as an ERROR);
@@ -28,6 +32,11 @@ uvicorn never sends. ``guarded_protocols`` returns the two protocol classes that
   latest ping's pong is kept, and sent when it reads again (RFC 6455, 5.5.3): websockets
   queues a pong per ping and uvicorn wrote each one to the transport's buffer, so a client
   that pinged without reading made the server buffer its pongs without limit.
+- a message may come in at most ``MAX_FRAGMENTS`` frames (close 1009 past it), and the
+  continuation frames are metered like pings: uvicorn appended every fragment to a list and
+  websockets' size limit counts bytes, so a message left open with endless empty
+  continuation frames (6 bytes each) was read forever, never reaching the application or
+  its rate limit (17.9 million frames in 60 s pinned a core and grew the process by 140 MB).
 """
 
 from __future__ import annotations
@@ -54,11 +63,23 @@ from app.throttled_log import Throttled
 MAX_URL_BYTES = 8 * 1024
 MAX_HEAD_BYTES = 32 * 1024
 
+# A client must take at least this much of an answer per ``send_timeout`` while its socket is
+# backed up (uvloop's high-water mark: 6.5 KB/s at the default 10 s), or it is cut. Any
+# progress at all would let a client hold an answer for hours by reading a few bytes at a time.
+MIN_READ_BYTES = 64 * 1024
+
 # websockets' close code for a policy violation, as the consumer's flood close uses.
 CLOSE_POLICY = 1008
+# A message in more pieces than this is one the server will not put back together: closed
+# 1009, as a message over CHAT_MAX_FRAME_BYTES is (a client treats both alike: too big to
+# send as it is). Browsers never fragment what they send; libraries that do cut a message
+# into pieces of their write buffer (4 KB for Go's gorilla), 16 for the largest message.
+MAX_FRAGMENTS = 64
+CLOSE_TOO_BIG = 1009
 
 logger = logging.getLogger("parley")
 _cut_log = Throttled(logger, interval=10.0)
+_client_log = Throttled(logger, interval=10.0)
 
 
 class _Oversize(Exception):
@@ -77,26 +98,29 @@ def _response(status: int, body: bytes, content_type: str = "text/plain; charset
 DRAINING = _response(503, refusal_body("draining"), "application/json")
 
 
-def _count(reason: str, client: tuple[str, int] | None) -> None:
+def _count(reason: str, client: tuple[str, int] | None, when: str = "before its request completed") -> None:
     # A plain tally (app.metrics.CUTS): this runs when the process may have no descriptor
     # left, and loading the metrics on first use would need some.
     metrics.CUTS[reason] = metrics.CUTS.get(reason, 0) + 1
-    _cut_log.info(reason, "connection cut before its request completed: %s (last from %s)",
-                  reason, client[0] if client else "?")
+    _cut_log.info(reason, "connection cut %s: %s (last from %s)", when, reason, client[0] if client else "?")
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a request deadline and request-head size limits."""
 
     handshake_timeout: float = 5.0
+    send_timeout: float = 10.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
+        self._stall: asyncio.TimerHandle | None = None  # armed only while the answer is backed up
+        self._unsent = 0  # the write buffer when ``_stall`` was armed
         self._head_open = True
         self._head_bytes = 0
         self._oversize = 0
         self._served = False
+        self._reparse = False  # this request asks for an upgrade we ignore: parsed again without it
 
     def _arm(self) -> None:
         self._disarm()
@@ -112,6 +136,37 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.close()  # first: nothing after it may keep the socket open
             _count("handshake_timeout", self.client)
+            # close() waits for what is still buffered to be sent: if the client takes it
+            # (a big answer, read slowly) it gets all of it; if not, the watchdog aborts it.
+            self._watch_unsent()
+
+    def _watch_unsent(self) -> None:
+        if self._stall is None and self.transport.get_write_buffer_size():
+            self._unsent = self.transport.get_write_buffer_size()
+            self._stall = self.loop.call_later(self.send_timeout, self._check_unsent)
+
+    def _check_unsent(self) -> None:
+        self._stall = None
+        unsent = self.transport.get_write_buffer_size()
+        if not unsent:
+            return
+        if self._unsent - unsent < MIN_READ_BYTES:
+            # Not reading: abort, which drops the buffer (close() would keep it for good).
+            self.transport.abort()
+            _count("send_timeout", self.client, "not reading its answer")
+            return
+        self._unsent = unsent
+        self._stall = self.loop.call_later(self.send_timeout, self._check_unsent)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._watch_unsent()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
 
     def _refuse(self, status: int) -> None:
         self._disarm()
@@ -128,6 +183,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -144,11 +202,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse(self._oversize)
             else:
                 self._disarm()
-                self.logger.warning("Invalid HTTP request received.")
+                # uvicorn's warning, one per request: a client can send thousands a second.
+                _client_log.info("invalid_request", "invalid HTTP request received (last from %s)",
+                                 self.client[0] if self.client else "?")
                 self.send_400_response("Invalid HTTP request received.")
             return
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
+        except httptools.HttpParserUpgrade as exc:
+            if self._reparse:
+                self._parse_without_upgrade(data[exc.args[0]:])
+            elif self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
@@ -175,9 +237,37 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if sum(len(name) + len(value) + 4 for name, value in self.headers) > MAX_HEAD_BYTES:
             self._oversize = 431
             raise _Oversize
+        if self.parser.should_upgrade() and not self._should_upgrade() and any(
+            name == b"upgrade" for name, _ in self.headers
+        ):
+            # An upgrade other than WebSocket (h2c: curl --http2 asks on every request).
+            # httptools stops at the head of any upgrade, so the application got the request
+            # with an empty body (a valid POST answered invalid_json). A server may ignore
+            # Upgrade (RFC 9110, 7.8): the request is not started here, but parsed again
+            # without that header (data_received), body and all.
+            self._reparse = True
+            return
         super().on_headers_complete()
 
+    def _parse_without_upgrade(self, rest: bytes) -> None:
+        self._reparse = False
+        version = self.parser.get_http_version().encode()
+        head = [self.parser.get_method(), b" ", self.url, b" HTTP/", version, b"\r\n"]
+        for name, value in self.headers:
+            if name != b"upgrade":
+                head += [name, b": ", value, b"\r\n"]
+        head.append(b"\r\n")
+        self.parser = httptools.HttpRequestParser(self)
+        self.data_received(b"".join(head) + rest)
+
+    def _unsupported_upgrade_warning(self) -> None:
+        # uvicorn's warning, one per request (CONNECT, the one upgrade not ignored above).
+        _client_log.info("unsupported_upgrade", "unsupported upgrade request (last from %s)",
+                         self.client[0] if self.client else "?")
+
     def on_message_complete(self) -> None:
+        if self._reparse:  # httptools ends an upgrade's message at its head: not this one's end
+            return
         # The request has fully arrived: what happens next is the application's time.
         self._disarm()
         self._head_open, self._head_bytes = True, 0
@@ -239,6 +329,10 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     control_rate: float = 20.0
     control_burst: int = 40
     _control: TokenBucket | None = None  # made at the peer's first ping: most never send one
+    # The peer's continuation frames, which the consumer's rate limit never sees (only whole
+    # messages reach it): MAX_FRAGMENTS for each message the chat rate and burst allow, so a
+    # client within its message rate is never refused here.
+    _fragments: TokenBucket | None = None  # made at the first continuation frame: most never send one
     _held_pong: bytes = b""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -314,12 +408,36 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             return True
         if not self.close_sent and not self.transport.is_closing():
             metrics.RATE_LIMITED.inc()
-            metrics.FRAMES_REJECTED.labels("control_flood").inc()
-            self.conn.fail(CLOSE_POLICY, "rate limit")
-            self.transport.write(b"".join(self.conn.data_to_send()))
-            self.close_sent = True
-            self.transport.close()
+            self._fail(CLOSE_POLICY, "rate limit", "control_flood")
         return False
+
+    def _fail(self, code: int, reason: str, label: str) -> None:
+        """Close the connection for what the peer sent: the close frame, then the socket."""
+        metrics.FRAMES_REJECTED.labels(label).inc()
+        self.conn.fail(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.transport.close()
+
+    def handle_cont(self, event: Any) -> None:
+        # Only fragmented messages come here: single-frame ones (all a browser sends) never do.
+        # One read is parsed whole before its frames are handled, so after a close the rest
+        # of that read's frames still arrive here: dropped unlooked-at.
+        if self.close_sent:
+            return
+        if len(self.frames) >= MAX_FRAGMENTS:  # the frames so far, the first one included
+            self._fail(CLOSE_TOO_BIG, "too many fragments", "too_many_fragments")
+            return
+        now = time.monotonic()
+        if self._fragments is None:
+            self._fragments = TokenBucket(
+                self.control_rate * MAX_FRAGMENTS, self.control_burst * MAX_FRAGMENTS, now
+            )
+        if not self._fragments.take(now):
+            metrics.RATE_LIMITED.inc()
+            self._fail(CLOSE_POLICY, "rate limit", "fragment_flood")
+            return
+        super().handle_cont(event)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -372,11 +490,14 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
 def guarded_protocols(
     handshake_timeout: float, control_rate: float = 20.0, control_burst: int = 40,
+    send_timeout: float = 10.0,
 ) -> tuple[type[HttpToolsProtocol], type[WebSocketsSansIOProtocol]]:
     """The HTTP and WebSocket protocol classes for uvicorn's ``http=`` and ``ws=``: the
-    request deadline, and the rate and burst of the peer's pings."""
+    request deadline, the rate and burst of the peer's pings, and how long an HTTP client
+    may leave its answer unread."""
     http_class = type(
-        "GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"handshake_timeout": handshake_timeout}
+        "GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,),
+        {"handshake_timeout": handshake_timeout, "send_timeout": send_timeout},
     )
     ws_class = type(
         "GuardedWebSocketProtocol", (GuardedWebSocketProtocol,),

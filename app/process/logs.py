@@ -17,6 +17,8 @@ import re
 from typing import Any
 from urllib.parse import unquote_plus
 
+from app.throttled_log import HELD, Throttled
+
 REDACTED = "[redacted]"
 SECRET_PARAMS = frozenset({"token", "access_token"})
 SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie", "sec-websocket-protocol")
@@ -26,9 +28,10 @@ _HEADER_LINE = re.compile(
     r"^([<>] (?:" + "|".join(SECRET_HEADERS) + r"):).*$", re.IGNORECASE | re.MULTILINE
 )
 _PER_CONNECTION = ("connection open", "connection closed")
-# Client mistakes uvicorn logs with a traceback; one line is enough (and can't be spammed
-# into megabytes of log by a hostile client).
+# Client mistakes uvicorn logs with a traceback; one line is enough, and at most one per 10 s
+# (with a count of the ones held back): a client can cause them at will, thousands a second.
 _CLIENT_ERRORS = ("Invalid UTF-8 sequence received from client.",)
+_client_errors = Throttled(logging.getLogger("uvicorn.error"), interval=10.0)
 
 
 class ConnectionNoise(logging.Filter):
@@ -37,9 +40,15 @@ class ConnectionNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if message in _CLIENT_ERRORS:
+            held = _client_errors.admit(message)
+            if held is None:
+                return False
             record.exc_info = None
             record.exc_text = None
             record.levelno, record.levelname = logging.INFO, "INFO"
+            if held:
+                record.msg, record.args = message + HELD, (held, _client_errors.interval)
+                return True
         if logging.getLogger("parley").isEnabledFor(logging.DEBUG) is False:
             if message in _PER_CONNECTION or '"WebSocket ' in message:
                 return False

@@ -143,10 +143,10 @@ def _hard_stop_after(seconds: float) -> None:
 
 def build(chat: Config, router: Router) -> ChatServer:
     """A ChatServer for ``router`` with the fast protocol stack and the chat limits."""
-    # httptools and websockets-sansio, with a request deadline, answered size limits, and
-    # the peer's pings metered like its frames.
+    # httptools and websockets-sansio, with a request deadline, answered size limits, HTTP
+    # answers left unread cut after CHAT_SEND_TIMEOUT, and the peer's pings metered like its frames.
     http_protocol, ws_protocol = guarded_protocols(
-        chat.handshake_timeout, chat.rate_per_second, chat.rate_burst
+        chat.handshake_timeout, chat.rate_per_second, chat.rate_burst, chat.send_timeout
     )
     config = uvicorn.Config(
         router,

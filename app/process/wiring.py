@@ -73,10 +73,9 @@ def django_http_app(chat: ChatServices) -> WebSocketApp:
 
     from app.web import views
     from app.web.body_limit import BodyLimit
-    from app.web.views import MAX_BODY_BYTES
 
     views.configure(chat)
 
-    handler = BodyLimit(get_asgi_application(), MAX_BODY_BYTES)
+    handler = BodyLimit(get_asgi_application(), views.body_rule)
     _ = get_resolver().url_patterns  # import the URLconf and views now, not on a user's request
     return handler

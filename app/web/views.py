@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -20,17 +21,27 @@ from app.protocol import (
     FrameError,
     bounded_integer,
     dedupe_key,
+    max_api_body_bytes,
     message_template,
     parse_api_body,
 )
 from app.rooms import is_valid_room
+from app.web.body_limit import Refusal, Scope, header
 
 STATIC = Path(__file__).parent / "static"
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self' ws: wss:; "
     "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-MAX_BODY_BYTES = 256 * 1024
+# What the one route that takes a body (the POST API) may send: what one message can need.
+MAX_BODY_BYTES = max_api_body_bytes(CONFIG.max_message_chars, CONFIG.max_frame_bytes)
+# The POST API, as the URLconf routes it (Django matches the decoded path, as here).
+_POST_PATH = re.compile(r"/api/rooms/[^/]+/messages")
+# The history API's messages per answer, in UTF-8 bytes (always at least one message): a
+# full room of the largest messages is ~24 MB, which one request could make the process
+# build and buffer for a client that may never read it. Clients page with ``since`` up to
+# ``last_id``, as they must past ``limit`` anyway.
+MAX_ANSWER_BYTES = 1024 * 1024
 # The page's own files, by name: a whitelist, so no request path ever reaches the filesystem.
 ASSET_TYPES = {
     "chat.js": "text/javascript; charset=utf-8",
@@ -103,7 +114,8 @@ def _int_param(request: HttpRequest, name: str, default: int, low: int, high: in
 
 
 async def _history(request: HttpRequest, room: str) -> HttpResponse:
-    """GET: messages after ``since`` (default 0), at most ``limit``, oldest first.
+    """GET: messages after ``since`` (default 0), at most ``limit`` and ``MAX_ANSWER_BYTES``,
+    oldest first.
 
     With ``epoch`` other than the room's, or ``since`` past the room's newest id,
     ``since`` belongs to ids that started over: the answer is then the room's epoch from its
@@ -133,12 +145,19 @@ async def _history(request: HttpRequest, room: str) -> HttpResponse:
     gap = "null" if replay.missing is None else json.dumps(
         {"from": replay.missing[0], "to": replay.missing[1]}
     )
+    frames: list[str] = []
+    size = 0
+    for _, frame in replay.frames:
+        size += len(frame.encode())
+        if frames and size > MAX_ANSWER_BYTES:
+            break
+        frames.append(frame)
     # Stored frames are JSON already: splice them in rather than parse and re-encode.
     body = (
         '{"room":' + json.dumps(room) + ',"epoch":' + json.dumps(state.epoch)
         + ',"base":' + str(state.base) + ',"last_id":' + str(state.last_id)
         + (',"reset":true' if reset else "") + ',"gap":' + gap
-        + ',"messages":[' + ",".join(frame for _, frame in replay.frames) + "]}"
+        + ',"messages":[' + ",".join(frames) + "]}"
     )
     return HttpResponse(body, content_type="application/json")
 
@@ -165,23 +184,48 @@ def _may_read(request: HttpRequest, room: str) -> HttpResponse | None:
 
 
 def _authorized(request: HttpRequest) -> bool:
-    """The request carries ``CHAT_API_TOKEN``, read as every Authorization header here is
+    """The request carries ``CHAT_API_TOKEN``."""
+    return _is_api_token(request.headers.get("Authorization"))
+
+
+def _is_api_token(authorization: str | None) -> bool:
+    """``authorization`` is ``CHAT_API_TOKEN``, read as every Authorization header here is
     (the scheme in any case, spaces around the token ignored)."""
     from app.chat.auth import bearer_token  # pure header parsing; no jwt machinery
 
     if not CONFIG.api_token:
         return False
-    supplied = bearer_token(request.headers.get("Authorization")) or ""
+    supplied = bearer_token(authorization) or ""
     return hmac.compare_digest(supplied.encode("utf-8", "replace"), CONFIG.api_token.encode())
+
+
+def _publish_refusal(authorization: str | None) -> Refusal | None:
+    """Why a post with this Authorization header is refused, or None if it may post."""
+    if not CONFIG.api_token:
+        return Refusal(403, "api_disabled", "set CHAT_API_TOKEN to enable publishing over HTTP")
+    if not _is_api_token(authorization):
+        return Refusal(401, "unauthorized", "send Authorization: Bearer <CHAT_API_TOKEN>",
+                       ((b"www-authenticate", b"Bearer"),))
+    return None
+
+
+def body_rule(scope: Scope) -> int | Refusal:
+    """How much body an HTTP request may send (app.web.body_limit): only an authorized post
+    takes one, so nobody else can make the process hold a byte of body; a post without the
+    token is refused before its body is read, as the view would refuse it after."""
+    if scope.get("method") != "POST" or not _POST_PATH.fullmatch(scope.get("path", "")):
+        return 0
+    refused = _publish_refusal(header(scope, b"authorization"))
+    return MAX_BODY_BYTES if refused is None else refused
 
 
 async def _publish(request: HttpRequest, room: str) -> HttpResponse:
     """POST: a backend posts a message as a client would; answers with the assigned id."""
-    if not CONFIG.api_token:
-        return _error(403, "api_disabled", "set CHAT_API_TOKEN to enable publishing over HTTP")
-    if not _authorized(request):
-        response = _error(401, "unauthorized", "send Authorization: Bearer <CHAT_API_TOKEN>")
-        response["WWW-Authenticate"] = "Bearer"
+    refused = _publish_refusal(request.headers.get("Authorization"))
+    if refused is not None:
+        response = _error(refused.status, refused.code, refused.detail)
+        for name, value in refused.headers:
+            response[name.decode()] = value.decode()
         return response
     if len(request.body) > MAX_BODY_BYTES:
         return _error(413, "body_too_large", f"body is larger than {MAX_BODY_BYTES} bytes")

@@ -344,3 +344,124 @@ async def test_a_peer_that_pings_and_never_reads_leaves_one_pong_buffered() -> N
         while (frame := await _read_frame(reader)) != (PONG, b"the last one"):
             assert frame == (PONG, b"x" * 125)
         writer.close()
+
+
+CONT, TEXT = 0x0, 0x1
+
+
+async def test_a_message_left_open_with_endless_empty_fragments_is_closed_1009(
+    make_app: Callable[..., AppServer],
+) -> None:
+    # Empty continuation frames never reached websockets' byte limit nor the application's
+    # rate limit: uvicorn appended each to a list, read after read, forever (one core pinned,
+    # +140 MB a minute). A message in more than MAX_FRAGMENTS pieces is now closed 1009.
+    from websockets.asyncio.client import connect
+
+    app = make_app()
+    async with connect(app.ws_url("frag"), open_timeout=10) as member:
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        writer.write(b"GET /ws/chat/frag/ HTTP/1.1\r\n" + UPGRADE + b"\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), EOF_BOUND)).startswith(b"HTTP/1.1 101")
+        writer.write(wsraw.frame(b"{", opcode=TEXT, fin=False))
+        empty = wsraw.frame(b"", opcode=CONT, fin=False)
+        closed = asyncio.ensure_future(_close_frame(reader))
+        for _ in range(1000):  # bounded: the old server read them all, and more, forever
+            if closed.done():
+                break
+            writer.write(empty * 100)
+            await writer.drain()
+            await asyncio.wait([closed], timeout=0.01)
+        assert await asyncio.wait_for(closed, EOF_BOUND) == (1009).to_bytes(2, "big") + b"too many fragments"
+        writer.close()
+        # The room's other member is unaffected.
+        pong = await member.ping()
+        await asyncio.wait_for(pong, EOF_BOUND)
+    assert app.metric('chat_frames_rejected_total{reason="too_many_fragments"}') == 1
+
+
+async def _close_frame(reader: asyncio.StreamReader) -> bytes:
+    """The payload of the server's close frame (frames before it skipped)."""
+    while (frame := await _read_frame(reader))[0] != CLOSE:
+        pass
+    return frame[1]
+
+
+async def test_a_message_in_a_few_fragments_is_delivered(make_app: Callable[..., AppServer]) -> None:
+    from tests.support import Client
+
+    app = make_app()
+    client = await Client.connect(app.ws_url("frag"))
+    try:
+        pieces = ['{"message": "in', ' pieces", "client_id": "frag-1"', "}"] + [" "] * 13
+        await client.send_raw(pieces)  # websockets sends an iterable as one fragmented message
+        assert (await client.recv_type("ack"))["client_id"] == "frag-1"
+    finally:
+        await client.ws.close()
+
+
+async def test_continuation_frames_past_their_budget_close_the_socket_1008() -> None:
+    # MAX_FRAGMENTS (64) continuation frames for each message of the burst (here 1): complete
+    # fragmented messages sent faster than that are closed at the protocol, as pings are.
+    async with InProcess(_echo_until_closed, control_rate=0.001, control_burst=1) as server:
+        reader, writer = await _raw_websocket(server.port)
+        message = wsraw.frame(b"a", opcode=TEXT, fin=False) + wsraw.frame(b"b", opcode=CONT, fin=False) * 8 \
+            + wsraw.frame(b"c", opcode=CONT)  # 9 continuation frames
+        writer.write(message * 8)  # 72 continuation frames
+        close = await asyncio.wait_for(_close_frame(reader), EOF_BOUND)
+        assert close == (1008).to_bytes(2, "big") + b"rate limit"
+        assert await asyncio.wait_for(reader.read(), EOF_BOUND) == b""
+        writer.close()
+
+
+async def test_a_client_that_never_reads_its_answers_is_cut(make_app: Callable[..., AppServer]) -> None:
+    # close() at the request deadline waits for the buffer to be sent: a client that asked
+    # for big answers and never read them held them in the server for good (24 MB each for
+    # a full room's history). Past CHAT_SEND_TIMEOUT without reading, the connection is aborted.
+    app = make_app(env={"CHAT_SEND_TIMEOUT": "0.5", "CHAT_HANDSHAKE_TIMEOUT": TIMEOUT})
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", app.port))
+    try:
+        # 400 pipelined answers of the page's script, 13 MB: more than the kernel's buffers
+        # hold, so the rest waits in the server's.
+        sock.sendall(b"GET /static/chat.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 400)
+        wait_until(lambda: _cut(app, "send_timeout") == 1, EOF_BOUND, "the unread answers to be cut")
+        assert "connection cut not reading its answer: send_timeout" in app.output()
+    finally:
+        sock.close()
+
+
+async def test_invalid_requests_and_upgrades_by_the_thousand_log_one_line(guarded: AppServer) -> None:
+    # uvicorn logged a warning per request: one client made 5,000 lines a second.
+    for _ in range(20):
+        invalid = b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"
+        assert (await _response(guarded, invalid)).startswith(b"HTTP/1.1 400")
+        upgrade = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+        assert (await _response(guarded, upgrade)).startswith(b"HTTP/1.1 200")
+    output = guarded.output()
+    assert output.count("invalid HTTP request received") == 1
+    assert "Unsupported upgrade request" not in output and "WARNING" not in output
+
+
+async def test_a_post_asking_to_upgrade_to_h2c_is_served_as_http_1_1(
+    make_app: Callable[..., AppServer],
+) -> None:
+    # curl --http2 sends "Upgrade: h2c" with every request: httptools stopped at the head, so
+    # the application got an empty body (400 invalid_json) and nothing was stored.
+    app = make_app(env={"CHAT_API_TOKEN": "tok", "CHAT_HANDSHAKE_TIMEOUT": TIMEOUT})
+    body = b'{"message": "over h2c", "client_id": "h2c-1"}'
+    request = (
+        b"POST /api/rooms/h2c/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n"
+        b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    for parts in ([request + body], [request, body]):  # the body in the head's read, or after it
+        reader, writer = await _open(app)
+        for part in parts:
+            writer.write(part)
+            await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), EOF_BOUND)
+        assert head.startswith((b"HTTP/1.1 201", b"HTTP/1.1 200")), head
+        writer.close()
+    status, history = app.get("/api/rooms/h2c/messages")
+    assert [m["message"] for m in history["messages"]] == ["over h2c"]  # once: the resend was a duplicate

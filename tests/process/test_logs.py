@@ -49,3 +49,27 @@ def test_log_config_adds_the_service_logger() -> None:
     config = log_config("warning")
     assert config["loggers"]["parley"]["level"] == "WARNING"
     assert "connection_noise" in config["handlers"]["default"]["filters"]
+
+
+def test_client_utf8_mistakes_are_throttled(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A client can cause one at will (a text frame of invalid UTF-8, thousands a second).
+    from app.process import logs
+    from app.throttled_log import Throttled
+
+    monkeypatch.setattr(logs, "_client_errors", Throttled(logging.getLogger("test"), interval=3600.0))
+    noise = ConnectionNoise()
+    lines = [record("Invalid UTF-8 sequence received from client.", exc=True) for _ in range(5)]
+    assert [noise.filter(line) for line in lines] == [True, False, False, False, False]
+
+
+def test_a_throttled_client_mistake_says_how_many_were_held_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.process import logs
+    from app.throttled_log import Throttled
+
+    monkeypatch.setattr(logs, "_client_errors", Throttled(logging.getLogger("test"), interval=0.0))
+    throttle = logs._client_errors
+    throttle._held["Invalid UTF-8 sequence received from client."] = 7  # as a flood leaves it
+    line = record("Invalid UTF-8 sequence received from client.", exc=True)
+    assert ConnectionNoise().filter(line)
+    held = "Invalid UTF-8 sequence received from client. (and 7 more like it in the last 0s)"
+    assert line.getMessage() == held

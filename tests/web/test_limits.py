@@ -95,3 +95,65 @@ async def test_a_chunked_body_within_the_limit_is_posted(api: AppServer) -> None
     status, body = await _post_raw(api, HEAD + b"Transfer-Encoding: chunked\r\n\r\n", chunks)
     assert status == 201 and json.loads(body)["id"] == 1
     assert api.get("/api/rooms/lobby/messages")[1]["messages"][0]["message"] == "chunked"
+
+
+async def test_a_history_answer_holds_at_most_1_mib_and_pages_to_last_id(api: AppServer) -> None:
+    # A full room of the largest messages was one ~24 MB answer, built and buffered for
+    # whoever asked (and held for good if it never read). Now at most 1 MiB of messages per
+    # answer; the rest comes by paging with since, up to last_id.
+    text = "\x01" * 4000  # 24 KB of JSON escapes each
+    for i in range(50):
+        body = json.dumps({"message": text, "client_id": f"big-{i}"}).encode()
+        status, _ = await _post_raw(api, HEAD + b"Content-Length: %d\r\n\r\n" % len(body), [body])
+        assert status == 201
+    status, first = api.get("/api/rooms/lobby/messages?limit=1000")
+    assert status == 200 and first["last_id"] == 50
+    assert 0 < len(first["messages"]) < 50
+    assert sum(len(json.dumps(m)) for m in first["messages"]) <= 1024 * 1024
+    ids = [m["id"] for m in first["messages"]]
+    while ids[-1] < first["last_id"]:  # bounded: each page holds at least one message
+        page = api.get(f"/api/rooms/lobby/messages?limit=1000&since={ids[-1]}")[1]
+        ids += [m["id"] for m in page["messages"]]
+    assert ids == list(range(1, 51))
+
+
+@pytest.mark.parametrize("request_line", [
+    b"GET /api/rooms/lobby/messages", b"GET /api/rooms/lobby/presence", b"GET /", b"POST /static/chat.js",
+])
+async def test_a_body_where_none_is_taken_gets_413_unread(api: AppServer, request_line: bytes) -> None:
+    # Any request could make the process buffer 256 KB of body before anything looked at it.
+    head = request_line + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 200000\r\n\r\n"
+    status, body = await _post_raw(api, head, [])  # the body is never sent: answered first
+    assert status == 413 and json.loads(body)["code"] == "body_not_allowed"
+
+
+async def test_a_streamed_body_where_none_is_taken_gets_413(api: AppServer) -> None:
+    head = b"GET /api/rooms/lobby/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    status, body = await _post_raw(api, head, [b"1\r\nx\r\n", b"0\r\n\r\n"])
+    assert status == 413 and json.loads(body)["code"] == "body_not_allowed"
+
+
+@pytest.mark.parametrize("authorization", [b"", b"Authorization: Bearer wrong\r\n"])
+async def test_a_post_without_the_token_is_refused_before_its_body(
+    api: AppServer, authorization: bytes,
+) -> None:
+    head = (b"POST /api/rooms/lobby/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n" + authorization
+            + b"Content-Length: 60000\r\n\r\n")
+    status, body = await _post_raw(api, head, [])  # the body is never sent: answered first
+    assert status == 401 and json.loads(body)["code"] == "unauthorized"
+
+
+async def test_a_post_with_the_api_off_is_refused_before_its_body(make_app: Callable[..., AppServer]) -> None:
+    off = make_app()
+    status, body = await _post_raw(off, HEAD + b"Content-Length: 60000\r\n\r\n", [])
+    assert status == 403 and json.loads(body)["code"] == "api_disabled"
+
+
+async def test_the_api_body_limit_is_what_one_message_can_need(api: AppServer) -> None:
+    # The longest message, every character an escaped astral one (json.dumps' default), fits;
+    # the limit is CHAT_MAX_FRAME_BYTES (64 KiB), over which a body is refused unread.
+    longest = json.dumps({"message": "\U0001F600" * 4000, "client_id": "c" * 64, "user": "u" * 64}).encode()
+    status, answer = await _post_raw(api, HEAD + b"Content-Length: %d\r\n\r\n" % len(longest), [longest])
+    assert status == 201, answer
+    status, answer = await _post_raw(api, HEAD + b"Content-Length: %d\r\n\r\n" % (64 * 1024 + 1), [])
+    assert status == 413 and json.loads(answer)["detail"] == "body is larger than 65536 bytes"
