@@ -19,6 +19,8 @@ MAX_EPOCH_CHARS = 64
 MAX_JSON_BYTES_PER_CHAR = 12
 # Room in an API body for its keys, punctuation and some whitespace.
 API_BODY_SLACK = 1024
+# A message's ``ts`` (unix ms) as a query parameter: far past any clock, within 2^53.
+MAX_TS = 2**53 - 1
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 # In a Python str every surrogate code point is unpaired (json.loads joins valid pairs), and
@@ -157,10 +159,14 @@ def dedupe_key(owner: str | ApiSender | None, client_id: str | None) -> str | No
 
 @dataclass(frozen=True)
 class FrameTemplate:
-    """A message frame with a hole for its id, which history assigns atomically."""
+    """A message frame with a hole for its id, which history assigns atomically.
+
+    ``ts``: the frame's ``ts`` (unix ms), the message's tag in history (app/history/lineage.py);
+    None for a frame without one (nothing is then checked against it)."""
 
     prefix: str
     suffix: str
+    ts: int | None = None
 
     def with_id(self, message_id: int) -> str:
         return f"{self.prefix}{message_id}{self.suffix}"
@@ -174,7 +180,7 @@ def message_template(
     suffix = ',"message":' + _dumps(message) + ',"ts":' + str(ts) + ',"user":' + _dumps(user)
     if client_id is not None:
         suffix += ',"client_id":' + _dumps(client_id)
-    return FrameTemplate(prefix, suffix + "}")
+    return FrameTemplate(prefix, suffix + "}", ts)
 
 
 def ack_frame(message_id: int, client_id: str | None) -> str:
@@ -220,11 +226,12 @@ class ConnectParams:
     last: int | None = None
     token: str | None = None
     epoch: str | None = None
+    ts: int | None = None  # with ``since``: the ``ts`` of the message at ``since``, as shown
 
 
 def parse_connect_params(query_string: bytes, history_max: int) -> ConnectParams:
-    """Parse ``?since=<id>``, ``?epoch=``, ``?last=<n>`` and ``?token=``; raise FrameError
-    when malformed."""
+    """Parse ``?since=<id>``, ``?epoch=``, ``?ts=``, ``?last=<n>`` and ``?token=``; raise
+    FrameError when malformed."""
     try:
         query = parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
     except ValueError:
@@ -242,7 +249,9 @@ def parse_connect_params(query_string: bytes, history_max: int) -> ConnectParams
     epoch = query.get("epoch", [None])[-1]
     if epoch is not None and not 0 < len(epoch) <= MAX_EPOCH_CHARS:
         raise FrameError("bad_epoch", f"'epoch' must be 1 to {MAX_EPOCH_CHARS} characters")
-    return ConnectParams(since=since, last=last, token=token, epoch=epoch)
+    # Only meaningful with ``since``; alone it is accepted and unused, as ``epoch`` is.
+    ts = integer("ts", 0, MAX_TS)
+    return ConnectParams(since=since, last=last, token=token, epoch=epoch, ts=ts)
 
 
 # -- presence and typing (never stored, no id) -----------------------------------------

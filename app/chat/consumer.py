@@ -7,6 +7,8 @@ disconnect leaves the group. Frame parsing and building live in app.protocol.
 Ids count within the room's epoch (app.history.base). A member that meets another epoch than
 its own (at connect, in the live stream, from the tail watcher) is sent ``reset`` and then
 everything the new epoch holds, as a member that has just joined: it never skips silently.
+The same happens when the store is found to hold another message under an id the member was
+shown (it went back in time and kept its epoch: app/history/lineage.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from app.chat.serial import SerialConsumer
 from app.chat.services import ChatServices
 from app.config import CONFIG
 from app.history import HistoryUnavailable, Replay, RoomState
+from app.history.lineage import diverged, tag_at
 from app.presence import Snapshot
 from app.protocol import (
     ConnectParams,
@@ -77,6 +80,9 @@ class ChatConsumer(SerialConsumer):
     expires_at: float = float("inf")  # the token's exp (unix seconds), with CHAT_AUTH=jwt
     expiry: asyncio.TimerHandle | None = None
     last_id: int = 0
+    # The tag (``ts``) of the message ``last_id`` names, as this client was shown it; None when
+    # unknown (then nothing is checked against it): app/history/lineage.py.
+    last_ts: int | None = None
     joined: bool = False
     slow: bool = False
     live: bool = False
@@ -173,6 +179,7 @@ class ChatConsumer(SerialConsumer):
                 self.last_id = replay.frames[index - first][0]
                 metrics.TALLY.deliveries += 1
         self.last_id = max(self.last_id, live_from)
+        self.last_ts = tag_at(replay, self.last_id)
 
     async def _catch_up(self, params: ConnectParams) -> tuple[bool, Replay, int]:
         """What to send before going live: (reset first?, the replay, id live starts after)."""
@@ -185,6 +192,12 @@ class ChatConsumer(SerialConsumer):
             # (Ids given but not shown yet count as the room's: a client can hold one whose
             # note that it is shown a failover lost.)
             reset = (params.epoch is not None and params.epoch != state.epoch) or since > state.top
+            if not reset and diverged(params.ts, tag_at(replay, since)):
+                # History holds another message under ``since`` than the client showed: the
+                # store went back in time and gave its ids again. A new epoch, from the oldest
+                # entry held, as for a live member that finds it (``_diverged``).
+                state = await self.history.restart_shared(self.room, state.epoch)
+                reset = True
             if reset:
                 since = state.base
                 replay = await self.history.after(self.room, since, CONFIG.history_max)
@@ -259,10 +272,16 @@ class ChatConsumer(SerialConsumer):
             return
         message_id: int = event["id"]
         if message_id <= self.last_id:
+            # Already sent; unless the store gave this member's newest id to another message.
+            if message_id == self.last_id and diverged(self.last_ts, event.get("ts")):
+                await self._diverged()
             return
         if message_id > self.last_id + 1 and not await self._fill_gap(message_id):
             return
-        await self._deliver(message_id, event["frame"])
+        if message_id == self.last_id + 1 and diverged(self.last_ts, event.get("prev")):
+            await self._diverged()
+            return
+        await self._deliver(message_id, event["frame"], event.get("ts"))
 
     async def _in_epoch(self, epoch: str, base: int, store_at: int | None = None) -> bool:
         """Follow the room into ``epoch`` (reset) unless it is one this member has left.
@@ -288,7 +307,7 @@ class ChatConsumer(SerialConsumer):
         metrics.RESETS.inc()
         kept = [left for left in self.retired if left[0] != epoch][-(RETIRED_EPOCHS - 1):]
         self.retired = (*kept, (self.epoch, self.last_id))
-        self.epoch, self.last_id = epoch, base
+        self.epoch, self.last_id, self.last_ts = epoch, base, None
         await self._send_text(reset_frame(self.room, epoch, base))
 
     def idle(self) -> bool:
@@ -320,10 +339,16 @@ class ChatConsumer(SerialConsumer):
             return False  # a reset to send, or a stale event to drop: the ordered path
         message_id = message["id"]
         if message_id <= self.last_id:
-            return True  # already sent: a duplicate
-        if message_id != self.last_id + 1 or not self.send_now(message["frame"]):
+            # Already sent: a duplicate; unless its id is our newest and the message is
+            # another (the store went back in time): the ordered path checks.
+            return message_id < self.last_id or message.get("ts", self.last_ts) == self.last_ts
+        # A message whose predecessor is not what this member was shown last (or unknown to
+        # it) takes the ordered path too, which decides (app/history/lineage.py).
+        if (message_id != self.last_id + 1 or message.get("prev", self.last_ts) != self.last_ts
+                or not self.send_now(message["frame"])):
             return False  # a gap to fill, or a socket that would block: the ordered path
         self.last_id = message_id
+        self.last_ts = message.get("ts")
         metrics.TALLY.deliveries += 1
         return True
 
@@ -344,16 +369,38 @@ class ChatConsumer(SerialConsumer):
             # The member stays where it is; the next message or the tail watcher's nudge
             # fills it once history answers, so nothing is skipped.
             return False
+        if diverged(self.last_ts, tag_at(replay, self.last_id)):
+            await self._diverged()
+            return False
         if replay.missing is not None:
             await self._send_text(gap_frame(replay.missing[0], min(replay.missing[1], upto - 1)))
         for message_id, frame in replay.frames:
             if self.last_id < message_id < upto:
-                await self._deliver(message_id, frame)
+                await self._deliver(message_id, frame, None)
+        if replay.frames:
+            self.last_ts = tag_at(replay, self.last_id)
         return True
 
-    async def _deliver(self, message_id: int, frame: str) -> None:
+    async def _diverged(self) -> None:
+        """History holds another message under an id this member was shown: the store went
+        back in time and kept its epoch. The room gets a new epoch (as the tail watcher does
+        for a member found ahead of the room), and this member is reset to it and sent what
+        it holds; so are the others, from their own check or the new epoch's next message.
+        History not answering: the member stays where it is, and the next message or the
+        tail watcher's nudge checks again."""
+        try:
+            state = await self.history.restart_shared(self.room, self.epoch)
+        except HistoryUnavailable:
+            return
+        if state.epoch == self.epoch:
+            return  # not restarted (``restart`` always leaves the stale epoch): never loop
+        if await self._in_epoch(state.epoch, state.base, store_at=state.last_id) and state.last_id > self.last_id:
+            await self._fill_gap(state.last_id + 1)
+
+    async def _deliver(self, message_id: int, frame: str, ts: int | None) -> None:
         await self._send_text(frame)
         self.last_id = message_id
+        self.last_ts = ts
         metrics.TALLY.deliveries += 1
 
     async def _send_text(self, text: str) -> None:

@@ -49,7 +49,9 @@ class ChatServices:
 
         ``dedupe`` is app.protocol.dedupe_key of the sender and its ``client_id``. The event
         carries the room's epoch (and its base), so members notice a sequence that started
-        over from the live stream itself.
+        over from the live stream itself; and the message's tag and its predecessor's
+        (``ts``, ``prev``: app/history/lineage.py), so they notice a store that went back in
+        time and gave their ids to other messages.
 
         Raises HistoryUnavailable when the message could not be made durable: it is then
         never broadcast, so no client sees a message that could be lost.
@@ -58,8 +60,10 @@ class ChatServices:
         if not appended.duplicate:
             event = {
                 "type": "chat.message", "id": appended.id, "frame": appended.frame,
-                "epoch": appended.state.epoch, "base": appended.state.base,
+                "epoch": appended.state.epoch, "base": appended.state.base, "ts": template.ts,
             }
+            if appended.prev is not None:  # absent, not None: members then check nothing
+                event["prev"] = appended.prev
             try:
                 await self.layer.group_send(group_name(room), event)
                 metrics.MESSAGES_BROADCAST.inc()

@@ -30,12 +30,16 @@ class RoomState:
     ``unshown``: ids given after ``last_id`` whose writes no replica is known to hold yet
     (an append waiting for ``WAIT``, or one whose ``WAIT`` fell short). A failover can still
     lose them, so nobody is shown them until they are confirmed; they are not lost either,
-    so a client at one of them (``top``) is not ahead of the room."""
+    so a client at one of them (``top``) is not ahead of the room.
+
+    ``tip``: the tag (app/history/lineage.py) of the message ``last_id`` names; None when
+    unknown, or when ids after ``last_id`` are unshown (the store's tip is then theirs)."""
 
     epoch: str
     base: int
     last_id: int
     unshown: int = 0
+    tip: int | None = None
 
     @property
     def top(self) -> int:
@@ -53,22 +57,31 @@ def new_epoch() -> str:
 
 @dataclass(frozen=True)
 class Appended:
-    """The result of an append: the message's id and epoch, and whether it was a resend."""
+    """The result of an append: the message's id and epoch, and whether it was a resend.
+
+    ``prev``: the tag (app/history/lineage.py) of the message before it in the log, None when
+    unknown; members check it against the tag of the message they were shown last."""
 
     id: int
     frame: str | None
     duplicate: bool = False
     state: RoomState = NO_STATE
+    prev: int | None = None
 
 
 @dataclass(frozen=True)
 class Replay:
     """Messages after an id, oldest first, the ids history no longer holds, and the room's
-    state read with them."""
+    state read with them.
+
+    Tags (app/history/lineage.py), None when unknown: ``prev``, of the message before the
+    first frame; ``tag``, of the last frame."""
 
     frames: list[tuple[int, str]] = field(default_factory=list)
     missing: tuple[int, int] | None = None
     state: RoomState = NO_STATE
+    prev: int | None = None
+    tag: int | None = None
 
 
 class History(abc.ABC):
@@ -97,6 +110,16 @@ class History(abc.ABC):
         """Start a new epoch if the room is still in ``stale_epoch`` (its ids were seen to go
         back in time); return the room's state either way. The new epoch's ``base`` is below
         every message history still holds, so members reset to it are sent all of them."""
+
+    _restarts: SharedCalls[tuple[str, str], RoomState] | None = None
+
+    async def restart_shared(self, room: str, stale_epoch: str) -> RoomState:
+        """``restart`` for the members that found the store diverged from what they were
+        shown (app/history/lineage.py): a room's members find it together, from the same
+        message, so those in flight at once share one call."""
+        if self._restarts is None:
+            self._restarts = SharedCalls()
+        return await self._restarts.get((room, stale_epoch), lambda: self.restart(room, stale_epoch))
 
     _fills: SharedCalls[tuple[str, str, int, int], Replay] | None = None
 

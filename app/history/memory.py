@@ -12,15 +12,16 @@ from app.protocol import FrameTemplate
 
 # What the byte budget charges beyond the text itself, measured with tracemalloc on CPython
 # 3.11: a room's dataclass, deque block and dict slots; an entry's tuple, int and deque slot;
-# a dedupe entry's OrderedDict node, tuple, int and float.
+# a dedupe entry's OrderedDict node, tuple, int and float. An entry is (id, frame, tag): its
+# tag (app/history/lineage.py) is another int of 32 bytes and a tuple slot.
 ROOM_COST = 2048
-ENTRY_COST = 96
+ENTRY_COST = 136
 DEDUPE_COST = 200
 
 
 @dataclass
 class _Room:
-    entries: deque[tuple[int, str]]
+    entries: deque[tuple[int, str, int | None]]  # (id, frame, tag)
     epoch: str = field(default_factory=new_epoch)
     base: int = 0
     seq: int = 0
@@ -29,7 +30,9 @@ class _Room:
     cost: int = ROOM_COST
 
     def state(self) -> RoomState:
-        return RoomState(epoch=self.epoch, base=self.base, last_id=self.seq)
+        # The newest entry is never trimmed while the room is held, so it is ``seq``'s.
+        tip = self.entries[-1][2] if self.entries else None
+        return RoomState(epoch=self.epoch, base=self.base, last_id=self.seq, tip=tip)
 
 
 def _entry_cost(frame: str) -> int:
@@ -38,6 +41,13 @@ def _entry_cost(frame: str) -> int:
 
 def _dedupe_cost(key: str) -> int:
     return sys.getsizeof(key) + DEDUPE_COST
+
+
+def _replay(entries: list[tuple[int, str, int | None]], missing: tuple[int, int] | None,
+            state: RoomState, prev: int | None) -> Replay:
+    """A replay of ``entries`` (oldest first), with their tags."""
+    return Replay(frames=[(message_id, frame) for message_id, frame, _ in entries], missing=missing,
+                  state=state, prev=prev, tag=entries[-1][2] if entries else None)
 
 
 class MemoryHistory(History):
@@ -121,7 +131,7 @@ class MemoryHistory(History):
         while self._bytes > self._max_bytes and state.dedupe:
             self._forget_oldest_dedupe(state)
         while self._bytes > self._max_bytes and len(state.entries) > 1:
-            _, frame = state.entries.popleft()
+            _, frame, _ = state.entries.popleft()
             self._charge(state, -_entry_cost(frame))
 
     async def append(self, room: str, template: FrameTemplate, dedupe: str | None) -> Appended:
@@ -133,18 +143,21 @@ class MemoryHistory(History):
             self._forget_oldest_dedupe(state)
         if dedupe is not None and dedupe in state.dedupe:
             return Appended(id=state.dedupe[dedupe][0], frame=None, duplicate=True, state=state.state())
+        # Memory cannot go back in time (a new process is a new epoch), but gives the same
+        # tags as Redis so that members take one path whatever the backend.
+        prev = state.entries[-1][2] if state.entries else None
         state.seq += 1
         frame = template.with_id(state.seq)
         if len(state.entries) == state.entries.maxlen:
             self._charge(state, -_entry_cost(state.entries[0][1]))
-        state.entries.append((state.seq, frame))
+        state.entries.append((state.seq, frame, template.ts))
         self._empty.pop(room, None)
         self._charge(state, _entry_cost(frame))
         if dedupe is not None:
             state.dedupe[dedupe] = (state.seq, now + self._dedupe_ttl)
             self._charge(state, _dedupe_cost(dedupe))
         self._enforce_budget(room)
-        return Appended(id=state.seq, frame=frame, state=state.state())
+        return Appended(id=state.seq, frame=frame, state=state.state(), prev=prev)
 
     async def after(self, room: str, since: int, limit: int) -> Replay:
         state = self._room(room, time.monotonic())
@@ -154,13 +167,14 @@ class MemoryHistory(History):
         oldest = state.entries[0][0]
         missing = (since + 1, oldest - 1) if since + 1 < oldest else None
         start = max(since + 1 - oldest, 0)
-        frames = [state.entries[i] for i in range(start, min(start + limit, len(state.entries)))]
-        return Replay(frames=frames, missing=missing, state=state.state())
+        entries = [state.entries[i] for i in range(start, min(start + limit, len(state.entries)))]
+        prev = state.entries[start - 1][2] if entries and start > 0 else None
+        return _replay(entries, missing, state.state(), prev)
 
     async def latest(self, room: str, count: int) -> Replay:
         state = self._room(room, time.monotonic())
-        frames = list(state.entries)[-count:] if count > 0 else []
-        return Replay(frames=frames, state=state.state())
+        entries = list(state.entries)[-count:] if count > 0 else []
+        return _replay(entries, None, state.state(), None)
 
     async def state(self, room: str) -> RoomState:
         return self._room(room, time.monotonic()).state()

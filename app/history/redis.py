@@ -54,6 +54,13 @@ local function state(meta, log, epoch, ttl, honour)
   redis.call('EXPIRE', meta, ttl)
   return epoch, base, seq
 end
+-- The tag of the message with id ``id`` (app/history/lineage.py): ``tip`` if it is that id's
+-- (``tip_id``), else false (unknown: an older release appended after it, or it was lost).
+local function tag(meta, id)
+  local t = redis.call('HMGET', meta, 'tip', 'tip_id')
+  if t[1] and tonumber(t[2]) == id then return t[1] end
+  return false
+end
 -- The newest id that may be shown: ``shown`` when acks wait for replicas (``honour`` is '1'),
 -- never above ``seq``; otherwise (and in a room that has never waited) every id given.
 local function shown(meta, seq, honour)
@@ -65,8 +72,11 @@ local function shown(meta, seq, honour)
 end
 """.replace("@EMPTY_TTL@", str(EMPTY_ROOM_TTL))
 
-# KEYS: meta, log, dedupe. ARGV: prefix, suffix, maxlen, ttl, dedupe_ttl, new epoch, honour.
+# KEYS: meta, log, dedupe. ARGV: prefix, suffix, maxlen, ttl, dedupe_ttl, new epoch, honour,
+# tag (the message's ts; '' when it has none).
 # One script, so id assignment, the dedupe check and the write are a single atomic step.
+# The meta's ``tip``/``tip_id`` are the newest entry's tag and id; each entry keeps its own tag
+# (``t``) and its predecessor's (``p``, absent when unknown): app/history/lineage.py.
 # A dedupe key holds "<epoch>:<id>": a send recorded in an earlier epoch is not a resend
 # (the state that gave its id was lost: the id may have been lost with it, or given again).
 # When acks wait for replicas the new id is not shown until ``_SHOW`` says so, after WAIT.
@@ -76,27 +86,35 @@ local prior = redis.call('GET', KEYS[3])
 if prior then
   local cut = string.find(prior, ':', 1, true)
   if cut and string.sub(prior, 1, cut - 1) == epoch then
-    return {tonumber(string.sub(prior, cut + 1)), 1, epoch, base, seq}
+    return {tonumber(string.sub(prior, cut + 1)), 1, epoch, base, seq, false}
   end
 end
+local prev = tag(KEYS[1], seq)
 local noted = redis.call('HEXISTS', KEYS[1], 'shown') == 1
 if ARGV[7] == '1' and not noted then redis.call('HSET', KEYS[1], 'shown', seq) end
 local id = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 -- Acks that wait for nobody show at once; a note left by processes that wait is kept true.
 if ARGV[7] ~= '1' and noted then redis.call('HSET', KEYS[1], 'shown', id) end
 local frame = ARGV[1] .. id .. ARGV[2]
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id .. '-0', 'f', frame)
+local fields = {'f', frame}
+if ARGV[8] ~= '' then
+  fields[3], fields[4] = 't', ARGV[8]
+  redis.call('HSET', KEYS[1], 'tip', ARGV[8], 'tip_id', id)
+end
+if prev then fields[#fields + 1], fields[#fields + 2] = 'p', prev end
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id .. '-0', unpack(fields))
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('SET', KEYS[3], epoch .. ':' .. id, 'EX', ARGV[5])
-return {id, 0, epoch, base, id}
+return {id, 0, epoch, base, id, prev}
 """
 
-# KEYS: meta, log. ARGV: new epoch, ttl, honour. The room's state (its epoch, base, newest id
-# and newest shown id), drawn if missing.
+# KEYS: meta, log. ARGV: new epoch, ttl, honour. The room's state (its epoch, base, newest id,
+# newest shown id and that one's tag), drawn if missing.
 _STATE = _OPEN_EPOCH + """
 local epoch, base, seq = state(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
-return {epoch, base, seq, shown(KEYS[1], seq, ARGV[3])}
+local last = shown(KEYS[1], seq, ARGV[3])
+return {epoch, base, seq, last, tag(KEYS[1], last)}
 """
 
 # KEYS: meta, log. ARGV: new epoch, ttl, honour, cut, then (since, limit) pairs. For each pair
@@ -114,7 +132,7 @@ for i = 5, #ARGV, 2 do
 end
 local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
 out[#out + 1] = first[1] and first[1][1] or false
-out[#out + 1] = {epoch, base, seq, last}
+out[#out + 1] = {epoch, base, seq, last, tag(KEYS[1], last)}
 return out
 """
 
@@ -127,7 +145,7 @@ local entries = {}
 if tonumber(ARGV[4]) > 0 then
   entries = redis.call('XREVRANGE', KEYS[2], string.format('%d', last), '-', 'COUNT', ARGV[4])
 end
-return {entries, {epoch, base, seq, last}}
+return {entries, {epoch, base, seq, last, tag(KEYS[1], last)}}
 """
 
 # KEYS: meta, log. ARGV: stale epoch, new epoch, ttl, honour. A new epoch if the room is still
@@ -139,7 +157,8 @@ if epoch == ARGV[1] then
   epoch = ARGV[2]
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'base', base)
 end
-return {epoch, base, seq, shown(KEYS[1], seq, ARGV[4])}
+local last = shown(KEYS[1], seq, ARGV[4])
+return {epoch, base, seq, last, tag(KEYS[1], last)}
 """
 
 # KEYS: meta. ARGV: id, epoch. Replicas hold every id up to ``id`` of ``epoch``: show them
@@ -224,10 +243,10 @@ class RedisHistory(History):
             dedupe_key, dedupe_ttl = f"chat:{{{room}}}:nonce:{secrets.token_hex(8)}", NONCE_TTL
         args: list[str | int] = [
             template.prefix, template.suffix, self._max_len, self._ttl, dedupe_ttl, new_epoch(),
-            self._honour,
+            self._honour, "" if template.ts is None else template.ts,
         ]
         try:
-            message_id, duplicate, epoch, base, seq = await self._run_append(
+            message_id, duplicate, epoch, base, seq, prev = await self._run_append(
                 room, [meta, log, dedupe_key], args
             )
             if self._min_replicas:
@@ -240,7 +259,8 @@ class RedisHistory(History):
         state = RoomState(epoch=epoch.decode(), base=int(base), last_id=int(seq))
         if duplicate:
             return Appended(id=int(message_id), frame=None, duplicate=True, state=state)
-        return Appended(id=int(message_id), frame=template.with_id(int(message_id)), state=state)
+        return Appended(id=int(message_id), frame=template.with_id(int(message_id)), state=state,
+                        prev=_tag(prev))
 
     async def _run_append(self, room: str, keys: list[str], args: list[str | int]) -> Any:
         """The append script's reply, once ``min_replicas`` replicas have the write
@@ -386,7 +406,8 @@ class RedisHistory(History):
                 entries, raw_state = await self._latest_script(keys=[meta, log], args=args)
         except FAILURES as exc:
             raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
-        return Replay(frames=_raw_frames(room, list(reversed(entries))), state=_state(raw_state))
+        entries.reverse()
+        return _raw_replay(room, entries, None, _state(raw_state))
 
     async def state(self, room: str) -> RoomState:
         meta, log = self._keys(room)
@@ -432,11 +453,16 @@ class RedisHistory(History):
             return []
         pipe = self._client.pipeline(transaction=False)
         for room in rooms:
-            pipe.hmget(self._keys(room)[0], "epoch", "base", "seq", "shown")
-        return [
-            _state([epoch, base, seq, _shown(seq, shown) if self._min_replicas else seq]) if epoch else None
-            for epoch, base, seq, shown in await self._execute(pipe)
-        ]
+            pipe.hmget(self._keys(room)[0], "epoch", "base", "seq", "shown", "tip", "tip_id")
+        found: list[RoomState | None] = []
+        for epoch, base, seq, shown, tip, tip_id in await self._execute(pipe):
+            if not epoch:
+                found.append(None)
+                continue
+            last = _shown(seq, shown) if self._min_replicas else int(seq)
+            # The scripts' ``tag()``: the tip only if it is the newest shown id's.
+            found.append(_state([epoch, base, seq, last, tip if tip_id is not None and int(tip_id) == last else None]))
+        return found
 
     @staticmethod
     async def _execute(pipe: Any) -> list[Any]:
@@ -490,10 +516,21 @@ def _decoded(value: Any) -> str | None:
 
 
 def _state(raw: list[Any]) -> RoomState:
-    """A state as the scripts give it: epoch, base, newest id, newest shown id."""
-    epoch, base, seq, shown = raw
+    """A state as the scripts give it: epoch, base, newest id, newest shown id, its tag."""
+    epoch, base, seq, shown, tip = raw
     return RoomState(epoch=epoch.decode() if isinstance(epoch, bytes) else str(epoch),
-                     base=int(base), last_id=int(shown), unshown=int(seq) - int(shown))
+                     base=int(base), last_id=int(shown), unshown=int(seq) - int(shown), tip=_tag(tip))
+
+
+def _tag(raw: bytes | int | None) -> int | None:
+    """A tag as Redis holds it (app/history/lineage.py); None when absent or not a number
+    (written by another tool: no check is possible, which is never a mismatch)."""
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None
 
 
 def _shown(seq: bytes, shown: bytes | None) -> int:
@@ -518,8 +555,26 @@ def _replays(room: str, asks: list[tuple[int, int]], reply: list[Any], cut: bool
     found = {}
     for (since, limit), entries in zip(asks, ranges, strict=True):
         missing = (since + 1, first_held - 1) if since + 1 < first_held else None
-        found[room, since, limit] = Replay(frames=_raw_frames(room, entries), missing=missing, state=state)
+        found[room, since, limit] = _raw_replay(room, entries, missing, state)
     return found
+
+
+def _raw_replay(room: str, entries: list[Any], missing: tuple[int, int] | None, state: RoomState) -> Replay:
+    """A replay of entries as a script returns them, oldest first, with their tags (frames
+    and entries are one to one: ``_raw_frames`` keeps every entry under its id)."""
+    return Replay(frames=_raw_frames(room, entries), missing=missing, state=state,
+                  prev=_field(entries[0], b"p") if entries else None,
+                  tag=_field(entries[-1], b"t") if entries else None)
+
+
+def _field(entry: Any, name: bytes) -> int | None:
+    """A tag field of an entry as a script returns it (``[id, [field, value, ...]]``), without
+    building the entry's dict: only the first and last entries of a replay are looked at."""
+    fields = entry[1]
+    for index in range(0, len(fields) - 1, 2):
+        if fields[index] == name:
+            return _tag(fields[index + 1])
+    return None
 
 
 def _raw_frames(room: str, entries: list[Any]) -> list[tuple[int, str]]:

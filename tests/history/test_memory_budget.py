@@ -16,8 +16,9 @@ from tests.support import AppServer
 BUDGET = 1 << 20
 
 
-def _template(room: str, text: str, client_id: str | None = None) -> FrameTemplate:
-    return message_template(room, text, 1_700_000_000_000, "user", client_id)
+def _template(room: str, text: str, client_id: str | None = None, n: int = 0) -> FrameTemplate:
+    # Each message's ts is an int of its own, as a server's clock gives them (history keeps it).
+    return message_template(room, text, 1_700_000_000_000 + n, "user", client_id)
 
 
 @pytest.mark.parametrize("text", ["x" * 4000, "\u00e9" * 4000, "\U0001f600" * 4000, "hi"])
@@ -28,7 +29,7 @@ async def test_the_budget_tracks_what_python_holds(text: str) -> None:
         before = tracemalloc.get_traced_memory()[0]
         for n in range(4000):
             room = f"r{n // 20}"
-            await history.append(room, _template(room, text, f"c-{n}"), f"c-{n}")
+            await history.append(room, _template(room, text, f"c-{n}", n), f"c-{n}")
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
