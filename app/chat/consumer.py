@@ -394,7 +394,8 @@ class ChatConsumer(SerialConsumer):
             return
         if state.epoch == self.epoch:
             return  # not restarted (``restart`` always leaves the stale epoch): never loop
-        if await self._in_epoch(state.epoch, state.base, store_at=state.last_id) and state.last_id > self.last_id:
+        followed = await self._in_epoch(state.epoch, state.base, store_at=state.last_id)
+        if followed and state.last_id > self.last_id:
             await self._fill_gap(state.last_id + 1)
 
     async def _deliver(self, message_id: int, frame: str, ts: int | None) -> None:

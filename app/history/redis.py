@@ -461,7 +461,8 @@ class RedisHistory(History):
                 continue
             last = _shown(seq, shown) if self._min_replicas else int(seq)
             # The scripts' ``tag()``: the tip only if it is the newest shown id's.
-            found.append(_state([epoch, base, seq, last, tip if tip_id is not None and int(tip_id) == last else None]))
+            known = tip_id is not None and int(tip_id) == last
+            found.append(_state([epoch, base, seq, last, tip if known else None]))
         return found
 
     @staticmethod

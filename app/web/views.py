@@ -14,10 +14,12 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from app.chat.services import ChatServices
 from app.config import CONFIG
 from app.history import HistoryUnavailable
+from app.history.lineage import diverged, tag_at
 from app.presence import PresenceUnavailable
 from app.protocol import (
     API_SENDER,
     MAX_EPOCH_CHARS,
+    MAX_TS,
     FrameError,
     bounded_integer,
     dedupe_key,
@@ -117,9 +119,10 @@ async def _history(request: HttpRequest, room: str) -> HttpResponse:
     """GET: messages after ``since`` (default 0), at most ``limit`` and ``MAX_ANSWER_BYTES``,
     oldest first.
 
-    With ``epoch`` other than the room's, or ``since`` past the room's newest id,
-    ``since`` belongs to ids that started over: the answer is then the room's epoch from its
-    start, marked ``"reset": true``.
+    With ``epoch`` other than the room's, or ``since`` past the room's newest id, or ``ts``
+    other than the tag history holds for ``since`` (app/history/lineage.py), ``since``
+    belongs to ids that started over: the answer is then the room's epoch from its start,
+    marked ``"reset": true``.
     """
     refused = _may_read(request, room)
     if refused is not None:
@@ -127,6 +130,7 @@ async def _history(request: HttpRequest, room: str) -> HttpResponse:
     try:
         since = _int_param(request, "since", 0, 0, 10**18)
         limit = _int_param(request, "limit", 100, 1, CONFIG.history_max)
+        ts = None if request.GET.get("ts") is None else _int_param(request, "ts", 0, 0, MAX_TS)
         epoch = request.GET.get("epoch")
         if epoch is not None and not 0 < len(epoch) <= MAX_EPOCH_CHARS:
             raise FrameError("bad_epoch", f"'epoch' must be 1 to {MAX_EPOCH_CHARS} characters")
@@ -137,8 +141,13 @@ async def _history(request: HttpRequest, room: str) -> HttpResponse:
         replay = await history.after(room, since, limit)
         # As a WebSocket resume: another epoch, or ids the room never reached in its own.
         reset = (epoch is not None and epoch != replay.state.epoch) or since > replay.state.top
+        state = replay.state
+        if not reset and diverged(ts, tag_at(replay, since)):
+            # The store went back in time and gave ``since`` to another message.
+            state = await history.restart(room, state.epoch)
+            reset = True
         if reset:
-            replay = await history.after(room, replay.state.base, limit)
+            replay = await history.after(room, state.base, limit)
     except HistoryUnavailable:
         return _error(503, "unavailable", "history storage is unavailable")
     state = replay.state

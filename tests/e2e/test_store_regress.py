@@ -142,7 +142,8 @@ async def test_a_resume_with_ts_is_reset_when_the_store_went_back(make_app: Call
             await _post(poster, f"new away {i}")
 
         # Resumed from 13 with the ts of the message it showed as 13: reset, then all history.
-        back = await Client.connect(two.ws_url("away", since=13, epoch=epoch, ts=last["ts"]), wait_ready=False)
+        url = two.ws_url("away", since=13, epoch=epoch, ts=last["ts"])
+        back = await Client.connect(url, wait_ready=False)
         first = await back.recv()
         assert first["type"] == "reset" and first["epoch"] != epoch
         replayed = [m["message"] for m in await back.messages(15)]

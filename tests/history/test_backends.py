@@ -329,3 +329,53 @@ async def test_a_room_read_but_never_written_is_kept_briefly_and_its_first_messa
         await backend.append("ghost", template("first"), None)
         assert client.ttl("chat:{ghost}:meta") > EMPTY_ROOM_TTL
     await backend.close()
+
+
+def tagged(text: str, ts: int):
+    return message_template("r", text, ts, "u")
+
+
+async def test_each_message_names_its_predecessor_by_its_ts(history: History) -> None:
+    first = await history.append("r", tagged("a", 100), None)
+    second = await history.append("r", tagged("b", 200), None)
+    assert (first.prev, second.prev) == (None, 100)
+    state = await history.state("r")
+    assert (state.last_id, state.tip) == (2, 200)
+    assert (await history.states(["r"]))[0] == state
+    replay = await history.after("r", 1, 10)
+    assert (replay.frames[0][0], replay.prev, replay.tag) == (2, 100, 200)
+    latest = await history.latest("r", 2)
+    assert (latest.prev, latest.tag) == (None, 200)
+
+
+async def test_a_message_without_a_ts_leaves_its_successor_untagged(history: History) -> None:
+    from app.protocol import FrameTemplate
+
+    await history.append("r", tagged("a", 100), None)
+    plain = message_template("r", "b", 0, "u")
+    untagged = await history.append("r", FrameTemplate(plain.prefix, plain.suffix), None)
+    after = await history.append("r", tagged("c", 300), None)
+    assert (untagged.prev, after.prev) == (100, None)
+    assert (await history.after("r", 1, 10)).tag == 300
+
+
+async def test_entries_an_older_release_wrote_have_no_tags() -> None:
+    redis = RedisServer().start()
+    backend = RedisHistory((redis.url,), max_len=5, ttl=3600, dedupe_ttl=600)
+    try:
+        await backend.append("r", tagged("new", 100), None)
+        # What the append of a release without tags leaves: seq moved on, no ``tip`` of its
+        # own, an entry with ``f`` only.
+        client = backend._client
+        await client.hincrby("chat:{r}:meta", "seq", 1)
+        await client.xadd("chat:{r}:log", {"f": template("old").with_id(2)}, id="2-0")
+        state = await backend.state("r")
+        assert (state.last_id, state.tip) == (2, None)
+        assert (await backend.states(["r"]))[0] == state
+        replay = await backend.after("r", 1, 10)
+        assert (replay.prev, replay.tag) == (None, None)
+        # The next tagged message cannot name an untagged predecessor.
+        assert (await backend.append("r", tagged("next", 300), None)).prev is None
+    finally:
+        await backend.close()
+        redis.cleanup()

@@ -229,9 +229,12 @@ def test_restart_reconnects_resumes_and_resends_once(
     # First join opens a window on history; every reconnect resumes after the last id shown.
     assert tab.sockets[0] == f"ws://127.0.0.1:{server.port}/ws/chat/ops/?last=50"
     # ... in the epoch it counts in (Redis kept the room: one epoch throughout, no reset).
+    # ... and with the ts of the message it showed as that id (which message the id named).
     [resume] = set(tab.sockets[1:])
     prefix = f"ws://127.0.0.1:{server.port}/ws/chat/ops/?since=1&epoch="
-    assert resume.startswith(prefix) and len(resume) == len(prefix) + 16
+    first_ts = server.get("/api/rooms/ops/messages?since=0")[1]["messages"][0]["ts"]
+    assert resume.startswith(prefix) and resume.endswith(f"&ts={first_ts}")
+    assert len(resume) == len(prefix) + 16 + len(f"&ts={first_ts}")
     assert tab.errors == []
 
 

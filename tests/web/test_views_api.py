@@ -60,6 +60,14 @@ async def test_backend_post_reaches_members_and_history(server: AppServer) -> No
     assert status == 200 and ahead["reset"] is True and ahead["epoch"] == epoch
     assert [m["id"] for m in ahead["messages"]] == [1, 2]
     assert "reset" not in server.get("/api/rooms/news/messages?since=2")[1]
+    # ``ts``: the tag of the message at ``since`` as the client has it. The same: no reset.
+    ts = page["messages"][0]["ts"]
+    assert "reset" not in server.get(f"/api/rooms/news/messages?since=1&ts={ts}")[1]
+    assert server.get("/api/rooms/news/messages?since=1&ts=x")[1]["code"] == "bad_ts"
+    # Another message under that id (the store went back in time): a new epoch, from its start.
+    status, other = server.get(f"/api/rooms/news/messages?since=1&ts={ts + 1}")
+    assert status == 200 and other["reset"] is True and other["epoch"] != epoch
+    assert [m["id"] for m in other["messages"]] == [1, 2]
 
 
 def test_post_needs_the_right_token(server: AppServer) -> None:

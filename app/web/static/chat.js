@@ -74,6 +74,7 @@
       this.state = "offline";
       this.lastId = 0; // newest message id shown: resume point and duplicate filter
       this.epoch = null; // the room's epoch lastId counts in (from `ready` / `reset`)
+      this.lastTs = null; // `ts` of the message shown as lastId: which message that id named
       this.resuming = false; // true once the room was joined: reconnects use ?since=
       this.attempt = 0; // failures since the last `ready`: the backoff exponent
       this.outbox = []; // unacknowledged sends, oldest first
@@ -170,6 +171,9 @@
         : { last: String(this.options.historyWindow) };
       // Ids count within an epoch: resuming in another one gets a `reset`, never a skip.
       if (query.since !== undefined && this.epoch !== null) query.epoch = this.epoch;
+      // And which message that id named: a store that went back in time and gave the id to
+      // another message answers with a `reset` too, not with what follows the other one.
+      if (query.since !== undefined && this.lastTs !== null) query.ts = String(this.lastTs);
       if (this.token) query.token = this.token;
       const ws = new WebSocket(roomUrl(this.room, query));
       this.ws = ws;
@@ -392,6 +396,7 @@
     reset(frame) {
       this.epoch = frame.epoch;
       this.lastId = frame.last_id;
+      this.lastTs = null;
       this.emit("onReset", frame);
     }
 
@@ -399,6 +404,7 @@
       // Exactly once, in id order: anything at or below what we showed is a repeat.
       if (typeof frame.id !== "number" || frame.id <= this.lastId) return;
       this.lastId = frame.id;
+      this.lastTs = Number.isSafeInteger(frame.ts) ? frame.ts : null;
       const item = this.outbox.find((entry) => entry.clientId === frame.client_id);
       if (item !== undefined && item !== this.inflight) {
         // Ours, stored before a disconnect ate the ack: delivered, so never resend it.
