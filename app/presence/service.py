@@ -77,6 +77,7 @@ class Presence:
                         if isinstance(layer, GroupTap) else None)
         self._tapped = False  # the tap is per event loop: set on the first join
         self._asked: set[str] = set()  # rooms whose repair snapshot goes in the next batch
+        self._owed: set[str] = set()  # rooms with a joiner whose snapshot failed: asked next tick
         self._ops: dict[str, dict[str, bool]] = {}  # room -> user -> held (the last word wins)
         self._waiters: dict[str, list[asyncio.Future[Snapshot]]] = {}
         self._scheduled = False
@@ -188,6 +189,9 @@ class Presence:
             if self.repairs is not None:
                 for room in asked:
                     self.repairs.failed(room)
+                # Their joiners got no snapshot. The room's chain may be whole all the same
+                # (another member here had one), so nothing else would ever send them one.
+                self._owed.update(waiters)
             return
         self._entered(changes)
         self._batch_done()
@@ -272,8 +276,9 @@ class Presence:
             await self._announce(room, announcement)
         if self.repairs is not None:
             due = self.repairs.due(time.monotonic())
-            if due:
-                self._asked.update(due)
+            owed, self._owed = self._owed, set()
+            if due or owed:
+                self._asked.update(due, owed)
                 self._schedule()
         stale = [room for room, (read, _) in self._names.items() if now - read >= NAMES_MAX_AGE]
         for room in stale:

@@ -6,7 +6,10 @@ import asyncio
 import json
 import time
 
+import pytest
+
 from app.layers.local import LocalChannelLayer
+from app.presence.base import PresenceUnavailable
 from app.presence.redis import RedisPresence
 from app.presence.service import Presence
 from app.redis_clients import redis_client
@@ -74,3 +77,29 @@ async def test_members_here_get_the_room_again_when_its_announcements_never_reac
         runner.cancel()
         await here.close()
         await there.close()
+
+
+async def test_a_member_whose_snapshot_failed_gets_the_room_once_the_store_answers(
+    redis_server: RedisServer,
+) -> None:
+    # Bob's snapshot started the room's chain; Alice joined while the store refused writes, so
+    # hers failed. Her join, announced once the store is back, closes the chain, so no loss shows:
+    # without a repair owed to her she never got a list at all.
+    layer = LocalChannelLayer()
+    presence = Presence(RedisPresence(redis_client(redis_server.url), grace=1, hold=1.4), layer,
+                        grace=1, repair_delay=0.2)
+    listener = await layer.new_channel()
+    await layer.group_add(group_name("lobby"), listener)
+    runner = asyncio.ensure_future(presence.run())
+    try:
+        await asyncio.wait_for(presence.enter("lobby", "bob"), 5)
+        redis_server.cli("CONFIG", "SET", "maxmemory", "1")  # full: every step refused, data kept
+        with pytest.raises(PresenceUnavailable):
+            await asyncio.wait_for(presence.enter("lobby", "alice"), 10)
+        redis_server.cli("CONFIG", "SET", "maxmemory", "0")
+        repair = await next_event(layer, listener, "presence.repair")
+        frame = json.loads(str(repair["frame"]))
+        assert {m["user"] for m in frame["members"]} == {"alice", "bob"}
+    finally:
+        runner.cancel()
+        await presence.close()
