@@ -482,7 +482,7 @@ class ChatConsumer(SerialConsumer):
     # -- presence and typing -------------------------------------------------------------
 
     def _enter_presence(self) -> asyncio.Future[Snapshot] | None:
-        """Count this socket in the room's presence; the future is its ``presence`` frame."""
+        """Count this socket in the room's presence; the future is its ``presence`` snapshot."""
         presence = self.services.presence
         if presence is None:
             return None
@@ -494,7 +494,7 @@ class ChatConsumer(SerialConsumer):
         busy store never delays it); without it when presence storage is unavailable."""
         try:
             snapshot = await entering
-        except Exception as exc:  # the socket works without presence; a repair sends it later
+        except Exception as exc:  # the socket works without presence; a repair sends it once the store answers
             logger.warning("no presence frame for %s: %s", self.room, exc)
             return
         self.presence_version = snapshot.version

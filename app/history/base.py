@@ -176,7 +176,8 @@ class History(abc.ABC):
 
     @abc.abstractmethod
     async def ping(self) -> None:
-        """Raise HistoryUnavailable unless the store answers."""
+        """Raise HistoryUnavailable unless the store would take an append now (Redis: it runs a
+        script that writes)."""
 
     async def setup_warnings(self) -> list[str]:
         """What the operator should change in the store's setup, read once after ready

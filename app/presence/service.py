@@ -95,7 +95,8 @@ class Presence:
     # -- sockets -------------------------------------------------------------------------
 
     def enter(self, room: str, user: str) -> asyncio.Future[Snapshot]:
-        """Count a socket of ``user`` in ``room``; the future is its ``presence`` frame."""
+        """Count a socket of ``user`` in ``room``; the future is its ``presence`` snapshot (the
+        frame and the version it shows)."""
         if self.local.attach(room, user):
             self._ops.setdefault(room, {})[user] = True
             self._entering.add((room, user))

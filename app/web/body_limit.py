@@ -6,7 +6,7 @@ any view runs, and over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` answers an HTML 400; and
 for any path and method, before the view checked who was asking, so 1,000 strangers could
 make the process hold 256 KB each. In front of it, ``BodyLimit`` asks a ``Rule`` what this
 request may send: a refusal (401, 403, …) is answered at once, unread; a limit of 0 (every
-request but a post) refuses any body (413 ``body_not_allowed``); a declared
+request but a POST to ``/api/rooms/<room>/messages``) refuses any body (413 ``body_not_allowed``); a declared
 ``Content-Length`` over the limit is refused unread, a streamed body read up to the limit at
 most (413 ``body_too_large``), and what was read is handed to Django as one message.
 """
