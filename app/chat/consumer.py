@@ -494,7 +494,7 @@ class ChatConsumer(SerialConsumer):
         busy store never delays it); without it when presence storage is unavailable."""
         try:
             snapshot = await entering
-        except Exception as exc:  # the socket works without presence; a repair sends it once the store answers
+        except Exception as exc:  # works without presence; a repair sends it once the store answers
             logger.warning("no presence frame for %s: %s", self.room, exc)
             return
         self.presence_version = snapshot.version
