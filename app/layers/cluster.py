@@ -37,7 +37,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.layers.api import Direct, Receive, Tap
-from app.layers.fanout import fan_out, tap
+from app.layers.fanout import fan_out
 from app.layers.mailbox import Mailbox
 from app.layers.publisher import ShardPublisher
 from app.redis_clients import cluster_client
@@ -322,10 +322,7 @@ class _LoopLayer:
         """Deliver ``message`` to this loop's members of ``group`` (after its tap, if any)."""
         members = self.groups.get(group)
         if members:
-            hook = self.taps.get(message.get("type", "")) if self.taps else None
-            if hook is not None:
-                tap(hook, message)
-            fan_out(members, message, self.channels, self.direct, self._open)
+            fan_out(members, message, self.channels, self.direct, self._open, self.taps)
 
     def _forget(self, name: bytes) -> None:
         """Unsubscribe a channel no group here wants any more but the shard still sends: its

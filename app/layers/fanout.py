@@ -27,9 +27,15 @@ def fan_out(
     queues: Mapping[str, Mailbox],
     direct: Mapping[str, Direct],
     open_inbox: Callable[[str], Mailbox],
+    taps: Mapping[str, Tap] | None = None,
 ) -> None:
     """Deliver ``message`` to every member: directly where it can, else to its mailbox
-    (``open_inbox`` makes one for a member that has none yet)."""
+    (``open_inbox`` makes one for a member that has none yet); first to the tap for its
+    type in ``taps``, if any (``GroupTap``), once for all of them."""
+    if taps:
+        hook = taps.get(message.get("type", ""))
+        if hook is not None:
+            tap(hook, message)
     for channel in members:
         queue = queues.get(channel)
         if queue is None or queue.empty():  # nothing queued for it that this could overtake

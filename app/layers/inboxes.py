@@ -27,7 +27,7 @@ from collections.abc import Callable
 from time import monotonic
 
 from app.layers.api import Direct, Message, Tap
-from app.layers.fanout import fan_out, tap
+from app.layers.fanout import fan_out
 from app.layers.mailbox import Mailbox
 
 
@@ -102,10 +102,7 @@ class Inboxes:
         after the tap for its type, if any, has seen it."""
         members = self.groups.get(group)
         if members:
-            hook = self.taps.get(message.get("type", "")) if self.taps else None
-            if hook is not None:
-                tap(hook, message)
-            fan_out(members, message, self.channels, self.direct, self.open)
+            fan_out(members, message, self.channels, self.direct, self.open, self.taps)
 
     def register_direct(self, channel: str, deliver: Direct) -> None:
         self.direct[channel] = deliver

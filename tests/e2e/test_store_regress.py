@@ -58,6 +58,18 @@ async def _shown_after_reset(client: Client, texts: set[str]) -> list[dict[str, 
             frames.append(frame)
 
 
+async def _snapshot_at_ten(main: RedisServer, side: RedisServer, client: Client, prefix: str) -> Path:
+    """Post 1..10, keep a snapshot of the store then, and post 11..13 after it."""
+    for i in range(1, 11):
+        await _post(client, f"{prefix} {i}")
+    await _save(main.url)
+    snapshot = Path(side.dir) / "snapshot.rdb"
+    shutil.copy(Path(main.dir) / "dump.rdb", snapshot)
+    for i in range(11, 14):
+        await _post(client, f"{prefix} {i}")
+    return snapshot
+
+
 async def _back_to_snapshot(main: RedisServer, side: RedisServer, snapshot: Path, room: str | None) -> None:
     """Restart ``main`` on ``snapshot`` (ids up to 10). With ``room``, another process has given
     11..13 of it to new messages before ours reconnect: they find their members level with
@@ -88,13 +100,7 @@ async def test_members_on_two_processes_get_every_acked_message_after_the_store_
         one, two = make_app(env=env), make_app(env=env)
         members = [await Client.connect(one.ws_url("live")), await Client.connect(two.ws_url("live"))]
         sender = await Client.connect(one.ws_url("live"))
-        for i in range(1, 11):
-            await _post(sender, f"live {i}")
-        await _save(main.url)
-        snapshot = Path(side.dir) / "snapshot.rdb"
-        shutil.copy(Path(main.dir) / "dump.rdb", snapshot)
-        for i in range(11, 14):
-            await _post(sender, f"live {i}")
+        snapshot = await _snapshot_at_ten(main, side, sender, "live")
         for member in members:
             assert [m["id"] for m in await member.messages(13)] == list(range(1, 14))
 
@@ -123,13 +129,7 @@ async def test_a_resume_with_ts_is_reset_when_the_store_went_back(make_app: Call
         env = {"REDIS_URL": main.url, "CHAT_HISTORY_MAX": str(HISTORY_MAX)}
         one, two = make_app(env=env), make_app(env=env)
         away = await Client.connect(two.ws_url("away"))
-        for i in range(1, 11):
-            await _post(away, f"away {i}")
-        await _save(main.url)
-        snapshot = Path(side.dir) / "snapshot.rdb"
-        shutil.copy(Path(main.dir) / "dump.rdb", snapshot)
-        for i in range(11, 14):
-            await _post(away, f"away {i}")
+        snapshot = await _snapshot_at_ten(main, side, away, "away")
         [*_, last] = await away.messages(13)
         assert last["id"] == 13 and away.ready is not None
         epoch = away.ready["epoch"]
