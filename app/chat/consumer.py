@@ -191,13 +191,13 @@ class ChatConsumer(SerialConsumer):
             # from a past the store lost): reset, and replay the epoch from its start.
             # (Ids given but not shown yet count as the room's: a client can hold one whose
             # note that it is shown a failover lost.)
-            reset = (params.epoch is not None and params.epoch != state.epoch) or since > state.top
-            if not reset and diverged(params.ts, tag_at(replay, since)):
-                # History holds another message under ``since`` than the client showed: the
-                # store went back in time and gave its ids again. A new epoch, from the oldest
-                # entry held, as for a live member that finds it (``_diverged``).
-                state = await self.history.restart_shared(self.room, state.epoch)
-                reset = True
+            # Or history holds another message under ``since`` than the client says it showed
+            # (the store went back in time and gave its ids again): this client alone is reset
+            # and sent the epoch from its start. Never the room, on a client's word: any client
+            # could then reset everyone at will. Live members the store misled find it from
+            # what the server itself sent them (``_diverged``).
+            reset = ((params.epoch is not None and params.epoch != state.epoch) or since > state.top
+                     or diverged(params.ts, tag_at(replay, since)))
             if reset:
                 since = state.base
                 replay = await self.history.after(self.room, since, CONFIG.history_max)

@@ -140,12 +140,11 @@ async def _history(request: HttpRequest, room: str) -> HttpResponse:
     try:
         replay = await history.after(room, since, limit)
         # As a WebSocket resume: another epoch, or ids the room never reached in its own.
-        reset = (epoch is not None and epoch != replay.state.epoch) or since > replay.state.top
+        # Or another message under ``since`` than the reader says (the store went back in
+        # time): this answer starts the epoch over; a read never restarts the room.
         state = replay.state
-        if not reset and diverged(ts, tag_at(replay, since)):
-            # The store went back in time and gave ``since`` to another message.
-            state = await history.restart(room, state.epoch)
-            reset = True
+        reset = ((epoch is not None and epoch != state.epoch) or since > state.top
+                 or diverged(ts, tag_at(replay, since)))
         if reset:
             replay = await history.after(room, state.base, limit)
     except HistoryUnavailable:

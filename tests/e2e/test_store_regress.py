@@ -141,14 +141,42 @@ async def test_a_resume_with_ts_is_reset_when_the_store_went_back(make_app: Call
         for i in range(11, 16):
             await _post(poster, f"new away {i}")
 
-        # Resumed from 13 with the ts of the message it showed as 13: reset, then all history.
+        # Resumed from 13 with the ts of the message it showed as 13: reset, then all history
+        # (in the room's epoch: a client's word resets that client alone).
         url = two.ws_url("away", since=13, epoch=epoch, ts=last["ts"])
         back = await Client.connect(url, wait_ready=False)
         first = await back.recv()
-        assert first["type"] == "reset" and first["epoch"] != epoch
+        assert first["type"] == "reset" and first["last_id"] == 0
         replayed = [m["message"] for m in await back.messages(15)]
         assert replayed == [f"away {i}" for i in range(1, 11)] + [f"new away {i}" for i in range(11, 16)]
         assert (await back.recv_type("ready"))["epoch"] == first["epoch"]
     finally:
         side.cleanup()
         main.cleanup()
+
+
+async def test_a_resume_with_a_wrong_ts_resets_that_client_alone(make_app: Callable[..., AppServer]) -> None:
+    # A client's word is not evidence: a forged ts restarted the room, so one client (or one
+    # unauthenticated GET) could send every member a reset and the whole history at will.
+    redis = RedisServer().start()
+    try:
+        server = make_app(env={"REDIS_URL": redis.url})
+        member = await Client.connect(server.ws_url("calm"))
+        for i in range(1, 4):
+            await _post(member, f"calm {i}")
+        await member.messages(3)
+        epoch = member.ready["epoch"]
+        liar = await Client.connect(server.ws_url("calm", since=2, epoch=epoch, ts=1), wait_ready=False)
+        first = await liar.recv()
+        assert first == {"type": "reset", "room": "calm", "epoch": epoch, "last_id": 0}
+        assert [m["id"] for m in await liar.messages(3)] == [1, 2, 3]
+        assert (await liar.recv_type("ready"))["epoch"] == epoch
+        status, page = server.get("/api/rooms/calm/messages?since=2&ts=1")
+        assert status == 200 and page["reset"] is True and page["epoch"] == epoch
+        # The member hears nothing of it: the next thing it gets is the next message.
+        await _post(liar, "calm 4")
+        assert [(f["type"], f.get("id")) for f in [await member.recv()]] == [("message", 4)]
+        await liar.close()
+        await member.close()
+    finally:
+        redis.cleanup()
