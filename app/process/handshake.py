@@ -442,9 +442,12 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if not self.handshake_initiated and self.conn.handshake_exc is not None:
-            # websockets rejected the request itself (414 or 431) and queued its answer.
+            # websockets rejected the request itself (414 or 431) and queued its answer; for a
+            # request it cannot read at all (a handshake with a body) it queues none: a 400,
+            # not a connection closed without a word.
             _count("handshake_rejected", self.client)
-            self.transport.write(b"".join(self.conn.data_to_send()))
+            queued = b"".join(self.conn.data_to_send())
+            self.transport.write(queued or _response(400, b"not a WebSocket handshake\n"))
             self.handshake_complete = self.close_sent = True
             self.transport.close()
 

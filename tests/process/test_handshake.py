@@ -150,6 +150,14 @@ async def test_big_websocket_headers_get_431(guarded: AppServer, size: int) -> N
     assert answer.startswith(b"HTTP/1.1 431")
 
 
+async def test_a_websocket_handshake_with_a_body_gets_400(guarded: AppServer) -> None:
+    # websockets refuses a handshake with a body and queues no answer: the connection was
+    # closed without a word (a hostile probe).
+    request = b"GET /ws/chat/lobby/ HTTP/1.1\r\n" + UPGRADE + b"Content-Length: 1\r\n\r\nx"
+    answer = await _response(guarded, request)
+    assert answer.startswith(b"HTTP/1.1 400")
+
+
 async def test_big_http_headers_get_431(guarded: AppServer) -> None:
     headers = b"".join(b"X-H%d: %s\r\n" % (i, b"a" * 1000) for i in range(40))
     answer = await _response(guarded, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
