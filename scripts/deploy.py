@@ -117,6 +117,15 @@ def signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
+def _route(runtime: Runtime, color: str) -> str:
+    """Route Traefik to ``color`` and record it as the active colour; ``color``. Callers hold
+    the stop signals around it and the assignment of what it returns, so an interrupt never
+    falls between the switch and what the deploy reports as routed."""
+    runtime.switch(color)
+    runtime.record_active(color)
+    return color
+
+
 def _listed(dead: dict[str, str]) -> str:
     """``runtime.dead``'s answer as a phrase: each process and how it ended."""
     return "; ".join(f"{name} {how}" for name, how in dead.items())
@@ -148,16 +157,11 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
         ready = time.monotonic()
 
         with signals_held():
-            runtime.switch(color)
-            runtime.record_active(color)
-            switched_to = color
+            switched_to = _route(runtime, color)
         routed = _await(lambda: runtime.routed_color() == color, confirm_timeout)
         if not routed:
             with signals_held():
-                if old is not None:
-                    runtime.switch(old)
-                    runtime.record_active(old)
-                switched_to = old
+                switched_to = old if old is None else _route(runtime, old)
             runtime.abandon(color)
             raise DeployError(f"Traefik did not route to {color} within {confirm_timeout:.0f}s; "
                               f"switched back, {old_now}")
@@ -168,9 +172,7 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
         lost = runtime.dead(color) if old_answered else {}
         if lost and old is not None:
             with signals_held():
-                runtime.switch(old)
-                runtime.record_active(old)
-                switched_to = old
+                switched_to = _route(runtime, old)
             runtime.abandon(color)
             raise DeployError(f"{color} lost processes after it was ready ({_listed(lost)}); switched back "
                               f"before draining anything, {old_now}")

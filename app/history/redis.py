@@ -488,10 +488,10 @@ class RedisHistory(History):
         # again). A Redis that does not let us ask (CONFIG renamed, as managed services do)
         # is taken on trust.
         try:
-            found = await self._client.config_get("maxmemory-policy")
+            found = dict(await self._client.config_get("maxmemory-policy"))
         except FAILURES:
             return []
-        policy = _decoded(dict(found).get(b"maxmemory-policy", dict(found).get("maxmemory-policy")))
+        policy = _decoded(found.get(b"maxmemory-policy", found.get("maxmemory-policy")))
         if policy in (None, "noeviction"):
             return []
         return [f"Redis maxmemory-policy is {policy}: when full, Redis may evict Parley's keys "
@@ -569,12 +569,16 @@ def _raw_replay(room: str, entries: list[Any], missing: tuple[int, int] | None, 
 
 
 def _field(entry: Any, name: bytes) -> int | None:
-    """A tag field of an entry as a script returns it (``[id, [field, value, ...]]``), without
-    building the entry's dict: only the first and last entries of a replay are looked at."""
-    fields = entry[1]
+    """A tag field of an entry as a script returns it (``[id, [field, value, ...]]``)."""
+    return _tag(_value(entry[1], name))
+
+
+def _value(fields: list[Any], name: bytes) -> Any:
+    """The value of field ``name`` in an entry's flat ``[field, value, ...]`` list (None when
+    it has none), found without building the entry's dict."""
     for index in range(0, len(fields) - 1, 2):
         if fields[index] == name:
-            return _tag(fields[index + 1])
+            return fields[index + 1]
     return None
 
 
@@ -588,7 +592,7 @@ def _raw_frames(room: str, entries: list[Any]) -> list[tuple[int, str]]:
     frames = []
     for raw_id, fields in entries:
         entry_id = _entry_id(raw_id)
-        found = dict(zip(fields[::2], fields[1::2], strict=False)).get(b"f")
+        found = _value(fields, b"f")
         if isinstance(found, bytes):
             frames.append((entry_id, found.decode("utf-8", "replace")))
         else:

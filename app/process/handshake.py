@@ -145,6 +145,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._unsent = self.transport.get_write_buffer_size()
             self._stall = self.loop.call_later(self.send_timeout, self._check_unsent)
 
+    def _unwatch(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
     def _check_unsent(self) -> None:
         self._stall = None
         unsent = self.transport.get_write_buffer_size()
@@ -164,9 +169,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
+        self._unwatch()
 
     def _refuse(self, status: int) -> None:
         self._disarm()
@@ -183,9 +186,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
+        self._unwatch()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:

@@ -24,8 +24,11 @@ def test_a_rooms_channel_shares_the_slot_of_its_history_keys() -> None:
 
 
 
-@pytest.fixture
-async def layers(cluster: RedisClusterServers) -> AsyncIterator[tuple[ClusterLayer, ClusterLayer]]:
+Pair = tuple[ClusterLayer, ClusterLayer]
+
+
+async def two_layers(cluster: RedisClusterServers) -> AsyncIterator[Pair]:
+    """Two layers (two processes' worth) on ``cluster``, flushed after."""
     seeds = parse_redis_url(cluster.url).urls
     one, two = ClusterLayer(hosts=seeds), ClusterLayer(hosts=seeds)
     yield one, two
@@ -33,10 +36,43 @@ async def layers(cluster: RedisClusterServers) -> AsyncIterator[tuple[ClusterLay
     await two.flush()
 
 
-def shard_subscribers(cluster: RedisClusterServers, group: str) -> int:
+@pytest.fixture
+async def layers(cluster: RedisClusterServers) -> AsyncIterator[tuple[ClusterLayer, ClusterLayer]]:
+    async for pair in two_layers(cluster):
+        yield pair
+
+
+@pytest.fixture
+async def fresh_layers(redis_cluster: RedisClusterServers) -> AsyncIterator[Pair]:
+    """``layers`` on a cluster of their own, for tests that kill its nodes."""
+    async for pair in two_layers(redis_cluster):
+        yield pair
+
+
+def sharded(cluster: RedisClusterServers, group: str) -> tuple[str, int]:
+    """``group``'s sharded channel and the port of its master now."""
     name = shard_channel("parley", group)
     port = cluster.master_of(name)
     assert port is not None
+    return name, port
+
+
+def a_room(cluster: RedisClusterServers, prefix: str, on: int | None, same: bool) -> str:
+    """A room named ``<prefix><n>`` whose master is ``on`` (``same``), or is not."""
+    return next(f"{prefix}{i}" for i in range(1000)
+                if (cluster.master_of(shard_channel("parley", f"{prefix}{i}")) == on) == same)
+
+
+async def promoted(cluster: RedisClusterServers, name: str, old: int) -> None:
+    """Wait until a replica has taken over ``name``'s slot from the killed master ``old``."""
+    await asyncio.to_thread(
+        wait_until, lambda: cluster.master_of(name) not in (None, old) and cluster.serving(),
+        30, "the replica to be promoted", 0.1,
+    )
+
+
+def shard_subscribers(cluster: RedisClusterServers, group: str) -> int:
+    name, port = sharded(cluster, group)
     return int(cluster._cli(port, "PUBSUB", "SHARDNUMSUB", name).split()[-1])
 
 
@@ -120,8 +156,7 @@ async def test_a_moved_reply_on_a_healthy_subscription_connection_holds_up_nothi
     member = await one.new_channel()
     await one.group_add("chat.steady", member)
     here = cluster.master_of(shard_channel("parley", "chat.steady"))
-    elsewhere = next(f"chat.elsewhere{i}" for i in range(1000)
-                     if cluster.master_of(shard_channel("parley", f"chat.elsewhere{i}")) != here)
+    elsewhere = a_room(cluster, "chat.elsewhere", here, same=False)
     node_pubsub = next(pubsub for name, pubsub in one._get_layer().pubsub.node_pubsub_mapping.items()
                        if name.endswith(f":{here}"))
     with caplog.at_level(logging.WARNING, logger="parley"):
@@ -138,14 +173,9 @@ async def test_subscriptions_follow_a_failover_to_the_promoted_replica(
     one, two = layers
     member = await one.new_channel()
     await one.group_add("chat.survivor", member)
-    name = shard_channel("parley", "chat.survivor")
-    old = cluster.master_of(name)
-    assert old is not None
+    name, old = sharded(cluster, "chat.survivor")
     cluster.kill(old)
-    await asyncio.to_thread(
-        wait_until, lambda: cluster.master_of(name) not in (None, old) and cluster.serving(),
-        30, "the replica to be promoted", 0.1,
-    )
+    await promoted(cluster, name, old)
     # The layer moves its SSUBSCRIBE to the new master by itself, without a new group_add.
     await asyncio.to_thread(wait_until, lambda: shard_subscribers(cluster, "chat.survivor") == 1,
                             15, "the subscription to move to the promoted replica", 0.05)
@@ -154,94 +184,72 @@ async def test_subscriptions_follow_a_failover_to_the_promoted_replica(
 
 
 async def test_a_room_left_while_its_master_is_down_is_not_kept_after_the_failover(
-    redis_cluster: RedisClusterServers,
+    redis_cluster: RedisClusterServers, fresh_layers: Pair,
 ) -> None:
     # The last member leaves while the shard has no master: the SUNSUBSCRIBE cannot reach it,
     # and redis-py moves what it still holds to the promoted replica. The process must not
     # stay subscribed to a room it has nobody in (receiving, and dropping, its every message).
-    seeds = parse_redis_url(redis_cluster.url).urls
-    one, two = ClusterLayer(hosts=seeds), ClusterLayer(hosts=seeds)
-    try:
-        name = shard_channel("parley", "chat.deserted")
-        old = redis_cluster.master_of(name)
-        assert old is not None
-        # A room on the same master that keeps its member: once it is subscribed on the
-        # promoted replica, the subscriptions have been moved.
-        kept = next(f"chat.kept{i}" for i in range(1000)
-                    if redis_cluster.master_of(shard_channel("parley", f"chat.kept{i}")) == old)
-        leaving, staying = await one.new_channel(), await one.new_channel()
-        await one.group_add("chat.deserted", leaving)
-        await one.group_add(kept, staying)
-        redis_cluster.kill(old)
-        await one.group_discard("chat.deserted", leaving)
-        await asyncio.to_thread(
-            wait_until, lambda: redis_cluster.master_of(name) not in (None, old) and redis_cluster.serving(),
-            30, "the replica to be promoted", 0.1,
-        )
-        await asyncio.to_thread(wait_until, lambda: shard_subscribers(redis_cluster, kept) == 1,
-                                15, "the kept room to be subscribed on the promoted replica", 0.05)
-        loop = asyncio.get_running_loop()
+    one, two = fresh_layers
+    name, old = sharded(redis_cluster, "chat.deserted")
+    # A room on the same master that keeps its member: once it is subscribed on the
+    # promoted replica, the subscriptions have been moved.
+    kept = a_room(redis_cluster, "chat.kept", old, same=True)
+    leaving, staying = await one.new_channel(), await one.new_channel()
+    await one.group_add("chat.deserted", leaving)
+    await one.group_add(kept, staying)
+    redis_cluster.kill(old)
+    await one.group_discard("chat.deserted", leaving)
+    await promoted(redis_cluster, name, old)
+    await asyncio.to_thread(wait_until, lambda: shard_subscribers(redis_cluster, kept) == 1,
+                            15, "the kept room to be subscribed on the promoted replica", 0.05)
+    loop = asyncio.get_running_loop()
 
-        def dropped() -> bool:
-            # A message to the room finds the leftover subscription, if any; then it must go.
-            asyncio.run_coroutine_threadsafe(two.group_send("chat.deserted", {"type": "x"}), loop).result(5)
-            return shard_subscribers(redis_cluster, "chat.deserted") == 0
+    def dropped() -> bool:
+        # A message to the room finds the leftover subscription, if any; then it must go.
+        asyncio.run_coroutine_threadsafe(two.group_send("chat.deserted", {"type": "x"}), loop).result(5)
+        return shard_subscribers(redis_cluster, "chat.deserted") == 0
 
-        await asyncio.to_thread(wait_until, dropped, 15, "the deserted room's subscription to go", 0.2)
-        await two.group_send(kept, {"type": "chat.message", "id": 1})
-        assert await asyncio.wait_for(one.receive(staying), 5) == {"type": "chat.message", "id": 1}
-    finally:
-        await one.flush()
-        await two.flush()
+    await asyncio.to_thread(wait_until, dropped, 15, "the deserted room's subscription to go", 0.2)
+    await two.group_send(kept, {"type": "chat.message", "id": 1})
+    assert await asyncio.wait_for(one.receive(staying), 5) == {"type": "chat.message", "id": 1}
 
 
 async def test_a_room_first_joined_after_its_master_failed_over_is_joined_on_the_promoted_replica(
-    redis_cluster: RedisClusterServers,
+    redis_cluster: RedisClusterServers, fresh_layers: Pair,
 ) -> None:
     # Nobody here is in the room when its master dies, so no reader holds a connection there
     # to notice the failover and refresh the slot map, and redis-py does not refresh it when
     # an SSUBSCRIBE cannot connect: every join went on to the dead node and was refused,
     # long after the replica had taken over.
-    seeds = parse_redis_url(redis_cluster.url).urls
-    one, two = ClusterLayer(hosts=seeds), ClusterLayer(hosts=seeds)
-    try:
-        name = shard_channel("parley", "chat.latecomer")
-        old = redis_cluster.master_of(name)
-        assert old is not None
-        # The layer has its slot map, and a member in a room on another master only; and no
-        # idle connection to ``old`` (its default node, slot 0's master, got one at start):
-        # a refused SSUBSCRIBE on one would break a subscription whose reader then
-        # refreshes the map, which hides the fault by luck.
-        assert redis_cluster.master_of_slot(0) != old
-        elsewhere = next(f"chat.elsewhere{i}" for i in range(1000)
-                         if redis_cluster.master_of(shard_channel("parley", f"chat.elsewhere{i}")) != old)
-        await one.group_add(elsewhere, await one.new_channel())
-        member = await one.new_channel()
-        redis_cluster.kill(old)
-        try:  # a join while the slot has no master: refused (how soon does not matter here)
-            await asyncio.wait_for(one.group_add("chat.latecomer", member), 10)
-        except Exception:  # noqa: BLE001
-            pass
-        await asyncio.to_thread(
-            wait_until, lambda: redis_cluster.master_of(name) not in (None, old) and redis_cluster.serving(),
-            30, "the replica to be promoted", 0.1,
-        )
-        loop = asyncio.get_running_loop()
+    one, two = fresh_layers
+    name, old = sharded(redis_cluster, "chat.latecomer")
+    # The layer has its slot map, and a member in a room on another master only; and no
+    # idle connection to ``old`` (its default node, slot 0's master, got one at start):
+    # a refused SSUBSCRIBE on one would break a subscription whose reader then
+    # refreshes the map, which hides the fault by luck.
+    assert redis_cluster.master_of_slot(0) != old
+    elsewhere = a_room(redis_cluster, "chat.elsewhere", old, same=False)
+    await one.group_add(elsewhere, await one.new_channel())
+    member = await one.new_channel()
+    redis_cluster.kill(old)
+    try:  # a join while the slot has no master: refused (how soon does not matter here)
+        await asyncio.wait_for(one.group_add("chat.latecomer", member), 10)
+    except Exception:  # noqa: BLE001
+        pass
+    await promoted(redis_cluster, name, old)
+    loop = asyncio.get_running_loop()
 
-        def joins() -> bool:
-            try:
-                asyncio.run_coroutine_threadsafe(one.group_add("chat.latecomer", member), loop).result(10)
-            except Exception:  # noqa: BLE001  (refused: poll again)
-                return False
-            return True
+    def joins() -> bool:
+        try:
+            asyncio.run_coroutine_threadsafe(one.group_add("chat.latecomer", member), loop).result(10)
+        except Exception:  # noqa: BLE001  (refused: poll again)
+            return False
+        return True
 
-        await asyncio.to_thread(wait_until, joins, 15, "a join to the room on the promoted replica", 0.1)
-        assert shard_subscribers(redis_cluster, "chat.latecomer") == 1
-        await two.group_send("chat.latecomer", {"type": "chat.message", "id": 1})
-        assert await asyncio.wait_for(one.receive(member), 5) == {"type": "chat.message", "id": 1}
-    finally:
-        await one.flush()
-        await two.flush()
+    await asyncio.to_thread(wait_until, joins, 15, "a join to the room on the promoted replica", 0.1)
+    assert shard_subscribers(redis_cluster, "chat.latecomer") == 1
+    await two.group_send("chat.latecomer", {"type": "chat.message", "id": 1})
+    assert await asyncio.wait_for(one.receive(member), 5) == {"type": "chat.message", "id": 1}
 
 
 async def test_a_tap_sees_what_reaches_this_process_and_fan_out_local_stays_here(
