@@ -15,21 +15,24 @@ import tempfile
 from contextlib import closing
 from pathlib import Path
 
-from tools.net import free_port, wait_until
+from tools.net import ephemeral_range, free_port, wait_until
 
 NODE_TIMEOUT_MS = 1000
 BUS_OFFSET = 10000  # a cluster node also listens on port + 10000 (its cluster bus)
 
 
 def cluster_port() -> int:
-    """A free port whose cluster-bus port (port + 10000) is a free, valid port too."""
+    """A free port whose cluster-bus port (port + 10000) is a free, valid port too, and, like
+    the port, outside the range outgoing connections take their source ports from."""
+    low, high = ephemeral_range()
     while True:
         port = free_port()
-        if port + BUS_OFFSET > 65535:
+        bus = port + BUS_OFFSET
+        if bus > 65535 or low <= bus <= high:
             continue
         with closing(socket.socket()) as probe:
             try:
-                probe.bind(("127.0.0.1", port + BUS_OFFSET))
+                probe.bind(("127.0.0.1", bus))
             except OSError:
                 continue
         return port

@@ -2,20 +2,62 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from contextlib import closing
+from pathlib import Path
+
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LISTEN_FLOOR = 10000  # below this live the well-known and registered services
+_handed_out: set[int] = set()
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out as outgoing connections' source ports (inclusive)."""
+    try:
+        low, high = (int(part) for part in EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return low, high
+
+
+def listen_ports() -> range:
+    """Where :func:`free_port` looks: outside the ephemeral range, where only listeners bind."""
+    low, high = ephemeral_range()
+    if low - LISTEN_FLOOR >= 1000:
+        return range(LISTEN_FLOOR, low)
+    return range(high + 1, 65536)
+
+
+def _bindable(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with closing(socket.socket(family, socket.SOCK_STREAM)) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the kernel's pick)."""
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port nothing listens on right now, never handed out before by this process.
+
+    Not the kernel's pick: that comes from the ephemeral range, which the kernel also hands to
+    every outgoing connection as its source port, so a port found free there could be taken by
+    any client's connect before the server meant for it binds (a stack's second colour binds
+    minutes later). Outside that range only listeners bind.
+    """
+    ports = listen_ports()
+    for _ in range(200):
+        port = random.choice(ports)
+        if port not in _handed_out and _bindable(host, port):
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1} on {host} (200 tries)")
 
 
 def http_get(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
