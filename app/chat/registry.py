@@ -22,6 +22,7 @@ class Member(Protocol):
     room: str
     epoch: str
     last_id: int
+    last_ts: int | None  # the tag of the message ``last_id`` names, as shown (None: unknown)
     sending_since: float  # monotonic start of the send in flight, 0.0 when none
 
     def idle(self) -> bool:

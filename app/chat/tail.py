@@ -15,6 +15,11 @@ gets a new epoch, so nobody silently drops the ids that will be given again. Bot
 member positions noted before the read, so an append between the two is never mistaken for
 either: within an epoch the store's newest id only grows.
 
+A member level with the room is checked by tag too (app/history/lineage.py): one shown the
+room's newest id under another tag than history's saw a message the store lost, and the ids
+given again since were all lost on their way here too (else its own check would have caught
+the first). That is the same evidence as a member ahead: the room gets a new epoch.
+
 "Behind" and "ahead" use different tops: members are nudged only up to the newest id the
 store *shows* (acked on replicas), while ahead means past the newest id it *gave*. Ids given
 and left unshown for a whole tick are confirmed in the background (app/chat/confirms.py).
@@ -24,14 +29,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 
 from app.chat.confirms import Confirms
 from app.chat.registry import Member, Registry
 from app.history import History, RoomState
+from app.history.lineage import diverged
 
 logger = logging.getLogger("parley")
 
-Noted = tuple[Member, str, int]  # a member, its epoch and last id when noted
+Top = tuple[int, set[int | None]]  # the level members' highest id, and their tags for it
+Noted = tuple[Member, str, int, int | None]  # a member, its epoch, last id and its tag when noted
+
+
+def saw_lost(state: RoomState, position: int, tags: Iterable[int | None]) -> bool:
+    """Whether members at ``position`` in the room's epoch, holding it under ``tags``, were
+    shown ids the store lost: past the newest it gave, or its newest under another tag."""
+    return position > state.top or (position == state.last_id and any(diverged(t, state.tip) for t in tags))
 
 
 class TailWatcher:
@@ -50,23 +64,26 @@ class TailWatcher:
         self._settled: set[str] = set()
         self.confirms = Confirms(history)
 
-    def _note(self, rooms: dict[str, list[Member]]) -> tuple[dict[str, int], dict[str, list[Noted]]]:
+    def _note(self, rooms: dict[str, list[Member]]) -> tuple[dict[str, Top], dict[str, list[Noted]]]:
         """Members' positions, per room: the highest among those level with what history
-        held a tick ago, and the others one by one (a tuple per member per tick was most of
-        this loop's cost at 5,000 members)."""
-        tops: dict[str, int] = {}
+        held a tick ago with the tags they hold it under, and the others one by one (a tuple
+        per member per tick was most of this loop's cost at 5,000 members)."""
+        tops: dict[str, Top] = {}
         noted: dict[str, list[Noted]] = {}
         for room, members in rooms.items():
             state = self._held.get(room)
             level_epoch, floor = (state.epoch, state.last_id) if state is not None else (None, 0)
-            top, others = -1, []
+            top, tags, others = -1, set(), []
             for member in members:
                 epoch, last = member.epoch, member.last_id
                 if epoch == level_epoch and last >= floor:
-                    top = max(top, last)
+                    if last > top:
+                        top, tags = last, {member.last_ts}
+                    elif last == top:
+                        tags.add(member.last_ts)
                 else:
-                    others.append((member, epoch, last))
-            tops[room], noted[room] = top, others
+                    others.append((member, epoch, last, member.last_ts))
+            tops[room], noted[room] = (top, tags), others
         return tops, noted
 
     async def tick(self) -> int:
@@ -100,8 +117,9 @@ class TailWatcher:
                 state = await self.history.state(room)
             held_before = self._held.get(room)
             level_epoch = held_before.epoch if held_before is not None else None
-            if (level_epoch == state.epoch and tops[room] > state.top) or any(
-                epoch == state.epoch and last > state.top for _, epoch, last in noted[room]
+            top, tags = tops[room]
+            if (level_epoch == state.epoch and saw_lost(state, top, tags)) or any(
+                epoch == state.epoch and saw_lost(state, last, (ts,)) for _, epoch, last, ts in noted[room]
             ):
                 state = await self.history.restart(room, state.epoch)
             elif state.unshown and state == held_before:
@@ -114,10 +132,10 @@ class TailWatcher:
             candidates = noted[room]
             if held_before is not None and level_epoch != state.epoch:
                 # The room is in another epoch now: the level members are behind it too.
-                apart = {id(member) for member, _, _ in candidates}
-                candidates = candidates + [(member, held_before.epoch, held_before.last_id)
+                apart = {id(member) for member, _, _, _ in candidates}
+                candidates = candidates + [(member, held_before.epoch, held_before.last_id, None)
                                            for member in rooms[room] if id(member) not in apart]
-            for member, epoch, last in candidates:
+            for member, epoch, last, _ in candidates:
                 if epoch != state.epoch:
                     target = state
                 elif held_before is not None and held_before.epoch == epoch and last < held_before.last_id:

@@ -20,6 +20,7 @@ class Member:
     room: str
     last_id: int = 0
     busy: bool = False
+    last_ts: int | None = None
     epoch: str = ""
     nudges: list[int] = field(default_factory=list)
 
@@ -135,3 +136,41 @@ async def test_a_settled_room_is_not_read_member_by_member_until_history_moves()
     assert member.reads > 0
     assert await watcher.tick() == 1
     assert member.nudges == [2]
+
+
+async def test_a_member_level_with_the_room_under_another_tag_gets_the_room_a_new_epoch() -> None:
+    """The store went back in time and gave the member's newest id to another message, and
+    every message since was lost on its way here: no later message will say so."""
+    registry, history, watcher = await setup()
+    await history.append("r", message_template("r", "kept", 1000, "u"), None)
+    state = await history.state("r")
+    assert state.tip is not None
+    misled = Member("r", epoch=state.epoch, last_id=1, last_ts=state.tip + 1)
+    registry.add(misled)
+    assert await watcher.tick() == 1
+    restarted = await history.state("r")
+    assert restarted.epoch != state.epoch and misled.nudges == [restarted.last_id]
+
+
+async def test_members_level_with_the_room_under_its_tag_or_none_are_left_alone() -> None:
+    registry, history, watcher = await setup()
+    await history.append("r", message_template("r", "kept", 1000, "u"), None)
+    state = await history.state("r")
+    registry.add(Member("r", epoch=state.epoch, last_id=1, last_ts=state.tip))
+    registry.add(Member("r", epoch=state.epoch, last_id=1))  # just reset: its tag unknown
+    for _ in range(3):
+        assert await watcher.tick() == 0
+    assert (await history.state("r")).epoch == state.epoch
+
+
+async def test_a_member_first_seen_level_under_another_tag_gets_the_room_a_new_epoch() -> None:
+    # Before the watcher's first read of a room every member is looked at one by one.
+    registry, history, watcher = await setup()
+    await history.append("r", message_template("r", "kept", 1000, "u"), None)
+    await history.append("r", message_template("r", "kept", 1001, "u"), None)
+    state = await history.state("r")
+    assert state.tip is not None
+    registry.add(Member("r", epoch=state.epoch, last_id=2, last_ts=state.tip))
+    registry.add(Member("r", epoch=state.epoch, last_id=2, last_ts=state.tip - 7))
+    assert await watcher.tick() == 2
+    assert (await history.state("r")).epoch != state.epoch

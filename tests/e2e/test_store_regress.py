@@ -122,6 +122,34 @@ async def test_members_on_two_processes_get_every_acked_message_after_the_store_
         main.cleanup()
 
 
+async def test_members_level_with_a_store_that_went_back_are_reset_with_no_message_to_follow(
+    make_app: Callable[..., AppServer],
+) -> None:
+    # The ids given again (11..13) were all lost on their way to both processes, and nobody
+    # posts after them: no message will arrive to carry the mismatch. The tail watcher's read
+    # finds members at the room's newest id under another message's tag.
+    main = RedisServer().start()
+    side = RedisServer()
+    try:
+        env = {"REDIS_URL": main.url, "CHAT_HISTORY_MAX": str(HISTORY_MAX)}
+        one, two = make_app(env=env), make_app(env=env)
+        members = [await Client.connect(one.ws_url("quiet")), await Client.connect(two.ws_url("quiet"))]
+        snapshot = await _snapshot_at_ten(main, side, members[0], "quiet")
+        for member in members:
+            assert [m["id"] for m in await member.messages(13)] == list(range(1, 14))
+
+        await _back_to_snapshot(main, side, snapshot, "quiet")
+        given_again = {f"new quiet {i}" for i in range(11, 14)}
+        for member in members:
+            frames = await _shown_after_reset(member, given_again)
+            reset_at = max(i for i, f in enumerate(frames) if f["type"] == "reset")
+            shown = [f["message"] for f in frames[reset_at:] if f["type"] == "message"]
+            assert shown == [f"quiet {i}" for i in range(1, 11)] + sorted(given_again)
+    finally:
+        side.cleanup()
+        main.cleanup()
+
+
 async def test_a_resume_with_ts_is_reset_when_the_store_went_back(make_app: Callable[..., AppServer]) -> None:
     main = RedisServer().start()
     side = RedisServer()
