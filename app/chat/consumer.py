@@ -524,7 +524,11 @@ class ChatConsumer(SerialConsumer):
     async def presence_repair(self, event: dict[str, Any]) -> None:
         """The room's snapshot again: announcements to this process were lost. Always through
         the queue, so it follows whatever reached this member before it; a member whose own
-        snapshot is as new (one that joined meanwhile) is not sent it."""
+        snapshot is as new (one that joined meanwhile) is not sent it, nor is a member it is
+        not ``to`` (sent to those a frame was dropped for)."""
+        to = event.get("to")
+        if to is not None and self.channel_name not in to:
+            return
         if event["version"] > self.presence_version:
             self.presence_version = event["version"]
             await self._send_text(event["frame"])

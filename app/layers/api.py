@@ -9,6 +9,7 @@ otherwise, and presence repairs lost announcements only on a layer with the seco
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 Message = dict[str, Any]
@@ -16,6 +17,8 @@ Message = dict[str, Any]
 Direct = Callable[[Message], bool]
 # Sees a group message before the members here get it; must not mutate it.
 Tap = Callable[[Message], None]
+# Told after a fan-out which members here could not take the message (their mailbox full).
+Missed = Callable[[Message, list[str]], None]
 Receive = Callable[[str], Awaitable[Message]]
 
 
@@ -39,14 +42,25 @@ class DirectDelivery(Protocol):
         """The channel's receiver is gone for good: drop its inbox and direct hook."""
 
 
+@dataclass(frozen=True)
+class Watch:
+    """A ``GroupTap`` hook pair for one message type: ``seen`` once per message before the
+    members here get it, ``missed`` after, when some of them could not take it (their mailbox
+    was full, so it was dropped for them: nothing but the watcher can make it up)."""
+
+    seen: Tap
+    missed: Missed | None = None
+
+
 @runtime_checkable
 class GroupTap(Protocol):
     """A layer that shows this process the group messages reaching its members, once per
     message (not once per member), and delivers to its members alone."""
 
-    def tap(self, kind: str, hook: Tap) -> None:
+    def tap(self, kind: str, hook: Tap, missed: Missed | None = None) -> None:
         """Call ``hook`` with each group message of type ``kind`` that reaches members on the
-        running event loop, once, before they get it."""
+        running event loop, once, before they get it; and ``missed`` with it and the channels
+        of those it was dropped for, if any."""
 
     def fan_out_local(self, group: str, message: Message) -> None:
         """Deliver ``message`` to the running loop's members of ``group`` only (directly where

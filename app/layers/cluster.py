@@ -36,7 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.layers.api import Direct, Receive, Tap
+from app.layers.api import Direct, Missed, Receive, Tap, Watch
 from app.layers.fanout import fan_out
 from app.layers.mailbox import Mailbox
 from app.layers.publisher import ShardPublisher
@@ -88,7 +88,7 @@ class _LoopLayer:
         self.publisher = ShardPublisher(self.cluster)
         self.channels: dict[str, Mailbox] = {}
         self.direct: dict[str, Direct] = {}
-        self.taps: dict[str, Tap] = {}  # message type -> hook (GroupTap)
+        self.taps: dict[str, Watch] = {}  # message type -> hook (GroupTap)
         self.groups: dict[str, set[str]] = {}
         self.group_of: dict[bytes, str] = {}  # sharded channel -> group
         self.subscribed: dict[str, asyncio.Future[None]] = {}  # group -> SSUBSCRIBE confirmed
@@ -430,9 +430,9 @@ class ClusterLayer(BaseChannelLayer):
 
     # -- GroupTap -------------------------------------------------------------------------
 
-    def tap(self, kind: str, hook: Tap) -> None:
+    def tap(self, kind: str, hook: Tap, missed: Missed | None = None) -> None:
         """Show ``hook`` each group message of type ``kind`` this loop receives, once."""
-        self._get_layer().taps[kind] = hook
+        self._get_layer().taps[kind] = Watch(hook, missed)
 
     def fan_out_local(self, group: str, message: dict[str, Any]) -> None:
         """Deliver ``message`` to this loop's members of ``group`` only."""

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from app.layers.api import Direct, Tap
+from app.layers.api import Direct, Tap, Watch
 from app.layers.mailbox import Mailbox
 
 logger = logging.getLogger("parley")
@@ -27,15 +27,16 @@ def fan_out(
     queues: Mapping[str, Mailbox],
     direct: Mapping[str, Direct],
     open_inbox: Callable[[str], Mailbox],
-    taps: Mapping[str, Tap] | None = None,
+    taps: Mapping[str, Watch] | None = None,
 ) -> None:
     """Deliver ``message`` to every member: directly where it can, else to its mailbox
     (``open_inbox`` makes one for a member that has none yet); first to the tap for its
-    type in ``taps``, if any (``GroupTap``), once for all of them."""
-    if taps:
-        hook = taps.get(message.get("type", ""))
-        if hook is not None:
-            tap(hook, message)
+    type in ``taps``, if any (``GroupTap``), once for all of them, and after to its
+    ``missed`` hook if some members' mailboxes were full."""
+    watch = taps.get(message.get("type", "")) if taps else None
+    if watch is not None:
+        tap(watch.seen, message)
+    dropped: list[str] = []
     for channel in members:
         queue = queues.get(channel)
         if queue is None or queue.empty():  # nothing queued for it that this could overtake
@@ -51,11 +52,15 @@ def fan_out(
         try:
             queue.put_nowait(message)
         except asyncio.QueueFull:
-            pass  # a member this far behind is not reading; history refills what is dropped
+            dropped.append(channel)  # far behind, not reading: history refills messages
+    missed = watch.missed if watch is not None else None
+    if dropped and missed is not None:
+        tap(lambda m: missed(m, dropped), message)  # presence has no history: its tap says
 
 
 def tap(hook: Tap, message: dict[str, Any]) -> None:
-    """Show ``message`` to the tap for its type (``GroupTap``), once for all local members."""
+    """Show ``message`` to a hook of the tap for its type (``GroupTap``), once for all local
+    members."""
     try:
         hook(message)
     except Exception:  # the tap's bug must not cost the members their message

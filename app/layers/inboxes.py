@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable
 from time import monotonic
 
-from app.layers.api import Direct, Message, Tap
+from app.layers.api import Direct, Message, Watch
 from app.layers.fanout import fan_out
 from app.layers.mailbox import Mailbox
 
@@ -41,7 +41,7 @@ class Inboxes:
         # group -> {channel: monotonic time of its group_add}
         self.groups: dict[str, dict[str, float]] = {}
         self.direct: dict[str, Direct] = {}
-        self.taps: dict[str, Tap] = {}  # message type -> hook (GroupTap); kept by ``clear``
+        self.taps: dict[str, Watch] = {}  # message type -> hook (GroupTap); kept by ``clear``
         self.capacity = capacity
         self.expiry = expiry
         self.group_expiry = group_expiry

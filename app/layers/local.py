@@ -19,7 +19,7 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
-from app.layers.api import Direct, Message, Receive, Tap
+from app.layers.api import Direct, Message, Missed, Receive, Tap, Watch
 from app.layers.inboxes import Inboxes
 from app.layers.mailbox import Mailbox
 
@@ -79,9 +79,9 @@ class LocalChannelLayer(BaseChannelLayer):
 
     # GroupTap (app.layers.api): every group message here is a local one
 
-    def tap(self, kind: str, hook: Tap) -> None:
+    def tap(self, kind: str, hook: Tap, missed: Missed | None = None) -> None:
         """Show ``hook`` each group message of type ``kind``, once, before its members."""
-        self.inboxes.taps[kind] = hook
+        self.inboxes.taps[kind] = Watch(hook, missed)
 
     def fan_out_local(self, group: str, message: Message) -> None:
         """``group_send`` without its checks: this layer has no other process to reach."""

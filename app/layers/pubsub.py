@@ -26,7 +26,7 @@ from typing import Any
 
 from channels.exceptions import ChannelFull
 
-from app.layers.api import Direct, Message, Receive, Tap
+from app.layers.api import Direct, Message, Missed, Receive, Tap, Watch
 from app.layers.inboxes import Inboxes
 from app.layers.redis_internals import LayerProxy, Shard, consistent_hash, decode_hosts
 
@@ -206,9 +206,9 @@ class PubSubLayer(LayerProxy):
 
     # GroupTap (app.layers.api)
 
-    def tap(self, kind: str, hook: Tap) -> None:
+    def tap(self, kind: str, hook: Tap, missed: Missed | None = None) -> None:
         """Show ``hook`` each group message of type ``kind`` this loop receives, once."""
-        self._loop_layer().inboxes.taps[kind] = hook
+        self._loop_layer().inboxes.taps[kind] = Watch(hook, missed)
 
     def fan_out_local(self, group: str, message: Message) -> None:
         """Deliver ``message`` to this loop's members of ``group`` only."""

@@ -27,7 +27,9 @@ MESSAGES_BROADCAST = Counter("chat_messages_broadcast", "Chat messages recorded 
 GAPS_FILLED = Counter("chat_gaps_filled", "Live-stream holes filled from history")
 RESETS = Counter("chat_resets", "Members reset to a room's new epoch (its ids started over)")
 PRESENCE_REPAIRS = Counter(
-    "chat_presence_repairs", "Rooms whose members here were sent presence again after announcements were lost"
+    "chat_presence_repairs",
+    "Repair presence frames sent: to a room's members here after announcements were lost, "
+    "or to those a frame was dropped for",
 )
 FRAMES_REJECTED = Counter("chat_frames_rejected", "Client frames refused", ["reason"])
 STARTUP_SECONDS = Gauge("chat_startup_seconds", "Seconds from process start to ready")

@@ -135,6 +135,12 @@ class RepairWatch:
         self._restart(room, state, version)
         return True
 
+    def newer_reached(self, room: str, version: int) -> bool:
+        """Whether a frame newer than ``version`` reached the room's members here (a snapshot
+        read at ``version`` would take their lists back)."""
+        state = self._rooms.get(room)
+        return state is None or state.highest > version
+
     def failed(self, room: str) -> None:
         """The repair snapshot could not be read: the room is due again at once."""
         state = self._rooms.get(room)

@@ -61,6 +61,10 @@ class Snapshot(NamedTuple):
     version: int
 
 
+def _unseen(event: dict[str, Any]) -> None:
+    """A repair reaching the members here tells the chain nothing (``_repair`` restarted it)."""
+
+
 class Presence:
     """Presence for every chat socket of this process (one instance, built at warm-up)."""
 
@@ -78,6 +82,10 @@ class Presence:
         self._tapped = False  # the tap is per event loop: set on the first join
         self._asked: set[str] = set()  # rooms whose repair snapshot goes in the next batch
         self._owed: set[str] = set()  # rooms with a joiner whose snapshot failed: asked next tick
+        # Room -> members here a frame of it was dropped for (their mailbox full): at the next
+        # tick (``_retell``) they alone are sent the room's snapshot (app.layers.api.Watch).
+        self._short: dict[str, set[str]] = {}
+        self._retell: dict[str, set[str]] = {}
         self._ops: dict[str, dict[str, bool]] = {}  # room -> user -> held (the last word wins)
         self._waiters: dict[str, list[asyncio.Future[Snapshot]]] = {}
         self._scheduled = False
@@ -103,7 +111,8 @@ class Presence:
             if self.repairs is not None:
                 if not self._tapped:
                     self._tapped = True
-                    self.layer.tap(EVENT, self._delivered)
+                    self.layer.tap(EVENT, self._delivered, self._dropped)
+                    self.layer.tap(REPAIR, _unseen, self._dropped)
                 self.repairs.watch(room)
         waiter: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(room, []).append(waiter)
@@ -117,6 +126,7 @@ class Presence:
             self._schedule()
             if self.repairs is not None and not self.local.holds(room):
                 self.repairs.forget(room)  # nobody here to repair for
+                self._short.pop(room, None)
 
     async def typing(self, room: str, user: str) -> None:
         """Relay that ``user`` is typing, at most once per TYPING_INTERVAL per user here (a
@@ -141,32 +151,33 @@ class Presence:
 
     def _flush(self) -> None:
         self._scheduled = False
-        ops, waiters, asked = self._ops, self._waiters, self._asked
-        if not ops and not waiters and not asked:
+        ops, waiters, asked, short = self._ops, self._waiters, self._asked, self._retell
+        if not ops and not waiters and not asked and not short:
             return
-        self._ops, self._waiters, self._asked = {}, {}, set()
+        self._ops, self._waiters, self._asked, self._retell = {}, {}, set(), {}
         now = time.monotonic()
         changes = []
         known: dict[str, str] = {}  # rooms whose names are recent enough: their members JSON
-        for room in ops.keys() | waiters.keys() | asked:
+        for room in ops.keys() | waiters.keys() | asked | short.keys():
             users = ops.get(room, {})
             cached = self._names.get(room)
             # A repair reads the names afresh: it is sent because the list here is wrong.
-            joining = room in waiters and room not in asked
+            repairing = room in asked or room in short
+            joining = room in waiters and not repairing
             if joining and cached is not None and now - cached[0] < NAMES_MAX_AGE:
                 known[room] = cached[1]
             changes.append(RoomChange(
                 room,
                 hold=tuple(u for u, held in users.items() if held),
                 release=tuple(u for u, held in users.items() if not held),
-                sample=(room in waiters or room in asked) and room not in known,
+                sample=(room in waiters or repairing) and room not in known,
             ))
         self._in_flight = True
-        self._spawn(self._sync(changes, waiters, known, asked))
+        self._spawn(self._sync(changes, waiters, known, asked, short))
 
     def _batch_done(self) -> None:
         self._in_flight = False
-        if self._ops or self._waiters or self._asked:
+        if self._ops or self._waiters or self._asked or self._retell:
             self._schedule()
 
     def _spawn(self, step: Any) -> None:
@@ -175,7 +186,10 @@ class Presence:
         task.add_done_callback(self._tasks.discard)
 
     async def _sync(self, changes: list[RoomChange], waiters: dict[str, list[asyncio.Future[Snapshot]]],
-                    known: dict[str, str], asked: set[str]) -> None:
+                    known: dict[str, str], asked: set[str], short: dict[str, set[str]]) -> None:
+        """One step of the store for ``changes``; then the joiners' snapshots (``waiters``),
+        the rooms' repairs (``asked``: all members here, or only ``short`` ones) and the
+        announcements."""
         try:
             states = await self.store.sync(changes)
         except Exception as exc:
@@ -190,6 +204,8 @@ class Presence:
             if self.repairs is not None:
                 for room in asked:
                     self.repairs.failed(room)
+                for room, channels in short.items():
+                    self._short.setdefault(room, set()).update(channels)
                 # Their joiners got no snapshot. The room's chain may be whole all the same
                 # (another member here had one), so nothing else would ever send them one.
                 self._owed.update(waiters)
@@ -199,7 +215,7 @@ class Presence:
         now = time.monotonic()
         for change, state in zip(changes, states, strict=True):
             waiting = waiters.get(change.room)
-            if not waiting and change.room not in asked:
+            if not waiting and change.room not in asked and change.room not in short:
                 continue
             listed = self._listed(change, state, known, now)
             frame = presence_frame(change.room, state.count, listed, state.version)
@@ -210,8 +226,11 @@ class Presence:
             if self.repairs is not None:
                 if waiting:
                     self.repairs.baseline(change.room, state.version)
-                if change.room in asked:
-                    self._repair(change.room, snapshot)
+                if change.room in asked:  # all members here, the short ones included
+                    if not self._repair(change.room, snapshot) and change.room in short:
+                        self._short.setdefault(change.room, set()).update(short[change.room])
+                elif change.room in short:
+                    self._retell_to(change.room, snapshot, short[change.room])
         await self._settle(changes, states)
 
     def _listed(self, change: RoomChange, state: RoomState, known: dict[str, str], now: float) -> str:
@@ -281,6 +300,11 @@ class Presence:
             if due or owed:
                 self._asked.update(due, owed)
                 self._schedule()
+            if self._short:
+                for room, channels in self._short.items():
+                    self._retell.setdefault(room, set()).update(channels)
+                self._short = {}
+                self._schedule()
         stale = [room for room, (read, _) in self._names.items() if now - read >= NAMES_MAX_AGE]
         for room in stale:
             del self._names[room]
@@ -323,15 +347,40 @@ class Presence:
         if links and self.repairs is not None:
             self.repairs.delivered(event["room"], links, event.get("part", 0), event.get("parts", 1))
 
-    def _repair(self, room: str, snapshot: Snapshot) -> None:
+    def _dropped(self, event: dict[str, Any], channels: list[str]) -> None:
+        """The layer's tap: a frame of a room that changes its list (an announcement, or a
+        repair) was dropped for the members on ``channels``, whose mailboxes were full."""
+        room = event.get("room")
+        if room is not None and self.local.holds(room):
+            self._short.setdefault(room, set()).update(channels)
+
+    def _retell_to(self, room: str, snapshot: Snapshot, channels: set[str]) -> None:
+        """Send the fresh ``snapshot`` of ``room`` to the members on ``channels`` alone (a frame
+        was dropped for them); asked again at the next tick when a frame newer than it has
+        reached the members here, or when it is dropped for them again."""
+        if self.repairs is None:
+            return
+        if self.repairs.newer_reached(room, snapshot.version):
+            if self.local.holds(room):
+                self._short.setdefault(room, set()).update(channels)
+            return
+        metrics.PRESENCE_REPAIRS.inc()
+        self.layer.fan_out_local(group_name(room), {
+            "type": REPAIR, "frame": snapshot.frame, "version": snapshot.version, "room": room,
+            "to": sorted(channels),
+        })
+
+    def _repair(self, room: str, snapshot: Snapshot) -> bool:
         """Send this process's members of ``room`` the fresh ``snapshot`` (unless a newer
-        frame reached them meanwhile: then it is read again at the next tick)."""
+        frame reached them meanwhile: then it is read again at the next tick); whether sent."""
         if self.repairs is not None and self.repairs.repaired(room, snapshot.version):
             metrics.PRESENCE_REPAIRS.inc()
             logger.debug("presence of %s sent again to its members here (announcements lost)", room)
             self.layer.fan_out_local(group_name(room), {
-                "type": REPAIR, "frame": snapshot.frame, "version": snapshot.version,
+                "type": REPAIR, "frame": snapshot.frame, "version": snapshot.version, "room": room,
             })
+            return True
+        return False
 
     async def close(self) -> None:
         """Release the store's connections."""

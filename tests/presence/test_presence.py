@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from app.chat.auth import mint
 from app.rooms import group_name
+from tests import wsraw
 from tests.support import AppServer, Client, RedisServer, http_get, subscribers_reach
 
 SECRET = "presence-test-secret-with-at-least-32-bytes"
@@ -343,3 +345,57 @@ async def test_a_join_refused_for_storage_is_never_announced(
     assert about(await frames_until(alice, "join", "carol"), "bob") == []
     await carol.close()
     assert about(await frames_until(alice, "leave", "carol"), "bob") == []
+
+
+def presence_frames(sock: socket.socket) -> Iterator[dict[str, Any]]:
+    """The presence frames a raw client reads, in order, until a read times out (fails)."""
+    while True:
+        opcode, payload = wsraw.read_frame(sock)
+        if opcode == 0x1:
+            frame = json.loads(payload)
+            if frame["type"] in PRESENCE_KINDS:
+                yield frame
+
+
+def as_a_page_keeps_it(shown: set[str], frame: dict[str, Any]) -> set[str]:
+    """The member list after ``frame``, as docs/CLIENT.md says to keep it (chat.js does)."""
+    if frame["type"] == "presence":
+        return {m["user"] for m in frame["members"]}
+    if frame["type"] == "join":
+        return shown | {frame["user"]}
+    if frame["type"] == "leave":
+        return shown - {frame["user"]}
+    return (shown | {u["user"] for u in frame["joined"]}) - {u["user"] for u in frame["left"]}
+
+
+async def test_a_member_that_stopped_reading_has_the_room_right_once_it_reads_again(
+    make_app: Callable[..., AppServer],
+) -> None:
+    # Stuck in its join replay, the member's mailbox (1 frame here) filled with an announcement
+    # and the joins after it were dropped for it alone. The others got them, so the room's
+    # announcements chain whole: only the drop itself can say this member needs the room again.
+    server = make_app(env={**JWT, "CHAT_LAYER_CAPACITY": "1", "CHAT_SEND_TIMEOUT": "120",
+                           "CHAT_PING_INTERVAL": "0", "CHAT_RATE_PER_SECOND": "100000",
+                           "CHAT_RATE_BURST": "100000"})
+    poster, _ = await join(server, "full", "poster")
+    for i in range(300):
+        assert (await poster.post("\U0001f600" * 4000, client_id=f"fill-{i}"))["type"] == "ack"
+    stuck = wsraw.open_socket(server.port, f"/ws/chat/full/?last=1000&token={token('stuck')}", rcvbuf=4096)
+    try:
+        others = []
+        for i in range(3):  # one announcement each: the poster hears each before the next joins
+            others.append(await join(server, "full", f"user{i}"))
+            await frames_until(poster, "join", f"user{i}")
+        truth = {"poster", "stuck", *(f"user{i}" for i in range(3))}
+        shown: set[str] = set()
+        snapshots = 0
+        frames = presence_frames(stuck)
+        while shown != truth:
+            frame = await asyncio.to_thread(next, frames)
+            snapshots += frame["type"] == "presence"
+            shown = as_a_page_keeps_it(shown, frame)
+        assert snapshots >= 2  # its own on joining, then the one it was owed
+        for client, _ in others:
+            await client.close()
+    finally:
+        stuck.close()

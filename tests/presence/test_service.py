@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from channels.exceptions import ChannelFull
 
 from app.layers.local import LocalChannelLayer
 from app.presence.base import PresenceUnavailable
@@ -103,3 +104,44 @@ async def test_a_member_whose_snapshot_failed_gets_the_room_once_the_store_answe
     finally:
         runner.cancel()
         await presence.close()
+
+
+async def test_a_member_whose_mailbox_was_full_for_an_announcement_gets_the_room_on_its_own(
+    redis_server: RedisServer,
+) -> None:
+    # Its mailbox full (a reader far behind), the member was dropped alice's join, which the
+    # others got: the room's chain is whole, so no repair of the room would ever follow. It is
+    # sent the room's snapshot, addressed to it alone, once it has room for one.
+    layer = LocalChannelLayer(capacity=5)
+    presence = Presence(RedisPresence(redis_client(redis_server.url), grace=1, hold=1.4), layer,
+                        grace=1, repair_delay=0.2)
+    reading, stuck = await layer.new_channel(), await layer.new_channel()
+    for channel in (reading, stuck):
+        await layer.group_add(group_name("lobby"), channel)
+    runner = asyncio.ensure_future(presence.run())
+    try:
+        await asyncio.wait_for(presence.enter("lobby", "bob"), 5)
+        await next_event(layer, reading, "presence.event")  # bob's join: the chain's start
+        with pytest.raises(ChannelFull):
+            for _ in range(6):
+                await layer.send(stuck, {"type": "chat.filler"})
+        await asyncio.wait_for(presence.enter("lobby", "alice"), 5)
+        join = json.loads(str((await next_event(layer, reading, "presence.event"))["frame"]))
+        assert (join["type"], join["user"]) == ("join", "alice")
+
+        # The stuck member reads again: what it was dropped comes as a snapshot to it alone.
+        repair = await next_event(layer, stuck, "presence.repair")
+        assert repair["to"] == [stuck]
+        frame = json.loads(str(repair["frame"]))
+        assert {m["user"] for m in frame["members"]} == {"alice", "bob"}
+        assert repair["version"] >= join["version"]
+        assert here_alone(presence) == 0  # the room's own chain never broke
+    finally:
+        runner.cancel()
+        await presence.close()
+
+
+def here_alone(presence: Presence) -> int:
+    """Rooms the chain watch finds short of the store (whole-room repairs due)."""
+    assert presence.repairs is not None
+    return len(presence.repairs.due(time.monotonic() + 3600))
