@@ -90,28 +90,34 @@ async def _back_to_snapshot(main: RedisServer, side: RedisServer, snapshot: Path
     main.start()
 
 
+async def _shown_thirteen(make_app: Callable[..., AppServer], main: RedisServer, side: RedisServer,
+                          room: str) -> tuple[list[Client], Path]:
+    """Members of ``room`` on two processes, shown 1..13 (posted by the first), and the
+    snapshot of the store at 10."""
+    env = {"REDIS_URL": main.url, "CHAT_HISTORY_MAX": str(HISTORY_MAX)}
+    one, two = make_app(env=env), make_app(env=env)
+    members = [await Client.connect(one.ws_url(room)), await Client.connect(two.ws_url(room))]
+    snapshot = await _snapshot_at_ten(main, side, members[0], room)
+    for member in members:
+        assert [m["id"] for m in await member.messages(13)] == list(range(1, 14))
+    return members, snapshot
+
+
 async def test_members_on_two_processes_get_every_acked_message_after_the_store_went_back(
     make_app: Callable[..., AppServer],
 ) -> None:
     main = RedisServer().start()
     side = RedisServer()
     try:
-        env = {"REDIS_URL": main.url, "CHAT_HISTORY_MAX": str(HISTORY_MAX)}
-        one, two = make_app(env=env), make_app(env=env)
-        members = [await Client.connect(one.ws_url("live")), await Client.connect(two.ws_url("live"))]
-        sender = await Client.connect(one.ws_url("live"))
-        snapshot = await _snapshot_at_ten(main, side, sender, "live")
-        for member in members:
-            assert [m["id"] for m in await member.messages(13)] == list(range(1, 14))
-
+        members, snapshot = await _shown_thirteen(make_app, main, side, "live")
         await _back_to_snapshot(main, side, snapshot, "live")
         await subscribers_reach(main.url, f"parley__group__{group_name('live')}", 2)
         # 14..18, acked, from a member on the first process.
         for i in range(14, 19):
-            await _post(sender, f"new live {i}")
+            await _post(members[0], f"new live {i}")
 
         acked = {f"new live {i}" for i in range(11, 19)}
-        for client in [*members, sender]:
+        for client in members:
             frames = await _shown_after_reset(client, acked)
             # Nothing history holds is skipped after the reset: 1..10, then the new ones.
             reset_at = max(i for i, f in enumerate(frames) if f["type"] == "reset")
@@ -131,13 +137,7 @@ async def test_members_level_with_a_store_that_went_back_are_reset_with_no_messa
     main = RedisServer().start()
     side = RedisServer()
     try:
-        env = {"REDIS_URL": main.url, "CHAT_HISTORY_MAX": str(HISTORY_MAX)}
-        one, two = make_app(env=env), make_app(env=env)
-        members = [await Client.connect(one.ws_url("quiet")), await Client.connect(two.ws_url("quiet"))]
-        snapshot = await _snapshot_at_ten(main, side, members[0], "quiet")
-        for member in members:
-            assert [m["id"] for m in await member.messages(13)] == list(range(1, 14))
-
+        members, snapshot = await _shown_thirteen(make_app, main, side, "quiet")
         await _back_to_snapshot(main, side, snapshot, "quiet")
         given_again = {f"new quiet {i}" for i in range(11, 14)}
         for member in members:
