@@ -485,21 +485,42 @@ class RedisHistory(History):
     async def setup_warnings(self) -> list[str]:
         # Any policy but noeviction lets Redis drop keys of ours when full: a dedupe key (a
         # resend then posted twice) or a room's meta (its members reset and sent the log
-        # again). A Redis that does not let us ask (CONFIG renamed, as managed services do)
-        # is taken on trust.
-        try:
-            found = dict(await self._client.config_get("maxmemory-policy"))
-        except FAILURES:
-            return []
-        policy = _decoded(found.get(b"maxmemory-policy", found.get("maxmemory-policy")))
-        if policy in (None, "noeviction"):
-            return []
-        return [f"Redis maxmemory-policy is {policy}: when full, Redis may evict Parley's keys "
-                "(a client's resend is then posted twice, a room's members are reset); set "
-                "maxmemory-policy noeviction (README, Configuration)"]
+        # again). Every master of a cluster is asked: each holds its own rooms. A Redis that
+        # does not let us ask (CONFIG renamed or denied, as managed services do) is named too,
+        # so the operator knows it was not checked.
+        masters: list[Any] = [None]
+        if self._cluster is not None:
+            try:
+                await self._cluster.initialize()  # the slot map, on a process nothing used yet
+            except FAILURES as exc:
+                return [_unchecked("", exc)]
+            masters = self._cluster.get_primaries()
+        warnings = []
+        for node in masters:
+            where = f" ({node.name})" if node is not None else ""
+            try:
+                if node is None:
+                    found = dict(await self._client.config_get("maxmemory-policy"))
+                else:
+                    found = dict(await self._client.config_get("maxmemory-policy", target_nodes=node))
+            except FAILURES as exc:
+                warnings.append(_unchecked(where, exc))
+                continue
+            policy = _decoded(found.get(b"maxmemory-policy", found.get("maxmemory-policy")))
+            if policy not in (None, "noeviction"):
+                warnings.append(
+                    f"Redis maxmemory-policy is {policy}{where}: when full, Redis may evict Parley's keys "
+                    "(a client's resend is then posted twice, a room's members are reset); set "
+                    "maxmemory-policy noeviction (README, Configuration)")
+        return warnings
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _unchecked(where: str, exc: Exception) -> str:
+    return (f"could not read Redis maxmemory-policy{where} ({exc}): make sure it is noeviction "
+            "(README, Configuration)")
 
 
 def _unavailable(exc: BaseException) -> BaseException:

@@ -379,3 +379,37 @@ async def test_entries_an_older_release_wrote_have_no_tags() -> None:
     finally:
         await backend.close()
         redis.cleanup()
+
+
+async def test_every_master_of_a_cluster_is_checked_for_an_evicting_policy(
+    cluster: RedisClusterServers,
+) -> None:
+    # Each master holds its own rooms: every one that evicts is named, whichever they are.
+    backend = RedisHistory(parse_redis_url(cluster.url).urls, max_len=5, ttl=3600, dedupe_ttl=600,
+                           cluster=True)
+    evicting = dict(zip(cluster.masters()[1:], ["allkeys-lru", "volatile-lfu"], strict=True))
+    for port, policy in evicting.items():
+        cluster._cli(port, "CONFIG", "SET", "maxmemory-policy", policy)
+    try:
+        warnings = await backend.setup_warnings()
+        assert len(warnings) == 2
+        for port, policy in evicting.items():
+            assert any(f"maxmemory-policy is {policy} (127.0.0.1:{port})" in w for w in warnings)
+    finally:
+        for port in evicting:
+            cluster._cli(port, "CONFIG", "SET", "maxmemory-policy", "noeviction")
+        await backend.close()
+
+
+async def test_a_redis_that_will_not_say_its_policy_is_named_as_unchecked(redis_server: RedisServer) -> None:
+    # Managed services deny CONFIG: the operator is told it was not checked, not left to assume.
+    redis_server.cli("ACL", "SETUSER", "parley", "on", ">pw", "~*", "&*", "+@all", "-config")
+    url = f"redis://parley:pw@127.0.0.1:{redis_server.port}/0"
+    backend = RedisHistory((url,), max_len=5, ttl=3600, dedupe_ttl=600)
+    try:
+        [warning] = await backend.setup_warnings()
+        assert warning.startswith("could not read Redis maxmemory-policy (")
+        assert "make sure it is noeviction" in warning
+        assert (await backend.append("r", template("still works"), None)).id == 1
+    finally:
+        await backend.close()
