@@ -30,7 +30,13 @@ _HEADER_LINE = re.compile(
 _PER_CONNECTION = ("connection open", "connection closed")
 # Client mistakes uvicorn logs with a traceback; one line is enough, and at most one per 10 s
 # (with a count of the ones held back): a client can cause them at will, thousands a second.
-_CLIENT_ERRORS = ("Invalid UTF-8 sequence received from client.",)
+# websockets' own, at debug level only: one per handshake it cannot accept, each with a traceback.
+_CLIENT_ERRORS = frozenset({
+    "Invalid UTF-8 sequence received from client.",
+    "! invalid origin", "! invalid method", "! invalid protocol", "! invalid upgrade",
+    "! invalid handshake", "! request line too long", "! header fields too large",
+    "! no valid HTTP request",
+})
 _client_errors = Throttled(logging.getLogger("uvicorn.error"), interval=10.0)
 
 
@@ -45,7 +51,8 @@ class ConnectionNoise(logging.Filter):
                 return False
             record.exc_info = None
             record.exc_text = None
-            record.levelno, record.levelname = logging.INFO, "INFO"
+            if record.levelno > logging.INFO:  # a client's mistake is no error of ours
+                record.levelno, record.levelname = logging.INFO, "INFO"
             if held:
                 record.msg, record.args = message + HELD, (held, _client_errors.interval)
                 return True

@@ -73,3 +73,19 @@ def test_a_throttled_client_mistake_says_how_many_were_held_back(monkeypatch: py
     assert ConnectionNoise().filter(line)
     held = "Invalid UTF-8 sequence received from client. (and 7 more like it in the last 0s)"
     assert line.getMessage() == held
+
+
+def test_handshakes_websockets_refuses_are_one_throttled_line_each_at_debug_level(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # At LOG_LEVEL=debug websockets logs a traceback for every handshake it cannot accept:
+    # a client can send thousands a second.
+    from app.process import logs
+    from app.throttled_log import Throttled
+
+    monkeypatch.setattr(logs, "_client_errors", Throttled(logging.getLogger("test"), interval=3600.0))
+    noise = ConnectionNoise()
+    lines = [record("! invalid handshake", exc=True) for _ in range(4)]
+    for line in lines:
+        line.levelno, line.levelname = logging.DEBUG, "DEBUG"
+    assert [noise.filter(line) for line in lines] == [True, False, False, False]
+    assert lines[0].exc_info is None and lines[0].levelno == logging.DEBUG
