@@ -24,12 +24,15 @@ Its clients were cut off (close 1006) and reconnect to the new colour as after a
 If the target never gets ready nothing is switched, the old colour keeps serving (if it
 still can) and the exit status is 1 with the reason. Deploying the colour that is already
 active is refused (2), unless processes of the other colour still run (a deploy interrupted
-after its switch): then the deploy finishes, draining them.
+after its switch): then the deploy finishes, draining them once it sees the routed colour
+serve (none of its processes dead, Traefik routing to it); if it does not, the other colour
+is routed again (if it still answers), the routed one's processes are stopped, exit 1.
 
 The live dynamic file is the record of the active colour (state.json follows it). Ctrl-C,
 SIGTERM or SIGHUP stop a deploy with one line saying what it left and exit status 130:
 before the switch, the new colour's processes are stopped and the old one still serves;
-after it, the new colour serves and running the same deploy again finishes it. The switch
+after it, the new colour is routed (it serves, once Traefik confirmed the switch; the line
+says which) and running the same deploy again finishes it. The switch
 and its record are written with those signals held back, so they never disagree. A deploy
 holds a lock (the local stack's; compose: its live routing directory's): a second one fails
 at once (1), naming the first.
@@ -140,7 +143,7 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
         other = traefik_config.other_color(color)
         if not runtime.lingers(other):
             raise Refused(f"{color} is already the active colour: deploy {other} instead")
-        return finish(runtime, color, other)
+        return finish(runtime, color, other, confirm_timeout)
     # Each old process asked itself (the local stack), or through Traefik (compose): after
     # a crash this is the failover case.
     old_answered = old is not None and runtime.serves(old)
@@ -148,6 +151,7 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
                f"{old} was not answering either: nothing serves" if old else "nothing served before")
     began = time.monotonic()
     switched_to = None
+    confirmed = False  # Traefik routes to the new colour and none of its processes was lost
     try:
         try:
             runtime.start(color)
@@ -177,19 +181,13 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
             raise DeployError(f"{color} lost processes after it was ready ({_listed(lost)}); switched back "
                               f"before draining anything, {old_now}")
 
+        confirmed = True
         stopped = runtime.stop(old) if old is not None else False
     except KeyboardInterrupt:
-        raise interrupted(runtime, color, old, switched_to, old_now) from None
+        raise interrupted(runtime, color, old, switched_to, confirmed, old_now) from None
     drained = time.monotonic()
-    # Ready once is not serving now: a new process that died after its readiness was seen
-    # (while the old colour drained) would leave a report of success and nothing serving.
-    dead = runtime.dead(color)
-    if dead:
-        down = _listed(dead)
-        serving = ("nothing serves" if len(dead) == len(runtime.members(color))
-                   else f"{color} serves on fewer processes")
-        raise DeployError(f"switched to {color} and stopped {old or 'nothing'}, but {color} lost processes "
-                          f"since it was ready: {down}; {serving}. {runtime.repair_hint}")
+    # A new process that died after its readiness was seen (while the old colour drained).
+    _check_serving(runtime, color, old)
     return {
         "ok": True,
         "runtime": runtime.name,
@@ -207,17 +205,33 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
     }
 
 
-def finish(runtime: Runtime, color: str, old: str) -> dict[str, Any]:
+def finish(runtime: Runtime, color: str, old: str,
+           confirm_timeout: float = CONFIRM_TIMEOUT) -> dict[str, Any]:
     """``color`` is routed but ``old``'s processes still run (a deploy interrupted after its
-    switch): drain them, as that deploy would have; the report."""
+    switch): drain them, as that deploy would have, once ``color`` is seen serving; the
+    report. If it does not serve, ``old`` is not drained into it: routed again if it still
+    answers (``color``'s processes stopped), DeployError either way."""
     began = time.monotonic()
     answered = runtime.serves(old)
+    # The switch may never have been confirmed (interrupted while Traefik was asked): its
+    # colour can have died since, and draining the old one then leaves nothing serving.
+    why = _not_serving(runtime, color, confirm_timeout)
+    if why:
+        if not answered:
+            raise DeployError(f"nothing was drained: {color} is routed but does not serve ({why}), and "
+                              f"{old} does not answer either: nothing serves. {runtime.repair_hint}")
+        with signals_held():
+            _route(runtime, old)
+            runtime.abandon(color)
+        raise DeployError(f"nothing was drained: {color} is routed but does not serve ({why}); switched "
+                          f"back to {old}, which still serves, and stopped {color}'s processes")
     try:
         stopped = runtime.stop(old)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted while draining {old}: {color} serves; {old}'s processes got "
                           f"SIGTERM and drain on their own") from None
     drained = time.monotonic()
+    _check_serving(runtime, color, old)
     return {
         "ok": True, "runtime": runtime.name, "from": old, "to": color, "finished": True,
         "old": (summary(runtime.per_process) if runtime.per_process else
@@ -229,13 +243,44 @@ def finish(runtime: Runtime, color: str, old: str) -> dict[str, Any]:
     }
 
 
-def interrupted(runtime: Runtime, color: str, old: str | None, switched_to: str | None,
+def _not_serving(runtime: Runtime, color: str, timeout: float) -> str:
+    """Why ``color`` does not serve now ("" if it does): a process of it is dead, or
+    Traefik does not route to it within ``timeout``."""
+    dead = runtime.dead(color)
+    if dead:
+        return _listed(dead)
+    if not _await(lambda: runtime.routed_color() == color, timeout):
+        return f"Traefik did not route to it within {timeout:.0f}s"
+    return ""
+
+
+def _check_serving(runtime: Runtime, color: str, old: str | None) -> None:
+    """DeployError if ``color``, switched to and ``old`` stopped, has lost processes since it
+    was ready: ready once is not serving now, and a report of success would leave nothing
+    serving."""
+    dead = runtime.dead(color)
+    if dead:
+        down = _listed(dead)
+        serving = ("nothing serves" if len(dead) == len(runtime.members(color))
+                   else f"{color} serves on fewer processes")
+        raise DeployError(f"switched to {color} and stopped {old or 'nothing'}, but {color} lost processes "
+                          f"since it was ready: {down}; {serving}. {runtime.repair_hint}")
+
+
+def interrupted(runtime: Runtime, color: str, old: str | None, switched_to: str | None, confirmed: bool,
                 old_now: str) -> Interrupted:
     """The error for a deploy stopped by a signal, having cleaned up what is safe to."""
-    if switched_to == color:
+    if switched_to == color and confirmed:
         return Interrupted(f"interrupted after the switch: {color} serves ({runtime.record}); "
                            f"{old or 'nothing'} may still run, undrained or draining: "
                            f"deploy {color} again to finish (it drains {old or 'nothing'})")
+    if switched_to == color:
+        # Written is not confirmed: the new colour may have died since its readiness.
+        return Interrupted(f"interrupted after the switch to {color} was written, before Traefik confirmed "
+                           f"it: {color} is routed ({runtime.record}) but not known to serve; "
+                           f"{old or 'nothing'} still runs, undrained: deploy {color} again to finish (it "
+                           f"checks {color} first: it drains {old or 'nothing'} only if Traefik routes to a "
+                           f"live {color}, else switches back)")
     with signals_held():  # a second Ctrl-C must not leave fresh processes running unrouted
         runtime.abandon(color)
     if switched_to is not None:  # the switch went out, was not confirmed, and was undone
