@@ -185,6 +185,13 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
         stopped = runtime.stop(old) if old is not None else False
     except KeyboardInterrupt:
         raise interrupted(runtime, color, old, switched_to, confirmed, old_now) from None
+    except DeployError:
+        raise  # it says what it left, having stopped what had to be
+    except Exception as exc:  # a full disk failing state.json's write, a bug: anything else
+        error = failed(runtime, color, old, switched_to, old_now, exc)
+        if error is exc:
+            raise
+        raise error from None
     drained = time.monotonic()
     # A new process that died after its readiness was seen (while the old colour drained).
     _check_serving(runtime, color, old)
@@ -289,6 +296,34 @@ def interrupted(runtime: Runtime, color: str, old: str | None, switched_to: str 
                            f"{color}'s new processes were stopped")
     return Interrupted(f"interrupted before the switch: nothing was switched, {old_now}; "
                        f"{color}'s new processes were stopped")
+
+
+def failed(runtime: Runtime, color: str, old: str | None, switched_to: str | None, old_now: str,
+           exc: Exception) -> Exception:
+    """The error for a deploy stopped by an unexpected exception: the new colour's processes
+    stopped and forgotten unless it is routed (nothing else would: a process the stack does
+    not record holds its colour's port for good and outlives ``stack down``). An OSError (a
+    full disk) becomes a DeployError saying what was left; anything else is returned as it is."""
+    # The live record, not ``switched_to``: a record written after the switch may be what failed.
+    if switched_to == color or runtime.active() == color:
+        if not isinstance(exc, OSError):
+            return exc
+        return DeployError(f"the switch to {color} was written, then the deploy failed: {exc}; {color} is "
+                           f"routed, {old or 'nothing'} still runs: deploy {color} again to finish (it "
+                           f"drains {old or 'nothing'} only if Traefik routes to a live {color}, else "
+                           f"switches back)")
+    with signals_held():  # a Ctrl-C now must not leave them running either
+        try:
+            runtime.abandon(color)
+        except OSError:
+            # They were stopped before the record's write that failed; a record still naming
+            # them is harmless: a dead process is never taken for a live one (pid and start time).
+            pass
+    if not isinstance(exc, OSError):
+        return exc
+    undone = "nothing was switched" if switched_to is None else f"{switched_to} is routed again"
+    return DeployError(f"{color} was not deployed: {exc}; {color}'s new processes were stopped, {undone}, "
+                       f"{old_now}")
 
 
 def summary(outcomes: dict[str, str]) -> str:

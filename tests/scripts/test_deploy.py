@@ -771,3 +771,43 @@ async def test_a_deploy_interrupted_before_traefik_confirmed_is_not_finished_int
     assert saved.active == "blue" and "green" not in saved.procs and saved.procs["blue"].alive()
     assert (await member.post("still here", client_id="d1"))["type"] == "ack"
     await member.close()
+
+
+def processes_of(color: str, port: int) -> list[int]:
+    """Live app processes of ``color`` on ``port``, recorded by the stack or not: found by the
+    environment they were started with."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter():
+        try:
+            env = process.environ()
+        except psutil.Error:
+            continue
+        if env.get("APP_COLOR") == color and env.get("PORT") == str(port):
+            found.append(process.pid)
+    return found
+
+
+def test_a_deploy_that_cannot_record_its_new_colour_leaves_none_of_it_running(
+        local_stack: StackState) -> None:
+    # Disk full but for the lock's note: green was started, its record in state.json failed,
+    # and the deploy died with a traceback leaving green running, recorded nowhere: its
+    # port taken for every later deploy of green, and `stack down` never stopped it.
+    state = local_stack
+    room = 200  # bytes: the lock's note fits, state.json does not
+    assert (state.dir / "state.json").stat().st_size > room
+    before = state.dynamic_file.read_text()
+    code, _, output = run_script("deploy", "green", "--state-dir", str(state.dir), disk_full_past=room)
+    assert code == 1, output
+    error = json.loads(output.splitlines()[0])["error"]
+    assert "Traceback" not in output
+    assert error.startswith("green was not deployed: ")
+    assert error.endswith("green's new processes were stopped, nothing was switched, blue still serves")
+    assert processes_of("green", state.ports["green"]) == []
+    assert state.dynamic_file.read_text() == before and traefik_color(state) == "blue"
+
+    # Once the disk has room again, green deploys on its port.
+    code, _, output = run_script("deploy", "green", "--state-dir", str(state.dir))
+    assert code == 0, output
+    assert json.loads(output.splitlines()[0])["old"] == "drained"

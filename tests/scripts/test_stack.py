@@ -163,3 +163,15 @@ def test_a_stack_command_while_another_holds_the_lock_does_nothing(local_stack: 
         code, _, output = run_script("stack", "down", "--state-dir", str(local_stack.dir))
     assert code == 1 and "is busy" in output and f"pid {os.getpid()} (a test" in output
     assert all(proc.alive() for proc in local_stack.procs.values())
+
+
+def test_stack_down_on_a_full_disk_stops_everything(local_stack: StackState) -> None:
+    # The lock's note (who holds it) failed to write on a full disk and took every command
+    # with it, `stack down` too: the one an operator runs to free the disk.
+    from tests.support import run_script
+
+    code, _, output = run_script("stack", "down", "--state-dir", str(local_stack.dir), disk_full_past=0)
+    assert code == 0, output
+    assert set(json.loads(output)["stopped"]) == {"redis", "traefik", "blue"}
+    assert not any(proc.alive() for proc in local_stack.procs.values())
+    assert not (local_stack.dir / STATE_FILE).exists()
