@@ -162,24 +162,20 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
 
         with signals_held():
             switched_to = _route(runtime, color)
-        routed = _await(lambda: runtime.routed_color() == color, confirm_timeout)
-        if not routed:
+        # A new process that died between its readiness and now: Traefik counts it up until
+        # its first health check, so a drain now would send the old colour's clients into it.
+        # Switch back while the old colour still holds them (with nothing to go back to, a
+        # colour still partly alive goes on: the end reports what it lost).
+        why = _confirm(runtime, color, confirm_timeout, any_death=old_answered)
+        lost = runtime.dead(color) if old_answered and not why else {}
+        if lost:
+            why = _lost(color, lost)
+        if why:
             with signals_held():
                 switched_to = old if old is None else _route(runtime, old)
             runtime.abandon(color)
-            raise DeployError(f"Traefik did not route to {color} within {confirm_timeout:.0f}s; "
-                              f"switched back, {old_now}")
+            raise DeployError(f"{why}; switched back before draining anything, {old_now}")
         switched = time.monotonic()
-        # A new process that died between its readiness and now: Traefik counts it up until
-        # its first health check, so a drain now would send the old colour's clients into it.
-        # Switch back while the old colour still holds them.
-        lost = runtime.dead(color) if old_answered else {}
-        if lost and old is not None:
-            with signals_held():
-                switched_to = _route(runtime, old)
-            runtime.abandon(color)
-            raise DeployError(f"{color} lost processes after it was ready ({_listed(lost)}); switched back "
-                              f"before draining anything, {old_now}")
 
         confirmed = True
         stopped = runtime.stop(old) if old is not None else False
@@ -250,15 +246,42 @@ def finish(runtime: Runtime, color: str, old: str,
     }
 
 
+# How often a wait for Traefik also looks at the new colour's processes (a `docker ps` on
+# compose): a process that died is not waited out, it is named at once.
+LOOK_EVERY = 0.2
+
+
+def _lost(color: str, dead: dict[str, str]) -> str:
+    return f"{color} lost processes after it was ready ({_listed(dead)})"
+
+
+def _confirm(runtime: Runtime, color: str, timeout: float, any_death: bool = True) -> str:
+    """Wait for Traefik to route to ``color`` (its /readyz through Traefik names it); "" once
+    it does, else why not as soon as it is known: ``color``'s processes that died (any one,
+    or with ``any_death`` False only all of them: the rest may still be routed to), or
+    ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    look = 0.0
+    while runtime.routed_color() != color:
+        now = time.monotonic()
+        if now >= look:
+            dead = runtime.dead(color)
+            if dead and (any_death or len(dead) == len(runtime.members(color))):
+                return _lost(color, dead)
+            look = now + LOOK_EVERY
+        if now > deadline:
+            return f"Traefik did not route to {color} within {timeout:.0f}s"
+        time.sleep(0.01)
+    return ""
+
+
 def _not_serving(runtime: Runtime, color: str, timeout: float) -> str:
     """Why ``color`` does not serve now ("" if it does): a process of it is dead, or
     Traefik does not route to it within ``timeout``."""
     dead = runtime.dead(color)
     if dead:
         return _listed(dead)
-    if not _await(lambda: runtime.routed_color() == color, timeout):
-        return f"Traefik did not route to it within {timeout:.0f}s"
-    return ""
+    return _confirm(runtime, color, timeout)
 
 
 def _check_serving(runtime: Runtime, color: str, old: str | None) -> None:
@@ -345,15 +368,6 @@ def old_outcome(answered: bool, stopped: bool, over: bool = True, failed: str = 
     if failed:
         return failed
     return "drained" if over else "draining"
-
-
-def _await(predicate: Any, timeout: float, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 class LocalRuntime:

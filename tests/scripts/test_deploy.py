@@ -811,3 +811,27 @@ def test_a_deploy_that_cannot_record_its_new_colour_leaves_none_of_it_running(
     code, _, output = run_script("deploy", "green", "--state-dir", str(state.dir))
     assert code == 0, output
     assert json.loads(output.splitlines()[0])["old"] == "drained"
+
+
+def test_a_new_colour_dead_at_the_switch_is_named_and_switched_back_at_once(local_stack: StackState) -> None:
+    # The wait for Traefik's confirmation asked Traefik alone: green, dead since its
+    # readiness, gave clients 502 for the whole 15 s wait, then an error blaming Traefik.
+    from scripts.deploy import DeployError
+
+    class GreenDiesAtTheSwitch(LocalRuntime):
+        def switch(self, color: str) -> None:
+            if color == "green":
+                os.kill(self.state.procs["green"].pid, signal.SIGKILL)
+                assert self.state.procs["green"].wait(10)
+            super().switch(color)
+
+    state = local_stack
+    with pytest.raises(DeployError) as failed:
+        deploy(GreenDiesAtTheSwitch(state), "green")
+    message = str(failed.value)
+    assert message.startswith("green lost processes after it was ready (green exited")
+    assert message.endswith("switched back before draining anything, blue still serves")
+    assert "Traefik" not in message
+    wait_until(lambda: traefik_color(state) == "blue", 15, "Traefik to route to blue again")
+    saved = StackState.load(state.dir)
+    assert saved.active == "blue" and "green" not in saved.procs and saved.procs["blue"].alive()
