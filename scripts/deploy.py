@@ -332,7 +332,7 @@ def failed(runtime: Runtime, color: str, old: str | None, switched_to: str | Non
         if not isinstance(exc, OSError):
             return exc
         return DeployError(f"the switch to {color} was written, then the deploy failed: {exc}; {color} is "
-                           f"routed, {old or 'nothing'} still runs: deploy {color} again to finish (it "
+                           f"routed, {old or 'nothing'} may still run: deploy {color} again to finish (it "
                            f"drains {old or 'nothing'} only if Traefik routes to a live {color}, else "
                            f"switches back)")
     with signals_held():  # a Ctrl-C now must not leave them running either

@@ -31,7 +31,7 @@ import time
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from tools import ROOT, lock, traefik_config
 from tools.cluster import RedisClusterServers
@@ -218,20 +218,43 @@ def drain(state: StackState, names: list[str]) -> dict[str, str]:
     budget (SIGKILL past it); what became of each, for a deploy's report: ``drained``,
     ``already gone`` (ended before the signal), or why not. A process already draining
     loses nothing: a second SIGTERM does not restart or shorten its drain."""
-    logs = {name: state.log(f"app_{name}") for name in names}
-    offsets = {name: (path.stat().st_size if path.exists() else 0) for name, path in logs.items()}
-    budgets = {name: drain_budget(state.procs[name]) for name in names}
-    ended = terminate([(state.procs[name], budgets[name]) for name in names])
-    outcomes = {}
-    for name, killed in zip(names, ended, strict=True):
-        if killed is None:
-            outcomes[name] = "already gone"
+    logs = {name: _open_log_end(state, name) for name in names}
+    try:
+        budgets = {name: drain_budget(state.procs[name]) for name in names}
+        ended = terminate([(state.procs[name], budgets[name]) for name in names])
+        outcomes = {}
+        for name, killed in zip(names, ended, strict=True):
+            log = logs[name]
+            if killed is None:
+                outcomes[name] = "already gone"
+            elif log is None and not killed:
+                outcomes[name] = "ended; its log was deleted, so whether it drained is not known"
+            else:
+                written = log.read().decode(errors="replace") if log is not None else ""
+                outcomes[name] = drain_outcome(written, killed, budgets[name])
+        return outcomes
+    finally:
+        for log in logs.values():
+            if log is not None:
+                log.close()
+
+
+def _open_log_end(state: StackState, name: str) -> BinaryIO | None:
+    """The app process's log, opened at its end before its SIGTERM (what it writes after is
+    its drain's outcome); None if there is none to open. An operator may have deleted the
+    file to free the disk: the process still writes to it, so its own stdout is read then."""
+    proc = state.procs[name]
+    paths = [state.log(f"app_{name}")]
+    if proc.alive():  # else its pid may be another process's by now
+        paths.append(Path(f"/proc/{proc.pid}/fd/1"))
+    for path in paths:
+        try:
+            log = open(path, "rb")  # closed by drain(), once the process has ended
+        except OSError:
             continue
-        with open(logs[name], "rb") as log:
-            log.seek(offsets[name])
-            written = log.read().decode(errors="replace")
-        outcomes[name] = drain_outcome(written, killed, budgets[name])
-    return outcomes
+        log.seek(0, os.SEEK_END)
+        return log
+    return None
 
 
 def traefik_color(state: StackState) -> str | None:

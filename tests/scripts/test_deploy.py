@@ -835,3 +835,15 @@ def test_a_new_colour_dead_at_the_switch_is_named_and_switched_back_at_once(loca
     wait_until(lambda: traefik_color(state) == "blue", 15, "Traefik to route to blue again")
     saved = StackState.load(state.dir)
     assert saved.active == "blue" and "green" not in saved.procs and saved.procs["blue"].alive()
+
+
+def test_a_deploy_whose_old_colour_lost_its_log_file_succeeds(local_stack: StackState) -> None:
+    # An operator freeing the disk deleted the old logs: the drain's read of blue's log raised,
+    # a deploy that had switched and drained exited 1 with a traceback.
+    state = local_stack
+    state.log("app_blue").unlink()
+    code, _, output = run_script("deploy", "green", "--state-dir", str(state.dir))
+    assert code == 0, output
+    report = json.loads(output.splitlines()[0])
+    # Its drain is still read: from the process's own output, the deleted file it writes to.
+    assert report["old"] == "drained" and traefik_color(state) == "green"
