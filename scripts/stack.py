@@ -15,7 +15,8 @@ balances over them and a deploy starts, switches and drains all of a colour's at
 instead of one redis-server.
 
 ``up`` on a stack that is partly down restarts only what is dead, where it was (Redis on its
-port and append-only file, Traefik, the active colour's dead processes on their ports); it
+port and append-only file, Traefik, the active colour's dead processes on their ports), and
+rewrites a live dynamic file that does not route to the active colour (missing, unusable); it
 never moves the public port or starts a new Redis. ``up``, ``down`` and a deploy each hold
 the state directory's lock for their whole run: a second one fails at once, naming the first.
 """
@@ -77,6 +78,7 @@ class StackState:
     processes: int = 1  # app processes per colour
     cluster_url: str = ""  # REDIS_URL of the stack's Redis Cluster, when it runs one
     restarted: list[str] = field(default_factory=list)  # what `up` restarted (not saved)
+    rewritten: dict[str, str] = field(default_factory=dict)  # what `up` rewrote, and why (not saved)
 
     @property
     def redis_url(self) -> str:
@@ -119,7 +121,7 @@ class StackState:
     def save(self) -> None:
         data = asdict(self)
         data["dir"] = str(self.dir)
-        del data["restarted"]
+        del data["restarted"], data["rewritten"]
         traefik_config.atomic_write(self.dir / STATE_FILE, json.dumps(data, indent=2) + "\n")
 
     @classmethod
@@ -307,12 +309,42 @@ def write_traefik_files(state: StackState) -> Path:
     )
     static_file = state.dir / "traefik" / "traefik.yml"
     traefik_config.atomic_write(static_file, traefik_config.dump_yaml(static))
+    write_routing(state)
+    return static_file
+
+
+def write_routing(state: StackState) -> None:
+    """Render the live dynamic file for the active colour (and the default certificate beside
+    it) into the directory Traefik watches."""
+    dynamic = state.dynamic_file.parent
     traefik_config.ensure_default_certificate(dynamic)  # fast switches (traefik_config)
     traefik_config.write_watched(
         state.dynamic_file,
         traefik_config.render_dynamic(state.active, state.app_urls()),
     )
-    return static_file
+
+
+def routing_problem(state: StackState) -> str:
+    """What keeps the live dynamic file from routing to the stack's active colour ("" if
+    nothing): with the file gone, Traefik routes nothing, however alive every process is."""
+    import yaml  # here: a deploy imports this module and never asks (~40 ms)
+
+    try:
+        text = state.dynamic_file.read_text()
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable: {exc}"
+    try:
+        yaml.safe_load(text)
+        routed = traefik_config.active_color(text)
+    except (yaml.YAMLError, traefik_config.ConfigProblem) as exc:
+        return f"unusable: {str(exc).splitlines()[0]}"
+    if routed != state.active:
+        return f"routes to {routed}, the stack's active colour is {state.active}"
+    if traefik_config.colour_urls(text) != state.app_urls():
+        return "does not list the stack's app addresses"
+    return ""
 
 
 def running(state: StackState) -> dict[str, bool]:
@@ -320,10 +352,12 @@ def running(state: StackState) -> dict[str, bool]:
 
 
 def all_up(state: StackState) -> bool:
-    """Redis (every node of a cluster), Traefik and every process of the active colour."""
+    """Redis (every node of a cluster), Traefik and every process of the active colour, and
+    the live dynamic file routing to that colour."""
     alive = running(state)
     needed = [*state.redis_names(), "traefik", *state.members(state.active)]
-    return bool(state.redis_names()) and all(alive.get(name) for name in needed)
+    return (bool(state.redis_names()) and all(alive.get(name) for name in needed)
+            and not routing_problem(state))
 
 
 def start_cluster(state: StackState) -> None:
@@ -426,6 +460,11 @@ def repair(state: StackState) -> None:
         state.procs["traefik"] = spawn([traefik_binary(), f"--configFile={static_file}"],
                                        state.log("traefik"))
         state.restarted.append("traefik")
+    else:
+        problem = routing_problem(state)
+        if problem:  # Traefik runs and routes by it: rewritten in place, nothing restarted
+            write_routing(state)
+            state.rewritten[str(state.dynamic_file.relative_to(state.dir))] = problem
     dead = [name for name in state.members(state.active) if not alive.get(name)]
     for name in dead:
         start_member(state, state.active, name)
@@ -436,7 +475,8 @@ def repair(state: StackState) -> None:
         wait_until(lambda: traefik_color(state) == state.active, START_TIMEOUT,
                    f"Traefik to route to {state.active} ({last_words(state, 'traefik')})")
     except (StackError, TimeoutError) as exc:
-        raise StackError(f"restarting {', '.join(state.restarted)} of the stack in {state.dir} failed: "
+        repaired = [*state.restarted, *state.rewritten]
+        raise StackError(f"restarting {', '.join(repaired)} of the stack in {state.dir} failed: "
                          f"{exc}; what still ran was left running. `make stack-down && make stack` starts "
                          "a new stack (new ports; Redis keeps its data)") from None
 
@@ -481,6 +521,7 @@ def status(directory: Path) -> dict[str, Any]:
         "state_dir": str(directory),
         "active": state.active,
         "traefik_routes_to": traefik_color(state),
+        "routing_problem": routing_problem(state) or None,  # the live dynamic file's
         "url": state.web_url,
         "ops_url": state.ops_url,
         "ports": state.ports,
@@ -508,6 +549,10 @@ def main(argv: list[str] | None = None) -> int:
                 result["restarted"] = state.restarted
                 print(f"stack: restarted {', '.join(state.restarted)} (dead); everything else kept running",
                       file=sys.stderr)
+            if state.rewritten:
+                result["rewritten"] = state.rewritten
+                for path, problem in state.rewritten.items():
+                    print(f"stack: rewrote {path} ({problem}) for {state.active}", file=sys.stderr)
         elif args.command == "down":
             result = {"stopped": down(directory), "state_dir": str(directory)}
         else:

@@ -175,3 +175,35 @@ def test_stack_down_on_a_full_disk_stops_everything(local_stack: StackState) -> 
     assert set(json.loads(output)["stopped"]) == {"redis", "traefik", "blue"}
     assert not any(proc.alive() for proc in local_stack.procs.values())
     assert not (local_stack.dir / STATE_FILE).exists()
+
+
+@pytest.mark.parametrize("damage", ["deleted", "emptied"])
+def test_up_rewrites_a_routing_file_that_routes_nothing(local_stack: StackState, damage: str) -> None:
+    # With chat.yml gone Traefik routes nothing (the public port answers 404), yet `stack
+    # status` and `make stack` said "up": true, exit 0, and `up` rewrote it only when Traefik
+    # itself was dead.
+    from tests.support import run_script
+
+    state = local_stack
+    pids = {name: proc.pid for name, proc in state.procs.items()}
+    if damage == "deleted":
+        state.dynamic_file.unlink()
+    else:
+        state.dynamic_file.write_text("")
+    code, _, output = run_script("stack", "status", "--state-dir", str(state.dir))
+    report = json.loads(output)
+    assert code == 1 and report["up"] is False
+    assert report["routing_problem"] == {
+        "deleted": "missing",
+        "emptied": "unusable: the dynamic file must route to exactly one colour, found []"}[damage]
+
+    code, _, output = run_script("stack", "up", "--state-dir", str(state.dir))
+    assert code == 0, output
+    result = json.loads(output[: output.rindex("}") + 1])
+    assert result["up"] is True and result["routing_problem"] is None and "restarted" not in result
+    assert list(result["rewritten"]) == ["traefik/dynamic/chat.yml"]
+    assert "stack: rewrote traefik/dynamic/chat.yml" in output
+    assert state.dynamic_file.read_text() == tc.render_dynamic("blue", state.app_urls())
+    assert traefik_color(state) == "blue" and http_get(state.web_url + "/")[0] == 200
+    # Nothing was restarted: the live clients stayed connected.
+    assert {name: proc.pid for name, proc in StackState.load(state.dir).procs.items()} == pids
