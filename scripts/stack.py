@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 
 from tools import ROOT, lock, traefik_config
 from tools.cluster import RedisClusterServers
-from tools.net import free_port, http_get, wait_until
+from tools.net import free_port, http_get
 from tools.procs import Proc, spawn
 from tools.termination import drain_budget, drain_outcome, stop_together, terminate
 
@@ -270,6 +270,21 @@ def traefik_color(state: StackState) -> str | None:
         return None
 
 
+def wait_routed(state: StackState, color: str, timeout: float) -> None:
+    """Wait for Traefik to route to ``color`` (its /readyz names it); StackError as soon as
+    Traefik has exited (its port taken: it exits at once), or after ``timeout``, quoting its
+    log as it is then, not as it was at its start."""
+    deadline = time.monotonic() + timeout
+    traefik = state.procs["traefik"]
+    while traefik_color(state) != color:
+        if not traefik.alive():
+            raise StackError(f"Traefik exited: {last_words(state, 'traefik')}")
+        if time.monotonic() > deadline:
+            raise StackError(f"Traefik did not route to {color} within {timeout:.0f}s "
+                             f"({last_words(state, 'traefik')})")
+        time.sleep(0.02)
+
+
 def tail(path: Path, since: int = 0, lines: int = 5) -> str:
     """The last lines a log got from offset ``since`` on (a process's start: not what an
     earlier start wrote), for error messages."""
@@ -424,8 +439,7 @@ def _up(directory: Path, color: str, app_env: dict[str, str] | None, processes: 
         state.save()
         start_app(state, color)
         wait_app_ready(state, color, START_TIMEOUT)
-        wait_until(lambda: traefik_color(state) == color, START_TIMEOUT,
-                   f"Traefik to route to {color} ({last_words(state, 'traefik')})")
+        wait_routed(state, color, START_TIMEOUT)
     except BaseException:
         down(directory)
         raise
@@ -472,8 +486,7 @@ def repair(state: StackState) -> None:
     state.save()
     try:
         wait_app_ready(state, state.active, START_TIMEOUT, names=dead or [state.members(state.active)[0]])
-        wait_until(lambda: traefik_color(state) == state.active, START_TIMEOUT,
-                   f"Traefik to route to {state.active} ({last_words(state, 'traefik')})")
+        wait_routed(state, state.active, START_TIMEOUT)
     except (StackError, TimeoutError) as exc:
         repaired = [*state.restarted, *state.rewritten]
         raise StackError(f"restarting {', '.join(repaired)} of the stack in {state.dir} failed: "

@@ -13,7 +13,7 @@ import yaml
 from scripts.stack import STATE_FILE, StackError, StackState, down, locked, status, traefik_color, up
 from tests.support import Client
 from tools import traefik_config as tc
-from tools.net import http_get
+from tools.net import http_get, wait_until
 
 
 async def test_chat_goes_through_traefik_and_probes_stay_internal(local_stack: StackState) -> None:
@@ -207,3 +207,33 @@ def test_up_rewrites_a_routing_file_that_routes_nothing(local_stack: StackState,
     assert traefik_color(state) == "blue" and http_get(state.web_url + "/")[0] == 200
     # Nothing was restarted: the live clients stayed connected.
     assert {name: proc.pid for name, proc in StackState.load(state.dir).procs.items()} == pids
+
+
+def test_up_says_at_once_why_traefik_could_not_restart(local_stack: StackState) -> None:
+    # Traefik dead, its public port taken meanwhile: the restarted Traefik exits at once, but
+    # `up` waited its whole 30 s for it and quoted its log as it was at its start ("nothing in
+    # its log"), not the reason it wrote since.
+    import socket
+
+    from tests.support import run_script
+
+    state = local_stack
+    os.kill(state.procs["traefik"].pid, signal.SIGKILL)
+    assert state.procs["traefik"].wait(10)
+    taken: list[socket.socket] = []
+
+    def take_the_port() -> bool:
+        try:
+            taken.append(socket.create_server(("127.0.0.1", state.ports["web"])))
+        except OSError:  # a killed process's last threads still hold it: gone in a moment
+            return False
+        return True
+
+    wait_until(take_the_port, 10, "Traefik's public port to be free")
+    with taken[0]:
+        code, _, output = run_script("stack", "up", "--state-dir", str(state.dir))
+    assert code == 1, output
+    error = json.loads(output)["error"]
+    assert error.startswith("restarting traefik of the stack in")
+    assert "Traefik exited: " in error and "address already in use" in error
+    assert state.procs["blue"].alive()  # what still ran was left running
