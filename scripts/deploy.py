@@ -22,11 +22,14 @@ the old one is reported "already gone" (no process left) or "stopped, was not an
 Its clients were cut off (close 1006) and reconnect to the new colour as after a drain.
 
 If the target never gets ready nothing is switched, the old colour keeps serving (if it
-still can) and the exit status is 1 with the reason. Deploying the colour that is already
-active is refused (2), unless processes of the other colour still run (a deploy interrupted
-after its switch): then the deploy finishes, draining them once it sees the routed colour
-serve (none of its processes dead, Traefik routing to it); if it does not, the other colour
-is routed again (if it still answers), the routed one's processes are stopped, exit 1.
+still can) and the exit status is 1 with the reason. On the local stack, a deploy with
+Traefik dead is refused (1) before anything starts; after the drain, a new colour that lost
+processes or that Traefik no longer routes to fails the deploy (1) instead of a report.
+Deploying the colour that is already active is refused (2), unless processes of the other
+colour still run (a deploy interrupted after its switch): then the deploy finishes, draining
+them once it sees the routed colour serve (none of its processes dead, Traefik routing to
+it); if it does not, the other colour is routed again (if it still answers), the routed
+one's processes are stopped, exit 1.
 
 The live dynamic file is the record of the active colour (state.json follows it). Ctrl-C,
 SIGTERM or SIGHUP stop a deploy with one line saying what it left and exit status 130:
@@ -97,6 +100,7 @@ class Runtime(Protocol):
     def lingers(self, color: str) -> bool: ...  # processes (containers) of an unrouted colour still run
     def members(self, color: str) -> list[str]: ...  # the colour's process (replica) names
     repair_hint: str  # what an operator runs when the new colour lost processes
+    def edge_down(self) -> str: ...  # why Traefik reaches no colour now, with the way out ("": it can)
     def start(self, color: str) -> None: ...
     def abandon(self, color: str) -> None: ...
     def switch(self, color: str) -> None: ...
@@ -143,7 +147,12 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
         other = traefik_config.other_color(color)
         if not runtime.lingers(other):
             raise Refused(f"{color} is already the active colour: deploy {other} instead")
-        return finish(runtime, color, other, confirm_timeout)
+    # Without Traefik no switch is confirmed, and a drain sends the old colour's clients nowhere.
+    edge = runtime.edge_down()
+    if edge:
+        raise DeployError(f"nothing was deployed: {edge}")
+    if color == old:
+        return finish(runtime, color, traefik_config.other_color(color), confirm_timeout)
     # Each old process asked itself (the local stack), or through Traefik (compose): after
     # a crash this is the failover case.
     old_answered = old is not None and runtime.serves(old)
@@ -174,7 +183,8 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
             with signals_held():
                 switched_to = old if old is None else _route(runtime, old)
             runtime.abandon(color)
-            raise DeployError(f"{why}; switched back before draining anything, {old_now}")
+            now = f"{old or 'nothing'} still runs, undrained" if runtime.edge_down() else old_now
+            raise DeployError(f"{why}; switched back before draining anything, {now}")
         switched = time.monotonic()
 
         confirmed = True
@@ -189,8 +199,9 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
             raise
         raise error from None
     drained = time.monotonic()
-    # A new process that died after its readiness was seen (while the old colour drained).
-    _check_serving(runtime, color, old)
+    # A new process that died after its readiness was seen (while the old colour drained),
+    # or Traefik that did.
+    _check_serving(runtime, color, old, confirm_timeout)
     return {
         "ok": True,
         "runtime": runtime.name,
@@ -234,7 +245,7 @@ def finish(runtime: Runtime, color: str, old: str,
         raise Interrupted(f"interrupted while draining {old}: {color} serves; {old}'s processes got "
                           f"SIGTERM and drain on their own") from None
     drained = time.monotonic()
-    _check_serving(runtime, color, old)
+    _check_serving(runtime, color, old, confirm_timeout)
     return {
         "ok": True, "runtime": runtime.name, "from": old, "to": color, "finished": True,
         "old": (summary(runtime.per_process) if runtime.per_process else
@@ -257,14 +268,17 @@ def _lost(color: str, dead: dict[str, str]) -> str:
 
 def _confirm(runtime: Runtime, color: str, timeout: float, any_death: bool = True) -> str:
     """Wait for Traefik to route to ``color`` (its /readyz through Traefik names it); "" once
-    it does, else why not as soon as it is known: ``color``'s processes that died (any one,
-    or with ``any_death`` False only all of them: the rest may still be routed to), or
-    ``timeout`` passed."""
+    it does, else why not as soon as it is known: Traefik gone, ``color``'s processes that
+    died (any one, or with ``any_death`` False only all of them: the rest may still be
+    routed to), or ``timeout`` passed."""
     deadline = time.monotonic() + timeout
     look = 0.0
     while runtime.routed_color() != color:
         now = time.monotonic()
         if now >= look:
+            edge = runtime.edge_down()
+            if edge:
+                return edge
             dead = runtime.dead(color)
             if dead and (any_death or len(dead) == len(runtime.members(color))):
                 return _lost(color, dead)
@@ -284,10 +298,10 @@ def _not_serving(runtime: Runtime, color: str, timeout: float) -> str:
     return _confirm(runtime, color, timeout)
 
 
-def _check_serving(runtime: Runtime, color: str, old: str | None) -> None:
+def _check_serving(runtime: Runtime, color: str, old: str | None, timeout: float) -> None:
     """DeployError if ``color``, switched to and ``old`` stopped, has lost processes since it
-    was ready: ready once is not serving now, and a report of success would leave nothing
-    serving."""
+    was ready, or Traefik no longer routes to it: ready once is not serving now, and a
+    report of success would leave nothing serving."""
     dead = runtime.dead(color)
     if dead:
         down = _listed(dead)
@@ -295,6 +309,9 @@ def _check_serving(runtime: Runtime, color: str, old: str | None) -> None:
                    else f"{color} serves on fewer processes")
         raise DeployError(f"switched to {color} and stopped {old or 'nothing'}, but {color} lost processes "
                           f"since it was ready: {down}; {serving}. {runtime.repair_hint}")
+    why = _confirm(runtime, color, timeout)
+    if why:
+        raise DeployError(f"switched to {color} and stopped {old or 'nothing'}, but {why}")
 
 
 def interrupted(runtime: Runtime, color: str, old: str | None, switched_to: str | None, confirmed: bool,
@@ -411,6 +428,15 @@ class LocalRuntime:
         return any(self._running(name) for name in self.state.members(color))
 
     repair_hint = "`make stack` restarts them in place"
+
+    def edge_down(self) -> str:
+        from scripts.stack import last_words
+
+        traefik = self.state.procs.get("traefik")
+        if traefik is not None and traefik.alive():
+            return ""
+        return (f"Traefik is not running ({last_words(self.state, 'traefik')}): nothing reaches either "
+                f"colour; `make stack` restarts it in place")
 
     def members(self, color: str) -> list[str]:
         return self.state.members(color)

@@ -847,3 +847,38 @@ def test_a_deploy_whose_old_colour_lost_its_log_file_succeeds(local_stack: Stack
     report = json.loads(output.splitlines()[0])
     # Its drain is still read: from the process's own output, the deleted file it writes to.
     assert report["old"] == "drained" and traefik_color(state) == "green"
+
+
+def test_a_deploy_without_traefik_is_refused_with_the_repair(local_stack: StackState) -> None:
+    # Traefik dead: the deploy started green, waited 15 s for a confirmation that could not
+    # come, and said "switched back, blue still serves" though nothing reached blue.
+    state = local_stack
+    os.kill(state.procs["traefik"].pid, signal.SIGKILL)
+    assert state.procs["traefik"].wait(10)
+    before = state.dynamic_file.read_text()
+    code, _, output = run_script("deploy", "green", "--state-dir", str(state.dir))
+    assert code == 1, output
+    error = json.loads(output.splitlines()[0])["error"]
+    assert error.startswith("nothing was deployed: Traefik is not running (")
+    assert error.endswith("nothing reaches either colour; `make stack` restarts it in place")
+    assert state.dynamic_file.read_text() == before
+    assert processes_of("green", state.ports["green"]) == [] and state.procs["blue"].alive()
+
+
+def test_traefik_gone_during_the_drain_is_not_a_success(local_stack: StackState) -> None:
+    # Traefik killed while blue drained: the deploy reported ok, nothing routed anywhere.
+    from scripts.deploy import DeployError
+
+    class TraefikDiesDuringTheDrain(LocalRuntime):
+        def stop(self, color: str) -> bool:
+            os.kill(self.state.procs["traefik"].pid, signal.SIGKILL)
+            assert self.state.procs["traefik"].wait(10)
+            return super().stop(color)
+
+    state = local_stack
+    with pytest.raises(DeployError) as failed:
+        deploy(TraefikDiesDuringTheDrain(state), "green")
+    message = str(failed.value)
+    assert message.startswith("switched to green and stopped blue, but Traefik is not running (")
+    assert message.endswith("`make stack` restarts it in place")
+    assert state.procs["green"].alive()  # green itself was left serving, for Traefik's return
