@@ -408,8 +408,9 @@ class LocalRuntime:
         return self.state.active  # the live dynamic file's colour (StackState.load)
 
     def serves(self, color: str) -> bool:
-        """Ask each of the colour's processes itself: dead, not answering, or answering (a
-        round robin through Traefik would pick one at random)."""
+        """Ask each of the colour's processes itself: dead, not answering, draining (it got
+        SIGTERM: its 503 says so) or answering (a round robin through Traefik would pick one
+        at random)."""
         from tools.net import http_get
 
         for name in self.state.members(color):
@@ -417,7 +418,10 @@ class LocalRuntime:
                 self.before[name] = "dead"
                 continue
             url = traefik_config.local_url(self.state.ports[name]) + traefik_config.READY_PATH
-            self.before[name] = "answering" if http_get(url, timeout=1.0)[0] == 200 else "not answering"
+            status, body = http_get(url, timeout=1.0)
+            self.before[name] = ("answering" if status == 200 else
+                                 "draining" if status == 503 and _reason(body) == "draining" else
+                                 "not answering")
         return "answering" in (self.before.get(name) for name in self.state.members(color))
 
     def _running(self, name: str) -> bool:
@@ -490,7 +494,8 @@ class LocalRuntime:
     def stop(self, color: str) -> bool:
         """Drain the colour's live processes at once; ``per_process`` says what became of
         each, by what it was before the deploy (``serves``): ``already gone`` (dead then),
-        ``stopped, was not answering``, or its drain's outcome. False if none was left."""
+        ``stopped, was not answering``, or its drain's outcome (also for one draining
+        already: its 503 was no failure to answer). False if none was left."""
         from scripts.stack import drain
 
         names = [name for name in self.state.members(color)
@@ -503,7 +508,9 @@ class LocalRuntime:
             if before == "dead":
                 self.per_process[name] = "already gone"
             elif name not in outcomes:
-                self.per_process[name] = "ended during the deploy, before its drain (see its log)"
+                self.per_process[name] = (
+                    "ended its drain on its own during the deploy" if before == "draining"
+                    else "ended during the deploy, before its drain (see its log)")
             elif before == "not answering":
                 self.per_process[name] = "stopped, was not answering"
             else:
@@ -515,6 +522,15 @@ class LocalRuntime:
     def record_active(self, color: str) -> None:
         self.state.active = color
         self.state.save()
+
+
+def _reason(body: bytes) -> str:
+    """The ``reason`` of a /readyz answer, or ""."""
+    try:
+        found = json.loads(body).get("reason", "")
+    except (ValueError, AttributeError):
+        return ""
+    return found if isinstance(found, str) else ""
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:

@@ -882,3 +882,22 @@ def test_traefik_gone_during_the_drain_is_not_a_success(local_stack: StackState)
     assert message.startswith("switched to green and stopped blue, but Traefik is not running (")
     assert message.endswith("`make stack` restarts it in place")
     assert state.procs["green"].alive()  # green itself was left serving, for Traefik's return
+
+
+def test_an_old_process_draining_already_is_reported_as_its_drain_went(local_stack: StackState) -> None:
+    # Green's processes still run beside the routed blue (a deploy of blue interrupted after
+    # green got SIGTERM): green drains cleanly, and the deploy of blue that finishes it
+    # reported "stopped, was not answering", its 503 "draining" taken for a hang.
+    from tools.net import http_get
+
+    state = local_stack
+    # Long enough a drain to still be under way when the deploy asks it.
+    start_app(state, "green", {"SHUTDOWN_DRAIN_DELAY": "4", "SHUTDOWN_TIMEOUT": "20"})
+    wait_app_ready(state, "green", 30)
+    os.kill(state.procs["green"].pid, signal.SIGTERM)
+    ready_url = state.app_url("green") + "/readyz"
+    wait_until(lambda: http_get(ready_url)[0] == 503, 10, "green to say it drains")
+
+    report = deploy(LocalRuntime(state), "blue")
+    assert report["finished"] and (report["from"], report["to"]) == ("green", "blue")
+    assert report["old_processes"] == {"green": "drained"} and report["old"] == "drained"
