@@ -79,6 +79,7 @@ class StackState:
     cluster_url: str = ""  # REDIS_URL of the stack's Redis Cluster, when it runs one
     restarted: list[str] = field(default_factory=list)  # what `up` restarted (not saved)
     rewritten: dict[str, str] = field(default_factory=dict)  # what `up` rewrote, and why (not saved)
+    notes: list[str] = field(default_factory=list)  # what `up` did not do as asked, and why (not saved)
 
     @property
     def redis_url(self) -> str:
@@ -121,7 +122,7 @@ class StackState:
     def save(self) -> None:
         data = asdict(self)
         data["dir"] = str(self.dir)
-        del data["restarted"], data["rewritten"]
+        del data["restarted"], data["rewritten"], data["notes"]
         traefik_config.atomic_write(self.dir / STATE_FILE, json.dumps(data, indent=2) + "\n")
 
     @classmethod
@@ -397,18 +398,20 @@ def resize_advice(state: StackState, processes: int) -> str:
             f"off and the ports change; Redis keeps its data in {state.dir / 'redis'})")
 
 
-def up(directory: Path, color: str = "blue", app_env: dict[str, str] | None = None,
+def up(directory: Path, color: str | None = None, app_env: dict[str, str] | None = None,
        processes: int | None = None, cluster: bool = False) -> StackState:
-    """Start Redis (or a Redis Cluster), Traefik and ``color``'s ``processes`` processes
-    (default 1); return the state. On a stack that exists: restart only what is dead of
-    it (``restarted`` names it), never what runs; StackError if ``processes`` differs."""
+    """Start Redis (or a Redis Cluster), Traefik and ``color``'s (default blue) ``processes``
+    processes (default 1); return the state. On a stack that exists: restart only what is
+    dead of it (``restarted`` names it), never what runs, its active colour kept (``notes``
+    says so when ``color`` names the other); StackError if ``processes`` differs."""
     with locked(directory, "stack up"):
         return _up(directory, color, app_env, processes, cluster)
 
 
-def _up(directory: Path, color: str, app_env: dict[str, str] | None, processes: int | None,
+def _up(directory: Path, color: str | None, app_env: dict[str, str] | None, processes: int | None,
         cluster: bool) -> StackState:
-    traefik_config.check_color(color)
+    if color is not None:
+        traefik_config.check_color(color)
     if processes is not None and processes < 1:
         raise StackError(f"--processes must be at least 1, got {processes}")
     if (directory / STATE_FILE).exists():
@@ -419,9 +422,15 @@ def _up(directory: Path, color: str, app_env: dict[str, str] | None, processes: 
             raise StackError(f"the local stack in {state.dir} runs one redis-server, not a cluster: "
                              "`make stack-down && make stack STACK_ARGS=--cluster` starts one with a "
                              "cluster (its clients are cut off and its history is not copied)")
+        if color not in (None, state.active):
+            # Switching colours is a deploy's: one that drains the live colour's clients.
+            state.notes.append(f"the stack in {state.dir} already runs with {state.active} active; --color "
+                               f"{color} is for a new stack and was ignored: `make deploy COLOR={color}` "
+                               f"switches to it")
         if not all_up(state):
             repair(state)
         return state
+    color = color or "blue"
     state = StackState(dir=directory, ports={}, active=color, app_env=dict(app_env or {}),
                        processes=processes or 1)
     names = ("web", "ops", "redis", *(n for c in traefik_config.COLORS for n in state.members(c)))
@@ -547,8 +556,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("up", "down", "status"))
     parser.add_argument("--state-dir", help=f"default ${STATE_ENV} or .stack/")
-    parser.add_argument("--color", default="blue", choices=traefik_config.COLORS,
-                        help="the colour `up` starts as active (default blue)")
+    parser.add_argument("--color", choices=traefik_config.COLORS,
+                        help="the colour `up` starts as active on a new stack (default blue; a "
+                             "running stack keeps its own: `make deploy` switches)")
     parser.add_argument("--processes", type=int, default=None,
                         help="app processes per colour (default 1; on a running stack, its count)")
     parser.add_argument("--cluster", action="store_true", help="a Redis Cluster instead of one redis-server")
@@ -562,6 +572,10 @@ def main(argv: list[str] | None = None) -> int:
                 result["restarted"] = state.restarted
                 print(f"stack: restarted {', '.join(state.restarted)} (dead); everything else kept running",
                       file=sys.stderr)
+            for note in state.notes:
+                print(f"stack: {note}", file=sys.stderr)
+            if state.notes:
+                result["notes"] = state.notes
             if state.rewritten:
                 result["rewritten"] = state.rewritten
                 for path, problem in state.rewritten.items():

@@ -237,3 +237,16 @@ def test_up_says_at_once_why_traefik_could_not_restart(local_stack: StackState) 
     assert error.startswith("restarting traefik of the stack in")
     assert "Traefik exited: " in error and "address already in use" in error
     assert state.procs["blue"].alive()  # what still ran was left running
+
+
+def test_up_with_the_other_colour_on_a_running_stack_says_it_keeps_its_own(local_stack: StackState) -> None:
+    # `stack up --color green` on a blue stack exited 0 and said nothing: blue kept serving.
+    from tests.support import run_script
+
+    code, _, output = run_script("stack", "up", "--state-dir", str(local_stack.dir), "--color", "green")
+    assert code == 0, output
+    result = json.loads(output[: output.rindex("}") + 1])
+    [note] = result["notes"]
+    assert "already runs with blue active; --color green is for a new stack and was ignored" in note
+    assert "`make deploy COLOR=green` switches to it" in note and f"stack: {note}" in output
+    assert result["active"] == "blue" and traefik_color(local_stack) == "blue"
