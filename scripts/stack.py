@@ -430,6 +430,13 @@ def _up(directory: Path, color: str | None, app_env: dict[str, str] | None, proc
         if not all_up(state):
             repair(state)
         return state
+    running_here = unrecorded(directory)
+    if running_here:
+        named = ", ".join(f"{what} (pid {pid})" for what, pid in running_here)
+        pids = " ".join(str(pid) for _, pid in running_here)
+        raise StackError(f"no {STATE_FILE} in {directory}, but a stack still runs from it: {named}; a "
+                         f"second one would write to the same Redis data. Stop it first: `kill {pids}` "
+                         f"(Redis keeps its data in {directory / 'redis'}), then `make stack`")
     color = color or "blue"
     state = StackState(dir=directory, ports={}, active=color, app_env=dict(app_env or {}),
                        processes=processes or 1)
@@ -453,6 +460,42 @@ def _up(directory: Path, color: str | None, app_env: dict[str, str] | None, proc
         down(directory)
         raise
     return state
+
+
+def unrecorded(directory: Path) -> list[tuple[str, int]]:
+    """Processes of a stack in ``directory`` that no state.json records (it was deleted):
+    its Redis (redis-server works in the directory's redis/ or redis-cluster/), its Traefik
+    (run with the directory's traefik.yml) and the app processes using that Redis; what
+    each is, and its pid."""
+    import psutil
+
+    config = f"--configFile={directory / 'traefik' / 'traefik.yml'}"
+    data = [directory / "redis", directory / "redis-cluster"]
+    found: list[tuple[str, int]] = []
+    redis_ports: set[int] = set()
+    apps: list[psutil.Process] = []
+    for process in psutil.process_iter(["name", "cmdline", "cwd"]):
+        cmdline, cwd = process.info["cmdline"] or [], process.info["cwd"]
+        if config in cmdline:
+            found.append(("Traefik", process.pid))
+        elif (process.info["name"] or "").startswith("redis-server") and cwd and any(
+                Path(cwd).is_relative_to(where) for where in data):
+            found.append(("redis-server", process.pid))
+            try:
+                redis_ports |= {sock.laddr.port for sock in process.net_connections(kind="tcp")
+                                if sock.status == psutil.CONN_LISTEN and sock.laddr}
+            except psutil.Error:
+                pass
+        elif cmdline[-2:] == ["-m", "app"]:
+            apps.append(process)
+    for app in apps:  # on the stack's Redis: they would serve on the second stack's data too
+        try:
+            url = app.environ().get("REDIS_URL", "")
+        except psutil.Error:
+            continue
+        if any(f"127.0.0.1:{port}/" in url or url.endswith(f"127.0.0.1:{port}") for port in redis_ports):
+            found.append(("app", app.pid))
+    return found
 
 
 def spawn_redis(state: StackState) -> Proc:

@@ -250,3 +250,30 @@ def test_up_with_the_other_colour_on_a_running_stack_says_it_keeps_its_own(local
     assert "already runs with blue active; --color green is for a new stack and was ignored" in note
     assert "`make deploy COLOR=green` switches to it" in note and f"stack: {note}" in output
     assert result["active"] == "blue" and traefik_color(local_stack) == "blue"
+
+
+def test_up_without_the_record_of_a_running_stack_refuses_a_second_one(local_stack: StackState) -> None:
+    # state.json lost while the stack runs: `make stack` started a second stack on the same
+    # state directory, two redis-servers appending to one Redis data directory.
+    from tests.support import run_script
+
+    state = local_stack
+    record = state.dir / STATE_FILE
+    kept = record.read_text()
+    record.unlink()
+    try:
+        code, _, output = run_script("stack", "up", "--state-dir", str(state.dir))
+        second_stack = record.exists()
+    finally:
+        if record.exists():
+            down(state.dir)  # the second stack, on the old code
+        record.write_text(kept)
+    assert code == 1 and not second_stack, output
+    error = json.loads(output)["error"]
+    assert f"no state.json in {state.dir}, but a stack still runs from it" in error
+    for what, name in (("redis-server", "redis"), ("Traefik", "traefik"), ("app", "blue")):
+        assert f"{what} (pid {state.procs[name].pid})" in error
+    # The advice stops exactly that stack.
+    killed = error.split("`kill ")[1].split("`")[0].split()
+    assert sorted(killed) == sorted(str(proc.pid) for proc in state.procs.values())
+    assert all(proc.alive() for proc in state.procs.values())
