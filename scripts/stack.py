@@ -457,7 +457,9 @@ def _up(directory: Path, color: str | None, app_env: dict[str, str] | None, proc
         wait_app_ready(state, color, START_TIMEOUT)
         wait_routed(state, color, START_TIMEOUT)
     except BaseException:
-        down(directory)
+        # What this run started, from its own record: the one on disk may lack what it
+        # could not save (a full disk), and a process left out would run on unrecorded.
+        stop_all(state)
         raise
     return state
 
@@ -556,7 +558,12 @@ def down(directory: Path) -> dict[str, float]:
 def _down(directory: Path) -> dict[str, float]:
     if not (directory / STATE_FILE).exists():
         return {}
-    state = StackState.load(directory)
+    return stop_all(StackState.load(directory))
+
+
+def stop_all(state: StackState) -> dict[str, float]:
+    """Stop every process ``state`` records, apps first, and remove its state.json; seconds
+    each part took."""
     timings = {}
     for color in traefik_config.COLORS:  # all of a colour's processes drain at once
         procs = [state.procs[name] for name in state.members(color) if name in state.procs]
@@ -569,7 +576,7 @@ def _down(directory: Path) -> dict[str, float]:
     redis = [state.procs[name] for name in state.redis_names()]
     if redis:
         timings["redis"] = round(stop_together(redis), 3)
-    (directory / STATE_FILE).unlink(missing_ok=True)
+    (state.dir / STATE_FILE).unlink(missing_ok=True)
     return timings
 
 
@@ -627,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
             result = {"stopped": down(directory), "state_dir": str(directory)}
         else:
             result = status(directory)
-    except (StackError, TimeoutError, traefik_config.ConfigProblem) as exc:
+    except (StackError, TimeoutError, traefik_config.ConfigProblem, OSError) as exc:  # OSError: a full disk
         print(json.dumps({"error": str(exc)}), file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))

@@ -277,3 +277,24 @@ def test_up_without_the_record_of_a_running_stack_refuses_a_second_one(local_sta
     killed = error.split("`kill ")[1].split("`")[0].split()
     assert sorted(killed) == sorted(str(proc.pid) for proc in state.procs.values())
     assert all(proc.alive() for proc in state.procs.values())
+
+
+def test_a_stack_that_cannot_start_on_a_full_disk_leaves_nothing_running(tmp_path: Path) -> None:
+    # state.json's first write failed after redis-server was started, and the cleanup read
+    # the record on disk, which did not name it: Redis ran on, recorded nowhere.
+    from scripts.stack import unrecorded
+    from tests.support import run_script
+
+    directory = tmp_path / "full"
+    # Redis' log goes nowhere: past the limit its own writes would kill it (SIGXFSZ), and it
+    # is the process that must not be left running. Its data files fit.
+    (directory / "logs").mkdir(parents=True)
+    (directory / "logs" / "redis.log").symlink_to(os.devnull)
+    try:
+        code, _, output = run_script("stack", "up", "--state-dir", str(directory), disk_full_past=300)
+        left = unrecorded(directory)
+    finally:
+        for _, pid in unrecorded(directory):  # the old code's leftovers
+            os.kill(pid, signal.SIGKILL)
+    assert code == 1 and "Traceback" not in output and "File too large" in json.loads(output)["error"]
+    assert left == [] and not (directory / STATE_FILE).exists()
