@@ -176,6 +176,7 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
         # Switch back while the old colour still holds them (with nothing to go back to, a
         # colour still partly alive goes on: the end reports what it lost).
         why = _confirm(runtime, color, confirm_timeout, any_death=old_answered)
+        switched = time.monotonic()
         lost = runtime.dead(color) if old_answered and not why else {}
         if lost:
             why = _lost(color, lost)
@@ -185,8 +186,6 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
             runtime.abandon(color)
             now = f"{old or 'nothing'} still runs, undrained" if runtime.edge_down() else old_now
             raise DeployError(f"{why}; switched back before draining anything, {now}")
-        switched = time.monotonic()
-
         confirmed = True
         stopped = runtime.stop(old) if old is not None else False
     except KeyboardInterrupt:
