@@ -418,6 +418,12 @@ class ComposeRuntime:
 
     repair_hint = "`docker compose up -d` for the colour's service, or deploy again"
 
+    def edge_down(self) -> str:
+        # Nothing to refuse: a colour that does not answer through Traefik is started without
+        # --no-deps, which starts Traefik too; after that, a Traefik that does not route to
+        # the new colour fails its confirmation like any other cause.
+        return ""
+
     def members(self, color: str) -> list[str]:
         return self.routed_replicas(color)
 

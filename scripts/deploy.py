@@ -22,14 +22,20 @@ the old one is reported "already gone" (no process left) or "stopped, was not an
 Its clients were cut off (close 1006) and reconnect to the new colour as after a drain.
 
 If the target never gets ready nothing is switched, the old colour keeps serving (if it
-still can) and the exit status is 1 with the reason. Deploying the colour that is already
-active is refused (2), unless processes of the other colour still run (a deploy interrupted
-after its switch): then the deploy finishes, draining them.
+still can) and the exit status is 1 with the reason. On the local stack, a deploy with
+Traefik dead is refused (1) before anything starts; after the drain, a new colour that lost
+processes or that Traefik no longer routes to fails the deploy (1) instead of a report.
+Deploying the colour that is already active is refused (2), unless processes of the other
+colour still run (a deploy interrupted after its switch): then the deploy finishes, draining
+them once it sees the routed colour serve (none of its processes dead, Traefik routing to
+it); if it does not, the other colour is routed again (if it still answers), the routed
+one's processes are stopped, exit 1.
 
 The live dynamic file is the record of the active colour (state.json follows it). Ctrl-C,
 SIGTERM or SIGHUP stop a deploy with one line saying what it left and exit status 130:
 before the switch, the new colour's processes are stopped and the old one still serves;
-after it, the new colour serves and running the same deploy again finishes it. The switch
+after it, the new colour is routed (it serves, once Traefik confirmed the switch; the line
+says which) and running the same deploy again finishes it. The switch
 and its record are written with those signals held back, so they never disagree. A deploy
 holds a lock (the local stack's; compose: its live routing directory's): a second one fails
 at once (1), naming the first.
@@ -94,6 +100,7 @@ class Runtime(Protocol):
     def lingers(self, color: str) -> bool: ...  # processes (containers) of an unrouted colour still run
     def members(self, color: str) -> list[str]: ...  # the colour's process (replica) names
     repair_hint: str  # what an operator runs when the new colour lost processes
+    def edge_down(self) -> str: ...  # why Traefik reaches no colour now, with the way out ("": it can)
     def start(self, color: str) -> None: ...
     def abandon(self, color: str) -> None: ...
     def switch(self, color: str) -> None: ...
@@ -140,7 +147,12 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
         other = traefik_config.other_color(color)
         if not runtime.lingers(other):
             raise Refused(f"{color} is already the active colour: deploy {other} instead")
-        return finish(runtime, color, other)
+    # Without Traefik no switch is confirmed, and a drain sends the old colour's clients nowhere.
+    edge = runtime.edge_down()
+    if edge:
+        raise DeployError(f"nothing was deployed: {edge}")
+    if color == old:
+        return finish(runtime, color, traefik_config.other_color(color), confirm_timeout)
     # Each old process asked itself (the local stack), or through Traefik (compose): after
     # a crash this is the failover case.
     old_answered = old is not None and runtime.serves(old)
@@ -148,6 +160,7 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
                f"{old} was not answering either: nothing serves" if old else "nothing served before")
     began = time.monotonic()
     switched_to = None
+    confirmed = False  # Traefik routes to the new colour and none of its processes was lost
     try:
         try:
             runtime.start(color)
@@ -158,38 +171,36 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
 
         with signals_held():
             switched_to = _route(runtime, color)
-        routed = _await(lambda: runtime.routed_color() == color, confirm_timeout)
-        if not routed:
+        # A new process that died between its readiness and now: Traefik counts it up until
+        # its first health check, so a drain now would send the old colour's clients into it.
+        # Switch back while the old colour still holds them (with nothing to go back to, a
+        # colour still partly alive goes on: the end reports what it lost).
+        why = _confirm(runtime, color, confirm_timeout, any_death=old_answered)
+        switched = time.monotonic()
+        lost = runtime.dead(color) if old_answered and not why else {}
+        if lost:
+            why = _lost(color, lost)
+        if why:
             with signals_held():
                 switched_to = old if old is None else _route(runtime, old)
             runtime.abandon(color)
-            raise DeployError(f"Traefik did not route to {color} within {confirm_timeout:.0f}s; "
-                              f"switched back, {old_now}")
-        switched = time.monotonic()
-        # A new process that died between its readiness and now: Traefik counts it up until
-        # its first health check, so a drain now would send the old colour's clients into it.
-        # Switch back while the old colour still holds them.
-        lost = runtime.dead(color) if old_answered else {}
-        if lost and old is not None:
-            with signals_held():
-                switched_to = _route(runtime, old)
-            runtime.abandon(color)
-            raise DeployError(f"{color} lost processes after it was ready ({_listed(lost)}); switched back "
-                              f"before draining anything, {old_now}")
-
+            now = f"{old or 'nothing'} still runs, undrained" if runtime.edge_down() else old_now
+            raise DeployError(f"{why}; switched back before draining anything, {now}")
+        confirmed = True
         stopped = runtime.stop(old) if old is not None else False
     except KeyboardInterrupt:
-        raise interrupted(runtime, color, old, switched_to, old_now) from None
+        raise interrupted(runtime, color, old, switched_to, confirmed, old_now) from None
+    except DeployError:
+        raise  # it says what it left, having stopped what had to be
+    except Exception as exc:  # a full disk failing state.json's write, a bug: anything else
+        error = failed(runtime, color, old, switched_to, old_now, exc)
+        if error is exc:
+            raise
+        raise error from None
     drained = time.monotonic()
-    # Ready once is not serving now: a new process that died after its readiness was seen
-    # (while the old colour drained) would leave a report of success and nothing serving.
-    dead = runtime.dead(color)
-    if dead:
-        down = _listed(dead)
-        serving = ("nothing serves" if len(dead) == len(runtime.members(color))
-                   else f"{color} serves on fewer processes")
-        raise DeployError(f"switched to {color} and stopped {old or 'nothing'}, but {color} lost processes "
-                          f"since it was ready: {down}; {serving}. {runtime.repair_hint}")
+    # A new process that died after its readiness was seen (while the old colour drained),
+    # or Traefik that did.
+    _check_serving(runtime, color, old, confirm_timeout)
     return {
         "ok": True,
         "runtime": runtime.name,
@@ -207,17 +218,33 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
     }
 
 
-def finish(runtime: Runtime, color: str, old: str) -> dict[str, Any]:
+def finish(runtime: Runtime, color: str, old: str,
+           confirm_timeout: float = CONFIRM_TIMEOUT) -> dict[str, Any]:
     """``color`` is routed but ``old``'s processes still run (a deploy interrupted after its
-    switch): drain them, as that deploy would have; the report."""
+    switch): drain them, as that deploy would have, once ``color`` is seen serving; the
+    report. If it does not serve, ``old`` is not drained into it: routed again if it still
+    answers (``color``'s processes stopped), DeployError either way."""
     began = time.monotonic()
     answered = runtime.serves(old)
+    # The switch may never have been confirmed (interrupted while Traefik was asked): its
+    # colour can have died since, and draining the old one then leaves nothing serving.
+    why = _not_serving(runtime, color, confirm_timeout)
+    if why:
+        if not answered:
+            raise DeployError(f"nothing was drained: {color} is routed but does not serve ({why}), and "
+                              f"{old} does not answer either: nothing serves. {runtime.repair_hint}")
+        with signals_held():
+            _route(runtime, old)
+            runtime.abandon(color)
+        raise DeployError(f"nothing was drained: {color} is routed but does not serve ({why}); switched "
+                          f"back to {old}, which still serves, and stopped {color}'s processes")
     try:
         stopped = runtime.stop(old)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted while draining {old}: {color} serves; {old}'s processes got "
                           f"SIGTERM and drain on their own") from None
     drained = time.monotonic()
+    _check_serving(runtime, color, old, confirm_timeout)
     return {
         "ok": True, "runtime": runtime.name, "from": old, "to": color, "finished": True,
         "old": (summary(runtime.per_process) if runtime.per_process else
@@ -229,13 +256,77 @@ def finish(runtime: Runtime, color: str, old: str) -> dict[str, Any]:
     }
 
 
-def interrupted(runtime: Runtime, color: str, old: str | None, switched_to: str | None,
+# How often a wait for Traefik also looks at the new colour's processes (a `docker ps` on
+# compose): a process that died is not waited out, it is named at once.
+LOOK_EVERY = 0.2
+
+
+def _lost(color: str, dead: dict[str, str]) -> str:
+    return f"{color} lost processes after it was ready ({_listed(dead)})"
+
+
+def _confirm(runtime: Runtime, color: str, timeout: float, any_death: bool = True) -> str:
+    """Wait for Traefik to route to ``color`` (its /readyz through Traefik names it); "" once
+    it does, else why not as soon as it is known: Traefik gone, ``color``'s processes that
+    died (any one, or with ``any_death`` False only all of them: the rest may still be
+    routed to), or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    look = 0.0
+    while runtime.routed_color() != color:
+        now = time.monotonic()
+        if now >= look:
+            edge = runtime.edge_down()
+            if edge:
+                return edge
+            dead = runtime.dead(color)
+            if dead and (any_death or len(dead) == len(runtime.members(color))):
+                return _lost(color, dead)
+            look = now + LOOK_EVERY
+        if now > deadline:
+            return f"Traefik did not route to {color} within {timeout:.0f}s"
+        time.sleep(0.01)
+    return ""
+
+
+def _not_serving(runtime: Runtime, color: str, timeout: float) -> str:
+    """Why ``color`` does not serve now ("" if it does): a process of it is dead, or
+    Traefik does not route to it within ``timeout``."""
+    dead = runtime.dead(color)
+    if dead:
+        return _listed(dead)
+    return _confirm(runtime, color, timeout)
+
+
+def _check_serving(runtime: Runtime, color: str, old: str | None, timeout: float) -> None:
+    """DeployError if ``color``, switched to and ``old`` stopped, has lost processes since it
+    was ready, or Traefik no longer routes to it: ready once is not serving now, and a
+    report of success would leave nothing serving."""
+    dead = runtime.dead(color)
+    if dead:
+        down = _listed(dead)
+        serving = ("nothing serves" if len(dead) == len(runtime.members(color))
+                   else f"{color} serves on fewer processes")
+        raise DeployError(f"switched to {color} and stopped {old or 'nothing'}, but {color} lost processes "
+                          f"since it was ready: {down}; {serving}. {runtime.repair_hint}")
+    why = _confirm(runtime, color, timeout)
+    if why:
+        raise DeployError(f"switched to {color} and stopped {old or 'nothing'}, but {why}")
+
+
+def interrupted(runtime: Runtime, color: str, old: str | None, switched_to: str | None, confirmed: bool,
                 old_now: str) -> Interrupted:
     """The error for a deploy stopped by a signal, having cleaned up what is safe to."""
-    if switched_to == color:
+    if switched_to == color and confirmed:
         return Interrupted(f"interrupted after the switch: {color} serves ({runtime.record}); "
                            f"{old or 'nothing'} may still run, undrained or draining: "
                            f"deploy {color} again to finish (it drains {old or 'nothing'})")
+    if switched_to == color:
+        # Written is not confirmed: the new colour may have died since its readiness.
+        return Interrupted(f"interrupted after the switch to {color} was written, before Traefik confirmed "
+                           f"it: {color} is routed ({runtime.record}) but not known to serve; "
+                           f"{old or 'nothing'} still runs, undrained: deploy {color} again to finish (it "
+                           f"checks {color} first: it drains {old or 'nothing'} only if Traefik routes to a "
+                           f"live {color}, else switches back)")
     with signals_held():  # a second Ctrl-C must not leave fresh processes running unrouted
         runtime.abandon(color)
     if switched_to is not None:  # the switch went out, was not confirmed, and was undone
@@ -244,6 +335,34 @@ def interrupted(runtime: Runtime, color: str, old: str | None, switched_to: str 
                            f"{color}'s new processes were stopped")
     return Interrupted(f"interrupted before the switch: nothing was switched, {old_now}; "
                        f"{color}'s new processes were stopped")
+
+
+def failed(runtime: Runtime, color: str, old: str | None, switched_to: str | None, old_now: str,
+           exc: Exception) -> Exception:
+    """The error for a deploy stopped by an unexpected exception: the new colour's processes
+    stopped and forgotten unless it is routed (nothing else would: a process the stack does
+    not record holds its colour's port for good and outlives ``stack down``). An OSError (a
+    full disk) becomes a DeployError saying what was left; anything else is returned as it is."""
+    # The live record, not ``switched_to``: a record written after the switch may be what failed.
+    if switched_to == color or runtime.active() == color:
+        if not isinstance(exc, OSError):
+            return exc
+        return DeployError(f"the switch to {color} was written, then the deploy failed: {exc}; {color} is "
+                           f"routed, {old or 'nothing'} may still run: deploy {color} again to finish (it "
+                           f"drains {old or 'nothing'} only if Traefik routes to a live {color}, else "
+                           f"switches back)")
+    with signals_held():  # a Ctrl-C now must not leave them running either
+        try:
+            runtime.abandon(color)
+        except OSError:
+            # They were stopped before the record's write that failed; a record still naming
+            # them is harmless: a dead process is never taken for a live one (pid and start time).
+            pass
+    if not isinstance(exc, OSError):
+        return exc
+    undone = "nothing was switched" if switched_to is None else f"{switched_to} is routed again"
+    return DeployError(f"{color} was not deployed: {exc}; {color}'s new processes were stopped, {undone}, "
+                       f"{old_now}")
 
 
 def summary(outcomes: dict[str, str]) -> str:
@@ -267,15 +386,6 @@ def old_outcome(answered: bool, stopped: bool, over: bool = True, failed: str = 
     return "drained" if over else "draining"
 
 
-def _await(predicate: Any, timeout: float, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
 class LocalRuntime:
     """The colours as processes of the local stack (scripts.stack), on loopback."""
 
@@ -297,8 +407,9 @@ class LocalRuntime:
         return self.state.active  # the live dynamic file's colour (StackState.load)
 
     def serves(self, color: str) -> bool:
-        """Ask each of the colour's processes itself: dead, not answering, or answering (a
-        round robin through Traefik would pick one at random)."""
+        """Ask each of the colour's processes itself: dead, not answering, draining (it got
+        SIGTERM: its 503 says so) or answering (a round robin through Traefik would pick one
+        at random)."""
         from tools.net import http_get
 
         for name in self.state.members(color):
@@ -306,7 +417,10 @@ class LocalRuntime:
                 self.before[name] = "dead"
                 continue
             url = traefik_config.local_url(self.state.ports[name]) + traefik_config.READY_PATH
-            self.before[name] = "answering" if http_get(url, timeout=1.0)[0] == 200 else "not answering"
+            status, body = http_get(url, timeout=1.0)
+            self.before[name] = ("answering" if status == 200 else
+                                 "draining" if status == 503 and _reason(body) == "draining" else
+                                 "not answering")
         return "answering" in (self.before.get(name) for name in self.state.members(color))
 
     def _running(self, name: str) -> bool:
@@ -317,6 +431,15 @@ class LocalRuntime:
         return any(self._running(name) for name in self.state.members(color))
 
     repair_hint = "`make stack` restarts them in place"
+
+    def edge_down(self) -> str:
+        from scripts.stack import last_words
+
+        traefik = self.state.procs.get("traefik")
+        if traefik is not None and traefik.alive():
+            return ""
+        return (f"Traefik is not running ({last_words(self.state, 'traefik')}): nothing reaches either "
+                f"colour; `make stack` restarts it in place")
 
     def members(self, color: str) -> list[str]:
         return self.state.members(color)
@@ -370,7 +493,8 @@ class LocalRuntime:
     def stop(self, color: str) -> bool:
         """Drain the colour's live processes at once; ``per_process`` says what became of
         each, by what it was before the deploy (``serves``): ``already gone`` (dead then),
-        ``stopped, was not answering``, or its drain's outcome. False if none was left."""
+        ``stopped, was not answering``, or its drain's outcome (also for one draining
+        already: its 503 was no failure to answer). False if none was left."""
         from scripts.stack import drain
 
         names = [name for name in self.state.members(color)
@@ -383,7 +507,9 @@ class LocalRuntime:
             if before == "dead":
                 self.per_process[name] = "already gone"
             elif name not in outcomes:
-                self.per_process[name] = "ended during the deploy, before its drain (see its log)"
+                self.per_process[name] = (
+                    "ended its drain on its own during the deploy" if before == "draining"
+                    else "ended during the deploy, before its drain (see its log)")
             elif before == "not answering":
                 self.per_process[name] = "stopped, was not answering"
             else:
@@ -395,6 +521,15 @@ class LocalRuntime:
     def record_active(self, color: str) -> None:
         self.state.active = color
         self.state.save()
+
+
+def _reason(body: bytes) -> str:
+    """The ``reason`` of a /readyz answer, or ""."""
+    try:
+        found = json.loads(body).get("reason", "")
+    except (ValueError, AttributeError):
+        return ""
+    return found if isinstance(found, str) else ""
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:

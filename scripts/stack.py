@@ -15,7 +15,8 @@ balances over them and a deploy starts, switches and drains all of a colour's at
 instead of one redis-server.
 
 ``up`` on a stack that is partly down restarts only what is dead, where it was (Redis on its
-port and append-only file, Traefik, the active colour's dead processes on their ports); it
+port and append-only file, Traefik, the active colour's dead processes on their ports), and
+rewrites a live dynamic file that does not route to the active colour (missing, unusable); it
 never moves the public port or starts a new Redis. ``up``, ``down`` and a deploy each hold
 the state directory's lock for their whole run: a second one fails at once, naming the first.
 """
@@ -31,11 +32,11 @@ import time
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from tools import ROOT, lock, traefik_config
 from tools.cluster import RedisClusterServers
-from tools.net import free_port, http_get, wait_until
+from tools.net import free_port, http_get
 from tools.procs import Proc, spawn
 from tools.termination import drain_budget, drain_outcome, stop_together, terminate
 
@@ -77,6 +78,8 @@ class StackState:
     processes: int = 1  # app processes per colour
     cluster_url: str = ""  # REDIS_URL of the stack's Redis Cluster, when it runs one
     restarted: list[str] = field(default_factory=list)  # what `up` restarted (not saved)
+    rewritten: dict[str, str] = field(default_factory=dict)  # what `up` rewrote, and why (not saved)
+    notes: list[str] = field(default_factory=list)  # what `up` did not do as asked, and why (not saved)
 
     @property
     def redis_url(self) -> str:
@@ -119,7 +122,7 @@ class StackState:
     def save(self) -> None:
         data = asdict(self)
         data["dir"] = str(self.dir)
-        del data["restarted"]
+        del data["restarted"], data["rewritten"], data["notes"]
         traefik_config.atomic_write(self.dir / STATE_FILE, json.dumps(data, indent=2) + "\n")
 
     @classmethod
@@ -218,20 +221,43 @@ def drain(state: StackState, names: list[str]) -> dict[str, str]:
     budget (SIGKILL past it); what became of each, for a deploy's report: ``drained``,
     ``already gone`` (ended before the signal), or why not. A process already draining
     loses nothing: a second SIGTERM does not restart or shorten its drain."""
-    logs = {name: state.log(f"app_{name}") for name in names}
-    offsets = {name: (path.stat().st_size if path.exists() else 0) for name, path in logs.items()}
-    budgets = {name: drain_budget(state.procs[name]) for name in names}
-    ended = terminate([(state.procs[name], budgets[name]) for name in names])
-    outcomes = {}
-    for name, killed in zip(names, ended, strict=True):
-        if killed is None:
-            outcomes[name] = "already gone"
+    logs = {name: _open_log_end(state, name) for name in names}
+    try:
+        budgets = {name: drain_budget(state.procs[name]) for name in names}
+        ended = terminate([(state.procs[name], budgets[name]) for name in names])
+        outcomes = {}
+        for name, killed in zip(names, ended, strict=True):
+            log = logs[name]
+            if killed is None:
+                outcomes[name] = "already gone"
+            elif log is None and not killed:
+                outcomes[name] = "ended; its log was deleted, so whether it drained is not known"
+            else:
+                written = log.read().decode(errors="replace") if log is not None else ""
+                outcomes[name] = drain_outcome(written, killed, budgets[name])
+        return outcomes
+    finally:
+        for log in logs.values():
+            if log is not None:
+                log.close()
+
+
+def _open_log_end(state: StackState, name: str) -> BinaryIO | None:
+    """The app process's log, opened at its end before its SIGTERM (what it writes after is
+    its drain's outcome); None if there is none to open. An operator may have deleted the
+    file to free the disk: the process still writes to it, so its own stdout is read then."""
+    proc = state.procs[name]
+    paths = [state.log(f"app_{name}")]
+    if proc.alive():  # else its pid may be another process's by now
+        paths.append(Path(f"/proc/{proc.pid}/fd/1"))
+    for path in paths:
+        try:
+            log = open(path, "rb")  # closed by drain(), once the process has ended
+        except OSError:
             continue
-        with open(logs[name], "rb") as log:
-            log.seek(offsets[name])
-            written = log.read().decode(errors="replace")
-        outcomes[name] = drain_outcome(written, killed, budgets[name])
-    return outcomes
+        log.seek(0, os.SEEK_END)
+        return log
+    return None
 
 
 def traefik_color(state: StackState) -> str | None:
@@ -243,6 +269,21 @@ def traefik_color(state: StackState) -> str | None:
         return json.loads(body).get("color")
     except ValueError:
         return None
+
+
+def wait_routed(state: StackState, color: str, timeout: float) -> None:
+    """Wait for Traefik to route to ``color`` (its /readyz names it); StackError as soon as
+    Traefik has exited (its port taken: it exits at once), or after ``timeout``, quoting its
+    log as it is then, not as it was at its start."""
+    deadline = time.monotonic() + timeout
+    traefik = state.procs["traefik"]
+    while traefik_color(state) != color:
+        if not traefik.alive():
+            raise StackError(f"Traefik exited: {last_words(state, 'traefik')}")
+        if time.monotonic() > deadline:
+            raise StackError(f"Traefik did not route to {color} within {timeout:.0f}s "
+                             f"({last_words(state, 'traefik')})")
+        time.sleep(0.02)
 
 
 def tail(path: Path, since: int = 0, lines: int = 5) -> str:
@@ -284,12 +325,42 @@ def write_traefik_files(state: StackState) -> Path:
     )
     static_file = state.dir / "traefik" / "traefik.yml"
     traefik_config.atomic_write(static_file, traefik_config.dump_yaml(static))
+    write_routing(state)
+    return static_file
+
+
+def write_routing(state: StackState) -> None:
+    """Render the live dynamic file for the active colour (and the default certificate beside
+    it) into the directory Traefik watches."""
+    dynamic = state.dynamic_file.parent
     traefik_config.ensure_default_certificate(dynamic)  # fast switches (traefik_config)
     traefik_config.write_watched(
         state.dynamic_file,
         traefik_config.render_dynamic(state.active, state.app_urls()),
     )
-    return static_file
+
+
+def routing_problem(state: StackState) -> str:
+    """What keeps the live dynamic file from routing to the stack's active colour ("" if
+    nothing): with the file gone, Traefik routes nothing, however alive every process is."""
+    import yaml  # here: a deploy imports this module and never asks (~40 ms)
+
+    try:
+        text = state.dynamic_file.read_text()
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable: {exc}"
+    try:
+        yaml.safe_load(text)
+        routed = traefik_config.active_color(text)
+    except (yaml.YAMLError, traefik_config.ConfigProblem) as exc:
+        return f"unusable: {str(exc).splitlines()[0]}"
+    if routed != state.active:
+        return f"routes to {routed}, the stack's active colour is {state.active}"
+    if traefik_config.colour_urls(text) != state.app_urls():
+        return "does not list the stack's app addresses"
+    return ""
 
 
 def running(state: StackState) -> dict[str, bool]:
@@ -297,10 +368,12 @@ def running(state: StackState) -> dict[str, bool]:
 
 
 def all_up(state: StackState) -> bool:
-    """Redis (every node of a cluster), Traefik and every process of the active colour."""
+    """Redis (every node of a cluster), Traefik and every process of the active colour, and
+    the live dynamic file routing to that colour."""
     alive = running(state)
     needed = [*state.redis_names(), "traefik", *state.members(state.active)]
-    return bool(state.redis_names()) and all(alive.get(name) for name in needed)
+    return (bool(state.redis_names()) and all(alive.get(name) for name in needed)
+            and not routing_problem(state))
 
 
 def start_cluster(state: StackState) -> None:
@@ -325,18 +398,20 @@ def resize_advice(state: StackState, processes: int) -> str:
             f"off and the ports change; Redis keeps its data in {state.dir / 'redis'})")
 
 
-def up(directory: Path, color: str = "blue", app_env: dict[str, str] | None = None,
+def up(directory: Path, color: str | None = None, app_env: dict[str, str] | None = None,
        processes: int | None = None, cluster: bool = False) -> StackState:
-    """Start Redis (or a Redis Cluster), Traefik and ``color``'s ``processes`` processes
-    (default 1); return the state. On a stack that exists: restart only what is dead of
-    it (``restarted`` names it), never what runs; StackError if ``processes`` differs."""
+    """Start Redis (or a Redis Cluster), Traefik and ``color``'s (default blue) ``processes``
+    processes (default 1); return the state. On a stack that exists: restart only what is
+    dead of it (``restarted`` names it), never what runs, its active colour kept (``notes``
+    says so when ``color`` names the other); StackError if ``processes`` differs."""
     with locked(directory, "stack up"):
         return _up(directory, color, app_env, processes, cluster)
 
 
-def _up(directory: Path, color: str, app_env: dict[str, str] | None, processes: int | None,
+def _up(directory: Path, color: str | None, app_env: dict[str, str] | None, processes: int | None,
         cluster: bool) -> StackState:
-    traefik_config.check_color(color)
+    if color is not None:
+        traefik_config.check_color(color)
     if processes is not None and processes < 1:
         raise StackError(f"--processes must be at least 1, got {processes}")
     if (directory / STATE_FILE).exists():
@@ -347,9 +422,22 @@ def _up(directory: Path, color: str, app_env: dict[str, str] | None, processes: 
             raise StackError(f"the local stack in {state.dir} runs one redis-server, not a cluster: "
                              "`make stack-down && make stack STACK_ARGS=--cluster` starts one with a "
                              "cluster (its clients are cut off and its history is not copied)")
+        if color not in (None, state.active):
+            # Switching colours is a deploy's: one that drains the live colour's clients.
+            state.notes.append(f"the stack in {state.dir} already runs with {state.active} active; --color "
+                               f"{color} is for a new stack and was ignored: `make deploy COLOR={color}` "
+                               f"switches to it")
         if not all_up(state):
             repair(state)
         return state
+    running_here = unrecorded(directory)
+    if running_here:
+        named = ", ".join(f"{what} (pid {pid})" for what, pid in running_here)
+        pids = " ".join(str(pid) for _, pid in running_here)
+        raise StackError(f"no {STATE_FILE} in {directory}, but a stack still runs from it: {named}; a "
+                         f"second one would write to the same Redis data. Stop it first: `kill {pids}` "
+                         f"(Redis keeps its data in {directory / 'redis'}), then `make stack`")
+    color = color or "blue"
     state = StackState(dir=directory, ports={}, active=color, app_env=dict(app_env or {}),
                        processes=processes or 1)
     names = ("web", "ops", "redis", *(n for c in traefik_config.COLORS for n in state.members(c)))
@@ -367,12 +455,49 @@ def _up(directory: Path, color: str, app_env: dict[str, str] | None, processes: 
         state.save()
         start_app(state, color)
         wait_app_ready(state, color, START_TIMEOUT)
-        wait_until(lambda: traefik_color(state) == color, START_TIMEOUT,
-                   f"Traefik to route to {color} ({last_words(state, 'traefik')})")
+        wait_routed(state, color, START_TIMEOUT)
     except BaseException:
-        down(directory)
+        # What this run started, from its own record: the one on disk may lack what it
+        # could not save (a full disk), and a process left out would run on unrecorded.
+        stop_all(state)
         raise
     return state
+
+
+def unrecorded(directory: Path) -> list[tuple[str, int]]:
+    """Processes of a stack in ``directory`` that no state.json records (it was deleted):
+    its Redis (redis-server works in the directory's redis/ or redis-cluster/), its Traefik
+    (run with the directory's traefik.yml) and the app processes using that Redis; what
+    each is, and its pid."""
+    import psutil
+
+    config = f"--configFile={directory / 'traefik' / 'traefik.yml'}"
+    data = [directory / "redis", directory / "redis-cluster"]
+    found: list[tuple[str, int]] = []
+    redis_ports: set[int] = set()
+    apps: list[psutil.Process] = []
+    for process in psutil.process_iter(["name", "cmdline", "cwd"]):
+        cmdline, cwd = process.info["cmdline"] or [], process.info["cwd"]
+        if config in cmdline:
+            found.append(("Traefik", process.pid))
+        elif (process.info["name"] or "").startswith("redis-server") and cwd and any(
+                Path(cwd).is_relative_to(where) for where in data):
+            found.append(("redis-server", process.pid))
+            try:
+                redis_ports |= {sock.laddr.port for sock in process.net_connections(kind="tcp")
+                                if sock.status == psutil.CONN_LISTEN and sock.laddr}
+            except psutil.Error:
+                pass
+        elif cmdline[-2:] == ["-m", "app"]:
+            apps.append(process)
+    for app in apps:  # on the stack's Redis: they would serve on the second stack's data too
+        try:
+            url = app.environ().get("REDIS_URL", "")
+        except psutil.Error:
+            continue
+        if any(f"127.0.0.1:{port}/" in url or url.endswith(f"127.0.0.1:{port}") for port in redis_ports):
+            found.append(("app", app.pid))
+    return found
 
 
 def spawn_redis(state: StackState) -> Proc:
@@ -403,6 +528,11 @@ def repair(state: StackState) -> None:
         state.procs["traefik"] = spawn([traefik_binary(), f"--configFile={static_file}"],
                                        state.log("traefik"))
         state.restarted.append("traefik")
+    else:
+        problem = routing_problem(state)
+        if problem:  # Traefik runs and routes by it: rewritten in place, nothing restarted
+            write_routing(state)
+            state.rewritten[str(state.dynamic_file.relative_to(state.dir))] = problem
     dead = [name for name in state.members(state.active) if not alive.get(name)]
     for name in dead:
         start_member(state, state.active, name)
@@ -410,10 +540,10 @@ def repair(state: StackState) -> None:
     state.save()
     try:
         wait_app_ready(state, state.active, START_TIMEOUT, names=dead or [state.members(state.active)[0]])
-        wait_until(lambda: traefik_color(state) == state.active, START_TIMEOUT,
-                   f"Traefik to route to {state.active} ({last_words(state, 'traefik')})")
+        wait_routed(state, state.active, START_TIMEOUT)
     except (StackError, TimeoutError) as exc:
-        raise StackError(f"restarting {', '.join(state.restarted)} of the stack in {state.dir} failed: "
+        repaired = [*state.restarted, *state.rewritten]
+        raise StackError(f"restarting {', '.join(repaired)} of the stack in {state.dir} failed: "
                          f"{exc}; what still ran was left running. `make stack-down && make stack` starts "
                          "a new stack (new ports; Redis keeps its data)") from None
 
@@ -428,7 +558,12 @@ def down(directory: Path) -> dict[str, float]:
 def _down(directory: Path) -> dict[str, float]:
     if not (directory / STATE_FILE).exists():
         return {}
-    state = StackState.load(directory)
+    return stop_all(StackState.load(directory))
+
+
+def stop_all(state: StackState) -> dict[str, float]:
+    """Stop every process ``state`` records, apps first, and remove its state.json; seconds
+    each part took."""
     timings = {}
     for color in traefik_config.COLORS:  # all of a colour's processes drain at once
         procs = [state.procs[name] for name in state.members(color) if name in state.procs]
@@ -441,7 +576,7 @@ def _down(directory: Path) -> dict[str, float]:
     redis = [state.procs[name] for name in state.redis_names()]
     if redis:
         timings["redis"] = round(stop_together(redis), 3)
-    (directory / STATE_FILE).unlink(missing_ok=True)
+    (state.dir / STATE_FILE).unlink(missing_ok=True)
     return timings
 
 
@@ -458,6 +593,7 @@ def status(directory: Path) -> dict[str, Any]:
         "state_dir": str(directory),
         "active": state.active,
         "traefik_routes_to": traefik_color(state),
+        "routing_problem": routing_problem(state) or None,  # the live dynamic file's
         "url": state.web_url,
         "ops_url": state.ops_url,
         "ports": state.ports,
@@ -470,8 +606,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("up", "down", "status"))
     parser.add_argument("--state-dir", help=f"default ${STATE_ENV} or .stack/")
-    parser.add_argument("--color", default="blue", choices=traefik_config.COLORS,
-                        help="the colour `up` starts as active (default blue)")
+    parser.add_argument("--color", choices=traefik_config.COLORS,
+                        help="the colour `up` starts as active on a new stack (default blue; a "
+                             "running stack keeps its own: `make deploy` switches)")
     parser.add_argument("--processes", type=int, default=None,
                         help="app processes per colour (default 1; on a running stack, its count)")
     parser.add_argument("--cluster", action="store_true", help="a Redis Cluster instead of one redis-server")
@@ -485,11 +622,19 @@ def main(argv: list[str] | None = None) -> int:
                 result["restarted"] = state.restarted
                 print(f"stack: restarted {', '.join(state.restarted)} (dead); everything else kept running",
                       file=sys.stderr)
+            for note in state.notes:
+                print(f"stack: {note}", file=sys.stderr)
+            if state.notes:
+                result["notes"] = state.notes
+            if state.rewritten:
+                result["rewritten"] = state.rewritten
+                for path, problem in state.rewritten.items():
+                    print(f"stack: rewrote {path} ({problem}) for {state.active}", file=sys.stderr)
         elif args.command == "down":
             result = {"stopped": down(directory), "state_dir": str(directory)}
         else:
             result = status(directory)
-    except (StackError, TimeoutError, traefik_config.ConfigProblem) as exc:
+    except (StackError, TimeoutError, traefik_config.ConfigProblem, OSError) as exc:  # OSError: a full disk
         print(json.dumps({"error": str(exc)}), file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))

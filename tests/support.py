@@ -114,13 +114,25 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
 
 
+# Sets the file size limit, then becomes the script: past the limit every write to a file fails
+# (EFBIG; Python ignores SIGXFSZ) as on a full disk, without root or a small file system.
+# Pipes are not files: the script's output still reaches the test.
+_FULL_DISK = ("import os, resource, sys\n"
+              "limit = int(sys.argv[1])\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))\n"
+              "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
+
+
 def run_script(script: str, *args: str, json_path: Path | None = None, timeout: float = 120,
-               env: dict[str, str] | None = None) -> tuple[int, Any, str]:
+               env: dict[str, str] | None = None, disk_full_past: int | None = None) -> tuple[int, Any, str]:
     """Run ``python -m scripts.<script>`` from the repository root as its own process;
-    (exit status, its JSON or None, output)."""
+    (exit status, its JSON or None, output). ``disk_full_past``: bytes of a file the script
+    (and every process it starts) can write before the disk is full for it."""
     if script.endswith(".py"):
         raise ValueError(f"run_script takes the module name under scripts/ ({script[:-3]!r}), not a path")
     command = [sys.executable, "-m", f"scripts.{script}", *args]
+    if disk_full_past is not None:
+        command = [sys.executable, "-c", _FULL_DISK, str(disk_full_past), *command[1:]]
     if json_path is not None:
         command += ["--json", str(json_path)]
     completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,

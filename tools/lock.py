@@ -65,13 +65,17 @@ def locked(directory: Path, what: str, owner: str = "the stack",
 
 def _write_note(path: Path, text: str) -> None:
     # Never through a symlink (its target would be overwritten); a path that is not a plain
-    # file just goes without the note.
+    # file just goes without the note. The note is only information, the lock is the flock:
+    # a full disk failing its write must not stop the command that holds the lock (`stack
+    # down` is what an operator runs to free the disk).
     try:
         note = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     except OSError:
         return
     try:
         os.write(note, text.encode())
+    except OSError:
+        pass
     finally:
         os.close(note)
 

@@ -13,7 +13,7 @@ import yaml
 from scripts.stack import STATE_FILE, StackError, StackState, down, locked, status, traefik_color, up
 from tests.support import Client
 from tools import traefik_config as tc
-from tools.net import http_get
+from tools.net import http_get, wait_until
 
 
 async def test_chat_goes_through_traefik_and_probes_stay_internal(local_stack: StackState) -> None:
@@ -163,3 +163,138 @@ def test_a_stack_command_while_another_holds_the_lock_does_nothing(local_stack: 
         code, _, output = run_script("stack", "down", "--state-dir", str(local_stack.dir))
     assert code == 1 and "is busy" in output and f"pid {os.getpid()} (a test" in output
     assert all(proc.alive() for proc in local_stack.procs.values())
+
+
+def test_stack_down_on_a_full_disk_stops_everything(local_stack: StackState) -> None:
+    # The lock's note (who holds it) failed to write on a full disk and took every command
+    # with it, `stack down` too: the one an operator runs to free the disk.
+    from tests.support import run_script
+
+    code, _, output = run_script("stack", "down", "--state-dir", str(local_stack.dir), disk_full_past=0)
+    assert code == 0, output
+    assert set(json.loads(output)["stopped"]) == {"redis", "traefik", "blue"}
+    assert not any(proc.alive() for proc in local_stack.procs.values())
+    assert not (local_stack.dir / STATE_FILE).exists()
+
+
+@pytest.mark.parametrize("damage", ["deleted", "emptied"])
+def test_up_rewrites_a_routing_file_that_routes_nothing(local_stack: StackState, damage: str) -> None:
+    # With chat.yml gone Traefik routes nothing (the public port answers 404), yet `stack
+    # status` and `make stack` said "up": true, exit 0, and `up` rewrote it only when Traefik
+    # itself was dead.
+    from tests.support import run_script
+
+    state = local_stack
+    pids = {name: proc.pid for name, proc in state.procs.items()}
+    if damage == "deleted":
+        state.dynamic_file.unlink()
+    else:
+        state.dynamic_file.write_text("")
+    code, _, output = run_script("stack", "status", "--state-dir", str(state.dir))
+    report = json.loads(output)
+    assert code == 1 and report["up"] is False
+    assert report["routing_problem"] == {
+        "deleted": "missing",
+        "emptied": "unusable: the dynamic file must route to exactly one colour, found []"}[damage]
+
+    code, _, output = run_script("stack", "up", "--state-dir", str(state.dir))
+    assert code == 0, output
+    result = json.loads(output[: output.rindex("}") + 1])
+    assert result["up"] is True and result["routing_problem"] is None and "restarted" not in result
+    assert list(result["rewritten"]) == ["traefik/dynamic/chat.yml"]
+    assert "stack: rewrote traefik/dynamic/chat.yml" in output
+    assert state.dynamic_file.read_text() == tc.render_dynamic("blue", state.app_urls())
+    assert traefik_color(state) == "blue" and http_get(state.web_url + "/")[0] == 200
+    # Nothing was restarted: the live clients stayed connected.
+    assert {name: proc.pid for name, proc in StackState.load(state.dir).procs.items()} == pids
+
+
+def test_up_says_at_once_why_traefik_could_not_restart(local_stack: StackState) -> None:
+    # Traefik dead, its public port taken meanwhile: the restarted Traefik exits at once, but
+    # `up` waited its whole 30 s for it and quoted its log as it was at its start ("nothing in
+    # its log"), not the reason it wrote since.
+    import socket
+
+    from tests.support import run_script
+
+    state = local_stack
+    os.kill(state.procs["traefik"].pid, signal.SIGKILL)
+    assert state.procs["traefik"].wait(10)
+    taken: list[socket.socket] = []
+
+    def take_the_port() -> bool:
+        try:
+            taken.append(socket.create_server(("127.0.0.1", state.ports["web"])))
+        except OSError:  # a killed process's last threads still hold it: gone in a moment
+            return False
+        return True
+
+    wait_until(take_the_port, 10, "Traefik's public port to be free")
+    with taken[0]:
+        code, _, output = run_script("stack", "up", "--state-dir", str(state.dir))
+    assert code == 1, output
+    error = json.loads(output)["error"]
+    assert error.startswith("restarting traefik of the stack in")
+    assert "Traefik exited: " in error and "address already in use" in error
+    assert state.procs["blue"].alive()  # what still ran was left running
+
+
+def test_up_with_the_other_colour_on_a_running_stack_says_it_keeps_its_own(local_stack: StackState) -> None:
+    # `stack up --color green` on a blue stack exited 0 and said nothing: blue kept serving.
+    from tests.support import run_script
+
+    code, _, output = run_script("stack", "up", "--state-dir", str(local_stack.dir), "--color", "green")
+    assert code == 0, output
+    result = json.loads(output[: output.rindex("}") + 1])
+    [note] = result["notes"]
+    assert "already runs with blue active; --color green is for a new stack and was ignored" in note
+    assert "`make deploy COLOR=green` switches to it" in note and f"stack: {note}" in output
+    assert result["active"] == "blue" and traefik_color(local_stack) == "blue"
+
+
+def test_up_without_the_record_of_a_running_stack_refuses_a_second_one(local_stack: StackState) -> None:
+    # state.json lost while the stack runs: `make stack` started a second stack on the same
+    # state directory, two redis-servers appending to one Redis data directory.
+    from tests.support import run_script
+
+    state = local_stack
+    record = state.dir / STATE_FILE
+    kept = record.read_text()
+    record.unlink()
+    try:
+        code, _, output = run_script("stack", "up", "--state-dir", str(state.dir))
+        second_stack = record.exists()
+    finally:
+        if record.exists():
+            down(state.dir)  # the second stack, on the old code
+        record.write_text(kept)
+    assert code == 1 and not second_stack, output
+    error = json.loads(output)["error"]
+    assert f"no state.json in {state.dir}, but a stack still runs from it" in error
+    for what, name in (("redis-server", "redis"), ("Traefik", "traefik"), ("app", "blue")):
+        assert f"{what} (pid {state.procs[name].pid})" in error
+    # The advice stops exactly that stack.
+    killed = error.split("`kill ")[1].split("`")[0].split()
+    assert sorted(killed) == sorted(str(proc.pid) for proc in state.procs.values())
+    assert all(proc.alive() for proc in state.procs.values())
+
+
+def test_a_stack_that_cannot_start_on_a_full_disk_leaves_nothing_running(tmp_path: Path) -> None:
+    # state.json's first write failed after redis-server was started, and the cleanup read
+    # the record on disk, which did not name it: Redis ran on, recorded nowhere.
+    from scripts.stack import unrecorded
+    from tests.support import run_script
+
+    directory = tmp_path / "full"
+    # Redis' log goes nowhere: past the limit its own writes would kill it (SIGXFSZ), and it
+    # is the process that must not be left running. Its data files fit.
+    (directory / "logs").mkdir(parents=True)
+    (directory / "logs" / "redis.log").symlink_to(os.devnull)
+    try:
+        code, _, output = run_script("stack", "up", "--state-dir", str(directory), disk_full_past=300)
+        left = unrecorded(directory)
+    finally:
+        for _, pid in unrecorded(directory):  # the old code's leftovers
+            os.kill(pid, signal.SIGKILL)
+    assert code == 1 and "Traceback" not in output and "File too large" in json.loads(output)["error"]
+    assert left == [] and not (directory / STATE_FILE).exists()
