@@ -17,13 +17,15 @@
     maxChars: 4000, // the server's default CHAT_MAX_MESSAGE_CHARS; the server decides
     refusalsBeforeCheck: 3, // handshakes refused in a row before asking whether it's auth
     token: null, // a JWT for servers with CHAT_AUTH=jwt (the page takes it from #token=)
-    refreshToken: null, // optional async () => fresh JWT, called when the token expires
+    refreshToken: null, // optional async () => fresh JWT, called when the server refuses the token as expired
+    expiryNotice: 60000, // ms before the token's exp (by this page's clock, a hint) to say it expires soon
     typingInterval: 2000, // ms: at most one typing notice per this (the server relays one per 2 s)
     typingShown: 3000, // ms: how long "… is typing" stays without a new notice
   });
   const ROOM_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
   const CLOSE_RESTART = 1012;
   const CLOSE_TOO_BIG = 1009;
+  const CLOSE_TOKEN_EXPIRED = 4001; // the server closes a socket at its token's exp
   // Refusals worth retrying with the same client_id; every other error drops the message.
   const RETRYABLE = new Set(["rate_limited", "unavailable"]);
 
@@ -57,9 +59,9 @@
    * One room's connection. States: "connecting" → "live" → "reconnecting" → "connecting" …;
    * "offline" when the browser has no network or after leave(); "refused" when handshakes
    * keep failing and the history API refuses this client's token, or its lack of one (not
-   * authorised), and "expired" when the token has expired and no refreshToken hook gave a
-   * fresh one: both wait for authorize(token). A full, draining or starting server is none
-   * of these: its refusals are failed connects, retried with backoff.
+   * authorised), and "expired" when the server refused the token as expired and no
+   * refreshToken hook gave another: both wait for authorize(token). A full, draining or
+   * starting server is none of these: its refusals are failed connects, retried with backoff.
    *
    * Callbacks (all optional): onState(state, {delay, window, code}), onReady(frame),
    * onMessage(frame), onGap(frame), onReset(frame), onOutbox(item), onError(code, detail),
@@ -90,6 +92,7 @@
       this.left = false;
       this.token = this.options.token || null;
       this.refusals = 0; // handshakes closed before they opened, in a row
+      this.renewal = null; // the pending ask of the refreshToken hook; connect() cancels it
       this.onOnline = () => {
         if (this.state === "offline" && !this.left) this.connect();
       };
@@ -149,7 +152,11 @@
       if (!this.left) this.connect();
     }
 
-    /** Seconds until the token expires (negative: expired); null without a token or ``exp``. */
+    /**
+     * Seconds until the token expires by this page's clock (negative: expired); null without a
+     * token or ``exp``. A hint only: the page's clock can be hours off the server's, so this
+     * never decides that a token is expired; the server does (close 4001, or expired_token).
+     */
     tokenTtl() {
       const claims = this.token ? tokenClaims(this.token) : null;
       if (claims === null || typeof claims.exp !== "number") return null;
@@ -161,11 +168,7 @@
     connect() {
       this.clearTimers();
       this.detach(4000, "reconnecting");
-      const ttl = this.tokenTtl();
-      if (ttl !== null && ttl <= 0) {
-        this.expired();
-        return;
-      }
+      this.renewal = null; // a hook still being asked answers for a connection that is gone
       const query = this.resuming || this.lastId > 0
         ? { since: String(this.lastId) }
         : { last: String(this.options.historyWindow) };
@@ -180,11 +183,6 @@
       let opened = false;
       this.setState("connecting");
       this.timers.connect = setTimeout(() => this.lost(0), this.options.connectTimeout);
-      if (ttl !== null) {
-        // setTimeout's delay is a 32-bit number of ms: a far expiry is checked again later.
-        const delay = Math.min(ttl * 1000, 2 ** 31 - 1);
-        this.timers.expiry = setTimeout(() => this.refreshOrWarn(), delay);
-      }
       ws.onopen = () => {
         opened = true;
       };
@@ -195,8 +193,16 @@
       // also ends here, as 1006: the browser hides the status, so refusals are counted.
       ws.onclose = (event) => {
         if (ws !== this.ws) return;
+        if (event.code === CLOSE_TOKEN_EXPIRED) {
+          this.renew(event.code); // the server says the token expired: that is what counts
+          return;
+        }
         this.refusals = opened ? 0 : this.refusals + 1;
-        if (this.refusals >= this.options.refusalsBeforeCheck) {
+        // A token that looks expired by our clock (a hint) is worth asking about at once, not
+        // after several refusals: only the server's answer decides.
+        const ttl = this.tokenTtl();
+        const looksExpired = !opened && ttl !== null && ttl <= 0;
+        if (this.refusals >= this.options.refusalsBeforeCheck || looksExpired) {
           this.checkRefusal(event.code);
         } else {
           this.lost(event.code);
@@ -233,9 +239,8 @@
         this.lost(code);
         return;
       }
-      const ttl = this.tokenTtl();
-      if (refusal === "expired_token" || (ttl !== null && ttl <= 0)) {
-        this.expired();
+      if (refusal === "expired_token") {
+        this.renew(code);
         return;
       }
       this.clearTimers();
@@ -243,47 +248,59 @@
       this.setState("refused", { reason: this.token ? "token" : "no_token", code: refusal });
     }
 
-    /** The token's expiry came: ask the hook for a fresh one, else say what happens next. */
-    async refreshOrWarn() {
-      const hook = this.options.refreshToken;
-      if (typeof hook === "function") {
-        try {
-          const fresh = await hook();
-          if (fresh) {
-            this.token = fresh; // the live socket stays; the next connect uses it
-            this.emit("onToken", fresh);
-            return;
-          }
-        } catch (_) {
-          // fall through: no fresh token
-        }
-      }
-      if (this.left) return;
-      if (this.state !== "live") this.expired();
-      else this.emit("onExpiring");
-    }
-
-    /** The token has expired: a fresh one from the hook, or wait for authorize(). */
-    async expired() {
+    /**
+     * The server refused our token as expired (close 4001 at its exp, or the history API's
+     * expired_token after refused handshakes): ask the refreshToken hook once for another, and
+     * connect with it after a backoff delay; with no hook, or nothing usable from it (not a
+     * string, or the very token just refused), wait for authorize() ("expired"). The hook is
+     * asked once per refusal by the server and never straight after another answer, so a hook
+     * that hands out tokens the server refuses, even at once, cannot spin the page.
+     */
+    async renew(code) {
       this.detach(4000, "expired");
       this.clearTimers();
       this.requeueInflight();
+      const refused = this.token;
+      const renewal = {};
+      this.renewal = renewal;
+      let fresh = null;
       const hook = this.options.refreshToken;
       if (typeof hook === "function") {
+        this.setState("connecting"); // not live: nothing is sent while the hook is asked
         try {
-          const fresh = await hook();
-          if (fresh && !this.left) {
-            this.token = fresh;
-            this.emit("onToken", fresh);
-            this.connect();
-            return;
-          }
+          fresh = await hook();
         } catch (_) {
-          // no fresh token: say so below
+          fresh = null; // no fresh token: say so below
         }
       }
-      if (this.left) return; // the hook answered after leave(): this room is done
-      this.setState("expired");
+      // Left, or connected meanwhile (authorize(), the Retry button): this answer is stale.
+      if (this.left || this.renewal !== renewal) return;
+      this.renewal = null;
+      if (typeof fresh !== "string" || fresh === "" || fresh === refused) {
+        this.setState("expired");
+        return;
+      }
+      this.token = fresh;
+      this.refusals = 0;
+      this.emit("onToken", fresh);
+      const window_ = this.retryWindow(code);
+      const delay = Math.random() * window_;
+      this.timers.reconnect = setTimeout(() => this.connect(), delay);
+      this.setState("reconnecting", { delay, window: window_, code });
+    }
+
+    /**
+     * Say, a little before the token's exp, that the server will soon close the connection
+     * (onExpiring), unless a hook will fetch another. By this page's clock, so only a hint: a
+     * token the server has just accepted but our clock calls expired means our clock is off,
+     * and nothing is said.
+     */
+    watchExpiry() {
+      const ttl = this.tokenTtl();
+      if (ttl === null || ttl <= 0 || typeof this.options.refreshToken === "function") return;
+      // setTimeout's delay is a 32-bit number of ms: a far expiry is simply not announced.
+      const delay = Math.max(0, ttl * 1000 - this.options.expiryNotice);
+      if (delay < 2 ** 31) this.timers.expiry = setTimeout(() => this.emit("onExpiring"), delay);
     }
 
     requeueInflight() {
@@ -387,6 +404,7 @@
       // its own `presence` snapshot, next, starts them again.
       this.presence.version = -1;
       this.presence.shown = -1;
+      this.watchExpiry();
       this.setState("live");
       this.emit("onReady", frame);
       this.pump();
@@ -832,8 +850,11 @@
       },
       onOutbox: showOutbox,
       onError: showError,
-      onToken: keepToken,
-      onExpiring: () => showNotice("Your sign-in token has expired: you stay connected, but a reconnect will need a fresh one."),
+      onToken: (token) => {
+        keepToken(token);
+        options.token = token; // the next room joined uses it too
+      },
+      onExpiring: () => showNotice("Your sign-in token expires soon: the server will then close this connection, and rejoining will need a fresh token."),
     });
     client.start();
     ui.input.focus();
