@@ -35,6 +35,7 @@ from app.protocol import (
     ConnectParams,
     FrameError,
     ack_frame,
+    anonymous_name,
     dedupe_key,
     error_frame,
     gap_frame,
@@ -117,6 +118,9 @@ class ChatConsumer(SerialConsumer):
                 return await self._refuse(403, exc.reason)
             self.user = self.owner = identity.sub
             self.expires_at = identity.exp
+        elif params.anon is not None:
+            # The client's own secret names it: the same member across reconnects and deploys.
+            self.user = anonymous_name(params.anon)
         else:
             self.user = f"anon-{secrets.token_hex(4)}"
         self.room, self.group = room, group_name(room)

@@ -42,6 +42,8 @@ INIT_SCRIPT = (
     "document.addEventListener('parley:state', (e) => window.parleyStates.push(e.detail));"
 )
 CLOCK = re.compile(r"^\d{2}:\d{2}:\d{2}$")
+# The tab's anonymous secret, last on every socket URL the page opens (PROTOCOL.md, `anon`).
+ANON = re.compile(r"&anon=([A-Za-z0-9_-]{22})$")
 MakeApp = Callable[..., AppServer]
 
 
@@ -85,6 +87,13 @@ class Tab:
 
     def states(self) -> list[str]:
         return self.page.evaluate("window.parleyStates.map(s => s.state)")
+
+    def socket_urls(self) -> list[str]:
+        """The socket URLs the page opened, each without the tab's anon secret, which every
+        one of them carries, the same throughout."""
+        secrets = {match.group(1) for match in map(ANON.search, self.sockets) if match}
+        assert len(secrets) == 1 and all(ANON.search(url) for url in self.sockets), self.sockets
+        return [ANON.sub("", url) for url in self.sockets]
 
 
 OpenPage = Callable[..., Tab]
@@ -178,7 +187,7 @@ def test_room_from_the_form_and_the_url(app_server: AppServer, open_page: OpenPa
     tab.expect_messages(["in the kitchen"])
     # Leaving the lobby was deliberate: its socket is not reopened.
     base = f"ws://127.0.0.1:{app_server.port}/ws/chat"
-    assert tab.sockets == [f"{base}/lobby/?last=50", f"{base}/kitchen/?last=50"]
+    assert tab.socket_urls() == [f"{base}/lobby/?last=50", f"{base}/kitchen/?last=50"]
     assert "reconnecting" not in tab.states()
 
     tab.page.goto(f"{app_server.base}/?room=lobby")
@@ -227,10 +236,11 @@ def test_restart_reconnects_resumes_and_resends_once(
     assert windows[:3] == [100, 200, 400][: len(windows)] and set(windows[3:]) <= {400}
     assert all(0 <= retry["delay"] < retry["window"] for retry in retries)
     # First join opens a window on history; every reconnect resumes after the last id shown.
-    assert tab.sockets[0] == f"ws://127.0.0.1:{server.port}/ws/chat/ops/?last=50"
+    urls = tab.socket_urls()
+    assert urls[0] == f"ws://127.0.0.1:{server.port}/ws/chat/ops/?last=50"
     # ... in the epoch it counts in (Redis kept the room: one epoch throughout, no reset).
     # ... and with the ts of the message it showed as that id (which message the id named).
-    [resume] = set(tab.sockets[1:])
+    [resume] = set(urls[1:])
     prefix = f"ws://127.0.0.1:{server.port}/ws/chat/ops/?since=1&epoch="
     first_ts = server.get("/api/rooms/ops/messages?since=0")[1]["messages"][0]["ts"]
     assert resume.startswith(prefix) and resume.endswith(f"&ts={first_ts}")
@@ -320,7 +330,7 @@ def test_page_works_through_traefik(
     tab.send(f"over {scheme}")
     tab.expect_messages([f"over {scheme}"])
     ws_scheme = "ws" if scheme == "http" else "wss"
-    assert tab.sockets == [f"{ws_scheme}://127.0.0.1:{port}/ws/chat/proxy/?last=50"]
+    assert tab.socket_urls() == [f"{ws_scheme}://127.0.0.1:{port}/ws/chat/proxy/?last=50"]
 
 
 def test_storage_outage_is_shown_and_the_message_retried_once(

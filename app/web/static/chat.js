@@ -17,6 +17,7 @@
     maxChars: 4000, // the server's default CHAT_MAX_MESSAGE_CHARS; the server decides
     refusalsBeforeCheck: 3, // handshakes refused in a row before asking whether it's auth
     token: null, // a JWT for servers with CHAT_AUTH=jwt (the page takes it from #token=)
+    anon: null, // this tab's secret, sent as ?anon=: without JWT, the server names us by it
     refreshToken: null, // optional async () => fresh JWT, called when the server refuses the token as expired
     expiryNotice: 60000, // ms before the token's exp (by this page's clock, a hint) to say it expires soon
     typingInterval: 2000, // ms: at most one typing notice per this (the server relays one per 2 s)
@@ -178,6 +179,9 @@
       // another message answers with a `reset` too, not with what follows the other one.
       if (query.since !== undefined && this.lastTs !== null) query.ts = String(this.lastTs);
       if (this.token) query.token = this.token;
+      // Anonymous: the same secret on every connect is the same name, so a reconnect or a
+      // deploy is not a new member (the server ignores it with JWT, where the token names us).
+      if (this.options.anon) query.anon = this.options.anon;
       const ws = new WebSocket(roomUrl(this.room, query));
       this.ws = ws;
       let opened = false;
@@ -586,8 +590,11 @@
     tokenNote: $("token-note"),
   };
   const TOKEN_KEY = "parley.token"; // sessionStorage: this tab only, gone with it
+  const ANON_KEY = "parley.anon"; // sessionStorage too: one anonymous name per tab
+  const ANON_PATTERN = /^[A-Za-z0-9_-]{22,128}$/; // what the server takes as ?anon=
   const options = { ...DEFAULTS, ...(window.PARLEY_OPTIONS || {}) };
   options.token = takeToken() || options.token;
+  options.anon = anonSecret();
   let client = null;
   let countdown = 0;
 
@@ -621,6 +628,29 @@
     } catch (_) {
       // storage disabled: kept in memory only
     }
+  }
+
+  /**
+   * This tab's anonymous secret: 128 random bits (base64url), drawn once and kept for the tab,
+   * so a reload, a reconnect or a deploy keeps the name the server derives from it. It is a
+   * secret, not a name: whoever has it can speak under this tab's name, so it stays in this
+   * tab's sessionStorage and goes only to the chat server.
+   */
+  function anonSecret() {
+    try {
+      const kept = window.sessionStorage.getItem(ANON_KEY);
+      if (kept !== null && ANON_PATTERN.test(kept)) return kept;
+    } catch (_) {
+      // storage disabled: a secret for as long as the page lives
+    }
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    const secret = btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+    try {
+      window.sessionStorage.setItem(ANON_KEY, secret);
+    } catch (_) {
+      // kept in memory only
+    }
+    return secret;
   }
 
   const REFUSED_TEXT = {
