@@ -196,6 +196,55 @@ PRESENCE_SEQUENCE = """() => {
 }"""
 
 
+# Changes of one user arriving the other way round (two processes announce them); and a
+# reconnect to a server whose versions started over.
+PRESENCE_REORDERED = """() => {
+  const client = new window.Parley.ChatClient("probe", {}, {});
+  const feed = (frame) => {
+    client.receive(JSON.stringify({ room: "probe", ...frame }));
+    return [client.presence.count, Array.from(client.presence.members).sort()];
+  };
+  const list = (...users) => users.map((user) => ({ user }));
+  const shown = [
+    feed({ type: "presence", count: 2, members: list("me", "dave"), version: 10 }),
+    // dave left (11, held for its process's next round) and came back (12, at once).
+    feed({ type: "join", user: "dave", count: 2, version: 12 }),
+    feed({ type: "leave", user: "dave", count: 1, version: 11 }),
+    // erin came (13) and left after the grace (14): the leave arrives first.
+    feed({ type: "leave", user: "erin", count: 2, version: 14 }),
+    feed({ type: "join", user: "erin", count: 3, version: 13 }),
+    feed({ type: "presence_diff", count: 2, joined: list("frank"), left: list("dave"), version: 16 }),
+    // Older news of both, in a diff: neither changes.
+    feed({ type: "presence_diff", count: 2, joined: list("dave"), left: list("frank"), version: 15 }),
+    // A reconnect to an in-memory server that restarted: versions start again from its snapshot.
+    feed({ type: "ready", last_id: 0, user: "me", epoch: "e2" }),
+    feed({ type: "presence", count: 1, members: list("me"), version: 2 }),
+    feed({ type: "join", user: "dave", count: 2, version: 3 }),
+  ];
+  client.leave();
+  return shown;
+}"""
+
+
+def test_a_users_older_change_arriving_late_changes_nothing(
+    make_app: Callable[..., AppServer], open_tab: Callable[[str], Any],
+) -> None:
+    server = make_app()
+    page = open_tab(f"{server.base}/?room=tea")
+    assert page.evaluate(PRESENCE_REORDERED) == [
+        [2, ["dave", "me"]],
+        [2, ["dave", "me"]],
+        [2, ["dave", "me"]],  # the late leave: dave is still here
+        [2, ["dave", "me"]],
+        [2, ["dave", "me"]],  # the late join: erin has gone
+        [2, ["frank", "me"]],
+        [2, ["frank", "me"]],
+        [2, ["frank", "me"]],
+        [1, ["me"]],
+        [2, ["dave", "me"]],
+    ]
+
+
 def test_a_presence_frame_after_ready_replaces_the_list_and_the_list_never_goes_back(
     make_app: Callable[..., AppServer], open_tab: Callable[[str], Any],
 ) -> None:

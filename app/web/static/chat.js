@@ -85,8 +85,9 @@
       this.mine = new Set(); // client_ids sent from this page
       this.user = null;
       // Who is here: `version` is the highest seen on this connection (the count is its),
-      // `shown` the version of the last `presence` snapshot (frames at or below it are in it).
-      this.presence = { count: 0, members: new Set(), version: -1, shown: -1 };
+      // `shown` the version of the last `presence` snapshot (frames at or below it are in it),
+      // `changed` the version of the last join or leave applied per user since that snapshot.
+      this.presence = { count: 0, members: new Set(), version: -1, shown: -1, changed: new Map() };
       this.typedAt = -Infinity; // when our last typing notice went out
       this.ws = null;
       this.timers = { reconnect: 0, connect: 0, ack: 0, resend: 0, expiry: 0 };
@@ -408,6 +409,7 @@
       // its own `presence` snapshot, next, starts them again.
       this.presence.version = -1;
       this.presence.shown = -1;
+      this.presence.changed = new Map();
       this.watchExpiry();
       this.setState("live");
       this.emit("onReady", frame);
@@ -443,25 +445,33 @@
      * `presence` snapshot replaces the list: right after `ready`, and again whenever the
      * server found that announcements to it were lost. A snapshot older than a frame already
      * applied is ignored, and so is a change at or below the last snapshot's version (the
-     * snapshot was read after it).
+     * snapshot was read after it), or at or below the last change applied for that user: a
+     * user's leave and return, announced by two processes, can arrive the other way round.
      */
     presenceFrame(frame) {
       const p = this.presence;
       const names = (list) => (Array.isArray(list) ? list.map((m) => String(m.user)) : []);
       const version = typeof frame.version === "number" ? frame.version : -1;
+      const change = (user, present) => {
+        if ((p.changed.get(user) ?? -1) >= version) return; // a newer change of theirs came first
+        p.changed.set(user, version);
+        if (present) p.members.add(user);
+        else p.members.delete(user);
+      };
       if (frame.type === "presence") {
         if (version < p.version) return;
         p.members = new Set(names(frame.members));
         p.shown = version;
+        p.changed = new Map(); // the snapshot has every change up to it
       } else if (version <= p.shown) {
         return;
       } else if (frame.type === "join") {
-        p.members.add(String(frame.user));
+        change(String(frame.user), true);
       } else if (frame.type === "leave") {
-        p.members.delete(String(frame.user));
+        change(String(frame.user), false);
       } else {
-        for (const user of names(frame.joined)) p.members.add(user);
-        for (const user of names(frame.left)) p.members.delete(user);
+        for (const user of names(frame.joined)) change(user, true);
+        for (const user of names(frame.left)) change(user, false);
       }
       if (frame.type === "presence" || version > p.version) {
         p.version = version;
