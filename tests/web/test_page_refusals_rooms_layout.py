@@ -135,6 +135,31 @@ def test_a_room_switch_reports_the_unsent_messages_and_sends_them_nowhere(
     assert tab.errors == []
 
 
+def test_joining_the_room_one_is_in_keeps_the_messages_waiting_to_send(
+    make_app: MakeApp, open_page: OpenPage,
+) -> None:
+    # Join on the room already open (the Room field still names it) left it and rejoined:
+    # the message typed while the server was away was dropped as "you left the room".
+    server = make_app(env={"CHAT_API_TOKEN": TOKEN}, port=free_port())
+    tab = open_page(f"{server.base}/?room=alpha")
+    tab.expect_live()
+    server.signal()
+    assert server.wait() == 0
+    expect(tab.locator("#state")).not_to_have_text("live", timeout=WAIT_MS)
+    tab.send("typed while the server was away")
+    expect(tab.locator("#outbox li .status")).to_have_text(["waiting to send"])
+
+    tab.page.locator("#room-form button").click()  # the field says alpha
+    expect(tab.locator("#outbox li .status")).to_have_text(["waiting to send"])
+    expect(tab.locator("#outbox li.failed")).to_have_count(0)
+    server.start()
+    tab.expect_live()
+    tab.expect_messages(["typed while the server was away"])
+    expect(tab.locator("#outbox li")).to_have_count(0)
+    assert stored_texts(server, "alpha") == ["typed while the server was away"]
+    assert tab.errors == []
+
+
 def test_the_longest_names_fit_a_phone_screen(make_app: MakeApp, open_page: OpenPage) -> None:
     room = ("Longroomname" * 6)[:64]  # 64 characters, the most either may have, no break
     user = ("Longusername" * 6)[:64]

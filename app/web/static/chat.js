@@ -856,6 +856,14 @@
       return;
     }
     ui.roomInput.setCustomValidity("");
+    if (client !== null && !client.left && client.room === room) {
+      // Already here: leaving would drop the messages waiting to send as "you left the room".
+      // Join is then a nudge to reconnect now if the page is waiting to.
+      ui.roomInput.value = room;
+      client.retryNow();
+      ui.input.focus();
+      return;
+    }
     // The left room's unsent messages are reported, not carried over: their rows ("not sent
     // to #old: you left the room") stay under the new room's conversation until the next
     // switch, so the user sees what did not go out (and can copy it), and nothing is sent.
