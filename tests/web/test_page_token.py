@@ -7,6 +7,8 @@ import secrets
 import time
 from collections.abc import Callable
 
+from websockets.sync.client import connect
+
 from app.chat.auth import mint
 from tests.support import AppServer
 from tests.web.test_page import WAIT_MS, OpenPage, Tab, expect
@@ -44,6 +46,25 @@ def test_a_token_on_the_page_url_connects_and_leaves_no_trace(make_app: MakeApp,
     # The entry the page was opened with was replaced: going back leaves the page.
     tab.page.go_back()
     assert token not in tab.page.url
+
+
+def test_another_users_message_with_my_client_id_is_not_shown_as_mine(
+    make_app: MakeApp, open_page: OpenPage,
+) -> None:
+    # bob copies the client_id of alice's message from its broadcast and sends his own text
+    # with it: posted (dedupe is per sub), and it must not be styled as alice's own.
+    server = jwt_app(make_app)
+    tab = open_page(f"{server.base}/?room=design#token={mint('alice', '*', 3600, SECRET)}")
+    tab.expect_live()
+    with connect(server.ws_url("design", token=mint("bob", "*", 3600, SECRET))) as bob:
+        tab.send("see you at 5")
+        while (frame := json.loads(bob.recv(WAIT_MS / 1000)))["type"] != "message":
+            pass
+        bob.send(json.dumps({"message": "alice agrees to pay bob", "client_id": frame["client_id"]}))
+        tab.expect_messages(["see you at 5", "alice agrees to pay bob"])
+    expect(tab.locator("#messages li.mine .text")).to_have_text(["see you at 5"])
+    expect(tab.locator("#outbox li")).to_have_count(0)
+    assert tab.errors == []
 
 
 def test_no_token_or_a_refused_one_says_not_authorised(make_app: MakeApp, open_page: OpenPage) -> None:

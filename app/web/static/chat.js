@@ -84,6 +84,7 @@
       this.inflight = null; // the one outbox item awaiting its ack (keeps order; see CLIENT.md)
       this.mine = new Set(); // client_ids sent from this page
       this.user = null;
+      this.names = new Set(); // every name the server gave us here (`ready.user`)
       // Who is here: `version` is the highest seen on this connection (the count is its),
       // `shown` the version of the last `presence` snapshot (frames at or below it are in it),
       // `changed` the version of the last join or leave applied per user since that snapshot.
@@ -404,6 +405,7 @@
       this.refusals = 0;
       this.resuming = true;
       this.user = frame.user;
+      this.names.add(String(frame.user));
       this.epoch = frame.epoch ?? null;
       // A new connection's versions may start over (an in-memory server that restarted):
       // its own `presence` snapshot, next, starts them again.
@@ -429,12 +431,23 @@
       if (typeof frame.id !== "number" || frame.id <= this.lastId) return;
       this.lastId = frame.id;
       this.lastTs = Number.isSafeInteger(frame.ts) ? frame.ts : null;
-      const item = this.outbox.find((entry) => entry.clientId === frame.client_id);
+      const item = this.isMine(frame)
+        ? this.outbox.find((entry) => entry.clientId === frame.client_id)
+        : undefined;
       if (item !== undefined && item !== this.inflight) {
         // Ours, stored before a disconnect ate the ack: delivered, so never resend it.
         this.settle(item, frame.id);
       }
       this.emit("onMessage", frame);
+    }
+
+    /**
+     * A message this page sent: one of our client_ids, from one of our names. The client_id
+     * alone is not enough: it is in every broadcast, and with JWT another user's message may
+     * carry it (dedupe is per sender there), which must not pass for ours.
+     */
+    isMine(frame) {
+      return this.mine.has(frame.client_id) && this.names.has(String(frame.user));
     }
 
     // -- presence -----------------------------------------------------------------------
@@ -726,7 +739,7 @@
     const time = document.createElement("time");
     time.dateTime = new Date(frame.ts).toISOString();
     time.textContent = clock(frame.ts);
-    const mine = client !== null && client.mine.has(frame.client_id);
+    const mine = client !== null && client.isMine(frame);
     const className = mine ? "message mine" : "message";
     const li = row(className, String(frame.user), String(frame.message), time);
     li.dataset.id = String(frame.id);
