@@ -199,9 +199,11 @@ def gap_frame(first_missing: int, last_missing: int) -> str:
     return _dumps({"type": "gap", "from": first_missing, "to": last_missing})
 
 
-def ready_frame(room: str, last_id: int, user: str, epoch: str) -> str:
-    """Sent once after replay: the client is live from ``last_id`` on, in ``epoch``."""
-    return _dumps({"type": "ready", "room": room, "last_id": last_id, "user": user, "epoch": epoch})
+def ready_frame(room: str, last_id: int, user: str, epoch: str, max_message_chars: int) -> str:
+    """Sent once after replay: the client is live from ``last_id`` on, in ``epoch``; it may
+    send messages of up to ``max_message_chars`` characters (so it can check before sending)."""
+    return _dumps({"type": "ready", "room": room, "last_id": last_id, "user": user, "epoch": epoch,
+                   "max_message_chars": max_message_chars})
 
 
 def reset_frame(room: str, epoch: str, last_id: int) -> str:

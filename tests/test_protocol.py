@@ -103,8 +103,8 @@ def test_server_frames() -> None:
     assert json.loads(ack_frame(4, None)) == {"type": "ack", "id": 4, "client_id": None}
     assert json.loads(error_frame("x", "y")) == {"type": "error", "code": "x", "detail": "y"}
     assert json.loads(gap_frame(2, 5)) == {"type": "gap", "from": 2, "to": 5}
-    assert json.loads(ready_frame("r", 9, "u", "e1")) == {
-        "type": "ready", "room": "r", "last_id": 9, "user": "u", "epoch": "e1"
+    assert json.loads(ready_frame("r", 9, "u", "e1", 4000)) == {
+        "type": "ready", "room": "r", "last_id": 9, "user": "u", "epoch": "e1", "max_message_chars": 4000
     }
 
 

@@ -172,7 +172,8 @@ class ChatConsumer(SerialConsumer):
         first = len(texts)  # texts[first + i] is replay.frames[i]
         texts += [frame for _, frame in replay.frames]
         top = replay.frames[-1][0] if replay.frames else self.last_id
-        texts.append(ready_frame(self.room, max(self.last_id, top, live_from), self.user, self.epoch))
+        texts.append(ready_frame(self.room, max(self.last_id, top, live_from), self.user, self.epoch,
+                                 CONFIG.max_message_chars))
         if presence is not None:
             texts.append(presence)
         written = self.send_all_now(texts)

@@ -264,11 +264,29 @@ def test_markup_in_messages_is_shown_as_text(make_app: MakeApp, open_page: OpenP
     assert dialogs == []
 
 
+def without_the_limit(route: Any) -> None:
+    """Pass a page's socket through, with ``ready`` as a server that does not say its message
+    limit (an older release) sends it."""
+    server = route.connect_to_server()
+
+    def relay(message: str | bytes) -> None:
+        frame = json.loads(message)
+        if frame.get("type") == "ready":
+            frame.pop("max_message_chars", None)
+        route.send(json.dumps(frame))
+
+    server.on_message(relay)
+
+
 def test_server_refusal_is_shown_next_to_the_input(
     make_app: MakeApp, open_page: OpenPage,
 ) -> None:
+    # The page checks lengths by the limit `ready` gives; this server does not say it, so the
+    # page lets the message go (its default is 4,000) and the server's refusal is shown.
     server = make_app(env={"CHAT_MAX_MESSAGE_CHARS": "10"})
-    tab = open_page(f"{server.base}/?room=limits")
+    tab = open_page("about:blank")
+    tab.page.route_web_socket("**/ws/chat/**", without_the_limit)
+    tab.page.goto(f"{server.base}/?room=limits")
     tab.expect_live()
     tab.send("this is more than ten characters")
     expect(tab.locator("#send-error")).to_have_text(
@@ -280,6 +298,30 @@ def test_server_refusal_is_shown_next_to_the_input(
     tab.send("short")
     tab.expect_messages(["short"])
     expect(tab.locator("#send-error")).to_have_text("")
+
+
+def test_the_page_holds_messages_to_the_servers_limit(make_app: MakeApp, open_page: OpenPage) -> None:
+    # The page used 4,000 characters whatever the server said: it refused longer messages a
+    # server configured for more would take, and sent ones a stricter server refuses.
+    generous = make_app(env={"CHAT_MAX_MESSAGE_CHARS": "8000"})
+    tab = open_page(f"{generous.base}/?room=limits")
+    tab.expect_live()
+    tab.send("y" * 5000)
+    tab.expect_messages(["y" * 5000])
+    expect(tab.locator("#send-error")).to_have_text("")
+
+    strict = make_app(env={"CHAT_MAX_MESSAGE_CHARS": "10"})
+    tab = open_page(f"{strict.base}/?room=limits")
+    tab.expect_live()
+    tab.send("\U0001F44D" * 11)  # code points, as the server counts, not UTF-16 units
+    expect(tab.locator("#send-error")).to_have_text("Too long: at most 10 characters")
+    # Refused before sending (no outbox row): the text stays in the input to be shortened.
+    expect(tab.locator("#message-input")).to_have_value("\U0001F44D" * 11)
+    expect(tab.locator("#outbox li")).to_have_count(0)
+    tab.send("\U0001F44D" * 10)
+    tab.expect_messages(["\U0001F44D" * 10])
+    assert stored_texts(strict, "limits") == ["\U0001F44D" * 10]
+    assert tab.errors == []
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@
     ackTimeout: 10000, // ms: a send without ack or error means the socket is dead
     sendRetryDelay: 1000, // ms: before resending after `rate_limited` or `unavailable`
     historyWindow: 50, // messages shown on first join (?last=)
-    maxChars: 4000, // the server's default CHAT_MAX_MESSAGE_CHARS; the server decides
+    maxChars: 4000, // until `ready` says the server's CHAT_MAX_MESSAGE_CHARS (older servers do not)
     refusalsBeforeCheck: 3, // handshakes refused in a row before asking whether it's auth
     token: null, // a JWT for servers with CHAT_AUTH=jwt (the page takes it from #token=)
     anon: null, // this tab's secret, sent as ?anon=: without JWT, the server names us by it
@@ -84,6 +84,7 @@
       this.inflight = null; // the one outbox item awaiting its ack (keeps order; see CLIENT.md)
       this.mine = new Set(); // client_ids sent from this page
       this.user = null;
+      this.maxChars = this.options.maxChars; // longest message, in code points: the server's word
       this.names = new Set(); // every name the server gave us here (`ready.user`)
       // Who is here: `version` is the highest seen on this connection (the count is its),
       // `shown` the version of the last `presence` snapshot (frames at or below it are in it),
@@ -406,6 +407,9 @@
       this.resuming = true;
       this.user = frame.user;
       this.names.add(String(frame.user));
+      if (Number.isSafeInteger(frame.max_message_chars) && frame.max_message_chars > 0) {
+        this.maxChars = frame.max_message_chars;
+      }
       this.epoch = frame.epoch ?? null;
       // A new connection's versions may start over (an in-memory server that restarted):
       // its own `presence` snapshot, next, starts them again.
@@ -928,8 +932,10 @@
       showError("no_room", "join a room first");
       return;
     }
-    if ([...text].length > options.maxChars) {
-      showError("message_too_long", `at most ${options.maxChars} characters`);
+    // Checked here so a message too long stays in the input to be shortened; by the limit the
+    // server gave (code points, as it counts), else the default, and the server checks anyway.
+    if ([...text].length > client.maxChars) {
+      showError("message_too_long", `at most ${client.maxChars} characters`);
       return;
     }
     showError(null);
