@@ -248,6 +248,29 @@ def test_restart_reconnects_resumes_and_resends_once(
     assert tab.errors == []
 
 
+# A socket to ``url`` from the page: "opened", or how the page's policy stopped it.
+OPEN_SOCKET = """(url) => new Promise((resolve) => {
+  document.addEventListener("securitypolicyviolation",
+    (event) => resolve(`blocked by ${event.effectiveDirective}`), { once: true });
+  try {
+    new WebSocket(url).onopen = () => resolve("opened");
+  } catch (error) {
+    resolve(`threw ${error.name}`);
+  }
+})"""
+
+
+def test_the_page_may_open_sockets_to_its_own_server_only(make_app: MakeApp, open_page: OpenPage) -> None:
+    # The policy said `connect-src 'self' ws: wss:`: a script injected into the page could
+    # open a socket to any host (to carry the token or the conversation away).
+    server = make_app()
+    elsewhere = make_app(env={"CHAT_ALLOWED_ORIGINS": "*"})  # would take the page's socket
+    tab = open_page(f"{server.base}/?room=csp")
+    tab.expect_live()  # its own server's socket ('self' covers ws: to the page's host and port)
+    assert tab.page.evaluate(OPEN_SOCKET, elsewhere.ws_url("csp")) == "blocked by connect-src"
+    assert tab.page.evaluate(OPEN_SOCKET, server.ws_url("csp")) == "opened"
+
+
 def test_markup_in_messages_is_shown_as_text(make_app: MakeApp, open_page: OpenPage) -> None:
     server = make_app(env={"CHAT_API_TOKEN": TOKEN})
     tab = open_page(f"{server.base}/?room=xss")
