@@ -7,6 +7,7 @@ two places the wire format lives.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ MAX_JSON_BYTES_PER_CHAR = 12
 API_BODY_SLACK = 1024
 # A message's ``ts`` (unix ms) as a query parameter: far past any clock, within 2^53.
 MAX_TS = 2**53 - 1
+# ``?anon=``: an anonymous client's own secret, in URL-safe characters; 22 of them are the
+# 128 bits of randomness the page draws (base64url), 128 leave room for other clients' ways.
+ANON_PATTERN = re.compile(r"[A-Za-z0-9_-]{22,128}")
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 # In a Python str every surrogate code point is unpaired (json.loads joins valid pairs), and
@@ -195,9 +199,11 @@ def gap_frame(first_missing: int, last_missing: int) -> str:
     return _dumps({"type": "gap", "from": first_missing, "to": last_missing})
 
 
-def ready_frame(room: str, last_id: int, user: str, epoch: str) -> str:
-    """Sent once after replay: the client is live from ``last_id`` on, in ``epoch``."""
-    return _dumps({"type": "ready", "room": room, "last_id": last_id, "user": user, "epoch": epoch})
+def ready_frame(room: str, last_id: int, user: str, epoch: str, max_message_chars: int) -> str:
+    """Sent once after replay: the client is live from ``last_id`` on, in ``epoch``; it may
+    send messages of up to ``max_message_chars`` characters (so it can check before sending)."""
+    return _dumps({"type": "ready", "room": room, "last_id": last_id, "user": user, "epoch": epoch,
+                   "max_message_chars": max_message_chars})
 
 
 def reset_frame(room: str, epoch: str, last_id: int) -> str:
@@ -227,11 +233,25 @@ class ConnectParams:
     token: str | None = None
     epoch: str | None = None
     ts: int | None = None  # with ``since``: the ``ts`` of the message at ``since``, as shown
+    anon: str | None = None  # an anonymous client's secret: its name across reconnects
+
+
+def anonymous_name(secret: str) -> str:
+    """The name of an anonymous client that sent ``?anon=<secret>``: the same on every
+    connection, so its reconnects and a deploy's keep it one member of the room's presence.
+
+    A public function of a private value: the name is shown to everyone, the secret leaves
+    the client only for its own server, so nobody takes another's name by reading it. The
+    name is 32 bits of the hash, as random names were: someone set on wearing one given name
+    can search for a secret that hashes to it (about 2^32 hashes), so anonymous names label
+    members, they do not prove who sent what (SECURITY.md); JWT mode is for that.
+    """
+    return "anon-" + hashlib.sha256(secret.encode()).hexdigest()[:8]
 
 
 def parse_connect_params(query_string: bytes, history_max: int) -> ConnectParams:
-    """Parse ``?since=<id>``, ``?epoch=``, ``?ts=``, ``?last=<n>`` and ``?token=``; raise
-    FrameError when malformed."""
+    """Parse ``?since=<id>``, ``?epoch=``, ``?ts=``, ``?last=<n>``, ``?token=`` and ``?anon=``;
+    raise FrameError when malformed."""
     try:
         query = parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
     except ValueError:
@@ -251,7 +271,10 @@ def parse_connect_params(query_string: bytes, history_max: int) -> ConnectParams
         raise FrameError("bad_epoch", f"'epoch' must be 1 to {MAX_EPOCH_CHARS} characters")
     # Only meaningful with ``since``; alone it is accepted and unused, as ``epoch`` is.
     ts = integer("ts", 0, MAX_TS)
-    return ConnectParams(since=since, last=last, token=token, epoch=epoch, ts=ts)
+    anon = query.get("anon", [None])[-1]
+    if anon is not None and not ANON_PATTERN.fullmatch(anon):
+        raise FrameError("bad_anon", "'anon' must be 22 to 128 of A-Z a-z 0-9 _ -")
+    return ConnectParams(since=since, last=last, token=token, epoch=epoch, ts=ts, anon=anon)
 
 
 # -- presence and typing (never stored, no id) -----------------------------------------

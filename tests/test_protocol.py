@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 
 import pytest
 from hypothesis import given
@@ -12,6 +14,7 @@ from app.protocol import (
     ChatMessage,
     FrameError,
     ack_frame,
+    anonymous_name,
     bounded_integer,
     error_frame,
     gap_frame,
@@ -100,8 +103,8 @@ def test_server_frames() -> None:
     assert json.loads(ack_frame(4, None)) == {"type": "ack", "id": 4, "client_id": None}
     assert json.loads(error_frame("x", "y")) == {"type": "error", "code": "x", "detail": "y"}
     assert json.loads(gap_frame(2, 5)) == {"type": "gap", "from": 2, "to": 5}
-    assert json.loads(ready_frame("r", 9, "u", "e1")) == {
-        "type": "ready", "room": "r", "last_id": 9, "user": "u", "epoch": "e1"
+    assert json.loads(ready_frame("r", 9, "u", "e1", 4000)) == {
+        "type": "ready", "room": "r", "last_id": 9, "user": "u", "epoch": "e1", "max_message_chars": 4000
     }
 
 
@@ -121,6 +124,37 @@ def test_bad_connect_params(query: bytes, code: str) -> None:
     with pytest.raises(FrameError) as info:
         parse_connect_params(query, 100)
     assert info.value.code == code
+
+
+SECRET = "Zq3_x-9aB1cD2eF3gH4iJ5"  # 22 URL-safe characters: the page's 128 random bits
+
+
+def test_an_anonymous_name_is_the_secrets_hash_and_the_same_on_every_connection() -> None:
+    assert anonymous_name(SECRET) == "anon-" + hashlib.sha256(SECRET.encode()).hexdigest()[:8]
+    assert anonymous_name(SECRET) == anonymous_name(str(SECRET))
+    assert re.fullmatch(r"anon-[0-9a-f]{8}", anonymous_name("x" * 128))
+    # Another secret, another name (even one character off); the name does not show the secret.
+    assert anonymous_name(SECRET[:-1] + "6") != anonymous_name(SECRET)
+    assert SECRET not in anonymous_name(SECRET)
+
+
+@pytest.mark.parametrize("secret", [SECRET, "a" * 22, "-_" * 64, "A1" * 11])
+def test_the_anon_parameter_takes_22_to_128_url_safe_characters(secret: str) -> None:
+    assert parse_connect_params(f"last=5&anon={secret}".encode(), 100).anon == secret
+
+
+@pytest.mark.parametrize(
+    "raw", ["a" * 21, "a" * 129, "", SECRET[:-1] + "+", SECRET + "%2B", SECRET + "=", SECRET + "%20",
+            SECRET[:-1] + "%C3%A9", SECRET + "%00"],
+)
+def test_a_bad_anon_parameter_is_refused(raw: str) -> None:
+    with pytest.raises(FrameError) as info:
+        parse_connect_params(f"anon={raw}".encode(), 100)
+    assert info.value.code == "bad_anon"
+
+
+def test_no_anon_parameter_is_none() -> None:
+    assert parse_connect_params(b"last=5", 100).anon is None
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ from app.protocol import (
     ConnectParams,
     FrameError,
     ack_frame,
+    anonymous_name,
     dedupe_key,
     error_frame,
     gap_frame,
@@ -117,6 +118,9 @@ class ChatConsumer(SerialConsumer):
                 return await self._refuse(403, exc.reason)
             self.user = self.owner = identity.sub
             self.expires_at = identity.exp
+        elif params.anon is not None:
+            # The client's own secret names it: the same member across reconnects and deploys.
+            self.user = anonymous_name(params.anon)
         else:
             self.user = f"anon-{secrets.token_hex(4)}"
         self.room, self.group = room, group_name(room)
@@ -168,7 +172,8 @@ class ChatConsumer(SerialConsumer):
         first = len(texts)  # texts[first + i] is replay.frames[i]
         texts += [frame for _, frame in replay.frames]
         top = replay.frames[-1][0] if replay.frames else self.last_id
-        texts.append(ready_frame(self.room, max(self.last_id, top, live_from), self.user, self.epoch))
+        texts.append(ready_frame(self.room, max(self.last_id, top, live_from), self.user, self.epoch,
+                                 CONFIG.max_message_chars))
         if presence is not None:
             texts.append(presence)
         written = self.send_all_now(texts)

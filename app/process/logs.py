@@ -20,7 +20,8 @@ from urllib.parse import unquote_plus
 from app.throttled_log import HELD, Throttled
 
 REDACTED = "[redacted]"
-SECRET_PARAMS = frozenset({"token", "access_token"})
+# ``anon``: an anonymous client's secret, which would let a reader take its name.
+SECRET_PARAMS = frozenset({"token", "access_token", "anon"})
 SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie", "sec-websocket-protocol")
 _QUERY_PARAM = re.compile(r"([?&;])([^=&;\s\"?]*)=([^&;\s\"]*)")
 # A header line as uvicorn's WebSocket protocol logs it: "< name: value" / "> name: value".

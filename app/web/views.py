@@ -31,8 +31,12 @@ from app.rooms import is_valid_room
 from app.web.body_limit import Refusal, Scope, header
 
 STATIC = Path(__file__).parent / "static"
+# connect-src 'self': the page talks to its own server only. In CSP Level 3 browsers
+# (Chromium, which the page tests drive) 'self' also matches ws: and wss: to the page's own
+# host and port; what ``ws: wss:`` allowed besides was a socket to any host at all.
+# SECURITY.md quotes this policy verbatim (tests/web/test_views.py holds them together).
 PAGE_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self' ws: wss:; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 # What the one route that takes a body (the POST API) may send: what one message can need.

@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.chat.auth import mint
+from app.protocol import anonymous_name
 from app.rooms import group_name
 from tests import wsraw
 from tests.support import AppServer, Client, RedisServer, http_get, subscribers_reach
@@ -175,6 +176,43 @@ async def test_anonymous_connections_are_each_their_own_user(make_app: Callable[
     assert (await one.recv_type("join"))["user"] == two.ready["user"]  # type: ignore[index]
     status, body = http_get(server.base + "/api/rooms/lobby/presence")
     assert (status, json.loads(body)["count"]) == (200, 2)
+
+
+async def test_an_anonymous_client_that_sends_its_secret_keeps_its_name(
+    make_app: Callable[..., AppServer],
+) -> None:
+    server = make_app(env={"CHAT_PRESENCE_GRACE": "30"})
+    secret = "Zq3_x-9aB1cD2eF3gH4iJ5"
+    first = await Client.connect(server.ws_url("lobby", anon=secret), presence=True)
+    await first.recv_type("presence")
+    await first.close()
+    # A reconnect (within the grace) is the same member: same name, counted once.
+    again = await Client.connect(server.ws_url("lobby", anon=secret), presence=True)
+    snapshot = await again.recv_type("presence")
+    assert again.ready["user"] == first.ready["user"] == anonymous_name(secret)  # type: ignore[index]
+    assert snapshot["count"] == 1 and snapshot["members"] == [{"user": anonymous_name(secret)}]
+    # Without it, a name of its own, as before.
+    other = await Client.connect(server.ws_url("lobby"), presence=True)
+    assert (await other.recv_type("presence"))["count"] == 2
+    assert other.ready["user"] != anonymous_name(secret)  # type: ignore[index]
+    await again.close()
+    await other.close()
+
+
+async def test_a_bad_anon_parameter_refuses_the_handshake(make_app: Callable[..., AppServer]) -> None:
+    server = make_app()
+    with pytest.raises(InvalidStatus) as info:
+        await Client.connect(server.ws_url("lobby", anon="too-short"))
+    assert info.value.response.status_code == 400
+    assert json.loads(info.value.response.body)["code"] == "bad_anon"
+
+
+async def test_anon_is_ignored_with_jwt(make_app: Callable[..., AppServer]) -> None:
+    # With tokens, a user is its token's sub, whatever else the query says.
+    server = make_app(env=JWT)
+    member = await Client.connect(server.ws_url("lobby", token=token("alice"), anon="Zq3_x-9aB1cD2eF3gH4iJ5"))
+    assert member.ready["user"] == "alice"  # type: ignore[index]
+    await member.close()
 
 
 async def test_a_big_room_hears_diffs_and_the_count_stays_exact(make_app: Callable[..., AppServer]) -> None:

@@ -39,6 +39,15 @@ def test_tokens_are_redacted() -> None:
     logging.getLogger("parley").setLevel(logging.INFO)
 
 
+def test_an_anonymous_clients_secret_is_redacted() -> None:
+    # ``?anon=`` would let a reader of the log take that client's name.
+    logging.getLogger("parley").setLevel(logging.DEBUG)
+    line = record('%s - "WebSocket %s" 101', "1.2.3.4:5", "/ws/chat/x/?last=50&anon=Zq3_x-9aB1cD2eF3gH4iJ5")
+    assert ConnectionNoise().filter(line)
+    assert "Zq3_x" not in line.getMessage() and "anon=[redacted]" in line.getMessage()
+    logging.getLogger("parley").setLevel(logging.INFO)
+
+
 def test_client_utf8_mistakes_lose_their_traceback() -> None:
     line = record("Invalid UTF-8 sequence received from client.", exc=True)
     assert ConnectionNoise().filter(line)

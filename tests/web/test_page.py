@@ -42,6 +42,8 @@ INIT_SCRIPT = (
     "document.addEventListener('parley:state', (e) => window.parleyStates.push(e.detail));"
 )
 CLOCK = re.compile(r"^\d{2}:\d{2}:\d{2}$")
+# The tab's anonymous secret, last on every socket URL the page opens (PROTOCOL.md, `anon`).
+ANON = re.compile(r"&anon=([A-Za-z0-9_-]{22})$")
 MakeApp = Callable[..., AppServer]
 
 
@@ -85,6 +87,13 @@ class Tab:
 
     def states(self) -> list[str]:
         return self.page.evaluate("window.parleyStates.map(s => s.state)")
+
+    def socket_urls(self) -> list[str]:
+        """The socket URLs the page opened, each without the tab's anon secret, which every
+        one of them carries, the same throughout."""
+        secrets = {match.group(1) for match in map(ANON.search, self.sockets) if match}
+        assert len(secrets) == 1 and all(ANON.search(url) for url in self.sockets), self.sockets
+        return [ANON.sub("", url) for url in self.sockets]
 
 
 OpenPage = Callable[..., Tab]
@@ -178,7 +187,7 @@ def test_room_from_the_form_and_the_url(app_server: AppServer, open_page: OpenPa
     tab.expect_messages(["in the kitchen"])
     # Leaving the lobby was deliberate: its socket is not reopened.
     base = f"ws://127.0.0.1:{app_server.port}/ws/chat"
-    assert tab.sockets == [f"{base}/lobby/?last=50", f"{base}/kitchen/?last=50"]
+    assert tab.socket_urls() == [f"{base}/lobby/?last=50", f"{base}/kitchen/?last=50"]
     assert "reconnecting" not in tab.states()
 
     tab.page.goto(f"{app_server.base}/?room=lobby")
@@ -227,15 +236,39 @@ def test_restart_reconnects_resumes_and_resends_once(
     assert windows[:3] == [100, 200, 400][: len(windows)] and set(windows[3:]) <= {400}
     assert all(0 <= retry["delay"] < retry["window"] for retry in retries)
     # First join opens a window on history; every reconnect resumes after the last id shown.
-    assert tab.sockets[0] == f"ws://127.0.0.1:{server.port}/ws/chat/ops/?last=50"
+    urls = tab.socket_urls()
+    assert urls[0] == f"ws://127.0.0.1:{server.port}/ws/chat/ops/?last=50"
     # ... in the epoch it counts in (Redis kept the room: one epoch throughout, no reset).
     # ... and with the ts of the message it showed as that id (which message the id named).
-    [resume] = set(tab.sockets[1:])
+    [resume] = set(urls[1:])
     prefix = f"ws://127.0.0.1:{server.port}/ws/chat/ops/?since=1&epoch="
     first_ts = server.get("/api/rooms/ops/messages?since=0")[1]["messages"][0]["ts"]
     assert resume.startswith(prefix) and resume.endswith(f"&ts={first_ts}")
     assert len(resume) == len(prefix) + 16 + len(f"&ts={first_ts}")
     assert tab.errors == []
+
+
+# A socket to ``url`` from the page: "opened", or how the page's policy stopped it.
+OPEN_SOCKET = """(url) => new Promise((resolve) => {
+  document.addEventListener("securitypolicyviolation",
+    (event) => resolve(`blocked by ${event.effectiveDirective}`), { once: true });
+  try {
+    new WebSocket(url).onopen = () => resolve("opened");
+  } catch (error) {
+    resolve(`threw ${error.name}`);
+  }
+})"""
+
+
+def test_the_page_may_open_sockets_to_its_own_server_only(make_app: MakeApp, open_page: OpenPage) -> None:
+    # The policy said `connect-src 'self' ws: wss:`: a script injected into the page could
+    # open a socket to any host (to carry the token or the conversation away).
+    server = make_app()
+    elsewhere = make_app(env={"CHAT_ALLOWED_ORIGINS": "*"})  # would take the page's socket
+    tab = open_page(f"{server.base}/?room=csp")
+    tab.expect_live()  # its own server's socket ('self' covers ws: to the page's host and port)
+    assert tab.page.evaluate(OPEN_SOCKET, elsewhere.ws_url("csp")) == "blocked by connect-src"
+    assert tab.page.evaluate(OPEN_SOCKET, server.ws_url("csp")) == "opened"
 
 
 def test_markup_in_messages_is_shown_as_text(make_app: MakeApp, open_page: OpenPage) -> None:
@@ -254,11 +287,29 @@ def test_markup_in_messages_is_shown_as_text(make_app: MakeApp, open_page: OpenP
     assert dialogs == []
 
 
+def without_the_limit(route: Any) -> None:
+    """Pass a page's socket through, with ``ready`` as a server that does not say its message
+    limit (an older release) sends it."""
+    server = route.connect_to_server()
+
+    def relay(message: str | bytes) -> None:
+        frame = json.loads(message)
+        if frame.get("type") == "ready":
+            frame.pop("max_message_chars", None)
+        route.send(json.dumps(frame))
+
+    server.on_message(relay)
+
+
 def test_server_refusal_is_shown_next_to_the_input(
     make_app: MakeApp, open_page: OpenPage,
 ) -> None:
+    # The page checks lengths by the limit `ready` gives; this server does not say it, so the
+    # page lets the message go (its default is 4,000) and the server's refusal is shown.
     server = make_app(env={"CHAT_MAX_MESSAGE_CHARS": "10"})
-    tab = open_page(f"{server.base}/?room=limits")
+    tab = open_page("about:blank")
+    tab.page.route_web_socket("**/ws/chat/**", without_the_limit)
+    tab.page.goto(f"{server.base}/?room=limits")
     tab.expect_live()
     tab.send("this is more than ten characters")
     expect(tab.locator("#send-error")).to_have_text(
@@ -270,6 +321,30 @@ def test_server_refusal_is_shown_next_to_the_input(
     tab.send("short")
     tab.expect_messages(["short"])
     expect(tab.locator("#send-error")).to_have_text("")
+
+
+def test_the_page_holds_messages_to_the_servers_limit(make_app: MakeApp, open_page: OpenPage) -> None:
+    # The page used 4,000 characters whatever the server said: it refused longer messages a
+    # server configured for more would take, and sent ones a stricter server refuses.
+    generous = make_app(env={"CHAT_MAX_MESSAGE_CHARS": "8000"})
+    tab = open_page(f"{generous.base}/?room=limits")
+    tab.expect_live()
+    tab.send("y" * 5000)
+    tab.expect_messages(["y" * 5000])
+    expect(tab.locator("#send-error")).to_have_text("")
+
+    strict = make_app(env={"CHAT_MAX_MESSAGE_CHARS": "10"})
+    tab = open_page(f"{strict.base}/?room=limits")
+    tab.expect_live()
+    tab.send("\U0001F44D" * 11)  # code points, as the server counts, not UTF-16 units
+    expect(tab.locator("#send-error")).to_have_text("Too long: at most 10 characters")
+    # Refused before sending (no outbox row): the text stays in the input to be shortened.
+    expect(tab.locator("#message-input")).to_have_value("\U0001F44D" * 11)
+    expect(tab.locator("#outbox li")).to_have_count(0)
+    tab.send("\U0001F44D" * 10)
+    tab.expect_messages(["\U0001F44D" * 10])
+    assert stored_texts(strict, "limits") == ["\U0001F44D" * 10]
+    assert tab.errors == []
 
 
 @pytest.fixture
@@ -320,7 +395,7 @@ def test_page_works_through_traefik(
     tab.send(f"over {scheme}")
     tab.expect_messages([f"over {scheme}"])
     ws_scheme = "ws" if scheme == "http" else "wss"
-    assert tab.sockets == [f"{ws_scheme}://127.0.0.1:{port}/ws/chat/proxy/?last=50"]
+    assert tab.socket_urls() == [f"{ws_scheme}://127.0.0.1:{port}/ws/chat/proxy/?last=50"]
 
 
 def test_storage_outage_is_shown_and_the_message_retried_once(

@@ -4,11 +4,13 @@ room anywhere, and the longest names fit a phone's screen."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import signal
 from collections.abc import Callable
 
 import pytest
+from websockets.sync.client import connect
 
 from app.chat.auth import mint
 from tests.support import AppServer
@@ -135,25 +137,69 @@ def test_a_room_switch_reports_the_unsent_messages_and_sends_them_nowhere(
     assert tab.errors == []
 
 
-def test_the_longest_names_fit_a_phone_screen(make_app: MakeApp, open_page: OpenPage) -> None:
-    room = ("Longroomname" * 6)[:64]  # 64 characters, the most either may have, no break
-    user = ("Longusername" * 6)[:64]
+def test_joining_the_room_one_is_in_keeps_the_messages_waiting_to_send(
+    make_app: MakeApp, open_page: OpenPage,
+) -> None:
+    # Join on the room already open (the Room field still names it) left it and rejoined:
+    # the message typed while the server was away was dropped as "you left the room".
+    server = make_app(env={"CHAT_API_TOKEN": TOKEN}, port=free_port())
+    tab = open_page(f"{server.base}/?room=alpha")
+    tab.expect_live()
+    server.signal()
+    assert server.wait() == 0
+    expect(tab.locator("#state")).not_to_have_text("live", timeout=WAIT_MS)
+    tab.send("typed while the server was away")
+    expect(tab.locator("#outbox li .status")).to_have_text(["waiting to send"])
+
+    tab.page.locator("#room-form button").click()  # the field says alpha
+    expect(tab.locator("#outbox li .status")).to_have_text(["waiting to send"])
+    expect(tab.locator("#outbox li.failed")).to_have_count(0)
+    server.start()
+    tab.expect_live()
+    tab.expect_messages(["typed while the server was away"])
+    expect(tab.locator("#outbox li")).to_have_count(0)
+    assert stored_texts(server, "alpha") == ["typed while the server was away"]
+    assert tab.errors == []
+
+
+# Names of 64 characters, the most a name may have: one with no break opportunity but between
+# its letters, and two that are each a single grapheme cluster (a run of Hangul leading jamo,
+# which no line break may split, as wide as a phone's screen and more).
+NAMES = {
+    "ascii": (("Longusername" * 6)[:64], ("Longusername" * 6)[:64][::-1]),
+    "one grapheme cluster": ("\u1100" * 64, "\u1101" * 64),
+}
+
+
+@pytest.mark.parametrize("kind", NAMES)
+def test_the_longest_names_fit_a_phone_screen(kind: str, make_app: MakeApp, open_page: OpenPage) -> None:
+    room = ("Longroomname" * 6)[:64]  # 64 characters, the most a room may have, no break
+    user, other = NAMES[kind]
     server = make_app(env={"CHAT_AUTH": "jwt", "CHAT_JWT_SECRET": SECRET, "CHAT_API_TOKEN": TOKEN})
-    post_message(server.base, room, "from someone with a long name", user=user[::-1])
-    tab = open_page(f"{server.base}/?room={room}#token={mint(user, '*', 3600, SECRET)}")
+    post_message(server.base, room, "from someone with a long name", user=other)
+    tab = open_page("about:blank")
+    tab.page.context.add_init_script("window.PARLEY_OPTIONS.typingShown = 600000;")  # stays shown
+    tab.page.goto(f"{server.base}/?room={room}#token={mint(user, '*', 3600, SECRET)}")
     tab.page.set_viewport_size({"width": 390, "height": 844})
     tab.expect_live()
     expect(tab.locator("#who")).to_have_text(f"you are {user}")
     expect(tab.locator("#online")).to_have_text("1 online", timeout=WAIT_MS)
     tab.send("and a reply")
     tab.expect_messages(["from someone with a long name", "and a reply"])
-    tab.locator("#online").click()
-    expect(tab.locator("#members li")).to_have_text([f"{user} (you)"])
+    with connect(server.ws_url(room, token=mint(other, "*", 3600, SECRET))) as typist:
+        expect(tab.locator("#online")).to_have_text("2 online", timeout=WAIT_MS)
+        typist.send(json.dumps({"type": "typing"}))
+        expect(tab.locator("#typing")).to_have_text(f"{other} is typing…", timeout=WAIT_MS)
+        tab.locator("#online").click()
+        expect(tab.page.locator("#members li", has_text="(you)")).to_have_text([f"{user} (you)"])
+        assert_within_the_screen(tab)
 
+
+def assert_within_the_screen(tab: Tab) -> None:
     width = tab.page.evaluate("window.innerWidth")
     assert width == 390
     assert tab.page.evaluate("document.documentElement.scrollWidth") <= width
-    selectors = ["#room-title", "#who", "#online", "#members", "#state",
+    selectors = ["#room-title", "#who", "#online", "#members", "#state", "#typing",
                  "#messages li.message .user", "#messages li.message time"]
     for selector in selectors:
         for box in tab.locator(selector).evaluate_all(

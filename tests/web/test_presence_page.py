@@ -12,7 +12,8 @@ import pytest
 from websockets.sync.client import connect
 
 from app.chat.auth import mint
-from tests.support import AppServer
+from tests.support import AppServer, RedisServer, free_port
+from tests.web.test_page import OpenPage, Tab
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
@@ -77,6 +78,55 @@ def test_the_page_shows_the_online_count_and_who_is_typing(
     bob.context.close()
     expect(alice.locator("#online")).to_have_text("1 online", timeout=WAIT_MS)
     expect(alice.locator("#members li")).to_have_count(1)
+
+
+# Every text the presence summary shows from now on ("2 online", ...), however briefly.
+WATCH_ONLINE = """() => {
+  const online = document.getElementById("online");
+  window.onlineShown = [];
+  new MutationObserver(() => window.onlineShown.push(online.textContent))
+    .observe(online, { childList: true, characterData: true, subtree: true });
+}"""
+
+
+def my_name(tab: Tab) -> str:
+    return str(tab.locator("#who").text_content()).removeprefix("you are ")
+
+
+def test_anonymous_pages_keep_their_names_across_a_restart(
+    make_app: Callable[..., AppServer], redis_server: RedisServer, open_page: OpenPage,
+) -> None:
+    # Without JWT each connection was a new random user: a deploy (1012, reconnect) doubled
+    # the "online" count for the whole grace, each page listed twice. A tab sends its secret
+    # (?anon=) on every connect, and the server names it by it: the same member throughout.
+    env = {"REDIS_URL": redis_server.url, "CHAT_PRESENCE_GRACE": "30"}  # presence outlives the process
+    server = make_app(env=env, port=free_port())
+    tabs = [open_page(f"{server.base}/?room=tea") for _ in range(2)]
+    for tab in tabs:
+        tab.expect_live()
+        expect(tab.locator("#online")).to_have_text("2 online", timeout=WAIT_MS)
+    names = [my_name(tab) for tab in tabs]
+    assert names[0] != names[1] and all(name.startswith("anon-") for name in names)
+    for tab in tabs:
+        tab.page.evaluate(WATCH_ONLINE)
+
+    server.signal()
+    assert server.wait() == 0
+    for tab in tabs:
+        expect(tab.locator("#state")).not_to_have_text("live", timeout=WAIT_MS)
+    server.start()
+    for tab in tabs:
+        tab.expect_live()
+        expect(tab.locator("#online")).to_have_text("2 online", timeout=WAIT_MS)
+    assert [my_name(tab) for tab in tabs] == names
+    for tab in tabs:
+        # Never more than the two of them, not even for a moment.
+        assert set(tab.page.evaluate("window.onlineShown")) == {"2 online"}
+        tab.locator("#online").click()
+        expect(tab.locator("#members li")).to_have_count(2)
+        assert sorted(tab.locator("#members li bdi").all_text_contents()) == sorted(names)
+        assert len(tab.socket_urls()) >= 2  # reconnected, with one secret throughout
+        assert tab.errors == []
 
 
 # Where each character of ``el``'s text is drawn, left edge in px, in text order.
@@ -144,6 +194,55 @@ PRESENCE_SEQUENCE = """() => {
   client.leave();
   return shown;
 }"""
+
+
+# Changes of one user arriving the other way round (two processes announce them); and a
+# reconnect to a server whose versions started over.
+PRESENCE_REORDERED = """() => {
+  const client = new window.Parley.ChatClient("probe", {}, {});
+  const feed = (frame) => {
+    client.receive(JSON.stringify({ room: "probe", ...frame }));
+    return [client.presence.count, Array.from(client.presence.members).sort()];
+  };
+  const list = (...users) => users.map((user) => ({ user }));
+  const shown = [
+    feed({ type: "presence", count: 2, members: list("me", "dave"), version: 10 }),
+    // dave left (11, held for its process's next round) and came back (12, at once).
+    feed({ type: "join", user: "dave", count: 2, version: 12 }),
+    feed({ type: "leave", user: "dave", count: 1, version: 11 }),
+    // erin came (13) and left after the grace (14): the leave arrives first.
+    feed({ type: "leave", user: "erin", count: 2, version: 14 }),
+    feed({ type: "join", user: "erin", count: 3, version: 13 }),
+    feed({ type: "presence_diff", count: 2, joined: list("frank"), left: list("dave"), version: 16 }),
+    // Older news of both, in a diff: neither changes.
+    feed({ type: "presence_diff", count: 2, joined: list("dave"), left: list("frank"), version: 15 }),
+    // A reconnect to an in-memory server that restarted: versions start again from its snapshot.
+    feed({ type: "ready", last_id: 0, user: "me", epoch: "e2" }),
+    feed({ type: "presence", count: 1, members: list("me"), version: 2 }),
+    feed({ type: "join", user: "dave", count: 2, version: 3 }),
+  ];
+  client.leave();
+  return shown;
+}"""
+
+
+def test_a_users_older_change_arriving_late_changes_nothing(
+    make_app: Callable[..., AppServer], open_tab: Callable[[str], Any],
+) -> None:
+    server = make_app()
+    page = open_tab(f"{server.base}/?room=tea")
+    assert page.evaluate(PRESENCE_REORDERED) == [
+        [2, ["dave", "me"]],
+        [2, ["dave", "me"]],
+        [2, ["dave", "me"]],  # the late leave: dave is still here
+        [2, ["dave", "me"]],
+        [2, ["dave", "me"]],  # the late join: erin has gone
+        [2, ["frank", "me"]],
+        [2, ["frank", "me"]],
+        [2, ["frank", "me"]],
+        [1, ["me"]],
+        [2, ["dave", "me"]],
+    ]
 
 
 def test_a_presence_frame_after_ready_replaces_the_list_and_the_list_never_goes_back(

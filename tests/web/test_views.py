@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tools import ROOT
 from tools.net import http_get
 from tools.procs import AppServer
 
@@ -31,10 +32,16 @@ def test_page_is_html_with_a_strict_policy(app_server: AppServer) -> None:
     assert headers["content-type"] == "text/html; charset=utf-8"
     policy = headers["content-security-policy"]
     assert "script-src 'self';" in policy and "style-src 'self';" in policy
+    assert "connect-src 'self';" in policy  # its own server only (SECURITY.md quotes it all)
     assert "unsafe-inline" not in policy
     # The policy forbids inline code: the page must carry none for it to work at all.
     assert b"<script>" not in body and b"<style" not in body
     assert re.search(rb"\son[a-z]+\s*=", body) is None, "inline event handler"
+
+
+def test_security_md_quotes_the_policy_served(app_server: AppServer) -> None:
+    _, headers, _ = fetch(app_server.base + "/")
+    assert f"`{headers['content-security-policy']}`" in (ROOT / "SECURITY.md").read_text()
 
 
 def test_every_asset_the_page_references_is_served_with_its_type(app_server: AppServer) -> None:

@@ -14,16 +14,19 @@
     ackTimeout: 10000, // ms: a send without ack or error means the socket is dead
     sendRetryDelay: 1000, // ms: before resending after `rate_limited` or `unavailable`
     historyWindow: 50, // messages shown on first join (?last=)
-    maxChars: 4000, // the server's default CHAT_MAX_MESSAGE_CHARS; the server decides
+    maxChars: 4000, // until `ready` says the server's CHAT_MAX_MESSAGE_CHARS (older servers do not)
     refusalsBeforeCheck: 3, // handshakes refused in a row before asking whether it's auth
     token: null, // a JWT for servers with CHAT_AUTH=jwt (the page takes it from #token=)
-    refreshToken: null, // optional async () => fresh JWT, called when the token expires
+    anon: null, // this tab's secret, sent as ?anon=: without JWT, the server names us by it
+    refreshToken: null, // optional async () => fresh JWT, called when the server refuses the token as expired
+    expiryNotice: 60000, // ms before the token's exp (by this page's clock, a hint) to say it expires soon
     typingInterval: 2000, // ms: at most one typing notice per this (the server relays one per 2 s)
     typingShown: 3000, // ms: how long "… is typing" stays without a new notice
   });
   const ROOM_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
   const CLOSE_RESTART = 1012;
   const CLOSE_TOO_BIG = 1009;
+  const CLOSE_TOKEN_EXPIRED = 4001; // the server closes a socket at its token's exp
   // Refusals worth retrying with the same client_id; every other error drops the message.
   const RETRYABLE = new Set(["rate_limited", "unavailable"]);
 
@@ -57,9 +60,9 @@
    * One room's connection. States: "connecting" → "live" → "reconnecting" → "connecting" …;
    * "offline" when the browser has no network or after leave(); "refused" when handshakes
    * keep failing and the history API refuses this client's token, or its lack of one (not
-   * authorised), and "expired" when the token has expired and no refreshToken hook gave a
-   * fresh one: both wait for authorize(token). A full, draining or starting server is none
-   * of these: its refusals are failed connects, retried with backoff.
+   * authorised), and "expired" when the server refused the token as expired and no
+   * refreshToken hook gave another: both wait for authorize(token). A full, draining or
+   * starting server is none of these: its refusals are failed connects, retried with backoff.
    *
    * Callbacks (all optional): onState(state, {delay, window, code}), onReady(frame),
    * onMessage(frame), onGap(frame), onReset(frame), onOutbox(item), onError(code, detail),
@@ -81,15 +84,19 @@
       this.inflight = null; // the one outbox item awaiting its ack (keeps order; see CLIENT.md)
       this.mine = new Set(); // client_ids sent from this page
       this.user = null;
+      this.maxChars = this.options.maxChars; // longest message, in code points: the server's word
+      this.names = new Set(); // every name the server gave us here (`ready.user`)
       // Who is here: `version` is the highest seen on this connection (the count is its),
-      // `shown` the version of the last `presence` snapshot (frames at or below it are in it).
-      this.presence = { count: 0, members: new Set(), version: -1, shown: -1 };
+      // `shown` the version of the last `presence` snapshot (frames at or below it are in it),
+      // `changed` the version of the last join or leave applied per user since that snapshot.
+      this.presence = { count: 0, members: new Set(), version: -1, shown: -1, changed: new Map() };
       this.typedAt = -Infinity; // when our last typing notice went out
       this.ws = null;
       this.timers = { reconnect: 0, connect: 0, ack: 0, resend: 0, expiry: 0 };
       this.left = false;
       this.token = this.options.token || null;
       this.refusals = 0; // handshakes closed before they opened, in a row
+      this.renewal = null; // the pending ask of the refreshToken hook; connect() cancels it
       this.onOnline = () => {
         if (this.state === "offline" && !this.left) this.connect();
       };
@@ -149,7 +156,11 @@
       if (!this.left) this.connect();
     }
 
-    /** Seconds until the token expires (negative: expired); null without a token or ``exp``. */
+    /**
+     * Seconds until the token expires by this page's clock (negative: expired); null without a
+     * token or ``exp``. A hint only: the page's clock can be hours off the server's, so this
+     * never decides that a token is expired; the server does (close 4001, or expired_token).
+     */
     tokenTtl() {
       const claims = this.token ? tokenClaims(this.token) : null;
       if (claims === null || typeof claims.exp !== "number") return null;
@@ -161,11 +172,7 @@
     connect() {
       this.clearTimers();
       this.detach(4000, "reconnecting");
-      const ttl = this.tokenTtl();
-      if (ttl !== null && ttl <= 0) {
-        this.expired();
-        return;
-      }
+      this.renewal = null; // a hook still being asked answers for a connection that is gone
       const query = this.resuming || this.lastId > 0
         ? { since: String(this.lastId) }
         : { last: String(this.options.historyWindow) };
@@ -175,16 +182,14 @@
       // another message answers with a `reset` too, not with what follows the other one.
       if (query.since !== undefined && this.lastTs !== null) query.ts = String(this.lastTs);
       if (this.token) query.token = this.token;
+      // Anonymous: the same secret on every connect is the same name, so a reconnect or a
+      // deploy is not a new member (the server ignores it with JWT, where the token names us).
+      if (this.options.anon) query.anon = this.options.anon;
       const ws = new WebSocket(roomUrl(this.room, query));
       this.ws = ws;
       let opened = false;
       this.setState("connecting");
       this.timers.connect = setTimeout(() => this.lost(0), this.options.connectTimeout);
-      if (ttl !== null) {
-        // setTimeout's delay is a 32-bit number of ms: a far expiry is checked again later.
-        const delay = Math.min(ttl * 1000, 2 ** 31 - 1);
-        this.timers.expiry = setTimeout(() => this.refreshOrWarn(), delay);
-      }
       ws.onopen = () => {
         opened = true;
       };
@@ -195,8 +200,16 @@
       // also ends here, as 1006: the browser hides the status, so refusals are counted.
       ws.onclose = (event) => {
         if (ws !== this.ws) return;
+        if (event.code === CLOSE_TOKEN_EXPIRED) {
+          this.renew(event.code); // the server says the token expired: that is what counts
+          return;
+        }
         this.refusals = opened ? 0 : this.refusals + 1;
-        if (this.refusals >= this.options.refusalsBeforeCheck) {
+        // A token that looks expired by our clock (a hint) is worth asking about at once, not
+        // after several refusals: only the server's answer decides.
+        const ttl = this.tokenTtl();
+        const looksExpired = !opened && ttl !== null && ttl <= 0;
+        if (this.refusals >= this.options.refusalsBeforeCheck || looksExpired) {
           this.checkRefusal(event.code);
         } else {
           this.lost(event.code);
@@ -233,9 +246,8 @@
         this.lost(code);
         return;
       }
-      const ttl = this.tokenTtl();
-      if (refusal === "expired_token" || (ttl !== null && ttl <= 0)) {
-        this.expired();
+      if (refusal === "expired_token") {
+        this.renew(code);
         return;
       }
       this.clearTimers();
@@ -243,47 +255,59 @@
       this.setState("refused", { reason: this.token ? "token" : "no_token", code: refusal });
     }
 
-    /** The token's expiry came: ask the hook for a fresh one, else say what happens next. */
-    async refreshOrWarn() {
-      const hook = this.options.refreshToken;
-      if (typeof hook === "function") {
-        try {
-          const fresh = await hook();
-          if (fresh) {
-            this.token = fresh; // the live socket stays; the next connect uses it
-            this.emit("onToken", fresh);
-            return;
-          }
-        } catch (_) {
-          // fall through: no fresh token
-        }
-      }
-      if (this.left) return;
-      if (this.state !== "live") this.expired();
-      else this.emit("onExpiring");
-    }
-
-    /** The token has expired: a fresh one from the hook, or wait for authorize(). */
-    async expired() {
+    /**
+     * The server refused our token as expired (close 4001 at its exp, or the history API's
+     * expired_token after refused handshakes): ask the refreshToken hook once for another, and
+     * connect with it after a backoff delay; with no hook, or nothing usable from it (not a
+     * string, or the very token just refused), wait for authorize() ("expired"). The hook is
+     * asked once per refusal by the server and never straight after another answer, so a hook
+     * that hands out tokens the server refuses, even at once, cannot spin the page.
+     */
+    async renew(code) {
       this.detach(4000, "expired");
       this.clearTimers();
       this.requeueInflight();
+      const refused = this.token;
+      const renewal = {};
+      this.renewal = renewal;
+      let fresh = null;
       const hook = this.options.refreshToken;
       if (typeof hook === "function") {
+        this.setState("connecting"); // not live: nothing is sent while the hook is asked
         try {
-          const fresh = await hook();
-          if (fresh && !this.left) {
-            this.token = fresh;
-            this.emit("onToken", fresh);
-            this.connect();
-            return;
-          }
+          fresh = await hook();
         } catch (_) {
-          // no fresh token: say so below
+          fresh = null; // no fresh token: say so below
         }
       }
-      if (this.left) return; // the hook answered after leave(): this room is done
-      this.setState("expired");
+      // Left, or connected meanwhile (authorize(), the Retry button): this answer is stale.
+      if (this.left || this.renewal !== renewal) return;
+      this.renewal = null;
+      if (typeof fresh !== "string" || fresh === "" || fresh === refused) {
+        this.setState("expired");
+        return;
+      }
+      this.token = fresh;
+      this.refusals = 0;
+      this.emit("onToken", fresh);
+      const window_ = this.retryWindow(code);
+      const delay = Math.random() * window_;
+      this.timers.reconnect = setTimeout(() => this.connect(), delay);
+      this.setState("reconnecting", { delay, window: window_, code });
+    }
+
+    /**
+     * Say, a little before the token's exp, that the server will soon close the connection
+     * (onExpiring), unless a hook will fetch another. By this page's clock, so only a hint: a
+     * token the server has just accepted but our clock calls expired means our clock is off,
+     * and nothing is said.
+     */
+    watchExpiry() {
+      const ttl = this.tokenTtl();
+      if (ttl === null || ttl <= 0 || typeof this.options.refreshToken === "function") return;
+      // setTimeout's delay is a 32-bit number of ms: a far expiry is simply not announced.
+      const delay = Math.max(0, ttl * 1000 - this.options.expiryNotice);
+      if (delay < 2 ** 31) this.timers.expiry = setTimeout(() => this.emit("onExpiring"), delay);
     }
 
     requeueInflight() {
@@ -382,11 +406,17 @@
       this.refusals = 0;
       this.resuming = true;
       this.user = frame.user;
+      this.names.add(String(frame.user));
+      if (Number.isSafeInteger(frame.max_message_chars) && frame.max_message_chars > 0) {
+        this.maxChars = frame.max_message_chars;
+      }
       this.epoch = frame.epoch ?? null;
       // A new connection's versions may start over (an in-memory server that restarted):
       // its own `presence` snapshot, next, starts them again.
       this.presence.version = -1;
       this.presence.shown = -1;
+      this.presence.changed = new Map();
+      this.watchExpiry();
       this.setState("live");
       this.emit("onReady", frame);
       this.pump();
@@ -405,12 +435,23 @@
       if (typeof frame.id !== "number" || frame.id <= this.lastId) return;
       this.lastId = frame.id;
       this.lastTs = Number.isSafeInteger(frame.ts) ? frame.ts : null;
-      const item = this.outbox.find((entry) => entry.clientId === frame.client_id);
+      const item = this.isMine(frame)
+        ? this.outbox.find((entry) => entry.clientId === frame.client_id)
+        : undefined;
       if (item !== undefined && item !== this.inflight) {
         // Ours, stored before a disconnect ate the ack: delivered, so never resend it.
         this.settle(item, frame.id);
       }
       this.emit("onMessage", frame);
+    }
+
+    /**
+     * A message this page sent: one of our client_ids, from one of our names. The client_id
+     * alone is not enough: it is in every broadcast, and with JWT another user's message may
+     * carry it (dedupe is per sender there), which must not pass for ours.
+     */
+    isMine(frame) {
+      return this.mine.has(frame.client_id) && this.names.has(String(frame.user));
     }
 
     // -- presence -----------------------------------------------------------------------
@@ -421,25 +462,33 @@
      * `presence` snapshot replaces the list: right after `ready`, and again whenever the
      * server found that announcements to it were lost. A snapshot older than a frame already
      * applied is ignored, and so is a change at or below the last snapshot's version (the
-     * snapshot was read after it).
+     * snapshot was read after it), or at or below the last change applied for that user: a
+     * user's leave and return, announced by two processes, can arrive the other way round.
      */
     presenceFrame(frame) {
       const p = this.presence;
       const names = (list) => (Array.isArray(list) ? list.map((m) => String(m.user)) : []);
       const version = typeof frame.version === "number" ? frame.version : -1;
+      const change = (user, present) => {
+        if ((p.changed.get(user) ?? -1) >= version) return; // a newer change of theirs came first
+        p.changed.set(user, version);
+        if (present) p.members.add(user);
+        else p.members.delete(user);
+      };
       if (frame.type === "presence") {
         if (version < p.version) return;
         p.members = new Set(names(frame.members));
         p.shown = version;
+        p.changed = new Map(); // the snapshot has every change up to it
       } else if (version <= p.shown) {
         return;
       } else if (frame.type === "join") {
-        p.members.add(String(frame.user));
+        change(String(frame.user), true);
       } else if (frame.type === "leave") {
-        p.members.delete(String(frame.user));
+        change(String(frame.user), false);
       } else {
-        for (const user of names(frame.joined)) p.members.add(user);
-        for (const user of names(frame.left)) p.members.delete(user);
+        for (const user of names(frame.joined)) change(user, true);
+        for (const user of names(frame.left)) change(user, false);
       }
       if (frame.type === "presence" || version > p.version) {
         p.version = version;
@@ -568,8 +617,11 @@
     tokenNote: $("token-note"),
   };
   const TOKEN_KEY = "parley.token"; // sessionStorage: this tab only, gone with it
+  const ANON_KEY = "parley.anon"; // sessionStorage too: one anonymous name per tab
+  const ANON_PATTERN = /^[A-Za-z0-9_-]{22,128}$/; // what the server takes as ?anon=
   const options = { ...DEFAULTS, ...(window.PARLEY_OPTIONS || {}) };
   options.token = takeToken() || options.token;
+  options.anon = anonSecret();
   let client = null;
   let countdown = 0;
 
@@ -603,6 +655,29 @@
     } catch (_) {
       // storage disabled: kept in memory only
     }
+  }
+
+  /**
+   * This tab's anonymous secret: 128 random bits (base64url), drawn once and kept for the tab,
+   * so a reload, a reconnect or a deploy keeps the name the server derives from it. It is a
+   * secret, not a name: whoever has it can speak under this tab's name, so it stays in this
+   * tab's sessionStorage and goes only to the chat server.
+   */
+  function anonSecret() {
+    try {
+      const kept = window.sessionStorage.getItem(ANON_KEY);
+      if (kept !== null && ANON_PATTERN.test(kept)) return kept;
+    } catch (_) {
+      // storage disabled: a secret for as long as the page lives
+    }
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    const secret = btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+    try {
+      window.sessionStorage.setItem(ANON_KEY, secret);
+    } catch (_) {
+      // kept in memory only
+    }
+    return secret;
   }
 
   const REFUSED_TEXT = {
@@ -668,7 +743,7 @@
     const time = document.createElement("time");
     time.dateTime = new Date(frame.ts).toISOString();
     time.textContent = clock(frame.ts);
-    const mine = client !== null && client.mine.has(frame.client_id);
+    const mine = client !== null && client.isMine(frame);
     const className = mine ? "message mine" : "message";
     const li = row(className, String(frame.user), String(frame.message), time);
     li.dataset.id = String(frame.id);
@@ -798,6 +873,14 @@
       return;
     }
     ui.roomInput.setCustomValidity("");
+    if (client !== null && !client.left && client.room === room) {
+      // Already here: leaving would drop the messages waiting to send as "you left the room".
+      // Join is then a nudge to reconnect now if the page is waiting to.
+      ui.roomInput.value = room;
+      client.retryNow();
+      ui.input.focus();
+      return;
+    }
     // The left room's unsent messages are reported, not carried over: their rows ("not sent
     // to #old: you left the room") stay under the new room's conversation until the next
     // switch, so the user sees what did not go out (and can copy it), and nothing is sent.
@@ -832,8 +915,11 @@
       },
       onOutbox: showOutbox,
       onError: showError,
-      onToken: keepToken,
-      onExpiring: () => showNotice("Your sign-in token has expired: you stay connected, but a reconnect will need a fresh one."),
+      onToken: (token) => {
+        keepToken(token);
+        options.token = token; // the next room joined uses it too
+      },
+      onExpiring: () => showNotice("Your sign-in token expires soon: the server will then close this connection, and rejoining will need a fresh token."),
     });
     client.start();
     ui.input.focus();
@@ -846,8 +932,10 @@
       showError("no_room", "join a room first");
       return;
     }
-    if ([...text].length > options.maxChars) {
-      showError("message_too_long", `at most ${options.maxChars} characters`);
+    // Checked here so a message too long stays in the input to be shortened; by the limit the
+    // server gave (code points, as it counts), else the default, and the server checks anyway.
+    if ([...text].length > client.maxChars) {
+      showError("message_too_long", `at most ${client.maxChars} characters`);
       return;
     }
     showError(null);
