@@ -242,11 +242,11 @@ def anonymous_name(secret: str) -> str:
 
     A public function of a private value: the name is shown to everyone, the secret leaves
     the client only for its own server, so nobody takes another's name by reading it. The
-    name is 32 bits of the hash, as random names were: someone set on wearing one given name
-    can search for a secret that hashes to it (about 2^32 hashes), so anonymous names label
-    members, they do not prove who sent what (SECURITY.md); JWT mode is for that.
+    name is 64 bits of the hash: at 32 (a random name's length) a secret hashing to a chosen
+    name was minutes of one core away (2^32 hashes); 2^64 is out of reach. Still a label,
+    not a proof of who sent what (SECURITY.md): JWT mode is for that.
     """
-    return "anon-" + hashlib.sha256(secret.encode()).hexdigest()[:8]
+    return "anon-" + hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
 def parse_connect_params(query_string: bytes, history_max: int) -> ConnectParams:

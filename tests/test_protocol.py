@@ -130,9 +130,9 @@ SECRET = "Zq3_x-9aB1cD2eF3gH4iJ5"  # 22 URL-safe characters: the page's 128 rand
 
 
 def test_an_anonymous_name_is_the_secrets_hash_and_the_same_on_every_connection() -> None:
-    assert anonymous_name(SECRET) == "anon-" + hashlib.sha256(SECRET.encode()).hexdigest()[:8]
+    assert anonymous_name(SECRET) == "anon-" + hashlib.sha256(SECRET.encode()).hexdigest()[:16]
     assert anonymous_name(SECRET) == anonymous_name(str(SECRET))
-    assert re.fullmatch(r"anon-[0-9a-f]{8}", anonymous_name("x" * 128))
+    assert re.fullmatch(r"anon-[0-9a-f]{16}", anonymous_name("x" * 128))
     # Another secret, another name (even one character off); the name does not show the secret.
     assert anonymous_name(SECRET[:-1] + "6") != anonymous_name(SECRET)
     assert SECRET not in anonymous_name(SECRET)
