@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from scripts import drill
-from scripts.deploy import LocalRuntime, deploy, parse_env
+from scripts.deploy import deploy, parse_env
+from scripts.local_runtime import LocalRuntime
 from scripts.stack import StackState, down, up
 from tools import ROOT, cli
 from tools.cpu_sampler import CpuSampler

@@ -53,64 +53,22 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from scripts.compose_runtime import ComposeError, ComposeRuntime
+from scripts.local_runtime import LocalRuntime
+from scripts.runtime import CONFIRM_TIMEOUT, READY_TIMEOUT, DeployError, Interrupted, Refused, Runtime
 from tools import traefik_config
 from tools.lock import Busy
 from tools.lock import locked as locked_dir
 from tools.report import table
 
-if TYPE_CHECKING:
-    from scripts.stack import StackState
-    from tools.procs import Proc
-
 # The local stack's module (psutil, the process tools) is imported only by the local
-# runtime: a compose deploy starts ~30 ms sooner without it.
-
-READY_TIMEOUT = 60.0
-CONFIRM_TIMEOUT = 15.0
-
-
-class DeployError(RuntimeError):
-    """The deploy stopped; the message says why and what still serves."""
-
-
-class Refused(DeployError):
-    """The deploy was not attempted (the target colour already serves)."""
-
-
-class Interrupted(DeployError):
-    """A signal stopped the deploy; the message says what it left and what to run."""
-
+# runtime (scripts/local_runtime.py, inside its methods): a compose deploy starts ~30 ms
+# sooner without it.
 
 # What stops a deploy part-way: each of them becomes KeyboardInterrupt (see main).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class Runtime(Protocol):
-    """Where the colours run. The procedure in ``deploy`` is the same for every runtime."""
-
-    name: str
-    record: str  # where the active colour is recorded, for the operator (an interrupt's message)
-
-    def active(self) -> str | None: ...  # None: nothing deployed yet (first start)
-    def serves(self, color: str) -> bool: ...  # asked before anything changes
-    def dead(self, color: str) -> dict[str, str]: ...  # the colour's processes not running, and how
-    def lingers(self, color: str) -> bool: ...  # processes (containers) of an unrouted colour still run
-    def members(self, color: str) -> list[str]: ...  # the colour's process (replica) names
-    repair_hint: str  # what an operator runs when the new colour lost processes
-    def edge_down(self) -> str: ...  # why Traefik reaches no colour now, with the way out ("": it can)
-    def start(self, color: str) -> None: ...
-    def abandon(self, color: str) -> None: ...
-    def switch(self, color: str) -> None: ...
-    def routed_color(self) -> str | None: ...
-    def stop(self, color: str) -> bool: ...  # False: nothing of that colour was left to stop
-    def record_active(self, color: str) -> None: ...
-    notes: dict[str, Any]  # runtime-specific facts for the report (image, build time)
-    drain_over: bool  # after stop(): False if the old colour confirmed it drains, not done yet
-    drain_failed: str  # after stop(): how a process of the old colour failed to drain, or ""
-    per_process: dict[str, str]  # after stop(): what became of each old process ({}: not known)
 
 
 @contextmanager
@@ -384,152 +342,6 @@ def old_outcome(answered: bool, stopped: bool, over: bool = True, failed: str = 
     if failed:
         return failed
     return "drained" if over else "draining"
-
-
-class LocalRuntime:
-    """The colours as processes of the local stack (scripts.stack), on loopback."""
-
-    name = "local"
-    record = "Traefik's file and state.json agree"
-    drain_over = True  # stop() waits for every process to end
-
-    def __init__(self, state: StackState, app_env: dict[str, str] | None = None,
-                 ready_timeout: float = READY_TIMEOUT) -> None:
-        self.state = state
-        self.app_env = app_env or {}
-        self.ready_timeout = ready_timeout
-        self.drain_failed = ""
-        self.notes: dict[str, Any] = {}
-        self.per_process: dict[str, str] = {}
-        self.before: dict[str, str] = {}  # each old process before the deploy: serves() says
-
-    def active(self) -> str:
-        return self.state.active  # the live dynamic file's colour (StackState.load)
-
-    def serves(self, color: str) -> bool:
-        """Ask each of the colour's processes itself: dead, not answering, draining (it got
-        SIGTERM: its 503 says so) or answering (a round robin through Traefik would pick one
-        at random)."""
-        from tools.net import http_get
-
-        for name in self.state.members(color):
-            if not self._running(name):
-                self.before[name] = "dead"
-                continue
-            url = traefik_config.local_url(self.state.ports[name]) + traefik_config.READY_PATH
-            status, body = http_get(url, timeout=1.0)
-            self.before[name] = ("answering" if status == 200 else
-                                 "draining" if status == 503 and _reason(body) == "draining" else
-                                 "not answering")
-        return "answering" in (self.before.get(name) for name in self.state.members(color))
-
-    def _running(self, name: str) -> bool:
-        proc = self.state.procs.get(name)
-        return proc is not None and proc.alive()
-
-    def lingers(self, color: str) -> bool:
-        return any(self._running(name) for name in self.state.members(color))
-
-    repair_hint = "`make stack` restarts them in place"
-
-    def edge_down(self) -> str:
-        from scripts.stack import last_words
-
-        traefik = self.state.procs.get("traefik")
-        if traefik is not None and traefik.alive():
-            return ""
-        return (f"Traefik is not running ({last_words(self.state, 'traefik')}): nothing reaches either "
-                f"colour; `make stack` restarts it in place")
-
-    def members(self, color: str) -> list[str]:
-        return self.state.members(color)
-
-    def dead(self, color: str) -> dict[str, str]:
-        from scripts.stack import last_words
-
-        return {name: f"exited ({last_words(self.state, name)})" for name in self.state.members(color)
-                if not self._running(name)}
-
-    def start(self, color: str) -> None:
-        from scripts.stack import StackError, drain, routed_record, start_app, wait_app_ready
-
-        if routed_record(self.state.dynamic_file) == color:
-            raise DeployError(f"Traefik routes to {color}: its processes are not to be replaced")
-        # A process of this colour still running holds its port: one draining from the
-        # deploy before gets its own drain budget to finish (a second SIGTERM does not
-        # cut it short), one left running by an interrupted deploy drains now.
-        alive = [name for name in self.state.members(color)
-                 if name in self.state.procs and self.state.procs[name].alive()]
-        if alive:
-            self.notes["stopped_first"] = drain(self.state, alive)
-        self._take(color)
-        start_app(self.state, color, self.app_env)
-        try:
-            wait_app_ready(self.state, color, self.ready_timeout)
-        except StackError as exc:
-            raise DeployError(str(exc)) from None
-
-    def _take(self, color: str) -> list[Proc]:
-        """Remove every process of ``color`` from the stack's record; the removed ones."""
-        return [self.state.procs.pop(name) for name in self.state.members(color) if name in self.state.procs]
-
-    def abandon(self, color: str) -> None:
-        from tools.termination import stop_together
-
-        stop_together(self._take(color))
-        self.state.save()
-
-    def switch(self, color: str) -> None:
-        traefik_config.write_watched(
-            self.state.dynamic_file,
-            traefik_config.render_dynamic(color, self.state.app_urls()),
-        )
-
-    def routed_color(self) -> str | None:
-        from scripts.stack import traefik_color
-
-        return traefik_color(self.state)
-
-    def stop(self, color: str) -> bool:
-        """Drain the colour's live processes at once; ``per_process`` says what became of
-        each, by what it was before the deploy (``serves``): ``already gone`` (dead then),
-        ``stopped, was not answering``, or its drain's outcome (also for one draining
-        already: its 503 was no failure to answer). False if none was left."""
-        from scripts.stack import drain
-
-        names = [name for name in self.state.members(color)
-                 if name in self.state.procs and self.state.procs[name].alive()]
-        outcomes = drain(self.state, names) if names else {}  # all of the colour drain at once
-        self._take(color)
-        self.state.save()
-        for name in self.state.members(color):
-            before = self.before.get(name, "answering")
-            if before == "dead":
-                self.per_process[name] = "already gone"
-            elif name not in outcomes:
-                self.per_process[name] = (
-                    "ended its drain on its own during the deploy" if before == "draining"
-                    else "ended during the deploy, before its drain (see its log)")
-            elif before == "not answering":
-                self.per_process[name] = "stopped, was not answering"
-            else:
-                self.per_process[name] = outcomes[name]
-        self.drain_failed = "; ".join(f"{name} {outcome}" for name, outcome in self.per_process.items()
-                                      if outcome != "drained")
-        return bool(names)  # False: killed or crashed, its clients were cut off, not drained
-
-    def record_active(self, color: str) -> None:
-        self.state.active = color
-        self.state.save()
-
-
-def _reason(body: bytes) -> str:
-    """The ``reason`` of a /readyz answer, or ""."""
-    try:
-        found = json.loads(body).get("reason", "")
-    except (ValueError, AttributeError):
-        return ""
-    return found if isinstance(found, str) else ""
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:

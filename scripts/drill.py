@@ -43,7 +43,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from scripts.deploy import LocalRuntime, deploy
+from scripts.deploy import deploy
+from scripts.local_runtime import LocalRuntime
 from scripts.stack import STATE_FILE, StackState, down, locked, resolve_dir, up
 from tools import traefik_config
 from tools.backoff import failure_delay

@@ -13,7 +13,8 @@ import socket
 import threading
 from collections import Counter
 
-from scripts.deploy import LocalRuntime, deploy
+from scripts.deploy import deploy
+from scripts.local_runtime import LocalRuntime
 from scripts.stack import StackState
 from tests.support import http_get, wait_until
 from tests.wsraw import HANDSHAKE

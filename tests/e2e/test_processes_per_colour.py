@@ -11,8 +11,9 @@ import pytest
 import yaml
 from websockets.exceptions import ConnectionClosed
 
-from scripts.deploy import LocalRuntime, deploy
+from scripts.deploy import deploy
 from scripts.drill import connections_at
+from scripts.local_runtime import LocalRuntime
 from scripts.stack import STATE_FILE, StackState, traefik_color
 from tests.support import Client, run_script
 from tools import traefik_config as tc

@@ -22,7 +22,8 @@ import pytest
 from websockets.exceptions import ConnectionClosedError
 
 from scripts.compose_runtime import PS_FORMAT
-from scripts.deploy import LocalRuntime, deploy
+from scripts.deploy import deploy
+from scripts.local_runtime import LocalRuntime
 from scripts.stack import StackState, locked, routed_record, start_app, traefik_color, wait_app_ready
 from tests.support import Client, run_script
 from tools import ROOT
@@ -693,7 +694,7 @@ def test_a_deploy_while_another_holds_the_lock_changes_nothing(local_stack: Stac
 def test_a_new_colour_that_dies_during_the_drain_is_not_a_success(two_process_stack: StackState) -> None:
     # Ready once is not serving now: green's processes die while blue drains. The deploy
     # used to report ok (blue "drained") with nothing serving.
-    from scripts.deploy import DeployError
+    from scripts.runtime import DeployError
 
     class GreenDiesDuringTheDrain(LocalRuntime):
         def stop(self, color: str) -> bool:
@@ -714,7 +715,7 @@ def test_a_new_process_that_dies_before_the_drain_sends_nobody_into_it(two_proce
     # green.1 found ready, then gone by the switch: Traefik counts it up until its first
     # health check, and a drain then sent blue's clients into it (502s). The deploy now
     # switches back before draining anything.
-    from scripts.deploy import DeployError
+    from scripts.runtime import DeployError
 
     class GreenDiesAtTheSwitch(LocalRuntime):
         def switch(self, color: str) -> None:
@@ -739,7 +740,7 @@ async def test_a_deploy_interrupted_before_traefik_confirmed_is_not_finished_int
     # Ctrl-C while the deploy asked Traefik, green dead since its readiness: it used to say
     # "green serves ... deploy green again to finish", and that second deploy drained blue
     # into the dead green and reported success, nothing serving.
-    from scripts.deploy import Interrupted
+    from scripts.runtime import Interrupted
 
     class GreenDiesThenCtrlC(LocalRuntime):
         def switch(self, color: str) -> None:
@@ -816,7 +817,7 @@ def test_a_deploy_that_cannot_record_its_new_colour_leaves_none_of_it_running(
 def test_a_new_colour_dead_at_the_switch_is_named_and_switched_back_at_once(local_stack: StackState) -> None:
     # The wait for Traefik's confirmation asked Traefik alone: green, dead since its
     # readiness, gave clients 502 for the whole 15 s wait, then an error blaming Traefik.
-    from scripts.deploy import DeployError
+    from scripts.runtime import DeployError
 
     class GreenDiesAtTheSwitch(LocalRuntime):
         def switch(self, color: str) -> None:
@@ -867,7 +868,7 @@ def test_a_deploy_without_traefik_is_refused_with_the_repair(local_stack: StackS
 
 def test_traefik_gone_during_the_drain_is_not_a_success(local_stack: StackState) -> None:
     # Traefik killed while blue drained: the deploy reported ok, nothing routed anywhere.
-    from scripts.deploy import DeployError
+    from scripts.runtime import DeployError
 
     class TraefikDiesDuringTheDrain(LocalRuntime):
         def stop(self, color: str) -> bool:
