@@ -52,7 +52,8 @@ from typing import Any
 from scripts import drill
 from scripts.deploy import deploy, parse_env
 from scripts.local_runtime import LocalRuntime
-from scripts.stack import StackState, down, up
+from scripts.stack import down, up
+from scripts.stack_state import StackState
 from tools import ROOT, cli
 from tools.cpu_sampler import CpuSampler
 from tools.cutover_clients import CutoverWorker

@@ -361,7 +361,7 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
 
 def build_runtime(args: argparse.Namespace) -> Runtime:
     if args.runtime == "local":
-        from scripts.stack import StackState, resolve_dir
+        from scripts.stack_state import StackState, resolve_dir
 
         state = StackState.load(resolve_dir(args.state_dir))
         if args.processes not in (None, state.processes):
@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     errors: tuple[type[Exception], ...] = (DeployError, ComposeError, traefik_config.ConfigProblem, Busy)
     lock: AbstractContextManager[None]
     if args.runtime == "local":
-        from scripts.stack import StackError, locked, resolve_dir
+        from scripts.stack_state import StackError, locked, resolve_dir
 
         errors += (StackError,)
         lock = locked(resolve_dir(args.state_dir), f"deploy {args.color}")

@@ -45,7 +45,8 @@ from typing import Any
 
 from scripts.deploy import deploy
 from scripts.local_runtime import LocalRuntime
-from scripts.stack import STATE_FILE, StackState, down, locked, resolve_dir, up
+from scripts.stack import down, up
+from scripts.stack_state import STATE_FILE, StackState, locked, resolve_dir
 from tools import traefik_config
 from tools.backoff import failure_delay
 from tools.ledger import Ledger

@@ -13,7 +13,7 @@ from scripts.runtime import READY_TIMEOUT, DeployError
 from tools import traefik_config
 
 if TYPE_CHECKING:
-    from scripts.stack import StackState
+    from scripts.stack_state import StackState
     from tools.procs import Proc
 
 
@@ -82,7 +82,8 @@ class LocalRuntime:
                 if not self._running(name)}
 
     def start(self, color: str) -> None:
-        from scripts.stack import StackError, drain, routed_record, start_app, wait_app_ready
+        from scripts.stack import drain, start_app, wait_app_ready
+        from scripts.stack_state import StackError, routed_record
 
         if routed_record(self.state.dynamic_file) == color:
             raise DeployError(f"Traefik routes to {color}: its processes are not to be replaced")

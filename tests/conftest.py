@@ -12,7 +12,7 @@ from tools.cluster import RedisClusterServers
 from tools.procs import AppServer, RedisServer
 
 if TYPE_CHECKING:
-    from scripts.stack import StackState
+    from scripts.stack_state import StackState
 
 
 @pytest.fixture

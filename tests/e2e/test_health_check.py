@@ -15,7 +15,7 @@ from collections import Counter
 
 from scripts.deploy import deploy
 from scripts.local_runtime import LocalRuntime
-from scripts.stack import StackState
+from scripts.stack_state import StackState
 from tests.support import http_get, wait_until
 from tests.wsraw import HANDSHAKE
 

@@ -14,7 +14,8 @@ from websockets.exceptions import ConnectionClosed
 from scripts.deploy import deploy
 from scripts.drill import connections_at
 from scripts.local_runtime import LocalRuntime
-from scripts.stack import STATE_FILE, StackState, traefik_color
+from scripts.stack import traefik_color
+from scripts.stack_state import STATE_FILE, StackState
 from tests.support import Client, run_script
 from tools import traefik_config as tc
 

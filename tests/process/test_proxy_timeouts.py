@@ -11,7 +11,7 @@ from tests.support import Client
 from tools import traefik_config as tc
 
 if TYPE_CHECKING:
-    from scripts.stack import StackState
+    from scripts.stack_state import StackState
 
 # Generous beside the configured readTimeout: it only stops a broken setup hanging the test.
 BOUND = 30.0  # under Traefik v3's default readTimeout (60 s): without ours, this fails

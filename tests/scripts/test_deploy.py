@@ -24,7 +24,8 @@ from websockets.exceptions import ConnectionClosedError
 from scripts.compose_runtime import PS_FORMAT
 from scripts.deploy import deploy
 from scripts.local_runtime import LocalRuntime
-from scripts.stack import StackState, locked, routed_record, start_app, traefik_color, wait_app_ready
+from scripts.stack import start_app, traefik_color, wait_app_ready
+from scripts.stack_state import StackState, locked, routed_record
 from tests.support import Client, run_script
 from tools import ROOT
 from tools import traefik_config as tc

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from scripts.drill import BACKOFF_BASE, BACKOFF_CAP, Member, backoff, fault_problems, verify
-from scripts.stack import STATE_FILE
+from scripts.stack_state import STATE_FILE
 from tests.support import run_script
 from tools.procs import Proc
 

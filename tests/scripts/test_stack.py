@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts.stack import STATE_FILE, StackError, StackState, down, locked, status, traefik_color, up
+from scripts.stack import down, status, traefik_color, up
+from scripts.stack_state import STATE_FILE, StackError, StackState, locked
 from tests.support import Client
 from tools import traefik_config as tc
 from tools.net import http_get, wait_until
