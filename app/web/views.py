@@ -50,6 +50,7 @@ _POST_PATH = re.compile(r"/api/rooms/[^/]+/messages")
 MAX_ANSWER_BYTES = 1024 * 1024
 # The page's own files, by name: a whitelist, so no request path ever reaches the filesystem.
 ASSET_TYPES = {
+    "client.js": "text/javascript; charset=utf-8",
     "chat.js": "text/javascript; charset=utf-8",
     "chat.css": "text/css; charset=utf-8",
 }

@@ -29,7 +29,7 @@ from tools.cluster import RedisClusterServers
 
 PER_SENDER = 12  # acked messages each sender needs
 KILL_AFTER = 4  # acks in the doomed room before its master is killed
-RESEND_PAUSE = 0.1  # the client's own retry pause, as chat.js's sendRetryDelay
+RESEND_PAUSE = 0.1  # the client's own retry pause, as client.js's sendRetryDelay
 
 
 async def _send_until_acked(sender: Client, text: str, client_id: str, refusals: list[str]) -> int:

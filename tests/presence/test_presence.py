@@ -396,7 +396,7 @@ def presence_frames(sock: socket.socket) -> Iterator[dict[str, Any]]:
 
 
 def as_a_page_keeps_it(shown: set[str], frame: dict[str, Any]) -> set[str]:
-    """The member list after ``frame``, as docs/CLIENT.md says to keep it (chat.js does)."""
+    """The member list after ``frame``, as docs/CLIENT.md says to keep it (client.js does)."""
     if frame["type"] == "presence":
         return {m["user"] for m in frame["members"]}
     if frame["type"] == "join":

@@ -174,7 +174,7 @@ def test_bidi_controls_in_a_name_stay_inside_the_name(
     assert drawn_left_to_right(page.locator("#who"), "you are ")
 
 
-# Frames fed to a ChatClient of the page's own chat.js, one after another; what it shows after each.
+# Frames fed to a ChatClient of the page's own client.js, one after another; what it shows after each.
 PRESENCE_SEQUENCE = """() => {
   const client = new window.Parley.ChatClient("probe", {}, {});
   const feed = (frame) => {

@@ -47,10 +47,12 @@ def test_security_md_quotes_the_policy_served(app_server: AppServer) -> None:
 def test_every_asset_the_page_references_is_served_with_its_type(app_server: AppServer) -> None:
     _, _, body = fetch(app_server.base + "/")
     references = re.findall(rb'(?:src|href)="(static/[^"]+)"', body)
-    assert sorted(references) == [b"static/chat.css", b"static/chat.js"]
+    assert sorted(references) == [b"static/chat.css", b"static/chat.js", b"static/client.js"]
+    assert references.index(b"static/client.js") < references.index(b"static/chat.js")  # it defines Parley
     types = {
         b"static/chat.css": "text/css; charset=utf-8",
         b"static/chat.js": "text/javascript; charset=utf-8",
+        b"static/client.js": "text/javascript; charset=utf-8",
     }
     for reference in references:
         status, headers, content = fetch(f"{app_server.base}/{reference.decode()}")
