@@ -174,15 +174,19 @@ def test_bidi_controls_in_a_name_stay_inside_the_name(
     assert drawn_left_to_right(page.locator("#who"), "you are ")
 
 
-# Frames fed to a ChatClient of the page's own client.js, one after another; what it shows after each.
-PRESENCE_SEQUENCE = """() => {
-  const client = new window.Parley.ChatClient("probe", {}, {});
+# A ChatClient of the page's own client.js, fed frames one after another by ``feed``, which
+# returns what it shows after each; ``list`` makes a presence frame's members.
+FEED = '''  const client = new window.Parley.ChatClient("probe", {}, {});
   const feed = (frame) => {
     client.receive(JSON.stringify({ room: "probe", ...frame }));
     return [client.presence.count, Array.from(client.presence.members).sort()];
   };
   const list = (...users) => users.map((user) => ({ user }));
-  const shown = [
+'''
+
+
+# Presence frames in an order the server can send them; what the client shows after each.
+PRESENCE_SEQUENCE = "() => {\n" + FEED + """  const shown = [
     feed({ type: "presence", count: 2, members: list("a", "b"), version: 10 }),
     feed({ type: "join", user: "c", count: 3, version: 12 }),
     // "leave b" (13) was lost on its way: the server sends the whole list again.
@@ -198,14 +202,7 @@ PRESENCE_SEQUENCE = """() => {
 
 # Changes of one user arriving the other way round (two processes announce them); and a
 # reconnect to a server whose versions started over.
-PRESENCE_REORDERED = """() => {
-  const client = new window.Parley.ChatClient("probe", {}, {});
-  const feed = (frame) => {
-    client.receive(JSON.stringify({ room: "probe", ...frame }));
-    return [client.presence.count, Array.from(client.presence.members).sort()];
-  };
-  const list = (...users) => users.map((user) => ({ user }));
-  const shown = [
+PRESENCE_REORDERED = "() => {\n" + FEED + """  const shown = [
     feed({ type: "presence", count: 2, members: list("me", "dave"), version: 10 }),
     // dave left (11, held for its process's next round) and came back (12, at once).
     feed({ type: "join", user: "dave", count: 2, version: 12 }),
