@@ -25,12 +25,17 @@ def ephemeral_range() -> tuple[int, int]:
     return low, high
 
 
+MIN_LISTEN_PORTS = 2000  # fewer outside the ephemeral range: the kernel's pick, as before
+
+
 def listen_ports() -> range:
-    """Where :func:`free_port` looks: outside the ephemeral range, where only listeners bind."""
+    """Where :func:`free_port` looks: outside the ephemeral range, where only listeners bind;
+    empty on a host whose ephemeral range leaves too few ports outside it (widened to
+    1024-65535, say): the kernel picks then."""
     low, high = ephemeral_range()
-    if low - LISTEN_FLOOR >= 1000:
-        return range(LISTEN_FLOOR, low)
-    return range(high + 1, 65536)
+    below, above = range(LISTEN_FLOOR, low), range(high + 1, 65536)
+    wider = below if len(below) >= len(above) else above
+    return wider if len(wider) >= MIN_LISTEN_PORTS else range(0)
 
 
 def _bindable(host: str, port: int) -> bool:
@@ -49,15 +54,28 @@ def free_port(host: str = "127.0.0.1") -> int:
     Not the kernel's pick: that comes from the ephemeral range, which the kernel also hands to
     every outgoing connection as its source port, so a port found free there could be taken by
     any client's connect before the server meant for it binds (a stack's second colour binds
-    minutes later). Outside that range only listeners bind.
+    minutes later). Outside that range only listeners bind. A host whose ephemeral range
+    leaves too few ports outside it gets the kernel's pick, as before.
     """
     ports = listen_ports()
-    for _ in range(200):
+    for _ in range(200 if ports else 0):
         port = random.choice(ports)
         if port not in _handed_out and _bindable(host, port):
             _handed_out.add(port)
             return port
-    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1} on {host} (200 tries)")
+    return _kernels_pick(host)
+
+
+def _kernels_pick(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(100):
+        with closing(socket.socket(family, socket.SOCK_STREAM)) as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free port on {host}")
 
 
 def http_get(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> tuple[int, bytes]:

@@ -53,3 +53,18 @@ def test_a_machine_whose_ephemeral_range_starts_low_looks_above_it(monkeypatch: 
     monkeypatch.setattr(net, "EPHEMERAL_RANGE", ranges)
     assert listen_ports() == range(50000, 65536)
     assert 50000 <= free_port() <= 65535
+
+
+@pytest.mark.parametrize("widened", ["1024\t65535\n", "10000 65535\n", "1024 65000\n"])
+def test_a_host_whose_ephemeral_range_leaves_few_ports_outside_gets_the_kernels_pick(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, widened: str) -> None:
+    # Widened ranges are common tuning: free_port must still answer, as the kernel's pick did.
+    ranges = tmp_path / "ip_local_port_range"
+    ranges.write_text(widened)
+    monkeypatch.setattr(net, "EPHEMERAL_RANGE", ranges)
+    assert len(listen_ports()) == 0
+    ports = {free_port() for _ in range(20)}
+    assert len(ports) == 20
+    for port in ports:
+        with closing(socket.socket()) as server:
+            server.bind(("127.0.0.1", port))
