@@ -249,9 +249,10 @@ def anonymous_name(secret: str) -> str:
     return "anon-" + hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
-def parse_connect_params(query_string: bytes, history_max: int) -> ConnectParams:
+def parse_connect_params(query_string: bytes, history_max: int, anonymous: bool = True) -> ConnectParams:
     """Parse ``?since=<id>``, ``?epoch=``, ``?ts=``, ``?last=<n>``, ``?token=`` and ``?anon=``;
-    raise FrameError when malformed."""
+    raise FrameError when malformed. ``anonymous`` False (JWT mode): ``anon`` is ignored,
+    not even checked, as PROTOCOL.md says."""
     try:
         query = parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
     except ValueError:
@@ -271,7 +272,7 @@ def parse_connect_params(query_string: bytes, history_max: int) -> ConnectParams
         raise FrameError("bad_epoch", f"'epoch' must be 1 to {MAX_EPOCH_CHARS} characters")
     # Only meaningful with ``since``; alone it is accepted and unused, as ``epoch`` is.
     ts = integer("ts", 0, MAX_TS)
-    anon = query.get("anon", [None])[-1]
+    anon = query.get("anon", [None])[-1] if anonymous else None
     if anon is not None and not ANON_PATTERN.fullmatch(anon):
         raise FrameError("bad_anon", "'anon' must be 22 to 128 of A-Z a-z 0-9 _ -")
     return ConnectParams(since=since, last=last, token=token, epoch=epoch, ts=ts, anon=anon)

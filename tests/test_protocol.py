@@ -157,6 +157,11 @@ def test_no_anon_parameter_is_none() -> None:
     assert parse_connect_params(b"last=5", 100).anon is None
 
 
+def test_anon_is_neither_read_nor_checked_when_tokens_name_users() -> None:
+    assert parse_connect_params(b"anon=short", 100, anonymous=False).anon is None
+    assert parse_connect_params(f"anon={SECRET}".encode(), 100, anonymous=False).anon is None
+
+
 @pytest.mark.parametrize(
     ("raw", "value"),
     [("0", 0), ("1000000000000000000", 10**18), ("0000000000000000001", 1), ("0" * 5000 + "7", 7)],

@@ -106,7 +106,8 @@ class ChatConsumer(SerialConsumer):
         if not is_valid_room(room):
             return await self._refuse(400, "bad_room")
         try:
-            params = parse_connect_params(self.scope.get("query_string", b""), CONFIG.history_max)
+            params = parse_connect_params(self.scope.get("query_string", b""), CONFIG.history_max,
+                                          anonymous=CONFIG.auth != "jwt")
         except FrameError as exc:
             return await self._refuse(400, exc.code)
         if CONFIG.auth == "jwt":
