@@ -104,7 +104,10 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
     if color == old:
         other = traefik_config.other_color(color)
         if not runtime.lingers(other):
-            raise Refused(f"{color} is already the active colour: deploy {other} instead")
+            # Also what a deploy interrupted after its switch comes to once the old colour
+            # drained on its own: nothing is left to finish, and nothing needs undoing.
+            raise Refused(f"{color} is already the active colour and nothing of {other} runs: nothing to "
+                          f"deploy or finish (to move to {other}, deploy {other})")
     # Without Traefik no switch is confirmed, and a drain sends the old colour's clients nowhere.
     edge = runtime.edge_down()
     if edge:

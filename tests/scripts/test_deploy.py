@@ -143,7 +143,8 @@ def test_deploying_the_active_colour_is_refused(local_stack: StackState) -> None
     before = local_stack.dynamic_file.stat().st_mtime_ns
     code, _, output = run_script("deploy", "blue", "--state-dir", str(local_stack.dir))
     assert code == 2
-    assert "blue is already the active colour" in output
+    assert "blue is already the active colour and nothing of green runs: nothing to deploy" in output
+    assert "deploy green instead" not in output  # after an interrupted deploy, that would roll it back
     assert local_stack.dynamic_file.stat().st_mtime_ns == before
     assert StackState.load(local_stack.dir).procs["blue"].alive()
 
