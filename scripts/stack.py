@@ -327,11 +327,8 @@ def _up(directory: Path, color: str | None, app_env: dict[str, str] | None, proc
         return state
     running_here = unrecorded(directory)
     if running_here:
-        named = ", ".join(f"{what} (pid {pid})" for what, pid in running_here)
-        pids = " ".join(str(pid) for _, pid in running_here)
-        raise StackError(f"no {STATE_FILE} in {directory}, but a stack still runs from it: {named}; a "
-                         f"second one would write to the same Redis data. Stop it first: `kill {pids}` "
-                         f"(Redis keeps its data in {directory / 'redis'}), then `make stack`")
+        raise StackError(f"{still_running(directory, running_here)}; a second one would write to the same "
+                         f"Redis data. Stop it first, then `make stack`")
     color = color or "blue"
     state = StackState(dir=directory, ports={}, active=color, app_env=dict(app_env or {}),
                        processes=processes or 1)
@@ -357,6 +354,14 @@ def _up(directory: Path, color: str | None, app_env: dict[str, str] | None, proc
         stop_all(state)
         raise
     return state
+
+
+def still_running(directory: Path, running_here: list[tuple[str, int]]) -> str:
+    """What ``unrecorded`` found, and how to stop it (nothing records it, so nothing else can)."""
+    named = ", ".join(f"{what} (pid {pid})" for what, pid in running_here)
+    pids = " ".join(str(pid) for _, pid in running_here)
+    return (f"no {STATE_FILE} in {directory}, but a stack still runs from it: {named}: `kill {pids}` "
+            f"stops it (Redis keeps its data in {directory / 'redis'})")
 
 
 def unrecorded(directory: Path) -> list[tuple[str, int]]:
@@ -452,6 +457,9 @@ def down(directory: Path) -> dict[str, float]:
 
 def _down(directory: Path) -> dict[str, float]:
     if not (directory / STATE_FILE).exists():
+        running_here = unrecorded(directory)
+        if running_here:  # not ours to kill by a guess at what a process is: say so
+            raise StackError(still_running(directory, running_here))
         return {}
     return stop_all(StackState.load(directory))
 
@@ -478,7 +486,9 @@ def stop_all(state: StackState) -> dict[str, float]:
 def status(directory: Path) -> dict[str, Any]:
     """What runs, on which ports, and which colour Traefik routes to now."""
     if not (directory / STATE_FILE).exists():
-        return {"up": False, "state_dir": str(directory)}
+        running_here = unrecorded(directory)
+        return {"up": False, "state_dir": str(directory),
+                "unrecorded": [{"what": what, "pid": pid} for what, pid in running_here] or None}
     state = StackState.load(directory)
     alive = running(state)
     return {

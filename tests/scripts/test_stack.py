@@ -280,6 +280,27 @@ def test_up_without_the_record_of_a_running_stack_refuses_a_second_one(local_sta
     assert all(proc.alive() for proc in state.procs.values())
 
 
+def test_down_and_status_without_the_record_of_a_running_stack_name_what_still_runs(
+        local_stack: StackState) -> None:
+    # They said "stopped": {} and "up": false, exit 0, while the whole stack ran on.
+    from tests.support import run_script
+
+    state = local_stack
+    record = state.dir / STATE_FILE
+    kept = record.read_text()
+    record.unlink()
+    try:
+        code, _, output = run_script("stack", "down", "--state-dir", str(state.dir))
+        _, _, shown = run_script("stack", "status", "--state-dir", str(state.dir))
+    finally:
+        record.write_text(kept)
+    assert code == 1, output
+    assert f"no state.json in {state.dir}, but a stack still runs from it" in json.loads(output)["error"]
+    assert {entry["pid"] for entry in json.loads(shown)["unrecorded"]} == {
+        proc.pid for proc in state.procs.values()}
+    assert all(proc.alive() for proc in state.procs.values())
+
+
 def test_a_stack_that_cannot_start_on_a_full_disk_leaves_nothing_running(tmp_path: Path) -> None:
     # state.json's first write failed after redis-server was started, and the cleanup read
     # the record on disk, which did not name it: Redis ran on, recorded nowhere.
