@@ -486,9 +486,11 @@ def stop_all(state: StackState) -> dict[str, float]:
 def status(directory: Path) -> dict[str, Any]:
     """What runs, on which ports, and which colour Traefik routes to now."""
     if not (directory / STATE_FILE).exists():
+        answer: dict[str, Any] = {"up": False, "state_dir": str(directory)}
         running_here = unrecorded(directory)
-        return {"up": False, "state_dir": str(directory),
-                "unrecorded": [{"what": what, "pid": pid} for what, pid in running_here] or None}
+        if running_here:  # a stack that runs with its record lost
+            answer["unrecorded"] = [{"what": what, "pid": pid} for what, pid in running_here]
+        return answer
     state = StackState.load(directory)
     alive = running(state)
     return {
