@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-from contextlib import closing
 from pathlib import Path
 
-from tools.net import ephemeral_range, free_port, wait_until
+from tools.net import bound_port, ephemeral_range, free_port, wait_until
 
 NODE_TIMEOUT_MS = 1000
 BUS_OFFSET = 10000  # a cluster node also listens on port + 10000 (its cluster bus)
@@ -32,12 +30,8 @@ def cluster_port() -> int:
         # leaves none outside it): a node that then loses it is moved (``_await_node``).
         if bus > 65535 or (low <= bus <= high and attempt < 200):
             continue
-        with closing(socket.socket()) as probe:
-            try:
-                probe.bind(("127.0.0.1", bus))
-            except OSError:
-                continue
-        return port
+        if bound_port("127.0.0.1", bus) is not None:
+            return port
     raise RuntimeError("no free port whose cluster-bus port (port + 10000) is free too")
 
 

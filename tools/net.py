@@ -38,14 +38,17 @@ def listen_ports() -> range:
     return wider if len(wider) >= MIN_LISTEN_PORTS else range(0)
 
 
-def _bindable(host: str, port: int) -> bool:
+def bound_port(host: str, port: int) -> int | None:
+    """Bind ``port`` (0: the kernel's pick) on ``host`` and let it go: the port bound, or
+    None when something holds it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with closing(socket.socket(family, socket.SOCK_STREAM)) as sock:
         try:
             sock.bind((host, port))
         except OSError:
-            return False
-    return True
+            return None
+        found: int = sock.getsockname()[1]
+        return found
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -60,19 +63,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     ports = listen_ports()
     for _ in range(200 if ports else 0):
         port = random.choice(ports)
-        if port not in _handed_out and _bindable(host, port):
+        if port not in _handed_out and bound_port(host, port) is not None:
             _handed_out.add(port)
             return port
     return _kernels_pick(host)
 
 
 def _kernels_pick(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(100):
-        with closing(socket.socket(family, socket.SOCK_STREAM)) as sock:
-            sock.bind((host, 0))
-            port: int = sock.getsockname()[1]
-        if port not in _handed_out:
+        port = bound_port(host, 0)
+        if port is not None and port not in _handed_out:
             _handed_out.add(port)
             return port
     raise RuntimeError(f"no free port on {host}")
