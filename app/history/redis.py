@@ -498,11 +498,9 @@ class RedisHistory(History):
         warnings = []
         for node in masters:
             where = f" ({node.name})" if node is not None else ""
+            asked = {} if node is None else {"target_nodes": node}
             try:
-                if node is None:
-                    found = dict(await self._client.config_get("maxmemory-policy"))
-                else:
-                    found = dict(await self._client.config_get("maxmemory-policy", target_nodes=node))
+                found = dict(await self._client.config_get("maxmemory-policy", **asked))
             except FAILURES as exc:
                 warnings.append(_unchecked(where, exc))
                 continue

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from app import metrics
@@ -205,7 +206,7 @@ class Presence:
                 for room in asked:
                     self.repairs.failed(room)
                 for room, channels in short.items():
-                    self._short.setdefault(room, set()).update(channels)
+                    self._owe(room, channels)
                 # Their joiners got no snapshot. The room's chain may be whole all the same
                 # (another member here had one), so nothing else would ever send them one.
                 self._owed.update(waiters)
@@ -228,7 +229,7 @@ class Presence:
                     self.repairs.baseline(change.room, state.version)
                 if change.room in asked:  # all members here, the short ones included
                     if not self._repair(change.room, snapshot) and change.room in short:
-                        self._short.setdefault(change.room, set()).update(short[change.room])
+                        self._owe(change.room, short[change.room])
                 elif change.room in short:
                     self._retell_to(change.room, snapshot, short[change.room])
         await self._settle(changes, states)
@@ -351,7 +352,13 @@ class Presence:
         """The layer's tap: a frame of a room that changes its list (an announcement, or a
         repair) was dropped for the members on ``channels``, whose mailboxes were full."""
         room = event.get("room")
-        if room is not None and self.local.holds(room):
+        if room is not None:
+            self._owe(room, channels)
+
+    def _owe(self, room: str, channels: Iterable[str]) -> None:
+        """The members on ``channels`` are owed ``room``'s snapshot at the next tick (while
+        anyone here is in the room: ``leave`` forgets a room emptied here)."""
+        if self.local.holds(room):
             self._short.setdefault(room, set()).update(channels)
 
     def _retell_to(self, room: str, snapshot: Snapshot, channels: set[str]) -> None:
@@ -361,8 +368,7 @@ class Presence:
         if self.repairs is None:
             return
         if self.repairs.newer_reached(room, snapshot.version):
-            if self.local.holds(room):
-                self._short.setdefault(room, set()).update(channels)
+            self._owe(room, channels)
             return
         metrics.PRESENCE_REPAIRS.inc()
         self.layer.fan_out_local(group_name(room), {
