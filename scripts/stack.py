@@ -317,7 +317,7 @@ def _up(directory: Path, color: str | None, app_env: dict[str, str] | None, proc
             raise StackError(f"the local stack in {state.dir} runs one redis-server, not a cluster: "
                              "`make stack-down && make stack STACK_ARGS=--cluster` starts one with a "
                              "cluster (its clients are cut off and its history is not copied)")
-        if color not in (None, state.active):
+        if color != state.active:
             # Switching colours is a deploy's: one that drains the live colour's clients.
             state.notes.append(f"the stack in {state.dir} already runs with {state.active} active; --color "
                                f"{color} is for a new stack and was ignored: `make deploy COLOR={color}` "
