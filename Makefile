@@ -48,7 +48,7 @@ lint: $(DEV_STAMP)  ## ruff over the repository, mypy over app, tools, scripts, 
 bench: $(DEV_STAMP)  ## startup, shutdown and load benchmarks with the floor; writes BENCHMARKS.md
 	$(PY) -m scripts.bench $(BENCH_ARGS)
 
-bench-scale: $(DEV_STAMP)  ## 100,000 sockets over 6 processes on a Redis Cluster, then single Redis vs cluster (heavy): BENCH_SCALE_ARGS="--sockets 10000 --write"
+bench-scale: $(DEV_STAMP)  ## 100,000 sockets over 6 processes on a Redis Cluster, then the floor, then single Redis vs cluster (heavy): BENCH_SCALE_ARGS="--sockets 10000 --write"
 	$(PY) -m scripts.bench_scale $(BENCH_SCALE_ARGS)
 
 bench-cutover: $(DEV_STAMP)  ## 9,000 clients through Traefik, blue->green: recovery vs fresh connect (heavy): BENCH_CUTOVER_ARGS="--clients 2000 --write"

@@ -16,9 +16,14 @@ Rooms are per app process here (each swarm names its own), so a broadcast goes t
 cluster's sharded pub/sub back to the members' process. The cutover at scale (9,000
 clients through Traefik, blue->green) is scripts/bench_cutover.py.
 
-Then, in the same run, ``--compare-sockets`` sockets on one app process twice: on a single
-redis-server and on the cluster, several broadcasts per room, for the server CPU per
-delivery of each and their ratio (what the cluster costs a delivery).
+Then, in the same run, the floor (bench/floor.py: a bare ASGI broadcast on the same uvicorn
+stack, no Redis, no ids, no history, no pings) with ``--floor-sockets`` sockets over as many
+processes, driven by the same clients: the least this machine takes to connect that many
+sockets and deliver one broadcast to each, against which Parley's p99 reads as a ratio.
+
+And ``--compare-sockets`` sockets on one app process twice: on a single redis-server and on
+the cluster, several broadcasts per room, for the server CPU per delivery of each and their
+ratio (what the cluster costs a delivery).
 
 Heavy: on the 2-core development machine run it once, smallest first (``--sockets 10000``).
 ``--write`` puts the figures into BENCHMARKS.md (its ``bench-scale`` section).
@@ -55,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=600, help="handshakes in flight, all swarms")
     parser.add_argument("--delivery-timeout", type=float, default=60.0)
     parser.add_argument("--open-timeout", type=float, default=60.0)
+    parser.add_argument("--floor-sockets", type=int, default=None,
+                        help="sockets of the floor leg, over as many processes "
+                             "(default: --sockets; 0: skip it)")
     parser.add_argument("--compare-sockets", type=int, default=10_000,
                         help="sockets of the single-Redis vs cluster comparison (0: skip it)")
     parser.add_argument("--write", action="store_true", help="put the figures into BENCHMARKS.md")
@@ -62,6 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.app_processes < 1 or args.sockets < args.app_processes:
         parser.error("--app-processes must be >= 1 and --sockets at least one per process")
+    if args.floor_sockets is None:
+        args.floor_sockets = args.sockets
+    if 0 < args.floor_sockets < args.app_processes:
+        parser.error("--floor-sockets must be 0 or at least one per process")
     return args
 
 
@@ -74,16 +86,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cluster = RedisClusterServers().start()
     try:
         main = leg(args, cluster.url, args.sockets, args.app_processes, messages=1)
+        floor = floor_leg(args) if args.floor_sockets else None
         comparison = compare(args, cluster) if args.compare_sockets else None
     finally:
         cluster.cleanup()
-    failures = main.pop("failures") + (comparison["failures"] if comparison else [])
+    failures = (main.pop("failures") + [f"floor: {text}" for text in (floor or {}).pop("failures", [])]
+                + (comparison["failures"] if comparison else []))
     return {
         "tool": "bench_scale",
         "config": {"sockets": args.sockets, "app_processes": args.app_processes,
                    "rooms": args.rooms_per_process * args.app_processes,
                    "cluster": "3 masters + 3 replicas"},
         **main,
+        "floor": floor,
+        "p99_ratio_to_floor": (ratio(main["broadcast_ms"]["p99"], floor["broadcast_ms"]["p99"])
+                               if floor else None),
         "single_vs_cluster": comparison,
         "machine": machine(),
         "ok": not failures,
@@ -111,6 +128,19 @@ def compare(args: argparse.Namespace, cluster: RedisClusterServers) -> dict[str,
     }
 
 
+def floor_leg(args: argparse.Namespace) -> dict[str, Any]:
+    """The floor's processes (one per app process of the main leg), the same clients, one
+    broadcast per room: what connecting and delivering to that many sockets costs here with
+    no chat service at all."""
+    with ExitStack() as stack:
+        floors = []
+        for _ in range(args.app_processes):
+            floors.append(start_server("floor"))
+            stack.callback(floors[-1].cleanup)
+        # The floor sends no ``ready``: a member is connected once its handshake is done.
+        return measure(args, floors, args.floor_sockets, 1, wait_ready=False)
+
+
 def leg(args: argparse.Namespace, redis_url: str, sockets: int, processes: int,
         messages: int) -> dict[str, Any]:
     """Start ``processes`` app processes on ``redis_url``, connect ``sockets`` over them, send
@@ -124,7 +154,8 @@ def leg(args: argparse.Namespace, redis_url: str, sockets: int, processes: int,
         return measure(args, apps, sockets, messages)
 
 
-def measure(args: argparse.Namespace, apps: list[AppServer], sockets: int, messages: int) -> dict[str, Any]:
+def measure(args: argparse.Namespace, apps: list[AppServer], sockets: int, messages: int,
+            wait_ready: bool = True) -> dict[str, Any]:
     shares = _split(sockets, len(apps))
     pids = [app.process.pid if app.process else None for app in apps]
     concurrency = max(1, args.concurrency // len(apps))
@@ -135,7 +166,7 @@ def measure(args: argparse.Namespace, apps: list[AppServer], sockets: int, messa
         log(f"bench-scale: {sockets} sockets over {len(apps)} app processes")
         before = [usage(pid) for pid in pids]
         began = time.monotonic()
-        connects = list(pool.map(lambda s: s.connect(True), swarms))
+        connects = list(pool.map(lambda s: s.connect(wait_ready), swarms))
         connect_s = time.monotonic() - began
         connected_usage = [usage(pid) for pid in pids]
         connected = sum(c["connected"] for c in connects)
@@ -194,6 +225,12 @@ def render(result: dict[str, Any]) -> str:
             for p in result["per_process"]]
     procs = table(("pid", "sockets", "received", "KB/socket", "cpu ms/delivery"), rows)
     parts = [head, latency, procs]
+    floor = result.get("floor")
+    if floor:
+        parts.append(table(("floor", "sockets", "delivered", "us CPU/delivery", "p50", "p99"), [
+            ("", floor["connected"], floor["delivered"], floor["cpu_us_per_delivery"],
+             floor["broadcast_ms"]["p50"], floor["broadcast_ms"]["p99"])
+        ]) + f"\nParley / floor, broadcast p99: {result['p99_ratio_to_floor']}")
     comparison = result["single_vs_cluster"]
     if comparison:
         parts.append(table(("one process", "sockets", "delivered", "us CPU/delivery", "broadcast p99 ms"), [
@@ -244,6 +281,22 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|",
         *(f"| {what} | {target} | {got} | {'yes' if ok else 'no'} |" for what, target, got, ok in rows),
     ]
+    floor = result.get("floor")
+    if floor:
+        lines += [
+            "",
+            f"The floor in the same run (bench/floor.py: a bare ASGI broadcast on the same uvicorn "
+            f"stack, no Redis, no ids, no history, no pings): {floor['connected']:,} sockets over "
+            f"{c['app_processes']} processes, the same clients, one broadcast per room. Parley's "
+            f"broadcast p99 is {result['p99_ratio_to_floor']}x the floor's.",
+            "",
+            "| leg | connected | delivered | connect s | us server CPU per delivery | broadcast p50 ms | "
+            "broadcast p99 ms |",
+            "|---|---|---|---|---|---|---|",
+            *(f"| {name} | {leg_['connected']:,} | {leg_['delivered']:,}/{leg_['expected']:,} | "
+              f"{leg_['connect_s']} | {leg_['cpu_us_per_delivery']} | {leg_['broadcast_ms']['p50']} | "
+              f"{leg_['broadcast_ms']['p99']} |" for name, leg_ in (("Parley", result), ("floor", floor))),
+        ]
     if comparison:
         lines += [
             "",

@@ -8,10 +8,11 @@ from scripts.bench_scale import markdown
 from tests.support import run_script
 
 
-def test_a_small_scale_run_delivers_everything_and_compares_single_with_cluster(tmp_path: Path) -> None:
+def test_a_small_scale_run_delivers_everything_and_compares_with_the_floor_and_single_redis(
+        tmp_path: Path) -> None:
     status, result, output = run_script(
         "bench_scale", "--sockets", "60", "--app-processes", "2", "--rooms-per-process", "3",
-        "--compare-sockets", "30", json_path=tmp_path / "s.json",
+        "--floor-sockets", "40", "--compare-sockets", "30", json_path=tmp_path / "s.json",
     )
 
     assert status == 0, output
@@ -19,6 +20,10 @@ def test_a_small_scale_run_delivers_everything_and_compares_single_with_cluster(
     assert result["delivered"] == result["expected"] == 60  # one broadcast, every socket
     assert result["duplicates"] == 0
     assert [p["sockets"] for p in result["per_process"]] == [30, 30]
+    floor = result["floor"]  # the floor's processes, as many, driven by the same clients
+    assert floor["connected"] == floor["delivered"] == floor["expected"] == 40
+    assert [p["sockets"] for p in floor["per_process"]] == [20, 20]
+    assert result["p99_ratio_to_floor"] is not None
     comparison = result["single_vs_cluster"]
     assert set(comparison["legs"]) == {"single", "cluster"}
     for leg in comparison["legs"].values():
@@ -30,3 +35,4 @@ def test_a_small_scale_run_delivers_everything_and_compares_single_with_cluster(
     assert section.startswith("<!-- bench-scale: begin") and section.endswith("<!-- bench-scale: end -->")
     assert "| connected | 60 | 60 | yes |" in section
     assert "| single |" in section and "| cluster |" in section
+    assert "| Parley | 60 | 60/60 |" in section and "| floor | 40 | 40/40 |" in section
