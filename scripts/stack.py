@@ -437,7 +437,13 @@ def repair(state: StackState) -> None:
     for name in dead:
         start_member(state, state.active, name)
     state.restarted += dead
-    state.save()
+    try:
+        state.save()
+    except OSError as exc:  # a full disk: what no record names, `stack down` would never stop
+        undo_restarts(state)
+        raise StackError(f"restarting {', '.join(state.restarted)} of the stack in {state.dir} could not be "
+                         f"recorded ({exc}), so they were stopped again; free the disk, then `make stack`"
+                         ) from None
     try:
         wait_app_ready(state, state.active, START_TIMEOUT, names=dead or [state.members(state.active)[0]])
         wait_routed(state, state.active, START_TIMEOUT)
@@ -446,6 +452,16 @@ def repair(state: StackState) -> None:
         raise StackError(f"restarting {', '.join(repaired)} of the stack in {state.dir} failed: "
                          f"{exc}; what still ran was left running. `make stack-down && make stack` starts "
                          "a new stack (new ports; Redis keeps its data)") from None
+
+
+def undo_restarts(state: StackState) -> None:
+    """Stop what ``repair`` restarted (``state.restarted``): apps first, as ``stop_all`` does."""
+    apps = [state.procs[name] for name in state.restarted if name in state.members(state.active)]
+    if apps:
+        terminate([(proc, drain_budget(proc)) for proc in apps])
+    for name in ("traefik", "redis"):
+        if name in state.restarted:
+            state.procs[name].stop()
 
 
 def down(directory: Path) -> dict[str, float]:

@@ -148,6 +148,29 @@ def test_up_on_a_degraded_stack_restarts_only_what_is_dead(two_process_stack: St
     assert status(state.dir)["up"] and traefik_color(again) == "blue"
 
 
+def test_a_repair_that_cannot_be_recorded_leaves_nothing_running(local_stack: StackState) -> None:
+    # `make stack` restarted a dead app process, then failed to write state.json (a full
+    # disk): the new process ran on, recorded nowhere, so `stack down` never stopped it.
+    from scripts.stack import unrecorded
+    from tests.support import run_script
+
+    state = local_stack
+    os.kill(state.procs["blue"].pid, signal.SIGKILL)
+    assert state.procs["blue"].wait(10)
+    try:
+        code, _, output = run_script("stack", "up", "--state-dir", str(state.dir), disk_full_past=100)
+        apps = [pid for what, pid in unrecorded(state.dir) if what == "app"]
+    finally:
+        for what, pid in unrecorded(state.dir):  # the old code's leftover
+            if what == "app":
+                os.kill(pid, signal.SIGKILL)
+    assert code == 1 and "Traceback" not in output
+    error = json.loads(output.splitlines()[0])["error"]
+    assert "could not be recorded" in error and "File too large" in error and "blue" in error
+    assert apps == []
+    assert StackState.load(state.dir).procs["blue"].pid == state.procs["blue"].pid  # the record as it was
+
+
 def test_up_with_another_process_count_or_redis_refuses_and_says_what_works(local_stack: StackState) -> None:
     with pytest.raises(StackError, match=r"make stack-down && make stack PROCESSES=2"):
         up(local_stack.dir, processes=2)
