@@ -50,22 +50,28 @@ from pathlib import Path
 from typing import Any
 
 from scripts import drill
+from scripts.cutover_storm import (
+    RESTART_JITTER,
+    client_pids,
+    clients,
+    fractions,
+    fresh_connect,
+    ratios,
+    recovery,
+    timeline,
+)
 from scripts.deploy import deploy, parse_env
 from scripts.local_runtime import LocalRuntime
 from scripts.stack import down, up
 from scripts.stack_state import StackState
 from tools import ROOT, cli
 from tools.cpu_sampler import CpuSampler
-from tools.cutover_clients import CutoverWorker
 from tools.net import http_get
 from tools.report import log, machine, table, write_section
 from tools.swarm import Swarm, raise_nofile
 
 RESULTS = ROOT / "bench" / "results" / "cutover.json"
 SECTION = "bench-cutover"
-FRACTIONS = (0.5, 0.99, 1.0)
-# docs/CLIENT.md's defaults: restartJitter, backoffBase, backoffCap, connectTimeout.
-RESTART_JITTER, BACKOFF_BASE, BACKOFF_CAP, CONNECT_TIMEOUT = 1.0, 0.5, 20.0, 10.0
 # What the new colour did besides accepting: holes filled from history, refused handshakes.
 GREEN_COUNTERS = ("chat_gaps_filled_total", "chat_handshakes_refused_total", "chat_frames_rejected_total")
 
@@ -98,36 +104,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--senders must be 1..room size")
     args.timeout = args.timeout or 60 + args.clients / 50
     return args
-
-
-def time_to_fraction(times: list[float | None], total: int, fraction: float) -> float | None:
-    """Seconds until ``fraction`` of ``total`` clients had arrived (nearest rank); None
-    when fewer than that ever did. ``times`` holds one entry per client, None for never."""
-    needed = max(1, math.ceil(fraction * total - 1e-9))
-    arrived = sorted(t for t in times if t is not None)
-    return arrived[needed - 1] if len(arrived) >= needed else None
-
-
-def fractions(times: list[float | None], total: int) -> dict[str, float | None]:
-    """The 50 / 99 / 100 % arrival times, rounded to the millisecond."""
-    found = {f"p{round(f * 100)}_s": time_to_fraction(times, total, f) for f in FRACTIONS}
-    return {key: (round(value, 3) if value is not None else None) for key, value in found.items()}
-
-
-def timeline(times: list[float | None], total: int) -> list[float | None]:
-    """Seconds until each tenth of ``total`` had arrived (10 %, 20 %, ... 100 %): where in
-    a phase the time went, for comparing the recovery's curve with the fresh connect's."""
-    return [(round(t, 3) if t is not None else None)
-            for t in (time_to_fraction(times, total, k / 10) for k in range(1, 11))]
-
-
-def ratios(recovery: dict[str, float | None], fresh: dict[str, float | None]) -> dict[str, float | None]:
-    """Recovery over fresh connect, per fraction (the goal: p99 <= 1.0)."""
-    out: dict[str, float | None] = {}
-    for key in recovery:
-        ours, base = recovery[key], fresh.get(key)
-        out[key.removesuffix("_s")] = round(ours / base, 2) if ours is not None and base else None
-    return out
 
 
 def default_label(args: argparse.Namespace) -> str:
@@ -207,45 +183,33 @@ def measure(args: argparse.Namespace, state: StackState, secret: str,
     n = args.clients
     rooms = math.ceil(n / args.room_size)
     senders = senders_of(n, args.room_size, args.senders)
-    url = state.web_url.replace("http://", "ws://")
-    extra: dict[str, Any] = {"room_size": args.room_size, "restart_jitter": args.restart_jitter,
-                             "backoff_base": BACKOFF_BASE, "backoff_cap": BACKOFF_CAP}
-    swarm = Swarm(url, n, rooms, args.concurrency, per_process=math.ceil(n / args.client_processes),
-                  open_timeout=CONNECT_TIMEOUT, worker=CutoverWorker, extra=extra)
+    swarm = clients(state.web_url.replace("http://", "ws://"), args)
     # One user per client, allowed into its own room: the room names CutoverWorker gives.
-    extra["tokens"] = [mint(f"cut-{swarm.run}-{i}", [f"cut-{swarm.run}-{i // args.room_size}"], 7200, secret)
-                       for i in range(n)]
+    swarm.extra["tokens"] = [mint(f"cut-{swarm.run}-{i}", [f"cut-{swarm.run}-{i // args.room_size}"],
+                                  7200, secret) for i in range(n)]
     wait = args.timeout + 60
     problems: list[str] = []
     with swarm:
         log(f"bench-cutover: {n} clients in {rooms} rooms over {swarm.plan.processes} client processes")
         blue = [state.procs[name].pid for name in state.members("blue")]
-        clients = [p.pid for p in swarm.processes if p.pid is not None]
-        groups = {"blue": blue, "traefik": [state.procs["traefik"].pid], "clients": clients}
-        with CpuSampler(groups) as fresh_cpu:
-            began = time.monotonic_ns()
-            connected = swarm.call("connect", wait, timeout=args.timeout)
-        fresh_times = [(ns - began) / 1e9 if ns is not None else None
-                       for c in connected for ns in c["ready_ns"]]
+        pids = client_pids(swarm)
+        groups = {"blue": blue, "traefik": [state.procs["traefik"].pid], "clients": pids}
+        fresh_times, fresh_cpu = fresh_connect(swarm, groups, args.timeout)
         fresh = fractions(fresh_times, n)
         log(f"bench-cutover: fresh connect {fresh}; chatting")
         before = chat(swarm, senders, args.timeout)
 
         swarm.call("start_trickle", 30, senders=senders, rate=args.rate)
         runtime = TimedRuntime(state)
-        runtime.clients = clients
+        runtime.clients = pids
         log("bench-cutover: deploying green")
         report = deploy(runtime, "green")
-        answers = swarm.call("recovery", wait, since_ns=runtime.sigterm_ns, timeout=args.timeout)
+        rec_times, close_times = recovery(swarm, runtime.sigterm_ns, args.timeout)
         assert runtime.sampler is not None
         runtime.sampler.__exit__()
         swarm.call("stop_trickle", 30)
-        rec_times = [(ns - runtime.sigterm_ns) / 1e9 if ns is not None else None
-                     for a in answers for ns in a["ready_ns"]]
-        close_times = [(ns - runtime.sigterm_ns) / 1e9
-                       for a in answers for ns in a["closed_ns"] if ns is not None]
-        recovery = fractions(rec_times, n)
-        log(f"bench-cutover: recovery {recovery}; chatting again")
+        recovered_at = fractions(rec_times, n)
+        log(f"bench-cutover: recovery {recovered_at}; chatting again")
         after = chat(swarm, senders, args.timeout)
         on_green = drill.open_connections(state, "green")
         green_counts = counters(state.color_urls("green"), GREEN_COUNTERS)
@@ -274,13 +238,13 @@ def measure(args: argparse.Namespace, state: StackState, secret: str,
                    "restart_jitter_s": args.restart_jitter, "senders_per_room": args.senders,
                    "rate_per_s": args.rate, "app_env": app_env, "redis": "one redis-server"},
         "fresh": {**fresh, "ready": fresh_ready, "deciles_s": timeline(fresh_times, n),
-                  **{f"{group}_cpu": cpu_s for group, cpu_s in fresh_cpu.summary().items()}},
-        "recovery": {**recovery, "recovered": recovered, "deciles_s": timeline(rec_times, n),
+                  **{f"{group}_cpu": cpu_s for group, cpu_s in fresh_cpu.items()}},
+        "recovery": {**recovered_at, "recovered": recovered, "deciles_s": timeline(rec_times, n),
                      "closes_deciles_s": timeline(list(close_times), n),
                      "last_close_s": round(max(close_times), 3) if close_times else None,
                      "green_cpu": cpu["new"], "blue_cpu": cpu["old"], "traefik_cpu": cpu["traefik"],
                      "clients_cpu": cpu["clients"]},
-        "ratio": ratios(recovery, fresh),
+        "ratio": ratios(recovered_at, fresh),
         "deploy": report,
         "on_green": on_green,
         "green_counters": green_counts,
