@@ -7,6 +7,11 @@ No ``ready`` frame, no ids, no history. Benchmarks run it beside Parley so that 
 read as ratios of what the protocol stack itself costs on the same machine, in the same run.
 
 Run: ``python -m bench.floor --port 8001`` (or ``uvicorn bench.floor:app``), from the repository root.
+Two opt-in flags let clients written for Parley's handshake run against it unchanged (the
+cutover benchmark's floor leg, scripts/cutover_floor.py): ``--ready`` sends ``{"type":"ready"}``
+after the accept, as Parley does after its handshake; ``--color blue`` names the colour in
+``/healthz`` and ``/readyz``, as Parley's ``/readyz`` does, so that a deploy's check of which
+colour Traefik routes to works on it. Without them it answers exactly as it always has.
 """
 
 from __future__ import annotations
@@ -24,15 +29,20 @@ ROOM_PATH = re.compile(r"^/ws/chat/([A-Za-z0-9_.-]{1,64})/$")
 OK = b'{"status":"ok"}'
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(OK)).encode())]
 
+READY = '{"type":"ready"}'
+
 rooms: dict[str, set[Send]] = {}
+# Set by main() from --ready and --color; the defaults are the floor as scripts/bench.py measures it.
+send_ready = False
+probe_body, probe_headers = OK, HEADERS
 
 
 async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     """The whole floor: probes over HTTP, broadcast rooms over WebSocket."""
     if scope["type"] == "http":
         status = 200 if scope["path"] in {"/healthz", "/readyz"} else 404
-        await send({"type": "http.response.start", "status": status, "headers": HEADERS})
-        await send({"type": "http.response.body", "body": OK if status == 200 else b""})
+        await send({"type": "http.response.start", "status": status, "headers": probe_headers})
+        await send({"type": "http.response.body", "body": probe_body if status == 200 else b""})
     elif scope["type"] == "websocket":
         await _chat(scope, receive, send)
 
@@ -48,6 +58,8 @@ async def _chat(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     members.add(send)
     try:
         await send({"type": "websocket.accept"})
+        if send_ready:
+            await send({"type": "websocket.send", "text": READY})
         while True:
             event = await receive()
             if event["type"] == "websocket.disconnect":
@@ -79,7 +91,14 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--shutdown-timeout", type=float, default=5.0)
+    parser.add_argument("--ready", action="store_true", help='send {"type":"ready"} after the accept')
+    parser.add_argument("--color", help="name this colour in /healthz and /readyz")
     args = parser.parse_args()
+    global send_ready, probe_body, probe_headers
+    send_ready = args.ready
+    if args.color is not None:
+        probe_body = json.dumps({"status": "ok", "color": args.color}, separators=(",", ":")).encode()
+        probe_headers = [HEADERS[0], (b"content-length", str(len(probe_body)).encode())]
     uvicorn.run(
         app, host=args.host, port=args.port, loop="uvloop", http="httptools",
         ws="websockets-sansio", lifespan="off", log_level="warning", access_log=False,

@@ -1,15 +1,15 @@
 """Cutover at scale: N clients through one Traefik, blue->green; how soon are they all back?
 
-    python -m scripts.bench_cutover [--clients 9000] [--client-processes 4] [--write]
+    python -m scripts.bench_cutover [--clients 9000] [--client-processes 4] [--no-floor] [--write]
     make bench-cutover BENCH_CUTOVER_ARGS="--clients 2000"
 
 The local stack (scripts/stack.py: one redis-server on a free loopback port, Traefik, blue)
 in a throwaway state directory (removed after a run that passed; kept, with its logs, and
 named in the report as ``stack_dir`` after one that did not), with a JWT per client so that
 a reconnect is the same user, as compose runs it. Then, with the clients of
-tools/cutover_clients.py spread over several processes (they reconnect as docs/CLIENT.md
-says: 1012 -> uniform in [0, 1 s), failures -> full-jitter backoff from 0.5 s; resume with
-``?since=``, resend by ``client_id``):
+tools/cutover_clients.py spread over several processes (scripts/cutover_storm.py; they
+reconnect as docs/CLIENT.md says: 1012 -> uniform in [0, 1 s), failures -> full-jitter
+backoff from 0.5 s; resume with ``?since=``, resend by ``client_id``):
 
 1. fresh connect: all N clients start at once (at most ``--concurrency`` attempts in flight
    over all processes); the time until 50 / 99 / 100 % have their ``ready`` frame; blue's
@@ -26,11 +26,15 @@ says: 1012 -> uniform in [0, 1 s), failures -> full-jitter backoff from 0.5 s; r
 
 The ratio that issue #14 sets a goal for: recovery 99 % / fresh-connect 99 %, the same
 clients in the same run (goal <= 1.0: the storm costs no more than a cold start of
-everyone). ``--restart-jitter`` spreads the storm from the client side; ``--app-env
+everyone). Then, unless ``--no-floor``, the floor's leg (scripts/cutover_floor.py): the
+same clients through a Traefik in front of two bare-uvicorn floors (bench/floor.py), fresh
+connect and recovery from blue's SIGTERM measured the same way, without the chat; its ratio
+is what the storm costs with no Parley in it, and ``ratio_to_floor`` is Parley's 99 % ratio
+over the floor's. ``--restart-jitter`` spreads the storm from the client side; ``--app-env
 KEY=VALUE`` goes to both colours. ``--label`` names the variant in the table.
 ``--write`` keeps the run in bench/results/cutover.json (one entry per clients and label)
 and rewrites BENCHMARKS.md's "cutover" section from all of them. Reports figures, not a
-verdict on timing: only zero loss, the closes and the counts make a run fail.
+verdict on timing: only zero loss, the closes and the counts (either leg's) make a run fail.
 
 Heavy at 9,000: on a shared 2-core machine run the smaller sizes first.
 """
@@ -49,23 +53,30 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from scripts import drill
+from scripts import cutover_floor, drill
+from scripts.cutover_storm import (
+    RESTART_JITTER,
+    client_pids,
+    clients,
+    fractions,
+    fresh_connect,
+    ratios,
+    recovery,
+    timeline,
+)
 from scripts.deploy import deploy, parse_env
 from scripts.local_runtime import LocalRuntime
 from scripts.stack import down, up
 from scripts.stack_state import StackState
 from tools import ROOT, cli
 from tools.cpu_sampler import CpuSampler
-from tools.cutover_clients import CutoverWorker
 from tools.net import http_get
 from tools.report import log, machine, table, write_section
+from tools.report import ratio as ratio_of  # "ratio" names the ratios dict in render and markdown
 from tools.swarm import Swarm, raise_nofile
 
 RESULTS = ROOT / "bench" / "results" / "cutover.json"
 SECTION = "bench-cutover"
-FRACTIONS = (0.5, 0.99, 1.0)
-# docs/CLIENT.md's defaults: restartJitter, backoffBase, backoffCap, connectTimeout.
-RESTART_JITTER, BACKOFF_BASE, BACKOFF_CAP, CONNECT_TIMEOUT = 1.0, 0.5, 20.0, 10.0
 # What the new colour did besides accepting: holes filled from history, refused handshakes.
 GREEN_COUNTERS = ("chat_gaps_filled_total", "chat_handshakes_refused_total", "chat_frames_rejected_total")
 
@@ -88,6 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="what this run measures, for the table (default: the jitter and --app-env)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="bound for each phase (default 60 s + 20 ms per client)")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the floor's leg (bench/floor.py through Traefik, after Parley's)")
     parser.add_argument("--write", action="store_true",
                         help="keep the run in bench/results/cutover.json and rewrite BENCHMARKS.md's section")
     parser.add_argument("--json", metavar="PATH", help="write the JSON here ('-': stdout)")
@@ -98,36 +111,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--senders must be 1..room size")
     args.timeout = args.timeout or 60 + args.clients / 50
     return args
-
-
-def time_to_fraction(times: list[float | None], total: int, fraction: float) -> float | None:
-    """Seconds until ``fraction`` of ``total`` clients had arrived (nearest rank); None
-    when fewer than that ever did. ``times`` holds one entry per client, None for never."""
-    needed = max(1, math.ceil(fraction * total - 1e-9))
-    arrived = sorted(t for t in times if t is not None)
-    return arrived[needed - 1] if len(arrived) >= needed else None
-
-
-def fractions(times: list[float | None], total: int) -> dict[str, float | None]:
-    """The 50 / 99 / 100 % arrival times, rounded to the millisecond."""
-    found = {f"p{round(f * 100)}_s": time_to_fraction(times, total, f) for f in FRACTIONS}
-    return {key: (round(value, 3) if value is not None else None) for key, value in found.items()}
-
-
-def timeline(times: list[float | None], total: int) -> list[float | None]:
-    """Seconds until each tenth of ``total`` had arrived (10 %, 20 %, ... 100 %): where in
-    a phase the time went, for comparing the recovery's curve with the fresh connect's."""
-    return [(round(t, 3) if t is not None else None)
-            for t in (time_to_fraction(times, total, k / 10) for k in range(1, 11))]
-
-
-def ratios(recovery: dict[str, float | None], fresh: dict[str, float | None]) -> dict[str, float | None]:
-    """Recovery over fresh connect, per fraction (the goal: p99 <= 1.0)."""
-    out: dict[str, float | None] = {}
-    for key in recovery:
-        ours, base = recovery[key], fresh.get(key)
-        out[key.removesuffix("_s")] = round(ours / base, 2) if ours is not None and base else None
-    return out
 
 
 def default_label(args: argparse.Namespace) -> str:
@@ -184,6 +167,31 @@ def chat(swarm: Swarm, senders: list[int], timeout: float) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Parley's leg, then (unless --no-floor) the floor's, in one result."""
+    result = parley_leg(args)
+    if not args.no_floor:
+        log("bench-cutover: the floor's leg")
+        with_floor(result, cutover_floor.run(args))
+    return result
+
+
+def with_floor(result: dict[str, Any], floor: dict[str, Any]) -> None:
+    """Add the floor's leg to Parley's ``result``: ``floor``, ``ratio_to_floor`` (the 99 %
+    ratios, Parley's over the floor's), and the floor's problems, which fail the run too."""
+    result["floor"] = floor
+    result["ratio_to_floor"] = ratio_of(result["ratio"]["p99"], floor_ratio(result))
+    result["problems"] = [*result["problems"], *(f"floor: {p}" for p in floor["problems"])]
+    result["ok"] = result["ok"] and floor["ok"]
+
+
+def floor_ratio(run: dict[str, Any]) -> float | None:
+    """The floor's 99 % ratio in ``run``; None for runs without a floor leg, or whose floor
+    leg measured nothing."""
+    found: float | None = run.get("floor", {}).get("ratio", {}).get("p99")
+    return found
+
+
+def parley_leg(args: argparse.Namespace) -> dict[str, Any]:
     raise_nofile()  # before the stack starts, so that Traefik and both colours inherit it
     app_env = parse_env(args.app_env)
     secret = secrets.token_urlsafe(48)
@@ -207,45 +215,33 @@ def measure(args: argparse.Namespace, state: StackState, secret: str,
     n = args.clients
     rooms = math.ceil(n / args.room_size)
     senders = senders_of(n, args.room_size, args.senders)
-    url = state.web_url.replace("http://", "ws://")
-    extra: dict[str, Any] = {"room_size": args.room_size, "restart_jitter": args.restart_jitter,
-                             "backoff_base": BACKOFF_BASE, "backoff_cap": BACKOFF_CAP}
-    swarm = Swarm(url, n, rooms, args.concurrency, per_process=math.ceil(n / args.client_processes),
-                  open_timeout=CONNECT_TIMEOUT, worker=CutoverWorker, extra=extra)
+    swarm = clients(state.web_url.replace("http://", "ws://"), args)
     # One user per client, allowed into its own room: the room names CutoverWorker gives.
-    extra["tokens"] = [mint(f"cut-{swarm.run}-{i}", [f"cut-{swarm.run}-{i // args.room_size}"], 7200, secret)
-                       for i in range(n)]
+    swarm.extra["tokens"] = [mint(f"cut-{swarm.run}-{i}", [f"cut-{swarm.run}-{i // args.room_size}"],
+                                  7200, secret) for i in range(n)]
     wait = args.timeout + 60
     problems: list[str] = []
     with swarm:
         log(f"bench-cutover: {n} clients in {rooms} rooms over {swarm.plan.processes} client processes")
         blue = [state.procs[name].pid for name in state.members("blue")]
-        clients = [p.pid for p in swarm.processes if p.pid is not None]
-        groups = {"blue": blue, "traefik": [state.procs["traefik"].pid], "clients": clients}
-        with CpuSampler(groups) as fresh_cpu:
-            began = time.monotonic_ns()
-            connected = swarm.call("connect", wait, timeout=args.timeout)
-        fresh_times = [(ns - began) / 1e9 if ns is not None else None
-                       for c in connected for ns in c["ready_ns"]]
+        pids = client_pids(swarm)
+        groups = {"blue": blue, "traefik": [state.procs["traefik"].pid], "clients": pids}
+        fresh_times, fresh_cpu = fresh_connect(swarm, groups, args.timeout)
         fresh = fractions(fresh_times, n)
         log(f"bench-cutover: fresh connect {fresh}; chatting")
         before = chat(swarm, senders, args.timeout)
 
         swarm.call("start_trickle", 30, senders=senders, rate=args.rate)
         runtime = TimedRuntime(state)
-        runtime.clients = clients
+        runtime.clients = pids
         log("bench-cutover: deploying green")
         report = deploy(runtime, "green")
-        answers = swarm.call("recovery", wait, since_ns=runtime.sigterm_ns, timeout=args.timeout)
+        rec_times, close_times = recovery(swarm, runtime.sigterm_ns, args.timeout)
         assert runtime.sampler is not None
         runtime.sampler.__exit__()
         swarm.call("stop_trickle", 30)
-        rec_times = [(ns - runtime.sigterm_ns) / 1e9 if ns is not None else None
-                     for a in answers for ns in a["ready_ns"]]
-        close_times = [(ns - runtime.sigterm_ns) / 1e9
-                       for a in answers for ns in a["closed_ns"] if ns is not None]
-        recovery = fractions(rec_times, n)
-        log(f"bench-cutover: recovery {recovery}; chatting again")
+        recovered_at = fractions(rec_times, n)
+        log(f"bench-cutover: recovery {recovered_at}; chatting again")
         after = chat(swarm, senders, args.timeout)
         on_green = drill.open_connections(state, "green")
         green_counts = counters(state.color_urls("green"), GREEN_COUNTERS)
@@ -274,13 +270,13 @@ def measure(args: argparse.Namespace, state: StackState, secret: str,
                    "restart_jitter_s": args.restart_jitter, "senders_per_room": args.senders,
                    "rate_per_s": args.rate, "app_env": app_env, "redis": "one redis-server"},
         "fresh": {**fresh, "ready": fresh_ready, "deciles_s": timeline(fresh_times, n),
-                  **{f"{group}_cpu": cpu_s for group, cpu_s in fresh_cpu.summary().items()}},
-        "recovery": {**recovery, "recovered": recovered, "deciles_s": timeline(rec_times, n),
+                  **{f"{group}_cpu": cpu_s for group, cpu_s in fresh_cpu.items()}},
+        "recovery": {**recovered_at, "recovered": recovered, "deciles_s": timeline(rec_times, n),
                      "closes_deciles_s": timeline(list(close_times), n),
                      "last_close_s": round(max(close_times), 3) if close_times else None,
                      "green_cpu": cpu["new"], "blue_cpu": cpu["old"], "traefik_cpu": cpu["traefik"],
                      "clients_cpu": cpu["clients"]},
-        "ratio": ratios(recovery, fresh),
+        "ratio": ratios(recovered_at, fresh),
         "deploy": report,
         "on_green": on_green,
         "green_counters": green_counts,
@@ -328,6 +324,14 @@ def render(result: dict[str, Any]) -> str:
             ["recovery from SIGTERM", r["p50_s"], r["p99_s"], r["p100_s"],
              f"green {r['green_cpu']['peak_pct']} %"],
             ["ratio", ratio["p50"], ratio["p99"], ratio["p100"], ""]]
+    floor = result.get("floor", {})
+    if "ratio" in floor:
+        ff, fr, fratio = floor["fresh"], floor["recovery"], floor["ratio"]
+        rows += [["floor: fresh connect", ff["p50_s"], ff["p99_s"], ff["p100_s"],
+                  f"blue {ff['blue_cpu']['peak_pct']} %"],
+                 ["floor: recovery from SIGTERM", fr["p50_s"], fr["p99_s"], fr["p100_s"],
+                  f"green {fr['green_cpu']['peak_pct']} %"],
+                 ["floor: ratio", fratio["p50"], fratio["p99"], fratio["p100"], ""]]
     lines = [f"bench-cutover: {c['clients']} clients, {result['label']}",
              table(["", "50 % s", "99 % s", "100 % s", "CPU peak"], rows),
              f"lost {result['lost']}, duplicated {result['duplicated']}, "
@@ -336,6 +340,10 @@ def render(result: dict[str, Any]) -> str:
              f"{result['failed_attempts']} {result['failures']}, on green {result['on_green']}",
              f"CPU-s fresh / recovery (everything measured): {cpu_cell(result)}; deciles s, fresh "
              f"{f['deciles_s']}, recovery {r['deciles_s']}, 1012s {r['closes_deciles_s']}",
+             *([f"floor: ratio 99 % {floor_ratio(result)}, Parley / floor {result['ratio_to_floor']}; "
+                f"closes {floor['close_codes']}, failed attempts {floor['failed_attempts']} "
+                f"{floor['failures']}; switch {floor['switch_s']} s; CPU-s fresh / recovery "
+                f"{cpu_cell(floor)}"] if "ratio" in floor else []),
              "OK" if result["ok"] else "FAILED: " + "; ".join(result["problems"][:10])]
     return "\n".join(lines)
 
@@ -356,7 +364,8 @@ def outcome(run: dict[str, Any]) -> str:
     arrived by then, not necessarily lost for good."""
     if run["ok"]:
         return "ok"
-    waits = [p for p in run["problems"] if p.startswith(("only ", "chat ", "green holds"))]
+    waits = [p for p in run["problems"]
+             if p.removeprefix("floor: ").startswith(("only ", "chat ", "green holds"))]
     return "FAILED: " + "; ".join(waits or run["problems"][:1]).replace("|", "/")[:160]
 
 
@@ -386,6 +395,11 @@ def cpu_cell(run: dict[str, Any]) -> str:
     return f"{fresh} / {recovery} ({recovery / fresh:.2f})" if fresh else "-"
 
 
+def dash(value: float | None) -> str:
+    """A table cell for a figure that older runs do not have."""
+    return "-" if value is None else str(value)
+
+
 def markdown(runs: list[dict[str, Any]]) -> str:
     rows = []
     for run in sorted(runs, key=lambda r: (r["config"]["clients"], r["label"])):
@@ -393,6 +407,7 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         rows.append(f"| {run['config']['clients']} | {run['label']} "
                     f"| {f['p50_s']} / {f['p99_s']} / {f['p100_s']} "
                     f"| {r['p50_s']} / {r['p99_s']} / {r['p100_s']} | {ratio['p99']} | {ratio['p100']} "
+                    f"| {dash(floor_ratio(run))} | {dash(run.get('ratio_to_floor'))} "
                     f"| {r['green_cpu']['peak_pct']} | {f['blue_cpu']['peak_pct']} | {r['last_close_s']} "
                     f"| {cpu_cell(run)} "
                     f"| {run['green_counters'].get('chat_gaps_filled_total', 0):.0f} "
@@ -408,7 +423,11 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         "green (a `ready` after their 1012). Clients reconnect as docs/CLIENT.md says (1012: "
         "uniform in [0, 1 s); failures: full jitter from 0.5 s), at most 500 attempts in flight "
         "over all client processes, in both phases. The ratio is recovery over fresh in the same "
-        "run (issue #14's goal: 99 % <= 1.0). CPU peaks: busiest 0.1 s window, % of one core. "
+        "run (issue #14's goal: 99 % <= 1.0). *Floor ratio*: the same, in the same run, for the same "
+        "clients through a Traefik in front of bench/floor.py (bare uvicorn: blue -> green by a routing "
+        "switch and blue's SIGTERM, whose uvicorn sends the 1012s; no chat); *Parley / floor*: Parley's "
+        "99 % ratio over the floor's (\"-\": runs from before the floor's leg). "
+        "CPU peaks: busiest 0.1 s window, % of one core. "
         "*CPU-s*: all the CPU measured in each phase, fresh (blue, Traefik, the load clients) "
         "and recovery (green, blue's drain, Traefik, the load clients): both phases keep the two "
         "cores busy, so their ratio is close to the time ratio. "
@@ -418,16 +437,17 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         "ratios within a run, not absolute seconds across runs.",
         "",
         "| clients | variant | fresh 50/99/100 % s | recovery 50/99/100 % s | ratio 99 % | ratio 100 % "
+        "| floor ratio 99 % | Parley / floor (99 %) "
         "| green CPU peak % | blue CPU peak % (fresh) | last 1012 s | CPU-s fresh / recovery (ratio) "
         "| gaps filled on green | lost / dup "
         "| failed attempts | load | when | checks |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         *notes(runs),
         "Raw figures: bench/results/cutover.json. Reproduce: `make bench-cutover "
         "BENCH_CUTOVER_ARGS=\"--clients 2000\"` (`--restart-jitter 3` spreads the reconnects, "
-        "`--write` updates this section).",
+        "`--no-floor` skips the floor's leg, `--write` updates this section).",
         f"<!-- {SECTION}: end -->",
     ])
 

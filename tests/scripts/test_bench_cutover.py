@@ -1,4 +1,4 @@
-"""scripts/bench_cutover.py: its arithmetic and table, and the benchmark itself at 50 clients."""
+"""scripts/bench_cutover.py: its table, and the benchmark itself (with the floor's leg) at 50 clients."""
 
 from __future__ import annotations
 
@@ -7,44 +7,8 @@ from typing import Any
 
 import pytest
 
-from scripts.bench_cutover import (
-    SECTION,
-    cpu_totals,
-    fractions,
-    keep,
-    markdown,
-    ratios,
-    senders_of,
-    time_to_fraction,
-    timeline,
-)
+from scripts.bench_cutover import SECTION, cpu_totals, keep, markdown, outcome, senders_of, with_floor
 from tests.support import run_script
-
-
-@pytest.mark.unit
-def test_time_to_a_fraction_is_the_nearest_rank_over_all_clients() -> None:
-    times: list[float | None] = [0.1 * i for i in range(1, 101)]
-    assert time_to_fraction(times, 100, 0.5) == pytest.approx(5.0)
-    assert time_to_fraction(times, 100, 0.99) == pytest.approx(9.9)
-    assert time_to_fraction(times, 100, 1.0) == pytest.approx(10.0)
-    # A client that never came back keeps 100 % out of reach, and counts against the rest.
-    assert time_to_fraction([*times[:99], None], 100, 1.0) is None
-    assert time_to_fraction([1.0, None, None, None], 4, 0.5) is None
-
-
-@pytest.mark.unit
-def test_ratios_are_recovery_over_fresh_per_fraction() -> None:
-    fresh = fractions([1.0, 2.0, 4.0, 4.0], 4)
-    recovery = fractions([1.0, 1.0, 2.0, None], 4)
-    assert fresh == {"p50_s": 2.0, "p99_s": 4.0, "p100_s": 4.0}
-    assert ratios(recovery, fresh) == {"p50": 0.5, "p99": None, "p100": None}
-
-
-@pytest.mark.unit
-def test_the_timeline_is_the_time_to_each_tenth() -> None:
-    times: list[float | None] = [float(i) for i in range(1, 21)]
-    assert timeline(times, 20) == [2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0]
-    assert timeline([*times[:19], None], 20)[-1] is None
 
 
 @pytest.mark.unit
@@ -88,8 +52,28 @@ def test_kept_runs_replace_their_own_size_and_label_and_fill_the_marked_section(
                if row.startswith("| 2000 |"))  # as many cells as the header
 
 
+@pytest.mark.unit
+def test_the_floor_leg_adds_its_ratio_and_fails_the_run_with_its_problems() -> None:
+    result = {**run_result(2000, "x"), "ratio": {"p50": 1.0, "p99": 1.2, "p100": 1.2}}
+    with_floor(result, {"ok": False, "problems": ["only 1 of 2 connected fresh"],
+                        "ratio": {"p50": 0.5, "p99": 0.8, "p100": 0.8}})
+    assert result["ratio_to_floor"] == 1.5 and not result["ok"]
+    assert outcome(result) == "FAILED: floor: only 1 of 2 connected fresh"
+
+
+@pytest.mark.unit
+def test_the_table_shows_the_floor_for_runs_that_have_one() -> None:
+    older = run_result(2000, "older")
+    newer = {**run_result(2000, "newer"), "floor": {"ratio": {"p50": 0.5, "p99": 0.8, "p100": 0.8}},
+             "ratio_to_floor": 1.25}
+    rows = {cells[1]: cells for cells in (line.split(" | ") for line in markdown([older, newer]).splitlines()
+                                          if line.startswith("| 2000 |"))}
+    assert rows["older"][6:8] == ["-", "-"] and rows["newer"][6:8] == ["0.8", "1.25"]
+
+
 def test_bench_cutover_small(tmp_path: Path) -> None:
-    """The whole benchmark at 50 clients: connect, chat, deploy green, all back, nothing lost."""
+    """The whole benchmark at 50 clients: connect, chat, deploy green, all back, nothing lost;
+    then the floor's leg with the same clients, all back on green after 1012s."""
     code, result, output = run_script(
         "bench_cutover", "--clients", "50", "--room-size", "10", "--client-processes", "2",
         "--rate", "10", json_path=tmp_path / "cutover.json", timeout=150)
@@ -101,3 +85,8 @@ def test_bench_cutover_small(tmp_path: Path) -> None:
     assert all(result["recovery"][key] is not None for key in ("p50_s", "p99_s", "p100_s"))
     assert result["recovery"]["deciles_s"][-1] == result["recovery"]["p100_s"]
     assert cpu_totals(result) is not None and all(total > 0 for total in cpu_totals(result) or ())
+    floor = result["floor"]
+    assert floor["ok"] and floor["fresh"]["ready"] == floor["recovery"]["recovered"] == 50
+    assert floor["close_codes"] == {"1012": 50}
+    assert floor["ratio"]["p99"] is not None and result["ratio_to_floor"] is not None
+    assert cpu_totals(floor) is not None
