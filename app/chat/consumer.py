@@ -130,6 +130,10 @@ class ChatConsumer(SerialConsumer):
         self.strikes = 0
 
         try:
+            # Joined only once group_add returns: Parley's layers undo a join that raises, so
+            # there is nothing to discard (channels-redis's core layer, kept for comparison
+            # only, can keep a member whose EXPIRE failed after its ZADD; it lapses with
+            # group_expiry).
             await self.channel_layer.group_add(self.group, self.channel_name)
             self.joined = True
             reset, replay, live_from = await self._catch_up(params)

@@ -134,26 +134,35 @@ class _LoopLayer:
 
     async def group_add(self, group: str, channel: str) -> None:
         members = self.groups.setdefault(group, set())
+        already = channel in members  # an earlier call's membership, not this one's to undo
         members.add(channel)
-        confirmed = self.subscribed.get(group)
-        if confirmed is None:
-            confirmed = self.subscribed[group] = asyncio.get_running_loop().create_future()
-            try:
-                await self._subscribe(group)
-            except BaseException as exc:
-                self.subscribed.pop(group, None)
-                confirmed.set_exception(exc)
-                confirmed.exception()  # retrieved: joiners waiting on it get it raised
-                members.discard(channel)
-                if not members:
-                    self.groups.pop(group, None)
-                raise
         try:
+            confirmed = self.subscribed.get(group)
+            if confirmed is None:
+                confirmed = self.subscribed[group] = asyncio.get_running_loop().create_future()
+                try:
+                    await self._subscribe(group)
+                except BaseException as exc:
+                    if self.subscribed.get(group) is confirmed:
+                        del self.subscribed[group]  # the next join sends its own SSUBSCRIBE
+                    # Joiners waiting on it fail with it; this join's cancellation is not
+                    # theirs, so they get an error rather than a CancelledError.
+                    if not isinstance(exc, Exception):
+                        exc = RedisConnectionError(f"subscribing {group} was abandoned")
+                    confirmed.set_exception(exc)
+                    confirmed.exception()  # retrieved: nobody may be waiting on it
+                    raise
             # Joined once the shard confirms: a message published after this returns
             # reaches the member (the consumer reads the room's last id after it).
             await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_TIMEOUT)
         except BaseException:
-            members.discard(channel)
+            # All or nothing: a caller told the join failed never leaves the group (the chat
+            # consumer does not: it was never joined). Only the member used to be taken
+            # back: a room whose SSUBSCRIBE went unanswered (every master paused) kept an
+            # empty group here and, once the shard answered, a live subscription whose every
+            # broadcast was received and thrown away, for as long as the process lived.
+            if not already:
+                self._undo_join(group, channel)
             raise
 
     async def _subscribe(self, group: str) -> None:
@@ -178,6 +187,60 @@ class _LoopLayer:
                 raise
             await self.pubsub.ssubscribe(name)
 
+    def _undo_join(self, group: str, channel: str) -> None:
+        """Take back a ``group_add`` that failed: its member, and with the group's last
+        member the group and whatever its SSUBSCRIBE started.
+
+        Waiting members keep the group and its pending SSUBSCRIBE (each undoes its own join
+        if that fails too). The SUNSUBSCRIBE goes out off the caller's path, so its error is
+        not held up and a second cancellation cannot cut it short; see
+        ``_unsubscribe_abandoned`` for a join of the group that comes meanwhile."""
+        members = self.groups.get(group)
+        if members is None or channel not in members:
+            return
+        members.discard(channel)
+        if members:
+            return
+        name = self._drop_group(group)
+        if self._held(name):
+            self._background(self._unsubscribe_abandoned(name))
+
+    def _drop_group(self, group: str) -> str:
+        """Forget ``group``, whose last member here left; its sharded channel."""
+        del self.groups[group]
+        self.subscribed.pop(group, None)
+        self.dropped.discard(group)
+        name = shard_channel(self.prefix, group)
+        self.group_of.pop(name.encode(), None)
+        return name
+
+    def _held(self, name: str) -> bool:
+        """Does redis-py hold a subscription to ``name`` (confirmed or not)? An SSUBSCRIBE
+        is recorded once sent, and a send that fails closes its connection, so one it does
+        not hold was never made: nothing to undo, and no SUNSUBSCRIBE to queue on the lock
+        every SSUBSCRIBE takes (during an outage, behind a connect that may not answer)."""
+        key = name.encode()
+        return key in self.pubsub.shard_channels or any(
+            key in node.shard_channels for node in self.pubsub.node_pubsub_mapping.values()
+        )
+
+    async def _unsubscribe_abandoned(self, name: str) -> None:
+        """SUNSUBSCRIBE what a failed join subscribed, unless the group was joined again
+        before this ran: that join's SSUBSCRIBE is out or queued on the subscription lock
+        already, and this one, sent after it, would leave its member deaf (the shard's
+        ``sunsubscribe`` looks like the client's own, so nothing would subscribe it again).
+        A join after this point queues its SSUBSCRIBE behind it on the same lock.
+
+        If the SUNSUBSCRIBE cannot be sent now (the node is down), redis-py keeps the
+        channel and subscribes it again on reconnecting or after a failover; its
+        ``ssubscribe`` then finds no group here and ``_dispatch`` drops it (``_forget``)."""
+        if name.encode() in self.group_of:
+            return
+        try:
+            await self.pubsub.sunsubscribe(name)
+        except Exception as exc:
+            logger.debug("unsubscribing %s after a failed join failed: %s", name, exc)
+
     async def group_discard(self, group: str, channel: str) -> None:
         members = self.groups.get(group)
         if members is None:
@@ -185,11 +248,7 @@ class _LoopLayer:
         members.discard(channel)
         if members:
             return
-        del self.groups[group]
-        self.subscribed.pop(group, None)
-        name = shard_channel(self.prefix, group)
-        self.group_of.pop(name.encode(), None)
-        await self.pubsub.sunsubscribe(name)
+        await self.pubsub.sunsubscribe(self._drop_group(group))
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         await self._initialize()

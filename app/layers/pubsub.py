@@ -21,7 +21,9 @@ Built on channels-redis 4.3 internals, all in ``app.layers.redis_internals``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
+from collections.abc import Coroutine
 from typing import Any
 
 from channels.exceptions import ChannelFull
@@ -29,6 +31,8 @@ from channels.exceptions import ChannelFull
 from app.layers.api import Direct, Message, Missed, Receive, Tap, Watch
 from app.layers.inboxes import Inboxes
 from app.layers.redis_internals import LayerProxy, Shard, consistent_hash, decode_hosts
+
+logger = logging.getLogger("parley")
 
 TARGET = "__asgi_channel__"
 
@@ -62,6 +66,7 @@ class PubSubLoopLayer:
         self._own: set[str] = set()  # this loop's subscribed channel heads, one per kind
         self._general: set[str] = set()  # general channels received on here
         self._shards = [Shard(host, self._on_message) for host in decode_hosts(hosts)]
+        self._tasks: set[asyncio.Task[None]] = set()  # undoing failed joins; cancelled by flush
 
     def _get_shard(self, name: str) -> Shard:
         return self._shards[consistent_hash(name, len(self._shards))]
@@ -113,14 +118,52 @@ class PubSubLoopLayer:
                 f"   self.channel_layer.group_add({group!r}, self.channel_name)"
             )
         key = self._group_key(group)
+        members = self.inboxes.groups.get(key)
+        already = members is not None and channel in members  # an earlier call's membership
         self.inboxes.join(key, channel)
         shard = self._get_shard(key)
         # Already confirmed: nothing to wait for. The shard's one lock also orders every
         # PUBLISH; after a deploy thousands of joins queued on it for a subscription that
         # was long done, held each broadcast back by seconds, and the tail watcher took the
         # late messages for lost ones (a history read per member, per tick).
-        if not shard.is_subscribed(key):
+        if shard.is_subscribed(key):
+            return
+        try:
             await shard.subscribe(key)
+        except BaseException:
+            # All or nothing. A caller told the join failed never leaves the group (the
+            # chat consumer does not: it was never joined), so a member left here was dead
+            # for group_expiry, a day, and kept its room subscribed after every real member
+            # had gone (Redis stopping under 40 joins left 40 rooms subscribed).
+            if not already:
+                self._undo_join(key, channel)
+            raise
+
+    def _undo_join(self, key: str, channel: str) -> None:
+        """Take back a ``group_add`` whose SUBSCRIBE failed or was cancelled.
+
+        A SUBSCRIBE that raised left nothing: channels-redis and redis-py record a channel
+        only once it was sent, and a send that fails closes its connection (and with it
+        whatever Redis had subscribed on it). The group can still be subscribed by another
+        member's join that succeeded while this one waited, that member having left since
+        (its leave did not empty the group: this one was still in it). If the group is now
+        empty, that subscription goes too, off the caller's path (its error is not held up,
+        nor can a second cancellation cut the undo short). ``Shard.unsubscribe`` asks again
+        whether the group is wanted once it holds the connection, so a join that comes
+        meanwhile keeps it."""
+        if self.inboxes.leave(key, channel) and self._get_shard(key).is_subscribed(key):
+            self._background(self._unsubscribe_quietly(key))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _unsubscribe_quietly(self, key: str) -> None:
+        try:
+            await self._unsubscribe_groups([key])
+        except Exception as exc:  # sent or not, redis-py no longer holds it: gone on reconnect
+            logger.debug("unsubscribing %s after a failed join failed: %s", key, exc)
 
     async def group_discard(self, group: str, channel: str) -> None:
         key = self._group_key(group)
@@ -137,6 +180,8 @@ class PubSubLoopLayer:
         self.inboxes.fan_out(self._group_key(group), message)
 
     async def flush(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         self.inboxes.clear()
         self._own.clear()
         self._general.clear()
@@ -149,11 +194,17 @@ class PubSubLoopLayer:
             await self._unsubscribe_groups(emptied)
 
     async def _unsubscribe_groups(self, keys: list[str]) -> None:
+        # A group joined again before the UNSUBSCRIBE goes out keeps its subscription: a join
+        # that found it subscribed has already returned. One joined after it went out found
+        # it unsubscribed (``Shard.unsubscribe`` forgets it first) and subscribes it itself,
+        # queued behind this UNSUBSCRIBE on the same connection. (This used to unsubscribe
+        # anyway and subscribe again after: a window in which the first joiner heard nothing,
+        # and a subscription made for a joiner whose own join then failed outlived it.)
         for key in keys:
-            if key not in self.inboxes.groups:
-                await self._get_shard(key).unsubscribe(key)
-            if key in self.inboxes.groups:  # joined again while that was under way
-                await self._get_shard(key).subscribe(key)
+            await self._get_shard(key).unsubscribe(key, self._wanted)
+
+    def _wanted(self, key: str) -> bool:
+        return key in self.inboxes.groups
 
     def _on_message(self, name: str, data: bytes) -> None:
         inboxes = self.inboxes

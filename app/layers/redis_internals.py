@@ -141,13 +141,18 @@ class Shard(RedisSingleShardConnection):
         await super().subscribe(channel)
         self._subscribed.set()
 
-    async def unsubscribe(self, channel: str) -> None:
+    async def unsubscribe(self, channel: str, wanted: Callable[[str], bool] | None = None) -> None:
         """UNSUBSCRIBE, and forget the channel whether or not Redis heard it. redis-py drops
         a channel only when Redis confirms the UNSUBSCRIBE, and subscribes what it still
         holds again when it reconnects: a room whose last member left during an outage
-        stayed subscribed for good, its every broadcast received and thrown away here."""
+        stayed subscribed for good, its every broadcast received and thrown away here.
+
+        ``wanted(channel)``, asked once this call holds the connection: true leaves the
+        subscription alone. A join that found the channel still subscribed returned without
+        waiting for anything, so the one place its subscription can be kept safe is here,
+        after whatever this call queued behind."""
         async with self._lock:
-            if channel not in self._subscribed_to:
+            if channel not in self._subscribed_to or (wanted is not None and wanted(channel)):
                 return
             self._subscribed_to.discard(channel)
             self._ensure_redis()

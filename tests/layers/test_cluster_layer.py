@@ -7,8 +7,10 @@ import logging
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aioredis
 from redis.crc import key_slot
 
+from app.layers import cluster as cluster_layer
 from app.layers.api import DirectDelivery, GroupTap
 from app.layers.cluster import ClusterLayer, shard_channel
 from app.redis_url import parse_redis_url
@@ -164,6 +166,77 @@ async def test_a_moved_reply_on_a_healthy_subscription_connection_holds_up_nothi
         await two.group_send("chat.steady", {"type": "chat.message", "id": 5})
         assert await asyncio.wait_for(one.receive(member), 5) == {"type": "chat.message", "id": 5}
     assert [r.getMessage() for r in caplog.records if "lost" in r.getMessage()] == []
+
+
+PAUSE_MS = "3000"  # long enough for a join (SUBSCRIBE_TIMEOUT shortened) to give up inside it
+
+
+async def paused_join(
+    cluster: RedisClusterServers, layer: ClusterLayer, group: str, monkeypatch: pytest.MonkeyPatch,
+) -> tuple[str, int, str]:
+    """Join ``group`` while its master is paused (CLIENT PAUSE ALL): the SSUBSCRIBE goes out
+    on the layer's open connection to that master but gets no answer, and the join gives up.
+    Returns the group's sharded channel, its master and the refused member's channel."""
+    name, port = sharded(cluster, group)
+    # A member in another room on that master: the layer has its slot map and a
+    # subscription connection there, so the SSUBSCRIBE is sent (and answered after the pause).
+    await layer.group_add(a_room(cluster, f"{group}.kept", port, same=True), await layer.new_channel())
+    refused = await layer.new_channel()
+    monkeypatch.setattr(cluster_layer, "SUBSCRIBE_TIMEOUT", 0.2)
+    cluster._cli(port, "CLIENT", "PAUSE", PAUSE_MS, "ALL")
+    with pytest.raises(TimeoutError):
+        await layer.group_add(group, refused)
+    monkeypatch.setattr(cluster_layer, "SUBSCRIBE_TIMEOUT", 30.0)  # later joins wait the pause out
+    return name, port, refused
+
+
+async def served(cluster: RedisClusterServers, port: int, layer: ClusterLayer, barrier: str) -> None:
+    """Wait out the pause of ``port``'s master, then until it has answered what the layer
+    sent it before: a join to a new room there (``<barrier><n>``), on the same connection,
+    is confirmed."""
+    client = aioredis.Redis(port=port, socket_timeout=30)
+    try:
+        await client.ping()  # answered once the pause is over
+    finally:
+        await client.aclose()
+    await layer.group_add(a_room(cluster, barrier, port, same=True), await layer.new_channel())
+
+
+async def test_a_join_whose_ssubscribe_goes_unanswered_leaves_nothing(
+    cluster: RedisClusterServers, layers: Pair, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The caller is told the join failed, so it never leaves the room (the chat consumer,
+    # never joined, does not). Only the member used to be taken back: the empty group, its
+    # pending subscription and, once the shard answered, a live SSUBSCRIBE stayed for good,
+    # every message of the room received here and thrown away.
+    one, _ = layers
+    name, port, _refused = await paused_join(cluster, one, "chat.unanswered", monkeypatch)
+    layer = one._get_layer()
+    assert "chat.unanswered" not in layer.groups
+    assert "chat.unanswered" not in layer.subscribed
+    assert name.encode() not in layer.group_of
+    await served(cluster, port, one, "chat.barrier")  # the SSUBSCRIBE has reached the shard by now
+    await asyncio.to_thread(wait_until, lambda: shard_subscribers(cluster, "chat.unanswered") == 0,
+                            10, "the refused join's subscription to go", 0.05)
+    assert name not in cluster._cli(port, "PUBSUB", "SHARDCHANNELS").split()
+
+
+async def test_a_join_right_after_a_refused_one_keeps_its_subscription(
+    cluster: RedisClusterServers, layers: Pair, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The refused join's SUNSUBSCRIBE is still to go out when another member joins the room
+    # (here in the same turn, as a consumer retrying would): sent after that member's
+    # SSUBSCRIBE it would leave the member deaf, its join confirmed all the same.
+    one, two = layers
+    member = await one.new_channel()
+    _name, port, _refused = await paused_join(cluster, one, "chat.rejoined", monkeypatch)
+    await one.group_add("chat.rejoined", member)  # confirmed once the pause is over
+    assert one._get_layer().groups["chat.rejoined"] == {member}
+    await served(cluster, port, one, "chat.barrier")  # all the layer sent for the room is answered
+    assert shard_subscribers(cluster, "chat.rejoined") == 1
+    await two.group_send("chat.rejoined", {"type": "chat.message", "id": 1})
+    assert await asyncio.wait_for(one.receive(member), 5) == {"type": "chat.message", "id": 1}
+    await one.group_discard("chat.rejoined", member)
 
 
 async def test_subscriptions_follow_a_failover_to_the_promoted_replica(

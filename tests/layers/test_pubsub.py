@@ -7,9 +7,11 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.layers.pubsub import PubSubLayer
 from tests.support import subscribers_reach
+from tools.net import wait_until
 from tools.procs import RedisServer
 
 
@@ -139,3 +141,65 @@ async def test_a_tap_sees_what_reaches_this_process_and_fan_out_local_stays_here
     await two.group_send("room", {"type": "chat.message", "n": 4})  # after both, over Redis
     assert [(await asyncio.wait_for(one.receive(here), 5))["n"] for _ in range(2)] == [2, 4]
     assert [(await asyncio.wait_for(two.receive(there), 5))["n"] for _ in range(2)] == [3, 4]
+
+
+async def test_a_join_refused_while_redis_is_down_leaves_nothing(redis_server: RedisServer) -> None:
+    # The SUBSCRIBE of a join to a new room fails: the caller is told, and the chat consumer,
+    # never joined, does not leave. The member used to stay (for group_expiry, a day), so the
+    # room stayed subscribed after everyone really in it had gone.
+    server = redis_server
+    layer = PubSubLayer(hosts=[server.url])
+    try:
+        refused, later = await layer.new_channel(), await layer.new_channel()
+        loop_layer = layer.loop_layer()
+        key = f"{loop_layer.prefix}__group__room"
+        connection = loop_layer._shards[0]._pubsub.connection
+        server.stop()
+        # The layer has noticed (its reader lost the connection): a SUBSCRIBE now fails
+        # rather than going into a socket whose peer is gone.
+        await asyncio.to_thread(wait_until, lambda: not connection.is_connected, 10,
+                                "the layer to notice Redis is gone")
+        with pytest.raises(RedisConnectionError):
+            await layer.group_add("room", refused)
+        assert key not in loop_layer.inboxes.groups
+        assert not loop_layer._shards[0].is_subscribed(key)
+
+        server.start()
+        await layer.group_add("room", later)  # the room joined and left as usual
+        await subscribers_reach(server.url, key, 1)
+        await layer.group_discard("room", later)
+        await asyncio.to_thread(wait_until, lambda: channels(server) == set(), 10,
+                                "the room's subscription to go")
+    finally:
+        await layer.flush()
+
+
+def channels(server: RedisServer) -> set[str]:
+    """The group channels Redis has subscribers for (PUBSUB CHANNELS), not the layer's own."""
+    return {name for name in server.cli("PUBSUB", "CHANNELS").split() if "__group__" in name}
+
+
+async def test_a_cancelled_join_leaves_nothing_and_a_concurrent_member_keeps_the_room(
+    layers: tuple[PubSubLayer, PubSubLayer],
+) -> None:
+    # Two joins of a new room wait for the connection (as behind a publish batch); the first
+    # is cancelled there (its socket closed mid-join). The other's subscription must stand,
+    # and the cancelled one must not stay a member.
+    one, two = layers
+    cancelled, member = await one.new_channel(), await one.new_channel()
+    loop_layer = one.loop_layer()
+    key = f"{loop_layer.prefix}__group__room"
+    async with loop_layer._shards[0]._lock:
+        first = asyncio.ensure_future(one.group_add("room", cancelled))
+        second = asyncio.ensure_future(one.group_add("room", member))
+        await asyncio.sleep(0)  # one step each: both are in the group, waiting for the lock
+        assert set(loop_layer.inboxes.groups[key]) == {cancelled, member}
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+    await asyncio.wait_for(second, 5)
+    assert set(loop_layer.inboxes.groups[key]) == {member}
+    await subscribers_reach(redis_url(one), key, 1)
+    await two.group_send("room", {"type": "chat.message", "id": 1})
+    assert await asyncio.wait_for(one.receive(member), 5) == {"type": "chat.message", "id": 1}
+    assert one.backlog(cancelled) == 0
