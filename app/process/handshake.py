@@ -16,7 +16,8 @@ uvicorn never sends. ``guarded_protocols`` returns the two protocol classes that
 - it parses at most ``MAX_PIPELINED`` pipelined requests ahead of the one being answered,
   and reads nothing more until the queue is back under that: uvicorn queued every request of
   every read, resumed reading after each answer, and so read a client's whole pipeline (16 MB
-  of ``GET /healthz`` from 4 sockets queued 417,724 requests, 1.16 GB);
+  of ``GET /healthz`` from 4 sockets queued 417,724 requests, 1.16 GB). When the connection
+  is lost, the requests it still had queued go at once (each held the protocol in a cycle);
 - a client that does not read its answer (less than ``MIN_READ_BYTES`` taken in
   ``send_timeout``, CHAT_SEND_TIMEOUT, while the socket is backed up) has its connection
   aborted: ``close()`` waits for the buffer to be sent, which for such a client is never, so
@@ -137,6 +138,10 @@ class _HeldFlow(FlowControl):
             super().resume_reading()
 
 
+def _no_response() -> None:
+    """A dropped request's ``on_response``: the protocol it was bound to is gone."""
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a request deadline and request-head size limits."""
 
@@ -223,6 +228,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         self._unwatch()
         super().connection_lost(exc)
+        # Requests still queued will never be answered. uvicorn left them in the pipeline,
+        # and each one's ``on_response`` is bound to this protocol: a cycle (protocol,
+        # pipeline, cycles, scopes, bodies) that only a full collection freed, so a dropped
+        # pipelining client's queue outlived it. Unbound and dropped, they go at once; the
+        # request being answered unbinds its own when its task ends (uvicorn's run_asgi).
+        for cycle, _ in self.pipeline:
+            cycle.on_response = _no_response
+        self.pipeline.clear()
+        self._held = b""
 
     def data_received(self, data: bytes) -> None:
         if self._oversize:

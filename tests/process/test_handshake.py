@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import re
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +18,7 @@ import psutil
 import pytest
 
 from app.chat.ratelimit import ARRIVED
-from app.process.handshake import MAX_PIPELINED, ArrivalStamps, guarded_protocols
+from app.process.handshake import MAX_PIPELINED, ArrivalStamps, GuardedHttpToolsProtocol, guarded_protocols
 from tests import wsraw
 from tests.support import AppServer, http_get, run_python, wait_until
 
@@ -543,6 +545,58 @@ async def test_a_reading_client_pipelining_past_the_bound_gets_every_answer_in_o
     writer.close()
     assert all(status == 200 for status, _ in answers)
     assert [b"ready" in body for _, body in answers] == [path != b"/healthz" for path in paths]
+
+
+async def _answer_when_told(gate: asyncio.Event, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    assert scope["type"] == "http"
+    await gate.wait()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def test_a_dropped_pipelining_client_leaves_no_queue_for_the_collector() -> None:
+    # uvicorn kept a lost connection's queued requests, each bound to its protocol through
+    # on_response: a cycle, so a dropped client's whole queue waited for a full collection
+    # (a hostile probe: 417,724 requests, still there 10 s after the close). With
+    # collections off, refcounting alone must free them as the connection goes.
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    gate = asyncio.Event()
+    async with InProcess(functools.partial(_answer_when_told, gate), interface="asgi3") as server:
+        gc.collect()
+        gc.disable()
+        try:
+            _, writer = await _open_port(server.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 10)
+            await writer.drain()
+            # Bounded waits for the server's own state: the first request in flight (held at
+            # the gate), the nine behind it queued.
+            for _ in range(1000):
+                if any(len(c.pipeline) == 9 for c in server.state.connections):
+                    break
+                await asyncio.sleep(0.01)
+            assert [len(c.pipeline) for c in server.state.connections] == [9]
+            # The client goes, with a reset. Reading is paused while requests are queued, so
+            # the server learns it when it writes the answer in flight, which fails: the
+            # connection is lost with nine requests still queued.
+            writer.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+            writer.transport.abort()
+            gate.set()
+            for _ in range(1000):
+                if not server.state.tasks and not server.state.connections:
+                    break
+                await asyncio.sleep(0.01)
+            assert not server.state.tasks and not server.state.connections
+            assert _live(RequestResponseCycle) == 0
+            assert _live(GuardedHttpToolsProtocol) == 0
+        finally:
+            gc.enable()
+
+
+async def _open_port(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
 
 
 async def test_invalid_requests_and_upgrades_by_the_thousand_log_one_line(guarded: AppServer) -> None:
