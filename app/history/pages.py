@@ -10,11 +10,12 @@ only once the page was written (the socket took it).
 A page is at most ``PAGE_FRAMES`` frames and ``PAGE_BYTES`` of them in memory (at least one
 frame). 64 frames: the chat page's window (``?last=50``) and a reconnect's few missed
 messages are still one read, as before, so ordinary joins pay no extra round trip. 256 KiB:
-about what the transport buffers for a client before it waits (64 KiB high-water mark plus
-a joined write of up to 64 KiB, app/chat/wire.py) times two, so a stalled client holds its
-socket's buffers and one page, ~0.4 MB, whatever the room holds; a full room of the largest
-messages (16 KB each in UTF-8, 16 of them to a page) is read in ~64 reads, which cost far
-less than writing its 16 MB.
+the same order as what the transport already buffers for a client before it waits (its
+64 KiB high-water mark plus one joined write of up to 64 KiB, app/chat/wire.py), so a
+stalled client holds its socket's buffers and one page, ~0.4 MB, whatever the room holds
+(a hostile probe's 20 stalled joiners: ~8 MB of heap in all, against ~290 MB before); and
+a full room of the largest messages (16 KB each, 16 to a page) takes ~64 reads, which cost
+far less than writing its 16 MB.
 """
 
 from __future__ import annotations
