@@ -14,6 +14,8 @@ shown (it went back in time and kept its epoch: app/history/lineage.py).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import secrets
 import time
@@ -30,6 +32,7 @@ from app.chat.services import ChatServices
 from app.config import CONFIG
 from app.history import HistoryUnavailable, Replay, RoomState
 from app.history.lineage import diverged, tag_at
+from app.history.pages import PAGE_FRAMES, fitting, read_page
 from app.presence import Snapshot
 from app.protocol import (
     ConnectParams,
@@ -157,18 +160,26 @@ class ChatConsumer(SerialConsumer):
         presence = _answered(entering)
         if presence is not None:
             self.presence_version = presence.version
-        await self._replay(reset, replay, live_from, presence.frame if presence is not None else None)
+        presence_frame = presence.frame if presence is not None else None
+        rest = await self._replay(reset, replay, live_from, presence_frame)
+        if rest is not None:
+            del replay  # the first page: not held while the next ones are read and sent
+            await self._replay_rest(rest, presence_frame)
         if CONFIG.auth == "jwt":
             self._expire_at(self.expires_at)
         if entering is not None and presence is None:
             await self._send_presence(entering)
         self.live = True
 
-    async def _replay(self, reset: bool, replay: Replay, live_from: int, presence: str | None) -> None:
+    async def _replay(self, reset: bool, replay: Replay, live_from: int, presence: str | None) -> int | None:
         """What the client missed, then ``ready``: reset, gap, the replayed messages in id
         order, ``ready`` and the ``presence`` frame when the store has already answered,
         written together while the socket takes them (one write for a join's or a
-        reconnect's few frames), the rest sent one by one as the client reads."""
+        reconnect's few frames), the rest sent one by one as the client reads.
+
+        ``replay`` is the first page of what was missed (app/history/pages.py). When more
+        follows, this sends the page alone and returns the id the replay is to reach, for
+        ``_replay_rest`` to send the rest and then ``ready``; else None."""
         texts = []
         if reset:
             texts.append(reset_frame(self.room, self.epoch, replay.state.base))
@@ -176,26 +187,58 @@ class ChatConsumer(SerialConsumer):
             texts.append(gap_frame(*replay.missing))
         first = len(texts)  # texts[first + i] is replay.frames[i]
         texts += [frame for _, frame in replay.frames]
-        top = replay.frames[-1][0] if replay.frames else self.last_id
-        texts.append(ready_frame(self.room, max(self.last_id, top, live_from), self.user, self.epoch,
-                                 CONFIG.max_message_chars))
+        # The read stopped at a page: the room held more, up to its newest id as read then.
+        rest = replay.state.last_id if replay.frames and replay.frames[-1][0] < replay.state.last_id else None
+        if rest is None:
+            top = replay.frames[-1][0] if replay.frames else self.last_id
+            texts.append(ready_frame(self.room, max(self.last_id, top, live_from), self.user, self.epoch,
+                                     CONFIG.max_message_chars))
+            if presence is not None:
+                texts.append(presence)
+        await self._send_frames(texts, replay.frames, first)
+        if rest is None:
+            self.last_id = max(self.last_id, live_from)
+        self.last_ts = tag_at(replay, self.last_id)
+        return rest
+
+    async def _replay_rest(self, upto: int, presence: str | None) -> None:
+        """The rest of a replay longer than a page, up to ``upto`` (the room's newest id when
+        the first page was read), then ``ready`` and ``presence``.
+
+        Read and sent as a gap is filled (``_fill``): a page at a time, each read once the one
+        before was written, so a client that does not read holds one page, not its replay.
+        Live messages meanwhile wait in this member's queue (the join holds the turn), and
+        those the replay sent are dropped by id when their turn comes, as any duplicate. An
+        epoch change between pages resets the member and sends the new epoch; another message
+        under an id it was sent restarts the room (``_diverged``). History not answering: the
+        member was accepted already, so ``ready`` says how far it got (its ``last_id``) and
+        the next message or the tail watcher's nudge fills the rest once history answers, as
+        after any fill that failed."""
+        await self._fill(upto + 1)
+        texts = [ready_frame(self.room, self.last_id, self.user, self.epoch, CONFIG.max_message_chars)]
         if presence is not None:
             texts.append(presence)
+        await self._send_frames(texts)
+
+    async def _send_frames(self, texts: list[str], frames: list[tuple[int, str]] | None = None,
+                           first: int = 0) -> None:
+        """Write ``texts`` in order: together while the socket takes them, the rest one by
+        one as the client reads. ``texts[first + i]`` is ``frames[i]``: once it is sent, the
+        member is at its id."""
+        frames = frames or []
         written = self.send_all_now(texts)
         for index, text in enumerate(texts):
             if index >= written:
                 await self._send_text(text)
-            if first <= index < first + len(replay.frames):
-                self.last_id = replay.frames[index - first][0]
+            if first <= index < first + len(frames):
+                self.last_id = frames[index - first][0]
                 metrics.TALLY.deliveries += 1
-        self.last_id = max(self.last_id, live_from)
-        self.last_ts = tag_at(replay, self.last_id)
 
     async def _catch_up(self, params: ConnectParams) -> tuple[bool, Replay, int]:
         """What to send before going live: (reset first?, the replay, id live starts after)."""
         if params.since is not None:
             since = params.since
-            replay = await self.history.resume(self.room, since, CONFIG.history_max)
+            replay, _ = await read_page(functools.partial(self.history.resume, self.room, since))
             state = replay.state
             # Another epoch, or ids the room never reached in its own (the client's ids are
             # from a past the store lost): reset, and replay the epoch from its start.
@@ -210,17 +253,36 @@ class ChatConsumer(SerialConsumer):
                      or diverged(params.ts, tag_at(replay, since)))
             if reset:
                 since = state.base
-                replay = await self.history.after(self.room, since, CONFIG.history_max)
+                replay, _ = await read_page(functools.partial(self.history.after, self.room, since))
             start = replay.frames[-1][0] if replay.frames else min(since, replay.state.top)
             if replay.missing and not replay.frames:
                 start = max(start, replay.missing[1])
             return reset, replay, start
         if params.last:
-            replay = await self.history.latest(self.room, params.last)
+            replay = await self._window(params.last)
             start = replay.frames[-1][0] if replay.frames else replay.state.last_id
             return False, replay, start
         state = await self.history.state_for_join(self.room)
         return False, Replay(state=state), state.last_id
+
+    async def _window(self, count: int) -> Replay:
+        """The first page of the newest ``count`` messages (``?last=``). One read when they
+        fit in a page, as ever; else the page that starts them, read as a resume from just
+        below them: the rest follows a page at a time. Never a ``gap``: a window shows what
+        history holds (``latest`` returns fewer when it holds fewer)."""
+        if count <= PAGE_FRAMES:
+            replay = await self.history.latest(self.room, count)
+            if fitting(replay.frames) == len(replay.frames):
+                return replay
+            since = replay.frames[0][0] - 1
+            del replay  # not held while its first page is read
+        else:
+            since = max((await self.history.state(self.room)).last_id - count, 0)
+        # Read after the room's state: newer messages may come with the window, and are then
+        # not sent live again (their ids are the member's); an epoch drawn in between is the
+        # one the member joins (the page's state).
+        replay, _ = await read_page(functools.partial(self.history.after, self.room, since))
+        return dataclasses.replace(replay, missing=None)
 
     async def _refuse(self, status: int, code: str) -> None:
         # websocket.connect was already received: this is its answer.
@@ -367,29 +429,53 @@ class ChatConsumer(SerialConsumer):
         is in another epoch: the member was reset to it and caught up there instead, so
         whatever was to follow the gap belongs to an epoch that is gone."""
         metrics.GAPS_FILLED.inc()
-        try:
-            replay = await self.history.fill(self.room, self.epoch, self.last_id, upto)
-            if replay.state.epoch != self.epoch:
-                await self._reset(replay.state.epoch, replay.state.base)
-                if replay.state.last_id > self.last_id:
-                    await self._fill_gap(replay.state.last_id + 1)
+        return await self._fill(upto)
+
+    async def _fill(self, upto: int) -> bool:
+        """``_fill_gap``'s work (and a long replay's): a page at a time (app/history/pages.py),
+        each read once the one before was written, so a member far behind, or one that does
+        not read, holds one page rather than all it lacks. Every page is checked as one fill
+        was: another epoch resets the member, another message under its ``last_id`` restarts
+        the room, history not answering leaves it where it got to."""
+        count = PAGE_FRAMES
+        while self.last_id < upto - 1 and not self.closing:
+            since = self.last_id
+            try:
+                replay, count = await read_page(functools.partial(self._fill_read, since, upto), count)
+                if replay.state.epoch != self.epoch:
+                    await self._reset(replay.state.epoch, replay.state.base)
+                    if replay.state.last_id > self.last_id:
+                        await self._fill_gap(replay.state.last_id + 1)
+                    return False
+            except HistoryUnavailable:
+                # Not a gap: the messages are durable, history just did not answer this time.
+                # The member stays where it is; the next message or the tail watcher's nudge
+                # fills it once history answers, so nothing is skipped.
                 return False
-        except HistoryUnavailable:
-            # Not a gap: the messages are durable, history just did not answer this time.
-            # The member stays where it is; the next message or the tail watcher's nudge
-            # fills it once history answers, so nothing is skipped.
-            return False
-        if diverged(self.last_ts, tag_at(replay, self.last_id)):
-            await self._diverged()
-            return False
-        if replay.missing is not None:
-            await self._send_text(gap_frame(replay.missing[0], min(replay.missing[1], upto - 1)))
-        for message_id, frame in replay.frames:
-            if self.last_id < message_id < upto:
-                await self._deliver(message_id, frame, None)
-        if replay.frames:
-            self.last_ts = tag_at(replay, self.last_id)
+            if diverged(self.last_ts, tag_at(replay, since)):
+                await self._diverged()
+                return False
+            texts = []
+            if replay.missing is not None:
+                texts.append(gap_frame(replay.missing[0], min(replay.missing[1], upto - 1)))
+            frames = [(message_id, frame) for message_id, frame in replay.frames if since < message_id < upto]
+            await self._send_frames(texts + [frame for _, frame in frames], frames, len(texts))
+            if replay.frames:
+                self.last_ts = tag_at(replay, self.last_id)
+            if not frames:
+                if replay.missing is not None:
+                    # All it lacks below ``upto`` is gone, and it was told so: past it, so a
+                    # later fill does not say so again.
+                    self.last_id, self.last_ts = max(self.last_id, min(replay.missing[1], upto - 1)), None
+                break
+            if len(replay.frames) < count:
+                break  # history holds nothing more (the newest it holds is below ``upto``)
         return True
+
+    async def _fill_read(self, since: int, upto: int, count: int) -> Replay:
+        """Up to ``count`` of the ids after ``since`` and below ``upto``: ``History.fill``,
+        whose reads members asking the same page at once share."""
+        return await self.history.fill(self.room, self.epoch, since, min(since + count + 1, upto))
 
     async def _diverged(self) -> None:
         """History holds another message under an id this member was shown: the store went

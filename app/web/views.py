@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import re
@@ -13,8 +14,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from app.chat.services import ChatServices
 from app.config import CONFIG
-from app.history import HistoryUnavailable
+from app.history import History, HistoryUnavailable, Replay
 from app.history.lineage import diverged, tag_at
+from app.history.pages import PAGE_FRAMES, read_page
 from app.presence import PresenceUnavailable
 from app.protocol import (
     API_SENDER,
@@ -46,7 +48,9 @@ _POST_PATH = re.compile(r"/api/rooms/[^/]+/messages")
 # The history API's messages per answer, in UTF-8 bytes (always at least one message): a
 # full room of the largest messages is ~24 MB, which one request could make the process
 # build and buffer for a client that may never read it. Clients page with ``since`` up to
-# ``last_id``, as they must past ``limit`` anyway.
+# ``last_id``, as they must past ``limit`` anyway. It is read a page at a time
+# (app/history/pages.py) up to that cut: reading all ``limit`` first held the whole room per
+# request (20 requests at once peaked at +235 MB in a hostile probe).
 MAX_ANSWER_BYTES = 1024 * 1024
 # The page's own files, by name: a whitelist, so no request path ever reaches the filesystem.
 ASSET_TYPES = {
@@ -142,8 +146,9 @@ async def _history(request: HttpRequest, room: str) -> HttpResponse:
     except FrameError as exc:
         return _error(400, exc.code, exc.detail)
     history = _services().history
+    count = min(limit, PAGE_FRAMES)
     try:
-        replay = await history.after(room, since, limit)
+        replay, count = await read_page(functools.partial(history.after, room, since), count)
         # As a WebSocket resume: another epoch, or ids the room never reached in its own.
         # Or another message under ``since`` than the reader says (the store went back in
         # time): this answer starts the epoch over; a read never restarts the room.
@@ -151,20 +156,14 @@ async def _history(request: HttpRequest, room: str) -> HttpResponse:
         reset = ((epoch is not None and epoch != state.epoch) or since > state.top
                  or diverged(ts, tag_at(replay, since)))
         if reset:
-            replay = await history.after(room, state.base, limit)
+            replay, count = await read_page(functools.partial(history.after, room, state.base), count)
     except HistoryUnavailable:
         return _error(503, "unavailable", "history storage is unavailable")
     state = replay.state
     gap = "null" if replay.missing is None else json.dumps(
         {"from": replay.missing[0], "to": replay.missing[1]}
     )
-    frames: list[str] = []
-    size = 0
-    for _, frame in replay.frames:
-        size += len(frame.encode())
-        if frames and size > MAX_ANSWER_BYTES:
-            break
-        frames.append(frame)
+    frames = await answer_frames(history, room, replay, count, limit)
     # Stored frames are JSON already: splice them in rather than parse and re-encode.
     body = (
         '{"room":' + json.dumps(room) + ',"epoch":' + json.dumps(state.epoch)
@@ -173,6 +172,48 @@ async def _history(request: HttpRequest, room: str) -> HttpResponse:
         + ',"messages":[' + ",".join(frames) + "]}"
     )
     return HttpResponse(body, content_type="application/json")
+
+
+async def answer_frames(history: History, room: str, first: Replay, count: int, limit: int) -> list[str]:
+    """The frames of a history answer: from ``first`` (the first page, read with ``count``
+    frames asked) on, at most ``limit`` and ``MAX_ANSWER_BYTES`` of them, read a page at a time
+    up to the room's newest id as the first page found it, so a request holds the answer and
+    one page, never all ``limit`` frames.
+
+    The pages after the first are ``History.fill`` reads (ids up to that newest id were shown,
+    so none is unshown; identical requests at once share them). The answer ends early, as a
+    short one, where a later page is not the continuation of the first (another epoch, ids the
+    log no longer holds, another message under the last id sent: the store changed between
+    reads) or history stops answering: the reader's next page (``since`` its last id, with
+    ``epoch`` and ``ts``) is answered with what changed."""
+    state = first.state
+    frames: list[str] = []
+    size = 0
+    page = first
+    last = 0
+    while True:
+        for message_id, frame in page.frames:
+            size += len(frame.encode())
+            if message_id > state.last_id or len(frames) == limit or (frames and size > MAX_ANSWER_BYTES):
+                return frames
+            frames.append(frame)
+            last = message_id
+        if not page.frames or len(page.frames) < count or last >= state.last_id or len(frames) == limit:
+            return frames
+        tag = tag_at(page, last)
+        del page  # not held while the next page is read
+        read = functools.partial(_fill_page, history, room, state.epoch, last, state.last_id + 1)
+        try:
+            page, count = await read_page(read, min(count, limit - len(frames)))
+        except HistoryUnavailable:
+            return frames
+        if page.state.epoch != state.epoch or page.missing is not None or diverged(tag, tag_at(page, last)):
+            return frames
+
+
+async def _fill_page(history: History, room: str, epoch: str, since: int, upto: int, count: int) -> Replay:
+    """Up to ``count`` of the ids after ``since`` and below ``upto``."""
+    return await history.fill(room, epoch, since, min(since + count + 1, upto))
 
 
 def _may_read(request: HttpRequest, room: str) -> HttpResponse | None:

@@ -12,10 +12,13 @@ import struct
 import termios
 from collections.abc import Callable
 
+import psutil
 import pytest
 import redis
 from websockets.exceptions import ConnectionClosed
 
+from app.history.redis import RedisHistory
+from app.protocol import message_template
 from app.rooms import group_name
 from tests import wsraw
 from tests.support import AppServer, Client, RedisServer, wait_until
@@ -205,3 +208,47 @@ async def test_a_drain_does_not_wait_for_a_client_already_dropped_as_slow(
     output = server.output()
     assert "timeout graceful shutdown exceeded" not in output, output
     assert "Traceback" not in output
+
+
+JOINERS = 10
+ROOM_OF_BIG = 1000  # CHAT_HISTORY_MAX of the largest messages: a ~16 MB replay
+
+
+async def test_joiners_that_never_read_hold_a_page_each_not_their_replay(
+    make_app: Callable[..., AppServer], redis_server: RedisServer,
+) -> None:
+    # A hostile probe: 20 ``?since=0`` joiners that never read a full room of the largest
+    # messages took the server from 117 to 407 MB, each holding its whole replay (~16 MB)
+    # until the watchdog dropped it. Replayed a page at a time, each holds one page.
+    server = make_app(env={**FAST, "REDIS_URL": redis_server.url, "CHAT_SEND_TIMEOUT": "60",
+                           "CHAT_PING_INTERVAL": "0"})  # nobody is dropped while measured
+    history = RedisHistory((redis_server.url,), max_len=ROOM_OF_BIG, ttl=3600, dedupe_ttl=600)
+    for i in range(ROOM_OF_BIG):
+        await history.append("huge", message_template("huge", BIG, 1000 + i, "u"), None)
+    await history.close()
+    # One whole replay read first, so what is measured is not the first replay's allocations.
+    reader = await Client.connect(server.ws_url("huge", since=0), wait_ready=False)
+    assert len(await reader.messages(ROOM_OF_BIG)) == ROOM_OF_BIG
+    await reader.recv_type("ready")
+    await reader.close()
+
+    process = psutil.Process(server.process.pid)
+    before = peak = process.memory_info().rss
+
+    def sampled() -> int:
+        nonlocal peak
+        peak = max(peak, process.memory_info().rss)
+        return peak
+
+    stalled = []
+    for _ in range(JOINERS):
+        # Each joins once the one before was accepted: every join reads history on its own.
+        stalled.append(wsraw.open_socket(server.port, "/ws/chat/huge/?since=0", rcvbuf=4096))
+        sampled()
+    wait_until(lambda: sampled() > 0 and all(unread_bytes(s) > 0 for s in stalled), 30,
+               "every replay to be under way")
+    replay = ROOM_OF_BIG * len(BIG.encode())
+    assert peak - before < JOINERS * replay / 4, f"grew {peak - before} with {JOINERS} joiners not reading"
+    assert server.metric("chat_slow_clients_total") == 0  # all still held when measured
+    for sock in stalled:
+        sock.close()
