@@ -120,7 +120,16 @@ class _Cluster(RedisCluster):
             gate.release()
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        # Slot map first. redis-py 8.1 picks a command's node before its retry loop loads the
+        # map: with none yet (a new client, or one that dropped its map in a failover) a
+        # keyed command goes to an arbitrary node, and every 5th MOVED answer makes redis-py
+        # close all the client's connections, commands in flight on them included, which it
+        # then sends again. A burst of scripts sent together on a new client (a presence step
+        # in many rooms) ran some of them twice: the second run reported no join, and the
+        # join was never announced.
         try:
+            if self._initialize:
+                await self.initialize()
             return await super().execute_command(*args, **kwargs)
         except (AttributeError, RuntimeError) as exc:
             raise _torn_down(exc) from exc
