@@ -6,11 +6,13 @@ timeouts and client name whichever way ``REDIS_URL`` points.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, PipelineCommand, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -19,6 +21,15 @@ from app.redis_url import seed_address
 
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
+# How long a command waits for a pooled connection before it fails as "unavailable": one
+# Redis's BlockingConnectionPool, and a cluster node's gate (``_Cluster``).
+POOL_TIMEOUT = 5.0
+
+# A cluster client's connections per node (redis-py's own cap), and how many commands it
+# runs on one node at once: the rest wait their turn (``_Cluster``). Half the cap, less a
+# little: see ``_Cluster`` for what the other half is for.
+NODE_CONNECTIONS = 64
+NODE_GATE = 30
 
 # What a call to one Redis or a cluster can fail with: each means the store did not answer.
 FAILURES: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
@@ -28,7 +39,7 @@ def redis_client(url: str, max_connections: int = 64) -> aioredis.Redis:
     """A client for one Redis server, on a pool that waits for a free connection."""
     return aioredis.Redis(
         connection_pool=aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=5,
+            url, max_connections=max_connections, timeout=POOL_TIMEOUT,
             socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT,
             retry=RETRY, driver_info=DRIVER,
         )
@@ -49,16 +60,76 @@ class _Pipeline(ClusterPipeline):
             raise _torn_down(exc) from exc
 
 
-class _Cluster(RedisCluster):
-    """``RedisCluster`` whose commands and pipelines fail only with Redis' own errors.
+class NodeBusy(RedisConnectionError):
+    """A cluster node had no connection free for a command within ``POOL_TIMEOUT``."""
 
-    While a slot-map refresh replaces nodes, redis-py closes their connections under
-    commands still using them, which then fail with AttributeError or (uvloop)
-    RuntimeError. Callers treat Redis errors as "unavailable"; these are the same thing.
+
+class _Cluster(RedisCluster):
+    """``RedisCluster`` that waits for a free connection, and fails only with Redis' errors.
+
+    **Waits.** redis-py 8.1's asyncio cluster has no blocking pool: a node whose
+    ``max_connections`` are all in use raises MaxConnectionsError at once (``ClusterNode.
+    acquire_connection``), which redis-py neither retries nor waits out. Parley sends one
+    command per room at once in several places (a presence step, a batch of join reads):
+    past 64 rooms on one master in a batch, the batch failed, every time it was tried. So
+    every command and every batch on one node takes a turn at that node's gate first
+    (``NODE_GATE`` at once; a command that waits ``POOL_TIMEOUT`` for one fails as
+    ``NodeBusy``, a ConnectionError, as one Redis's BlockingConnectionPool does). A gate per
+    node, not one for the client: a master that hangs (a dead host's connects time out)
+    holds its own turns only, and the other masters' rooms go on. The gate is half the pool,
+    less a little, because redis-py counts connections it is not using: a slot-map refresh
+    marks the connections in use for reconnection, and each stays counted until its
+    disconnect (a background task) ends, so for a moment a node can hold a gate's worth of
+    those besides a gate's worth in use; a pub/sub connection per node (the channel layer),
+    cluster pipelines (their callers send one at a time) and a command redirected by MOVED
+    or ASK (it keeps the first node's turn) are outside the gate.
+
+    **Fails only with Redis' errors.** While a slot-map refresh replaces nodes, redis-py
+    closes their connections under commands still using them, which then fail with
+    AttributeError or (uvloop) RuntimeError. Callers treat Redis errors as "unavailable";
+    these are the same thing.
     """
 
-    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+    def __init__(self, *args: Any, node_gate: int = NODE_GATE, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._node_gate = node_gate
+        self._gates: dict[str, asyncio.Semaphore] = {}  # node name -> its turns
+
+    async def take_turn(self, node: ClusterNode) -> asyncio.Semaphore:
+        """Wait for a turn on ``node`` (release it on the semaphore returned)."""
+        gate = self._gates.get(node.name)
+        if gate is None:
+            gate = self._gates[node.name] = asyncio.Semaphore(self._node_gate)
+        if not gate.locked():
+            await gate.acquire()  # free: taken at once, without arming a timer (the common case)
+            return gate
         try:
+            async with asyncio.timeout(POOL_TIMEOUT):
+                await gate.acquire()
+        except TimeoutError:
+            raise NodeBusy(f"no connection to {node.name} free in {POOL_TIMEOUT:g} s") from None
+        return gate
+
+    async def _execute_command(self, target_node: ClusterNode, *args: Any, **kwargs: Any) -> Any:
+        # Every command of this client reaches a node through here (redis-py runs a
+        # multi-node command as one call per node).
+        gate = await self.take_turn(target_node)
+        try:
+            return await super()._execute_command(target_node, *args, **kwargs)
+        finally:
+            gate.release()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        # Slot map first. redis-py 8.1 picks a command's node before its retry loop loads the
+        # map: with none yet (a new client, or one that dropped its map in a failover) a
+        # keyed command goes to an arbitrary node, and every 5th MOVED answer makes redis-py
+        # close all the client's connections, commands in flight on them included, which it
+        # then sends again. A burst of scripts sent together on a new client (a presence step
+        # in many rooms) ran some of them twice: the second run reported no join, and the
+        # join was never announced.
+        try:
+            if self._initialize:
+                await self.initialize()
             return await super().execute_command(*args, **kwargs)
         except (AttributeError, RuntimeError) as exc:
             raise _torn_down(exc) from exc
@@ -70,7 +141,21 @@ class _Cluster(RedisCluster):
         return _Pipeline(self, transaction)  # type: ignore[abstract]
 
 
-def cluster_client(seeds: tuple[str, ...], max_connections: int = 64) -> RedisCluster:
+async def on_node(cluster: RedisCluster, node: ClusterNode, commands: Sequence[PipelineCommand]) -> None:
+    """``node.execute_pipeline(commands)`` (one connection, the replies in each command's
+    ``result``), in its turn at ``node`` when ``cluster`` is one of ``cluster_client``'s."""
+    if not isinstance(cluster, _Cluster):
+        await node.execute_pipeline(list(commands))
+        return
+    gate = await cluster.take_turn(node)
+    try:
+        await node.execute_pipeline(list(commands))
+    finally:
+        gate.release()
+
+
+def cluster_client(seeds: tuple[str, ...], max_connections: int = NODE_CONNECTIONS,
+                   node_gate: int = NODE_GATE) -> RedisCluster:
     """A client for a Redis Cluster, discovered from any of ``seeds`` (URLs from
     ``app.redis_url``, sharing scheme and credentials).
 
@@ -79,8 +164,11 @@ def cluster_client(seeds: tuple[str, ...], max_connections: int = 64) -> RedisCl
     asyncio ``execute_command``) come without a pause, ~0.2 s in all: a read or broadcast
     during a failover fails fast rather than riding it out, and the caller answers as for any
     outage (a join refused 503, a broadcast refilled from history); appends do not use them
-    (app/history/replication.py).
+    (app/history/replication.py). Commands wait for a free connection of their node, up to
+    ``POOL_TIMEOUT`` (``_Cluster``): ``node_gate`` at once per node, below ``max_connections``.
     """
+    if not 0 < node_gate < max_connections:
+        raise ValueError(f"node_gate must be between 1 and max_connections - 1, not {node_gate}")
     first = urlsplit(seeds[0])
     return _Cluster(
         startup_nodes=[ClusterNode(*seed_address(url)) for url in seeds],
@@ -88,6 +176,7 @@ def cluster_client(seeds: tuple[str, ...], max_connections: int = 64) -> RedisCl
         password=unquote(first.password) if first.password else None,
         ssl=first.scheme == "rediss",
         max_connections=max_connections,
+        node_gate=node_gate,
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=SOCKET_TIMEOUT,
         driver_info=DRIVER,

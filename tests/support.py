@@ -7,6 +7,7 @@ shared with the scripts; they are re-exported here for tests written against thi
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tools import ROOT
+from tools.cluster import RedisClusterServers
 from tools.net import free_port, http_get, wait_until
 from tools.procs import AppServer, RedisServer
 
@@ -92,6 +94,23 @@ class Client:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+def rooms_per_master(cluster: RedisClusterServers, prefix: str, per_master: int) -> list[str]:
+    """``per_master`` room names (``prefix-<n>``) for each master of ``cluster``: rooms whose
+    keys (all in the slot of their hash tag ``{room}``) that master serves."""
+    from redis.crc import key_slot
+
+    owners = cluster.slot_owners()
+    picked: dict[int, list[str]] = {port: [] for port in set(owners.values())}
+    for n in itertools.count():
+        if all(len(rooms) == per_master for rooms in picked.values()):
+            break
+        room = f"{prefix}-{n}"
+        rooms = picked[owners[key_slot(f"chat:{{{room}}}:meta".encode())]]
+        if len(rooms) < per_master:
+            rooms.append(room)
+    return [room for rooms in picked.values() for room in rooms]
 
 
 async def subscribers_reach(url: str, channel: str, count: int, timeout: float = 15) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 from app.history import replication
@@ -434,10 +435,12 @@ class RedisHistory(History):
         # moment earlier is safe (History.state_for_join); app/history/batch.py says why.
         return await self._join_reads.get(room)
 
-    async def _read_states(self, rooms: list[str]) -> list[RoomState]:
+    async def _read_states(self, rooms: list[str]) -> Sequence[RoomState | BaseException]:
         if self._cluster is not None:
-            # On a cluster each room's script runs on its own master: one call each, together.
-            return list(await asyncio.gather(*(self.state(room) for room in rooms)))
+            # On a cluster each room's script runs on its own master: one call each, together
+            # (each waits its turn at its master: app/redis_clients.py), and a room that fails
+            # fails its own joins only.
+            return list(await asyncio.gather(*(self.state(room) for room in rooms), return_exceptions=True))
         # A plain read, not the script: a room nearly always has its state already, and the
         # script costs Redis a Lua call per join. Only a room without one runs the script,
         # which draws it (or finds it drawn meanwhile by someone else).

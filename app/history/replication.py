@@ -29,6 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.history.base import HistoryUnavailable
+from app.redis_clients import on_node
 
 Command = tuple[Any, ...]
 
@@ -99,13 +100,13 @@ async def on_slot_master(cluster: RedisCluster, key: str, commands: Sequence[Com
                 # Mid-migration: the batch goes to the importing node. ASKING lets only the
                 # next command in, so each of the batch's gets one of its own.
                 node, ask_node = ask_node, None
-                await node.execute_pipeline([c for command in batch
-                                             for c in (PipelineCommand(-1, "ASKING"), command)])
+                await on_node(cluster, node, [c for command in batch
+                                              for c in (PipelineCommand(-1, "ASKING"), command)])
             else:
                 node = cluster.get_node_from_key(key)
                 if node is None:
                     raise SlotNotCoveredError(f"no master for {key!r}")
-                await node.execute_pipeline(batch)
+                await on_node(cluster, node, batch)
         except Exception as exc:  # noqa: BLE001  (bounded; the last one is raised below)
             # Besides connection errors: while a slot map refresh replaces nodes, redis-py
             # tears connections down under their users (AttributeError on a writer that is

@@ -21,6 +21,7 @@ from typing import Any
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 
 from app.history import replication
+from app.redis_clients import on_node
 
 Pending = tuple[str, replication.Command, "asyncio.Future[Any]"]
 
@@ -69,7 +70,7 @@ class SlotBatches:
                 commands.append(PipelineCommand(len(commands), *replication.wait_command(
                     self._replicas, self._timeout_ms)))
             try:
-                await node.execute_pipeline(commands)
+                await on_node(self._cluster, node, commands)
             except Exception:  # noqa: BLE001  (the connection failed: each goes the slow way)
                 retry = pendings
             else:

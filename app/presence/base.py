@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -45,8 +46,13 @@ class PresenceStore(abc.ABC):
     heartbeat: bool = False
 
     @abc.abstractmethod
-    async def sync(self, changes: list[RoomChange]) -> list[RoomState]:
-        """Apply each room's step (expire what is due first); one round trip for all rooms."""
+    async def sync(self, changes: list[RoomChange]) -> Sequence[RoomState | PresenceUnavailable]:
+        """Apply each room's step (expire what is due first); one round trip for all rooms.
+
+        Raises PresenceUnavailable when the store did not answer. A store in parts (a
+        cluster's masters) answers each room on its own: a room whose part did not answer
+        gets PresenceUnavailable in its place, and the other rooms' steps stand.
+        """
 
     @abc.abstractmethod
     async def read(self, room: str, limit: int) -> tuple[int, list[str]]:

@@ -157,19 +157,29 @@ class RedisPresence(PresenceStore):
         return [self._hold_ms, self._release_ms, self._key_ttl_ms, MEMBERS_MAX if change.sample else 0,
                 len(change.hold), *known, forgive_ms, *change.hold, *change.release]
 
-    async def sync(self, changes: list[RoomChange]) -> list[RoomState]:
+    async def sync(self, changes: list[RoomChange]) -> list[RoomState | PresenceUnavailable]:
         if not changes:
             return []
         now = time.monotonic()
         bases = [self._known.base(change.room, now) for change in changes]
         forgive_ms = self._forgive_ms(now)
+        results: list[Any]
         try:
             if self._cluster:
-                # Rooms live on different masters: one script each, sent together.
+                # Rooms live on different masters: one script each, sent together (each waits
+                # for its turn at its master: app/redis_clients.py). A room whose master does
+                # not answer fails alone: the others' steps ran, and what they found (who
+                # left, who joined) is reported exactly once, so it must not be dropped.
                 results = await asyncio.gather(*(
                     self._step(keys=self._keys(change.room), args=self._args(change, base, forgive_ms))
                     for change, base in zip(changes, bases, strict=True)
-                ))
+                ), return_exceptions=True)
+                failed = [result for result in results if isinstance(result, BaseException)]
+                for error in failed:
+                    if not isinstance(error, FAILURES):
+                        raise error  # not the store failing: a bug, as before
+                if len(failed) == len(results):
+                    raise failed[0]
             else:
                 batch = ScriptPipeline(self._client)
                 for change, base in zip(changes, bases, strict=True):
@@ -178,9 +188,16 @@ class RedisPresence(PresenceStore):
         except FAILURES as exc:
             self._failing = True
             raise PresenceUnavailable(str(exc) or type(exc).__name__) from exc
-        self._failing, self._answered_at = False, now
-        states = []
+        # Any room failing counts as the store failing (``_forgive_ms``): its holds were not
+        # renewed. The store answered when every room did.
+        self._failing = any(isinstance(result, BaseException) for result in results)
+        if not self._failing:
+            self._answered_at = now
+        states: list[RoomState | PresenceUnavailable] = []
         for change, base, result in zip(changes, bases, results, strict=True):
+            if isinstance(result, BaseException):
+                states.append(PresenceUnavailable(str(result) or type(result).__name__))
+                continue
             count, version, joined, left, members, next_ms, unchanged, born, previous = result
             joined, left = _names(joined), _names(left)
             listed = self._known.settle(

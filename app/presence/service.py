@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from app import metrics
@@ -43,8 +43,11 @@ from app.protocol import (
     typing_frame,
 )
 from app.rooms import group_name
+from app.throttled_log import Throttled
 
 logger = logging.getLogger("parley")
+# A tick's step fails every tick while the store is away: a line per 10 s says so.
+_tick_failures = Throttled(logger, interval=10.0)
 
 EVENT = "presence.event"
 # A fresh snapshot for this process's members of a room, after announcements were lost here.
@@ -100,6 +103,8 @@ class Presence:
         # (room, user) whose first socket here is not through a step yet: a heartbeat that
         # steps them first joins them, but they were never announced gone.
         self._entering: set[tuple[str, str]] = set()
+        # Rooms whose users here were to be held by a step that failed: held at the next tick.
+        self._unheld: set[str] = set()
 
     # -- sockets -------------------------------------------------------------------------
 
@@ -190,31 +195,24 @@ class Presence:
                     known: dict[str, str], asked: set[str], short: dict[str, set[str]]) -> None:
         """One step of the store for ``changes``; then the joiners' snapshots (``waiters``),
         the rooms' repairs (``asked``: all members here, or only ``short`` ones) and the
-        announcements."""
-        try:
-            states = await self.store.sync(changes)
-        except Exception as exc:
-            self._entered(changes)
-            self._batch_done()
-            logger.warning("presence step failed: %s", exc)
-            for futures in waiters.values():
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(exc)
-                        future.exception()  # retrieved: its socket may have gone meanwhile
-            if self.repairs is not None:
-                for room in asked:
-                    self.repairs.failed(room)
-                for room, channels in short.items():
-                    self._owe(room, channels)
-                # Their joiners got no snapshot. The room's chain may be whole all the same
-                # (another member here had one), so nothing else would ever send them one.
-                self._owed.update(waiters)
-            return
-        self._entered(changes)
+        announcements. A room whose step failed has its joiners refused a snapshot (a repair
+        sends them one), and the others go on."""
+        results = await self._results(changes)
+        stepped: list[tuple[RoomChange, RoomState]] = []
+        failed: BaseException | None = None
+        for change, result in zip(changes, results, strict=True):
+            if isinstance(result, RoomState):
+                stepped.append((change, result))
+            else:
+                failed = result
+                self._step_failed(change, result, waiters, asked, short)
+        self._entered(change for change, _ in stepped)
         self._batch_done()
+        if failed is not None:
+            logger.warning("presence step failed in %d of %d rooms: %s", len(changes) - len(stepped),
+                           len(changes), failed)
         now = time.monotonic()
-        for change, state in zip(changes, states, strict=True):
+        for change, state in stepped:
             waiting = waiters.get(change.room)
             if not waiting and change.room not in asked and change.room not in short:
                 continue
@@ -232,7 +230,37 @@ class Presence:
                         self._owe(change.room, short[change.room])
                 elif change.room in short:
                     self._retell_to(change.room, snapshot, short[change.room])
-        await self._settle(changes, states)
+        await self._settle(stepped)
+
+    async def _results(self, changes: list[RoomChange]) -> Sequence[RoomState | BaseException]:
+        """The store's step for each of ``changes``: its state, or why it failed (for every
+        room when the store did not answer at all)."""
+        try:
+            return await self.store.sync(changes)
+        except Exception as exc:  # noqa: BLE001  (each caller handles it per room)
+            return [exc] * len(changes)
+
+    def _step_failed(self, change: RoomChange, exc: BaseException,
+                     waiters: dict[str, list[asyncio.Future[Snapshot]]], asked: set[str],
+                     short: dict[str, set[str]]) -> None:
+        """``change``'s step failed: its joiners get ``exc``, its repairs are asked again, and
+        its users here are held again at the next tick (not a heartbeat later)."""
+        room = change.room
+        for future in waiters.get(room, ()):
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved: its socket may have gone meanwhile
+        if change.hold and self.store.heartbeat:
+            self._unheld.add(room)
+        if self.repairs is not None:
+            if room in asked:
+                self.repairs.failed(room)
+            if room in short:
+                self._owe(room, short[room])
+            if room in waiters:
+                # Its joiners got no snapshot. The room's chain may be whole all the same
+                # (another member here had one), so nothing else would ever send them one.
+                self._owed.add(room)
 
     def _listed(self, change: RoomChange, state: RoomState, known: dict[str, str], now: float) -> str:
         """The members JSON of a snapshot: the step's sample, or names read recently."""
@@ -245,14 +273,15 @@ class Presence:
             self._names.pop(change.room, None)
         return listed
 
-    def _entered(self, changes: list[RoomChange]) -> None:
+    def _entered(self, changes: Iterable[RoomChange]) -> None:
+        """The users of ``changes`` are through a step (a failed one leaves them entering)."""
         for change in changes:
             self._entering.difference_update((change.room, user) for user in change.hold + change.release)
 
-    async def _settle(self, changes: list[RoomChange], states: list[RoomState]) -> None:
+    async def _settle(self, stepped: list[tuple[RoomChange, RoomState]]) -> None:
         """Note when each room's next departure is due, and announce what changed."""
         now = time.monotonic()
-        for change, state in zip(changes, states, strict=True):
+        for change, state in stepped:
             if state.next_due is None:
                 self._due.pop(change.room, None)
             else:
@@ -273,26 +302,49 @@ class Presence:
             await asyncio.sleep(interval)
             try:
                 await self.tick()
-            except Exception as exc:  # the store away: try again next tick, with a heartbeat
+            except Exception:  # not the store (tick handles that): a bug, logged; the loop goes on
                 self._next_heartbeat = 0.0  # so this process's users are held again first
-                logger.debug("presence tick skipped: %s", exc)
+                logger.exception("presence tick failed")
 
     async def tick(self) -> None:
-        """One pass: refresh holds if due, step the rooms whose departures are due, send diffs."""
+        """One pass: refresh holds if due, step the rooms whose departures are due, send diffs.
+
+        A failed step stops nothing else: rounds due still go out, repairs are still asked,
+        caches still swept, and the rooms that answered are settled. A room whose step failed
+        is stepped again at the next tick (one attempt a tick): its departure is still due,
+        and its users here are held then, while their deadlines still run, not a heartbeat
+        later. (Raising here skipped all that, and the next tick retried a whole heartbeat:
+        one room failing failed every tick after it.)
+        """
         now = time.monotonic()
         heartbeat = self.store.heartbeat and now >= self._next_heartbeat
         if heartbeat:
             self._next_heartbeat = now + heartbeat_interval(self.grace)
-            rooms = set(self.local.rooms()) | {r for r, due in self._due.items() if due <= now}
-            changes = [RoomChange(room, hold=tuple(self.local.users(room))) for room in rooms]
+            held = set(self.local.rooms())
         else:
-            changes = [RoomChange(room) for room, due in self._due.items() if due <= now]
+            held = {room for room in self._unheld if self.local.holds(room)}
+        self._unheld = set()  # what fails from here on is tried again at the next tick
+        rooms = held | {room for room, due in self._due.items() if due <= now}
+        changes = [RoomChange(room, hold=tuple(self.local.users(room)) if room in held else ())
+                   for room in rooms]
         if changes:
-            states = await self.store.sync(changes)
-            if heartbeat:  # whoever this step "joined" had a socket here all along
-                self._rejoined.update((c.room, user) for c, s in zip(changes, states, strict=True)
-                                      for user in s.joined if (c.room, user) not in self._entering)
-            await self._settle(changes, states)
+            stepped: list[tuple[RoomChange, RoomState]] = []
+            failed: BaseException | None = None
+            for change, result in zip(changes, await self._results(changes), strict=True):
+                if not isinstance(result, RoomState):
+                    failed = result
+                    if change.hold:
+                        self._unheld.add(change.room)
+                    continue
+                stepped.append((change, result))
+                # Whoever a step of the tick "joined" had a socket here all along.
+                self._rejoined.update((change.room, user) for user in result.joined
+                                      if (change.room, user) not in self._entering)
+            self._entered(change for change, _ in stepped if change.hold)
+            if failed is not None:
+                _tick_failures.warning("tick", "presence step failed in %d of %d rooms of a tick (again next "
+                                       "tick): %s", len(changes) - len(stepped), len(changes), failed)
+            await self._settle(stepped)
         for room, announcement in self.coalescer.due(time.monotonic()):
             await self._announce(room, announcement)
         if self.repairs is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,7 +13,9 @@ from app.history import History, HistoryUnavailable
 from app.history.memory import MemoryHistory
 from app.history.redis import RedisHistory, resumes_by_room
 from app.protocol import message_template
+from app.redis_clients import NODE_CONNECTIONS
 from app.redis_url import parse_redis_url
+from tests.support import rooms_per_master
 from tools.cluster import RedisClusterServers
 from tools.procs import RedisServer
 
@@ -282,6 +285,27 @@ async def test_resumes_on_a_cluster_read_each_room_on_its_master_as_after(
         assert [i for i, _ in expected[0].frames] == [1, 2, 3] and expected[-1].frames == []
         assert expected[-6].missing == (1, 3)  # room5 holds 4..8 of 8
         assert await asyncio.gather(*(backend.resume(*ask) for ask in asked)) == expected
+    finally:
+        await backend.close()
+
+
+async def test_joins_and_resumes_in_more_rooms_of_each_master_than_its_pool_all_read_at_once(
+    cluster: RedisClusterServers,
+) -> None:
+    # A deploy's reconnect storm on a cluster: each loop turn's joins are one read per room,
+    # sent together. Past a master's pool (64 connections) redis-py raised MaxConnectionsError
+    # and every join of the batch was refused 503.
+    backend = RedisHistory(parse_redis_url(cluster.url).urls, max_len=5, ttl=3600, dedupe_ttl=600,
+                           cluster=True)
+    try:
+        prefix = f"storm-{uuid.uuid4().hex}"
+        # A process up for a while (a new client's first commands wait in turn for its slot map).
+        await backend.state_for_join(f"{prefix}-first")
+        rooms = rooms_per_master(cluster, prefix, NODE_CONNECTIONS + 10)
+        states = await asyncio.gather(*(backend.state_for_join(room) for room in rooms))
+        assert [state.last_id for state in states] == [0] * len(rooms)
+        replays = await asyncio.gather(*(backend.resume(room, 0, 10) for room in rooms))
+        assert [replay.frames for replay in replays] == [[]] * len(rooms)
     finally:
         await backend.close()
 

@@ -3,13 +3,17 @@ from what it saw (the room changed elsewhere, or its keys were lost and made aga
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
 from app.presence.base import RoomChange
 from app.presence.redis import RedisPresence
-from app.redis_clients import redis_client
+from app.redis_clients import NODE_CONNECTIONS, cluster_client, redis_client
+from app.redis_url import parse_redis_url
+from tests.support import rooms_per_master
+from tools.cluster import RedisClusterServers
 from tools.procs import RedisServer
 
 
@@ -109,3 +113,21 @@ async def test_each_change_links_the_version_it_found_to_the_next(
     assert first.previous == 0 and second.previous == first.version and third.previous == second.version
     assert (same.joined, same.previous, same.version) == ([], second.version, second.version)
     assert first.version < second.version < third.version
+
+
+async def test_a_step_in_more_rooms_of_each_master_than_its_pool_steps_every_room_on_a_cluster(
+    cluster: RedisClusterServers,
+) -> None:
+    # One script per room, sent together: past a master's pool (64 connections) redis-py
+    # raised MaxConnectionsError, and the whole step failed, at every heartbeat after.
+    store = RedisPresence(cluster_client(parse_redis_url(cluster.url).urls), grace=15, hold=20, cluster=True)
+    prefix = f"crowd-{uuid.uuid4().hex}"
+    rooms = rooms_per_master(cluster, prefix, NODE_CONNECTIONS + 10)
+    try:
+        await store.sync([RoomChange(f"{prefix}-first", hold=("a",))])  # a process up for a while
+        states = await store.sync([RoomChange(room, hold=("a",)) for room in rooms])
+        assert [(state.count, state.joined) for state in states] == [(1, ["a"])] * len(rooms)
+        states = await store.sync([RoomChange(room, hold=("a",)) for room in rooms])  # a heartbeat
+        assert [(state.count, state.joined, state.left) for state in states] == [(1, [], [])] * len(rooms)
+    finally:
+        await store.close()

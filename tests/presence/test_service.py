@@ -10,7 +10,8 @@ import pytest
 from channels.exceptions import ChannelFull
 
 from app.layers.local import LocalChannelLayer
-from app.presence.base import PresenceUnavailable
+from app.presence.base import PresenceStore, PresenceUnavailable, RoomChange, RoomState
+from app.presence.memory import MemoryPresence
 from app.presence.redis import RedisPresence
 from app.presence.service import Presence
 from app.redis_clients import redis_client
@@ -145,3 +146,74 @@ def here_alone(presence: Presence) -> int:
     """Rooms the chain watch finds short of the store (whole-room repairs due)."""
     assert presence.repairs is not None
     return len(presence.repairs.due(time.monotonic() + 3600))
+
+
+class FailingRooms(PresenceStore):
+    """Presence whose steps fail in the rooms of ``failing`` and stand in the others, as a
+    cluster's when one master does not answer; every step it was asked is in ``steps``."""
+
+    heartbeat = True
+
+    def __init__(self) -> None:
+        self.inner = MemoryPresence(grace=15)
+        self.failing: set[str] = set()
+        self.steps: list[list[RoomChange]] = []
+
+    async def sync(self, changes: list[RoomChange]) -> list[RoomState | PresenceUnavailable]:
+        self.steps.append(changes)
+        stood = iter(await self.inner.sync([c for c in changes if c.room not in self.failing]))
+        return [PresenceUnavailable(f"{c.room}: no answer") if c.room in self.failing else next(stood)
+                for c in changes]
+
+    async def read(self, room: str, limit: int) -> tuple[int, list[str]]:
+        return await self.inner.read(room, limit)
+
+
+async def test_a_step_failing_in_some_rooms_fails_only_their_joins_and_holds_them_at_the_next_tick() -> None:
+    store = FailingRooms()
+    presence = Presence(store, LocalChannelLayer(), grace=15)
+    try:
+        entered = asyncio.gather(presence.enter("calm", "alice"), presence.enter("down", "bob"))
+        await asyncio.wait_for(entered, 5)
+        store.failing = {"down"}
+        calm, down = presence.enter("calm", "carol"), presence.enter("down", "dave")
+        assert json.loads((await asyncio.wait_for(calm, 5)).frame)["count"] == 2
+        with pytest.raises(PresenceUnavailable):
+            await asyncio.wait_for(down, 5)
+
+        await presence.tick()  # the first tick is a heartbeat: "down" fails again, "calm" stands
+        assert {c.room for c in store.steps[-1]} == {"calm", "down"}
+        await presence.tick()  # no heartbeat due for seconds: "down" alone, its users held now
+        assert store.steps[-1] == [RoomChange("down", hold=("bob", "dave"))]
+        store.failing = set()
+        await presence.tick()  # it answers: held
+        assert store.steps[-1] == [RoomChange("down", hold=("bob", "dave"))]
+        stepped = len(store.steps)
+        await presence.tick()  # nothing failed: nothing to step until the next heartbeat
+        assert len(store.steps) == stepped
+        assert await store.read("down", 10) == (2, ["bob", "dave"])
+    finally:
+        await presence.close()
+
+
+async def test_a_tick_whose_step_fails_still_sends_the_rounds_due(redis_server: RedisServer) -> None:
+    # Redis refuses every step from the moment carol's join is held back for the room's next
+    # round: each tick's heartbeat fails, and the round must go out all the same (a tick used
+    # to raise before it, and every tick after a failed one was a heartbeat, failing too).
+    layer = LocalChannelLayer()
+    presence = Presence(RedisPresence(redis_client(redis_server.url), grace=1, hold=1.4), layer, grace=1)
+    listener = await layer.new_channel()
+    await layer.group_add(group_name("lobby"), listener)
+    runner = asyncio.ensure_future(presence.run())
+    try:
+        await asyncio.wait_for(presence.enter("lobby", "bob"), 5)
+        bob = json.loads(str((await next_event(layer, listener, "presence.event"))["frame"]))
+        assert (bob["type"], bob["user"]) == ("join", "bob")  # a quiet room's first change: at once
+        await asyncio.wait_for(presence.enter("lobby", "carol"), 5)  # the next: with the next round
+        redis_server.cli("CONFIG", "SET", "maxmemory", "1")  # full: every step refused, data kept
+        carol = json.loads(str((await next_event(layer, listener, "presence.event"))["frame"]))
+        assert (carol["type"], carol["user"], carol["count"]) == ("join", "carol", 2)
+    finally:
+        redis_server.cli("CONFIG", "SET", "maxmemory", "0")
+        runner.cancel()
+        await presence.close()
