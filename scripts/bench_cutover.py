@@ -56,6 +56,7 @@ from typing import Any
 from scripts import cutover_floor, drill
 from scripts.cutover_storm import (
     RESTART_JITTER,
+    arrived,
     client_pids,
     clients,
     fractions,
@@ -249,12 +250,8 @@ def measure(args: argparse.Namespace, state: StackState, secret: str,
 
     checks = verify(records)
     problems += checks["problems"]
-    fresh_ready = sum(1 for t in fresh_times if t is not None)
-    recovered = sum(1 for t in rec_times if t is not None)
-    if fresh_ready < n:
-        problems.append(f"only {fresh_ready} of {n} connected fresh")
-    if recovered < n:
-        problems.append(f"only {recovered} of {n} were live again on green")
+    fresh_ready, recovered, short = arrived(fresh_times, rec_times, n)
+    problems += short
     if on_green != n:
         problems.append(f"green holds {on_green} clients, not {n}")
     for phase, result in (("before", before), ("after", after)):

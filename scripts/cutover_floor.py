@@ -33,7 +33,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from scripts.cutover_storm import client_pids, clients, fractions, fresh_connect, ratios, recovery, timeline
+from scripts.cutover_storm import (
+    arrived,
+    client_pids,
+    clients,
+    fractions,
+    fresh_connect,
+    ratios,
+    recovery,
+    timeline,
+)
 from scripts.runtime import CONFIRM_TIMEOUT
 from scripts.stack import (
     START_TIMEOUT,
@@ -132,12 +141,8 @@ def measure(args: argparse.Namespace, state: StackState) -> dict[str, Any]:
 
     recovered_at = fractions(rec_times, n)
     log(f"cutover floor: recovery {recovered_at}")
-    fresh_ready = sum(1 for t in fresh_times if t is not None)
-    recovered = sum(1 for t in rec_times if t is not None)
-    if fresh_ready < n:
-        problems.append(f"only {fresh_ready} of {n} connected fresh")
-    if recovered < n:
-        problems.append(f"only {recovered} of {n} were live again on green")
+    fresh_ready, recovered, short = arrived(fresh_times, rec_times, n)
+    problems += short
     closes = Counter(str(code) for r in records for code, _ in r["closes"])
     if set(closes) - {str(RESTART)}:
         problems.append(f"closes other than 1012: {dict(closes)}")

@@ -57,6 +57,20 @@ def ratios(recovery: dict[str, float | None], fresh: dict[str, float | None]) ->
     return out
 
 
+def arrived(fresh: list[float | None], recovered: list[float | None],
+            total: int) -> tuple[int, int, list[str]]:
+    """How many of ``total`` clients arrived fresh and again after the cutover (per-client
+    times, None for never), and a problem for each phase some never arrived in."""
+    fresh_ready = sum(1 for t in fresh if t is not None)
+    back = sum(1 for t in recovered if t is not None)
+    problems = []
+    if fresh_ready < total:
+        problems.append(f"only {fresh_ready} of {total} connected fresh")
+    if back < total:
+        problems.append(f"only {back} of {total} were live again on green")
+    return fresh_ready, back, problems
+
+
 def clients(url: str, args: argparse.Namespace) -> Swarm:
     """``args.clients`` CutoverWorker clients of ``url`` (ws://), ``args.room_size`` to a room
     (``cut-<run>-<k>``), over ``args.client_processes`` processes; not started. A leg adds

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.support import API_TOKEN
 from tools.cluster import RedisClusterServers
 from tools.procs import AppServer, RedisServer
 
@@ -52,6 +53,16 @@ def make_app() -> Iterator[Callable[..., AppServer]]:
     yield make
     for server in started:
         server.cleanup()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def api_server(request: pytest.FixtureRequest, make_app: Callable[..., AppServer]) -> AppServer:
+    """A server with the backend API on (``tests.support.API_TOKEN``), on each history
+    backend: the in-memory one and a real Redis."""
+    env = {"CHAT_API_TOKEN": API_TOKEN}
+    if request.param == "redis":
+        env["REDIS_URL"] = request.getfixturevalue("redis_server").url
+    return make_app(env=env)
 
 
 @pytest.fixture

@@ -20,6 +20,9 @@ from tools.cluster import RedisClusterServers
 from tools.net import free_port, http_get, wait_until
 from tools.procs import AppServer, RedisServer
 
+# The backend API token (CHAT_API_TOKEN) of the ``api_server`` fixture (tests/conftest.py).
+API_TOKEN = "s3cret-token"
+
 __all__ = ["ROOT", "AppServer", "Client", "RedisServer", "free_port", "http_get", "run_script", "wait_until"]
 
 

@@ -13,26 +13,16 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 
-import pytest
 import redis as redis_py
 
-from tests.support import AppServer, Client, RedisServer
+from tests.support import API_TOKEN, AppServer, Client, RedisServer
 
-TOKEN = "api-token-for-tests"
 LONE = '{"message":"\\ud800","client_id":"p-1"}'
 
 
-@pytest.fixture(params=["memory", "redis"])
-def server(request: pytest.FixtureRequest, make_app: Callable[..., AppServer]) -> AppServer:
-    env = {"CHAT_API_TOKEN": TOKEN}
-    if request.param == "redis":
-        env["REDIS_URL"] = request.getfixturevalue("redis_server").url
-    return make_app(env=env)
-
-
-def post(server: AppServer, room: str, raw: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(f"{server.base}/api/rooms/{room}/messages", data=raw, method="POST")
-    request.add_header("Authorization", f"Bearer {TOKEN}")
+def post(api_server: AppServer, room: str, raw: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{api_server.base}/api/rooms/{room}/messages", data=raw, method="POST")
+    request.add_header("Authorization", f"Bearer {API_TOKEN}")
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, json.loads(response.read())
@@ -40,9 +30,9 @@ def post(server: AppServer, room: str, raw: bytes) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-async def test_a_lone_surrogate_is_refused_and_the_room_lives_on(server: AppServer) -> None:
-    sender = await Client.connect(server.ws_url("poison"))
-    other = await Client.connect(server.ws_url("poison"))
+async def test_a_lone_surrogate_is_refused_and_the_room_lives_on(api_server: AppServer) -> None:
+    sender = await Client.connect(api_server.ws_url("poison"))
+    other = await Client.connect(api_server.ws_url("poison"))
     await sender.send_raw(LONE)
     refused = await sender.recv_type("error")
     assert refused["code"] == "invalid_unicode"
@@ -54,22 +44,22 @@ async def test_a_lone_surrogate_is_refused_and_the_room_lives_on(server: AppServ
     assert ack["type"] == "ack" and ack["id"] == 1
     assert [m["message"] for m in await other.messages(1)] == ["after the poison"]
     # Joins that replay, and the history API, see only what was stored.
-    late = await Client.connect(server.ws_url("poison", last=10))
+    late = await Client.connect(api_server.ws_url("poison", last=10))
     assert [m["message"] for m in await late.messages(1)] == ["after the poison"]
-    status, page = server.get("/api/rooms/poison/messages")
+    status, page = api_server.get("/api/rooms/poison/messages")
     assert status == 200 and [m["message"] for m in page["messages"]] == ["after the poison"]
     for client in (sender, other, late):
         await client.close()
 
 
-def test_the_api_refuses_unencodable_text_with_400(server: AppServer) -> None:
-    assert post(server, "poison", b'{"message":"\\ud800"}') == (400, {
+def test_the_api_refuses_unencodable_text_with_400(api_server: AppServer) -> None:
+    assert post(api_server, "poison", b'{"message":"\\ud800"}') == (400, {
         "type": "error", "code": "invalid_unicode",
         "detail": "'message' holds an unpaired surrogate (not UTF-8)"})
-    assert post(server, "poison", b'{"message":"hi","user":"\\udc00"}')[1]["code"] == "bad_user"
-    assert post(server, "poison", b'{"message":"hi","client_id":"\\ud800"}')[1]["code"] == "bad_client_id"
-    assert post(server, "poison", b'{"message":"\xed\xa0\x80"}')[1]["code"] == "invalid_utf8"
-    assert server.get("/api/rooms/poison/messages")[1]["messages"] == []
+    assert post(api_server, "poison", b'{"message":"hi","user":"\\udc00"}')[1]["code"] == "bad_user"
+    assert post(api_server, "poison", b'{"message":"hi","client_id":"\\ud800"}')[1]["code"] == "bad_client_id"
+    assert post(api_server, "poison", b'{"message":"\xed\xa0\x80"}')[1]["code"] == "invalid_utf8"
+    assert api_server.get("/api/rooms/poison/messages")[1]["messages"] == []
 
 
 async def test_a_damaged_stored_record_is_delivered_with_replacement_characters(
@@ -77,8 +67,8 @@ async def test_a_damaged_stored_record_is_delivered_with_replacement_characters(
 ) -> None:
     """A record no version of Parley writes (bytes that are not UTF-8, put there by another
     tool or damage) replays with U+FFFD under its id: nobody is cut off, nothing skipped."""
-    server = make_app(env={"REDIS_URL": redis_server.url})
-    member = await Client.connect(server.ws_url("damaged"))
+    api_server = make_app(env={"REDIS_URL": redis_server.url})
+    member = await Client.connect(api_server.ws_url("damaged"))
     assert (await member.post("before"))["id"] == 1
     with redis_py.Redis.from_url(redis_server.url) as r:
         r.hincrby("chat:{damaged}:meta", "seq", 1)
@@ -88,10 +78,10 @@ async def test_a_damaged_stored_record_is_delivered_with_replacement_characters(
     live = [m["id"] for m in await member.messages(3)]
     assert live == [1, 2, 3]  # the live stream filled id 2 from history
 
-    joiner = await Client.connect(server.ws_url("damaged", last=10))
+    joiner = await Client.connect(api_server.ws_url("damaged", last=10))
     replayed = await joiner.messages(3)
     assert [m["id"] for m in replayed] == [1, 2, 3] and "\ufffd" in replayed[1]["message"]
-    status, page = server.get("/api/rooms/damaged/messages")
+    status, page = api_server.get("/api/rooms/damaged/messages")
     assert status == 200 and [m["id"] for m in page["messages"]] == [1, 2, 3]
     await member.close()
     await joiner.close()
@@ -102,8 +92,8 @@ async def test_a_stored_record_without_its_frame_is_delivered_as_a_replacement_c
 ) -> None:
     """An entry with no frame field at all (another tool's write): a message of U+FFFD under
     its id. It used to end every member's connection (1006) and refuse every join 503."""
-    server = make_app(env={"REDIS_URL": redis_server.url})
-    member = await Client.connect(server.ws_url("bare"))
+    api_server = make_app(env={"REDIS_URL": redis_server.url})
+    member = await Client.connect(api_server.ws_url("bare"))
     assert (await member.post("before"))["id"] == 1
     with redis_py.Redis.from_url(redis_server.url) as r:
         r.hincrby("chat:{bare}:meta", "seq", 1)
@@ -112,9 +102,9 @@ async def test_a_stored_record_without_its_frame_is_delivered_as_a_replacement_c
     live = await member.messages(3)
     assert [m["id"] for m in live] == [1, 2, 3] and live[1]["message"] == "\ufffd"
 
-    joiner = await Client.connect(server.ws_url("bare", last=10))
+    joiner = await Client.connect(api_server.ws_url("bare", last=10))
     assert [(m["id"], m["room"]) for m in await joiner.messages(3)] == [(1, "bare"), (2, "bare"), (3, "bare")]
-    status, page = server.get("/api/rooms/bare/messages")
+    status, page = api_server.get("/api/rooms/bare/messages")
     assert status == 200 and [m["id"] for m in page["messages"]] == [1, 2, 3]
     await member.close()
     await joiner.close()

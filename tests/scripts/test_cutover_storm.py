@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.cutover_storm import fractions, ratios, time_to_fraction, timeline
+from scripts.cutover_storm import arrived, fractions, ratios, time_to_fraction, timeline
 
 
 @pytest.mark.unit
@@ -31,3 +31,10 @@ def test_the_timeline_is_the_time_to_each_tenth() -> None:
     times: list[float | None] = [float(i) for i in range(1, 21)]
     assert timeline(times, 20) == [2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0]
     assert timeline([*times[:19], None], 20)[-1] is None
+
+
+@pytest.mark.unit
+def test_arrivals_count_every_client_and_name_the_phase_some_never_arrived_in() -> None:
+    assert arrived([0.1, 0.2, 0.3], [0.5, 0.6, 0.7], 3) == (3, 3, [])
+    assert arrived([0.1, None, 0.3], [0.5, None, None], 3) == (
+        2, 1, ["only 2 of 3 connected fresh", "only 1 of 3 were live again on green"])

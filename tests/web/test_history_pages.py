@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,9 +15,9 @@ from app.history.memory import MemoryHistory
 from app.history.pages import PAGE_FRAMES, read_page
 from app.protocol import message_template
 from app.web.views import MAX_ANSWER_BYTES, answer_frames
+from tests.support import API_TOKEN
 from tools.procs import AppServer
 
-TOKEN = "s3cret-token"
 ROOM_SIZE = 200
 
 
@@ -32,18 +31,10 @@ def text(message_id: int) -> str:
     return f"{message_id} " + "é" * message_id
 
 
-@pytest.fixture(params=["memory", "redis"])
-def server(request: pytest.FixtureRequest, make_app: Callable[..., AppServer]) -> AppServer:
-    env = {"CHAT_API_TOKEN": TOKEN}
-    if request.param == "redis":
-        env["REDIS_URL"] = request.getfixturevalue("redis_server").url
-    return make_app(env=env)
-
-
-def post(server: AppServer, message: str) -> int:
+def post(api_server: AppServer, message: str) -> int:
     request = urllib.request.Request(
-        f"{server.base}/api/rooms/paged/messages", data=json.dumps({"message": message}).encode(),
-        method="POST", headers={"Authorization": f"Bearer {TOKEN}"},
+        f"{api_server.base}/api/rooms/paged/messages", data=json.dumps({"message": message}).encode(),
+        method="POST", headers={"Authorization": f"Bearer {API_TOKEN}"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return int(json.loads(response.read())["id"])
@@ -68,19 +59,19 @@ def expected_ids(sizes: dict[int, int], since: int, limit: int) -> list[int]:
     return ids
 
 
-def test_answers_are_those_of_one_read_for_small_and_large_limits(server: AppServer) -> None:
-    assert [post(server, text(i)) for i in range(1, ROOM_SIZE + 1)] == list(range(1, ROOM_SIZE + 1))
+def test_answers_are_those_of_one_read_for_small_and_large_limits(api_server: AppServer) -> None:
+    assert [post(api_server, text(i)) for i in range(1, ROOM_SIZE + 1)] == list(range(1, ROOM_SIZE + 1))
     sizes: dict[int, int] = {}
     since = 0
     while since < ROOM_SIZE:  # every frame's size, paging as clients do
-        page = server.get(f"/api/rooms/paged/messages?since={since}&limit=1000")[1]
+        page = api_server.get(f"/api/rooms/paged/messages?since={since}&limit=1000")[1]
         sizes.update({m["id"]: frame_bytes(m) for m in page["messages"]})
         since = page["messages"][-1]["id"]
 
     cases = [(0, 1), (0, 10), (0, PAGE_FRAMES), (0, PAGE_FRAMES + 1), (0, 100), (0, 1000), (5, 1000),
              (150, 30), (150, 1000), (199, 1000), (200, 10), (260, 10)]
     for since, limit in cases:
-        status, answer = server.get(f"/api/rooms/paged/messages?since={since}&limit={limit}")
+        status, answer = api_server.get(f"/api/rooms/paged/messages?since={since}&limit={limit}")
         assert status == 200
         # Past the room's newest id: its ids started over for the reader, who gets it from its start.
         expected = expected_ids(sizes, 0 if since > ROOM_SIZE else since, limit)

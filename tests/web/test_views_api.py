@@ -9,23 +9,13 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.support import Client, http_get
+from tests.support import API_TOKEN, Client, http_get
 from tools.procs import AppServer
 
-TOKEN = "s3cret-token"
 
-
-@pytest.fixture(params=["memory", "redis"])
-def server(request: pytest.FixtureRequest, make_app: Callable[..., AppServer]) -> AppServer:
-    env = {"CHAT_API_TOKEN": TOKEN}
-    if request.param == "redis":
-        env["REDIS_URL"] = request.getfixturevalue("redis_server").url
-    return make_app(env=env)
-
-
-def post(server: AppServer, room: str, body: object, token: str | None = TOKEN) -> tuple[int, dict]:
+def post(api_server: AppServer, room: str, body: object, token: str | None = API_TOKEN) -> tuple[int, dict]:
     request = urllib.request.Request(
-        f"{server.base}/api/rooms/{room}/messages", data=json.dumps(body).encode(), method="POST"
+        f"{api_server.base}/api/rooms/{room}/messages", data=json.dumps(body).encode(), method="POST"
     )
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
@@ -36,60 +26,60 @@ def post(server: AppServer, room: str, body: object, token: str | None = TOKEN) 
         return exc.code, json.loads(exc.read())
 
 
-async def test_backend_post_reaches_members_and_history(server: AppServer) -> None:
-    member = await Client.connect(server.ws_url("news"))
-    status, body = post(server, "news", {"message": "from backend", "user": "bot", "client_id": "b1"})
+async def test_backend_post_reaches_members_and_history(api_server: AppServer) -> None:
+    member = await Client.connect(api_server.ws_url("news"))
+    status, body = post(api_server, "news", {"message": "from backend", "user": "bot", "client_id": "b1"})
     epoch = member.ready["epoch"]
     assert (status, body) == (201, {"id": 1, "duplicate": False, "client_id": "b1", "epoch": epoch})
     [got] = await member.messages(1)
     assert (got["message"], got["user"], got["id"]) == ("from backend", "bot", 1)
 
-    assert post(server, "news", {"message": "from backend", "client_id": "b1"}) == (
+    assert post(api_server, "news", {"message": "from backend", "client_id": "b1"}) == (
         200, {"id": 1, "duplicate": True, "client_id": "b1", "epoch": epoch})
     await member.post("second")
 
-    status, page = server.get("/api/rooms/news/messages?since=0&limit=10")
+    status, page = api_server.get("/api/rooms/news/messages?since=0&limit=10")
     assert status == 200 and page["last_id"] == 2 and page["gap"] is None and page["epoch"] == epoch
     assert [m["message"] for m in page["messages"]] == ["from backend", "second"]
-    assert [m["id"] for m in server.get("/api/rooms/news/messages?since=1")[1]["messages"]] == [2]
+    assert [m["id"] for m in api_server.get("/api/rooms/news/messages?since=1")[1]["messages"]] == [2]
     # Leading zeros spell the same id (the parameter is parsed as the WebSocket's is).
-    padded = server.get("/api/rooms/news/messages?since=0000000000000000001")[1]
+    padded = api_server.get("/api/rooms/news/messages?since=0000000000000000001")[1]
     assert [m["id"] for m in padded["messages"]] == [2]
     # Ids the room never reached (a client of a store that lost them): reset, as a resume is.
-    status, ahead = server.get("/api/rooms/news/messages?since=7")
+    status, ahead = api_server.get("/api/rooms/news/messages?since=7")
     assert status == 200 and ahead["reset"] is True and ahead["epoch"] == epoch
     assert [m["id"] for m in ahead["messages"]] == [1, 2]
-    assert "reset" not in server.get("/api/rooms/news/messages?since=2")[1]
+    assert "reset" not in api_server.get("/api/rooms/news/messages?since=2")[1]
     # ``ts``: the tag of the message at ``since`` as the client has it. The same: no reset.
     ts = page["messages"][0]["ts"]
-    assert "reset" not in server.get(f"/api/rooms/news/messages?since=1&ts={ts}")[1]
-    assert server.get("/api/rooms/news/messages?since=1&ts=x")[1]["code"] == "bad_ts"
+    assert "reset" not in api_server.get(f"/api/rooms/news/messages?since=1&ts={ts}")[1]
+    assert api_server.get("/api/rooms/news/messages?since=1&ts=x")[1]["code"] == "bad_ts"
     # Another message under that id (the store went back in time, or a reader's mistake):
     # this answer starts the epoch over; the room's epoch stays (a read never restarts it).
-    status, other = server.get(f"/api/rooms/news/messages?since=1&ts={ts + 1}")
+    status, other = api_server.get(f"/api/rooms/news/messages?since=1&ts={ts + 1}")
     assert status == 200 and other["reset"] is True and other["epoch"] == epoch
     assert [m["id"] for m in other["messages"]] == [1, 2]
 
 
-def test_post_needs_the_right_token(server: AppServer) -> None:
-    assert post(server, "news", {"message": "x"}, token=None)[0] == 401
-    assert post(server, "news", {"message": "x"}, token="wrong")[0] == 401
-    assert server.get("/api/rooms/news/messages")[1]["messages"] == []
+def test_post_needs_the_right_token(api_server: AppServer) -> None:
+    assert post(api_server, "news", {"message": "x"}, token=None)[0] == 401
+    assert post(api_server, "news", {"message": "x"}, token="wrong")[0] == 401
+    assert api_server.get("/api/rooms/news/messages")[1]["messages"] == []
 
 
-def test_bad_requests_say_why(server: AppServer) -> None:
-    assert post(server, "news", {"message": ""})[1]["code"] == "empty_message"
-    assert post(server, "bad%20room", {"message": "x"})[1]["code"] == "bad_room"
-    assert server.get("/api/rooms/news/messages?since=-3")[1]["code"] == "bad_since"
-    assert server.get("/api/rooms/news/messages?limit=0")[1]["code"] == "bad_limit"
+def test_bad_requests_say_why(api_server: AppServer) -> None:
+    assert post(api_server, "news", {"message": ""})[1]["code"] == "empty_message"
+    assert post(api_server, "bad%20room", {"message": "x"})[1]["code"] == "bad_room"
+    assert api_server.get("/api/rooms/news/messages?since=-3")[1]["code"] == "bad_since"
+    assert api_server.get("/api/rooms/news/messages?limit=0")[1]["code"] == "bad_limit"
     # A path the API does not have answers in the API's JSON, as every other refusal does.
-    assert server.get("/api/rooms/news/messages/") == (
+    assert api_server.get("/api/rooms/news/messages/") == (
         404, {"type": "error", "code": "not_found", "detail": "no such resource"})
 
 
 def test_post_is_disabled_without_a_token(make_app: Callable[..., AppServer]) -> None:
-    server = make_app()
-    status, body = post(server, "news", {"message": "x"}, token="")
+    api_server = make_app()
+    status, body = post(api_server, "news", {"message": "x"}, token="")
     assert (status, body["code"]) == (403, "api_disabled")
 
 
@@ -102,8 +92,8 @@ async def test_a_user_called_api_does_not_share_the_apis_client_ids(
     from app.chat.auth import mint
 
     secret = "api-namespace-test-secret-" + "k" * 20
-    server = make_app(env={"CHAT_API_TOKEN": TOKEN, "CHAT_AUTH": "jwt", "CHAT_JWT_SECRET": secret})
-    user = await Client.connect(server.ws_url("news", token=mint("api", ["news"], 600, secret)))
+    api_server = make_app(env={"CHAT_API_TOKEN": API_TOKEN, "CHAT_AUTH": "jwt", "CHAT_JWT_SECRET": secret})
+    user = await Client.connect(api_server.ws_url("news", token=mint("api", ["news"], 600, secret)))
 
     async def from_user() -> int:
         ack = await user.post("from a user called api", client_id="shared")
@@ -111,14 +101,14 @@ async def test_a_user_called_api_does_not_share_the_apis_client_ids(
         return int(ack["id"])
 
     def from_api() -> int:
-        status, body = post(server, "news", {"message": "from the backend", "client_id": "shared"})
+        status, body = post(api_server, "news", {"message": "from the backend", "client_id": "shared"})
         assert (status, body["duplicate"]) == (201, False)
         return int(body["id"])
 
     ids = [from_api(), await from_user()] if api_first else [await from_user(), from_api()]
     assert len(set(ids)) == 2
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    status, body = http_get(server.base + "/api/rooms/news/messages", headers=auth)
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    status, body = http_get(api_server.base + "/api/rooms/news/messages", headers=auth)
     assert status == 200
     texts = sorted(m["message"] for m in json.loads(body)["messages"])
     assert texts == ["from a user called api", "from the backend"]
