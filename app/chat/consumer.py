@@ -32,7 +32,7 @@ from app.chat.services import ChatServices
 from app.config import CONFIG
 from app.history import HistoryUnavailable, Replay, RoomState
 from app.history.lineage import diverged, tag_at
-from app.history.pages import PAGE_FRAMES, fitting, read_page
+from app.history.pages import PAGE_FRAMES, fill_pages, fitting, read_page
 from app.presence import Snapshot
 from app.protocol import (
     ConnectParams,
@@ -441,7 +441,8 @@ class ChatConsumer(SerialConsumer):
         while self.last_id < upto - 1 and not self.closing:
             since = self.last_id
             try:
-                replay, count = await read_page(functools.partial(self._fill_read, since, upto), count)
+                replay, count = await read_page(
+                    fill_pages(self.history, self.room, self.epoch, since, upto), count)
                 if replay.state.epoch != self.epoch:
                     await self._reset(replay.state.epoch, replay.state.base)
                     if replay.state.last_id > self.last_id:
@@ -471,11 +472,6 @@ class ChatConsumer(SerialConsumer):
             if len(replay.frames) < count:
                 break  # history holds nothing more (the newest it holds is below ``upto``)
         return True
-
-    async def _fill_read(self, since: int, upto: int, count: int) -> Replay:
-        """Up to ``count`` of the ids after ``since`` and below ``upto``: ``History.fill``,
-        whose reads members asking the same page at once share."""
-        return await self.history.fill(self.room, self.epoch, since, min(since + count + 1, upto))
 
     async def _diverged(self) -> None:
         """History holds another message under an id this member was shown: the store went

@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
-from app.history.base import Replay
+from app.history.base import History, Replay
 
 PAGE_FRAMES = 64
 PAGE_BYTES = 256 * 1024
@@ -41,6 +41,17 @@ def fitting(frames: Sequence[tuple[int, str]], budget: int = PAGE_BYTES) -> int:
         if index and size > budget:
             return index
     return len(frames)
+
+
+def fill_pages(history: History, room: str, epoch: str, since: int, upto: int) -> PageRead:
+    """The read of a page of the ids after ``since`` and below ``upto`` in ``epoch``:
+    ``History.fill``, whose identical reads at once (members, or requests, asking the same
+    page) are shared."""
+
+    async def read(count: int) -> Replay:
+        return await history.fill(room, epoch, since, min(since + count + 1, upto))
+
+    return read
 
 
 async def read_page(read: PageRead, count: int = PAGE_FRAMES) -> tuple[Replay, int]:

@@ -16,7 +16,7 @@ from app.chat.services import ChatServices
 from app.config import CONFIG
 from app.history import History, HistoryUnavailable, Replay
 from app.history.lineage import diverged, tag_at
-from app.history.pages import PAGE_FRAMES, read_page
+from app.history.pages import PAGE_FRAMES, fill_pages, read_page
 from app.presence import PresenceUnavailable
 from app.protocol import (
     API_SENDER,
@@ -202,18 +202,13 @@ async def answer_frames(history: History, room: str, first: Replay, count: int, 
             return frames
         tag = tag_at(page, last)
         del page  # not held while the next page is read
-        read = functools.partial(_fill_page, history, room, state.epoch, last, state.last_id + 1)
+        read = fill_pages(history, room, state.epoch, last, state.last_id + 1)
         try:
             page, count = await read_page(read, min(count, limit - len(frames)))
         except HistoryUnavailable:
             return frames
         if page.state.epoch != state.epoch or page.missing is not None or diverged(tag, tag_at(page, last)):
             return frames
-
-
-async def _fill_page(history: History, room: str, epoch: str, since: int, upto: int, count: int) -> Replay:
-    """Up to ``count`` of the ids after ``since`` and below ``upto``."""
-    return await history.fill(room, epoch, since, min(since + count + 1, upto))
 
 
 def _may_read(request: HttpRequest, room: str) -> HttpResponse | None:
