@@ -197,20 +197,14 @@ class Presence:
         the rooms' repairs (``asked``: all members here, or only ``short`` ones) and the
         announcements. A room whose step failed has its joiners refused a snapshot (a repair
         sends them one), and the others go on."""
-        results = await self._results(changes)
-        stepped: list[tuple[RoomChange, RoomState]] = []
-        failed: BaseException | None = None
-        for change, result in zip(changes, results, strict=True):
-            if isinstance(result, RoomState):
-                stepped.append((change, result))
-            else:
-                failed = result
-                self._step_failed(change, result, waiters, asked, short)
+        stepped, failed = await self._step_store(changes)
+        for change, exc in failed:
+            self._step_failed(change, exc, waiters, asked, short)
         self._entered(change for change, _ in stepped)
         self._batch_done()
-        if failed is not None:
-            logger.warning("presence step failed in %d of %d rooms: %s", len(changes) - len(stepped),
-                           len(changes), failed)
+        if failed:
+            logger.warning("presence step failed in %d of %d rooms: %s", len(failed), len(changes),
+                           failed[-1][1])
         now = time.monotonic()
         for change, state in stepped:
             waiting = waiters.get(change.room)
@@ -232,13 +226,23 @@ class Presence:
                     self._retell_to(change.room, snapshot, short[change.room])
         await self._settle(stepped)
 
-    async def _results(self, changes: list[RoomChange]) -> Sequence[RoomState | BaseException]:
-        """The store's step for each of ``changes``: its state, or why it failed (for every
-        room when the store did not answer at all)."""
+    async def _step_store(self, changes: list[RoomChange]) -> tuple[list[tuple[RoomChange, RoomState]],
+                                                                    list[tuple[RoomChange, BaseException]]]:
+        """The store's step for ``changes``: the rooms that stepped, with their states, and
+        the rooms that failed, with why (every room, when the store did not answer at all)."""
+        results: Sequence[RoomState | BaseException]
         try:
-            return await self.store.sync(changes)
+            results = await self.store.sync(changes)
         except Exception as exc:  # noqa: BLE001  (each caller handles it per room)
-            return [exc] * len(changes)
+            results = [exc] * len(changes)
+        stepped: list[tuple[RoomChange, RoomState]] = []
+        failed: list[tuple[RoomChange, BaseException]] = []
+        for change, result in zip(changes, results, strict=True):
+            if isinstance(result, RoomState):
+                stepped.append((change, result))
+            else:
+                failed.append((change, result))
+        return stepped, failed
 
     def _step_failed(self, change: RoomChange, exc: BaseException,
                      waiters: dict[str, list[asyncio.Future[Snapshot]]], asked: set[str],
@@ -328,22 +332,16 @@ class Presence:
         changes = [RoomChange(room, hold=tuple(self.local.users(room)) if room in held else ())
                    for room in rooms]
         if changes:
-            stepped: list[tuple[RoomChange, RoomState]] = []
-            failed: BaseException | None = None
-            for change, result in zip(changes, await self._results(changes), strict=True):
-                if not isinstance(result, RoomState):
-                    failed = result
-                    if change.hold:
-                        self._unheld.add(change.room)
-                    continue
-                stepped.append((change, result))
+            stepped, failed = await self._step_store(changes)
+            self._unheld.update(change.room for change, _ in failed if change.hold)
+            for change, state in stepped:
                 # Whoever a step of the tick "joined" had a socket here all along.
-                self._rejoined.update((change.room, user) for user in result.joined
+                self._rejoined.update((change.room, user) for user in state.joined
                                       if (change.room, user) not in self._entering)
             self._entered(change for change, _ in stepped if change.hold)
-            if failed is not None:
+            if failed:
                 _tick_failures.warning("tick", "presence step failed in %d of %d rooms of a tick (again next "
-                                       "tick): %s", len(changes) - len(stepped), len(changes), failed)
+                                       "tick): %s", len(failed), len(changes), failed[-1][1])
             await self._settle(stepped)
         for room, announcement in self.coalescer.due(time.monotonic()):
             await self._announce(room, announcement)
