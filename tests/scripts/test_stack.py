@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -276,22 +278,31 @@ def test_up_with_the_other_colour_on_a_running_stack_says_it_keeps_its_own(local
     assert result["active"] == "blue" and traefik_color(local_stack) == "blue"
 
 
+@contextlib.contextmanager
+def record_lost(state: StackState) -> Iterator[Path]:
+    """The running stack's state.json deleted, and put back afterwards; its path."""
+    record = state.dir / STATE_FILE
+    kept = record.read_text()
+    record.unlink()
+    try:
+        yield record
+    finally:
+        record.write_text(kept)
+
+
 def test_up_without_the_record_of_a_running_stack_refuses_a_second_one(local_stack: StackState) -> None:
     # state.json lost while the stack runs: `make stack` started a second stack on the same
     # state directory, two redis-servers appending to one Redis data directory.
     from tests.support import run_script
 
     state = local_stack
-    record = state.dir / STATE_FILE
-    kept = record.read_text()
-    record.unlink()
-    try:
-        code, _, output = run_script("stack", "up", "--state-dir", str(state.dir))
-        second_stack = record.exists()
-    finally:
-        if record.exists():
-            down(state.dir)  # the second stack, on the old code
-        record.write_text(kept)
+    with record_lost(state) as record:
+        try:
+            code, _, output = run_script("stack", "up", "--state-dir", str(state.dir))
+            second_stack = record.exists()
+        finally:
+            if record.exists():
+                down(state.dir)  # the second stack, on the old code
     assert code == 1 and not second_stack, output
     error = json.loads(output)["error"]
     assert f"no state.json in {state.dir}, but a stack still runs from it" in error
@@ -309,14 +320,9 @@ def test_down_and_status_without_the_record_of_a_running_stack_name_what_still_r
     from tests.support import run_script
 
     state = local_stack
-    record = state.dir / STATE_FILE
-    kept = record.read_text()
-    record.unlink()
-    try:
+    with record_lost(state):
         code, _, output = run_script("stack", "down", "--state-dir", str(state.dir))
         _, _, shown = run_script("stack", "status", "--state-dir", str(state.dir))
-    finally:
-        record.write_text(kept)
     assert code == 1, output
     assert f"no state.json in {state.dir}, but a stack still runs from it" in json.loads(output)["error"]
     assert {entry["pid"] for entry in json.loads(shown)["unrecorded"]} == {
