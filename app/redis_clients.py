@@ -7,14 +7,16 @@ timeouts and client name whichever way ``REDIS_URL`` points.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, PipelineCommand, RedisCluster
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.typing import EncodableT, KeyT, ScriptTextT
 
 from app.redis_options import DRIVER, RETRY  # RETRY: single Redis only
 from app.redis_url import seed_address
@@ -139,6 +141,31 @@ class _Cluster(RedisCluster):
             return super().pipeline(transaction, shard_hint)  # refuses it
         # redis-py's stubs call ClusterPipeline abstract; redis-py instantiates it the same way.
         return _Pipeline(self, transaction)  # type: ignore[abstract]
+
+    def register_script(self, script: ScriptTextT) -> AsyncScript:  # type: ignore[override]
+        # (redis-py's stubs give RedisCluster two register_scripts: Script's and AsyncScript's.)
+        return _SlotScript(self, script)
+
+
+class _SlotScript(AsyncScript):
+    """A script that a node answers ``NOSCRIPT`` is sent to that node whole (``EVAL``, which
+    also caches it there), not loaded on every master first.
+
+    redis-py loads it with ``SCRIPT LOAD`` on all masters, which fails while any one of them
+    is down: during a failover, a room on a live master whose script that master had not run
+    yet (a first join there, a replica promoted with an empty cache) was refused for the
+    dead master's sake."""
+
+    async def __call__(self, keys: Sequence[KeyT] | None = None, args: Iterable[EncodableT] | None = None,
+                       client: Any | None = None) -> Any:
+        if client is not None:  # a pipeline's: redis-py's way (none of Parley's on a cluster)
+            return await super().__call__(keys, args, client)
+        named, values = list(keys or ()), list(args or ())
+        try:
+            return await self.registered_client.evalsha(self.sha, len(named), *named, *values)
+        except NoScriptError:
+            body = self.script if isinstance(self.script, str) else bytes(self.script).decode()
+            return await self.registered_client.eval(body, len(named), *named, *values)
 
 
 async def on_node(cluster: RedisCluster, node: ClusterNode, commands: Sequence[PipelineCommand]) -> None:

@@ -87,3 +87,23 @@ async def test_a_new_clients_first_commands_sent_together_each_run_once(cluster:
 def test_a_node_gate_leaves_room_in_the_pool() -> None:
     with pytest.raises(ValueError, match="node_gate"):
         cluster_client(("redis://127.0.0.1:7000",), max_connections=8, node_gate=8)
+
+
+async def test_a_script_new_to_a_live_master_runs_while_another_master_is_down(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    # redis-py loads a script a node doesn't know with SCRIPT LOAD on every master: with one
+    # master down, rooms on the live ones failed their first script there (a join refused).
+    client = cluster_client(parse_redis_url(redis_cluster.url).urls)
+    try:
+        masters = redis_cluster.masters()
+        keys = {redis_cluster.master_of(key): key for key in (f"{{fresh-{n}}}" for n in range(200))}
+        await asyncio.gather(*(client.set(key, "v") for key in keys.values()))  # slot map loaded
+        dead, *live = masters
+        redis_cluster.kill(dead)
+        script = client.register_script(f"return redis.call('GET', KEYS[1]) .. '{uuid.uuid4().hex}'")
+        for port in live:
+            assert (await script(keys=[keys[port]])).startswith(b"v")
+            assert await script(keys=[keys[port]])  # cached on that master now: EVALSHA
+    finally:
+        await client.aclose()

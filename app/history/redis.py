@@ -436,18 +436,23 @@ class RedisHistory(History):
         return await self._join_reads.get(room)
 
     async def _read_states(self, rooms: list[str]) -> Sequence[RoomState | BaseException]:
-        if self._cluster is not None:
-            # On a cluster each room's script runs on its own master: one call each, together
-            # (each waits its turn at its master: app/redis_clients.py), and a room that fails
-            # fails its own joins only.
-            return list(await asyncio.gather(*(self.state(room) for room in rooms), return_exceptions=True))
         # A plain read, not the script: a room nearly always has its state already, and the
-        # script costs Redis a Lua call per join. Only a room without one runs the script,
-        # which draws it (or finds it drawn meanwhile by someone else).
-        held = await self.states(rooms)
+        # script costs Redis a Lua call per room (on a cluster, also a round of the cluster
+        # client's own per-command work: a sixth of a join's CPU in a connect storm). Only a
+        # room without one runs the script, which draws it (or finds it drawn meanwhile).
+        try:
+            held = await self.states(rooms)
+        except HistoryUnavailable:
+            if self._cluster is None:
+                raise
+            # One master down, or a slot moving (the batch can't follow ASK): each room's
+            # script on its own, through the client that follows MOVED/ASK, so a room that
+            # fails fails its own joins only.
+            held = [None] * len(rooms)
         missing = [room for room, state in zip(rooms, held, strict=True) if state is None]
-        drawn = dict(zip(missing, await asyncio.gather(*(self.state(room) for room in missing)), strict=True))
-        return [state if state is not None else drawn[room] for room, state in zip(rooms, held, strict=True)]
+        drawn = await asyncio.gather(*(self.state(room) for room in missing), return_exceptions=True)
+        by_room = dict(zip(missing, drawn, strict=True))
+        return [by_room[room] if state is None else state for room, state in zip(rooms, held, strict=True)]
 
     async def states(self, rooms: list[str]) -> list[RoomState | None]:
         """Read-only (nothing is drawn): one batched look at several rooms (the tail watcher's,

@@ -334,6 +334,56 @@ async def test_a_room_being_migrated_is_read_and_written_on_its_new_master(
         await backend.close()
 
 
+async def test_joins_on_a_cluster_read_a_room_being_migrated_on_its_new_master(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    # Joins read rooms' states in one batch; a room in the ASK state (its keys on the
+    # importing master already) can't be read by it, and must still get its own state.
+    backend = RedisHistory(parse_redis_url(redis_cluster.url).urls, max_len=5, ttl=3600,
+                           dedupe_ttl=600, cluster=True)
+    try:
+        for i in range(3):
+            await backend.append("moving", template(f"m{i}"), None)
+        await backend.append("staying", template("s0"), None)
+        before = await backend.state("moving")
+        key = "chat:{moving}:meta"
+        other = next(port for port in redis_cluster.masters() if port != redis_cluster.master_of(key))
+        slot, source = redis_cluster.begin_migration(key, other)
+        assert redis_cluster.move_keys(slot, source, other) >= 2
+        moving, staying = await asyncio.gather(backend.state_for_join("moving"),
+                                               backend.state_for_join("staying"))
+        assert (moving.epoch, moving.last_id) == (before.epoch, 3)
+        assert staying.last_id == 1
+        redis_cluster.finish_migration(slot, other)
+    finally:
+        await backend.close()
+
+
+async def test_joins_on_a_cluster_with_a_master_down_fail_in_its_rooms_only(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    # Acks wait for a replica, as on a cluster by default: what was acked survives the failover
+    # (a fresh cluster's replicas may still be syncing: a long WAIT).
+    backend = RedisHistory(parse_redis_url(redis_cluster.url).urls, max_len=5, ttl=3600,
+                           dedupe_ttl=600, cluster=True, min_replicas=1, wait_timeout=10)
+    try:
+        rooms = rooms_per_master(redis_cluster, "down", 2)
+        for room in rooms:
+            await backend.append(room, template(room), None)
+        masters = {room: redis_cluster.master_of(f"chat:{{{room}}}:meta") for room in rooms}
+        dead = masters[rooms[0]]
+        redis_cluster.kill(dead)
+        answers = await asyncio.gather(*(backend.state_for_join(room) for room in rooms),
+                                       return_exceptions=True)
+        for room, answer in zip(rooms, answers, strict=True):
+            if masters[room] != dead:
+                assert not isinstance(answer, BaseException) and answer.last_id == 1, (room, answer)
+            else:  # refused; or, once its replica has taken over, answered: never wrong
+                assert isinstance(answer, HistoryUnavailable) or answer.last_id == 1, (room, answer)
+    finally:
+        await backend.close()
+
+
 async def test_a_room_read_but_never_written_is_kept_briefly_and_its_first_message_keeps_it_long(
     redis_history: tuple[RedisHistory, RedisServer],
 ) -> None:
