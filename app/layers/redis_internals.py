@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisSingleShardConnection
 from channels_redis.utils import _consistent_hash, _wrap_close, decode_hosts
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 logger = logging.getLogger("parley")
 
 __all__ = ["RELIED_ON", "LayerProxy", "Shard", "consistent_hash", "decode_hosts"]
+
+# The reader's pause after a lost connection, doubling up to the second (seconds).
+RETRY_FIRST, RETRY_MAX = 0.05, 1.0
 
 
 class Member(NamedTuple):
@@ -51,7 +55,9 @@ RELIED_ON: tuple[Member, ...] = (
     Member("channels_redis.pubsub.RedisSingleShardConnection", "_do_receiving", "coroutine function",
            ("self",), "overridden: the reader task that _ensure_receiver starts"),
     Member("channels_redis.pubsub.RedisSingleShardConnection", "_ensure_receiver", "function", ("self",),
-           "starts _do_receiving on the first subscribe"),
+           "starts _do_receiving (again) when _receive_task is None"),
+    Member("channels_redis.pubsub.RedisSingleShardConnection", "_receive_task", "attribute", ("NoneType",),
+           "the reader task: stopped while a SUBSCRIBE or UNSUBSCRIBE runs, started again after"),
     Member("channels_redis.pubsub.RedisSingleShardConnection", "_pubsub", "attribute", ("NoneType",),
            "the redis-py PubSub the reader polls (None until the first command)"),
     Member("channels_redis.pubsub.RedisSingleShardConnection", "_subscribed_to", "attribute", ("set",),
@@ -78,12 +84,16 @@ class Shard(RedisSingleShardConnection):
     subscription wakes it, and each message goes to ``on_message(redis_channel, data)``.
     After a lost connection it retries from 50 ms rather than a flat second: what is
     published meanwhile is lost to pub/sub, and consumers refill it from history.
+    SUBSCRIBE and UNSUBSCRIBE run with the reader stopped (``_command``).
     """
+
+    _receive_task: asyncio.Future[None] | None  # set by channels-redis's __init__ and _ensure_receiver
 
     def __init__(self, host: dict[str, Any], on_message: Callable[[str, bytes], None]) -> None:
         super().__init__(host, None)
         self.on_message = on_message
         self._subscribed = asyncio.Event()
+        self._retry_delay = RETRY_FIRST  # the reader's, kept while it is stopped for a command
         self._outbox: list[tuple[str, bytes, asyncio.Future[None]]] = []
         self._publisher: asyncio.Task[None] | None = None
 
@@ -138,7 +148,11 @@ class Shard(RedisSingleShardConnection):
         return channel in self._subscribed_to
 
     async def subscribe(self, channel: str) -> None:
-        await super().subscribe(channel)
+        async with self._lock:
+            if channel not in self._subscribed_to:
+                self._ensure_redis()
+                await self._command(lambda: self._pubsub.subscribe(channel))
+                self._subscribed_to.add(channel)
         self._subscribed.set()
 
     async def unsubscribe(self, channel: str, wanted: Callable[[str], bool] | None = None) -> None:
@@ -156,33 +170,89 @@ class Shard(RedisSingleShardConnection):
                 return
             self._subscribed_to.discard(channel)
             self._ensure_redis()
-            self._ensure_receiver()
             try:
-                await self._pubsub.unsubscribe(channel)
+                await self._command(lambda: self._pubsub.unsubscribe(channel))
             finally:  # sent or not: not ours any more, so not subscribed again on reconnect
                 for key in self._pubsub._normalize_keys({channel: None}):
                     self._pubsub.channels.pop(key, None)
 
+    async def _command(self, send: Callable[[], Awaitable[object]]) -> None:
+        """``send`` a SUBSCRIBE or UNSUBSCRIBE (the caller holds ``_lock``) with the reader
+        stopped; once more on a fresh connection if the one it found had died.
+
+        redis-py reconnects a pub/sub connection in whichever task finds it broken. After a
+        Redis restart the reader and a join's SUBSCRIBE did so at once, two sockets on one
+        redis-py Connection and each task reading the other's replies: the join failed
+        ("read() called while another coroutine is already waiting", or its handshake's
+        socket closed under it by the reader) and was refused 503. Stopped, the reader
+        leaves the connection to the command until it is done."""
+        await self._stop_receiver()
+        try:
+            try:
+                await self._read_arrived()
+                await send()
+            except RedisConnectionError:
+                # redis-py reconnects a connection whose command failed before raising. Now
+                # connected: the old connection had died with a restart and Redis answers on
+                # a fresh one, on which redis-py has subscribed again all it holds, so send
+                # once more. Not connected: Redis is down; the caller is told now, a join
+                # refused `unavailable` as ever.
+                connection = self._pubsub.connection
+                if connection is None or not connection.is_connected:
+                    raise
+                await send()
+        finally:
+            self._ensure_receiver()
+
+    async def _stop_receiver(self) -> None:
+        # Cancelled mid-read, the reader loses nothing: redis-py's own read timeout cancels
+        # it the same way ten times a second, and what has arrived stays buffered. A cancel
+        # it loses, it notices it was replaced at its next turn (within its 0.1 s poll).
+        task, self._receive_task = self._receive_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+
+    async def _read_arrived(self) -> None:
+        """Hand on what has already arrived, as the reader would have, so that a connection
+        Redis closed fails here and redis-py reconnects it. A restart the reader had no turn
+        to see left a connection that took a SUBSCRIBE without an error and lost it: the
+        join returned and its room stayed deaf until the reader reconnected."""
+        pubsub = self._pubsub
+        if pubsub.connection is None or not pubsub.connection.is_connected:
+            return  # the command connects afresh
+        while (message := await pubsub.get_message(timeout=0)) is not None:
+            if message["type"] == "message":  # not a confirmation of a (un)subscribe
+                self._deliver(message)
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        name = message["channel"]
+        self.on_message(name.decode() if isinstance(name, bytes) else name, message["data"])
+
     async def _do_receiving(self) -> None:
-        delay = 0.05
-        while True:
+        # Until replaced (``_stop_receiver``). Python 3.11 can drop the cancel that stops it:
+        # a wait_for whose result arrives with the cancel returns it (redis-py sends through
+        # one), and the reader read on, its stopper waiting for good. It ends here instead.
+        while self._receive_task is asyncio.current_task():
             try:
                 pubsub = self._pubsub
                 if pubsub is not None and pubsub.subscribed:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
                     if message is not None:
-                        name = message["channel"]
-                        self.on_message(name.decode() if isinstance(name, bytes) else name, message["data"])
-                    delay = 0.05
+                        self._deliver(message)
+                    self._retry_delay = RETRY_FIRST
                 else:
                     self._subscribed.clear()
                     await self._subscribed.wait()
             except (TimeoutError, asyncio.CancelledError, GeneratorExit):
                 raise
             except Exception as exc:
-                logger.warning("pub/sub connection lost (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                # Once per outage at warning level: every command restarts the reader, and
+                # each refused join during an outage would log its own line.
+                log = logger.warning if self._retry_delay == RETRY_FIRST else logger.debug
+                log("pub/sub connection lost (%s); retrying in %.2fs", exc, self._retry_delay)
+                await asyncio.sleep(self._retry_delay)
+                self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
 
 
 class LayerProxy(RedisPubSubChannelLayer):

@@ -10,6 +10,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.layers.pubsub import PubSubLayer
+from app.redis_options import DRIVER, RETRY
 from tests.support import subscribers_reach
 from tools.net import wait_until
 from tools.procs import RedisServer
@@ -170,6 +171,61 @@ async def test_a_join_refused_while_redis_is_down_leaves_nothing(redis_server: R
         await layer.group_discard("room", later)
         await asyncio.to_thread(wait_until, lambda: channels(server) == set(), 10,
                                 "the room's subscription to go")
+    finally:
+        await layer.flush()
+
+
+# A host as the app gives it (app.layers.channel_layers: redis-py retries a failed command on
+# a fresh connection), and as a bare URL (redis-py reconnects, then raises).
+HOSTS = {"app": lambda url: {"address": url, "retry": RETRY, "driver_info": DRIVER}, "bare": lambda url: url}
+
+
+@pytest.mark.parametrize("host", HOSTS)
+async def test_a_room_joined_right_after_a_restart_the_layer_has_not_seen_is_subscribed(
+    redis_server: RedisServer, host: str,
+) -> None:
+    # Redis restarts while the layer has no turn (this test holds the event loop), so its
+    # connection still looks open to the join's SUBSCRIBE. That SUBSCRIBE went into the dead
+    # socket without an error and was lost: the join returned, and the room stayed deaf until
+    # the reader reconnected. Or the reader's reconnect and the join's ran at once on the one
+    # connection and the join failed (refused 503).
+    server = redis_server
+    layer = PubSubLayer(hosts=[HOSTS[host](server.url)])
+    try:
+        kept, joined = await layer.new_channel(), await layer.new_channel()
+        await layer.group_add("kept", kept)
+        server.stop()
+        server.start()
+        await layer.group_add("joined", joined)
+        prefix = layer.loop_layer().prefix
+        # Asked before the layer's next turn: Redis has both rooms once the join returns.
+        assert {f"{prefix}__group__kept", f"{prefix}__group__joined"} <= channels(server)
+        for room, channel in (("joined", joined), ("kept", kept)):
+            await layer.group_send(room, {"type": "chat.message", "room": room})
+            assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "chat.message", "room": room}
+
+        server.stop()
+        server.start()
+        await layer.group_discard("kept", kept)  # the UNSUBSCRIBE too goes on a fresh connection
+        assert channels(server) == {f"{prefix}__group__joined"}
+    finally:
+        await layer.flush()
+
+
+async def test_a_join_after_redis_stopped_unseen_is_refused_at_once(redis_server: RedisServer) -> None:
+    # The dead connection took the SUBSCRIBE without an error: the join was accepted with
+    # Redis down. Now it is refused, as one is once the reader has seen the outage.
+    server = redis_server
+    layer = PubSubLayer(hosts=[HOSTS["app"](server.url)])
+    try:
+        kept, refused = await layer.new_channel(), await layer.new_channel()
+        await layer.group_add("kept", kept)
+        server.stop()
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(layer.group_add("refused", refused), 5)
+        assert f"{layer.loop_layer().prefix}__group__refused" not in layer.loop_layer().inboxes.groups
+        server.start()
+        await subscribers_reach(server.url, f"{layer.loop_layer().prefix}__group__kept", 1)  # the reader's
     finally:
         await layer.flush()
 
