@@ -1,4 +1,5 @@
-"""A pipeline with Lua scripts in it, without a ``SCRIPT EXISTS`` round trip per execute.
+"""Lua scripts in pipelines: on one Redis without a ``SCRIPT EXISTS`` round trip per execute
+(``ScriptPipeline``), on a cluster one pipeline per master (``scripts_by_node``).
 
 redis-py's pipeline asks Redis ``SCRIPT EXISTS`` for every script queued in it before each
 execute: one more round trip each time, for scripts that are nearly always loaded. Joins
@@ -7,17 +8,32 @@ joins), so here scripts are queued as plain ``EVALSHA``, and the rare call that 
 answers ``NOSCRIPT`` (its script cache was emptied: a restart, ``SCRIPT FLUSH``) is run once
 more by itself through the script object, which loads the script. A call answered NOSCRIPT
 did not run, so running it again is its first run.
+
+On a cluster, each call through the cluster client is a round of its own Python work (slot,
+node, turn, connection: most of a presence step's cost in a join storm, where a step runs per
+room). ``scripts_by_node`` sends the calls of each master in one pipeline instead; a call
+answered with an error (NOSCRIPT, or a slot moved: it did not run) runs again alone through
+the script, which follows MOVED/ASK and loads itself; so does every call of a master whose
+pipeline failed, each then failing on its own, as calls made one by one would.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
+
+from app.redis_clients import on_node
+
+# A call of ``scripts_by_node``: the script's keys (all in one slot) and its arguments.
+Call = tuple[Sequence[Any], Sequence[Any]]
 
 
 class ScriptPipeline:
@@ -41,3 +57,39 @@ class ScriptPipeline:
             elif isinstance(reply, Exception):
                 raise reply
         return replies
+
+
+async def scripts_by_node(cluster: RedisCluster, script: AsyncScript, calls: Sequence[Call]) -> list[Any]:
+    """``script`` once per call, the calls of each master in one pipeline: each call's reply,
+    in order, or the exception it failed with."""
+    replies: list[Any] = [None] * len(calls)
+    by_node: dict[ClusterNode, list[int]] = defaultdict(list)
+    alone: list[int] = []
+    try:
+        await cluster.initialize()  # a no-op but when the client has no slot map
+        for index, (keys, _) in enumerate(calls):
+            node = cluster.get_node_from_key(keys[0])
+            (alone if node is None else by_node[node]).append(index)
+    except Exception:  # noqa: BLE001  (no slot map: each goes alone, and fails alone)
+        by_node, alone = defaultdict(list), list(range(len(calls)))
+
+    async def on(node: ClusterNode, indices: list[int]) -> None:
+        commands = [PipelineCommand(n, "EVALSHA", script.sha, len(calls[i][0]), *calls[i][0], *calls[i][1])
+                    for n, i in enumerate(indices)]
+        try:
+            await on_node(cluster, node, commands)
+        except Exception:  # noqa: BLE001  (the connection failed: each goes alone)
+            alone.extend(indices)
+            return
+        for i, command in zip(indices, commands, strict=True):
+            if isinstance(command.result, Exception):
+                alone.append(i)
+            else:
+                replies[i] = command.result
+
+    await asyncio.gather(*(on(node, indices) for node, indices in by_node.items()))
+    answers = await asyncio.gather(*(script(keys=calls[i][0], args=calls[i][1]) for i in alone),
+                                   return_exceptions=True)
+    for i, answer in zip(alone, answers, strict=True):
+        replies[i] = answer
+    return replies

@@ -10,14 +10,13 @@ is killed stops refreshing, and its users go after the grace. A room's keys shar
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 from app.presence.base import PresenceStore, PresenceUnavailable, RoomChange, RoomState
 from app.presence.rules import MEMBERS_MAX, KnownRosters, Seen
 from app.redis_clients import FAILURES
-from app.redis_scripts import ScriptPipeline
+from app.redis_scripts import ScriptPipeline, scripts_by_node
 
 # KEYS: members (zset), version, born. ARGV: hold_ms, release_ms, key_ttl_ms, sample, nhold,
 # known version, known count, known born, forgive_ms, then the held users, then the released
@@ -166,14 +165,14 @@ class RedisPresence(PresenceStore):
         results: list[Any]
         try:
             if self._cluster:
-                # Rooms live on different masters: one script each, sent together (each waits
-                # for its turn at its master: app/redis_clients.py). A room whose master does
-                # not answer fails alone: the others' steps ran, and what they found (who
-                # left, who joined) is reported exactly once, so it must not be dropped.
-                results = await asyncio.gather(*(
-                    self._step(keys=self._keys(change.room), args=self._args(change, base, forgive_ms))
+                # Rooms live on different masters: one pipeline each (app/redis_scripts.py). A
+                # room whose master does not answer fails alone: the others' steps ran, and
+                # what they found (who left, who joined) is reported exactly once, so it must
+                # not be dropped.
+                results = await scripts_by_node(self._client, self._step, [
+                    (self._keys(change.room), self._args(change, base, forgive_ms))
                     for change, base in zip(changes, bases, strict=True)
-                ), return_exceptions=True)
+                ])
                 failed = [result for result in results if isinstance(result, BaseException)]
                 for error in failed:
                     if not isinstance(error, FAILURES):
