@@ -88,7 +88,9 @@ async def test_on_a_cluster_calls_over_every_master_answer_in_order(cluster: Red
         await client.aclose()
 
 
-async def test_on_a_cluster_a_master_down_fails_its_own_calls_only(redis_cluster: RedisClusterServers) -> None:
+async def test_on_a_cluster_a_master_down_fails_its_own_calls_only(
+    redis_cluster: RedisClusterServers,
+) -> None:
     client = cluster_client(parse_redis_url(redis_cluster.url).urls)
     try:
         per_master = _keys_per_master(redis_cluster, 2)
@@ -98,7 +100,8 @@ async def test_on_a_cluster_a_master_down_fails_its_own_calls_only(redis_cluster
         dead = next(iter(per_master))
         redis_cluster.kill(dead)
         replies = await scripts_by_node(client, script, calls)
-        for (port, key), reply in zip([(p, k) for p, ks in per_master.items() for k in ks], replies, strict=True):
+        owners = [(port, key) for port, picked in per_master.items() for key in picked]
+        for (port, key), reply in zip(owners, replies, strict=True):
             if port != dead:
                 assert reply == 2, (key, reply)
             else:  # refused; or, once its replica has taken over, run (after the first, if it got it)
