@@ -485,6 +485,9 @@ class RedisHistory(History):
         # at a demoted master) and a Redis that renamed or denies EVAL answer PING, and every
         # append then failed while /readyz said 200. PEXPIRE of a key that does not exist
         # stores nothing, so a Redis at maxmemory, which still serves reads, passes.
+        if self._cluster is not None:
+            await _ping_masters(self._cluster)
+            return
         try:
             await self._probe_script(keys=[PROBE_KEY], args=[])
         except FAILURES as exc:
@@ -559,6 +562,41 @@ def _tag(raw: bytes | int | None) -> int | None:
         return int(raw)
     except ValueError:
         return None
+
+
+async def _ping_masters(cluster: Any) -> None:
+    """The store answers when any master of the cluster does (an ``EVAL`` on each, the first
+    answer enough). A master failing is an outage of its rooms, their sends ``unavailable``
+    until its replica takes over, not of the process: probing one key's master made every
+    process unready, and hold each new connection to any room, for that master's failover.
+    The client routes to masters by its slot map, so a demoted master is not asked."""
+    try:
+        await cluster.initialize()  # a no-op but when it has no slot map
+        masters = cluster.get_primaries()
+    except FAILURES as exc:
+        raise HistoryUnavailable(str(exc) or type(exc).__name__) from exc
+    pending = {asyncio.ensure_future(cluster.execute_command("EVAL", "return 1", 0, target_nodes=node))
+               for node in masters}
+    for probe in pending:  # the slower ones finish on their own (and a hung one times out)
+        probe.add_done_callback(_retrieved)
+    error: BaseException | None = None
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for probe in done:
+            failed = probe.exception()
+            if failed is None:
+                return
+            if not isinstance(failed, FAILURES):
+                raise failed  # not the store failing: a bug
+            error = error or failed
+    if error is None:
+        raise HistoryUnavailable("no master known")
+    raise HistoryUnavailable(str(error) or type(error).__name__) from error
+
+
+def _retrieved(probe: asyncio.Future[Any]) -> None:
+    if not probe.cancelled():
+        probe.exception()
 
 
 def _shown(seq: bytes, shown: bytes | None) -> int:

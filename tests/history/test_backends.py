@@ -11,7 +11,7 @@ import pytest
 
 from app.history import History, HistoryUnavailable
 from app.history.memory import MemoryHistory
-from app.history.redis import RedisHistory, resumes_by_room
+from app.history.redis import PROBE_KEY, RedisHistory, resumes_by_room
 from app.protocol import message_template
 from app.redis_clients import NODE_CONNECTIONS
 from app.redis_url import parse_redis_url
@@ -466,5 +466,22 @@ async def test_a_redis_that_will_not_say_its_policy_is_named_as_unchecked(redis_
         assert warning.startswith("could not read Redis maxmemory-policy (")
         assert "make sure it is noeviction" in warning
         assert (await backend.append("r", template("still works"), None)).id == 1
+    finally:
+        await backend.close()
+
+
+async def test_a_cluster_is_answering_while_any_master_answers(redis_cluster: RedisClusterServers) -> None:
+    # Readiness asks history's ping: one master's failover is an outage of its rooms only, and
+    # must not make every process unready (new connections to every room held up meanwhile).
+    backend = RedisHistory(parse_redis_url(redis_cluster.url).urls, max_len=5, ttl=3600,
+                           dedupe_ttl=600, cluster=True)
+    try:
+        await backend.ping()
+        redis_cluster.kill(redis_cluster.master_of(PROBE_KEY))  # the master a single key lives on
+        await backend.ping()
+        for port in redis_cluster.live_ports():
+            redis_cluster.kill(port)
+        with pytest.raises(HistoryUnavailable):
+            await backend.ping()
     finally:
         await backend.close()
