@@ -13,8 +13,10 @@ moves a channel's subscription to the slot's new owner when its slot map changes
 reply, a refresh after a failed node). This layer reads each of those connections in a task
 of its own, so a message waits on no other shard; a reader that loses its node refreshes the
 slot map, which is what makes the client resubscribe on the promoted replica, and so does an
-SSUBSCRIBE that cannot reach its node (a room joined anew after its master died). A slot that
-is migrated to another master drops its subscribers there (Redis pushes them a
+SSUBSCRIBE that cannot reach its node (a room joined anew after its master died). One task
+at a time uses a node's connection: an SSUBSCRIBE or SUNSUBSCRIBE (this layer's or redis-py's)
+interrupts the reader's wait for a message, and waits for a reconnect to end (``_NodePubSub``).
+A slot that is migrated to another master drops its subscribers there (Redis pushes them a
 ``sunsubscribe``): the layer subscribes such a group again at the slot's new owner. Pub/sub
 is at-most-once: what is published while a shard has no master is lost here and refilled by
 consumers from history (their id checks and the tail watcher).
@@ -26,7 +28,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgpack  # type: ignore[import-untyped]
 from channels.layers import BaseChannelLayer
@@ -35,6 +37,7 @@ from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT
 
 from app.layers.api import Direct, Missed, Receive, Tap, Watch
 from app.layers.fanout import fan_out
@@ -73,8 +76,102 @@ class _ShardedPubSub(ClusterPubSub):
         known = self.node_pubsub_mapping.get(node.name)
         pubsub = super()._get_node_pubsub(node)
         if pubsub is not known:
+            _NodePubSub.adopt(pubsub)
             self._layer.start_reader(node, pubsub)
         return pubsub
+
+
+class _NodePubSub(PubSub):
+    """The ``PubSub`` of one node's connection, whose connection one task uses at a time: a
+    command (SSUBSCRIBE, SUNSUBSCRIBE: this layer's, redis-py's moving subscriptions, or its
+    subscribing again in a reconnect) or the node's reader (``_LoopLayer._read``).
+
+    redis-py reconnects a pub/sub connection in whichever task finds it broken. After a master
+    restarted in place, its reader and a join's SSUBSCRIBE did so at once: two sockets on one
+    redis-py Connection, each task reading the other's replies ("read() called while another
+    coroutine is already waiting") or closing the socket under the other's handshake, and the
+    join was refused. Now a command interrupts the reader while it waits for a message (what
+    has arrived stays buffered) and otherwise waits for its turn: the reader's (re)connect,
+    and its subscribing again all the node holds, are never cut short, nor run beside one.
+
+    redis-py makes the node's ``PubSub`` (its pool, its slot-aware resubscribe); ``adopt``
+    gives it this class."""
+
+    _turn: asyncio.Lock  # held by the task using the connection
+    _holder: asyncio.Task[Any] | None  # that task: its connect's own SSUBSCRIBEs go on in it
+    _commands: int  # commands waiting for their turn: the reader lets them go first
+    _waiting: asyncio.Task[Any] | None  # the reader, while it only waits for a message
+    _interrupted: bool  # a command has cancelled that wait
+
+    @classmethod
+    def adopt(cls, pubsub: PubSub) -> None:
+        pubsub.__class__ = cls
+        node = cast(_NodePubSub, pubsub)
+        node._turn = asyncio.Lock()
+        node._holder = node._waiting = None
+        node._commands = 0
+        node._interrupted = False
+
+    async def execute_command(self, *args: EncodableT) -> None:
+        task = asyncio.current_task()
+        if self._holder is task:  # subscribing again in a reconnect of the turn's holder
+            return await super().execute_command(*args)
+        self._commands += 1
+        try:
+            if self._waiting is not None and not self._interrupted:
+                self._interrupted = True
+                self._waiting.cancel()
+            await self._turn.acquire()
+        finally:
+            self._commands -= 1
+        self._holder = task
+        try:
+            return await super().execute_command(*args)
+        finally:
+            self._holder = None
+            self._turn.release()
+
+    async def parse_response(self, block: bool = True, timeout: float = 0) -> Any:
+        """The reader's read, in its turn: a connection found closed is connected again first
+        (redis-py subscribes again all it holds); nothing is read while a command waits."""
+        task = asyncio.current_task()
+        assert task is not None
+        async with self._turn:
+            self._holder = task
+            try:
+                connection = self.connection
+                if connection is not None and not connection.is_connected:
+                    await connection.connect()
+                if not self._commands:
+                    self._waiting = task
+                    try:
+                        return await super().parse_response(block, timeout)
+                    except asyncio.CancelledError:
+                        if not self._interrupted:
+                            raise
+                        self._interrupted = False
+                        if task.uncancel():  # cancelled for good as well (the layer closing)
+                            raise
+                        return None
+                    finally:
+                        self._waiting = None
+                        if self._interrupted:
+                            # The interrupt never landed (3.11's wait_for can swallow a
+                            # cancel): take it back.
+                            self._interrupted = False
+                            task.uncancel()
+            finally:
+                self._holder = None
+        # Commands wait for the turn: theirs now. The reader's next read queues behind them
+        # on the lock, once they have run (one whose wait was cancelled leaves the count).
+        await asyncio.sleep(0)
+        return None
+
+    async def _reconnect(self, conn: Any, *args: Any, **kwargs: Any) -> None:
+        # redis-py's reconnect of a connection a read or a command found broken: from here on
+        # the reader is not only waiting, and a command waits for the end of its turn.
+        self._waiting = None
+        await super()._reconnect(conn, *args, **kwargs)
 
 
 class _LoopLayer:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.layers import cluster as cluster_layer
 from app.layers.api import DirectDelivery, GroupTap
@@ -323,6 +325,79 @@ async def test_a_room_first_joined_after_its_master_failed_over_is_joined_on_the
     assert shard_subscribers(redis_cluster, "chat.latecomer") == 1
     await two.group_send("chat.latecomer", {"type": "chat.message", "id": 1})
     assert await asyncio.wait_for(one.receive(member), 5) == {"type": "chat.message", "id": 1}
+
+
+class ConnectionUsers:
+    """Which tasks are inside a redis-py Connection (connecting, reading, sending) at once.
+    Two at a time is the race, whatever it then breaks: the second opens its own socket on
+    the same Connection, reads the other's replies, or closes the socket under its handshake."""
+
+    def __init__(self, connection: Any) -> None:
+        self.inside: dict[asyncio.Task[Any] | None, str] = {}
+        self.overlaps: list[str] = []
+        for name in ("connect_check_health", "read_response", "send_packed_command"):
+            setattr(connection, name, self._tracked(name, getattr(connection, name)))
+
+    def _tracked(self, name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def tracked(*args: Any, **kwargs: Any) -> Any:
+            task = asyncio.current_task()
+            others = [what for user, what in self.inside.items() if user is not task]
+            if others:
+                self.overlaps.append(f"{name} while another task is in {others[0]}")
+            if task in self.inside:  # a read or send of this task's own connect
+                return await method(*args, **kwargs)
+            self.inside[task] = name
+            try:
+                return await method(*args, **kwargs)
+            finally:
+                del self.inside[task]
+
+        return tracked
+
+
+async def test_a_room_joined_while_its_restarted_master_is_being_reconnected_is_joined(
+    redis_cluster: RedisClusterServers, fresh_layers: Pair,
+) -> None:
+    # A master restarts in place (same port, no failover) and a room on it is joined just as
+    # the layer's reader for that master reconnects. The join's SSUBSCRIBE connected the one
+    # redis-py connection too, at the same time: two sockets on one Connection, each task
+    # reading the other's replies ("read() called while another coroutine is already
+    # waiting"), or a socket closed under the other's handshake, and the join was refused.
+    one, two = fresh_layers
+    kept, port = sharded(redis_cluster, "chat.kept")
+    joined, refused = (a_room(redis_cluster, name, port, same=True) for name in ("chat.joined", "chat.no"))
+    for node in redis_cluster.live_ports():  # no failover however long the restart takes
+        redis_cluster._cli(node, "CONFIG", "SET", "cluster-node-timeout", "60000")
+    staying, member = await one.new_channel(), await one.new_channel()
+    await one.group_add("chat.kept", staying)
+    mapping = one._get_layer().pubsub.node_pubsub_mapping
+    connection = next(pubsub.connection for name, pubsub in mapping.items() if name.endswith(f":{port}"))
+    redis_cluster.kill(port)
+    await asyncio.to_thread(wait_until, lambda: not connection.is_connected, 10, "the reader to see it go")
+    with pytest.raises(RedisConnectionError):  # while it is down, a join there is refused at once
+        await asyncio.wait_for(one.group_add(refused, await one.new_channel()), 5)
+    redis_cluster.restart(port)  # the layer has no turn until the master is back
+
+    # The join starts the moment the reader begins to reconnect (its socket not open yet).
+    joining: asyncio.Future[asyncio.Task[None]] = asyncio.get_running_loop().create_future()
+    reconnect = connection._connect
+
+    async def reconnect_and_join() -> None:
+        connection._connect = reconnect
+        joining.set_result(asyncio.create_task(one.group_add(joined, member)))
+        await reconnect()
+
+    connection._connect = reconnect_and_join
+    users = ConnectionUsers(connection)
+    join = await asyncio.wait_for(joining, 10)
+    outcome = await asyncio.gather(asyncio.wait_for(join, 10), return_exceptions=True)
+    assert users.overlaps == [], outcome  # and what the join came to
+    assert outcome == [None]
+    assert redis_cluster.master_of(kept) == port
+    for room, channel in ((joined, member), ("chat.kept", staying)):
+        await two.group_send(room, {"type": "chat.message", "room": room})
+        assert await asyncio.wait_for(one.receive(channel), 5) == {"type": "chat.message", "room": room}
+    assert users.overlaps == []
 
 
 async def test_a_tap_sees_what_reaches_this_process_and_fan_out_local_stays_here(
