@@ -168,6 +168,19 @@ class _SlotScript(AsyncScript):
             return await self.registered_client.eval(body, len(named), *named, *values)
 
 
+async def by_master(cluster: RedisCluster, keys: Sequence[str]) -> dict[ClusterNode | None, list[int]]:
+    """The indices of ``keys`` by the master serving each, from the client's slot map (loaded
+    first if it has none); ``None`` holds those it can't place (no slot map, no master)."""
+    groups: dict[ClusterNode | None, list[int]] = {}
+    try:
+        await cluster.initialize()  # a no-op but when the client has no slot map
+        for index, key in enumerate(keys):
+            groups.setdefault(cluster.get_node_from_key(key), []).append(index)
+    except Exception:  # noqa: BLE001  (no slot map: the caller sends each alone, which reports)
+        return {None: list(range(len(keys)))}
+    return groups
+
+
 async def on_node(cluster: RedisCluster, node: ClusterNode, commands: Sequence[PipelineCommand]) -> None:
     """``node.execute_pipeline(commands)`` (one connection, the replies in each command's
     ``result``), in its turn at ``node`` when ``cluster`` is one of ``cluster_client``'s."""

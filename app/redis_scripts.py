@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -30,7 +29,7 @@ from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from app.redis_clients import on_node
+from app.redis_clients import by_master, on_node
 
 # A call of ``scripts_by_node``: the script's keys (all in one slot) and its arguments.
 Call = tuple[Sequence[Any], Sequence[Any]]
@@ -63,15 +62,8 @@ async def scripts_by_node(cluster: RedisCluster, script: AsyncScript, calls: Seq
     """``script`` once per call, the calls of each master in one pipeline: each call's reply,
     in order, or the exception it failed with."""
     replies: list[Any] = [None] * len(calls)
-    by_node: dict[ClusterNode, list[int]] = defaultdict(list)
-    alone: list[int] = []
-    try:
-        await cluster.initialize()  # a no-op but when the client has no slot map
-        for index, (keys, _) in enumerate(calls):
-            node = cluster.get_node_from_key(keys[0])
-            (alone if node is None else by_node[node]).append(index)
-    except Exception:  # noqa: BLE001  (no slot map: each goes alone, and fails alone)
-        by_node, alone = defaultdict(list), list(range(len(calls)))
+    by_node = await by_master(cluster, [keys[0] for keys, _ in calls])
+    alone = by_node.pop(None, [])  # placed nowhere: each goes alone, and fails alone
 
     async def on(node: ClusterNode, indices: list[int]) -> None:
         commands = [PipelineCommand(n, "EVALSHA", script.sha, len(calls[i][0]), *calls[i][0], *calls[i][1])
@@ -87,7 +79,7 @@ async def scripts_by_node(cluster: RedisCluster, script: AsyncScript, calls: Seq
             else:
                 replies[i] = command.result
 
-    await asyncio.gather(*(on(node, indices) for node, indices in by_node.items()))
+    await asyncio.gather(*(on(node, indices) for node, indices in by_node.items() if node is not None))
     answers = await asyncio.gather(*(script(keys=calls[i][0], args=calls[i][1]) for i in alone),
                                    return_exceptions=True)
     for i, answer in zip(alone, answers, strict=True):

@@ -15,13 +15,12 @@ carry a dedupe key, so sending one again never stores it twice.
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 
 from app.history import replication
-from app.redis_clients import on_node
+from app.redis_clients import by_master, on_node
 
 Pending = tuple[str, replication.Command, "asyncio.Future[Any]"]
 
@@ -52,14 +51,9 @@ class SlotBatches:
         task.add_done_callback(self._tasks.discard)
 
     async def _send(self, batch: list[Pending]) -> None:
-        by_node: dict[ClusterNode | None, list[Pending]] = defaultdict(list)
-        try:
-            await self._cluster.initialize()
-            for pending in batch:
-                by_node[self._cluster.get_node_from_key(pending[0])].append(pending)
-        except Exception:  # noqa: BLE001  (no slot map: each goes the slow way, which reports)
-            by_node = {None: batch}
-        await asyncio.gather(*(self._on_node(node, pendings) for node, pendings in by_node.items()))
+        by_node = await by_master(self._cluster, [key for key, _, _ in batch])
+        await asyncio.gather(*(self._on_node(node, [batch[i] for i in indices])
+                               for node, indices in by_node.items()))
 
     async def _on_node(self, node: ClusterNode | None, pendings: list[Pending]) -> None:
         retry = pendings
