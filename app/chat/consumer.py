@@ -33,6 +33,7 @@ from app.config import CONFIG
 from app.history import HistoryUnavailable, Replay, RoomState
 from app.history.lineage import diverged, tag_at
 from app.history.pages import PAGE_FRAMES, fill_pages, fitting, read_page
+from app.layers.api import Write
 from app.presence import Snapshot
 from app.protocol import (
     ConnectParams,
@@ -401,7 +402,7 @@ class ChatConsumer(SerialConsumer):
         if event["last_id"] > self.last_id:
             await self._fill_gap(event["last_id"] + 1)
 
-    def deliver_now(self, message: dict[str, Any]) -> bool:
+    def deliver_now(self, message: dict[str, Any]) -> bool | Write:
         """The fan-out's fast path: the next message in order, to an idle, writable socket."""
         if not self.live or self.closing or self._turn.locked():
             return False
@@ -416,13 +417,15 @@ class ChatConsumer(SerialConsumer):
             return message_id < self.last_id or message.get("ts", self.last_ts) == self.last_ts
         # A message whose predecessor is not what this member was shown last (or unknown to
         # it) takes the ordered path too, which decides (app/history/lineage.py).
-        if (message_id != self.last_id + 1 or message.get("prev", self.last_ts) != self.last_ts
-                or not self.send_now(message["frame"])):
-            return False  # a gap to fill, or a socket that would block: the ordered path
+        if message_id != self.last_id + 1 or message.get("prev", self.last_ts) != self.last_ts:
+            return False  # a gap to fill: the ordered path
+        taken = self.send_shared(message["frame"])
+        if not taken:
+            return False  # a socket that would block: the ordered path
         self.last_id = message_id
         self.last_ts = message.get("ts")
         metrics.TALLY.deliveries += 1
-        return True
+        return taken
 
     async def _fill_gap(self, upto: int) -> bool:
         """Send the messages between ``last_id`` and ``upto`` from history. False when history
@@ -625,8 +628,8 @@ class ChatConsumer(SerialConsumer):
             self.presence_version = event["version"]
             await self._send_text(event["frame"])
 
-    def _presence_now(self, message: dict[str, Any]) -> bool:
+    def _presence_now(self, message: dict[str, Any]) -> bool | Write:
         """``deliver_now`` for presence events: written at once to a writable socket."""
         if message.get("type") != "presence.event":
             return False  # a repair takes the ordered path
-        return message.get("skip") == self.user or self.send_now(message["frame"])
+        return message.get("skip") == self.user or self.send_shared(message["frame"])

@@ -24,7 +24,7 @@ from channels.layers import get_channel_layer
 
 from app.chat import hangup, wire
 from app.chat.ratelimit import ARRIVED
-from app.layers.api import DirectDelivery
+from app.layers.api import DirectDelivery, Write
 
 Source = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -94,10 +94,20 @@ class SerialConsumer(AsyncWebsocketConsumer):
                 direct.forget(self.channel_name)
             await self.finish()
 
-    def deliver_now(self, message: dict[str, Any]) -> bool:
-        """Hook for the layer's fan-out: take ``message`` synchronously, or return False
-        to have it queued for the channel-layer loop as usual."""
+    def deliver_now(self, message: dict[str, Any]) -> bool | Write:
+        """Hook for the layer's fan-out: take ``message`` synchronously (True, or the write
+        to make: ``send_shared``), or return False to have it queued for the channel-layer
+        loop as usual."""
         return False
+
+    def send_shared(self, text: str) -> bool | Write:
+        """``send_now`` for a fan-out's frame (``shared``): on uvicorn's websockets-sansio
+        protocol, when the socket can take it, the write to make, which the fan-out makes
+        back to back with its other members' (app/layers/fanout.py)."""
+        raw = self._raw
+        if raw is not None and wire.can_write(raw):
+            return raw.transport, wire.PREPARED(text)
+        return self.send_now(text)
 
     def send_now(self, text: str, shared: bool = True) -> bool:
         """Send a text frame without suspending, if the server can take it now.

@@ -13,8 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 Message = dict[str, Any]
-# Takes a group message synchronously (True), or declines so it is queued (False).
-Direct = Callable[[Message], bool]
+# A socket write a receiver hands its fan-out: (the transport, the bytes to write).
+Write = tuple[Any, bytes]
+# Takes a group message synchronously: True (handled), or the write to make, which the
+# fan-out makes with its other members' once all are decided (app/layers/fanout.py); or
+# declines so it is queued (False).
+Direct = Callable[[Message], "bool | Write"]
 # Sees a group message before the members here get it; must not mutate it.
 Tap = Callable[[Message], None]
 # Told after a fan-out which members here could not take the message (their mailbox full).

@@ -332,12 +332,17 @@ class Presence:
         changes = [RoomChange(room, hold=tuple(self.local.users(room)) if room in held else ())
                    for room in rooms]
         if changes:
+            # Who was yet to be through a step when the tick began: a join batch that holds
+            # them too may answer first and clear them from ``_entering``, though the store ran
+            # the tick's step first (so it is the tick that "joined" them).
+            entering = {(change.room, user) for change in changes for user in change.hold
+                        if (change.room, user) in self._entering}
             stepped, failed = await self._step_store(changes)
             self._unheld.update(change.room for change, _ in failed if change.hold)
             for change, state in stepped:
-                # Whoever a step of the tick "joined" had a socket here all along.
+                # Whoever else a step of the tick "joined" had a socket here all along.
                 self._rejoined.update((change.room, user) for user in state.joined
-                                      if (change.room, user) not in self._entering)
+                                      if (change.room, user) not in entering)
             self._entered(change for change, _ in stepped if change.hold)
             if failed:
                 _tick_failures.warning("tick", "presence step failed in %d of %d rooms of a tick (again next "
