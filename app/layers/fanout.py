@@ -97,4 +97,6 @@ def write_all(writes: list[Write]) -> None:
         try:
             transport.write(data)
         except Exception:  # one socket's failure must not cost the others their frame
+            # Its member counts the frame as sent: only a transport closed since its
+            # member was decided fails here, and its client resumes from history.
             logger.exception("a fan-out's write failed")
