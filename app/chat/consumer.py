@@ -503,7 +503,7 @@ class ChatConsumer(SerialConsumer):
         try:
             # Written at once when the socket can take it (the ready, presence and ack
             # frames, a resume's replay), as a fan-out writes; else the ordered ASGI send.
-            if self.closing or not self.send_now(text, shared=False):
+            if self.closing or not self.send_now(text):
                 await self.send_event({"type": "websocket.send", "text": text})
         except UnicodeEncodeError:
             # Frames are built encodable (app.protocol); this guard means no record, however

@@ -101,28 +101,33 @@ class SerialConsumer(AsyncWebsocketConsumer):
         return False
 
     def send_shared(self, text: str) -> bool | Write:
-        """``send_now`` for a fan-out's frame (``shared``): on uvicorn's websockets-sansio
-        protocol, when the socket can take it, the write to make, which the fan-out makes
-        back to back with its other members' (app/layers/fanout.py)."""
+        """``send_now`` for a fan-out's frame: on uvicorn's websockets-sansio protocol, when
+        the socket can take it, the write to make, its bytes built once per text
+        (app.chat.wire), which the fan-out makes back to back with its other members'
+        (app/layers/fanout.py); elsewhere uvicorn's own send, as ``send_now``."""
         raw = self._raw
         if raw is not None and wire.can_write(raw):
             return raw.transport, wire.PREPARED(text)
-        return self.send_now(text)
+        return self._send_by_asgi(text)
 
-    def send_now(self, text: str, shared: bool = True) -> bool:
+    def send_now(self, text: str) -> bool:
         """Send a text frame without suspending, if the server can take it now.
 
         True when the frame was written (or the socket is already gone, so there is nobody
         to deliver to); False when the send would have to wait, or when the server does not
         expose its write-readiness (only uvicorn's WebSocket protocols do): queue it then.
-        On uvicorn's websockets-sansio protocol the frame's bytes are written straight to the
-        transport: built once per text when it is ``shared`` (a fan-out's, app.chat.wire),
-        else built for this socket alone; elsewhere uvicorn's own send runs.
+        On uvicorn's websockets-sansio protocol the frame's bytes, built for this socket,
+        are written straight to the transport; elsewhere uvicorn's own send runs.
         """
         raw = self._raw
         if raw is not None and wire.can_write(raw):
-            raw.transport.write(wire.PREPARED(text) if shared else wire.text_frame(text))
+            raw.transport.write(wire.text_frame(text))
             return True
+        return self._send_by_asgi(text)
+
+    def _send_by_asgi(self, text: str) -> bool:
+        """``send_now`` through uvicorn's ASGI send, stepped once: when it would suspend,
+        nothing was written (False)."""
         protocol = getattr(self.base_send, "__self__", None)
         writable = getattr(protocol, "writable", None)
         if not isinstance(writable, asyncio.Event) or not writable.is_set():
