@@ -9,6 +9,7 @@ from typing import Any
 
 from app import metrics
 from app.history import Appended, History
+from app.layers.api import GroupOrder
 from app.presence import Presence
 from app.protocol import FrameTemplate
 from app.rooms import group_name
@@ -16,6 +17,19 @@ from app.rooms import group_name
 logger = logging.getLogger("parley")
 
 READINESS_GROUP = "parley.readiness"
+# How long a message published before the one ahead of it in its room waits for it, before
+# members are left to fill the hole from history (app/layers/sequencer.py). Two appends'
+# answers, or two processes' publishes, come out of order by well under a millisecond; a
+# hole pub/sub really lost (an outage) costs its members this much more delay.
+ORDER_HOLD = 0.05
+
+
+def position(event: dict[str, Any]) -> tuple[str, int] | None:
+    """A ``chat.message`` event's place in its room: its epoch and id (``post`` sets both)."""
+    epoch, message_id = event.get("epoch"), event.get("id")
+    if isinstance(epoch, str) and type(message_id) is int:
+        return epoch, message_id
+    return None
 
 @dataclass
 class ChatServices:
@@ -27,6 +41,13 @@ class ChatServices:
     flush_layer_on_close: bool = False
     # Who is here and who is typing (None with CHAT_PRESENCE=false).
     presence: Presence | None = None
+
+    def order_broadcasts(self) -> None:
+        """On the serving event loop: have the layer hand each room's messages to the members
+        here in id order, when it can (``GroupOrder``), so that two published out of it do
+        not send every member to history for the first."""
+        if isinstance(self.layer, GroupOrder):
+            self.layer.order("chat.message", position, ORDER_HOLD)
 
     async def check(self, timeout: float) -> None:
         """One channel-layer round trip and a history ping; raise if either fails."""

@@ -1,14 +1,15 @@
 """What Parley's channel layers offer beyond Channels' layer contract.
 
-Parley's layers (``local``, ``pubsub`` and ``cluster``) implement ``DirectDelivery`` and
-``GroupTap``; a consumer uses the first when its layer does and the plain Channels API
-otherwise, and presence repairs lost announcements only on a layer with the second
-(channels-redis's core layer, kept for comparison, has neither).
+Parley's layers (``local``, ``pubsub`` and ``cluster``) implement ``DirectDelivery``,
+``GroupTap`` and ``GroupOrder``; a consumer uses the first when its layer does and the plain
+Channels API otherwise, presence repairs lost announcements only on a layer with the second,
+and chat has its messages handed on in id order by the third (channels-redis's core layer,
+kept for comparison, has none of them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -24,6 +25,8 @@ Tap = Callable[[Message], None]
 # Told after a fan-out which members here could not take the message (their mailbox full).
 Missed = Callable[[Message, list[str]], None]
 Receive = Callable[[str], Awaitable[Message]]
+# A group message's place in its group's sequence: (era, number); None for one outside it.
+Position = Callable[[Message], "tuple[Hashable, int] | None"]
 
 
 @runtime_checkable
@@ -69,3 +72,13 @@ class GroupTap(Protocol):
     def fan_out_local(self, group: str, message: Message) -> None:
         """Deliver ``message`` to the running loop's members of ``group`` only (directly where
         they take it, else queued): nothing is published, no other process gets it."""
+
+
+@runtime_checkable
+class GroupOrder(Protocol):
+    """A layer that hands a group's messages of one type to its members here in the order of
+    their numbers: one that arrives before its turn waits for those before it, at most
+    ``hold`` seconds (app/layers/sequencer.py)."""
+
+    def order(self, kind: str, position: Position, hold: float) -> None:
+        """Put messages of type ``kind`` in ``position`` order, on the running event loop."""

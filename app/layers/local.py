@@ -19,7 +19,7 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
-from app.layers.api import Direct, Message, Missed, Receive, Tap, Watch
+from app.layers.api import Direct, Message, Missed, Position, Receive, Tap, Watch
 from app.layers.inboxes import Inboxes
 from app.layers.mailbox import Mailbox
 
@@ -86,6 +86,13 @@ class LocalChannelLayer(BaseChannelLayer):
     def fan_out_local(self, group: str, message: Message) -> None:
         """``group_send`` without its checks: this layer has no other process to reach."""
         self.inboxes.fan_out(group, message)
+
+    # GroupOrder (app.layers.api): a group_send here reaches the members before it returns,
+    # so messages come in the order they were sent, and one is held only if sent out of it.
+
+    def order(self, kind: str, position: Position, hold: float) -> None:
+        """Hand group messages of type ``kind`` on in ``position`` order."""
+        self.inboxes.order(kind, position, hold)
 
     # Channels' layer API
 

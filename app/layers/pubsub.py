@@ -28,7 +28,7 @@ from typing import Any
 
 from channels.exceptions import ChannelFull
 
-from app.layers.api import Direct, Message, Missed, Receive, Tap, Watch
+from app.layers.api import Direct, Message, Missed, Position, Receive, Tap, Watch
 from app.layers.inboxes import Inboxes
 from app.layers.redis_internals import LayerProxy, Shard, consistent_hash, decode_hosts
 
@@ -264,3 +264,9 @@ class PubSubLayer(LayerProxy):
     def fan_out_local(self, group: str, message: Message) -> None:
         """Deliver ``message`` to this loop's members of ``group`` only."""
         self._loop_layer().fan_out_local(group, message)
+
+    # GroupOrder (app.layers.api)
+
+    def order(self, kind: str, position: Position, hold: float) -> None:
+        """Hand group messages of type ``kind`` this loop receives on in ``position`` order."""
+        self._loop_layer().inboxes.order(kind, position, hold)

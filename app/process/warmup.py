@@ -99,6 +99,7 @@ async def warm_up(
     wired = await asyncio.to_thread(wiring.load, config)
     on_loaded(wired)
     chat = wired.chat
+    chat.order_broadcasts()  # per event loop: this one, not the loader's thread
     await until_answering(chat, lifecycle)
     if lifecycle.draining:
         return

@@ -7,7 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
+from app.chat.services import ChatServices
 from app.history.redis import RedisHistory
+from app.layers.pubsub import PubSubLayer
 from app.protocol import message_template
 from tests.support import Client
 from tools.procs import AppServer, RedisServer
@@ -159,3 +161,39 @@ async def test_redis_down_sends_get_unavailable_and_chat_recovers(make_app: Call
         assert [m["message"] for m in await fresh.messages(2)] == ["kept", "while down"]
     finally:
         redis.cleanup()
+
+
+class Kept:
+    """A channel layer that keeps what it is asked to send, to be published later."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict]] = []
+
+    async def group_send(self, group: str, event: dict) -> None:
+        self.sent.append((group, event))
+
+
+async def test_a_broadcast_that_overtakes_the_one_before_it_waits_for_it(
+    make_app: Callable[..., AppServer], redis_server: RedisServer
+) -> None:
+    server = make_app(env={"REDIS_URL": redis_server.url})
+    sender = await Client.connect(server.ws_url("lobby"))
+    member = await Client.connect(server.ws_url("lobby"))
+    await sender.post("one")
+    # Two messages recorded as another process would, their broadcasts published in the
+    # other order (two appends answered out of order): what two senders at once look like.
+    kept = Kept()
+    history = RedisHistory((redis_server.url,), max_len=100, ttl=3600, dedupe_ttl=600)
+    posting = ChatServices(layer=kept, history=history)
+    for text in ("two", "three"):
+        await posting.post("lobby", message_template("lobby", text, 0, "x"), None)
+    await history.close()
+    layer = PubSubLayer(hosts=[redis_server.url], prefix="parley")
+    try:
+        await asyncio.gather(*(layer.group_send(group, event) for group, event in reversed(kept.sent)))
+    finally:
+        await layer.flush()
+    got = await member.messages(3)
+    assert [(m["id"], m["message"]) for m in got] == [(1, "one"), (2, "two"), (3, "three")]
+    # In order from the live stream: no member read history for "two".
+    assert "chat_gaps_filled_total 0.0" in server.get("/metrics")[1].decode()

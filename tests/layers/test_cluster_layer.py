@@ -12,8 +12,9 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from app.chat.services import position
 from app.layers import cluster as cluster_layer
-from app.layers.api import DirectDelivery, GroupTap
+from app.layers.api import DirectDelivery, GroupOrder, GroupTap
 from app.layers.cluster import ClusterLayer, shard_channel
 from app.redis_url import parse_redis_url
 from tests.support import wait_until
@@ -95,6 +96,23 @@ async def test_group_messages_cross_processes_decoded_once_for_local_members(
     assert got == [{"type": "chat.message", "id": 7}] * 3
     assert got[0] is got[1] is got[2]  # one decode, one object for every local member
     assert await asyncio.wait_for(two.receive(there), 5) == {"type": "chat.message", "id": 7}
+
+
+async def test_a_message_published_before_the_one_ahead_of_it_waits_for_it(
+    layers: tuple[ClusterLayer, ClusterLayer],
+) -> None:
+    one, two = layers
+    assert isinstance(one, GroupOrder)
+    one.order("chat.message", position, 60.0)  # only its predecessor can let one go in time
+    here, there = await one.new_channel(), await two.new_channel()
+    await one.group_add("chat.ordered", here)
+    await two.group_add("chat.ordered", there)
+    for n in (5, 7, 6):
+        await two.group_send("chat.ordered", {"type": "chat.message", "epoch": "e", "id": n})
+    assert [(await asyncio.wait_for(one.receive(here), 5))["id"] for _ in range(3)] == [5, 6, 7]
+    assert [(await asyncio.wait_for(two.receive(there), 5))["id"] for _ in range(3)] == [5, 7, 6]
+    await one.group_discard("chat.ordered", here)  # the group's line ends with its last member
+    assert "chat.ordered" not in one._get_layer().sequencers["chat.message"].lines
 
 
 async def test_group_add_returns_once_the_shard_has_the_subscription(

@@ -60,6 +60,28 @@ def test_fan_out_reaches_members_without_a_mailbox() -> None:
     assert state.backlog("a") == 1 and state.backlog("b") == 1
 
 
+async def test_an_ordered_type_waits_its_turn_and_a_group_that_ends_forgets_its_place() -> None:
+    state = inboxes(group_expiry=100)
+    state.order("chat.message", lambda m: ("e", m["n"]) if "n" in m else None, 60.0)
+    for group in ("g", "h"):
+        state.join(group, "a")
+    for n in (1, 3):
+        state.fan_out("g", {"type": "chat.message", "n": n})
+    state.fan_out("g", {"type": "presence.event"})  # another type: never waits
+    assert [m.get("n") for m in state.channels["a"]._items or []] == [1, None]
+    state.fan_out("g", {"type": "chat.message", "n": 2})
+    assert [m.get("n") for m in state.channels["a"]._items or []] == [1, None, 2, 3]
+    lines = state.sequencers["chat.message"].lines
+    state.fan_out("h", {"type": "chat.message", "n": 9})
+    state.fan_out("h", {"type": "chat.message", "n": 11})
+    timer = lines["h"].timer
+    assert timer is not None
+    joined = state.groups["g"]["a"]
+    state.leave("h", "a")
+    assert "h" not in lines and timer.cancelled()
+    assert state.sweep(joined + 120) == ["g"] and not lines  # lapsed: its line ends too
+
+
 def test_sweep_ends_lapsed_memberships_and_reports_emptied_groups() -> None:
     state = inboxes(group_expiry=100)
     state.join("old", "a")

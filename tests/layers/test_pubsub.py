@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from app.chat.services import position
+from app.layers.api import GroupOrder
 from app.layers.pubsub import PubSubLayer
 from app.redis_options import DRIVER, RETRY
 from tests.support import subscribers_reach
@@ -40,6 +42,23 @@ async def test_group_messages_cross_processes_and_reach_every_local_member(layer
     got = [await asyncio.wait_for(one.receive(c), 5) for c in here]
     assert got == [{"type": "chat.message", "id": 7}] * 3
     assert await asyncio.wait_for(two.receive(there), 5) == {"type": "chat.message", "id": 7}
+
+
+async def test_a_message_published_before_the_one_ahead_of_it_waits_for_it(layers: tuple) -> None:
+    one, two = layers
+    assert isinstance(one, GroupOrder)
+    one.order("chat.message", position, 60.0)  # only its predecessor can let one go in time
+    here, there = await one.new_channel(), await two.new_channel()
+    await one.group_add("room", here)
+    await two.group_add("room", there)
+    await subscribers_reach(redis_url(one), f"{one.loop_layer().prefix}__group__room", 2)
+    for n in (5, 7, 6):  # two appends answered out of order, say
+        await two.group_send("room", {"type": "chat.message", "epoch": "e", "id": n})
+    assert [(await asyncio.wait_for(one.receive(here), 5))["id"] for _ in range(3)] == [5, 6, 7]
+    # As published where nothing asked for an order: Redis did deliver them out of it.
+    assert [(await asyncio.wait_for(two.receive(there), 5))["id"] for _ in range(3)] == [5, 7, 6]
+    await one.group_discard("room", here)  # the group's line ends with its last member
+    assert not one.loop_layer().inboxes.sequencers["chat.message"].lines
 
 
 async def test_consumer_channels_are_local_no_redis_subscription(layers: tuple) -> None:
