@@ -104,13 +104,18 @@ async def test_concurrent_senders_on_two_instances_agree_on_one_order(
     assert all(sequence == sequences[0] for sequence in sequences)
 
 
-async def test_a_lost_broadcast_is_filled_from_history(
-    make_app: Callable[..., AppServer], redis_server: RedisServer
-) -> None:
-    server = make_app(env={"REDIS_URL": redis_server.url})
+async def lobby_after_one(server: AppServer) -> tuple[AppServer, Client, Client]:
+    """``server``, a sender and a member in its lobby, once the sender's "one" (id 1) is acked."""
     sender = await Client.connect(server.ws_url("lobby"))
     member = await Client.connect(server.ws_url("lobby"))
     await sender.post("one")
+    return server, sender, member
+
+
+async def test_a_lost_broadcast_is_filled_from_history(
+    make_app: Callable[..., AppServer], redis_server: RedisServer
+) -> None:
+    server, sender, member = await lobby_after_one(make_app(env={"REDIS_URL": redis_server.url}))
     # Record message 2 durably but never broadcast it: what a lost pub/sub message looks like.
     history = RedisHistory((redis_server.url,), max_len=100, ttl=3600, dedupe_ttl=600)
     await history.append("lobby", message_template("lobby", "two", 0, "x"), None)
@@ -176,10 +181,7 @@ class Kept:
 async def test_a_broadcast_that_overtakes_the_one_before_it_waits_for_it(
     make_app: Callable[..., AppServer], redis_server: RedisServer
 ) -> None:
-    server = make_app(env={"REDIS_URL": redis_server.url})
-    sender = await Client.connect(server.ws_url("lobby"))
-    member = await Client.connect(server.ws_url("lobby"))
-    await sender.post("one")
+    server, _, member = await lobby_after_one(make_app(env={"REDIS_URL": redis_server.url}))
     # Two messages recorded as another process would, their broadcasts published in the
     # other order (two appends answered out of order): what two senders at once look like.
     kept = Kept()

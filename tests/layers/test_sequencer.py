@@ -38,9 +38,13 @@ def msg(n: int, era: str = "e1") -> dict[str, Any]:
     return {"type": "chat.message", "n": n, "era": era}
 
 
-async def test_messages_in_order_pass_at_once() -> None:
+def recorded(hold: float = LONG) -> tuple[Recorder, Sequencer]:
     out = Recorder()
-    order = Sequencer(position, LONG, out)
+    return out, Sequencer(position, hold, out)
+
+
+async def test_messages_in_order_pass_at_once() -> None:
+    out, order = recorded()
     for n in (4, 5, 6):
         order.offer("room", msg(n))
     assert out.got == [("room", 4), ("room", 5), ("room", 6)]
@@ -48,8 +52,7 @@ async def test_messages_in_order_pass_at_once() -> None:
 
 
 async def test_an_early_message_waits_for_the_one_before_it() -> None:
-    out = Recorder()
-    order = Sequencer(position, LONG, out)
+    out, order = recorded()
     order.offer("room", msg(1))
     order.offer("room", msg(3))
     order.offer("room", msg(4))
@@ -60,8 +63,7 @@ async def test_an_early_message_waits_for_the_one_before_it() -> None:
 
 
 async def test_groups_wait_apart() -> None:
-    out = Recorder()
-    order = Sequencer(position, LONG, out)
+    out, order = recorded()
     order.offer("a", msg(1))
     order.offer("b", msg(7))
     order.offer("a", msg(3))
@@ -72,8 +74,7 @@ async def test_groups_wait_apart() -> None:
 
 
 async def test_a_hole_that_does_not_fill_is_given_up_after_the_hold() -> None:
-    out = Recorder()
-    order = Sequencer(position, 0.01, out)
+    out, order = recorded(0.01)
     order.offer("room", msg(1))
     order.offer("room", msg(4))
     order.offer("room", msg(3))
@@ -87,8 +88,7 @@ async def test_a_hole_that_does_not_fill_is_given_up_after_the_hold() -> None:
 
 
 async def test_messages_without_a_position_never_wait() -> None:
-    out = Recorder()
-    order = Sequencer(position, LONG, out)
+    out, order = recorded()
     order.offer("room", msg(1))
     order.offer("room", msg(3))
     order.offer("room", {"type": "presence.event", "name": "join"})
@@ -96,8 +96,7 @@ async def test_messages_without_a_position_never_wait() -> None:
 
 
 async def test_duplicates_and_numbers_already_held_pass_at_once() -> None:
-    out = Recorder()
-    order = Sequencer(position, LONG, out)
+    out, order = recorded()
     order.offer("room", msg(5))
     order.offer("room", msg(5))  # published twice: the members' id check drops it
     order.offer("room", msg(7))
@@ -108,8 +107,7 @@ async def test_duplicates_and_numbers_already_held_pass_at_once() -> None:
 
 
 async def test_a_new_era_lets_the_held_ones_go_first_and_starts_over() -> None:
-    out = Recorder()
-    order = Sequencer(position, LONG, out)
+    out, order = recorded()
     order.offer("room", msg(10))
     order.offer("room", msg(13))
     order.offer("room", msg(12))
@@ -121,8 +119,7 @@ async def test_a_new_era_lets_the_held_ones_go_first_and_starts_over() -> None:
 
 
 async def test_a_forgotten_group_starts_a_new_line() -> None:
-    out = Recorder()
-    order = Sequencer(position, LONG, out)
+    out, order = recorded()
     order.offer("room", msg(1))
     order.offer("room", msg(3))
     timer = order.lines["room"].timer
@@ -135,8 +132,7 @@ async def test_a_forgotten_group_starts_a_new_line() -> None:
 
 async def test_the_held_messages_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sequencer_module, "MAX_HELD", 3)
-    out = Recorder()
-    order = Sequencer(position, LONG, out)
+    out, order = recorded()
     order.offer("room", msg(1))
     for n in (3, 4, 5):
         order.offer("room", msg(n))
