@@ -31,6 +31,7 @@ def position(event: dict[str, Any]) -> tuple[str, int] | None:
         return epoch, message_id
     return None
 
+
 @dataclass
 class ChatServices:
     """The channel layer and history, shared by every connection and the HTTP API."""
