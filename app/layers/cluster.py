@@ -43,7 +43,7 @@ from app.layers.api import Direct, Missed, Position, Receive, Tap, Watch
 from app.layers.fanout import fan_out
 from app.layers.mailbox import Mailbox
 from app.layers.publisher import ShardPublisher
-from app.layers.sequencer import Sequencer
+from app.layers.sequencer import Orders
 from app.redis_clients import cluster_client
 from app.rooms import room_of_group
 
@@ -187,7 +187,7 @@ class _LoopLayer:
         self.channels: dict[str, Mailbox] = {}
         self.direct: dict[str, Direct] = {}
         self.taps: dict[str, Watch] = {}  # message type -> hook (GroupTap)
-        self.sequencers: dict[str, Sequencer] = {}  # message type -> its order (GroupOrder)
+        self.orders = Orders(self.fan_out_local)  # message types handed on in order (GroupOrder)
         self.groups: dict[str, set[str]] = {}
         self.group_of: dict[bytes, str] = {}  # sharded channel -> group
         self.subscribed: dict[str, asyncio.Future[None]] = {}  # group -> SSUBSCRIBE confirmed
@@ -307,8 +307,7 @@ class _LoopLayer:
     def _drop_group(self, group: str) -> str:
         """Forget ``group``, whose last member here left; its sharded channel."""
         del self.groups[group]
-        for sequencer in self.sequencers.values():
-            sequencer.forget(group)
+        self.orders.forget(group)
         self.subscribed.pop(group, None)
         self.dropped.discard(group)
         name = shard_channel(self.prefix, group)
@@ -476,12 +475,7 @@ class _LoopLayer:
         members = self.groups.get(group)
         if not members:
             return
-        event = msgpack.unpackb(message["data"])  # decoded once, for all
-        sequencer = self.sequencers.get(event.get("type", "")) if self.sequencers else None
-        if sequencer is not None:
-            sequencer.offer(group, event)
-        else:
-            self.fan_out_local(group, event)
+        self.orders.offer(group, msgpack.unpackb(message["data"]))  # decoded once, for all
 
     def fan_out_local(self, group: str, message: dict[str, Any]) -> None:
         """Deliver ``message`` to this loop's members of ``group`` (after its tap, if any)."""
@@ -512,8 +506,7 @@ class _LoopLayer:
             await self._subscribe(group)
 
     async def close(self) -> None:
-        for sequencer in self.sequencers.values():
-            sequencer.clear()
+        self.orders.clear()
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -609,5 +602,4 @@ class ClusterLayer(BaseChannelLayer):
 
     def order(self, kind: str, position: Position, hold: float) -> None:
         """Hand group messages of type ``kind`` this loop receives on in ``position`` order."""
-        layer = self._get_layer()
-        layer.sequencers[kind] = Sequencer(position, hold, layer.fan_out_local)
+        self._get_layer().orders.order(kind, position, hold)

@@ -29,7 +29,7 @@ from time import monotonic
 from app.layers.api import Direct, Message, Position, Watch
 from app.layers.fanout import fan_out
 from app.layers.mailbox import Mailbox
-from app.layers.sequencer import Sequencer
+from app.layers.sequencer import Orders
 
 
 class Inboxes:
@@ -43,7 +43,7 @@ class Inboxes:
         self.groups: dict[str, dict[str, float]] = {}
         self.direct: dict[str, Direct] = {}
         self.taps: dict[str, Watch] = {}  # message type -> hook (GroupTap); kept by ``clear``
-        self.sequencers: dict[str, Sequencer] = {}  # message type -> its order (GroupOrder)
+        self.orders = Orders(self._fan_out_now)  # message types handed on in order (GroupOrder)
         self.capacity = capacity
         self.expiry = expiry
         self.group_expiry = group_expiry
@@ -101,22 +101,17 @@ class Inboxes:
 
     def _drop_group(self, group: str) -> None:
         del self.groups[group]
-        for sequencer in self.sequencers.values():
-            sequencer.forget(group)
+        self.orders.forget(group)
 
     def order(self, kind: str, position: Position, hold: float) -> None:
         """Hand group messages of type ``kind`` on in ``position`` order (GroupOrder)."""
-        self.sequencers[kind] = Sequencer(position, hold, self._fan_out_now)
+        self.orders.order(kind, position, hold)
 
     def fan_out(self, group: str, message: Message) -> None:
         """Deliver ``message`` to every local member of ``group`` (directly where it can),
         after the tap for its type, if any, has seen it; in order after the group's messages
         before it, for a type with an order (``order``)."""
-        sequencer = self.sequencers.get(message.get("type", "")) if self.sequencers else None
-        if sequencer is not None:
-            sequencer.offer(group, message)
-        else:
-            self._fan_out_now(group, message)
+        self.orders.offer(group, message)
 
     def _fan_out_now(self, group: str, message: Message) -> None:
         members = self.groups.get(group)
@@ -138,8 +133,7 @@ class Inboxes:
         self.channels.clear()
         self.groups.clear()
         self.direct.clear()
-        for sequencer in self.sequencers.values():
-            sequencer.clear()
+        self.orders.clear()
 
     def tidy(self) -> list[str]:
         """Run the expiry sweep if one is due; return the groups it left empty."""

@@ -114,3 +114,33 @@ class Sequencer:
     def clear(self) -> None:
         for group in list(self.lines):
             self.forget(group)
+
+
+class Orders:
+    """A layer's sequencers on one event loop, one per ordered message type (``GroupOrder``):
+    ``offer`` hands each group message to its type's, or straight to ``release``."""
+
+    def __init__(self, release: Release) -> None:
+        self.release = release
+        self.by_kind: dict[str, Sequencer] = {}
+
+    def order(self, kind: str, position: Position, hold: float) -> None:
+        """Messages of type ``kind`` wait their turn from now on (``Sequencer``)."""
+        self.by_kind[kind] = Sequencer(position, hold, self.release)
+
+    def offer(self, group: str, message: Message) -> None:
+        sequencer = self.by_kind.get(message.get("type", "")) if self.by_kind else None
+        if sequencer is None:
+            self.release(group, message)
+        else:
+            sequencer.offer(group, message)
+
+    def forget(self, group: str) -> None:
+        """``group``'s last member here left: every type's line for it ends."""
+        for sequencer in self.by_kind.values():
+            sequencer.forget(group)
+
+    def clear(self) -> None:
+        """The layer's state on this loop is let go: every line ends, its timer cancelled."""
+        for sequencer in self.by_kind.values():
+            sequencer.clear()

@@ -112,7 +112,7 @@ async def test_a_message_published_before_the_one_ahead_of_it_waits_for_it(
     assert [(await asyncio.wait_for(one.receive(here), 5))["id"] for _ in range(3)] == [5, 6, 7]
     assert [(await asyncio.wait_for(two.receive(there), 5))["id"] for _ in range(3)] == [5, 7, 6]
     await one.group_discard("chat.ordered", here)  # the group's line ends with its last member
-    assert "chat.ordered" not in one._get_layer().sequencers["chat.message"].lines
+    assert "chat.ordered" not in one._get_layer().orders.by_kind["chat.message"].lines
 
 
 async def test_group_add_returns_once_the_shard_has_the_subscription(

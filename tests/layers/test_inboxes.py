@@ -71,7 +71,7 @@ async def test_an_ordered_type_waits_its_turn_and_a_group_that_ends_forgets_its_
     assert [m.get("n") for m in state.channels["a"]._items or []] == [1, None]
     state.fan_out("g", {"type": "chat.message", "n": 2})
     assert [m.get("n") for m in state.channels["a"]._items or []] == [1, None, 2, 3]
-    lines = state.sequencers["chat.message"].lines
+    lines = state.orders.by_kind["chat.message"].lines
     state.fan_out("h", {"type": "chat.message", "n": 9})
     state.fan_out("h", {"type": "chat.message", "n": 11})
     timer = lines["h"].timer

@@ -58,7 +58,7 @@ async def test_a_message_published_before_the_one_ahead_of_it_waits_for_it(layer
     # As published where nothing asked for an order: Redis did deliver them out of it.
     assert [(await asyncio.wait_for(two.receive(there), 5))["id"] for _ in range(3)] == [5, 7, 6]
     await one.group_discard("room", here)  # the group's line ends with its last member
-    assert not one.loop_layer().inboxes.sequencers["chat.message"].lines
+    assert not one.loop_layer().inboxes.orders.by_kind["chat.message"].lines
 
 
 async def test_consumer_channels_are_local_no_redis_subscription(layers: tuple) -> None:
