@@ -130,6 +130,16 @@ async def subscribers_reach(url: str, channel: str, count: int, timeout: float =
         await client.aclose()
 
 
+async def published_out_of_order(ordered: Any, plain: Any, group: str, here: str, there: str) -> None:
+    """Publish ids 5, 7, 6 to ``group`` from ``plain``'s process (two appends answered out of
+    order, say): the member ``here`` on the ``ordered`` layer gets them in id order, the one
+    ``there`` on ``plain`` (nothing asked for an order) as Redis delivered them."""
+    for n in (5, 7, 6):
+        await plain.group_send(group, {"type": "chat.message", "epoch": "e", "id": n})
+    assert [(await asyncio.wait_for(ordered.receive(here), 5))["id"] for _ in range(3)] == [5, 6, 7]
+    assert [(await asyncio.wait_for(plain.receive(there), 5))["id"] for _ in range(3)] == [5, 7, 6]
+
+
 def run_python(code: str) -> subprocess.CompletedProcess[str]:
     """Run ``python -c code`` in a fresh interpreter from the repository root: for what a
     process imports (or leaves unimported), which this test process has long since loaded."""

@@ -17,7 +17,7 @@ from app.layers import cluster as cluster_layer
 from app.layers.api import DirectDelivery, GroupOrder, GroupTap
 from app.layers.cluster import ClusterLayer, shard_channel
 from app.redis_url import parse_redis_url
-from tests.support import wait_until
+from tests.support import published_out_of_order, wait_until
 from tools.cluster import RedisClusterServers
 
 
@@ -107,10 +107,7 @@ async def test_a_message_published_before_the_one_ahead_of_it_waits_for_it(
     here, there = await one.new_channel(), await two.new_channel()
     await one.group_add("chat.ordered", here)
     await two.group_add("chat.ordered", there)
-    for n in (5, 7, 6):
-        await two.group_send("chat.ordered", {"type": "chat.message", "epoch": "e", "id": n})
-    assert [(await asyncio.wait_for(one.receive(here), 5))["id"] for _ in range(3)] == [5, 6, 7]
-    assert [(await asyncio.wait_for(two.receive(there), 5))["id"] for _ in range(3)] == [5, 7, 6]
+    await published_out_of_order(one, two, "chat.ordered", here, there)
     await one.group_discard("chat.ordered", here)  # the group's line ends with its last member
     assert "chat.ordered" not in one._get_layer().orders.by_kind["chat.message"].lines
 

@@ -13,7 +13,7 @@ from app.chat.services import position
 from app.layers.api import GroupOrder
 from app.layers.pubsub import PubSubLayer
 from app.redis_options import DRIVER, RETRY
-from tests.support import subscribers_reach
+from tests.support import published_out_of_order, subscribers_reach
 from tools.net import wait_until
 from tools.procs import RedisServer
 
@@ -52,11 +52,7 @@ async def test_a_message_published_before_the_one_ahead_of_it_waits_for_it(layer
     await one.group_add("room", here)
     await two.group_add("room", there)
     await subscribers_reach(redis_url(one), f"{one.loop_layer().prefix}__group__room", 2)
-    for n in (5, 7, 6):  # two appends answered out of order, say
-        await two.group_send("room", {"type": "chat.message", "epoch": "e", "id": n})
-    assert [(await asyncio.wait_for(one.receive(here), 5))["id"] for _ in range(3)] == [5, 6, 7]
-    # As published where nothing asked for an order: Redis did deliver them out of it.
-    assert [(await asyncio.wait_for(two.receive(there), 5))["id"] for _ in range(3)] == [5, 7, 6]
+    await published_out_of_order(one, two, "room", here, there)
     await one.group_discard("room", here)  # the group's line ends with its last member
     assert not one.loop_layer().inboxes.orders.by_kind["chat.message"].lines
 
