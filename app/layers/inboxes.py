@@ -111,7 +111,11 @@ class Inboxes:
         """Deliver ``message`` to every local member of ``group`` (directly where it can),
         after the tap for its type, if any, has seen it; in order after the group's messages
         before it, for a type with an order (``order``)."""
-        self.orders.offer(group, message)
+        # A group with nobody here gets nothing, and keeps no line: its line would end only
+        # with a last member's leave, so one kept for a group only sent to (a backend posting
+        # to rooms nobody joined, on the local layer) was never let go.
+        if group in self.groups:
+            self.orders.offer(group, message)
 
     def _fan_out_now(self, group: str, message: Message) -> None:
         members = self.groups.get(group)

@@ -113,3 +113,14 @@ async def test_fan_out_local_reaches_the_members_of_this_layer() -> None:
     await layer.group_add("g", channel)
     layer.fan_out_local("g", {"type": "presence.repair", "n": 1})
     assert await layer.receive(channel) == {"type": "presence.repair", "n": 1}
+
+
+async def test_an_ordered_group_with_nobody_here_keeps_no_place() -> None:
+    """A backend posting to rooms nobody has joined (the HTTP API, embedded mode): nothing
+    reaches anyone, so nothing is held and no group's line is kept, for any number of rooms."""
+    layer = LocalChannelLayer()
+    layer.order("chat.message", lambda m: ("e", m["id"]), 60.0)
+    for room in range(100):
+        for n in (1, 3):  # 3 before 2: would be held, with a timer, for a line nobody reads
+            await layer.group_send(f"chat.r{room}", {"type": "chat.message", "id": n})
+    assert layer.inboxes.orders.by_kind["chat.message"].lines == {}
