@@ -41,9 +41,9 @@ from redis.typing import EncodableT
 
 from app.layers.api import Direct, Missed, Position, Receive, Tap, Watch
 from app.layers.fanout import fan_out
-from app.layers.mailbox import Mailbox
 from app.layers.publisher import ShardPublisher
 from app.layers.sequencer import Orders
+from app.mailbox import Mailbox
 from app.redis_clients import cluster_client
 from app.rooms import room_of_group
 

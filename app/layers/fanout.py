@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from app.layers.api import Direct, Tap, Watch, Write
-from app.layers.mailbox import Mailbox
+from app.mailbox import Mailbox
 
 logger = logging.getLogger("parley")
 

@@ -28,8 +28,8 @@ from time import monotonic
 
 from app.layers.api import Direct, Message, Position, Watch
 from app.layers.fanout import fan_out
-from app.layers.mailbox import Mailbox
 from app.layers.sequencer import Orders
+from app.mailbox import Mailbox
 
 
 class Inboxes:

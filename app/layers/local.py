@@ -21,7 +21,7 @@ from channels.layers import BaseChannelLayer
 
 from app.layers.api import Direct, Message, Missed, Position, Receive, Tap, Watch
 from app.layers.inboxes import Inboxes
-from app.layers.mailbox import Mailbox
+from app.mailbox import Mailbox
 
 
 class LocalChannelLayer(BaseChannelLayer):

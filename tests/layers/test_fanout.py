@@ -8,7 +8,7 @@ import pytest
 
 from app.layers.api import Direct, Write
 from app.layers.fanout import fan_out
-from app.layers.mailbox import Mailbox
+from app.mailbox import Mailbox
 
 pytestmark = pytest.mark.unit
 

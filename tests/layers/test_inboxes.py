@@ -8,7 +8,7 @@ from time import monotonic
 import pytest
 
 from app.layers.inboxes import Inboxes
-from app.layers.mailbox import Mailbox
+from app.mailbox import Mailbox
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.layers.mailbox import Mailbox
+from app.mailbox import Mailbox
 
 pytestmark = pytest.mark.unit
 
