@@ -519,17 +519,22 @@ class ChatConsumer(SerialConsumer):
     async def finish(self) -> None:
         """Leave the registry (and so the open gauge), the group and, if slow, the socket."""
         code = CLOSE_POLICY if self.slow else self.close_code
-        if REGISTRY.discard_if_present(self):
-            metrics.closed(code).inc()
-        if self.slow:
-            metrics.SLOW_CLIENTS.inc()
-            if not self.hang_up(CLOSE_POLICY, "slow", linger=CONFIG.send_timeout):
-                try:
-                    async with asyncio.timeout(CONFIG.send_timeout):
-                        await self.close(code=CLOSE_POLICY, reason="slow")
-                except TimeoutError:
-                    pass  # still not reading: the server closes the transport when we return
-        await self._leave()
+        try:
+            if REGISTRY.discard_if_present(self):
+                metrics.closed(code).inc()
+            if self.slow:
+                metrics.SLOW_CLIENTS.inc()
+                if not self.hang_up(CLOSE_POLICY, "slow", linger=CONFIG.send_timeout):
+                    try:
+                        async with asyncio.timeout(CONFIG.send_timeout):
+                            await self.close(code=CLOSE_POLICY, reason="slow")
+                    except TimeoutError:
+                        pass  # still not reading: the server closes the transport when we return
+        finally:
+            # Whatever the close did (a server other than uvicorn may raise on a socket
+            # already gone), the group and presence are left: the cluster layer has no
+            # expiry that would ever drop a member left behind.
+            await self._leave()
 
     # -- close ---------------------------------------------------------------------------
 
