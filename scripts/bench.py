@@ -15,6 +15,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,8 @@ PRESENCE_CPU_RATIO = 1.3
 # Per delivery "unchanged": within run-to-run noise.
 PRESENCE_DELIVERY_RATIO = 1.15
 NO_PRESENCE = "app/redis/1-room/no-presence"
+# The server figures a target's ratio is made of: medians over the legs' repeats.
+SERVER_FIGURES = ("cpu_ms_per_connection", "rss_kb_per_connection", "cpu_ms_per_delivery")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-n", "--connections", type=int, default=5000)
     parser.add_argument("-r", "--rooms", type=int, default=50)
     parser.add_argument("--runs", type=int, default=5, help="cold starts per target")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each leg a target's ratio is made of, in rounds (medians reported)")
     parser.add_argument("--no-traefik", action="store_true", help="skip the leg through Traefik")
     parser.add_argument("--capacity", type=int, default=19000,
                         help="sockets for the one-process capacity leg (0: skip it)")
@@ -63,10 +68,42 @@ def tool(script: str, args: list[str], work: Path, name: str) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
-def load(args: argparse.Namespace, work: Path, name: str, extra: list[str]) -> dict[str, Any]:
+def load(args: argparse.Namespace, work: Path, name: str, extra: list[str], run: int = 0) -> dict[str, Any]:
     """One loadtest leg at the bench's size, raw latencies kept for the chart."""
     return tool("loadtest", ["-n", str(args.connections), "-r", str(args.rooms), "--samples",
-                                "--label", name, *extra], work, name.replace("/", "-"))
+                                "--label", name, *extra], work, f"{name.replace('/', '-')}-{run}")
+
+
+def repeated(args: argparse.Namespace, work: Path,
+             specs: list[tuple[str, list[str]]]) -> list[dict[str, Any]]:
+    """Each of ``specs`` (label, loadtest options) ``args.repeat`` times, in rounds: every leg
+    once, then again, so a slow spell of the shared machine lands on all of them alike rather
+    than on one side of a ratio. One run each decided targets by noise: a presence-off leg
+    that came out low put presence over its 1.3x in one run and at 0.96x in the next."""
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in specs}
+    for round_ in range(max(args.repeat, 1)):
+        for label, extra in specs:
+            runs[label].append(load(args, work, label, extra, round_))
+    return [median_leg(runs[label]) for label, _ in specs]
+
+
+def median_leg(legs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One leg's runs as one: the run with the median CPU per connection (its latencies and
+    samples), with the medians of every run's server figures, each run's figures under
+    ``runs``, and every run's failures (one failed run fails the leg)."""
+    done = sorted((leg for leg in legs if "server" in leg and "connect" in leg),
+                  key=lambda leg: leg["server"]["cpu_ms_per_connection"] or 0)
+    if not done:
+        return legs[-1]
+    merged = {**done[(len(done) - 1) // 2]}
+    merged["server"] = {**merged["server"]}
+    for key in SERVER_FIGURES:
+        values = [leg["server"][key] for leg in done if leg["server"].get(key) is not None]
+        merged["server"][key] = round(statistics.median(values), 4) if values else None
+    merged["runs"] = [{key: leg.get("server", {}).get(key) for key in SERVER_FIGURES} for leg in legs]
+    merged["ok"] = all(leg.get("ok") for leg in legs)
+    merged["failures"] = [failure for leg in legs for failure in leg.get("failures", [])]
+    return merged
 
 
 def traefik_leg(args: argparse.Namespace, work: Path) -> dict[str, Any] | str:
@@ -106,19 +143,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "redis": tool("startup", ["-n", str(args.runs), "--redis"], work, "startup-redis"),
         }
         shutdown = tool("shutdown", ["-n", n, "-r", str(args.rooms)], work, "shutdown")
-        legs = [
-            load(args, work, "app/memory", []),
-            load(args, work, "app/redis", ["--redis"]),
-            load(args, work, "floor", ["--target", "floor"]),
+        # The legs the targets' ratios are made of, repeated (``repeated``).
+        ratios = repeated(args, work, [
+            ("app/memory", []),
+            ("app/redis", ["--redis"]),
+            ("floor", ["--target", "floor"]),
             # The same without presence: what the chat itself costs, as code without presence
             # (#13) measured it, so a change elsewhere is compared like for like.
-            load(args, work, "app/memory/no-presence", ["--app-env", "CHAT_PRESENCE=false"]),
-            load(args, work, "app/redis/no-presence", ["--redis", "--app-env", "CHAT_PRESENCE=false"]),
+            ("app/memory/no-presence", ["--app-env", "CHAT_PRESENCE=false"]),
+            ("app/redis/no-presence", ["--redis", "--app-env", "CHAT_PRESENCE=false"]),
+            # Presence's cost: N joins to one room with it and without it (as before presence).
+            ("app/redis/1-room", ["--redis", "-r", "1"]),
+            (NO_PRESENCE, ["--redis", "-r", "1", "--app-env", "CHAT_PRESENCE=false"]),
+        ])
+        legs = [
+            *ratios[:5],
             load(args, work, "app/memory/1-room", ["-r", "1"]),
             load(args, work, "floor/1-room", ["--target", "floor", "-r", "1"]),
-            # Presence's cost: N joins to one room with it and without it (as before presence).
-            load(args, work, "app/redis/1-room", ["--redis", "-r", "1"]),
-            load(args, work, NO_PRESENCE, ["--redis", "-r", "1", "--app-env", "CHAT_PRESENCE=false"]),
+            *ratios[5:],
             # One broadcast to one room of every socket: the "room of 5,000" latency figure.
             load(args, work, "app/redis/1-room/1-message", ["--redis", "-r", "1", "--messages", "1"]),
             load(args, work, "floor/1-room/1-message", ["--target", "floor", "-r", "1", "--messages", "1"]),
@@ -140,7 +182,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1),
         "machine": machine(),
         "config": {"connections": args.connections, "rooms": args.rooms, "startup_runs": args.runs,
-                   "capacity": args.capacity},
+                   "capacity": args.capacity, "repeat": args.repeat},
         "startup": startup,
         "shutdown": shutdown,
         "load": legs,
@@ -189,6 +231,10 @@ def _md_table(headers: list[str], rows: list[list[Any]]) -> str:
     lines += ["| " + " | ".join(fmt(c, 2) if isinstance(c, float) else fmt(c) for c in row) + " |"
               for row in rows]
     return "\n".join(lines)
+
+
+def _us(ms: float | None) -> float | None:
+    return None if ms is None else round(ms * 1000, 1)
 
 
 def markdown(bench: dict[str, Any], chart: str | None) -> str:
@@ -289,6 +335,16 @@ def markdown(bench: dict[str, Any], chart: str | None) -> str:
             f"is quiet again (below {QUIET_PCT:g} % of a core over 1 s), so the work the connects "
             "leave behind (presence rounds announcing the joins) counts per connection, not per "
             "delivery.", ""]
+    repeats = [leg for leg in bench["load"] if len(leg.get("runs", ())) > 1]
+    if repeats:
+        out += [f"The legs a target's ratio is made of ran {len(repeats[0]['runs'])} times each, in rounds "
+                "(every such leg once, then again); their server CPU and memory are the medians of "
+                "those runs, their latencies the run with the median CPU per connection. Each run's "
+                "server CPU ms/conn, µs/delivery and KB/conn:", ""]
+        out += [f"- {leg['label']}: " + ", ".join(
+                    f"{fmt(run['cpu_ms_per_connection'], 2)} / {fmt(_us(run['cpu_ms_per_delivery']))} / "
+                    f"{fmt(run['rss_kb_per_connection'])}" for run in leg["runs"]) for leg in repeats]
+        out += [""]
     for skip in bench["skipped"]:
         out += [f"- {skip}"]
     if bench["skipped"]:
@@ -296,7 +352,7 @@ def markdown(bench: dict[str, Any], chart: str | None) -> str:
     if chart:
         out += [f"![connect and delivery latency]({chart})", ""]
     out += ["## Reproduce", "", "```sh",
-            "make bench                      # everything above: ~2 min on 2 idle cores, more when busy",
+            "make bench                      # everything above: ~4 min on 2 idle cores, more when busy",
             "make loadtest LOADTEST_ARGS='-n 5000 --redis'", "make startup STARTUP_ARGS='-n 10'",
             "make shutdown SHUTDOWN_ARGS='-n 5000'", "make locust", "```", "",
             "Raw figures: `bench/results/`.", ""]
