@@ -28,14 +28,17 @@ def match(path: str) -> dict[str, str] | None:
 
 def websocket_application(chat: ChatServices) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The WebSocket ASGI app: chat rooms, with ``chat`` passed to every consumer."""
-    chat_consumer = ChatConsumer.as_asgi(services=chat)
 
-    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+    # A plain function that hands back the consumer's own coroutine, rather than coroutines
+    # awaiting it (this one, and Channels' ``as_asgi`` wrapper, which does no more than make
+    # the consumer): an open socket holds the chain of coroutines it runs in for its whole
+    # life, a few hundred bytes a link.
+    def route(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         kwargs = match(scope["path"])
         if kwargs is None:
-            return await deny(scope, receive, send, 404, "not_found")
+            return deny(scope, receive, send, 404, "not_found")
         # The scope is this connection's own: set the route in place rather than copy it.
         scope["url_route"] = {"args": (), "kwargs": kwargs}
-        await chat_consumer(scope, receive, send)
+        return ChatConsumer(services=chat)(scope, receive, send)
 
     return route
