@@ -1,8 +1,8 @@
 """Log lines a client can cause at will (refused handshakes, cut connections), throttled.
 
-Shared by the process (app.process.handshake, and app.process.logs for uvicorn's own lines
-about client mistakes), the chat admission rules and the consumer (joins refused while
-storage is away: one per reconnecting client).
+Shared by the process (app.process.handshake and app.process.cuts, and app.process.logs for
+uvicorn's own lines about client mistakes), the chat admission rules and the consumer (joins
+refused while storage is away: one per reconnecting client).
 """
 
 from __future__ import annotations

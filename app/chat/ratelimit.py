@@ -13,7 +13,7 @@ the client wrote it at.
 from __future__ import annotations
 
 # The key of the ASGI ``websocket.receive`` event that carries when its frame was read
-# (``time.monotonic()``): set by Parley's guarded uvicorn protocol (app.process.handshake).
+# (``time.monotonic()``): set by Parley's guarded uvicorn protocol (app.process.websocket).
 # Other servers do not set it; the consumer then uses the time it takes the event.
 ARRIVED = "parley.arrived"
 

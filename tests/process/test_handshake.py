@@ -18,7 +18,8 @@ import psutil
 import pytest
 
 from app.chat.ratelimit import ARRIVED
-from app.process.handshake import MAX_PIPELINED, ArrivalStamps, GuardedHttpToolsProtocol, guarded_protocols
+from app.process.handshake import MAX_PIPELINED, GuardedHttpToolsProtocol, guarded_protocols
+from app.process.websocket import PARSE_AHEAD, ArrivalStamps
 from tests import wsraw
 from tests.support import AppServer, http_get, run_python, wait_until
 
@@ -195,8 +196,8 @@ async def test_frames_are_stamped_with_when_they_were_read() -> None:
 def test_a_cut_is_counted_without_loading_the_metrics() -> None:
     # Loading them imports prometheus-client, which needs descriptors a flood may have taken.
     code = (
-        "import sys; from app import metrics; from app.process import handshake; "
-        "handshake._count('handshake_timeout', None); "
+        "import sys; from app import metrics; from app.process import cuts; "
+        "cuts.count_cut('handshake_timeout', None); "
         "assert 'prometheus_client' not in sys.modules; "
         "assert metrics.CUTS == {'handshake_timeout': 1}; "
         "print('ok')"
@@ -290,6 +291,41 @@ async def test_an_open_websocket_keeps_nothing_of_its_handshake() -> None:
             assert len(sockets) == 1 and sockets[0].handshake_complete
             held = [value for value in vars(sockets[0]).values() if isinstance(value, (Request, Response))]
             assert held == []
+
+
+async def test_a_read_of_many_small_frames_is_parsed_a_little_at_a_time() -> None:
+    # One read brings up to 256 KB. Parsed at once, its empty frames (6 bytes each) became a
+    # message dict apiece, ~20 times what was sent, before reading could pause. While the
+    # application is busy, at most PARSE_AHEAD of it is parsed; every frame still reaches
+    # it, once and in order.
+    count = 40_000
+    gate, busy, done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    got: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        got.append(await receive())
+        busy.set()
+        await gate.wait()
+        while (message := await receive())["type"] != "websocket.disconnect":
+            got.append(message)
+            if message.get("text") == "end":
+                done.set()
+
+    async with InProcess(app) as server:
+        reader, writer = await _raw_websocket(server.port)
+        writer.write(wsraw.frame(b"") * count + wsraw.frame(b"end"))
+        await asyncio.wait_for(busy.wait(), EOF_BOUND)
+        (protocol,) = [c for c in server.state.connections if isinstance(c.queue, ArrivalStamps)]
+        assert protocol.read_paused
+        assert protocol.queue.qsize() <= PARSE_AHEAD // len(wsraw.frame(b""))
+        gate.set()
+        await asyncio.wait_for(done.wait(), EOF_BOUND)
+        writer.write(wsraw.frame(struct.pack("!H", 1000), 0x8))
+        await writer.drain()
+        writer.close()
+    assert [message["text"] for message in got] == [""] * count + ["end"]
 
 
 async def _raw_websocket(
