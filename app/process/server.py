@@ -117,7 +117,15 @@ class ChatServer(uvicorn.Server):
         closed = await REGISTRY.close_all(RESTART_CODE, RESTART_REASON, timeout=remaining(), spread=spread)
         closes_sent = budget.elapsed()
 
-        # 4. uvicorn's own steps: stop listening, close leftovers, wait, lifespan shutdown
+        # 4. Stop listening, then let the connections accepted meanwhile register: uvicorn
+        # stops listening and tells every registered connection to close in one step, and
+        # one accepted just before (its connection_made still queued) escaped, held open
+        # until its handshake deadline, past the budget (a half-sent handshake at SIGTERM:
+        # uvicorn's "timeout graceful shutdown exceeded" after waiting for it).
+        for server in self.servers:
+            server.close()
+        await asyncio.sleep(0)
+        # 5. uvicorn's own steps: stop listening, close leftovers, wait, lifespan shutdown
         # (which closes Redis with what is left). uvicorn declares the timeout an int but
         # only hands it to asyncio.wait_for, which takes seconds as a float.
         self.config.timeout_graceful_shutdown = cast(int, remaining())

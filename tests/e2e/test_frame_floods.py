@@ -161,3 +161,26 @@ async def test_refusals_and_deflate_answer_after_the_handshake_objects_go(
         await second.close()
     output = server.output()
     assert "Traceback" not in output and "ERROR" not in output, output
+
+
+async def test_a_drain_with_floods_and_a_half_sent_handshake_ends_within_its_budget(
+    make_app: Callable[..., AppServer],
+) -> None:
+    # A connection accepted just before uvicorn's shutdown step (its connection_made still
+    # queued) escaped that step's close, and was held until its handshake deadline: about one
+    # drain in eight waited out its budget ("timeout graceful shutdown exceeded").
+    server = make_app(env={**FAST, "SHUTDOWN_TIMEOUT": "5"})
+    socks = [await asyncio.to_thread(wsraw.open_socket, server.port, f"/ws/chat/d{i % 3}/", None, 60)
+             for i in range(30)]
+    for i, sock in enumerate(socks):
+        sock.sendall(_burst(300, f"s{i}-"))
+    half = socket.create_connection(("127.0.0.1", server.port))
+    half.sendall(HEAD.format(path="/ws/chat/d0/", port=server.port, extra="").encode()[:40])
+    server.signal()
+    assert server.wait(15) == 0
+    for sock in socks:
+        sock.close()
+    half.close()
+    output = server.output()
+    assert "Traceback" not in output and "one receiver" not in output, output
+    assert "timeout graceful shutdown exceeded" not in output, output
