@@ -34,21 +34,6 @@ def _burst(count: int, tag: str) -> bytes:
     return b"".join(out)
 
 
-def _frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
-    frames, i = [], 0
-    while i + 2 <= len(data):
-        opcode, length, start = data[i] & 0x0F, data[i + 1] & 0x7F, i + 2
-        if length == 126:
-            if len(data) < start + 2:
-                break
-            length, start = struct.unpack("!H", data[start:start + 2])[0], start + 2
-        if len(data) < start + length:
-            break
-        frames.append((opcode, data[start:start + length]))
-        i = start + length
-    return frames, data[i:]
-
-
 async def test_a_flood_with_pings_and_fragments_is_acked_once_each_in_order(
     make_app: Callable[..., AppServer],
 ) -> None:
@@ -59,12 +44,11 @@ async def test_a_flood_with_pings_and_fragments_is_acked_once_each_in_order(
     acks: list[str] = []
     shown: list[str] = []  # the sender is a member of its room: its messages come back too
     pongs = 0
-    rest = b""
-    while len(acks) < count:
-        chunk = await asyncio.to_thread(sock.recv, 65536)
-        assert chunk, f"closed after {len(acks)} acks"
-        frames, rest = _frames(rest + chunk)
-        for opcode, payload in frames:
+
+    def read_until_acked() -> None:  # wsraw.read_frame raises if the server closes first
+        nonlocal pongs
+        while len(acks) < count:
+            opcode, payload = wsraw.read_frame(sock)
             if opcode == PONG:
                 pongs += 1
             elif opcode == TEXT:
@@ -75,6 +59,8 @@ async def test_a_flood_with_pings_and_fragments_is_acked_once_each_in_order(
                     shown.append(frame["message"])
                 else:
                     assert frame["type"] == "ready", frame
+
+    await asyncio.to_thread(read_until_acked)
     assert acks == [f"a{i}" for i in range(count)]
     assert shown == [f"a{i}" for i in range(len(shown))]  # once each, in order, so far
     assert pongs == count // 5
