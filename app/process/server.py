@@ -125,9 +125,9 @@ class ChatServer(uvicorn.Server):
         for server in self.servers:
             server.close()
         await asyncio.sleep(0)
-        # 5. uvicorn's own steps: stop listening, close leftovers, wait, lifespan shutdown
-        # (which closes Redis with what is left). uvicorn declares the timeout an int but
-        # only hands it to asyncio.wait_for, which takes seconds as a float.
+        # 5. uvicorn's own steps: stop listening (done above: a no-op now), close leftovers,
+        # wait, lifespan shutdown (which closes Redis with what is left). uvicorn declares the
+        # timeout an int but only hands it to asyncio.wait_for, which takes seconds as a float.
         self.config.timeout_graceful_shutdown = cast(int, remaining())
         await super().shutdown(sockets=sockets)
 
