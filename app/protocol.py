@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -224,6 +225,26 @@ def bounded_integer(name: str, raw: str, low: int, high: int) -> int:
     return int(digits)
 
 
+# The handshake's parameters; any other name is ignored (a client may add its own).
+CONNECT_PARAMS = ("since", "last", "epoch", "ts", "token", "anon")
+
+
+def single_values(query: Mapping[str, list[str]], names: Iterable[str]) -> dict[str, str]:
+    """The value of each of ``names`` that ``query`` (name -> values) has; FrameError
+    ``bad_query`` for one given more than once. Which of two would count is a guess that a
+    proxy or a gateway in front may have made the other way (parameter pollution), so
+    neither counts."""
+    values: dict[str, str] = {}
+    for name in names:
+        given = query.get(name)
+        if not given:
+            continue
+        if len(given) > 1:
+            raise FrameError("bad_query", f"'{name}' given more than once")
+        values[name] = given[0]
+    return values
+
+
 @dataclass(frozen=True)
 class ConnectParams:
     """What a client asked for in its handshake query string."""
@@ -254,25 +275,26 @@ def parse_connect_params(query_string: bytes, history_max: int, anonymous: bool 
     raise FrameError when malformed. ``anonymous`` False (JWT mode): ``anon`` is ignored,
     not even checked, as PROTOCOL.md says."""
     try:
-        query = parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
+        parsed = parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
     except ValueError:
         raise FrameError("bad_query", "query string could not be parsed") from None
+    query = single_values(parsed, CONNECT_PARAMS)
 
     def integer(name: str, low: int, high: int) -> int | None:
-        values = query.get(name)
-        return None if not values else bounded_integer(name, values[-1], low, high)
+        value = query.get(name)
+        return None if value is None else bounded_integer(name, value, low, high)
 
     since = integer("since", 0, 10**18)
     last = integer("last", 0, history_max)
     if since is not None and last is not None:
         raise FrameError("bad_query", "use either 'since' or 'last', not both")
-    token = query.get("token", [None])[-1]
-    epoch = query.get("epoch", [None])[-1]
+    token = query.get("token")
+    epoch = query.get("epoch")
     if epoch is not None and not 0 < len(epoch) <= MAX_EPOCH_CHARS:
         raise FrameError("bad_epoch", f"'epoch' must be 1 to {MAX_EPOCH_CHARS} characters")
     # Only meaningful with ``since``; alone it is accepted and unused, as ``epoch`` is.
     ts = integer("ts", 0, MAX_TS)
-    anon = query.get("anon", [None])[-1] if anonymous else None
+    anon = query.get("anon") if anonymous else None
     if anon is not None and not ANON_PATTERN.fullmatch(anon):
         raise FrameError("bad_anon", "'anon' must be 22 to 128 of A-Z a-z 0-9 _ -")
     return ConnectParams(since=since, last=last, token=token, epoch=epoch, ts=ts, anon=anon)

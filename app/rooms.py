@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import re
 
-ROOM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# "." and ".." are URL dot segments: browsers resolve /ws/chat/../ to /ws/ before they
+# connect, and so does Traefik (its sanitizePath), so only a client that sends paths as
+# they are could reach such a room; nobody else could ever join it or read its history.
+ROOM_NAME = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9_.-]{1,64}")
+ROOM_RULE = "room names are 1-64 of A-Z a-z 0-9 _ . -, and not '.' or '..'"
 GROUP_PREFIX = "chat."
 
 
 def is_valid_room(name: str) -> bool:
-    """True for names of 1 to 64 letters, digits, '_', '.' or '-'."""
+    """True for names of 1 to 64 letters, digits, '_', '.' or '-', but '.' and '..'."""
     return ROOM_NAME.fullmatch(name) is not None
 
 

@@ -113,12 +113,18 @@ def test_connect_params() -> None:
     assert parse_connect_params(b"since=5", 100).since == 5
     assert parse_connect_params(b"last=20&token=abc", 100).last == 20
     assert parse_connect_params(b"token=abc", 100).token == "abc"
+    # Parameters the service does not read are ignored, given twice or not.
+    assert parse_connect_params(b"since=5&x=1&x=2", 100).since == 5
 
 
 @pytest.mark.parametrize(
     ("query", "code"),
     [(b"since=-1", "bad_since"), (b"since=x", "bad_since"), (b"last=101", "bad_last"),
-     (b"since=1&last=2", "bad_query")],
+     (b"since=1&last=2", "bad_query"),
+     # Given twice: which one counts would be a guess (a proxy in front may read the other).
+     (b"since=1&since=2", "bad_query"), (b"last=1&last=1", "bad_query"),
+     (b"since=1&epoch=a&epoch=b", "bad_query"), (b"token=a&%74oken=b", "bad_query"),
+     (b"since=1&ts=1&ts=2", "bad_query")],
 )
 def test_bad_connect_params(query: bytes, code: str) -> None:
     with pytest.raises(FrameError) as info:

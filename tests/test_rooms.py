@@ -7,12 +7,13 @@ from app.rooms import group_name, is_valid_room
 pytestmark = pytest.mark.unit
 
 
-@pytest.mark.parametrize("name", ["lobby", "a", "Room_1.x-y", "x" * 64])
+@pytest.mark.parametrize("name", ["lobby", "a", "Room_1.x-y", "x" * 64, "...", ".a", "a..", "..a"])
 def test_valid_rooms(name: str) -> None:
     assert is_valid_room(name)
 
 
-@pytest.mark.parametrize("name", ["", "x" * 65, "a b", "a/b", "ä", "lobby\n", "<script>"])
+# "." and "..": URL dot segments, which browsers and Traefik resolve away.
+@pytest.mark.parametrize("name", ["", "x" * 65, "a b", "a/b", "ä", "lobby\n", "<script>", ".", "..", "..\n"])
 def test_invalid_rooms(name: str) -> None:
     assert not is_valid_room(name)
 

@@ -28,8 +28,9 @@ from app.protocol import (
     max_api_body_bytes,
     message_template,
     parse_api_body,
+    single_values,
 )
-from app.rooms import is_valid_room
+from app.rooms import ROOM_RULE, is_valid_room
 from app.web.body_limit import Refusal, Scope, header
 
 STATIC = Path(__file__).parent / "static"
@@ -109,7 +110,7 @@ def _error(status: int, code: str, detail: str) -> JsonResponse:
 
 async def room_messages(request: HttpRequest, room: str) -> HttpResponse:
     if not is_valid_room(room):
-        return _error(400, "bad_room", "room names are 1-64 of A-Z a-z 0-9 _ . -")
+        return _error(400, "bad_room", ROOM_RULE)
     if request.method == "GET":
         return await _history(request, room)
     if request.method == "POST":
@@ -119,9 +120,8 @@ async def room_messages(request: HttpRequest, room: str) -> HttpResponse:
     return response
 
 
-def _int_param(request: HttpRequest, name: str, default: int, low: int, high: int) -> int:
-    raw = request.GET.get(name)
-    return default if raw is None else bounded_integer(name, raw, low, high)
+# The history read's parameters; any other name is ignored.
+HISTORY_PARAMS = ("since", "limit", "ts", "epoch")
 
 
 async def _history(request: HttpRequest, room: str) -> HttpResponse:
@@ -137,10 +137,11 @@ async def _history(request: HttpRequest, room: str) -> HttpResponse:
     if refused is not None:
         return refused
     try:
-        since = _int_param(request, "since", 0, 0, 10**18)
-        limit = _int_param(request, "limit", 100, 1, CONFIG.history_max)
-        ts = None if request.GET.get("ts") is None else _int_param(request, "ts", 0, 0, MAX_TS)
-        epoch = request.GET.get("epoch")
+        query = single_values(dict(request.GET.lists()), HISTORY_PARAMS)
+        since = bounded_integer("since", query.get("since", "0"), 0, 10**18)
+        limit = bounded_integer("limit", query.get("limit", "100"), 1, CONFIG.history_max)
+        ts = None if "ts" not in query else bounded_integer("ts", query["ts"], 0, MAX_TS)
+        epoch = query.get("epoch")
         if epoch is not None and not 0 < len(epoch) <= MAX_EPOCH_CHARS:
             raise FrameError("bad_epoch", f"'epoch' must be 1 to {MAX_EPOCH_CHARS} characters")
     except FrameError as exc:
@@ -299,7 +300,7 @@ async def _publish(request: HttpRequest, room: str) -> HttpResponse:
 async def room_presence(request: HttpRequest, room: str) -> HttpResponse:
     """GET: the room's exact member count and up to 100 of its members."""
     if not is_valid_room(room):
-        return _error(400, "bad_room", "room names are 1-64 of A-Z a-z 0-9 _ . -")
+        return _error(400, "bad_room", ROOM_RULE)
     if request.method != "GET":
         response = _error(405, "method_not_allowed", "use GET")
         response["Allow"] = "GET"

@@ -79,12 +79,20 @@ async def test_frame_over_the_byte_limit_closes_with_1009(make_app: Callable[...
     assert (await watcher.post("after"))["id"] == 1
 
 
-@pytest.mark.parametrize("room", ["a%20b", "x" * 65, "%3Cscript%3E", "", "a%2Fb", "lobby%0A"])
+@pytest.mark.parametrize("room", ["a%20b", "x" * 65, "%3Cscript%3E", "", "a%2Fb", "lobby%0A", ".", ".."])
 async def test_bad_room_names_are_refused_at_the_handshake(app_server: AppServer, room: str) -> None:
     with pytest.raises(InvalidStatus) as info:
         await Client.connect(app_server.ws_url(room))
     assert info.value.response.status_code == 400
     assert json.loads(info.value.response.body)["code"] == "bad_room"
+
+
+@pytest.mark.parametrize("query", ["since=1&since=2&epoch=e", "token=a&%74oken=b", "anon=x&anon=y"])
+async def test_a_parameter_given_twice_is_refused_at_the_handshake(app_server: AppServer, query: str) -> None:
+    with pytest.raises(InvalidStatus) as info:
+        await Client.connect(f"{app_server.ws_url()}?{query}")
+    assert info.value.response.status_code == 400
+    assert json.loads(info.value.response.body)["code"] == "bad_query"
 
 
 @pytest.mark.parametrize("path", ["/ws/nowhere/", "/ws/chat/lobby/%0A", "/ws/chat/lobby"])

@@ -222,3 +222,20 @@ def test_a_token_for_other_rooms_says_so(make_app: MakeApp, open_page: OpenPage)
     tab.expect_live()
     expect(tab.locator("#token-form")).to_be_hidden()
     assert tab.errors == []
+
+
+def test_the_page_refuses_rooms_named_by_url_dot_segments(make_app: MakeApp, open_page: OpenPage) -> None:
+    # The browser resolves /ws/chat/../ to /ws/: the page would connect somewhere else.
+    server = make_app()
+    tab = open_page(f"{server.base}/?room=alpha")
+    tab.expect_live()
+    for name in (".", ".."):
+        tab.page.fill("#room-input", name)
+        tab.page.press("#room-input", "Enter")
+        assert tab.page.eval_on_selector("#room-input", "e => e.validity.valid") is False
+        assert tab.page.evaluate(f"window.Parley.ROOM_PATTERN.test({json.dumps(name)})") is False
+    tab.page.fill("#room-input", "...")
+    tab.page.press("#room-input", "Enter")
+    expect(tab.locator("#room-title")).to_have_text("#...")
+    tab.expect_live()
+    assert tab.errors == []

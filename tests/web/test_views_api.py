@@ -72,6 +72,10 @@ def test_bad_requests_say_why(api_server: AppServer) -> None:
     assert post(api_server, "bad%20room", {"message": "x"})[1]["code"] == "bad_room"
     assert api_server.get("/api/rooms/news/messages?since=-3")[1]["code"] == "bad_since"
     assert api_server.get("/api/rooms/news/messages?limit=0")[1]["code"] == "bad_limit"
+    assert api_server.get("/api/rooms/news/messages?since=1&since=2")[1]["code"] == "bad_query"
+    assert api_server.get("/api/rooms/news/messages?epoch=a&epoch=a")[1]["code"] == "bad_query"
+    assert api_server.get("/api/rooms/../messages")[1]["code"] == "bad_room"
+    assert post(api_server, ".", {"message": "x"})[1]["code"] == "bad_room"
     # A path the API does not have answers in the API's JSON, as every other refusal does.
     assert api_server.get("/api/rooms/news/messages/") == (
         404, {"type": "error", "code": "not_found", "detail": "no such resource"})

@@ -285,7 +285,7 @@
 
   function join(room) {
     if (!ROOM_PATTERN.test(room)) {
-      ui.roomInput.setCustomValidity("1–64 letters, digits, _ . -");
+      ui.roomInput.setCustomValidity("1–64 letters, digits, _ . - (not . or ..)");
       ui.roomInput.reportValidity();
       return;
     }

@@ -24,7 +24,8 @@
     typingInterval: 2000, // ms: at most one typing notice per this (the server relays one per 2 s)
     typingShown: 3000, // ms: how long "… is typing" stays without a new notice
   });
-  const ROOM_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
+  // Not "." or "..": URL dot segments, which the browser resolves away (/ws/chat/../ is /ws/).
+  const ROOM_PATTERN = /^(?!\.\.?$)[A-Za-z0-9_.-]{1,64}$/;
   const CLOSE_RESTART = 1012;
   const CLOSE_TOO_BIG = 1009;
   const CLOSE_TOKEN_EXPIRED = 4001; // the server closes a socket at its token's exp
