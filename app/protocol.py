@@ -188,6 +188,22 @@ def message_template(
     return FrameTemplate(prefix, suffix + "}", ts)
 
 
+def is_message_frame(text: str, message_id: int) -> bool:
+    """Is ``text`` a message frame under ``message_id``, as ``message_template`` writes one?
+
+    For what history reads back: a record cut short, not JSON, or under another id (another
+    tool's write, or damage) would be pasted as it is into a replay or an API answer that no
+    client could then parse, or shown under the wrong id."""
+    try:
+        frame = json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(frame, dict) or frame.get("type") != "message":
+        return False
+    found = frame.get("id")
+    return type(found) is int and found == message_id
+
+
 def ack_frame(message_id: int, client_id: str | None) -> str:
     return _dumps({"type": "ack", "id": message_id, "client_id": client_id})
 

@@ -18,6 +18,7 @@ from app.protocol import (
     bounded_integer,
     error_frame,
     gap_frame,
+    is_message_frame,
     message_template,
     parse_client_frame,
     parse_connect_params,
@@ -106,6 +107,16 @@ def test_server_frames() -> None:
     assert json.loads(ready_frame("r", 9, "u", "e1", 4000)) == {
         "type": "ready", "room": "r", "last_id": 9, "user": "u", "epoch": "e1", "max_message_chars": 4000
     }
+
+
+def test_a_stored_frame_is_a_message_only_under_its_own_id() -> None:
+    frame = message_template("lobby", "hi", 1, "u").with_id(7)
+    assert is_message_frame(frame, 7)
+    assert not is_message_frame(frame, 8)
+    for text in [frame[:-1], "", "not json", "[7]", '{"type":"ack","id":7}', '{"type":"message","id":"7"}',
+                 '{"type":"message","id":7.0}', "[" * 100_000]:
+        assert not is_message_frame(text, 7), text[:40]
+    assert not is_message_frame('{"type":"message","id":true}', 1)  # True == 1 in Python
 
 
 def test_connect_params() -> None:

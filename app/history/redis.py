@@ -16,7 +16,7 @@ from app.history import replication
 from app.history.base import Appended, History, HistoryUnavailable, Replay, RoomState, new_epoch
 from app.history.batch import BatchedReads
 from app.history.slot_batches import SlotBatches
-from app.protocol import REPLACEMENT, FrameTemplate, message_template
+from app.protocol import REPLACEMENT, FrameTemplate, is_message_frame, message_template
 from app.redis_clients import FAILURES, cluster_client, redis_client
 from app.redis_scripts import ScriptPipeline
 
@@ -651,17 +651,18 @@ def _raw_frames(room: str, entries: list[Any]) -> list[tuple[int, str]]:
     """The frames of entries as a script returns them: ``[id, [field, value, ...]]``.
 
     A record that is not UTF-8 (written by another tool, or damaged) is delivered with
-    U+FFFD in place of its bad bytes, and one with no frame at all as a message of U+FFFD,
-    under its id: a record can never stop a replay (a missing field ended every member's
-    connection and refused every join of the room)."""
+    U+FFFD in place of its bad bytes, and one with no frame, or with a frame that is not a
+    message under its id (cut short, not JSON), as a message of U+FFFD under its id: a record
+    can never stop a replay (a missing field ended every member's connection and refused
+    every join of the room) nor make an answer that clients cannot parse."""
     frames = []
     for raw_id, fields in entries:
         entry_id = _entry_id(raw_id)
         found = _value(fields, b"f")
-        if isinstance(found, bytes):
-            frames.append((entry_id, found.decode("utf-8", "replace")))
-        else:
-            frames.append((entry_id, message_template(room, REPLACEMENT, 0, "").with_id(entry_id)))
+        text = found.decode("utf-8", "replace") if isinstance(found, bytes) else None
+        if text is None or not is_message_frame(text, entry_id):
+            text = message_template(room, REPLACEMENT, 0, "").with_id(entry_id)
+        frames.append((entry_id, text))
     return frames
 
 

@@ -122,6 +122,7 @@ async def room_messages(request: HttpRequest, room: str) -> HttpResponse:
 
 # The history read's parameters; any other name is ignored.
 HISTORY_PARAMS = ("since", "limit", "ts", "epoch")
+DEFAULT_LIMIT = 100
 
 
 async def _history(request: HttpRequest, room: str) -> HttpResponse:
@@ -139,7 +140,8 @@ async def _history(request: HttpRequest, room: str) -> HttpResponse:
     try:
         query = single_values(dict(request.GET.lists()), HISTORY_PARAMS)
         since = bounded_integer("since", query.get("since", "0"), 0, 10**18)
-        limit = bounded_integer("limit", query.get("limit", "100"), 1, CONFIG.history_max)
+        default_limit = str(min(DEFAULT_LIMIT, CONFIG.history_max))  # a history shorter than it
+        limit = bounded_integer("limit", query.get("limit", default_limit), 1, CONFIG.history_max)
         ts = None if "ts" not in query else bounded_integer("ts", query["ts"], 0, MAX_TS)
         epoch = query.get("epoch")
         if epoch is not None and not 0 < len(epoch) <= MAX_EPOCH_CHARS:

@@ -87,6 +87,32 @@ async def test_a_damaged_stored_record_is_delivered_with_replacement_characters(
     await joiner.close()
 
 
+async def test_a_stored_record_cut_short_is_delivered_as_a_replacement_character(
+    make_app: Callable[..., AppServer], redis_server: RedisServer,
+) -> None:
+    """A record that is not a whole message frame (cut short, empty, not JSON) was pasted
+    as it was: a text frame no client could parse, and an API answer that was not JSON."""
+    api_server = make_app(env={"REDIS_URL": redis_server.url})
+    member = await Client.connect(api_server.ws_url("cut"))
+    assert (await member.post("before"))["id"] == 1
+    with redis_py.Redis.from_url(redis_server.url) as r:
+        r.hincrby("chat:{cut}:meta", "seq", 3)
+        r.xadd("chat:{cut}:log", {"f": b'{"type":"message","room":"cut","id":2,"mess'}, id="2-0")
+        r.xadd("chat:{cut}:log", {"f": b""}, id="3-0")
+        r.xadd("chat:{cut}:log", {"f": b"not json"}, id="4-0")
+    assert (await member.post("after"))["id"] == 5
+    expected = [(1, "before"), (2, "\ufffd"), (3, "\ufffd"), (4, "\ufffd"), (5, "after")]
+    # Client.messages parses every frame as JSON: a frame that is not fails here.
+    assert [(m["id"], m["message"]) for m in await member.messages(5)] == expected
+
+    joiner = await Client.connect(api_server.ws_url("cut", last=10))
+    assert [(m["id"], m["message"]) for m in await joiner.messages(5)] == expected
+    status, page = api_server.get("/api/rooms/cut/messages")
+    assert status == 200 and [(m["id"], m["message"]) for m in page["messages"]] == expected
+    await member.close()
+    await joiner.close()
+
+
 async def test_a_stored_record_without_its_frame_is_delivered_as_a_replacement_character(
     make_app: Callable[..., AppServer], redis_server: RedisServer,
 ) -> None:

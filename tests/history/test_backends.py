@@ -260,6 +260,25 @@ async def test_a_record_that_is_not_utf8_is_replayed_with_replacement_characters
     assert [i for i, _ in (await backend.latest("r", 5)).frames] == [1, 2]
 
 
+async def test_a_record_that_is_not_a_message_under_its_id_is_replayed_as_a_replacement(
+    redis_history: tuple[RedisHistory, RedisServer],
+) -> None:
+    # Pasted as they were, these made replays and API answers that no client could parse.
+    backend, redis = redis_history
+    records = [b'{"type":"message","room":"r","id":2,"mess', b"", b"not json", b"[2]",
+               b'{"type":"ready","id":2}', b'{"type":"message","id":3}', b'{"type":"message","id":true}']
+    for n, record in enumerate(records):
+        room = f"r{n}"
+        await backend.append(room, template("fine"), None)
+        with redis_py.Redis.from_url(redis.url) as client:
+            client.hincrby(f"chat:{{{room}}}:meta", "seq", 1)
+            client.xadd(f"chat:{{{room}}}:log", {"f": record}, id="2-0")
+        await backend.append(room, template("after"), None)
+        frames = [json.loads(text) for _, text in (await backend.after(room, 0, 10)).frames]
+        assert [(f["id"], f["message"]) for f in frames] == [(1, "fine"), (2, "\ufffd"), (3, "after")], record
+        assert frames[1]["room"] == room
+
+
 async def test_resumes_on_a_cluster_read_each_room_on_its_master_as_after(
     redis_cluster: RedisClusterServers,
 ) -> None:

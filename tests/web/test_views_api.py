@@ -116,3 +116,16 @@ async def test_a_user_called_api_does_not_share_the_apis_client_ids(
     assert status == 200
     texts = sorted(m["message"] for m in json.loads(body)["messages"])
     assert texts == ["from a user called api", "from the backend"]
+
+
+def test_a_history_shorter_than_the_default_limit_is_read_by_default(
+    make_app: Callable[..., AppServer],
+) -> None:
+    # The default limit (100) was checked against CHAT_HISTORY_MAX: below 100, every read
+    # without a limit was refused 400 bad_limit.
+    server = make_app(env={"CHAT_HISTORY_MAX": "5", "CHAT_API_TOKEN": API_TOKEN})
+    for i in range(7):
+        assert post(server, "short", {"message": str(i)})[0] == 201
+    status, page = server.get("/api/rooms/short/messages")
+    assert status == 200 and [m["message"] for m in page["messages"]] == ["2", "3", "4", "5", "6"]
+    assert page["gap"] == {"from": 1, "to": 2}
