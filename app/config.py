@@ -51,6 +51,7 @@ class Config:
     shutdown_drain_spread: float = 0.0  # seconds the 1012 closes are spread over (0: at once)
     auth: str = "none"
     jwt_secret: str = ""
+    jwt_audience: str = ""  # the ``aud`` tokens must name; "": tokens must name none
     rate_per_second: float = 20.0
     rate_burst: int = 40
     rate_strikes: int = 50
@@ -96,6 +97,10 @@ def _number(value: str, name: str, kind: type, minimum: float, maximum: float) -
         bound = f">= {minimum}" if open_ended else f"from {minimum} to {maximum}"
         raise ConfigError(f"{name} must be {bound}, got {value!r}")
     return parsed
+
+
+def _header_safe(value: str) -> bool:
+    return value.isascii() and value.isprintable() and value == value.strip()
 
 
 def _list(value: str) -> tuple[str, ...]:
@@ -161,6 +166,8 @@ def load(environ: Mapping[str, str]) -> Config:
         kwargs["auth"] = env["CHAT_AUTH"]
     if "CHAT_JWT_SECRET" in env:
         kwargs["jwt_secret"] = env["CHAT_JWT_SECRET"]
+    if "CHAT_JWT_AUDIENCE" in env:
+        kwargs["jwt_audience"] = env["CHAT_JWT_AUDIENCE"]
     num("CHAT_RATE_PER_SECOND", "rate_per_second", float, 0.001)
     num("CHAT_RATE_BURST", "rate_burst", int, 1)
     num("CHAT_RATE_STRIKES", "rate_strikes", int, 1)
@@ -189,6 +196,10 @@ def load(environ: Mapping[str, str]) -> Config:
         raise ConfigError("CHAT_AUTH=jwt needs CHAT_JWT_SECRET: refusing to start without it")
     if config.jwt_secret and len(config.jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
         raise ConfigError(f"CHAT_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes (HS256)")
+    # A client sends it as an HTTP header value, stripped (app.chat.auth.bearer_token) and
+    # read as latin-1: outer spaces or anything but printable ASCII could never be matched.
+    if config.api_token and not _header_safe(config.api_token):
+        raise ConfigError("CHAT_API_TOKEN must be printable ASCII with no leading or trailing spaces")
     return config
 
 

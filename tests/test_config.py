@@ -47,6 +47,10 @@ def test_empty_values_mean_unset() -> None:
         ({"CHAT_AUTH": "basic"}, "CHAT_AUTH"),
         ({"CHAT_AUTH": "jwt"}, "CHAT_JWT_SECRET"),
         ({"CHAT_AUTH": "jwt", "CHAT_JWT_SECRET": "short"}, "at least 32 bytes"),
+        # A client's header could never match these (stripped, read as latin-1).
+        ({"CHAT_API_TOKEN": " padded-token "}, "CHAT_API_TOKEN"),
+        ({"CHAT_API_TOKEN": "sécret-token"}, "CHAT_API_TOKEN"),
+        ({"CHAT_API_TOKEN": "line\nbreak"}, "CHAT_API_TOKEN"),
         ({"PORT": "80000"}, "PORT must be from 0 to 65535"),
         ({"PORT": "-1"}, "PORT"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL must be one of"),

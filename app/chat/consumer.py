@@ -118,7 +118,7 @@ class ChatConsumer(SerialConsumer):
             from app.chat.auth import AuthError, authorize  # loaded at warm-up only in jwt mode
 
             try:
-                identity = authorize(params.token, room, CONFIG.jwt_secret)
+                identity = authorize(params.token, room, CONFIG.jwt_secret, audience=CONFIG.jwt_audience)
             except AuthError as exc:
                 return await self._refuse(403, exc.reason)
             self.user = self.owner = identity.sub

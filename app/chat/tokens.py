@@ -26,5 +26,5 @@ def main(argv: list[str]) -> int:
     from app.chat.auth import mint
 
     rooms: list[str] | str = "*" if args.room == ["*"] else args.room
-    print(mint(args.sub, rooms, args.ttl, CONFIG.jwt_secret))
+    print(mint(args.sub, rooms, args.ttl, CONFIG.jwt_secret, audience=CONFIG.jwt_audience))
     return 0

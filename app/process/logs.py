@@ -96,4 +96,11 @@ def log_config(level: str) -> dict[str, Any]:
         "level": level.upper(),
         "propagate": False,
     }
+    # Django logs every 4xx of its views ("Unauthorized: /api/..."), a line per request that
+    # anyone could make by the thousand; the answer already says why. Its 5xx (ERROR) stay.
+    config["loggers"]["django.request"] = {
+        "handlers": ["default"],
+        "level": "DEBUG" if level.lower() in ("debug", "trace") else "ERROR",
+        "propagate": False,
+    }
     return config

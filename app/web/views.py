@@ -111,15 +111,17 @@ def _error(status: int, code: str, detail: str) -> JsonResponse:
 async def room_messages(request: HttpRequest, room: str) -> HttpResponse:
     if not is_valid_room(room):
         return _error(400, "bad_room", ROOM_RULE)
-    if request.method == "GET":
+    if request.method in READS:
         return await _history(request, room)
     if request.method == "POST":
         return await _publish(request, room)
     response = _error(405, "method_not_allowed", "use GET or POST")
-    response["Allow"] = "GET, POST"
+    response["Allow"] = "GET, HEAD, POST"
     return response
 
 
+# HEAD answers as GET does, without the body (RFC 9110, 9.3.2; the server drops it).
+READS = ("GET", "HEAD")
 # The history read's parameters; any other name is ignored.
 HISTORY_PARAMS = ("since", "limit", "ts", "epoch")
 DEFAULT_LIMIT = 100
@@ -225,7 +227,8 @@ def _may_read(request: HttpRequest, room: str) -> HttpResponse | None:
     from app.chat.auth import AuthError, authorize, bearer_token  # jwt mode only
 
     try:
-        authorize(bearer_token(request.headers.get("Authorization")), room, CONFIG.jwt_secret)
+        authorize(bearer_token(request.headers.get("Authorization")), room, CONFIG.jwt_secret,
+                  audience=CONFIG.jwt_audience)
     except AuthError as exc:
         if exc.reason == "room_not_allowed":
             return _error(403, exc.reason, "the token does not grant this room")
@@ -303,9 +306,9 @@ async def room_presence(request: HttpRequest, room: str) -> HttpResponse:
     """GET: the room's exact member count and up to 100 of its members."""
     if not is_valid_room(room):
         return _error(400, "bad_room", ROOM_RULE)
-    if request.method != "GET":
+    if request.method not in READS:
         response = _error(405, "method_not_allowed", "use GET")
-        response["Allow"] = "GET"
+        response["Allow"] = "GET, HEAD"
         return response
     refused = _may_read(request, room)
     if refused is not None:

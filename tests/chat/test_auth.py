@@ -53,6 +53,39 @@ def test_refusals_name_their_reason(token: str | None, reason: str) -> None:
     assert info.value.reason == reason
 
 
+def claims(**extra: object) -> dict[str, object]:
+    return {"sub": "a", "rooms": ["lobby"], "exp": NOW + 600, **extra}
+
+
+def test_nbf_is_honoured_with_a_minute_of_leeway_for_the_issuers_clock() -> None:
+    # PyJWT's default (no leeway) refused a token minted a second fast as malformed_token.
+    assert verify(jwt.encode(claims(nbf=NOW + 2), SECRET, "HS256"), SECRET, now=NOW).sub == "a"
+    assert verify(jwt.encode(claims(nbf=NOW - 600), SECRET, "HS256"), SECRET, now=NOW).sub == "a"
+    with pytest.raises(AuthError, match="token_not_yet_valid"):
+        verify(jwt.encode(claims(nbf=NOW + 61), SECRET, "HS256"), SECRET, now=NOW)
+    for nbf in (float("nan"), "soon", True, 10**400):
+        with pytest.raises(AuthError, match="invalid_claims"):
+            verify(jwt.encode(claims(nbf=nbf), SECRET, "HS256"), SECRET, now=NOW)
+
+
+def test_aud_must_name_the_configured_audience() -> None:
+    for aud in ("parley", ["other", "parley"]):
+        token = jwt.encode(claims(aud=aud), SECRET, "HS256")
+        assert verify(token, SECRET, now=NOW, audience="parley").sub == "a"
+    for token in (jwt.encode(claims(aud="other"), SECRET, "HS256"), jwt.encode(claims(), SECRET, "HS256")):
+        with pytest.raises(AuthError, match="wrong_audience"):
+            verify(token, SECRET, now=NOW, audience="parley")
+    # Minted here with the audience: accepted there.
+    minted = mint("a", ["lobby"], 60, SECRET, now=NOW, audience="parley")
+    assert authorize(minted, "lobby", SECRET, now=NOW, audience="parley").sub == "a"
+
+
+def test_a_token_for_some_audience_is_refused_where_none_is_configured() -> None:
+    # RFC 7519, 4.1.3: a recipient that is not among the token's audiences must refuse it.
+    with pytest.raises(AuthError, match="wrong_audience"):
+        verify(jwt.encode(claims(aud="billing"), SECRET, "HS256"), SECRET, now=NOW)
+
+
 def test_a_fractional_exp_far_ahead_is_an_expiry_time() -> None:
     token = jwt.encode({"sub": "a", "rooms": "*", "exp": NOW + 0.5}, SECRET, algorithm="HS256")
     assert verify(token, SECRET, now=NOW).exp == NOW + 0.5

@@ -18,10 +18,11 @@ from app.chat.auth import mint
 from tests import wsraw
 from tests.support import Client
 from tools import ROOT
-from tools.net import wait_until
+from tools.net import http_get, wait_until
 from tools.procs import AppServer
 
 SECRET = "jwt-secret-for-tests-" + "z" * 40
+FAR = 253_402_300_000  # an exp in the year 9999
 
 
 @pytest.fixture
@@ -53,6 +54,11 @@ async def test_jwt_token_admits_and_names_the_sender(jwt_server: AppServer) -> N
          "invalid_claims"),
         (jwt.encode({"sub": "alice", "rooms": ["lobby"], "exp": 10**400}, SECRET, algorithm="HS256"),
          "invalid_claims"),
+        # Issued for another service (no CHAT_JWT_AUDIENCE here); valid only from an hour before FAR.
+        (jwt.encode({"sub": "alice", "rooms": ["lobby"], "exp": FAR, "aud": "billing"}, SECRET, "HS256"),
+         "wrong_audience"),
+        (jwt.encode({"sub": "alice", "rooms": ["lobby"], "exp": FAR, "nbf": FAR - 3600}, SECRET, "HS256"),
+         "token_not_yet_valid"),
     ],
 )
 async def test_bad_tokens_are_refused_with_403_and_counted(
@@ -81,6 +87,26 @@ def test_token_command_mints_a_token_the_server_accepts() -> None:
     from app.chat.auth import authorize
 
     assert authorize(out.stdout.strip(), "lobby", SECRET).sub == "bob"
+
+
+async def test_with_an_audience_configured_tokens_must_name_it(make_app: Callable[..., AppServer]) -> None:
+    env = {"CHAT_AUTH": "jwt", "CHAT_JWT_SECRET": SECRET, "CHAT_JWT_AUDIENCE": "parley"}
+    server = make_app(env=env)
+    minted = subprocess.run(
+        [sys.executable, "-m", "app", "token", "--sub", "bob", "--room", "lobby", "--ttl", "600"],
+        cwd=ROOT, env={**env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    bob = await Client.connect(server.ws_url("lobby", token=minted))
+    assert bob.ready["user"] == "bob"
+    history = f"{server.base}/api/rooms/lobby/messages"
+    assert http_get(history, headers={"Authorization": f"Bearer {minted}"})[0] == 200
+    without = mint("bob", ["lobby"], 600, SECRET)
+    with pytest.raises(InvalidStatus) as info:
+        await Client.connect(server.ws_url("lobby", token=without))
+    assert json.loads(info.value.response.body)["code"] == "wrong_audience"
+    status, body = http_get(history, headers={"Authorization": f"Bearer {without}"})
+    assert status == 401 and json.loads(body)["code"] == "wrong_audience"
+    await bob.close()
 
 
 async def test_flooding_gets_rate_limited_then_closed_with_1008(make_app: Callable[..., AppServer]) -> None:

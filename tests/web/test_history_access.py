@@ -52,3 +52,13 @@ def test_history_needs_a_token_that_grants_the_room(server: AppServer) -> None:
     # Read as a chat token's header is: the scheme in any case, spaces around the token.
     assert get(server, path, f"bearer {API_TOKEN} ")[0] == 200
     assert get(server, path, f"Bearer {API_TOKEN}x")[0] == 401
+
+
+def test_refused_reads_write_no_log_line_each(server: AppServer) -> None:
+    # Django logged "Unauthorized: /api/..." for every 4xx of its views: a line per request
+    # that anyone could make by the thousand (refused handshakes are throttled lines).
+    for _ in range(20):
+        assert get(server, "/api/rooms/secret/messages")[0] == 401
+        assert get(server, "/api/rooms/secret/messages?limit=0", f"Bearer {API_TOKEN}")[0] == 400
+    output = server.output()
+    assert "Unauthorized" not in output and "Bad Request" not in output

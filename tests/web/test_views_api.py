@@ -129,3 +129,12 @@ def test_a_history_shorter_than_the_default_limit_is_read_by_default(
     status, page = server.get("/api/rooms/short/messages")
     assert status == 200 and [m["message"] for m in page["messages"]] == ["2", "3", "4", "5", "6"]
     assert page["gap"] == {"from": 1, "to": 2}
+
+
+def test_head_answers_as_get_does_without_the_body(api_server: AppServer) -> None:
+    # RFC 9110 (9.3.2): wherever GET works; it answered 405 here.
+    for path in ("/api/rooms/news/messages", "/api/rooms/news/presence"):
+        request = urllib.request.Request(api_server.base + path, method="HEAD")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200 and response.headers["Content-Type"] == "application/json"
+            assert response.read() == b""
