@@ -101,6 +101,8 @@
     token: "The server refused your sign-in token. Paste a valid one to join.",
     no_token: "This chat needs a sign-in token. Paste one to join.",
     room_not_allowed: "Your sign-in token does not grant this room. Paste one that does, or join another room.",
+    wrong_audience: "Your sign-in token was issued for another service. Paste one issued for this chat.",
+    token_not_yet_valid: "Your sign-in token is not valid yet: its issuer's clock may be ahead. Paste another, or try again later.",
   };
 
   function showTokenForm(state, detail) {
