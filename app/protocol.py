@@ -358,18 +358,29 @@ def presence_frame(room: str, count: int, members: list[str] | str, version: int
             + ',"members":' + listed + ',"version":' + str(version) + "}")
 
 
-def join_frame(room: str, user: str, count: int, version: int) -> str:
-    return _dumps({"type": "join", "room": room, "user": user, "count": count, "version": version})
+def join_frame(room: str, user: str, count: int, version: int, changed: int | None = None) -> str:
+    """``changed``: the version of the step that made this change (``version`` if None)."""
+    return _dumps({"type": "join", "room": room, "user": user, "count": count, "version": version,
+                   "changed": version if changed is None else changed})
 
 
-def leave_frame(room: str, user: str, count: int, version: int) -> str:
-    return _dumps({"type": "leave", "room": room, "user": user, "count": count, "version": version})
+def leave_frame(room: str, user: str, count: int, version: int, changed: int | None = None) -> str:
+    return _dumps({"type": "leave", "room": room, "user": user, "count": count, "version": version,
+                   "changed": version if changed is None else changed})
 
 
-def presence_diff_frame(room: str, count: int, joined: list[str], left: list[str], version: int) -> str:
-    """Several joins and leaves of a big room at once (each list names at most 100 users)."""
+def presence_diff_frame(room: str, count: int, joined: list[str], left: list[str], version: int,
+                        changed: Mapping[str, int] | None = None) -> str:
+    """Several joins and leaves of a big room at once (each list names at most 100 users);
+    each entry with the version of the step that made it (``changed``, else ``version``)."""
+    steps = changed or {}
+
+    def entries(names: list[str]) -> str:
+        return "[" + ",".join('{"user":' + _dumps(name) + ',"changed":' + str(steps.get(name, version)) + "}"
+                              for name in names) + "]"
+
     return ('{"type":"presence_diff","room":' + _dumps(room) + ',"count":' + str(count)
-            + ',"joined":' + _users(joined) + ',"left":' + _users(left)
+            + ',"joined":' + entries(joined) + ',"left":' + entries(left)
             + ',"version":' + str(version) + "}")
 
 

@@ -158,6 +158,9 @@ class Announcement:
     user: str = ""
     joined: list[str] = field(default_factory=list)
     left: list[str] = field(default_factory=list)
+    # user -> the version of the step that made that user's change (``version`` is the
+    # round's newest, which ``count`` is of): what clients compare a user's changes by.
+    changed: dict[str, int] = field(default_factory=dict)
     links: tuple[Link, ...] = ()
     part: int = 0
     parts: int = 1
@@ -165,8 +168,8 @@ class Announcement:
 
 @dataclass
 class _Diff:
-    joined: dict[str, None] = field(default_factory=dict)
-    left: dict[str, None] = field(default_factory=dict)
+    joined: dict[str, int] = field(default_factory=dict)  # user -> its step's version
+    left: dict[str, int] = field(default_factory=dict)
     count: int = 0
     version: int = 0
     due: float = 0.0
@@ -221,13 +224,13 @@ class Coalescer:
         if link is not None:
             diff.links.append(link)
         for user in outcome.joined:
-            if diff.left.pop(user, 0) is None:
+            if diff.left.pop(user, None) is not None:
                 continue  # left and back within one round: no change to announce
-            diff.joined[user] = None
+            diff.joined[user] = version
         for user in outcome.left:
-            if diff.joined.pop(user, 0) is None:
+            if diff.joined.pop(user, None) is not None:
                 continue
-            diff.left[user] = None
+            diff.left[user] = version
         if version >= diff.version:
             diff.count, diff.version = outcome.count, version
             self._members += diff.count - self._counts.get(room, 0)
@@ -252,17 +255,24 @@ class Coalescer:
         self._next[room] = now + round_interval(self._members, self.interval, self.longest)
         changes = len(diff.joined) + len(diff.left)
         links = tuple(diff.links)
+        # Each user's change keeps its own step's version: stamped with the round's newest, a
+        # leave stepped here before the user came back through another process (announced
+        # there at once) read as newer than that return, and clients dropped a present user.
         if 0 < changes <= SINGLE_MAX and diff.count <= self.big_room:
-            out = [Announcement("join", diff.count, diff.version, user=u) for u in diff.joined] + [
-                Announcement("leave", diff.count, diff.version, user=u) for u in diff.left
+            out = [Announcement("join", diff.count, diff.version, user=u, changed={u: v})
+                   for u, v in diff.joined.items()] + [
+                Announcement("leave", diff.count, diff.version, user=u, changed={u: v})
+                for u, v in diff.left.items()
             ]
             for part, announcement in enumerate(out):
                 announcement.links, announcement.part, announcement.parts = links, part, len(out)
             return out
         # A round whose changes cancelled out (everyone who came also went) is a diff naming
         # nobody: its steps moved the room's version, and silence would look lost elsewhere.
+        joined, left = list(diff.joined)[:MEMBERS_MAX], list(diff.left)[:MEMBERS_MAX]
+        changed = {u: diff.joined[u] for u in joined} | {u: diff.left[u] for u in left}
         return [Announcement("diff", diff.count, diff.version, links=links,
-                             joined=list(diff.joined)[:MEMBERS_MAX], left=list(diff.left)[:MEMBERS_MAX])]
+                             joined=joined, left=left, changed=changed)]
 
 
 @dataclass(frozen=True)

@@ -376,12 +376,12 @@ class Presence:
             rejoined = (room, a.user) in self._rejoined
             self._rejoined.discard((room, a.user))
             skip = None if rejoined else a.user
-            frame = join_frame(room, a.user, a.count, a.version)
+            frame = join_frame(room, a.user, a.count, a.version, a.changed.get(a.user))
         elif a.kind == "leave":
-            frame = leave_frame(room, a.user, a.count, a.version)
+            frame = leave_frame(room, a.user, a.count, a.version, a.changed.get(a.user))
         else:  # a diff reaches everyone
             self._rejoined.difference_update((room, user) for user in a.joined)
-            frame = presence_diff_frame(room, a.count, a.joined, a.left, a.version)
+            frame = presence_diff_frame(room, a.count, a.joined, a.left, a.version, a.changed)
         event: dict[str, Any] = {"type": EVENT, "frame": frame, "skip": skip}
         if a.links:  # what lets each process tell that its members missed none (repair.py)
             event.update(room=room, links=a.links)

@@ -17,7 +17,7 @@ from app.presence.rules import (
     round_interval,
     tick_interval,
 )
-from app.protocol import is_typing_frame, presence_diff_frame, presence_frame
+from app.protocol import is_typing_frame, leave_frame, presence_diff_frame, presence_frame
 
 GRACE = 15.0
 
@@ -158,6 +158,23 @@ def test_every_frame_of_a_round_carries_the_steps_it_covers() -> None:
     assert (diff.kind, diff.links, diff.parts) == ("diff", ((15, 16),), 1)
 
 
+def test_each_change_of_a_round_keeps_its_own_steps_version() -> None:
+    # b's leave is stepped here at 2 and waits for the round; b comes back through another
+    # process, announced there at once at 3; more joins here reach 4. Stamped 4, the leave
+    # read as newer than the return, and every client dropped b for good.
+    coalescer = Coalescer(big_room=10, interval=0.5)
+    coalescer.add("r", Outcome(joined=["a"], count=2), 1, now=0)
+    coalescer.add("r", Outcome(left=["b"], count=1), 2, now=0.1)
+    coalescer.add("r", Outcome(joined=["c"], count=3), 4, now=0.2)
+    frames = [a for _, a in coalescer.due(0.5)]
+    assert [(a.kind, a.user, a.version, a.changed) for a in frames] == [
+        ("join", "c", 4, {"c": 4}), ("leave", "b", 4, {"b": 2})]
+    coalescer.add("r", Outcome(joined=["d", "e", "f"], count=6), 5, now=0.6)
+    coalescer.add("r", Outcome(left=["c"], count=5), 6, now=0.7)
+    [(_, diff)] = coalescer.due(1.0)
+    assert (diff.kind, diff.version, diff.changed) == ("diff", 6, {"d": 5, "e": 5, "f": 5, "c": 6})
+
+
 def test_a_diff_names_at_most_members_max_users() -> None:
     coalescer = Coalescer(big_room=BIG_ROOM, interval=0.5)
     users = [f"u{i}" for i in range(BIG_ROOM * 3)]
@@ -190,9 +207,11 @@ def test_frames_are_json_with_the_documented_fields() -> None:
     frame = json.loads(presence_frame("r", 2, ["a", "é\""], 4))
     assert frame == {"type": "presence", "room": "r", "count": 2,
                      "members": [{"user": "a"}, {"user": "é\""}], "version": 4}
-    diff = json.loads(presence_diff_frame("r", 5, ["a"], ["b"], 9))
-    assert diff == {"type": "presence_diff", "room": "r", "count": 5, "joined": [{"user": "a"}],
-                    "left": [{"user": "b"}], "version": 9}
+    diff = json.loads(presence_diff_frame("r", 5, ["a"], ["b"], 9, {"b": 7}))
+    assert diff == {"type": "presence_diff", "room": "r", "count": 5, "joined": [{"user": "a", "changed": 9}],
+                    "left": [{"user": "b", "changed": 7}], "version": 9}
+    assert json.loads(leave_frame("r", "b", 4, 9, 7)) == {
+        "type": "leave", "room": "r", "user": "b", "count": 4, "version": 9, "changed": 7}
 
 
 def test_rooms_announcing_together_share_one_budget() -> None:

@@ -257,3 +257,36 @@ def test_a_presence_frame_after_ready_replaces_the_list_and_the_list_never_goes_
         [2, ["a", "c"]],
         [3, ["a", "c", "d"]],
     ]
+
+
+# A round that carries a leave stepped before the user's return through another process: the
+# round's `version` (for `count`) is newer than the return, the leave's own `changed` older.
+PRESENCE_CHANGED = "() => {\n" + FEED + """  const shown = [
+    feed({ type: "presence", count: 2, members: list("me", "zoe"), version: 10 }),
+    // zoe left (11, waiting in process A's round) and came back through B (12, at once).
+    feed({ type: "join", user: "zoe", count: 3, version: 12, changed: 12 }),
+    // A's round goes out at 13: zoe's leave is of step 11, the count of 13 (yan joined there).
+    feed({ type: "presence_diff", count: 3, joined: [{ user: "yan", changed: 13 }],
+           left: [{ user: "zoe", changed: 11 }], version: 13 }),
+    // A snapshot at 14, then a leave of step 13 whose frame is newer (15): the snapshot has it.
+    feed({ type: "presence", count: 2, members: list("me", "zoe"), version: 14 }),
+    feed({ type: "leave", user: "yan", count: 2, version: 15, changed: 13 }),
+  ];
+  client.leave();
+  return shown;
+}"""
+
+
+def test_a_change_is_dated_by_its_own_step_not_by_its_rounds_version(
+    make_app: Callable[..., AppServer], open_tab: Callable[[str], Any],
+) -> None:
+    # A hostile probe: dated by the round's version, zoe's old leave removed her for good.
+    server = make_app()
+    page = open_tab(f"{server.base}/?room=tea")
+    assert page.evaluate(PRESENCE_CHANGED) == [
+        [2, ["me", "zoe"]],
+        [3, ["me", "zoe"]],
+        [3, ["me", "yan", "zoe"]],
+        [2, ["me", "zoe"]],
+        [2, ["me", "zoe"]],
+    ]

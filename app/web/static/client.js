@@ -463,34 +463,36 @@
      * out of order); names are a set: joins add, leaves remove, repeats change nothing. A
      * `presence` snapshot replaces the list: right after `ready`, and again whenever the
      * server found that announcements to it were lost. A snapshot older than a frame already
-     * applied is ignored, and so is a change at or below the last snapshot's version (the
-     * snapshot was read after it), or at or below the last change applied for that user: a
-     * user's leave and return, announced by two processes, can arrive the other way round.
+     * applied is ignored. A user's change is dated by its own step (`changed`; the frame's
+     * `version` from servers before it): ignored at or below the last snapshot's version
+     * (the snapshot was read after it), or at or below the last change applied for that
+     * user: a user's leave and return, announced by two processes, can arrive the other way
+     * round, and one process's round can carry a leave older than the return.
      */
     presenceFrame(frame) {
       const p = this.presence;
-      const names = (list) => (Array.isArray(list) ? list.map((m) => String(m.user)) : []);
       const version = typeof frame.version === "number" ? frame.version : -1;
-      const change = (user, present) => {
-        if ((p.changed.get(user) ?? -1) >= version) return; // a newer change of theirs came first
-        p.changed.set(user, version);
+      const at = (entry) => (typeof entry.changed === "number" ? entry.changed : version);
+      const entries = (list) => (Array.isArray(list) ? list.filter((m) => m !== null && typeof m === "object") : []);
+      const change = (user, present, when) => {
+        if (when <= p.shown) return; // the snapshot was read after it
+        if ((p.changed.get(user) ?? -1) >= when) return; // a newer change of theirs came first
+        p.changed.set(user, when);
         if (present) p.members.add(user);
         else p.members.delete(user);
       };
       if (frame.type === "presence") {
         if (version < p.version) return;
-        p.members = new Set(names(frame.members));
+        p.members = new Set(entries(frame.members).map((m) => String(m.user)));
         p.shown = version;
         p.changed = new Map(); // the snapshot has every change up to it
-      } else if (version <= p.shown) {
-        return;
       } else if (frame.type === "join") {
-        change(String(frame.user), true);
+        change(String(frame.user), true, at(frame));
       } else if (frame.type === "leave") {
-        change(String(frame.user), false);
+        change(String(frame.user), false, at(frame));
       } else {
-        for (const user of names(frame.joined)) change(user, true);
-        for (const user of names(frame.left)) change(user, false);
+        for (const m of entries(frame.joined)) change(String(m.user), true, at(m));
+        for (const m of entries(frame.left)) change(String(m.user), false, at(m));
       }
       if (frame.type === "presence" || version > p.version) {
         p.version = version;
