@@ -161,6 +161,9 @@ class Announcement:
     # user -> the version of the step that made that user's change (``version`` is the
     # round's newest, which ``count`` is of): what clients compare a user's changes by.
     changed: dict[str, int] = field(default_factory=dict)
+    # The room went from more than MEMBERS_MAX to at most that: its members were shown "any
+    # 100", and no change names the rest, so each process sends its members the whole list.
+    relist: bool = False
     links: tuple[Link, ...] = ()
     part: int = 0
     parts: int = 1
@@ -174,6 +177,7 @@ class _Diff:
     version: int = 0
     due: float = 0.0
     links: list[Link] = field(default_factory=list)
+    before: int = 0  # the room's count before the round's first step
 
 
 # At most this many changes go out as separate join/leave frames; more make one diff.
@@ -220,7 +224,8 @@ class Coalescer:
             return []
         diff = self._pending.get(room)
         if diff is None:
-            diff = self._pending[room] = _Diff(due=self._next.get(room, now))
+            before = outcome.count - len(outcome.joined) + len(outcome.left)
+            diff = self._pending[room] = _Diff(due=self._next.get(room, now), before=before)
         if link is not None:
             diff.links.append(link)
         for user in outcome.joined:
@@ -255,6 +260,7 @@ class Coalescer:
         self._next[room] = now + round_interval(self._members, self.interval, self.longest)
         changes = len(diff.joined) + len(diff.left)
         links = tuple(diff.links)
+        relist = diff.before > MEMBERS_MAX >= diff.count
         # Each user's change keeps its own step's version: stamped with the round's newest, a
         # leave stepped here before the user came back through another process (announced
         # there at once) read as newer than that return, and clients dropped a present user.
@@ -266,13 +272,14 @@ class Coalescer:
             ]
             for part, announcement in enumerate(out):
                 announcement.links, announcement.part, announcement.parts = links, part, len(out)
+                announcement.relist = relist
             return out
         # A round whose changes cancelled out (everyone who came also went) is a diff naming
         # nobody: its steps moved the room's version, and silence would look lost elsewhere.
         joined, left = list(diff.joined)[:MEMBERS_MAX], list(diff.left)[:MEMBERS_MAX]
         changed = {u: diff.joined[u] for u in joined} | {u: diff.left[u] for u in left}
         return [Announcement("diff", diff.count, diff.version, links=links,
-                             joined=joined, left=left, changed=changed)]
+                             joined=joined, left=left, changed=changed, relist=relist)]
 
 
 @dataclass(frozen=True)

@@ -383,6 +383,8 @@ class Presence:
             self._rejoined.difference_update((room, user) for user in a.joined)
             frame = presence_diff_frame(room, a.count, a.joined, a.left, a.version, a.changed)
         event: dict[str, Any] = {"type": EVENT, "frame": frame, "skip": skip}
+        if a.relist:  # every process sends its members of the room the whole list
+            event.update(room=room, relist=True)
         if a.links:  # what lets each process tell that its members missed none (repair.py)
             event.update(room=room, links=a.links)
             if a.parts > 1:
@@ -402,6 +404,10 @@ class Presence:
         links = event.get("links")
         if links and self.repairs is not None:
             self.repairs.delivered(event["room"], links, event.get("part", 0), event.get("parts", 1))
+        if event.get("relist") and self.local.holds(event["room"]):
+            # The room is small again: its members here were shown any 100 of it, and the
+            # changes name only who came and went. The next tick reads it and sends it whole.
+            self._owed.add(event["room"])
 
     def _dropped(self, event: dict[str, Any], channels: list[str]) -> None:
         """The layer's tap: a frame of a room that changes its list (an announcement, or a

@@ -255,6 +255,37 @@ async def test_a_big_room_hears_diffs_and_the_count_stays_exact(make_app: Callab
         await other.close()
 
 
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_a_room_small_again_is_sent_whole_to_its_members(
+    make_app: Callable[..., AppServer], store: str, request: pytest.FixtureRequest,
+) -> None:
+    # A hostile probe: shown any 100 of 116, then 40 of the named ones left; the observer
+    # kept count 76 with 60 names, for good (no change ever names the 16 never shown).
+    env = {"CHAT_PRESENCE_GRACE": GRACE}
+    if store == "redis":
+        env["REDIS_URL"] = request.getfixturevalue("redis_server").url
+    server = make_app(env=env)
+    others = [await Client.connect(server.ws_url("shrink"), presence=True) for _ in range(115)]
+    watcher = await Client.connect(server.ws_url("shrink"), presence=True)
+    snapshot = await watcher.recv_type("presence")
+    assert snapshot["count"] == 116 and len(snapshot["members"]) == 100
+    shown = {m["user"] for m in snapshot["members"]}
+    shown.discard(watcher.ready["user"])
+    leaving = [other for other in others if other.ready["user"] in shown][:40]
+    for other in leaving:
+        await other.close()
+    while True:
+        frame = await watcher.recv(timeout=30)
+        if frame["type"] == "presence" and frame["count"] == 76:
+            break
+    assert len(frame["members"]) == 76
+    assert {m["user"] for m in frame["members"]} == {o.ready["user"] for o in others if o not in leaving} | {
+        watcher.ready["user"]}
+    for other in others:
+        if other not in leaving:
+            await other.close()
+
+
 # -- two processes on one Redis ---------------------------------------------------------------
 
 

@@ -175,6 +175,20 @@ def test_each_change_of_a_round_keeps_its_own_steps_version() -> None:
     assert (diff.kind, diff.version, diff.changed) == ("diff", 6, {"d": 5, "e": 5, "f": 5, "c": 6})
 
 
+def test_a_round_that_brings_a_room_to_members_max_or_fewer_asks_for_the_whole_list() -> None:
+    # Its members were shown any 100 names and the changes name only who came and went: a
+    # hostile probe's observer ended with count 76 and 60 names, for good.
+    coalescer = Coalescer(big_room=10, interval=0.5)
+    [grown] = coalescer.add("r", Outcome(joined=[f"u{i}" for i in range(120)], count=120), 1, now=0)
+    assert not grown.relist
+    coalescer.add("r", Outcome(left=[f"u{i}" for i in range(10)], count=110), 2, now=0.1)
+    coalescer.add("r", Outcome(left=[f"u{i}" for i in range(10, 30)], count=90), 3, now=0.2)
+    [(_, shrunk)] = coalescer.due(1.0)
+    assert (shrunk.count, shrunk.relist) == (90, True)
+    [smaller] = coalescer.add("r", Outcome(left=["u30"], count=89), 4, now=5)
+    assert not smaller.relist
+
+
 def test_a_diff_names_at_most_members_max_users() -> None:
     coalescer = Coalescer(big_room=BIG_ROOM, interval=0.5)
     users = [f"u{i}" for i in range(BIG_ROOM * 3)]
