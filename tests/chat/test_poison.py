@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 
+import pytest
 import redis as redis_py
 
 from tests.support import API_TOKEN, AppServer, Client, RedisServer
@@ -87,50 +88,35 @@ async def test_a_damaged_stored_record_is_delivered_with_replacement_characters(
     await joiner.close()
 
 
-async def test_a_stored_record_cut_short_is_delivered_as_a_replacement_character(
-    make_app: Callable[..., AppServer], redis_server: RedisServer,
+@pytest.mark.parametrize(("room", "records"), [
+    # No frame field at all (another tool's write): it ended every member's connection (1006)
+    # and refused every join 503.
+    ("bare", [{"x": b"not ours"}]),
+    # Not a whole message frame (cut short, empty, not JSON): pasted as it was, a text frame
+    # no client could parse and an API answer that was not JSON.
+    ("cut", [{"f": b'{"type":"message","room":"cut","id":2,"mess'}, {"f": b""}, {"f": b"not json"}]),
+])
+async def test_a_stored_record_that_is_no_message_frame_is_delivered_as_a_replacement_character(
+    make_app: Callable[..., AppServer], redis_server: RedisServer, room: str, records: list[dict[str, bytes]],
 ) -> None:
-    """A record that is not a whole message frame (cut short, empty, not JSON) was pasted
-    as it was: a text frame no client could parse, and an API answer that was not JSON."""
     api_server = make_app(env={"REDIS_URL": redis_server.url})
-    member = await Client.connect(api_server.ws_url("cut"))
+    member = await Client.connect(api_server.ws_url(room))
     assert (await member.post("before"))["id"] == 1
     with redis_py.Redis.from_url(redis_server.url) as r:
-        r.hincrby("chat:{cut}:meta", "seq", 3)
-        r.xadd("chat:{cut}:log", {"f": b'{"type":"message","room":"cut","id":2,"mess'}, id="2-0")
-        r.xadd("chat:{cut}:log", {"f": b""}, id="3-0")
-        r.xadd("chat:{cut}:log", {"f": b"not json"}, id="4-0")
-    assert (await member.post("after"))["id"] == 5
-    expected = [(1, "before"), (2, "\ufffd"), (3, "\ufffd"), (4, "\ufffd"), (5, "after")]
+        r.hincrby(f"chat:{{{room}}}:meta", "seq", len(records))
+        for offset, record in enumerate(records):
+            r.xadd(f"chat:{{{room}}}:log", record, id=f"{offset + 2}-0")
+    last = len(records) + 2
+    assert (await member.post("after"))["id"] == last
+    expected = [(1, "before"), *[(i, "\ufffd") for i in range(2, last)], (last, "after")]
     # Client.messages parses every frame as JSON: a frame that is not fails here.
-    assert [(m["id"], m["message"]) for m in await member.messages(5)] == expected
+    assert [(m["id"], m["message"]) for m in await member.messages(last)] == expected
 
-    joiner = await Client.connect(api_server.ws_url("cut", last=10))
-    assert [(m["id"], m["message"]) for m in await joiner.messages(5)] == expected
-    status, page = api_server.get("/api/rooms/cut/messages")
+    joiner = await Client.connect(api_server.ws_url(room, last=10))
+    replayed = await joiner.messages(last)
+    assert [(m["id"], m["message"]) for m in replayed] == expected
+    assert {m["room"] for m in replayed} == {room}
+    status, page = api_server.get(f"/api/rooms/{room}/messages")
     assert status == 200 and [(m["id"], m["message"]) for m in page["messages"]] == expected
-    await member.close()
-    await joiner.close()
-
-
-async def test_a_stored_record_without_its_frame_is_delivered_as_a_replacement_character(
-    make_app: Callable[..., AppServer], redis_server: RedisServer,
-) -> None:
-    """An entry with no frame field at all (another tool's write): a message of U+FFFD under
-    its id. It used to end every member's connection (1006) and refuse every join 503."""
-    api_server = make_app(env={"REDIS_URL": redis_server.url})
-    member = await Client.connect(api_server.ws_url("bare"))
-    assert (await member.post("before"))["id"] == 1
-    with redis_py.Redis.from_url(redis_server.url) as r:
-        r.hincrby("chat:{bare}:meta", "seq", 1)
-        r.xadd("chat:{bare}:log", {"x": b"not ours"}, id="2-0")
-    assert (await member.post("after"))["id"] == 3
-    live = await member.messages(3)
-    assert [m["id"] for m in live] == [1, 2, 3] and live[1]["message"] == "\ufffd"
-
-    joiner = await Client.connect(api_server.ws_url("bare", last=10))
-    assert [(m["id"], m["room"]) for m in await joiner.messages(3)] == [(1, "bare"), (2, "bare"), (3, "bare")]
-    status, page = api_server.get("/api/rooms/bare/messages")
-    assert status == 200 and [m["id"] for m in page["messages"]] == [1, 2, 3]
     await member.close()
     await joiner.close()
