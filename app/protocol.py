@@ -358,15 +358,18 @@ def presence_frame(room: str, count: int, members: list[str] | str, version: int
             + ',"members":' + listed + ',"version":' + str(version) + "}")
 
 
-def join_frame(room: str, user: str, count: int, version: int, changed: int | None = None) -> str:
+def _change_frame(kind: str, room: str, user: str, count: int, version: int, changed: int | None) -> str:
     """``changed``: the version of the step that made this change (``version`` if None)."""
-    return _dumps({"type": "join", "room": room, "user": user, "count": count, "version": version,
+    return _dumps({"type": kind, "room": room, "user": user, "count": count, "version": version,
                    "changed": version if changed is None else changed})
+
+
+def join_frame(room: str, user: str, count: int, version: int, changed: int | None = None) -> str:
+    return _change_frame("join", room, user, count, version, changed)
 
 
 def leave_frame(room: str, user: str, count: int, version: int, changed: int | None = None) -> str:
-    return _dumps({"type": "leave", "room": room, "user": user, "count": count, "version": version,
-                   "changed": version if changed is None else changed})
+    return _change_frame("leave", room, user, count, version, changed)
 
 
 def presence_diff_frame(room: str, count: int, joined: list[str], left: list[str], version: int,

@@ -48,13 +48,13 @@ CLOSE_POLICY = 1008
 # send as it is). Browsers never fragment what they send; libraries that do cut a message
 # into pieces of their write buffer (4 KB for Go's gorilla), 16 for the largest message.
 MAX_FRAGMENTS = 64
+CLOSE_TOO_BIG = 1009
 # Of what one read brought, at most this much is parsed while the application has messages
 # waiting; the rest waits as bytes until it has taken them (``_parse_ahead``). A read is up to
 # 256 KB (uvloop's), and websockets parsed all of it before uvicorn could pause reading: every
 # frame a message dict of ~110 bytes, so a read of empty 6-byte frames held ~40,000 of them,
 # 20 times what was sent (a probe: +335 MB for 100 sockets sending 256 KB each).
 PARSE_AHEAD = 8 * 1024
-CLOSE_TOO_BIG = 1009
 
 
 class ArrivalStamps(Mailbox):

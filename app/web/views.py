@@ -141,9 +141,9 @@ async def _history(request: HttpRequest, room: str) -> HttpResponse:
         return refused
     try:
         query = single_values(dict(request.GET.lists()), HISTORY_PARAMS)
-        since = bounded_integer("since", query.get("since", "0"), 0, 10**18)
-        default_limit = str(min(DEFAULT_LIMIT, CONFIG.history_max))  # a history shorter than it
-        limit = bounded_integer("limit", query.get("limit", default_limit), 1, CONFIG.history_max)
+        since = 0 if "since" not in query else bounded_integer("since", query["since"], 0, 10**18)
+        limit = (min(DEFAULT_LIMIT, CONFIG.history_max) if "limit" not in query  # a history shorter than it
+                 else bounded_integer("limit", query["limit"], 1, CONFIG.history_max))
         ts = None if "ts" not in query else bounded_integer("ts", query["ts"], 0, MAX_TS)
         epoch = query.get("epoch")
         if epoch is not None and not 0 < len(epoch) <= MAX_EPOCH_CHARS:
