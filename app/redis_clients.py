@@ -12,7 +12,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, ClusterPipeline, PipelineCommand, RedisCluster
+from redis._parsers.commands import AsyncCommandsParser
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, NodesManager, PipelineCommand, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
@@ -94,6 +95,7 @@ class _Cluster(RedisCluster):
 
     def __init__(self, *args: Any, node_gate: int = NODE_GATE, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.commands_parser = _CommandTable(self.nodes_manager)
         self._node_gate = node_gate
         self._gates: dict[str, asyncio.Semaphore] = {}  # node name -> its turns
 
@@ -145,6 +147,35 @@ class _Cluster(RedisCluster):
     def register_script(self, script: ScriptTextT) -> AsyncScript:  # type: ignore[override]
         # (redis-py's stubs give RedisCluster two register_scripts: Script's and AsyncScript's.)
         return _SlotScript(self, script)
+
+
+class _CommandTable(AsyncCommandsParser):
+    """redis-py's command table (``COMMAND``), read once per client, from any node that answers.
+
+    redis-py reads it again on every slot-map refresh, from the first master of the new map
+    (the one serving slot 0), and a refresh that fails to read it fails whole: while that
+    master was down, before its replica took over, every command of a client that refreshed
+    its map failed, in every room, not just in the dead master's. The table is the server
+    version's, not the topology's: one read is enough."""
+
+    def __init__(self, nodes: NodesManager) -> None:
+        super().__init__()
+        self._nodes = nodes
+
+    async def initialize(self, node: ClusterNode | None = None) -> None:
+        if self.commands:
+            return
+        candidates = [node] if node is not None else []
+        candidates += [other for other in self._nodes.nodes_cache.values() if other is not node]
+        error: Exception = RedisClusterException("no cluster node to read COMMAND from")
+        for candidate in candidates:
+            try:
+                await super().initialize(candidate)
+            except (RedisError, OSError) as exc:  # down, loading, timed out: the next one
+                error = exc
+            else:
+                return
+        raise error
 
 
 class _SlotScript(AsyncScript):

@@ -6,7 +6,8 @@
 1. start (or rebuild and start) the target colour and wait for its own /readyz 200;
 2. switch Traefik to it atomically (the dynamic file, temp file + rename);
 3. confirm through Traefik that the new colour answers (/readyz names it);
-4. stop the old colour with SIGTERM: it drains, its clients get 1012 and reconnect through
+4. wait ``IN_FLIGHT`` (0.5 s) for handshakes Traefik forwarded to the old colour just before
+   the switch, then stop the old colour with SIGTERM: it drains, its clients get 1012 and reconnect through
    Traefik to the new colour, resuming by id (compose: the deploy returns once every old
    replica confirms it is draining; ``--wait-drain`` waits until they have exited);
 5. print a JSON report: time to ready, switch latency, drain time, total, and what became
@@ -66,6 +67,13 @@ from tools.report import table
 # The local stack's module (psutil, the process tools) is imported only by the local
 # runtime (scripts/local_runtime.py, inside its methods): a compose deploy starts ~30 ms
 # sooner without it.
+
+# Between a confirmed switch and the old colour's SIGTERM. A handshake Traefik forwarded to
+# the old colour just before the switch is still on its way there when the switch is seen,
+# and a draining process refuses it (503 draining: a failed connect, to a browser). Nothing
+# tells when the last one has landed; a forward on loopback takes milliseconds, under load
+# tens of them (tests/e2e/test_health_check.py saw one refused without this wait).
+IN_FLIGHT = 0.5
 
 # What stops a deploy part-way: each of them becomes KeyboardInterrupt (see main).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -148,6 +156,8 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
             now = f"{old or 'nothing'} still runs, undrained" if runtime.edge_down() else old_now
             raise DeployError(f"{why}; switched back before draining anything, {now}")
         confirmed = True
+        if old_answered:
+            time.sleep(IN_FLIGHT)
         stopped = runtime.stop(old) if old is not None else False
     except KeyboardInterrupt:
         raise interrupted(runtime, color, old, switched_to, confirmed, old_now) from None

@@ -107,3 +107,30 @@ async def test_a_script_new_to_a_live_master_runs_while_another_master_is_down(
             assert await script(keys=[keys[port]])  # cached on that master now: EVALSHA
     finally:
         await client.aclose()
+
+
+async def test_a_client_new_while_its_first_master_is_down_serves_the_other_masters_keys(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    """redis-py reads its command table (``COMMAND``) from the first master of each slot map
+    it loads: a client that loaded one while that master was down, before its replica took
+    over (a process started then, or one that lost its map), failed every command, whatever
+    master served the key."""
+    # One seed, a replica: each client learns the same map, masters in the same order.
+    seed = next(port for port in redis_cluster.ports if port not in redis_cluster.masters())
+    urls = (f"redis://127.0.0.1:{seed}",)
+    probe = cluster_client(urls)
+    try:
+        await probe.initialize()
+        dead = probe.get_default_node().port
+    finally:
+        await probe.aclose()
+    keys = {redis_cluster.master_of(key): key for key in (f"{{first-{n}}}" for n in range(200))}
+    redis_cluster.kill(dead)
+    client = cluster_client(urls)
+    try:
+        for port, key in keys.items():
+            if port != dead:
+                assert await client.set(key, "v"), port
+    finally:
+        await client.aclose()
