@@ -390,10 +390,11 @@ class ComposeRuntime:
             self._plan(color)
         self._route(color)
 
-    def routed_color(self) -> str | None:
-        # A short timeout: right after a kill, Traefik may still hold a keep-alive connection
-        # to the dead container and the request hangs; the next poll goes to the new route.
-        status, body = get_json(self.ops_url + traefik_config.READY_PATH, timeout=0.3)
+    def routed_color(self, timeout: float | None = None) -> str | None:
+        # A short timeout unless asked for more: right after a kill, Traefik may still hold a
+        # keep-alive connection to the dead container and the request hangs; the next poll
+        # goes to the new route.
+        status, body = get_json(self.ops_url + traefik_config.READY_PATH, timeout=timeout or 0.3)
         color = body.get("color") if status == 200 and body is not None else None
         if color is not None:
             self.answered.add(color)

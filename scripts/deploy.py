@@ -232,6 +232,16 @@ def finish(runtime: Runtime, color: str, old: str,
 LOOK_EVERY = 0.2
 
 
+# A poll of Traefik's /readyz that took this long got no answer in time (a refusal or the
+# other colour comes back in milliseconds). Right after a drain, the new colour (and Traefik)
+# can be that busy with the reconnect storm: at 9,000 clients on a slow machine every 1 s
+# poll timed out for 15 s, and the deploy failed a switch that had worked. Each such poll
+# makes the next one wait twice as long, up to PATIENCE_CAP: a long wait delays the look at
+# the new colour's processes (LOOK_EVERY) by as much.
+SLOW_ANSWER = 0.25
+PATIENCE_CAP = 8.0
+
+
 def _lost(color: str, dead: dict[str, str]) -> str:
     return f"{color} lost processes after it was ready ({_listed(dead)})"
 
@@ -243,8 +253,14 @@ def _confirm(runtime: Runtime, color: str, timeout: float, any_death: bool = Tru
     routed to), or ``timeout`` passed."""
     deadline = time.monotonic() + timeout
     look = 0.0
-    while runtime.routed_color() != color:
+    patience: float | None = None  # the runtime's own short wait, until polls time out
+    while True:
+        asked = time.monotonic()
+        if runtime.routed_color(patience) == color:
+            return ""
         now = time.monotonic()
+        if now - asked >= SLOW_ANSWER:  # no answer in time: the next poll waits twice as long
+            patience = min(2 * (now - asked), PATIENCE_CAP, max(deadline - now, SLOW_ANSWER))
         if now >= look:
             edge = runtime.edge_down()
             if edge:
@@ -256,7 +272,6 @@ def _confirm(runtime: Runtime, color: str, timeout: float, any_death: bool = Tru
         if now > deadline:
             return f"Traefik did not route to {color} within {timeout:.0f}s"
         time.sleep(0.01)
-    return ""
 
 
 def _not_serving(runtime: Runtime, color: str, timeout: float) -> str:

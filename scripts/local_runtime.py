@@ -117,10 +117,10 @@ class LocalRuntime:
             traefik_config.render_dynamic(color, self.state.app_urls()),
         )
 
-    def routed_color(self) -> str | None:
+    def routed_color(self, timeout: float | None = None) -> str | None:
         from scripts.stack import traefik_color
 
-        return traefik_color(self.state)
+        return traefik_color(self.state, timeout or 1.0)
 
     def stop(self, color: str) -> bool:
         """Drain the colour's live processes at once; ``per_process`` says what became of

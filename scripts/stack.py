@@ -155,9 +155,10 @@ def _open_log_end(state: StackState, name: str) -> BinaryIO | None:
     return None
 
 
-def traefik_color(state: StackState) -> str | None:
-    """The colour Traefik routes to now, read from /readyz on its internal entry point."""
-    status, body = http_get(state.ops_url + traefik_config.READY_PATH, timeout=1.0)
+def traefik_color(state: StackState, timeout: float = 1.0) -> str | None:
+    """The colour Traefik routes to now, read from /readyz on its internal entry point (None:
+    no answer within ``timeout``, or not a colour's)."""
+    status, body = http_get(state.ops_url + traefik_config.READY_PATH, timeout=timeout)
     if status != 200:
         return None
     try:

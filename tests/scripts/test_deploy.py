@@ -29,7 +29,7 @@ from scripts.stack_state import StackState, locked, routed_record
 from tests.support import Client, run_script
 from tools import ROOT
 from tools import traefik_config as tc
-from tools.net import wait_until
+from tools.net import http_get, wait_until
 from tools.procs import spawn
 
 
@@ -751,7 +751,7 @@ async def test_a_deploy_interrupted_before_traefik_confirmed_is_not_finished_int
                 assert self.state.procs["green"].wait(10)
             super().switch(color)
 
-        def routed_color(self) -> str | None:
+        def routed_color(self, timeout: float | None = None) -> str | None:
             raise KeyboardInterrupt  # what Ctrl-C raises in a deploy (scripts.deploy._stop)
 
     state = local_stack
@@ -904,3 +904,57 @@ def test_an_old_process_draining_already_is_reported_as_its_drain_went(local_sta
     report = deploy(LocalRuntime(state), "blue")
     assert report["finished"] and (report["from"], report["to"]) == ("green", "blue")
     assert report["old_processes"] == {"green": "drained"} and report["old"] == "drained"
+
+
+class SlowReadyz(BaseHTTPRequestHandler):
+    """Traefik's /readyz when the routed colour is busy with a reconnect storm: green,
+    answered only after ``delay`` seconds."""
+
+    delay = 1.5
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        time.sleep(self.delay)
+        body = json.dumps({"ready": True, "color": "green"}).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class SlowEdge:
+    """The part of a runtime the switch's confirmation asks: Traefik (at ``url``) up, none
+    of green's processes dead."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def routed_color(self, timeout: float | None = None) -> str | None:
+        status, body = http_get(self.url, timeout=timeout or 1.0)
+        return json.loads(body)["color"] if status == 200 else None
+
+    def edge_down(self) -> str:
+        return ""
+
+    def dead(self, color: str) -> dict[str, str]:
+        return {}
+
+    def members(self, color: str) -> list[str]:
+        return [color]
+
+
+def test_a_switch_is_confirmed_when_traefik_answers_slower_than_a_poll_waits() -> None:
+    # At 9,000 clients on a slow machine every 1 s poll timed out for the 15 s after the
+    # drain, and the deploy failed a switch that had worked.
+    from scripts.deploy import _confirm
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowReadyz)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/readyz"
+        assert _confirm(SlowEdge(url), "green", timeout=6.0) == ""  # type: ignore[arg-type]
+    finally:
+        server.shutdown()
+        server.server_close()
