@@ -14,17 +14,27 @@ import time
 from typing import Any
 
 from app.presence.base import PresenceStore, PresenceUnavailable, RoomChange, RoomState
-from app.presence.rules import MEMBERS_MAX, KnownRosters, Seen
+from app.presence.rules import MEMBERS_MAX, KnownRosters, Seen, stall_after
 from app.redis_clients import FAILURES
 from app.redis_scripts import ScriptPipeline, scripts_by_node
 
-# KEYS: members (zset), version, born. ARGV: hold_ms, release_ms, key_ttl_ms, sample, nhold,
-# known version, known count, known born, forgive_ms, then the held users, then the released
-# ones. forgive_ms: deadlines that passed less than this long ago are not departures yet (the
-# store was unreachable, so nobody could renew them). A room made anew (or whose keys were
-# lost) starts its version at Redis's clock in microseconds, above any version it had before,
-# and a version is never below that clock (a failover can keep both keys with stale values):
-# clients keep the count of the highest version they have seen.
+# KEYS: members (zset), version, born, clock (hash). ARGV: hold_ms, release_ms, key_ttl_ms,
+# sample, nhold, known version, known count, known born, forgive_ms, stall_ms, then the held
+# users, then the released ones. forgive_ms: deadlines that passed less than this long ago
+# are not departures yet (the caller's store was unreachable, so nobody could renew them).
+# stall_ms: the same found by the room itself, for steps that were already on their way when
+# the store stalled (a CLIENT PAUSE, as a failover makes; a Redis frozen by a slow command or
+# a fork) and so carry no forgive_ms: ``clock`` keeps the time of the room's last step
+# (``last``), and a step that finds none for longer than stall_ms (every process holding
+# users here steps the room each heartbeat) spares the holds that lapsed after ``last`` for
+# a hold (``spared``, until ``until``): each process that lived through the stall has held
+# its users again by then, and those of one that did not go after it. A hold's deadline is
+# n + 0.5 ms, a release's a whole n: a release is a departure asked for, never spared (the
+# last user of a room leaving, the room unstepped until it is due, is no stall).
+# A room made anew (or whose keys were lost) starts its version at Redis's clock in
+# microseconds, above any version it had before, and a version is never below that clock (a
+# failover can keep both keys with stale values): clients keep the count of the highest
+# version they have seen.
 # Mirrors app.presence.rules.Roster.step. "known": the room is still as the caller last saw
 # it (its version, count and birth: when its version key was made, so a room whose keys
 # were lost and made again is never taken for the one seen before), so the caller works out
@@ -36,28 +46,50 @@ _STEP = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cutoff = now - tonumber(ARGV[9])
+local clock = redis.call('HMGET', KEYS[4], 'last', 'spared', 'until')
+local last, spared, spared_until = tonumber(clock[1]), tonumber(clock[2]), tonumber(clock[3])
+if last and now - last > tonumber(ARGV[10]) then
+  spared, spared_until = last, now + tonumber(ARGV[1])
+  redis.call('HSET', KEYS[4], 'spared', string.format('%.0f', spared),
+    'until', string.format('%.0f', spared_until))
+end
+if not (spared and now < spared_until) then spared = nil end
+redis.call('HSET', KEYS[4], 'last', string.format('%.0f', now))
+redis.call('PEXPIRE', KEYS[4], ARGV[3])
 local key = KEYS[1]
 local born = redis.call('GET', KEYS[3])
 local known = born and born == ARGV[8]
   and tonumber(redis.call('GET', KEYS[2]) or '0') == tonumber(ARGV[6])
   and redis.call('ZCARD', key) == tonumber(ARGV[7])
-local gone = redis.call('ZRANGEBYSCORE', key, '-inf', cutoff)
+local gone = {}
 local expired = {}
-if #gone > 0 then
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', cutoff)
-  for _, u in ipairs(gone) do expired[u] = true end
+if spared then
+  -- A hold (its deadline n + 0.5 ms) that lapsed after the last step before a stall was not
+  -- renewed because nobody could: spared. A release (a whole n) was a departure already.
+  local due = redis.call('ZRANGEBYSCORE', key, '-inf', cutoff, 'WITHSCORES')
+  for i = 1, #due, 2 do
+    local score = tonumber(due[i + 1])
+    if score <= spared or score % 1 == 0 then gone[#gone + 1] = due[i] end
+  end
+  for i = 1, #gone, 1000 do
+    redis.call('ZREM', key, unpack(gone, i, math.min(i + 999, #gone)))
+  end
+else
+  gone = redis.call('ZRANGEBYSCORE', key, '-inf', cutoff)
+  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', key, '-inf', cutoff) end
 end
+for _, u in ipairs(gone) do expired[u] = true end
 local nhold = tonumber(ARGV[5])
-local hold_until = now + tonumber(ARGV[1])
+local hold_until = now + tonumber(ARGV[1]) + 0.5
 local joined = {}
-for i = 10, 9 + nhold do
+for i = 11, 10 + nhold do
   local u = ARGV[i]
   if redis.call('ZADD', key, 'GT', hold_until, u) == 1 then
     if expired[u] then expired[u] = false else joined[#joined + 1] = u end
   end
 end
 local release_until = now + tonumber(ARGV[2])
-for i = 10 + nhold, #ARGV do
+for i = 11 + nhold, #ARGV do
   redis.call('ZADD', key, 'XX', release_until, ARGV[i])
 end
 local left = {}
@@ -76,8 +108,8 @@ if #joined > 0 or #left > 0 then
   -- The next version, and never below the clock in microseconds: a failover to a replica
   -- that missed the last steps keeps both keys with older values, and counting on from
   -- those would give clients versions lower than ones they already saw.
-  local clock = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  version = math.max(tonumber(stored or '0') + 1, clock)
+  local micros = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  version = math.max(tonumber(stored or '0') + 1, micros)
   redis.call('SET', KEYS[2], string.format('%.0f', version))
 else
   version = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -92,7 +124,10 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 if born then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
 if count > 0 then
   redis.call('PEXPIRE', key, ARGV[3])
-  next_ms = math.max(tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]) - cutoff, 0)
+  local first = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
+  -- What is left at or below the cutoff is spared: due when the sparing ends.
+  local due = first <= cutoff and spared_until or first + tonumber(ARGV[9])
+  next_ms = math.max(math.ceil(due - now), 0)
   if tonumber(ARGV[4]) > 0 and not known then
     members = redis.call('ZRANGE', key, 0, tonumber(ARGV[4]) - 1)
   end
@@ -126,6 +161,7 @@ class RedisPresence(PresenceStore):
         self._read = client.register_script(_READ)
         self._release_ms = int(grace * 1000)
         self._hold_ms = int(hold * 1000)
+        self._stall_ms = int(stall_after(grace) * 1000)
         self._key_ttl_ms = max(self._hold_ms, self._release_ms) + KEY_MARGIN_MS
         self._known = KnownRosters()
         self._answered_at: float | None = None  # monotonic: the store's last answer
@@ -134,7 +170,8 @@ class RedisPresence(PresenceStore):
 
     @staticmethod
     def _keys(room: str) -> list[str]:
-        return [f"chat:{{{room}}}:present", f"chat:{{{room}}}:present:v", f"chat:{{{room}}}:present:born"]
+        return [f"chat:{{{room}}}:present", f"chat:{{{room}}}:present:v", f"chat:{{{room}}}:present:born",
+                f"chat:{{{room}}}:present:clock"]
 
     def _forgive_ms(self, now: float) -> int:
         """How long ago a deadline may have passed and still not be a departure.
@@ -154,7 +191,7 @@ class RedisPresence(PresenceStore):
     def _args(self, change: RoomChange, base: Seen | None, forgive_ms: int) -> list[Any]:
         known = (base.version, len(base.names), base.born) if base is not None else (-1, -1, "")
         return [self._hold_ms, self._release_ms, self._key_ttl_ms, MEMBERS_MAX if change.sample else 0,
-                len(change.hold), *known, forgive_ms, *change.hold, *change.release]
+                len(change.hold), *known, forgive_ms, self._stall_ms, *change.hold, *change.release]
 
     async def sync(self, changes: list[RoomChange]) -> list[RoomState | PresenceUnavailable]:
         if not changes:

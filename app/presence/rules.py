@@ -27,6 +27,14 @@ def heartbeat_interval(grace: float) -> float:
     return min(max(grace / 3, 0.05), 5.0)
 
 
+def stall_after(grace: float) -> float:
+    """How long a room with members can go unstepped before the store is taken to have
+    stalled (every process holding users there steps it each heartbeat): two heartbeats, and
+    a second more than one (a heartbeat runs late on a busy event loop)."""
+    interval = heartbeat_interval(grace)
+    return max(2 * interval, interval + 1.0)
+
+
 def tick_interval(grace: float) -> float:
     """How often a process looks for departures due and diffs to send."""
     return min(COALESCE_INTERVAL, heartbeat_interval(grace))

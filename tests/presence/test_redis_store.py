@@ -3,13 +3,16 @@ from what it saw (the room changed elsewhere, or its keys were lost and made aga
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+import redis as redis_py
 
 from app.presence.base import RoomChange
 from app.presence.redis import RedisPresence
+from app.presence.rules import heartbeat_interval, stall_after
 from app.redis_clients import NODE_CONNECTIONS, cluster_client, redis_client
 from app.redis_url import parse_redis_url
 from tests.support import rooms_per_master
@@ -129,5 +132,54 @@ async def test_a_step_in_more_rooms_of_each_master_than_its_pool_steps_every_roo
         assert [(state.count, state.joined) for state in states] == [(1, ["a"])] * len(rooms)
         states = await store.sync([RoomChange(room, hold=("a",)) for room in rooms])  # a heartbeat
         assert [(state.count, state.joined, state.left) for state in states] == [(1, [], [])] * len(rooms)
+    finally:
+        await store.close()
+
+
+async def test_a_step_already_sent_when_the_store_stalled_announces_no_one_gone(
+    redis_server: RedisServer,
+) -> None:
+    # A step on its way when Redis paused (CLIENT PAUSE, as a failover makes) carried no
+    # forgiveness, its process having seen no failure: run after the pause, it announced
+    # every user whose hold lapsed meanwhile gone, and their process's next heartbeat back.
+    grace = 1.0
+    hold = grace + heartbeat_interval(grace)
+    here, elsewhere = (RedisPresence(redis_client(redis_server.url), grace=grace, hold=hold) for _ in "ab")
+    try:
+        await here.sync([RoomChange("r", hold=("a",))])
+        await elsewhere.sync([RoomChange("r", hold=("b",))])
+        with redis_py.Redis.from_url(redis_server.url) as admin:
+            admin.client_pause(int((hold + 1) * 1000), all=True)  # past a's hold
+        [state] = await elsewhere.sync([RoomChange("r", hold=("b",))])  # runs when it ends
+        assert (state.left, state.count) == ([], 2)
+        # Spared, not kept: with no heartbeat from a's process, a goes a hold later.
+        gone: list[str] = []
+        async with asyncio.timeout(10):
+            while not gone:
+                await asyncio.sleep(state.next_due or 0.05)  # when the store says one is due
+                [state] = await elsewhere.sync([RoomChange("r", hold=("b",))])
+                gone += state.left
+        assert (gone, state.count) == (["a"], 1)
+    finally:
+        await here.close()
+        await elsewhere.close()
+
+
+async def test_the_last_user_leaving_a_room_nobody_steps_meanwhile_leaves_after_the_grace(
+    redis_server: RedisServer,
+) -> None:
+    # The room is stepped next when the departure is due, longer after its last step than a
+    # stall takes to be noticed: a release is a departure asked for, never spared.
+    grace = 2.0
+    assert grace > stall_after(grace)
+    store = RedisPresence(redis_client(redis_server.url), grace=grace,
+                          hold=grace + heartbeat_interval(grace))
+    try:
+        await store.sync([RoomChange("quiet", hold=("a",))])
+        [state] = await store.sync([RoomChange("quiet", release=("a",))])
+        assert state.next_due is not None and state.next_due <= grace
+        await asyncio.sleep(state.next_due)  # when the store says the departure is due
+        [state] = await store.sync([RoomChange("quiet")])
+        assert (state.left, state.count) == (["a"], 0)
     finally:
         await store.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from app.presence.rules import (
     BIG_ROOM,
     MEMBERS_MAX,
@@ -15,6 +17,7 @@ from app.presence.rules import (
     Seen,
     heartbeat_interval,
     round_interval,
+    stall_after,
     tick_interval,
 )
 from app.protocol import is_typing_frame, leave_frame, presence_diff_frame, presence_frame
@@ -201,6 +204,12 @@ def test_intervals_follow_the_grace() -> None:
     assert heartbeat_interval(1) < 1
     assert tick_interval(15) == 0.5
     assert tick_interval(0) > 0
+
+
+@pytest.mark.parametrize("grace", [1, 2, 3.5, 15, 60])
+def test_a_room_whose_holders_live_is_never_taken_for_a_stalled_store(grace: float) -> None:
+    # Each holder steps its rooms every heartbeat: a heartbeat a second late is still no stall.
+    assert stall_after(grace) >= heartbeat_interval(grace) + 1
 
 
 def test_typing_frames_are_recognised_and_nothing_else() -> None:

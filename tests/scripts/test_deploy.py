@@ -906,7 +906,7 @@ def test_an_old_process_draining_already_is_reported_as_its_drain_went(local_sta
     assert report["old_processes"] == {"green": "drained"} and report["old"] == "drained"
 
 
-class SlowReadyz(BaseHTTPRequestHandler):
+class SlowReadyz(Stranger):
     """Traefik's /readyz when the routed colour is busy with a reconnect storm: green,
     answered only after ``delay`` seconds."""
 
@@ -914,14 +914,7 @@ class SlowReadyz(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         time.sleep(self.delay)
-        body = json.dumps({"ready": True, "color": "green"}).encode()
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        super().do_GET()
 
 
 class SlowEdge:
