@@ -152,10 +152,11 @@ class _Cluster(RedisCluster):
 class _CommandTable(AsyncCommandsParser):
     """redis-py's command table (``COMMAND``), read once per client, from any node that answers.
 
-    redis-py reads it again on every slot-map refresh, from the first master of the new map
-    (the one serving slot 0), and a refresh that fails to read it fails whole: while that
-    master was down, before its replica took over, every command of a client that refreshed
-    its map failed, in every room, not just in the dead master's. The table is the server
+    redis-py reads it again on every slot-map refresh, from the map's first master (the first
+    in the ``CLUSTER SLOTS`` answer it first learnt the map from), and a refresh that fails to
+    read it fails whole: while that master was down, before its replica took over, every
+    command of a client that refreshed its map failed, in every room, not just in the dead
+    master's. The table is the server
     version's, not the topology's: one read is enough."""
 
     def __init__(self, nodes: NodesManager) -> None:

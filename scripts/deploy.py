@@ -7,9 +7,10 @@
 2. switch Traefik to it atomically (the dynamic file, temp file + rename);
 3. confirm through Traefik that the new colour answers (/readyz names it);
 4. wait ``IN_FLIGHT`` (0.5 s) for handshakes Traefik forwarded to the old colour just before
-   the switch, then stop the old colour with SIGTERM: it drains, its clients get 1012 and reconnect through
-   Traefik to the new colour, resuming by id (compose: the deploy returns once every old
-   replica confirms it is draining; ``--wait-drain`` waits until they have exited);
+   the switch, then stop the old colour with SIGTERM: it drains, its clients get 1012 and
+   reconnect through Traefik to the new colour, resuming by id (compose: the deploy returns
+   once every old replica confirms it is draining; ``--wait-drain`` waits until they have
+   exited);
 5. print a JSON report: time to ready, switch latency, drain time, total, and what became
    of the old colour ("drained", "draining" or "already gone"; on the local stack, a
    process that did not drain cleanly is named with what happened instead).
