@@ -147,6 +147,8 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
         # colour still partly alive goes on: the end reports what it lost).
         why = _confirm(runtime, color, confirm_timeout, any_death=old_answered)
         switched = time.monotonic()
+        if old_answered and not why:
+            time.sleep(IN_FLIGHT)  # a process that dies meanwhile is seen next, before any drain
         lost = runtime.dead(color) if old_answered and not why else {}
         if lost:
             why = _lost(color, lost)
@@ -157,8 +159,6 @@ def deploy(runtime: Runtime, color: str, confirm_timeout: float = CONFIRM_TIMEOU
             now = f"{old or 'nothing'} still runs, undrained" if runtime.edge_down() else old_now
             raise DeployError(f"{why}; switched back before draining anything, {now}")
         confirmed = True
-        if old_answered:
-            time.sleep(IN_FLIGHT)
         stopped = runtime.stop(old) if old is not None else False
     except KeyboardInterrupt:
         raise interrupted(runtime, color, old, switched_to, confirmed, old_now) from None
@@ -309,8 +309,8 @@ def interrupted(runtime: Runtime, color: str, old: str | None, switched_to: str 
                            f"deploy {color} again to finish (it drains {old or 'nothing'})")
     if switched_to == color:
         # Written is not confirmed: the new colour may have died since its readiness.
-        return Interrupted(f"interrupted after the switch to {color} was written, before Traefik confirmed "
-                           f"it: {color} is routed ({runtime.record}) but not known to serve; "
+        return Interrupted(f"interrupted after the switch to {color} was written, before the deploy "
+                           f"confirmed it: {color} is routed ({runtime.record}) but not known to serve; "
                            f"{old or 'nothing'} still runs, undrained: deploy {color} again to finish (it "
                            f"checks {color} first: it drains {old or 'nothing'} only if Traefik routes to a "
                            f"live {color}, else switches back)")

@@ -602,7 +602,7 @@ def test_ctrl_c_right_after_the_switch_leaves_record_and_routing_agreeing(local_
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     # The switch was written, and Traefik may or may not have confirmed it yet.
     assert ("interrupted after the switch: green serves" in err
-            or "interrupted after the switch to green was written, before Traefik confirmed it" in err)
+            or "interrupted after the switch to green was written, before the deploy confirmed it" in err)
     assert "deploy green again" in err
     assert StackState.load(state.dir).active == "green"
     assert json.loads((state.dir / "state.json").read_text())["active"] == "green"
@@ -737,6 +737,36 @@ def test_a_new_process_that_dies_before_the_drain_sends_nobody_into_it(two_proce
     assert saved.active == "blue" and all(saved.procs[name].alive() for name in saved.members("blue"))
 
 
+def test_a_new_process_that_dies_while_handshakes_land_on_the_old_colour_sends_nobody_into_it(
+    local_stack: StackState, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The deploy waits IN_FLIGHT after Traefik confirmed green, before blue's SIGTERM: a
+    # green that died then was drained into (a hostile probe, 3 of 3: "nothing serves").
+    import scripts.deploy
+    from scripts.runtime import DeployError
+
+    state = local_stack
+    sleep = time.sleep
+
+    def green_dies_in_the_wait(seconds: float) -> None:
+        if seconds == scripts.deploy.IN_FLIGHT:
+            green = StackState.load(state.dir).procs["green"]
+            os.kill(green.pid, signal.SIGKILL)
+            assert green.wait(10)
+        sleep(seconds)
+
+    monkeypatch.setattr(scripts.deploy.time, "sleep", green_dies_in_the_wait)
+    with pytest.raises(DeployError) as failed:
+        deploy(LocalRuntime(StackState.load(state.dir)), "green")
+    message = str(failed.value)
+    assert "green lost processes after it was ready (green exited" in message, message
+    assert "switched back before draining anything, blue still serves" in message
+    monkeypatch.undo()
+    assert traefik_color(state) == "blue"
+    saved = StackState.load(state.dir)
+    assert saved.active == "blue" and saved.procs["blue"].alive()
+
+
 async def test_a_deploy_interrupted_before_traefik_confirmed_is_not_finished_into_a_dead_colour(
         local_stack: StackState) -> None:
     # Ctrl-C while the deploy asked Traefik, green dead since its readiness: it used to say
@@ -760,7 +790,7 @@ async def test_a_deploy_interrupted_before_traefik_confirmed_is_not_finished_int
         await asyncio.to_thread(deploy, GreenDiesThenCtrlC(state), "green")
     message = str(stopped.value)
     assert "green serves" not in message
-    assert "before Traefik confirmed it: green is routed" in message and "not known to serve" in message
+    assert "before the deploy confirmed it: green is routed" in message and "not known to serve" in message
     assert routed_record(state.dynamic_file) == "green" and state.procs["blue"].alive()
 
     # The advice, followed: green is found dead, blue is routed again, never drained.
