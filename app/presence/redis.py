@@ -14,21 +14,22 @@ import time
 from typing import Any
 
 from app.presence.base import PresenceStore, PresenceUnavailable, RoomChange, RoomState
-from app.presence.rules import MEMBERS_MAX, KnownRosters, Seen, stall_after
-from app.redis_clients import FAILURES
+from app.presence.rules import MEMBERS_MAX, KnownRosters, Seen, stall_window
+from app.redis_clients import FAILURES, SOCKET_TIMEOUT
 from app.redis_scripts import ScriptPipeline, scripts_by_node
 
 # KEYS: members (zset), version, born, clock (hash). ARGV: hold_ms, release_ms, key_ttl_ms,
-# sample, nhold, known version, known count, known born, forgive_ms, stall_ms, then the held
-# users, then the released ones. forgive_ms: deadlines that passed less than this long ago
-# are not departures yet (the caller's store was unreachable, so nobody could renew them).
-# stall_ms: the same found by the room itself, for steps that were already on their way when
-# the store stalled (a CLIENT PAUSE, as a failover makes; a Redis frozen by a slow command or
-# a fork) and so carry no forgive_ms: ``clock`` keeps the time of the room's last step
-# (``last``), and a step that finds none for longer than stall_ms (every process holding
-# users here steps the room each heartbeat) spares the holds that lapsed after ``last`` for
-# a hold (``spared``, until ``until``): each process that lived through the stall has held
-# its users again by then, and those of one that did not go after it. A hold's deadline is
+# sample, nhold, known version, known count, known born, forgive_ms, stall_min_ms,
+# stall_max_ms, then the held users, then the released ones. forgive_ms: deadlines that
+# passed less than this long ago are not departures yet (the caller's store was unreachable,
+# so nobody could renew them). stall_*: the same found by the room itself, for steps that
+# were already on their way when the store stalled (a CLIENT PAUSE, as a failover makes; a
+# Redis frozen by a slow command) and so carry no forgive_ms: ``clock`` keeps the time of the
+# room's last step (``last``), and a step that finds the room unstepped for a gap in the
+# window (app.presence.rules.stall_window; 0: no window, the clock unused) spares the holds
+# that lapsed after ``last`` for a hold (``spared``, until ``until``): each process that
+# lived through the stall has held its users again by then, and those of one that did not
+# go after it. A hold's deadline is
 # n + 0.5 ms, a release's a whole n: a release is a departure asked for, never spared (the
 # last user of a room leaving, the room unstepped until it is due, is no stall).
 # A room made anew (or whose keys were lost) starts its version at Redis's clock in
@@ -46,16 +47,20 @@ _STEP = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cutoff = now - tonumber(ARGV[9])
-local clock = redis.call('HMGET', KEYS[4], 'last', 'spared', 'until')
-local last, spared, spared_until = tonumber(clock[1]), tonumber(clock[2]), tonumber(clock[3])
-if last and now - last > tonumber(ARGV[10]) then
-  spared, spared_until = last, now + tonumber(ARGV[1])
-  redis.call('HSET', KEYS[4], 'spared', string.format('%.0f', spared),
-    'until', string.format('%.0f', spared_until))
+local spared, spared_until
+if tonumber(ARGV[10]) > 0 then
+  local clock = redis.call('HMGET', KEYS[4], 'last', 'spared', 'until')
+  local last = tonumber(clock[1])
+  spared, spared_until = tonumber(clock[2]), tonumber(clock[3])
+  if last and now - last > tonumber(ARGV[10]) and now - last <= tonumber(ARGV[11]) then
+    spared, spared_until = last, now + tonumber(ARGV[1])
+    redis.call('HSET', KEYS[4], 'spared', string.format('%.0f', spared),
+      'until', string.format('%.0f', spared_until))
+  end
+  if not (spared and now < spared_until) then spared = nil end
+  redis.call('HSET', KEYS[4], 'last', string.format('%.0f', now))
+  redis.call('PEXPIRE', KEYS[4], ARGV[3])
 end
-if not (spared and now < spared_until) then spared = nil end
-redis.call('HSET', KEYS[4], 'last', string.format('%.0f', now))
-redis.call('PEXPIRE', KEYS[4], ARGV[3])
 local key = KEYS[1]
 local born = redis.call('GET', KEYS[3])
 local known = born and born == ARGV[8]
@@ -82,14 +87,14 @@ for _, u in ipairs(gone) do expired[u] = true end
 local nhold = tonumber(ARGV[5])
 local hold_until = now + tonumber(ARGV[1]) + 0.5
 local joined = {}
-for i = 11, 10 + nhold do
+for i = 12, 11 + nhold do
   local u = ARGV[i]
   if redis.call('ZADD', key, 'GT', hold_until, u) == 1 then
     if expired[u] then expired[u] = false else joined[#joined + 1] = u end
   end
 end
 local release_until = now + tonumber(ARGV[2])
-for i = 11 + nhold, #ARGV do
+for i = 12 + nhold, #ARGV do
   redis.call('ZADD', key, 'XX', release_until, ARGV[i])
 end
 local left = {}
@@ -153,7 +158,9 @@ class RedisPresence(PresenceStore):
 
     heartbeat = True
 
-    def __init__(self, client: Any, grace: float, hold: float, cluster: bool = False) -> None:
+    def __init__(self, client: Any, grace: float, hold: float, cluster: bool = False,
+                 timeout: float = SOCKET_TIMEOUT) -> None:
+        # ``timeout``: the client's socket timeout (app.presence.rules.stall_window).
         # One client: a single Redis, or a cluster (the keys of a room share one slot).
         self._client = client
         self._cluster = cluster
@@ -161,7 +168,8 @@ class RedisPresence(PresenceStore):
         self._read = client.register_script(_READ)
         self._release_ms = int(grace * 1000)
         self._hold_ms = int(hold * 1000)
-        self._stall_ms = int(stall_after(grace) * 1000)
+        window = stall_window(grace, timeout)
+        self._stall_ms = (0, 0) if window is None else (int(window[0] * 1000), int(window[1] * 1000))
         self._key_ttl_ms = max(self._hold_ms, self._release_ms) + KEY_MARGIN_MS
         self._known = KnownRosters()
         self._answered_at: float | None = None  # monotonic: the store's last answer
@@ -191,7 +199,7 @@ class RedisPresence(PresenceStore):
     def _args(self, change: RoomChange, base: Seen | None, forgive_ms: int) -> list[Any]:
         known = (base.version, len(base.names), base.born) if base is not None else (-1, -1, "")
         return [self._hold_ms, self._release_ms, self._key_ttl_ms, MEMBERS_MAX if change.sample else 0,
-                len(change.hold), *known, forgive_ms, self._stall_ms, *change.hold, *change.release]
+                len(change.hold), *known, forgive_ms, *self._stall_ms, *change.hold, *change.release]
 
     async def sync(self, changes: list[RoomChange]) -> list[RoomState | PresenceUnavailable]:
         if not changes:

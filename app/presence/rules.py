@@ -27,12 +27,22 @@ def heartbeat_interval(grace: float) -> float:
     return min(max(grace / 3, 0.05), 5.0)
 
 
-def stall_after(grace: float) -> float:
-    """How long a room with members can go unstepped before the store is taken to have
-    stalled (every process holding users there steps it each heartbeat): two heartbeats, and
-    a second more than one (a heartbeat runs late on a busy event loop)."""
+def stall_window(grace: float, timeout: float) -> tuple[float, float] | None:
+    """The gaps between a room's steps (seconds, lowest and highest) that are taken for a store
+    stall that no process saw fail, or None when no such stall can lapse a hold.
+
+    A stall longer than the clients' socket ``timeout`` fails their commands, and each process
+    then forgives what lapsed meanwhile itself: an unseen stall is shorter, and lapses a hold
+    (the grace and a heartbeat, renewed each heartbeat) only at a grace under ``timeout``.
+    Every live process holding users in a room steps it each heartbeat, so such a stall shows
+    as a gap of up to ``timeout`` and a heartbeat. The lowest: two heartbeats, and a second more
+    than one (a heartbeat runs late on a busy loop), but never above the grace (a stall that
+    lapses a hold is at least that long). A longer gap is a room nobody steps, its holders
+    dead: no stall, and nothing to spare."""
+    if grace >= timeout:
+        return None
     interval = heartbeat_interval(grace)
-    return max(2 * interval, interval + 1.0)
+    return min(max(2 * interval, interval + 1.0), grace), timeout + interval
 
 
 def tick_interval(grace: float) -> float:

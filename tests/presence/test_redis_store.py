@@ -12,8 +12,8 @@ import redis as redis_py
 
 from app.presence.base import RoomChange
 from app.presence.redis import RedisPresence
-from app.presence.rules import heartbeat_interval, stall_after
-from app.redis_clients import NODE_CONNECTIONS, cluster_client, redis_client
+from app.presence.rules import heartbeat_interval, stall_window
+from app.redis_clients import NODE_CONNECTIONS, SOCKET_TIMEOUT, cluster_client, redis_client
 from app.redis_url import parse_redis_url
 from tests.support import rooms_per_master
 from tools.cluster import RedisClusterServers
@@ -171,7 +171,8 @@ async def test_the_last_user_leaving_a_room_nobody_steps_meanwhile_leaves_after_
     # The room is stepped next when the departure is due, longer after its last step than a
     # stall takes to be noticed: a release is a departure asked for, never spared.
     grace = 2.0
-    assert grace > stall_after(grace)
+    window = stall_window(grace, SOCKET_TIMEOUT)
+    assert window is not None and window[0] < grace
     store = RedisPresence(redis_client(redis_server.url), grace=grace,
                           hold=grace + heartbeat_interval(grace))
     try:
@@ -183,3 +184,23 @@ async def test_the_last_user_leaving_a_room_nobody_steps_meanwhile_leaves_after_
         assert (state.left, state.count) == (["a"], 0)
     finally:
         await store.close()
+
+
+async def test_a_room_nobody_steps_after_its_holders_died_is_no_stall(redis_server: RedisServer) -> None:
+    # A gap longer than any unseen stall (the socket timeout and a heartbeat) is a room whose
+    # holders died: taken for a stall, a killed process's users were shown to joiners for a
+    # whole hold more (a hostile probe: 20 s at the default grace).
+    grace, timeout = 1.0, 1.5
+    hold = grace + heartbeat_interval(grace)
+    dead, alive = (RedisPresence(redis_client(redis_server.url), grace=grace, hold=hold, timeout=timeout)
+                   for _ in "ab")
+    try:
+        await dead.sync([RoomChange("r", hold=("kate",))])  # its last step: then killed
+        window = stall_window(grace, timeout)
+        assert window is not None
+        await asyncio.sleep(window[1] + 0.2)  # the room unstepped for longer than any stall
+        [state] = await alive.sync([RoomChange("r", hold=("joe",), sample=True)])
+        assert (state.left, state.members, state.count) == (["kate"], ["joe"], 1)
+    finally:
+        await dead.close()
+        await alive.close()

@@ -17,7 +17,7 @@ from app.presence.rules import (
     Seen,
     heartbeat_interval,
     round_interval,
-    stall_after,
+    stall_window,
     tick_interval,
 )
 from app.protocol import is_typing_frame, leave_frame, presence_diff_frame, presence_frame
@@ -206,10 +206,19 @@ def test_intervals_follow_the_grace() -> None:
     assert tick_interval(0) > 0
 
 
-@pytest.mark.parametrize("grace", [1, 2, 3.5, 15, 60])
-def test_a_room_whose_holders_live_is_never_taken_for_a_stalled_store(grace: float) -> None:
-    # Each holder steps its rooms every heartbeat: a heartbeat a second late is still no stall.
-    assert stall_after(grace) >= heartbeat_interval(grace) + 1
+@pytest.mark.parametrize("grace", [1, 1.5, 2, 3.5, 4.9])
+def test_a_stall_that_lapses_a_hold_is_one_and_a_room_whose_holders_live_is_not(grace: float) -> None:
+    low, high = stall_window(grace, 5.0) or (0, 0)
+    # A gap of at least the grace (the least that lapses a hold) is a stall, up to the socket
+    # timeout and a heartbeat (beyond it commands fail, and processes forgive it themselves);
+    # a heartbeat a second late (up to two at a short grace) is none.
+    assert low <= grace and high == 5.0 + heartbeat_interval(grace)
+    assert low >= min(heartbeat_interval(grace) + 1, 3 * heartbeat_interval(grace))
+
+
+@pytest.mark.parametrize("grace", [5, 15, 60])
+def test_no_stall_shorter_than_the_socket_timeout_lapses_a_long_hold(grace: float) -> None:
+    assert stall_window(grace, 5.0) is None
 
 
 def test_typing_frames_are_recognised_and_nothing_else() -> None:
