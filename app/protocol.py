@@ -379,7 +379,8 @@ def presence_diff_frame(room: str, count: int, joined: list[str], left: list[str
     steps = changed or {}
 
     def entries(names: list[str]) -> str:
-        return "[" + ",".join('{"user":' + _dumps(name) + ',"changed":' + str(steps.get(name, version)) + "}"
+        # Each name's cached entry, its closing brace replaced by the step's version.
+        return "[" + ",".join(_user_entry(name)[:-1] + ',"changed":' + str(steps.get(name, version)) + "}"
                               for name in names) + "]"
 
     return ('{"type":"presence_diff","room":' + _dumps(room) + ',"count":' + str(count)

@@ -156,8 +156,7 @@ class _CommandTable(AsyncCommandsParser):
     in the ``CLUSTER SLOTS`` answer it first learnt the map from), and a refresh that fails to
     read it fails whole: while that master was down, before its replica took over, every
     command of a client that refreshed its map failed, in every room, not just in the dead
-    master's. The table is the server
-    version's, not the topology's: one read is enough."""
+    master's. The table is the server version's, not the topology's: one read is enough."""
 
     def __init__(self, nodes: NodesManager) -> None:
         super().__init__()
